@@ -1,0 +1,286 @@
+//! Cancellation with a reason: [`CancelHandle`] to observe and fire,
+//! [`CancelGuard`] that cancels when the request side goes away.
+
+use std::fmt;
+use std::sync::{Arc, OnceLock};
+
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Why a request was canceled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CancelReason {
+    /// The client disconnected or dropped the request.
+    ClientGone,
+    /// A timeout (first token, idle or total) expired.
+    Timeout,
+    /// The request's budget (money or completion tokens) ran out.
+    Budget,
+    /// The gateway is shutting down.
+    Shutdown,
+    /// An operator or the host application aborted the request explicitly.
+    Aborted,
+}
+
+impl CancelReason {
+    /// A stable name for labels and logs.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            CancelReason::ClientGone => "client_gone",
+            CancelReason::Timeout => "timeout",
+            CancelReason::Budget => "budget",
+            CancelReason::Shutdown => "shutdown",
+            CancelReason::Aborted => "aborted",
+        }
+    }
+}
+
+impl fmt::Display for CancelReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug)]
+struct Fired {
+    reason: CancelReason,
+    at: Instant,
+}
+
+#[derive(Debug)]
+struct Node {
+    token: CancellationToken,
+    fired: OnceLock<Fired>,
+    parent: Option<Arc<Node>>,
+}
+
+impl Node {
+    fn fired(&self) -> Option<&Fired> {
+        match self.fired.get() {
+            Some(f) => Some(f),
+            None => self.parent.as_ref().and_then(|p| p.fired()),
+        }
+    }
+}
+
+/// A cloneable cancellation signal that carries why and when it fired.
+///
+/// The first [`cancel`](CancelHandle::cancel) wins: later calls keep the
+/// first reason. A [`child`](CancelHandle::child) is canceled with its
+/// parent but can be canceled alone (one backend attempt of a request, say).
+#[derive(Clone)]
+pub struct CancelHandle {
+    node: Arc<Node>,
+}
+
+impl fmt::Debug for CancelHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CancelHandle")
+            .field("reason", &self.reason())
+            .finish()
+    }
+}
+
+impl Default for CancelHandle {
+    fn default() -> Self {
+        CancelHandle::new()
+    }
+}
+
+impl CancelHandle {
+    /// A new, uncanceled handle with no guard. Use [`CancelHandle::guarded`]
+    /// when dropping the request side must cancel.
+    pub fn new() -> Self {
+        CancelHandle {
+            node: Arc::new(Node {
+                token: CancellationToken::new(),
+                fired: OnceLock::new(),
+                parent: None,
+            }),
+        }
+    }
+
+    /// A new handle and the guard that cancels it with
+    /// [`CancelReason::ClientGone`] when dropped un-disarmed.
+    pub fn guarded() -> (CancelGuard, CancelHandle) {
+        let handle = CancelHandle::new();
+        (
+            CancelGuard {
+                handle: Some(handle.clone()),
+            },
+            handle,
+        )
+    }
+
+    /// A handle canceled whenever this one is, which can also be canceled
+    /// on its own without touching this one.
+    pub fn child(&self) -> CancelHandle {
+        CancelHandle {
+            node: Arc::new(Node {
+                token: self.node.token.child_token(),
+                fired: OnceLock::new(),
+                parent: Some(self.node.clone()),
+            }),
+        }
+    }
+
+    /// Cancels with `reason`. Returns `true` if this call fired the handle,
+    /// `false` if it was already canceled (the first reason stays).
+    pub fn cancel(&self, reason: CancelReason) -> bool {
+        if self.node.fired().is_some() {
+            return false;
+        }
+        let won = self
+            .node
+            .fired
+            .set(Fired {
+                reason,
+                at: Instant::now(),
+            })
+            .is_ok();
+        self.node.token.cancel();
+        won
+    }
+
+    /// Whether the handle (or an ancestor) was canceled.
+    pub fn is_canceled(&self) -> bool {
+        self.node.token.is_cancelled()
+    }
+
+    /// The reason, once canceled.
+    pub fn reason(&self) -> Option<CancelReason> {
+        if !self.is_canceled() {
+            return None;
+        }
+        self.node.fired().map(|f| f.reason)
+    }
+
+    /// When the cancel fired, for measuring how long an abort took to
+    /// reach the engine.
+    pub fn canceled_at(&self) -> Option<Instant> {
+        if !self.is_canceled() {
+            return None;
+        }
+        self.node.fired().map(|f| f.at)
+    }
+
+    /// Waits until canceled and returns the reason.
+    ///
+    /// # Cancel safety
+    /// Cancel safe: dropping the future loses nothing.
+    pub async fn canceled(&self) -> CancelReason {
+        self.node.token.cancelled().await;
+        // The token fires after the reason is set, except when an ancestor
+        // token was canceled through tokio-util directly (never done here).
+        self.reason().unwrap_or(CancelReason::Aborted)
+    }
+
+    /// The underlying token, for `select!` with tokio-util helpers.
+    pub fn token(&self) -> &CancellationToken {
+        &self.node.token
+    }
+}
+
+/// The request side's ownership of a cancel handle: dropping it cancels
+/// with [`CancelReason::ClientGone`], unless [`disarm`](CancelGuard::disarm)ed
+/// once the request finished normally.
+#[must_use = "dropping a CancelGuard cancels its request"]
+pub struct CancelGuard {
+    handle: Option<CancelHandle>,
+}
+
+impl fmt::Debug for CancelGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CancelGuard")
+            .field("armed", &self.handle.is_some())
+            .finish()
+    }
+}
+
+impl CancelGuard {
+    /// The guarded handle.
+    pub fn handle(&self) -> Option<&CancelHandle> {
+        self.handle.as_ref()
+    }
+
+    /// Gives up the guard without canceling.
+    pub fn disarm(mut self) -> CancelHandle {
+        match self.handle.take() {
+            Some(h) => h,
+            None => CancelHandle::new(),
+        }
+    }
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            handle.cancel(CancelReason::ClientGone);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_reason_wins() {
+        let h = CancelHandle::new();
+        assert_eq!(h.reason(), None);
+        assert!(h.cancel(CancelReason::Timeout));
+        assert!(!h.cancel(CancelReason::Shutdown));
+        assert_eq!(h.reason(), Some(CancelReason::Timeout));
+        assert!(h.clone().is_canceled());
+    }
+
+    #[test]
+    fn child_follows_parent_but_not_the_reverse() {
+        let parent = CancelHandle::new();
+        let child = parent.child();
+        assert!(child.cancel(CancelReason::Timeout));
+        assert!(!parent.is_canceled());
+
+        let child2 = parent.child();
+        parent.cancel(CancelReason::Shutdown);
+        assert_eq!(child2.reason(), Some(CancelReason::Shutdown));
+        // A child canceled on its own keeps its own reason.
+        assert_eq!(child.reason(), Some(CancelReason::Timeout));
+        // Canceling an already-canceled child reports it was not the first.
+        assert!(!child2.cancel(CancelReason::Budget));
+    }
+
+    #[test]
+    fn dropping_the_guard_cancels_as_client_gone() {
+        let (guard, handle) = CancelHandle::guarded();
+        drop(guard);
+        assert_eq!(handle.reason(), Some(CancelReason::ClientGone));
+    }
+
+    #[test]
+    fn a_disarmed_guard_does_not_cancel() {
+        let (guard, handle) = CancelHandle::guarded();
+        let same = guard.disarm();
+        assert!(!handle.is_canceled());
+        same.cancel(CancelReason::Budget);
+        assert_eq!(handle.reason(), Some(CancelReason::Budget));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn canceled_resolves_with_reason_and_time() {
+        let h = CancelHandle::new();
+        let start = Instant::now();
+        let waiter = {
+            let h = h.clone();
+            tokio::spawn(async move { h.canceled().await })
+        };
+        tokio::time::sleep(std::time::Duration::from_millis(30)).await;
+        h.cancel(CancelReason::ClientGone);
+        assert_eq!(waiter.await.unwrap(), CancelReason::ClientGone);
+        assert_eq!(
+            h.canceled_at().unwrap() - start,
+            std::time::Duration::from_millis(30)
+        );
+    }
+}

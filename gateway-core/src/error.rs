@@ -1,0 +1,367 @@
+//! One error type for every failure a request can meet, classified by kind and phase.
+//!
+//! Retryability, HTTP status and circuit-breaker counting derive from the
+//! [`FailureKind`] (and the [`FailurePhase`]) in one exhaustive match each, so a
+//! new kind without a mapping does not compile.
+
+use std::fmt;
+use std::time::Duration;
+
+/// The class of a failure: small, `Copy`, safe to use as a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// The engine could not be reached: connection refused, reset, DNS, TLS.
+    Connect,
+    /// No first token arrived within the first-token timeout.
+    FirstTokenTimeout,
+    /// The gap between two token events exceeded the idle timeout.
+    IdleTimeout,
+    /// The request ran past its total deadline.
+    TotalTimeout,
+    /// The engine (or the gateway) has no capacity now: queue full, 503, 529.
+    Overloaded,
+    /// The engine ran out of memory or KV-cache space for this request.
+    OutOfMemory,
+    /// Prompt plus requested completion is longer than the model's context window.
+    ContextLengthExceeded,
+    /// The request is malformed or has invalid values.
+    InvalidRequest,
+    /// The engine does not serve the requested model.
+    ModelNotFound,
+    /// The credentials were missing or rejected.
+    Unauthorized,
+    /// The engine answered something that breaks its protocol or this contract.
+    ProtocolViolation,
+    /// The engine answered with an HTTP status no other kind describes.
+    UpstreamStatus,
+    /// The request was canceled (client gone, timeout, budget, shutdown).
+    Canceled,
+    /// A bug or unexpected state inside the engine or the gateway.
+    Internal,
+}
+
+impl FailureKind {
+    /// Every kind, for exhaustive tables in tests.
+    pub const ALL: [FailureKind; 14] = [
+        FailureKind::Connect,
+        FailureKind::FirstTokenTimeout,
+        FailureKind::IdleTimeout,
+        FailureKind::TotalTimeout,
+        FailureKind::Overloaded,
+        FailureKind::OutOfMemory,
+        FailureKind::ContextLengthExceeded,
+        FailureKind::InvalidRequest,
+        FailureKind::ModelNotFound,
+        FailureKind::Unauthorized,
+        FailureKind::ProtocolViolation,
+        FailureKind::UpstreamStatus,
+        FailureKind::Canceled,
+        FailureKind::Internal,
+    ];
+
+    /// A stable snake_case name, used in metric labels and error codes.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            FailureKind::Connect => "connect",
+            FailureKind::FirstTokenTimeout => "first_token_timeout",
+            FailureKind::IdleTimeout => "idle_timeout",
+            FailureKind::TotalTimeout => "total_timeout",
+            FailureKind::Overloaded => "overloaded",
+            FailureKind::OutOfMemory => "out_of_memory",
+            FailureKind::ContextLengthExceeded => "context_length_exceeded",
+            FailureKind::InvalidRequest => "invalid_request",
+            FailureKind::ModelNotFound => "model_not_found",
+            FailureKind::Unauthorized => "unauthorized",
+            FailureKind::ProtocolViolation => "protocol_violation",
+            FailureKind::UpstreamStatus => "upstream_status",
+            FailureKind::Canceled => "canceled",
+            FailureKind::Internal => "internal",
+        }
+    }
+
+    /// Whether another attempt (on this or an interchangeable backend) may
+    /// succeed, provided nothing reached the client yet.
+    ///
+    /// Failures that describe the request itself (invalid, too long, unknown
+    /// model, unauthorized) or the client's choice (canceled) never retry; a
+    /// total timeout has no time left to retry in.
+    pub const fn retryable_before_first_token(self) -> bool {
+        match self {
+            FailureKind::Connect
+            | FailureKind::FirstTokenTimeout
+            | FailureKind::Overloaded
+            | FailureKind::OutOfMemory
+            | FailureKind::ProtocolViolation
+            | FailureKind::UpstreamStatus
+            | FailureKind::Internal => true,
+            FailureKind::IdleTimeout
+            | FailureKind::TotalTimeout
+            | FailureKind::ContextLengthExceeded
+            | FailureKind::InvalidRequest
+            | FailureKind::ModelNotFound
+            | FailureKind::Unauthorized
+            | FailureKind::Canceled => false,
+        }
+    }
+
+    /// Whether this failure says something about the backend's health, and
+    /// so counts towards opening its circuit breaker.
+    pub const fn counts_against_backend(self) -> bool {
+        match self {
+            FailureKind::Connect
+            | FailureKind::FirstTokenTimeout
+            | FailureKind::IdleTimeout
+            | FailureKind::Overloaded
+            | FailureKind::OutOfMemory
+            | FailureKind::ProtocolViolation
+            | FailureKind::UpstreamStatus
+            | FailureKind::Internal => true,
+            FailureKind::TotalTimeout
+            | FailureKind::ContextLengthExceeded
+            | FailureKind::InvalidRequest
+            | FailureKind::ModelNotFound
+            | FailureKind::Unauthorized
+            | FailureKind::Canceled => false,
+        }
+    }
+
+    /// The HTTP status a gateway answers with when this failure ends a
+    /// request before any byte of the response was sent.
+    pub const fn http_status(self) -> http::StatusCode {
+        use http::StatusCode as S;
+        match self {
+            FailureKind::Connect => S::BAD_GATEWAY,
+            FailureKind::FirstTokenTimeout
+            | FailureKind::IdleTimeout
+            | FailureKind::TotalTimeout => S::GATEWAY_TIMEOUT,
+            FailureKind::Overloaded | FailureKind::OutOfMemory => S::SERVICE_UNAVAILABLE,
+            FailureKind::ContextLengthExceeded | FailureKind::InvalidRequest => S::BAD_REQUEST,
+            FailureKind::ModelNotFound => S::NOT_FOUND,
+            FailureKind::Unauthorized => S::UNAUTHORIZED,
+            FailureKind::ProtocolViolation | FailureKind::UpstreamStatus => S::BAD_GATEWAY,
+            // 499 "client closed request": nobody is left to read it, but logs and
+            // metrics see an honest status.
+            FailureKind::Canceled => match S::from_u16(499) {
+                Ok(status) => status,
+                Err(_) => S::BAD_REQUEST,
+            },
+            FailureKind::Internal => S::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+impl fmt::Display for FailureKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// When a failure happened relative to the first token reaching the client.
+///
+/// A request may only be retried or failed over while nothing has been sent:
+/// after the first token the client has seen output that another attempt
+/// would not reproduce.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailurePhase {
+    /// Nothing was delivered yet; the request can still be retried.
+    BeforeFirstToken,
+    /// At least one token was delivered; the stream can only be ended.
+    AfterFirstToken,
+}
+
+impl FailurePhase {
+    /// A stable name for labels.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            FailurePhase::BeforeFirstToken => "before_first_token",
+            FailurePhase::AfterFirstToken => "after_first_token",
+        }
+    }
+}
+
+/// The error of the backend contract: a failure with its kind, phase,
+/// message and retry hint.
+///
+/// The message is safe to show to a client (it never holds credentials);
+/// diagnostic detail goes into the optional source.
+#[derive(Debug, thiserror::Error)]
+#[error("{kind} ({phase}): {message}", phase = phase.as_str())]
+pub struct BackendError {
+    kind: FailureKind,
+    phase: FailurePhase,
+    message: String,
+    retry_after: Option<Duration>,
+    upstream_status: Option<u16>,
+    #[source]
+    source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
+}
+
+impl BackendError {
+    /// A failure of `kind` before the first token, with a client-safe message.
+    pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+        BackendError {
+            kind,
+            phase: FailurePhase::BeforeFirstToken,
+            message: message.into(),
+            retry_after: None,
+            upstream_status: None,
+            source: None,
+        }
+    }
+
+    /// The canceled failure, with the reason as its message.
+    pub fn canceled(reason: crate::CancelReason) -> Self {
+        BackendError::new(FailureKind::Canceled, format!("request canceled: {reason}"))
+    }
+
+    /// Sets the phase.
+    #[must_use]
+    pub fn with_phase(mut self, phase: FailurePhase) -> Self {
+        self.phase = phase;
+        self
+    }
+
+    /// Marks the failure as happening after the first token.
+    #[must_use]
+    pub fn after_first_token(self) -> Self {
+        self.with_phase(FailurePhase::AfterFirstToken)
+    }
+
+    /// Adds a hint for when a retry may succeed.
+    #[must_use]
+    pub fn with_retry_after(mut self, retry_after: Duration) -> Self {
+        self.retry_after = Some(retry_after);
+        self
+    }
+
+    /// Records the HTTP status the engine answered with.
+    #[must_use]
+    pub fn with_upstream_status(mut self, status: u16) -> Self {
+        self.upstream_status = Some(status);
+        self
+    }
+
+    /// Attaches the underlying cause (kept out of the client-facing message).
+    #[must_use]
+    pub fn with_source(mut self, source: impl std::error::Error + Send + Sync + 'static) -> Self {
+        self.source = Some(Box::new(source));
+        self
+    }
+
+    /// The failure class.
+    pub fn kind(&self) -> FailureKind {
+        self.kind
+    }
+
+    /// When the failure happened relative to the first token.
+    pub fn phase(&self) -> FailurePhase {
+        self.phase
+    }
+
+    /// The client-safe message.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// When a retry may succeed, if the engine said.
+    pub fn retry_after(&self) -> Option<Duration> {
+        self.retry_after
+    }
+
+    /// The engine's HTTP status, if the failure came from one.
+    pub fn upstream_status(&self) -> Option<u16> {
+        self.upstream_status
+    }
+
+    /// Whether the request may be tried again: only before the first token,
+    /// and only for kinds that are not about the request itself.
+    pub fn is_retryable(&self) -> bool {
+        match self.phase {
+            FailurePhase::BeforeFirstToken => self.kind.retryable_before_first_token(),
+            FailurePhase::AfterFirstToken => false,
+        }
+    }
+
+    /// The HTTP status for this failure (see [`FailureKind::http_status`]).
+    pub fn http_status(&self) -> http::StatusCode {
+        self.kind.http_status()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_snake_case() {
+        let mut names: Vec<&str> = FailureKind::ALL.iter().map(|k| k.as_str()).collect();
+        assert!(names.iter().all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '_')));
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), FailureKind::ALL.len());
+    }
+
+    #[test]
+    fn nothing_retries_after_the_first_token() {
+        for kind in FailureKind::ALL {
+            let err = BackendError::new(kind, "x").after_first_token();
+            assert!(!err.is_retryable(), "{kind} retried after first token");
+        }
+    }
+
+    #[test]
+    fn retry_table_before_first_token() {
+        let retryable: Vec<FailureKind> = FailureKind::ALL
+            .into_iter()
+            .filter(|k| BackendError::new(*k, "x").is_retryable())
+            .collect();
+        assert_eq!(
+            retryable,
+            vec![
+                FailureKind::Connect,
+                FailureKind::FirstTokenTimeout,
+                FailureKind::Overloaded,
+                FailureKind::OutOfMemory,
+                FailureKind::ProtocolViolation,
+                FailureKind::UpstreamStatus,
+                FailureKind::Internal,
+            ]
+        );
+    }
+
+    #[test]
+    fn status_table() {
+        let table: Vec<(FailureKind, u16)> = FailureKind::ALL
+            .into_iter()
+            .map(|k| (k, k.http_status().as_u16()))
+            .collect();
+        assert_eq!(
+            table,
+            vec![
+                (FailureKind::Connect, 502),
+                (FailureKind::FirstTokenTimeout, 504),
+                (FailureKind::IdleTimeout, 504),
+                (FailureKind::TotalTimeout, 504),
+                (FailureKind::Overloaded, 503),
+                (FailureKind::OutOfMemory, 503),
+                (FailureKind::ContextLengthExceeded, 400),
+                (FailureKind::InvalidRequest, 400),
+                (FailureKind::ModelNotFound, 404),
+                (FailureKind::Unauthorized, 401),
+                (FailureKind::ProtocolViolation, 502),
+                (FailureKind::UpstreamStatus, 502),
+                (FailureKind::Canceled, 499),
+                (FailureKind::Internal, 500),
+            ]
+        );
+    }
+
+    #[test]
+    fn display_names_kind_phase_and_message() {
+        let err = BackendError::new(FailureKind::Overloaded, "queue full")
+            .with_retry_after(Duration::from_secs(2));
+        assert_eq!(err.to_string(), "overloaded (before_first_token): queue full");
+        assert_eq!(err.retry_after(), Some(Duration::from_secs(2)));
+    }
+}

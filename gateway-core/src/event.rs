@@ -1,0 +1,282 @@
+//! Token events and the fixed order they come in.
+
+use std::fmt;
+
+use crate::Usage;
+
+/// What the engine reported on accepting a request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Started {
+    /// Prompt tokens, when the engine tells them up front.
+    pub prompt_tokens: Option<u64>,
+    /// Prompt tokens served from its prefix cache, when known.
+    pub cached_tokens: Option<u64>,
+}
+
+/// A piece of generated output.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Delta {
+    /// The text, always whole UTF-8 characters (engines hold back a split
+    /// character until it completes).
+    pub text: String,
+    /// How many completion tokens this piece carries (at least 1 unless the
+    /// engine sent text without token accounting).
+    pub tokens: u32,
+    /// The token ids, when the engine gives them.
+    pub token_ids: Vec<u32>,
+    /// Log-probabilities of the tokens, when requested and given.
+    pub logprobs: Option<Vec<f32>>,
+}
+
+impl Delta {
+    /// A piece of `tokens` tokens of text.
+    pub fn text(text: impl Into<String>, tokens: u32) -> Self {
+        Delta {
+            text: text.into(),
+            tokens,
+            token_ids: Vec::new(),
+            logprobs: None,
+        }
+    }
+}
+
+/// Why generation stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum FinishReason {
+    /// A stop token or stop sequence.
+    Stop,
+    /// The completion-token cap (`max_tokens` or the budget's cap).
+    Length,
+    /// The model called a tool.
+    ToolCalls,
+    /// The engine's content filter stopped it.
+    ContentFilter,
+}
+
+impl FinishReason {
+    /// The OpenAI name.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::ToolCalls => "tool_calls",
+            FinishReason::ContentFilter => "content_filter",
+        }
+    }
+}
+
+impl fmt::Display for FinishReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One event of a [`TokenStream`](crate::TokenStream).
+///
+/// The order is fixed: `Started`, then any number of `Delta`, then at most
+/// one `Usage`, then `Finished`; an `Err` item may replace any event and
+/// ends the stream. Nothing follows `Finished` or an error.
+/// [`EventOrder`] checks it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TokenEvent {
+    /// The engine accepted the request.
+    Started(Started),
+    /// Generated output.
+    Delta(Delta),
+    /// Authoritative token counts from the engine.
+    Usage(Usage),
+    /// Generation ended normally.
+    Finished(FinishReason),
+}
+
+impl TokenEvent {
+    /// A short name of the event's variant.
+    pub const fn name(&self) -> &'static str {
+        match self {
+            TokenEvent::Started(_) => "Started",
+            TokenEvent::Delta(_) => "Delta",
+            TokenEvent::Usage(_) => "Usage",
+            TokenEvent::Finished(_) => "Finished",
+        }
+    }
+}
+
+/// Where a stream is in the event order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Position {
+    Fresh,
+    Started,
+    Usage,
+    Ended,
+}
+
+/// An event that breaks the fixed order.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("event {got} after {after}: {rule}")]
+pub struct OrderViolation {
+    /// The offending event (`"Error"` for an error item).
+    pub got: &'static str,
+    /// What came before it.
+    pub after: &'static str,
+    /// The rule it breaks.
+    pub rule: &'static str,
+}
+
+/// Checks the fixed event order of a stream, one item at a time.
+///
+/// The gateway runs every backend stream through one of these, so a
+/// backend that breaks the contract yields a
+/// [`ProtocolViolation`](crate::FailureKind::ProtocolViolation) instead of
+/// confusing a client; the conformance kit uses it to judge backends.
+#[derive(Debug, Clone)]
+pub struct EventOrder {
+    position: Position,
+    last: &'static str,
+    deltas: u64,
+}
+
+impl Default for EventOrder {
+    fn default() -> Self {
+        EventOrder::new()
+    }
+}
+
+impl EventOrder {
+    /// A checker for a stream that has yielded nothing yet.
+    pub const fn new() -> Self {
+        EventOrder {
+            position: Position::Fresh,
+            last: "start",
+            deltas: 0,
+        }
+    }
+
+    /// Whether the stream has ended (finished or failed).
+    pub fn is_ended(&self) -> bool {
+        self.position == Position::Ended
+    }
+
+    /// How many `Delta` events were seen.
+    pub fn deltas(&self) -> u64 {
+        self.deltas
+    }
+
+    /// Checks the next event.
+    ///
+    /// # Errors
+    /// An [`OrderViolation`] naming the broken rule; the checker then counts
+    /// the stream as ended.
+    pub fn observe(&mut self, event: &TokenEvent) -> Result<(), OrderViolation> {
+        let got = event.name();
+        let next = match (self.position, event) {
+            (Position::Ended, _) => Err("nothing may follow Finished or an error"),
+            (Position::Fresh, TokenEvent::Started(_)) => Ok(Position::Started),
+            (Position::Fresh, _) => Err("a stream begins with Started"),
+            (Position::Started, TokenEvent::Started(_)) => Err("Started comes once"),
+            (Position::Started, TokenEvent::Delta(_)) => Ok(Position::Started),
+            (Position::Started, TokenEvent::Usage(_)) => Ok(Position::Usage),
+            (Position::Started | Position::Usage, TokenEvent::Finished(_)) => Ok(Position::Ended),
+            (Position::Usage, TokenEvent::Started(_) | TokenEvent::Delta(_)) => {
+                Err("only Finished may follow Usage")
+            }
+            (Position::Usage, TokenEvent::Usage(_)) => Err("Usage comes at most once"),
+        };
+        let after = self.last;
+        self.last = got;
+        match next {
+            Ok(position) => {
+                if matches!(event, TokenEvent::Delta(_)) {
+                    self.deltas += 1;
+                }
+                self.position = position;
+                Ok(())
+            }
+            Err(rule) => {
+                self.position = Position::Ended;
+                Err(OrderViolation { got, after, rule })
+            }
+        }
+    }
+
+    /// Checks an error item: allowed anywhere before the end, and ends it.
+    ///
+    /// # Errors
+    /// An [`OrderViolation`] if the stream had already ended.
+    pub fn observe_error(&mut self) -> Result<(), OrderViolation> {
+        let after = self.last;
+        self.last = "Error";
+        if self.position == Position::Ended {
+            return Err(OrderViolation {
+                got: "Error",
+                after,
+                rule: "nothing may follow Finished or an error",
+            });
+        }
+        self.position = Position::Ended;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn started() -> TokenEvent {
+        TokenEvent::Started(Started::default())
+    }
+    fn delta() -> TokenEvent {
+        TokenEvent::Delta(Delta::text("a", 1))
+    }
+    fn usage() -> TokenEvent {
+        TokenEvent::Usage(Usage::new(1, 1))
+    }
+    fn finished() -> TokenEvent {
+        TokenEvent::Finished(FinishReason::Stop)
+    }
+
+    fn check(events: &[TokenEvent]) -> Result<(), OrderViolation> {
+        let mut order = EventOrder::new();
+        events.iter().try_for_each(|e| order.observe(e))
+    }
+
+    #[test]
+    fn accepts_the_fixed_order() {
+        assert_eq!(check(&[started(), finished()]), Ok(()));
+        assert_eq!(check(&[started(), delta(), delta(), finished()]), Ok(()));
+        assert_eq!(check(&[started(), delta(), usage(), finished()]), Ok(()));
+        assert_eq!(check(&[started(), usage(), finished()]), Ok(()));
+    }
+
+    #[test]
+    fn names_each_broken_rule() {
+        let cases: [(&[TokenEvent], &str); 6] = [
+            (&[delta()], "a stream begins with Started"),
+            (&[started(), started()], "Started comes once"),
+            (&[started(), usage(), delta()], "only Finished may follow Usage"),
+            (&[started(), usage(), usage()], "Usage comes at most once"),
+            (&[started(), finished(), delta()], "nothing may follow Finished or an error"),
+            (&[finished()], "a stream begins with Started"),
+        ];
+        for (events, rule) in cases {
+            assert_eq!(check(events).unwrap_err().rule, rule, "{events:?}");
+        }
+        let err = check(&[started(), finished(), delta()]).unwrap_err();
+        assert_eq!(err.to_string(), "event Delta after Finished: nothing may follow Finished or an error");
+    }
+
+    #[test]
+    fn errors_end_the_stream() {
+        let mut order = EventOrder::new();
+        assert_eq!(order.observe_error(), Ok(()));
+        assert!(order.is_ended());
+        assert!(order.observe(&started()).is_err());
+
+        let mut order = EventOrder::new();
+        order.observe(&started()).unwrap();
+        order.observe(&delta()).unwrap();
+        order.observe(&finished()).unwrap();
+        assert!(order.observe_error().is_err());
+        assert_eq!(order.deltas(), 1);
+    }
+}
