@@ -167,7 +167,10 @@ pub struct BudgetGuard {
 impl fmt::Debug for BudgetGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("BudgetGuard")
-            .field("reservation", &self.pending.as_ref().map(|p| &p.reservation))
+            .field(
+                "reservation",
+                &self.pending.as_ref().map(|p| &p.reservation),
+            )
             .field("meter", &self.meter.snapshot())
             .finish()
     }

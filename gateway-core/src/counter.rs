@@ -97,10 +97,19 @@ mod tests {
     #[test]
     fn byte_bound_counts() {
         let b = ByteBound::default();
-        assert_eq!(b.count_prompt(&Prompt::Text("héllo".into())), TokenCount::UpperBound(8));
-        assert_eq!(b.count_prompt(&Prompt::Tokens(vec![7; 5])), TokenCount::Exact(5));
+        assert_eq!(
+            b.count_prompt(&Prompt::Text("héllo".into())),
+            TokenCount::UpperBound(8)
+        );
+        assert_eq!(
+            b.count_prompt(&Prompt::Tokens(vec![7; 5])),
+            TokenCount::Exact(5)
+        );
         let chat = Prompt::Chat(vec![ChatMessage::system("ab"), ChatMessage::user("cde")]);
-        assert_eq!(b.count_prompt(&chat), TokenCount::UpperBound(2 + 2 + 3 + 2 * 16));
+        assert_eq!(
+            b.count_prompt(&chat),
+            TokenCount::UpperBound(2 + 2 + 3 + 2 * 16)
+        );
         assert_eq!(b.count_text("日"), TokenCount::UpperBound(4));
         assert!(!b.count_text("x").is_exact());
         assert_eq!(TokenCount::Exact(3).value(), 3);

@@ -296,7 +296,11 @@ mod tests {
     #[test]
     fn names_are_unique_and_snake_case() {
         let mut names: Vec<&str> = FailureKind::ALL.iter().map(|k| k.as_str()).collect();
-        assert!(names.iter().all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '_')));
+        assert!(
+            names
+                .iter()
+                .all(|n| n.chars().all(|c| c.is_ascii_lowercase() || c == '_'))
+        );
         names.sort_unstable();
         names.dedup();
         assert_eq!(names.len(), FailureKind::ALL.len());
@@ -361,7 +365,10 @@ mod tests {
     fn display_names_kind_phase_and_message() {
         let err = BackendError::new(FailureKind::Overloaded, "queue full")
             .with_retry_after(Duration::from_secs(2));
-        assert_eq!(err.to_string(), "overloaded (before_first_token): queue full");
+        assert_eq!(
+            err.to_string(),
+            "overloaded (before_first_token): queue full"
+        );
         assert_eq!(err.retry_after(), Some(Duration::from_secs(2)));
     }
 }

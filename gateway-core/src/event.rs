@@ -253,16 +253,25 @@ mod tests {
         let cases: [(&[TokenEvent], &str); 6] = [
             (&[delta()], "a stream begins with Started"),
             (&[started(), started()], "Started comes once"),
-            (&[started(), usage(), delta()], "only Finished may follow Usage"),
+            (
+                &[started(), usage(), delta()],
+                "only Finished may follow Usage",
+            ),
             (&[started(), usage(), usage()], "Usage comes at most once"),
-            (&[started(), finished(), delta()], "nothing may follow Finished or an error"),
+            (
+                &[started(), finished(), delta()],
+                "nothing may follow Finished or an error",
+            ),
             (&[finished()], "a stream begins with Started"),
         ];
         for (events, rule) in cases {
             assert_eq!(check(events).unwrap_err().rule, rule, "{events:?}");
         }
         let err = check(&[started(), finished(), delta()]).unwrap_err();
-        assert_eq!(err.to_string(), "event Delta after Finished: nothing may follow Finished or an error");
+        assert_eq!(
+            err.to_string(),
+            "event Delta after Finished: nothing may follow Finished or an error"
+        );
     }
 
     #[test]

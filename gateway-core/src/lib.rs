@@ -98,6 +98,7 @@ mod error;
 mod event;
 mod meter;
 mod money;
+mod phase;
 mod pressure;
 mod request;
 pub mod rng;
@@ -117,6 +118,7 @@ pub use error::{BackendError, FailureKind, FailurePhase};
 pub use event::{Delta, EventOrder, FinishReason, OrderViolation, Started, TokenEvent};
 pub use meter::UsageMeter;
 pub use money::{Money, PriceError, Pricing};
+pub use phase::{AbortCounts, EnginePhase};
 pub use pressure::Pressure;
 pub use request::{
     ChatMessage, GenerateRequest, LatencyClass, Prompt, RequestId, Role, SamplingParams, TenantId,

@@ -66,8 +66,7 @@ impl UsageMeter {
         c.cached.store(usage.cached(), Ordering::Relaxed);
         c.drafted.store(usage.drafted(), Ordering::Relaxed);
         c.accepted.store(usage.accepted(), Ordering::Relaxed);
-        c.canceled
-            .fetch_max(usage.canceled(), Ordering::Relaxed);
+        c.canceled.fetch_max(usage.canceled(), Ordering::Relaxed);
     }
 
     /// Delivered completion tokens so far.

@@ -140,7 +140,13 @@ mod tests {
         // 700 * 0.5e-6 + 300 * 0.05e-6 + 200 * 1.5e-6 = 0.000665 USD
         assert_eq!(p.cost(&usage), Money::from_picos(665_000_000));
         assert_eq!(p.worst_case(1000, 256), Money::from_picos(884_000_000));
-        assert_eq!(Pricing::per_million(1.0, None, 2.0).unwrap().cached_input.picos(), 1_000_000);
+        assert_eq!(
+            Pricing::per_million(1.0, None, 2.0)
+                .unwrap()
+                .cached_input
+                .picos(),
+            1_000_000
+        );
     }
 
     #[test]
@@ -156,7 +162,10 @@ mod tests {
     fn arithmetic_saturates() {
         let max = Money::from_picos(u64::MAX);
         assert_eq!(max.saturating_add(Money::from_picos(1)), max);
-        assert_eq!(Money::ZERO.saturating_sub(Money::from_picos(1)), Money::ZERO);
+        assert_eq!(
+            Money::ZERO.saturating_sub(Money::from_picos(1)),
+            Money::ZERO
+        );
         assert_eq!(max.saturating_mul(2), max);
     }
 }

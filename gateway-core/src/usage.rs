@@ -138,7 +138,9 @@ impl Usage {
             cached: cached.min(prompt),
             completion,
             drafted,
-            accepted: accepted.min(drafted).min(completion.saturating_add(canceled)),
+            accepted: accepted
+                .min(drafted)
+                .min(completion.saturating_add(canceled)),
             canceled,
         }
     }
@@ -281,7 +283,13 @@ mod tests {
             })
         );
         // Canceled tokens count as produced.
-        assert!(Usage::new(5, 2).with_canceled(1).unwrap().with_speculative(8, 3).is_ok());
+        assert!(
+            Usage::new(5, 2)
+                .with_canceled(1)
+                .unwrap()
+                .with_speculative(8, 3)
+                .is_ok()
+        );
         // Lowering completion below accepted is refused.
         let u = Usage::new(5, 4).with_speculative(4, 4).unwrap();
         assert!(u.with_completion(3).is_err());

@@ -1,0 +1,1 @@
+//! Test support: a scriptable mock backend and the backend conformance suite.
