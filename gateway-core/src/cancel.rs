@@ -206,10 +206,7 @@ impl CancelGuard {
 
     /// Gives up the guard without canceling.
     pub fn disarm(mut self) -> CancelHandle {
-        match self.handle.take() {
-            Some(h) => h,
-            None => CancelHandle::new(),
-        }
+        self.handle.take().unwrap_or_default()
     }
 }
 
