@@ -158,6 +158,26 @@ struct Pending {
 /// [`settle`](BudgetGuard::settle) consumes the guard, so a second settle
 /// does not compile. A guard dropped without it (an early return, a
 /// canceled task, a panic) settles in `Drop` from its [`UsageMeter`].
+///
+/// Settling twice does not compile:
+///
+/// ```compile_fail,E0382
+/// use gateway_core::{BudgetGuard, Usage};
+/// fn twice(guard: BudgetGuard) {
+///     guard.settle(Usage::ZERO);
+///     guard.settle(Usage::ZERO); // error[E0382]: use of moved value
+/// }
+/// ```
+///
+/// nor does settling one [`Reservation`] twice with a ledger:
+///
+/// ```compile_fail,E0382
+/// use gateway_core::{Charge, Ledger, Reservation};
+/// fn twice(ledger: &dyn Ledger, r: Reservation, c: Charge) {
+///     ledger.settle(r, c);
+///     ledger.settle(r, c); // error[E0382]: use of moved value
+/// }
+/// ```
 #[must_use = "a BudgetGuard dropped without settle charges what its meter saw"]
 pub struct BudgetGuard {
     pending: Option<Pending>,
