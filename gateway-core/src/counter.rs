@@ -59,7 +59,7 @@ impl Default for ByteBound {
     fn default() -> Self {
         ByteBound {
             fixed: 2,
-            per_message: 16,
+            per_message: 32,
         }
     }
 }
@@ -108,7 +108,7 @@ mod tests {
         let chat = Prompt::Chat(vec![ChatMessage::system("ab"), ChatMessage::user("cde")]);
         assert_eq!(
             b.count_prompt(&chat),
-            TokenCount::UpperBound(2 + 2 + 3 + 2 * 16)
+            TokenCount::UpperBound(2 + 2 + 3 + 2 * 32)
         );
         assert_eq!(b.count_text("日"), TokenCount::UpperBound(4));
         assert!(!b.count_text("x").is_exact());

@@ -1,0 +1,96 @@
+//! [`HfTokenCounter`]: exact token counts from a Hugging Face tokenizer.
+
+use std::path::Path;
+
+use gateway_core::{ByteBound, ChatMessage, Prompt, TokenCount, TokenCounter};
+use tokenizers::Tokenizer;
+
+/// A tokenizer file that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot load tokenizer {path}: {reason}")]
+pub struct TokenizerError {
+    /// The file.
+    pub path: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// Counts tokens exactly with the model's own `tokenizer.json`.
+///
+/// Text prompts count as the engine counts them: the tokenizer's
+/// post-processor adds BOS when `add_special_tokens` is set (as vLLM does
+/// for completions). Chat prompts need the model's chat template to be
+/// exact; without one this counter returns an [`TokenCount::UpperBound`]:
+/// exact content tokens plus [`ByteBound`]'s allowance for the template's
+/// markup.
+#[derive(Debug, Clone)]
+pub struct HfTokenCounter {
+    tokenizer: Tokenizer,
+    add_special_tokens: bool,
+    markup: ByteBound,
+}
+
+impl HfTokenCounter {
+    /// Loads `tokenizer.json` from `path`. `add_special_tokens` as the
+    /// model's `tokenizer_config.json` says (`add_bos_token`).
+    ///
+    /// # Errors
+    /// [`TokenizerError`] if the file is missing or not a tokenizer.
+    pub fn from_file(
+        path: impl AsRef<Path>,
+        add_special_tokens: bool,
+    ) -> Result<Self, TokenizerError> {
+        let path = path.as_ref();
+        let tokenizer = Tokenizer::from_file(path).map_err(|e| TokenizerError {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        Ok(HfTokenCounter {
+            tokenizer,
+            add_special_tokens,
+            markup: ByteBound::default(),
+        })
+    }
+
+    /// Token ids of `text`, with special tokens if `special`.
+    fn encode_len(&self, text: &str, special: bool) -> Option<u64> {
+        self.tokenizer
+            .encode_fast(text, special)
+            .ok()
+            .map(|e| e.len() as u64)
+    }
+
+    fn chat_bound(&self, messages: &[ChatMessage]) -> TokenCount {
+        let fallback = self.markup.count_prompt(&Prompt::Chat(messages.to_vec()));
+        let mut total = self.markup.fixed;
+        for m in messages {
+            let Some(n) = self.encode_len(&m.content, false) else {
+                return fallback;
+            };
+            total = total
+                .saturating_add(n)
+                .saturating_add(self.markup.per_message);
+        }
+        TokenCount::UpperBound(total)
+    }
+}
+
+impl TokenCounter for HfTokenCounter {
+    fn count_prompt(&self, prompt: &Prompt) -> TokenCount {
+        match prompt {
+            Prompt::Text(text) => match self.encode_len(text, self.add_special_tokens) {
+                Some(n) => TokenCount::Exact(n),
+                None => self.markup.count_prompt(prompt),
+            },
+            Prompt::Chat(messages) => self.chat_bound(messages),
+            Prompt::Tokens(ids) => TokenCount::Exact(ids.len() as u64),
+        }
+    }
+
+    fn count_text(&self, text: &str) -> TokenCount {
+        match self.encode_len(text, false) {
+            Some(n) => TokenCount::Exact(n),
+            None => self.markup.count_text(text),
+        }
+    }
+}
