@@ -1,1 +1,54 @@
-//! placeholder
+//! Engine adapters for the AI gateway.
+//!
+//! Each adapter implements [`gateway_core::Backend`]. The first is
+//! [`sim`]: an in-process engine that behaves like a GPU inference server
+//! (slots and a bounded queue, prefill and decode times, a KV cache,
+//! speculative decoding, cancellation in every phase, injected faults),
+//! deterministic from a seed. It is the default engine of the example
+//! server, the engine of the benchmarks ([`SimConfig::zero_delay`]) and of
+//! many tests.
+//!
+//! [`SimConfig::zero_delay`]: sim::SimConfig::zero_delay
+//!
+//! # Examples
+//!
+//! Build a sim backend, start a request and collect its text:
+//!
+//! ```
+//! use std::sync::Arc;
+//! use futures::StreamExt;
+//! use gateway_adapters::sim::{SimBackend, SimConfig};
+//! use gateway_core::*;
+//!
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let sim = SimBackend::new(SimConfig {
+//!     natural_length: 12..=12,
+//!     ..SimConfig::zero_delay()
+//! });
+//! let backend: Arc<dyn Backend> = Arc::new(sim.clone());
+//!
+//! let request = GenerateRequest::new("sim", Prompt::Text("Tell me a story".into()), 64);
+//! let counter: Arc<dyn TokenCounter> = Arc::new(ByteBound::default());
+//! let (_guard, cancel) = CancelHandle::guarded();
+//! let mut stream = backend.start(BackendRequest::new(request, counter), cancel).await.unwrap();
+//!
+//! let (mut text, mut order) = (String::new(), EventOrder::new());
+//! while let Some(item) = stream.next().await {
+//!     let event = item.unwrap();
+//!     order.observe(&event).unwrap();
+//!     match event {
+//!         TokenEvent::Delta(d) => text.push_str(&d.text),
+//!         TokenEvent::Usage(u) => assert_eq!((u.prompt(), u.completion()), (17, 12)),
+//!         TokenEvent::Finished(reason) => assert_eq!(reason, FinishReason::Stop),
+//!         TokenEvent::Started(_) => {}
+//!     }
+//! }
+//! assert!(!text.is_empty());
+//! assert_eq!(sim.stats().completed, 1);
+//! assert_eq!(backend.pressure().inflight, 0);
+//! # }
+//! ```
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
+
+pub mod sim;
