@@ -2,7 +2,10 @@
 
 use std::process::Command;
 
-#[expect(clippy::unwrap_used, reason = "test helper: a failed spawn fails the test")]
+#[expect(
+    clippy::unwrap_used,
+    reason = "test helper: a failed spawn fails the test"
+)]
 fn run(exe: &str) -> String {
     let out = Command::new(exe).output().unwrap();
     let stdout = String::from_utf8(out.stdout).unwrap();

@@ -125,6 +125,19 @@ impl CancelHandle {
         }
     }
 
+    /// A child handle and the guard that cancels it (not this handle) with
+    /// [`CancelReason::ClientGone`] when dropped un-disarmed. For a request
+    /// that a server's shutdown handle must also be able to cancel.
+    pub fn guarded_child(&self) -> (CancelGuard, CancelHandle) {
+        let child = self.child();
+        (
+            CancelGuard {
+                handle: Some(child.clone()),
+            },
+            child,
+        )
+    }
+
     /// Cancels with `reason`. Returns `true` if this call fired the handle,
     /// `false` if it was already canceled (the first reason stays).
     pub fn cancel(&self, reason: CancelReason) -> bool {
@@ -253,6 +266,18 @@ mod tests {
         let (guard, handle) = CancelHandle::guarded();
         drop(guard);
         assert_eq!(handle.reason(), Some(CancelReason::ClientGone));
+    }
+
+    #[test]
+    fn a_guarded_child_cancels_only_itself() {
+        let server = CancelHandle::new();
+        let (guard, request) = server.guarded_child();
+        drop(guard);
+        assert_eq!(request.reason(), Some(CancelReason::ClientGone));
+        assert!(!server.is_canceled());
+        let (_guard, other) = server.guarded_child();
+        server.cancel(CancelReason::Shutdown);
+        assert_eq!(other.reason(), Some(CancelReason::Shutdown));
     }
 
     #[test]

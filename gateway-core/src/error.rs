@@ -193,6 +193,7 @@ pub struct BackendError {
     message: String,
     retry_after: Option<Duration>,
     upstream_status: Option<u16>,
+    engine_phase: Option<crate::EnginePhase>,
     #[source]
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
@@ -206,6 +207,7 @@ impl BackendError {
             message: message.into(),
             retry_after: None,
             upstream_status: None,
+            engine_phase: None,
             source: None,
         }
     }
@@ -240,6 +242,20 @@ impl BackendError {
     pub fn with_upstream_status(mut self, status: u16) -> Self {
         self.upstream_status = Some(status);
         self
+    }
+
+    /// Records where the request was inside the engine when it ended (for a
+    /// canceled request: the phase the abort landed in).
+    #[must_use]
+    pub fn with_engine_phase(mut self, phase: crate::EnginePhase) -> Self {
+        self.engine_phase = Some(phase);
+        self
+    }
+
+    /// Where the request was inside the engine when it ended, if the
+    /// backend knows.
+    pub fn engine_phase(&self) -> Option<crate::EnginePhase> {
+        self.engine_phase
     }
 
     /// Attaches the underlying cause (kept out of the client-facing message).

@@ -187,6 +187,9 @@ pub struct GenerateRequest {
     pub latency_class: LatencyClass,
     /// When the request must be done, if bounded.
     pub deadline: Option<Instant>,
+    /// Request fields the gateway does not interpret, as the text of a JSON
+    /// object, passed through to engines that accept extra fields.
+    pub extra: Option<Arc<str>>,
 }
 
 impl GenerateRequest {
@@ -202,6 +205,7 @@ impl GenerateRequest {
             tenant: TenantId::new("default"),
             latency_class: LatencyClass::Interactive,
             deadline: None,
+            extra: None,
         }
     }
 

@@ -78,7 +78,13 @@ impl Job {
             ),
             Err(Stop::Failed(err)) => (Outcome::Failed, vec![Err(err)]),
         };
-        live.finish(outcome);
+        let phase = live.finish(outcome);
+        let last = last.into_iter().map(|item| match (item, phase) {
+            (Err(e), Some(phase)) if e.kind() == FailureKind::Canceled => {
+                Err(e.with_engine_phase(phase))
+            }
+            (item, _) => item,
+        });
         for item in last {
             let Ok(permit) = self.tx.reserve().await else {
                 return;

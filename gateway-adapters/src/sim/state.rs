@@ -404,20 +404,23 @@ impl LiveGuard {
     }
 
     /// Counts how the request ended; a cancel counts as an abort in the
-    /// phase the request is in now. Then removes the entry.
-    pub(crate) fn finish(self, outcome: Outcome) {
+    /// phase the request is in now, which is returned. Then removes the
+    /// entry.
+    pub(crate) fn finish(self, outcome: Outcome) -> Option<EnginePhase> {
         let mut s = lock(&self.shared.state);
+        let phase = s.phase(&self.id, self.serial);
         match outcome {
             Outcome::Completed => s.stats.completed += 1,
             Outcome::Failed => s.stats.failed += 1,
             Outcome::Canceled => {
                 s.stats.canceled += 1;
-                if let Some(phase) = s.phase(&self.id, self.serial) {
+                if let Some(phase) = phase {
                     s.aborts.add(phase);
                 }
             }
         }
         // The entry goes when `self` drops, after the lock is released.
+        phase
     }
 }
 

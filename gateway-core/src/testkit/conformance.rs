@@ -478,6 +478,19 @@ impl Kit<'_> {
         let before = self.instance.probe.aborts();
         let t0 = Instant::now();
         fire();
+        self.ends_canceled(phase, stream, order, delivered).await?;
+        self.engine_abort(phase, before, t0).await
+    }
+
+    /// Checks that the stream ends, within the abort bound, with one
+    /// `Canceled` error in the right phase.
+    async fn ends_canceled(
+        &self,
+        phase: EnginePhase,
+        stream: &mut TokenStream,
+        order: &mut EventOrder,
+        delivered: bool,
+    ) -> Check {
         let drained = Self::drain(stream, order, self.config.abort_bound).await;
         if let Some(v) = drained.violation {
             return Err(format!("after cancel: {v}"));
@@ -509,7 +522,14 @@ impl Kit<'_> {
                 err.phase()
             ));
         }
-        self.engine_abort(phase, before, t0).await
+        if let Some(reported) = err.engine_phase()
+            && reported != phase
+        {
+            return Err(format!(
+                "canceled error reports engine phase {reported}, expected {phase}"
+            ));
+        }
+        Ok(())
     }
 
     /// Waits until the engine counted one more abort in `phase` than `before`.
@@ -743,15 +763,16 @@ impl Kit<'_> {
         let mut stream = self.start(request, CancelHandle::new()).await?;
         let mut order = EventOrder::new();
         self.first_delta(&mut stream, &mut order).await?;
-        let backend = self.instance.backend.clone();
-        let found = backend.abort(&id).await;
-        match found {
+        let before = self.instance.probe.aborts();
+        let t0 = Instant::now();
+        match self.backend().abort(&id).await {
             Ok(true) => {}
             Ok(false) => return Err("abort of a live request reported not found".to_owned()),
             Err(e) => return Err(format!("abort of a live request failed: {e}")),
         }
-        self.cancel_reaches_engine(EnginePhase::Decode, &mut stream, &mut order, true, || {})
-            .await
+        self.ends_canceled(EnginePhase::Decode, &mut stream, &mut order, true)
+            .await?;
+        self.engine_abort(EnginePhase::Decode, before, t0).await
     }
 
     async fn error_before(&mut self) -> Check {

@@ -418,7 +418,9 @@ impl Run {
                     .cancel
                     .reason()
                     .unwrap_or(crate::CancelReason::ClientGone);
-                let err = BackendError::canceled(reason).with_phase(self.failure_phase());
+                let err = BackendError::canceled(reason)
+                    .with_phase(self.failure_phase())
+                    .with_engine_phase(self.phase);
                 // The consumer may be gone; then nobody needs the error.
                 let _ = self.tx.try_send(Err(err));
             }
