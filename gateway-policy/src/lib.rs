@@ -1,32 +1,80 @@
-//! Gateway policies written against the `gateway-core` contract.
+//! Gateway policies and the request pipeline, written against the
+//! `gateway-core` contract.
 //!
-//! This crate grows into the whole request pipeline (authentication,
-//! estimation, ledgers, limits, fairness, routing, health). It starts with
-//! token estimation:
-//!
-//! - [`HfTokenCounter`] (feature `tokenizers`): exact prompt-token counts
-//!   from a Hugging Face `tokenizer.json`, the way the engine counts them;
-//! - [`gateway_core::ByteBound`] remains the fallback upper bound for
-//!   models without a tokenizer file.
+//! The [`Gateway`] runs each request through: authenticate
+//! ([`Authenticator`], default [`StaticKeys`]: SHA-256 hashes compared in
+//! constant time) -> check the model and the tenant's allow-list ->
+//! estimate prompt tokens ([`ModelSpec::counter`]: exact with
+//! [`HfTokenCounter`] when a `tokenizer.json` is configured, else
+//! [`gateway_core::ByteBound`]) -> tenant limits ([`TenantLimiter`]) ->
+//! reserve the worst-case cost in the ledger ([`MemoryLedger`] by default)
+//! -> route to the least-loaded healthy backend ([`route::rank`]) -> start,
+//! retrying other backends while nothing reached the client -> stream
+//! through a bounded buffer with idle and client-stall timeouts -> settle
+//! exactly once -> metrics ([`Metrics`]).
 //!
 //! # Examples
 //!
 //! ```
-//! # #[cfg(feature = "tokenizers")] {
-//! use gateway_core::{Prompt, TokenCount, TokenCounter};
-//! use gateway_policy::HfTokenCounter;
+//! use std::sync::Arc;
+//! use futures::StreamExt;
+//! use gateway_core::testkit::MockBackend;
+//! use gateway_core::*;
+//! use gateway_policy::*;
 //!
-//! let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/tokenizers/tinyllama.json");
-//! let counter = HfTokenCounter::from_file(path, true).unwrap();
-//! // `<s>`, `▁Hello`, `▁world`
-//! assert_eq!(counter.count_prompt(&Prompt::Text("Hello world".into())), TokenCount::Exact(3));
+//! # #[tokio::main(flavor = "current_thread")] async fn main() {
+//! let (mock, _handle) = MockBackend::new("mock-0", "tiny");
+//! let gateway = Gateway::builder(Settings::default())
+//!     .tenant(Tenant::new("team-a"), key_hash("sk-a"))
+//!     .model(ModelSpec {
+//!         name: "tiny".into(),
+//!         pricing: Pricing::per_million(1.0, None, 2.0).unwrap(),
+//!         context_window: 4096,
+//!         default_max_tokens: 64,
+//!         counter: Arc::new(ByteBound::default()),
+//!     })
+//!     .backend(Arc::new(mock), "tiny", "tiny", None)
+//!     .build()
+//!     .unwrap();
+//!
+//! let tenant = gateway.authenticate(Some("sk-a")).unwrap();
+//! let (_guard, cancel) = gateway.request_cancel();
+//! let request = ClientRequest::new("req-1", "tiny", Prompt::Text("hi".into()));
+//! let mut stream = gateway.generate(&tenant, request, cancel).await.unwrap();
+//! let mut text = String::new();
+//! while let Some(Ok(event)) = stream.next().await {
+//!     if let TokenEvent::Delta(d) = event { text.push_str(&d.text) }
+//! }
+//! assert_eq!(text, "Hello, world");
 //! # }
 //! ```
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+mod auth;
+mod error;
 #[cfg(feature = "tokenizers")]
 mod hf_counter;
+mod ledger;
+mod limits;
+pub mod metrics;
+mod model;
+mod pipeline;
+mod pool;
+pub mod route;
+mod tenant;
 
+pub use auth::{Authenticator, StaticKeys, key_hash};
+pub use error::{ErrorCode, GatewayError};
 #[cfg(feature = "tokenizers")]
 pub use hf_counter::{HfTokenCounter, TokenizerError};
+pub use ledger::{AccountLedger, MemoryLedger, TenantAccount};
+pub use limits::{LimitError, LimitKind, RateBucket, TenantLimiter, TenantPermit};
+pub use metrics::Metrics;
+pub use model::ModelSpec;
+pub use pipeline::{
+    BuildError, ClientRequest, DrainReport, Gateway, GatewayBuilder, GatewayStream, Settings,
+    UNAUTHENTICATED, UNKNOWN_MODEL,
+};
+pub use pool::{BackendSlot, InflightGuard};
+pub use tenant::Tenant;

@@ -1,0 +1,300 @@
+//! The gateway's Prometheus metrics (the contract's minimum set, and a few
+//! more). Label values come only from configuration (tenant ids, model and
+//! backend names) or fixed enums, never from request content.
+
+use std::fmt;
+use std::sync::atomic::AtomicU64;
+
+use gateway_core::Usage;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels `tenant, model, outcome`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// Tenant id, or `unauthenticated`.
+    pub tenant: String,
+    /// Model name, or `unknown`.
+    pub model: String,
+    /// `ok`, `canceled`, `stream_error`, or the error code of a refused request.
+    pub outcome: &'static str,
+}
+
+/// Label `model`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelLabels {
+    /// Model name.
+    pub model: String,
+}
+
+/// Labels `model, backend`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModelBackendLabels {
+    /// Model name.
+    pub model: String,
+    /// Backend name.
+    pub backend: String,
+}
+
+/// Labels `tenant, model, kind`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TokenLabels {
+    /// Tenant id.
+    pub tenant: String,
+    /// Model name.
+    pub model: String,
+    /// prompt, cached, completion, accepted, drafted, rejected, canceled.
+    pub kind: &'static str,
+}
+
+/// Label `tenant`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TenantLabels {
+    /// Tenant id.
+    pub tenant: String,
+}
+
+/// Label `backend`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    /// Backend name.
+    pub backend: String,
+}
+
+/// Labels `backend, phase`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AbortLabels {
+    /// Backend name.
+    pub backend: String,
+    /// queued, prefill, decode.
+    pub phase: &'static str,
+}
+
+/// Labels `backend, kind`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FailureLabels {
+    /// Backend name.
+    pub backend: String,
+    /// The failure kind.
+    pub kind: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    // 1 ms .. ~33 s
+    Histogram::new(exponential_buckets(0.001, 2.0, 16))
+}
+
+fn abort_histogram() -> Histogram {
+    // 0.1 ms .. ~3 s
+    Histogram::new(exponential_buckets(0.0001, 2.0, 16))
+}
+
+fn ratio_histogram() -> Histogram {
+    Histogram::new([
+        -0.5, -0.2, -0.1, -0.05, -0.01, 0.0, 0.01, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0,
+    ])
+}
+
+/// Every metric the gateway records, in one registry.
+pub struct Metrics {
+    registry: Registry,
+    /// `gateway_requests_total{tenant,model,outcome}`.
+    pub requests: Family<RequestLabels, Counter>,
+    /// `gateway_request_duration_seconds{model}`.
+    pub request_duration: Family<ModelLabels, Histogram>,
+    /// `gateway_time_to_first_token_seconds{model,backend}`.
+    pub time_to_first_token: Family<ModelBackendLabels, Histogram>,
+    /// `gateway_tokens_total{tenant,model,kind}`.
+    pub tokens: Family<TokenLabels, Counter>,
+    /// `gateway_spend_usd_total{tenant}`.
+    pub spend_usd: Family<TenantLabels, Counter<f64, AtomicU64>>,
+    /// `gateway_inflight_requests{backend}`.
+    pub inflight: Family<BackendLabels, Gauge>,
+    /// `gateway_backend_queue_depth{backend}`.
+    pub queue_depth: Family<BackendLabels, Gauge>,
+    /// `gateway_upstream_aborts_total{backend,phase}`.
+    pub upstream_aborts: Family<AbortLabels, Counter>,
+    /// `gateway_abort_propagation_seconds`: cancel fired until the backend
+    /// confirmed the abort.
+    pub abort_propagation: Histogram,
+    /// `gateway_backend_failures_total{backend,kind}`.
+    pub backend_failures: Family<FailureLabels, Counter>,
+    /// `gateway_estimate_error_ratio{model}`.
+    pub estimate_error: Family<ModelLabels, Histogram>,
+    /// `gateway_retries_total{backend}`: attempts that failed before the
+    /// first token and were retried on another backend.
+    pub retries: Family<BackendLabels, Counter>,
+    /// `gateway_client_stalls_total{backend}`: streams dropped because the
+    /// client stopped reading.
+    pub client_stalls: Family<BackendLabels, Counter>,
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// A registry with every metric registered, all at zero.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("gateway");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Requests by tenant, model and outcome",
+            requests.clone(),
+        );
+        let request_duration = Family::<ModelLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from arrival to the end of the response",
+            request_duration.clone(),
+        );
+        let time_to_first_token = Family::<ModelBackendLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "time_to_first_token_seconds",
+            "Time from arrival to the first token",
+            time_to_first_token.clone(),
+        );
+        let tokens = Family::<TokenLabels, Counter>::default();
+        registry.register("tokens", "Tokens by tenant, model and kind", tokens.clone());
+        let spend_usd = Family::<TenantLabels, Counter<f64, AtomicU64>>::default();
+        registry.register(
+            "spend_usd",
+            "Money charged to tenants, in USD",
+            spend_usd.clone(),
+        );
+        let inflight = Family::<BackendLabels, Gauge>::default();
+        registry.register(
+            "inflight_requests",
+            "Requests in flight per backend",
+            inflight.clone(),
+        );
+        let queue_depth = Family::<BackendLabels, Gauge>::default();
+        registry.register(
+            "backend_queue_depth",
+            "Requests waiting at the engine, from its pressure",
+            queue_depth.clone(),
+        );
+        let upstream_aborts = Family::<AbortLabels, Counter>::default();
+        registry.register(
+            "upstream_aborts",
+            "Requests aborted at the engine, by the phase the abort reached",
+            upstream_aborts.clone(),
+        );
+        let abort_propagation = abort_histogram();
+        registry.register(
+            "abort_propagation_seconds",
+            "Time from a cancel to the backend confirming the abort",
+            abort_propagation.clone(),
+        );
+        let backend_failures = Family::<FailureLabels, Counter>::default();
+        registry.register(
+            "backend_failures",
+            "Backend failures by kind",
+            backend_failures.clone(),
+        );
+        let estimate_error = Family::<ModelLabels, Histogram>::new_with_constructor(
+            ratio_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "estimate_error_ratio",
+            "(estimated - actual) / actual prompt tokens",
+            estimate_error.clone(),
+        );
+        let retries = Family::<BackendLabels, Counter>::default();
+        registry.register(
+            "retries",
+            "Attempts that failed before the first token and were retried elsewhere",
+            retries.clone(),
+        );
+        let client_stalls = Family::<BackendLabels, Counter>::default();
+        registry.register(
+            "client_stalls",
+            "Streams dropped because the client stopped reading",
+            client_stalls.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            request_duration,
+            time_to_first_token,
+            tokens,
+            spend_usd,
+            inflight,
+            queue_depth,
+            upstream_aborts,
+            abort_propagation,
+            backend_failures,
+            estimate_error,
+            retries,
+            client_stalls,
+        }
+    }
+
+    /// Counts one request's outcome.
+    pub fn request(&self, tenant: &str, model: &str, outcome: &'static str) {
+        self.requests
+            .get_or_create(&RequestLabels {
+                tenant: tenant.to_owned(),
+                model: model.to_owned(),
+                outcome,
+            })
+            .inc();
+    }
+
+    /// Adds a settled request's tokens.
+    pub fn tokens(&self, tenant: &str, model: &str, usage: &Usage) {
+        let kinds = [
+            ("prompt", usage.prompt()),
+            ("cached", usage.cached()),
+            ("completion", usage.completion()),
+            ("accepted", usage.accepted()),
+            ("drafted", usage.drafted()),
+            ("rejected", usage.rejected()),
+            ("canceled", usage.canceled()),
+        ];
+        for (kind, n) in kinds {
+            self.tokens
+                .get_or_create(&TokenLabels {
+                    tenant: tenant.to_owned(),
+                    model: model.to_owned(),
+                    kind,
+                })
+                .inc_by(n);
+        }
+    }
+
+    /// Counts a backend failure.
+    pub fn failure(&self, backend: &str, kind: &'static str) {
+        self.backend_failures
+            .get_or_create(&FailureLabels {
+                backend: backend.to_owned(),
+                kind,
+            })
+            .inc();
+    }
+
+    /// The registry, in the OpenMetrics text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}

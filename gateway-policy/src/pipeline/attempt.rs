@@ -1,0 +1,273 @@
+//! Routing and backend attempts up to the first token, retrying on other
+//! backends while nothing has reached the client.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use gateway_core::{
+    BackendError, BackendRequest, BudgetGuard, CancelHandle, CancelReason, EventOrder, FailureKind,
+    GenerateRequest, RequestBudget, TokenCount, TokenEvent, TokenStream, UsageMeter,
+};
+use tokio::time::Instant;
+
+use super::stream::{self, Attempted};
+use super::{ActiveGuard, Gateway, GatewayStream};
+use crate::limits::TenantPermit;
+use crate::metrics::{BackendLabels, ModelBackendLabels};
+use crate::pool::BackendSlot;
+use crate::route::{Candidate, rank};
+use crate::{ErrorCode, GatewayError, ModelSpec, Tenant};
+
+/// A request past limits and budget, ready to route.
+pub(super) struct Admitted {
+    pub(super) tenant: Arc<Tenant>,
+    pub(super) model: Arc<ModelSpec>,
+    pub(super) request: Arc<GenerateRequest>,
+    pub(super) estimate: TokenCount,
+    pub(super) arrived: Instant,
+    pub(super) meter: UsageMeter,
+    pub(super) guard: BudgetGuard,
+    pub(super) permit: TenantPermit,
+    pub(super) active: ActiveGuard,
+}
+
+/// What the first events of a successful attempt were.
+pub(super) struct Head {
+    pub(super) stream: TokenStream,
+    pub(super) events: Vec<TokenEvent>,
+    pub(super) order: EventOrder,
+}
+
+/// Routes and starts `admitted`, trying each eligible backend of the model
+/// at most once, in ranked order, until one produces its first token.
+pub(super) async fn run(
+    gateway: &Gateway,
+    admitted: Admitted,
+    cancel: CancelHandle,
+) -> Result<GatewayStream, GatewayError> {
+    let inner = &gateway.inner;
+    let indices: &[usize] = inner
+        .by_model
+        .get(&admitted.model.name)
+        .map_or(&[], Vec::as_slice);
+    let admission_deadline = admitted.arrived + inner.settings.admission_wait;
+    let mut tried: HashSet<usize> = HashSet::new();
+    let mut failures: Vec<BackendError> = Vec::new();
+    loop {
+        // Register for capacity news before looking, so none is missed.
+        let capacity = inner.capacity.notified();
+        let candidates: Vec<Candidate> = indices
+            .iter()
+            .filter(|i| !tried.contains(*i))
+            .filter_map(|i| {
+                let slot = gateway.slot(*i)?;
+                Some(Candidate {
+                    index: *i,
+                    healthy: slot.is_healthy(),
+                    has_capacity: slot.has_capacity(),
+                    pressure: slot.pressure(),
+                })
+            })
+            .collect();
+        let picked = rank(&candidates).into_iter().find_map(|i| {
+            gateway
+                .slot(i)
+                .and_then(|s| s.try_acquire().map(|g| (i, g)))
+        });
+        if let Some((index, inflight)) = picked {
+            tried.insert(index);
+            match attempt(gateway, &admitted, inflight.slot().clone(), &cancel).await {
+                Ok((head, attempt_cancel)) => {
+                    return Ok(stream::start(
+                        gateway,
+                        Attempted {
+                            admitted,
+                            head,
+                            inflight,
+                            attempt_cancel,
+                        },
+                        cancel,
+                    ));
+                }
+                Err(Failed::Canceled(reason)) => {
+                    return Err(GatewayError::new(
+                        ErrorCode::Canceled,
+                        format!("request canceled: {reason}"),
+                    ));
+                }
+                Err(Failed::Backend(err)) => {
+                    let backend = inflight.slot().name.clone();
+                    drop(inflight);
+                    if !err.is_retryable() {
+                        return Err(GatewayError::from_backend(err));
+                    }
+                    inner
+                        .metrics
+                        .retries
+                        .get_or_create(&BackendLabels { backend })
+                        .inc();
+                    failures.push(err);
+                    continue;
+                }
+            }
+        }
+        let waiting_possible = candidates.iter().any(|c| c.healthy && !c.has_capacity);
+        if !waiting_possible {
+            return Err(exhausted(&failures));
+        }
+        tokio::select! {
+            biased;
+            reason = cancel.canceled() => {
+                return Err(GatewayError::new(ErrorCode::Canceled, format!("request canceled: {reason}")));
+            }
+            () = tokio::time::sleep_until(admission_deadline) => {
+                return Err(GatewayError::new(
+                    ErrorCode::Overloaded,
+                    format!("no capacity for model {} within the admission wait", admitted.model.name),
+                )
+                .with_retry_after(Duration::from_secs(1)));
+            }
+            () = capacity => {}
+        }
+    }
+}
+
+/// The error when every eligible backend failed (or none was eligible).
+fn exhausted(failures: &[BackendError]) -> GatewayError {
+    let Some(last) = failures.last() else {
+        return GatewayError::new(
+            ErrorCode::UpstreamError,
+            "no healthy backend serves this model",
+        );
+    };
+    let all = |f: fn(FailureKind) -> bool| failures.iter().all(|e| f(e.kind()));
+    if all(|k| k == FailureKind::FirstTokenTimeout) {
+        return GatewayError::new(
+            ErrorCode::UpstreamTimeout,
+            "no backend produced a first token in time",
+        );
+    }
+    if all(|k| matches!(k, FailureKind::Overloaded | FailureKind::OutOfMemory)) {
+        let retry_after = failures
+            .iter()
+            .filter_map(BackendError::retry_after)
+            .min()
+            .unwrap_or(Duration::from_secs(1));
+        return GatewayError::new(ErrorCode::Overloaded, "every backend is overloaded")
+            .with_retry_after(retry_after);
+    }
+    GatewayError::new(
+        ErrorCode::UpstreamError,
+        format!(
+            "every backend failed before the first token; last: {}",
+            last.message()
+        ),
+    )
+}
+
+enum Failed {
+    Canceled(CancelReason),
+    Backend(BackendError),
+}
+
+/// One attempt on `slot`: start it and read up to the first token.
+async fn attempt(
+    gateway: &Gateway,
+    admitted: &Admitted,
+    slot: Arc<BackendSlot>,
+    cancel: &CancelHandle,
+) -> Result<(Head, CancelHandle), Failed> {
+    let settings = &gateway.inner.settings;
+    let metrics = &gateway.inner.metrics;
+    let attempt_cancel = cancel.child();
+    let request = BackendRequest {
+        request: admitted.request.clone(),
+        served_model: slot.served_model.clone(),
+        counter: admitted.model.counter.clone(),
+        budget: RequestBudget {
+            max_completion_tokens: admitted.request.max_tokens,
+            deadline: admitted.request.deadline,
+        },
+    };
+    let deadline = Instant::now() + settings.first_token_timeout;
+    let result = tokio::select! {
+        biased;
+        reason = cancel.canceled() => Err(Failed::Canceled(reason)),
+        head = first_token(&slot, request, attempt_cancel.clone(), deadline) => head.map_err(Failed::Backend),
+    };
+    match result {
+        Ok(head) => {
+            metrics
+                .time_to_first_token
+                .get_or_create(&ModelBackendLabels {
+                    model: admitted.model.name.clone(),
+                    backend: slot.name.clone(),
+                })
+                .observe(admitted.arrived.elapsed().as_secs_f64());
+            Ok((head, attempt_cancel))
+        }
+        Err(failed) => {
+            let reason = match &failed {
+                Failed::Canceled(reason) => *reason,
+                Failed::Backend(_) => CancelReason::Timeout,
+            };
+            attempt_cancel.cancel(reason);
+            if let Failed::Backend(err) = &failed {
+                metrics.failure(&slot.name, err.kind().as_str());
+            }
+            Err(failed)
+        }
+    }
+}
+
+/// Starts the request and reads until its first `Delta` (or its end).
+async fn first_token(
+    slot: &BackendSlot,
+    request: BackendRequest,
+    cancel: CancelHandle,
+    deadline: Instant,
+) -> Result<Head, BackendError> {
+    let timeout = || {
+        BackendError::new(
+            FailureKind::FirstTokenTimeout,
+            "no first token within the first-token timeout",
+        )
+    };
+    let mut stream = tokio::time::timeout_at(deadline, slot.backend.start(request, cancel))
+        .await
+        .map_err(|_| timeout())??;
+    let mut order = EventOrder::new();
+    let mut events = Vec::new();
+    loop {
+        let item = tokio::time::timeout_at(deadline, stream.next())
+            .await
+            .map_err(|_| timeout())?;
+        let event = match item {
+            Some(Ok(event)) => event,
+            Some(Err(err)) => return Err(err),
+            None => {
+                return Err(BackendError::new(
+                    FailureKind::ProtocolViolation,
+                    "stream ended before its first token without Finished",
+                ));
+            }
+        };
+        order.observe(&event).map_err(|v| {
+            BackendError::new(
+                FailureKind::ProtocolViolation,
+                format!("backend broke the event order: {v}"),
+            )
+        })?;
+        let first = matches!(event, TokenEvent::Delta(_) | TokenEvent::Finished(_));
+        events.push(event);
+        if first {
+            return Ok(Head {
+                stream,
+                events,
+                order,
+            });
+        }
+    }
+}

@@ -1,0 +1,630 @@
+//! The [`Gateway`]: authenticate, estimate, limit, reserve, route, start
+//! with retries before the first token, stream with metering, settle once.
+
+mod attempt;
+mod settings;
+mod stream;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use gateway_core::{
+    Backend, BudgetGuard, CancelGuard, CancelHandle, CancelReason, GenerateRequest, LatencyClass,
+    Ledger, LedgerError, Prompt, RequestId, ReserveRequest, SamplingParams, TenantId, UsageMeter,
+};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+pub use settings::Settings;
+pub use stream::GatewayStream;
+
+use crate::auth::{Authenticator, StaticKeys};
+use crate::ledger::{AccountLedger, MemoryLedger, TenantAccount};
+use crate::limits::{LimitKind, TenantLimiter};
+use crate::metrics::{BackendLabels, Metrics};
+use crate::pool::BackendSlot;
+use crate::{ErrorCode, GatewayError, ModelSpec, Tenant};
+
+/// Tenant label used before a tenant is known.
+pub const UNAUTHENTICATED: &str = "unauthenticated";
+/// Model label used when the requested model is not configured.
+pub const UNKNOWN_MODEL: &str = "unknown";
+
+/// A request as a client sends it, before the gateway fills defaults.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientRequest {
+    /// Its id (echoed as `x-request-id`).
+    pub id: RequestId,
+    /// The public model name.
+    pub model: String,
+    /// The prompt.
+    pub prompt: Prompt,
+    /// Sampling parameters.
+    pub sampling: SamplingParams,
+    /// `max_tokens`; the model's default when absent.
+    pub max_tokens: Option<u32>,
+    /// Interactive or batch.
+    pub latency_class: LatencyClass,
+    /// Fields passed through to engines, as JSON object text.
+    pub extra: Option<Arc<str>>,
+}
+
+impl ClientRequest {
+    /// A request for `model` with defaults.
+    pub fn new(id: impl Into<RequestId>, model: impl Into<String>, prompt: Prompt) -> Self {
+        ClientRequest {
+            id: id.into(),
+            model: model.into(),
+            prompt,
+            sampling: SamplingParams::default(),
+            max_tokens: None,
+            latency_class: LatencyClass::Interactive,
+            extra: None,
+        }
+    }
+}
+
+/// Why a [`GatewayBuilder`] could not build.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid gateway: {0}")]
+pub struct BuildError(pub String);
+
+/// Assembles a [`Gateway`].
+pub struct GatewayBuilder {
+    settings: Settings,
+    keys: StaticKeys,
+    authenticator: Option<Arc<dyn Authenticator>>,
+    ledger: Option<Arc<dyn AccountLedger>>,
+    tenants: Vec<Arc<Tenant>>,
+    models: Vec<ModelSpec>,
+    backends: Vec<PendingBackend>,
+}
+
+/// A backend added to a builder.
+struct PendingBackend {
+    backend: Arc<dyn Backend>,
+    model: String,
+    served_model: String,
+    max_concurrency: Option<NonZeroU32>,
+}
+
+impl fmt::Debug for GatewayBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GatewayBuilder")
+            .field("settings", &self.settings)
+            .field("tenants", &self.tenants.len())
+            .field("models", &self.models.len())
+            .field("backends", &self.backends.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl GatewayBuilder {
+    /// Adds a tenant with the SHA-256 of its key (for the default
+    /// authenticator).
+    #[must_use]
+    pub fn tenant(mut self, tenant: Tenant, key_sha256: [u8; 32]) -> Self {
+        let tenant = Arc::new(tenant);
+        self.keys.insert_hash(key_sha256, tenant.clone());
+        self.tenants.push(tenant);
+        self
+    }
+
+    /// Adds a model.
+    #[must_use]
+    pub fn model(mut self, model: ModelSpec) -> Self {
+        self.models.push(model);
+        self
+    }
+
+    /// Adds a backend serving public `model` as `served_model`, with the
+    /// gateway sending it at most `max_concurrency` requests at once.
+    #[must_use]
+    pub fn backend(
+        mut self,
+        backend: Arc<dyn Backend>,
+        model: &str,
+        served_model: &str,
+        max_concurrency: Option<NonZeroU32>,
+    ) -> Self {
+        self.backends.push(PendingBackend {
+            backend,
+            model: model.to_owned(),
+            served_model: served_model.to_owned(),
+            max_concurrency,
+        });
+        self
+    }
+
+    /// Replaces the in-memory ledger.
+    #[must_use]
+    pub fn ledger(mut self, ledger: Arc<dyn AccountLedger>) -> Self {
+        self.ledger = Some(ledger);
+        self
+    }
+
+    /// Replaces the static-key authenticator.
+    #[must_use]
+    pub fn authenticator(mut self, authenticator: Arc<dyn Authenticator>) -> Self {
+        self.authenticator = Some(authenticator);
+        self
+    }
+
+    /// Builds the gateway.
+    ///
+    /// # Errors
+    /// [`BuildError`] for duplicate names, a backend of an unknown model, a
+    /// model without backends.
+    pub fn build(self) -> Result<Gateway, BuildError> {
+        let mut models = HashMap::new();
+        for m in self.models {
+            let name = m.name.clone();
+            if models.insert(name.clone(), Arc::new(m)).is_some() {
+                return Err(BuildError(format!("model {name} added twice")));
+            }
+        }
+        let capacity = Arc::new(Notify::new());
+        let mut pool = Vec::new();
+        let mut by_model: HashMap<String, Vec<usize>> = HashMap::new();
+        for PendingBackend {
+            backend,
+            model,
+            served_model: served,
+            max_concurrency: max,
+        } in self.backends
+        {
+            if !models.contains_key(&model) {
+                return Err(BuildError(format!(
+                    "backend {} serves unknown model {model}",
+                    backend.info().name
+                )));
+            }
+            if pool
+                .iter()
+                .any(|s: &Arc<BackendSlot>| s.name == backend.info().name)
+            {
+                return Err(BuildError(format!(
+                    "backend {} added twice",
+                    backend.info().name
+                )));
+            }
+            by_model.entry(model.clone()).or_default().push(pool.len());
+            pool.push(Arc::new(BackendSlot::new(
+                backend,
+                model,
+                served,
+                max,
+                capacity.clone(),
+            )));
+        }
+        if let Some(name) = models.keys().find(|m| !by_model.contains_key(*m)) {
+            return Err(BuildError(format!("model {name} has no backend")));
+        }
+        let mut tenants = HashMap::new();
+        for t in &self.tenants {
+            if tenants.insert(t.id.clone(), t.clone()).is_some() {
+                return Err(BuildError(format!("tenant {} added twice", t.id)));
+            }
+        }
+        let ledger: Arc<dyn AccountLedger> = match self.ledger {
+            Some(l) => l,
+            None => {
+                let memory = MemoryLedger::new();
+                for t in &self.tenants {
+                    memory.open(&t.id, t.budget);
+                }
+                Arc::new(memory)
+            }
+        };
+        let authenticator = self.authenticator.unwrap_or_else(|| Arc::new(self.keys));
+        Ok(Gateway {
+            inner: Arc::new(Inner {
+                settings: self.settings,
+                authenticator,
+                ledger,
+                limiter: TenantLimiter::new(),
+                tenants,
+                models,
+                pool,
+                by_model,
+                capacity,
+                metrics: Arc::new(Metrics::new()),
+                shutdown: CancelHandle::new(),
+                active: Arc::new(Active::default()),
+            }),
+        })
+    }
+}
+
+/// Requests in the gateway, for draining on shutdown.
+#[derive(Debug, Default)]
+struct Active {
+    count: AtomicUsize,
+    changed: Notify,
+}
+
+/// One request's place in [`Active`].
+#[derive(Debug)]
+struct ActiveGuard(Arc<Active>);
+
+impl ActiveGuard {
+    fn new(active: &Arc<Active>) -> Self {
+        active.count.fetch_add(1, Ordering::AcqRel);
+        ActiveGuard(active.clone())
+    }
+}
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::AcqRel);
+        self.0.changed.notify_waiters();
+    }
+}
+
+struct Inner {
+    settings: Settings,
+    authenticator: Arc<dyn Authenticator>,
+    ledger: Arc<dyn AccountLedger>,
+    limiter: TenantLimiter,
+    tenants: HashMap<TenantId, Arc<Tenant>>,
+    models: HashMap<String, Arc<ModelSpec>>,
+    pool: Vec<Arc<BackendSlot>>,
+    by_model: HashMap<String, Vec<usize>>,
+    capacity: Arc<Notify>,
+    metrics: Arc<Metrics>,
+    shutdown: CancelHandle,
+    active: Arc<Active>,
+}
+
+/// The gateway pipeline. Cheap to clone; clones share everything.
+///
+/// Every request that gets past admission holds a budget reservation that
+/// settles exactly once — when the client has taken the last event, when it
+/// goes away, when the engine fails, on shutdown, or if a task panics.
+#[derive(Clone)]
+pub struct Gateway {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Gateway")
+            .field("models", &self.inner.models.len())
+            .field("backends", &self.inner.pool.len())
+            .field("active", &self.active())
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a drain did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DrainReport {
+    /// Requests still running when the grace period ended, then aborted.
+    pub aborted: usize,
+    /// Requests that had not settled when the drain gave up waiting.
+    pub unsettled: usize,
+}
+
+impl Gateway {
+    /// A builder with `settings`.
+    pub fn builder(settings: Settings) -> GatewayBuilder {
+        GatewayBuilder {
+            settings,
+            keys: StaticKeys::new(),
+            authenticator: None,
+            ledger: None,
+            tenants: Vec::new(),
+            models: Vec::new(),
+            backends: Vec::new(),
+        }
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &Settings {
+        &self.inner.settings
+    }
+
+    /// The tenant owning `key`.
+    ///
+    /// # Errors
+    /// `invalid_api_key` for a missing or unknown key (counted in metrics).
+    pub fn authenticate(&self, key: Option<&str>) -> Result<Arc<Tenant>, GatewayError> {
+        match key.and_then(|k| self.inner.authenticator.authenticate(k)) {
+            Some(tenant) => Ok(tenant),
+            None => {
+                self.record_rejection(None, None, ErrorCode::InvalidApiKey);
+                Err(GatewayError::new(
+                    ErrorCode::InvalidApiKey,
+                    if key.is_some() {
+                        "unknown API key"
+                    } else {
+                        "missing API key"
+                    },
+                ))
+            }
+        }
+    }
+
+    /// Counts a request refused before the pipeline ran (bad JSON, body
+    /// too large, bad key) under `gateway_requests_total`.
+    pub fn record_rejection(&self, tenant: Option<&Tenant>, model: Option<&str>, code: ErrorCode) {
+        let model = model
+            .filter(|m| self.inner.models.contains_key(*m))
+            .unwrap_or(UNKNOWN_MODEL);
+        let tenant = tenant.map_or(UNAUTHENTICATED, |t| t.id.as_str());
+        self.inner.metrics.request(tenant, model, code.as_str());
+    }
+
+    /// The tenant with `id`.
+    pub fn tenant(&self, id: &str) -> Option<Arc<Tenant>> {
+        self.inner.tenants.get(&TenantId::new(id)).cloned()
+    }
+
+    /// The models `tenant` may use, sorted by name.
+    pub fn models_for(&self, tenant: &Tenant) -> Vec<Arc<ModelSpec>> {
+        let mut models: Vec<Arc<ModelSpec>> = self
+            .inner
+            .models
+            .values()
+            .filter(|m| tenant.may_use(&m.name))
+            .cloned()
+            .collect();
+        models.sort_by(|a, b| a.name.cmp(&b.name));
+        models
+    }
+
+    /// The model named `name`.
+    pub fn model(&self, name: &str) -> Option<Arc<ModelSpec>> {
+        self.inner.models.get(name).cloned()
+    }
+
+    /// The tenant's account in the ledger.
+    pub fn account(&self, tenant: &TenantId) -> Option<TenantAccount> {
+        self.inner.ledger.account(tenant)
+    }
+
+    /// The backends.
+    pub fn backends(&self) -> &[Arc<BackendSlot>] {
+        &self.inner.pool
+    }
+
+    /// The metrics.
+    pub fn metrics(&self) -> &Metrics {
+        &self.inner.metrics
+    }
+
+    /// The metrics in text form, gauges refreshed from each backend's
+    /// pressure first.
+    pub fn render_metrics(&self) -> String {
+        for slot in &self.inner.pool {
+            let labels = BackendLabels {
+                backend: slot.name.clone(),
+            };
+            let p = slot.pressure();
+            self.inner
+                .metrics
+                .inflight
+                .get_or_create(&labels)
+                .set(i64::from(p.inflight));
+            self.inner
+                .metrics
+                .queue_depth
+                .get_or_create(&labels)
+                .set(i64::from(p.waiting));
+        }
+        self.inner.metrics.encode()
+    }
+
+    /// `Ok` when every model has a healthy backend; else the models without.
+    ///
+    /// # Errors
+    /// The names of the models with no healthy backend.
+    pub fn readiness(&self) -> Result<(), Vec<String>> {
+        let mut missing: Vec<String> = self
+            .inner
+            .by_model
+            .iter()
+            .filter(|(_, slots)| {
+                !slots
+                    .iter()
+                    .any(|i| self.slot(*i).is_some_and(|s| s.is_healthy()))
+            })
+            .map(|(m, _)| m.clone())
+            .collect();
+        missing.sort();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(missing)
+        }
+    }
+
+    /// Asks every backend for its health and records the answers.
+    pub async fn check_health(&self) {
+        for slot in &self.inner.pool {
+            let healthy = slot.backend.health().await.is_healthy();
+            slot.set_healthy(healthy);
+        }
+    }
+
+    fn slot(&self, index: usize) -> Option<&Arc<BackendSlot>> {
+        self.inner.pool.get(index)
+    }
+
+    /// A cancel handle for a new request and the guard that cancels it when
+    /// the client side drops it; shutdown cancels it too.
+    pub fn request_cancel(&self) -> (CancelGuard, CancelHandle) {
+        self.inner.shutdown.guarded_child()
+    }
+
+    /// Requests in the gateway: admitted or waiting, not yet settled.
+    pub fn active(&self) -> usize {
+        self.inner.active.count.load(Ordering::Acquire)
+    }
+
+    /// Waits up to `grace` for active requests to finish, then cancels the
+    /// rest with [`CancelReason::Shutdown`] (aborting them at the engine)
+    /// and waits up to the abort wait for them to settle.
+    pub async fn drain(&self, grace: Duration) -> DrainReport {
+        let active = &self.inner.active;
+        let wait_idle = |until: Instant| async move {
+            loop {
+                let changed = active.changed.notified();
+                if active.count.load(Ordering::Acquire) == 0 {
+                    return true;
+                }
+                if tokio::time::timeout_at(until, changed).await.is_err() {
+                    return active.count.load(Ordering::Acquire) == 0;
+                }
+            }
+        };
+        if wait_idle(Instant::now() + grace).await {
+            return DrainReport {
+                aborted: 0,
+                unsettled: 0,
+            };
+        }
+        let aborted = self.active();
+        self.inner.shutdown.cancel(CancelReason::Shutdown);
+        let settle_wait = self.inner.settings.abort_wait + Duration::from_secs(1);
+        wait_idle(Instant::now() + settle_wait).await;
+        DrainReport {
+            aborted,
+            unsettled: self.active(),
+        }
+    }
+
+    /// Runs a request through the pipeline up to its first token.
+    ///
+    /// Returns once a backend produced the first token (or finished without
+    /// any), so every failure before it is a [`GatewayError`] with its
+    /// status, after retries on other backends of the model. The returned
+    /// stream yields the events from `Started` on; its budget reservation
+    /// settles when the stream ends or is dropped.
+    ///
+    /// # Errors
+    /// A [`GatewayError`] for each refusal of the contract.
+    ///
+    /// # Cancel safety
+    /// Dropping the future, or canceling `cancel`, aborts any backend attempt
+    /// and settles the reservation.
+    pub async fn generate(
+        &self,
+        tenant: &Arc<Tenant>,
+        request: ClientRequest,
+        cancel: CancelHandle,
+    ) -> Result<GatewayStream, GatewayError> {
+        let model_label = request.model.clone();
+        let result = self.admit_and_start(tenant, request, cancel).await;
+        if let Err(e) = &result {
+            self.record_rejection(Some(tenant), Some(&model_label), e.code());
+        }
+        result
+    }
+
+    async fn admit_and_start(
+        &self,
+        tenant: &Arc<Tenant>,
+        request: ClientRequest,
+        cancel: CancelHandle,
+    ) -> Result<GatewayStream, GatewayError> {
+        let arrived = Instant::now();
+        let active = ActiveGuard::new(&self.inner.active);
+        let Some(model) = self.inner.models.get(&request.model).cloned() else {
+            return Err(GatewayError::new(
+                ErrorCode::ModelNotFound,
+                format!("model {} does not exist", request.model),
+            ));
+        };
+        if !tenant.may_use(&model.name) {
+            return Err(GatewayError::new(
+                ErrorCode::ModelNotAllowed,
+                format!("model {} is not allowed for this key", model.name),
+            ));
+        }
+        let max_tokens = request.max_tokens.unwrap_or(model.default_max_tokens);
+        if max_tokens == 0 {
+            return Err(GatewayError::new(
+                ErrorCode::InvalidRequest,
+                "max_tokens must be at least 1",
+            ));
+        }
+        let estimate = model.counter.count_prompt(&request.prompt);
+        let prompt_tokens = estimate.value();
+        let needed = prompt_tokens.saturating_add(u64::from(max_tokens));
+        if needed > u64::from(model.context_window) {
+            return Err(GatewayError::new(
+                ErrorCode::ContextLengthExceeded,
+                format!(
+                    "this model's context window is {} tokens; the prompt ({} tokens{}) plus max_tokens ({max_tokens}) needs {needed}",
+                    model.context_window,
+                    prompt_tokens,
+                    if estimate.is_exact() { "" } else { " at most" },
+                ),
+            ));
+        }
+        let permit = self
+            .inner
+            .limiter
+            .admit(tenant, needed, arrived)
+            .map_err(|e| {
+                let what = match e.kind {
+                    LimitKind::Requests => "requests per minute",
+                    LimitKind::Tokens => "tokens per minute",
+                    LimitKind::Concurrency => "concurrent requests",
+                };
+                GatewayError::new(
+                    ErrorCode::RateLimitExceeded,
+                    format!("limit of {what} reached"),
+                )
+                .with_retry_after(e.retry_after)
+            })?;
+        let meter = UsageMeter::new();
+        let reserve = ReserveRequest {
+            tenant: tenant.id.clone(),
+            request_id: request.id.clone(),
+            amount: model
+                .pricing
+                .worst_case(prompt_tokens, u64::from(max_tokens)),
+        };
+        let ledger: Arc<dyn Ledger> = self.inner.ledger.clone();
+        let guard = BudgetGuard::reserve(ledger, &reserve, model.pricing, meter.clone())
+            .await
+            .map_err(|e| match e {
+                LedgerError::BudgetExceeded {
+                    needed, available, ..
+                } => GatewayError::new(
+                    ErrorCode::BudgetExceeded,
+                    format!("budget exceeded: this request may cost {needed}, {available} is left"),
+                ),
+                other => GatewayError::new(ErrorCode::Internal, format!("ledger: {other}")),
+            })?;
+        let generate = GenerateRequest {
+            id: request.id,
+            model: model.name.clone(),
+            prompt: request.prompt,
+            sampling: request.sampling,
+            max_tokens,
+            tenant: tenant.id.clone(),
+            latency_class: request.latency_class,
+            deadline: None,
+            extra: request.extra,
+        };
+        let admitted = attempt::Admitted {
+            tenant: tenant.clone(),
+            model,
+            request: Arc::new(generate),
+            estimate,
+            arrived,
+            meter,
+            guard,
+            permit,
+            active,
+        };
+        attempt::run(self, admitted, cancel).await
+    }
+}

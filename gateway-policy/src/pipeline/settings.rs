@@ -1,0 +1,36 @@
+//! [`Settings`]: the pipeline's timeouts and bounds.
+
+use std::num::NonZeroUsize;
+use std::time::Duration;
+
+/// Timeouts and bounds of the pipeline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    /// Per backend attempt: from `start` until the first token.
+    pub first_token_timeout: Duration,
+    /// Longest gap between two events of a running stream.
+    pub idle_timeout: Duration,
+    /// A client that takes nothing from a full buffer this long is dropped
+    /// and the engine aborted.
+    pub client_stall_timeout: Duration,
+    /// Events buffered between the engine and one client.
+    pub stream_buffer_events: NonZeroUsize,
+    /// How long a request may wait for backend capacity before `overloaded`.
+    pub admission_wait: Duration,
+    /// How long the gateway waits for a backend to confirm an abort before
+    /// it stops listening (the engine is aborted either way).
+    pub abort_wait: Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            first_token_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(30),
+            client_stall_timeout: Duration::from_secs(30),
+            stream_buffer_events: NonZeroUsize::new(64).unwrap_or(NonZeroUsize::MIN),
+            admission_wait: Duration::from_secs(5),
+            abort_wait: Duration::from_secs(2),
+        }
+    }
+}

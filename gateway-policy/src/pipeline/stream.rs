@@ -1,0 +1,521 @@
+//! The response stream: a pump task reads the backend into a bounded
+//! buffer; [`GatewayStream`] hands events to the client and counts what it
+//! took; the pump settles the budget exactly once when everything is over.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures::{Stream, StreamExt};
+use gateway_core::{
+    BackendError, BudgetGuard, CancelHandle, CancelReason, EnginePhase, FailureKind, FailurePhase,
+    Started, TokenCount, TokenEvent, TokenResult, TokenStream, Usage, UsageMeter,
+};
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+
+use super::attempt::{Admitted, Head};
+use super::{ActiveGuard, Gateway};
+use crate::limits::TenantPermit;
+use crate::metrics::{AbortLabels, BackendLabels, Metrics, ModelLabels};
+use crate::pool::InflightGuard;
+use crate::{ModelSpec, Tenant};
+
+/// A successful first attempt, handed over to streaming.
+pub(super) struct Attempted {
+    pub(super) admitted: Admitted,
+    pub(super) head: Head,
+    pub(super) inflight: InflightGuard,
+    pub(super) attempt_cancel: CancelHandle,
+}
+
+/// What the client side tells the pump.
+#[derive(Debug, Default)]
+struct Client {
+    /// The client took a `Delta` or `Finished`: the response began.
+    began: AtomicBool,
+    /// The client took the last item (`Finished` or an error).
+    took_end: AtomicBool,
+    /// The last item it took was an error.
+    took_error: AtomicBool,
+    /// The client took an item.
+    progress: Notify,
+}
+
+/// Starts the pump for a request whose first token arrived.
+pub(super) fn start(
+    gateway: &Gateway,
+    attempted: Attempted,
+    cancel: CancelHandle,
+) -> GatewayStream {
+    let inner = &gateway.inner;
+    let capacity = inner.settings.stream_buffer_events.get();
+    let (tx, rx) = mpsc::channel(capacity);
+    let client = Arc::new(Client::default());
+    let Attempted {
+        admitted,
+        head,
+        inflight,
+        attempt_cancel,
+    } = attempted;
+    let backend = inflight.slot().name.clone();
+    let request_id = admitted.request.id.to_string();
+    let meter = admitted.meter.clone();
+    let settlement = Settlement {
+        guard: Some(admitted.guard),
+        meter: admitted.meter,
+        client: client.clone(),
+        started: Started::default(),
+        engine: None,
+        received: 0,
+        tenant: admitted.tenant,
+        model: admitted.model,
+        backend: backend.clone(),
+        estimate: admitted.estimate,
+        arrived: admitted.arrived,
+        metrics: inner.metrics.clone(),
+        _permit: admitted.permit,
+        _inflight: inflight,
+        _active: admitted.active,
+    };
+    let pump = Pump {
+        stream: head.stream,
+        head: head.events,
+        order: head.order,
+        tx,
+        client: client.clone(),
+        settlement,
+        cancel: cancel.clone(),
+        attempt: attempt_cancel,
+        idle: inner.settings.idle_timeout,
+        stall: inner.settings.client_stall_timeout,
+        abort_wait: inner.settings.abort_wait,
+    };
+    tokio::spawn(pump.run());
+    GatewayStream {
+        rx,
+        client,
+        meter,
+        cancel,
+        backend,
+        request_id,
+        ended: false,
+    }
+}
+
+/// The events of one request, from `Started` on, as the client should see
+/// them: `Delta`*, `Usage`?, `Finished`, or an error item after which
+/// nothing follows.
+///
+/// Taking an item counts it as delivered. Dropping the stream before its
+/// end cancels the request: the engine is aborted and the tenant charged
+/// for what was taken.
+pub struct GatewayStream {
+    rx: mpsc::Receiver<TokenResult>,
+    client: Arc<Client>,
+    meter: UsageMeter,
+    cancel: CancelHandle,
+    backend: String,
+    request_id: String,
+    ended: bool,
+}
+
+impl std::fmt::Debug for GatewayStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GatewayStream")
+            .field("request_id", &self.request_id)
+            .field("backend", &self.backend)
+            .field("delivered", &self.meter.delivered())
+            .field("ended", &self.ended)
+            .finish()
+    }
+}
+
+impl GatewayStream {
+    /// The backend serving the request.
+    pub fn backend(&self) -> &str {
+        &self.backend
+    }
+
+    /// Completion tokens taken so far.
+    pub fn delivered(&self) -> u64 {
+        self.meter.delivered()
+    }
+}
+
+impl Stream for GatewayStream {
+    type Item = TokenResult;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<TokenResult>> {
+        if self.ended {
+            return Poll::Ready(None);
+        }
+        let item = match self.rx.poll_recv(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(None) => {
+                self.ended = true;
+                return Poll::Ready(None);
+            }
+            Poll::Ready(Some(item)) => item,
+        };
+        match &item {
+            Ok(TokenEvent::Delta(d)) => {
+                self.meter.add_delivered(u64::from(d.tokens));
+                self.client.began.store(true, Ordering::Release);
+            }
+            Ok(TokenEvent::Finished(_)) => {
+                self.client.began.store(true, Ordering::Release);
+                self.client.took_end.store(true, Ordering::Release);
+                self.ended = true;
+            }
+            Err(_) => {
+                self.client.took_error.store(true, Ordering::Release);
+                self.client.took_end.store(true, Ordering::Release);
+                self.ended = true;
+            }
+            Ok(_) => {}
+        }
+        self.client.progress.notify_one();
+        Poll::Ready(Some(item))
+    }
+}
+
+impl Drop for GatewayStream {
+    fn drop(&mut self) {
+        if !self.ended {
+            self.cancel.cancel(CancelReason::ClientGone);
+        }
+    }
+}
+
+/// How the pump's forwarding ended.
+enum End {
+    /// The backend finished and `Finished` is in the buffer.
+    Finished,
+    /// The backend failed (the error is in the buffer); abort it if `abort`.
+    Failed { abort: bool },
+    /// The request was canceled.
+    Canceled(CancelReason),
+    /// The client stopped reading.
+    Stalled,
+}
+
+/// Why a relay to the client failed.
+enum Blocked {
+    Canceled(CancelReason),
+    Stalled,
+    ClientGone,
+}
+
+impl From<Blocked> for End {
+    fn from(b: Blocked) -> End {
+        match b {
+            Blocked::Canceled(reason) => End::Canceled(reason),
+            Blocked::Stalled => End::Stalled,
+            Blocked::ClientGone => End::Canceled(CancelReason::ClientGone),
+        }
+    }
+}
+
+struct Pump {
+    stream: TokenStream,
+    head: Vec<TokenEvent>,
+    order: gateway_core::EventOrder,
+    tx: mpsc::Sender<TokenResult>,
+    client: Arc<Client>,
+    settlement: Settlement,
+    cancel: CancelHandle,
+    attempt: CancelHandle,
+    idle: Duration,
+    stall: Duration,
+    abort_wait: Duration,
+}
+
+impl Pump {
+    async fn run(mut self) {
+        let end = self.forward().await;
+        let abort = match end {
+            End::Finished => {
+                self.await_client().await;
+                None
+            }
+            End::Failed { abort } => {
+                self.await_client().await;
+                abort.then_some(CancelReason::Timeout)
+            }
+            End::Canceled(reason) => {
+                // Tell a client that is still there why the stream ends.
+                if reason != CancelReason::ClientGone {
+                    let err = BackendError::canceled(reason).with_phase(self.phase());
+                    let _ = self.tx.try_send(Err(err));
+                }
+                Some(reason)
+            }
+            End::Stalled => {
+                self.settlement
+                    .metrics
+                    .client_stalls
+                    .get_or_create(&BackendLabels {
+                        backend: self.settlement.backend.clone(),
+                    })
+                    .inc();
+                self.cancel.cancel(CancelReason::ClientGone);
+                Some(CancelReason::ClientGone)
+            }
+        };
+        if let Some(reason) = abort {
+            self.abort_upstream(reason).await;
+        }
+        // `self.settlement` drops here: the one place the budget settles.
+    }
+
+    fn phase(&self) -> FailurePhase {
+        if self.settlement.received > 0 {
+            FailurePhase::AfterFirstToken
+        } else {
+            FailurePhase::BeforeFirstToken
+        }
+    }
+
+    async fn forward(&mut self) -> End {
+        let head = std::mem::take(&mut self.head);
+        for event in head {
+            let terminal = matches!(event, TokenEvent::Finished(_));
+            if let Err(blocked) = self.relay(Ok(event)).await {
+                return blocked.into();
+            }
+            if terminal {
+                return End::Finished;
+            }
+        }
+        loop {
+            let next = tokio::select! {
+                biased;
+                reason = self.cancel.canceled() => return End::Canceled(reason),
+                next = tokio::time::timeout(self.idle, self.stream.next()) => next,
+            };
+            let failure = match next {
+                Err(_) => {
+                    BackendError::new(FailureKind::IdleTimeout, "no token within the idle timeout")
+                }
+                Ok(None) => BackendError::new(
+                    FailureKind::ProtocolViolation,
+                    "stream ended without Finished",
+                ),
+                Ok(Some(Err(err))) => err,
+                Ok(Some(Ok(event))) => match self.order.observe(&event) {
+                    Err(v) => BackendError::new(
+                        FailureKind::ProtocolViolation,
+                        format!("backend broke the event order: {v}"),
+                    ),
+                    Ok(()) => {
+                        let terminal = matches!(event, TokenEvent::Finished(_));
+                        if let Err(blocked) = self.relay(Ok(event)).await {
+                            return blocked.into();
+                        }
+                        if terminal {
+                            return End::Finished;
+                        }
+                        continue;
+                    }
+                },
+            };
+            // The engine's stream is over or must be: report once, in its phase.
+            let abort = matches!(
+                failure.kind(),
+                FailureKind::IdleTimeout | FailureKind::ProtocolViolation
+            );
+            let kind = failure.kind();
+            self.settlement
+                .metrics
+                .failure(&self.settlement.backend, kind.as_str());
+            let failure = failure.with_phase(self.phase());
+            return match self.relay(Err(failure)).await {
+                Ok(()) => End::Failed { abort },
+                Err(blocked) => blocked.into(),
+            };
+        }
+    }
+
+    /// Puts one item in the client's buffer, waiting while it is full;
+    /// gives up when the client took nothing for the stall timeout.
+    async fn relay(&mut self, item: TokenResult) -> Result<(), Blocked> {
+        self.settlement.observe(&item);
+        loop {
+            tokio::select! {
+                biased;
+                reason = self.cancel.canceled() => return Err(Blocked::Canceled(reason)),
+                permit = self.tx.reserve() => {
+                    return match permit {
+                        Ok(permit) => {
+                            permit.send(item);
+                            Ok(())
+                        }
+                        Err(_) => Err(Blocked::ClientGone),
+                    };
+                }
+                () = self.client.progress.notified() => {}
+                () = tokio::time::sleep(self.stall) => return Err(Blocked::Stalled),
+            }
+        }
+    }
+
+    /// Waits until the client took the last item, left, or stalled.
+    async fn await_client(&mut self) {
+        loop {
+            if self.client.took_end.load(Ordering::Acquire) {
+                return;
+            }
+            tokio::select! {
+                biased;
+                () = self.tx.closed() => return,
+                () = self.client.progress.notified() => {}
+                () = tokio::time::sleep(self.stall) => {
+                    self.cancel.cancel(CancelReason::ClientGone);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Cancels the attempt and reads the backend until it confirms the
+    /// abort (bounded), counting tokens it produced that nobody received.
+    async fn abort_upstream(&mut self, reason: CancelReason) {
+        self.attempt.cancel(reason);
+        let fired = self.attempt.canceled_at().unwrap_or_else(Instant::now);
+        let until = Instant::now() + self.abort_wait;
+        let confirmed = loop {
+            match tokio::time::timeout_at(until, self.stream.next()).await {
+                Err(_) | Ok(None) => break None,
+                Ok(Some(Ok(TokenEvent::Delta(d)))) => {
+                    self.settlement.received += u64::from(d.tokens)
+                }
+                Ok(Some(Ok(TokenEvent::Finished(_)))) => break None,
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(err))) if err.kind() == FailureKind::Canceled => break Some(err),
+                Ok(Some(Err(_))) => break None,
+            }
+        };
+        let Some(err) = confirmed else { return };
+        let metrics = &self.settlement.metrics;
+        metrics
+            .abort_propagation
+            .observe(fired.elapsed().as_secs_f64());
+        let phase = err
+            .engine_phase()
+            .unwrap_or(if self.settlement.received > 0 {
+                EnginePhase::Decode
+            } else {
+                EnginePhase::Prefill
+            });
+        metrics
+            .upstream_aborts
+            .get_or_create(&AbortLabels {
+                backend: self.settlement.backend.clone(),
+                phase: phase.as_str(),
+            })
+            .inc();
+    }
+}
+
+/// Everything a request holds until it settles; settles in `Drop`, so
+/// every path (end, error, cancel, stall, shutdown, panic) settles once.
+struct Settlement {
+    guard: Option<BudgetGuard>,
+    meter: UsageMeter,
+    client: Arc<Client>,
+    started: Started,
+    engine: Option<Usage>,
+    received: u64,
+    tenant: Arc<Tenant>,
+    model: Arc<ModelSpec>,
+    backend: String,
+    estimate: TokenCount,
+    arrived: Instant,
+    metrics: Arc<Metrics>,
+    _permit: TenantPermit,
+    _inflight: InflightGuard,
+    _active: ActiveGuard,
+}
+
+impl Settlement {
+    fn observe(&mut self, item: &TokenResult) {
+        match item {
+            Ok(TokenEvent::Started(s)) => self.started = *s,
+            Ok(TokenEvent::Delta(d)) => self.received += u64::from(d.tokens),
+            Ok(TokenEvent::Usage(u)) => self.engine = Some(*u),
+            Ok(TokenEvent::Finished(_)) | Err(_) => {}
+        }
+    }
+
+    /// What the tenant is charged for: prompt tokens once the response
+    /// began, the completion tokens the client took, the engine's
+    /// speculative counts, and as canceled what was produced but not taken.
+    fn usage(&self) -> Usage {
+        let delivered = self.meter.delivered();
+        let canceled = self.received.saturating_sub(delivered);
+        if !self.client.began.load(Ordering::Acquire) {
+            return Usage::clamped(0, 0, delivered, 0, 0, canceled);
+        }
+        let prompt = self
+            .engine
+            .map(|u| u.prompt())
+            .or(self.started.prompt_tokens)
+            .unwrap_or(self.estimate.value());
+        let cached = self
+            .engine
+            .map(|u| u.cached())
+            .or(self.started.cached_tokens)
+            .unwrap_or(0);
+        let (drafted, accepted) = self.engine.map_or((0, 0), |u| (u.drafted(), u.accepted()));
+        Usage::clamped(prompt, cached, delivered, drafted, accepted, canceled)
+    }
+
+    fn outcome(&self) -> &'static str {
+        if !self.client.took_end.load(Ordering::Acquire) {
+            "canceled"
+        } else if self.client.took_error.load(Ordering::Acquire) {
+            "stream_error"
+        } else {
+            "ok"
+        }
+    }
+}
+
+impl Drop for Settlement {
+    fn drop(&mut self) {
+        let Some(guard) = self.guard.take() else {
+            return;
+        };
+        let usage = self.usage();
+        let receipt = guard.settle(usage);
+        let tenant = self.tenant.id.as_str();
+        let model = self.model.name.as_str();
+        let metrics = &self.metrics;
+        metrics.request(tenant, model, self.outcome());
+        metrics.tokens(tenant, model, &usage);
+        metrics
+            .spend_usd
+            .get_or_create(&crate::metrics::TenantLabels {
+                tenant: tenant.to_owned(),
+            })
+            .inc_by(receipt.charged.usd());
+        let labels = ModelLabels {
+            model: model.to_owned(),
+        };
+        metrics
+            .request_duration
+            .get_or_create(&labels)
+            .observe(self.arrived.elapsed().as_secs_f64());
+        let actual = self
+            .engine
+            .map(|u| u.prompt())
+            .or(self.started.prompt_tokens);
+        if let Some(actual) = actual.filter(|a| *a > 0) {
+            let ratio = (self.estimate.value() as f64 - actual as f64) / actual as f64;
+            metrics.estimate_error.get_or_create(&labels).observe(ratio);
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! Routing: a pure ranking of a model's backends by health and load.
+
+use gateway_core::Pressure;
+
+/// What routing knows of one backend.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Candidate {
+    /// Its position in the caller's list.
+    pub index: usize,
+    /// Whether its health check passes.
+    pub healthy: bool,
+    /// Whether the gateway may send it one more request now.
+    pub has_capacity: bool,
+    /// Its pressure, with the gateway's in-flight count.
+    pub pressure: Pressure,
+}
+
+/// How loaded a backend is: the larger of the engine's own count (running
+/// plus waiting) and the gateway's in-flight count, over its concurrency
+/// limit (or over 1 when unbounded), plus KV-cache use as a tie-breaker.
+pub fn load_score(p: &Pressure) -> f64 {
+    let held = p.queued_and_running().max(p.inflight);
+    let limit = p.limit.map_or(1.0, |l| f64::from(l.max(1)));
+    f64::from(held) / limit + f64::from(p.kv_usage.clamp(0.0, 1.0)) * 1e-3
+}
+
+/// The order in which to try backends: healthy ones with capacity, least
+/// loaded first, overloaded ones after the rest; ties keep the caller's
+/// order. Unhealthy backends and those at their limit are left out.
+pub fn rank(candidates: &[Candidate]) -> Vec<usize> {
+    let mut eligible: Vec<&Candidate> = candidates
+        .iter()
+        .filter(|c| c.healthy && c.has_capacity)
+        .collect();
+    eligible.sort_by(|a, b| {
+        a.pressure
+            .overloaded
+            .cmp(&b.pressure.overloaded)
+            .then(load_score(&a.pressure).total_cmp(&load_score(&b.pressure)))
+            .then(a.index.cmp(&b.index))
+    });
+    eligible.into_iter().map(|c| c.index).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cand(
+        index: usize,
+        running: u32,
+        waiting: u32,
+        inflight: u32,
+        limit: Option<u32>,
+    ) -> Candidate {
+        Candidate {
+            index,
+            healthy: true,
+            has_capacity: true,
+            pressure: Pressure {
+                running,
+                waiting,
+                inflight,
+                limit,
+                ..Pressure::default()
+            },
+        }
+    }
+
+    #[test]
+    fn least_loaded_first() {
+        let cs = [
+            cand(0, 4, 2, 6, Some(8)),
+            cand(1, 1, 0, 1, Some(8)),
+            cand(2, 2, 0, 5, Some(8)),
+        ];
+        assert_eq!(rank(&cs), vec![1, 2, 0]);
+    }
+
+    #[test]
+    fn load_is_relative_to_the_limit() {
+        // 4 of 16 is lighter than 2 of 4.
+        let cs = [cand(0, 2, 0, 2, Some(4)), cand(1, 4, 0, 4, Some(16))];
+        assert_eq!(rank(&cs), vec![1, 0]);
+    }
+
+    #[test]
+    fn unhealthy_and_full_are_skipped_overloaded_go_last() {
+        let mut sick = cand(0, 0, 0, 0, None);
+        sick.healthy = false;
+        let mut full = cand(1, 0, 0, 0, None);
+        full.has_capacity = false;
+        let mut over = cand(2, 0, 0, 0, None);
+        over.pressure.overloaded = true;
+        let busy = cand(3, 50, 50, 0, None);
+        assert_eq!(rank(&[sick, full, over, busy]), vec![3, 2]);
+    }
+
+    #[test]
+    fn ties_keep_order() {
+        let cs = [cand(0, 1, 0, 1, None), cand(1, 1, 0, 1, None)];
+        assert_eq!(rank(&cs), vec![0, 1]);
+    }
+}

@@ -1,0 +1,542 @@
+//! The pipeline end to end over mock backends, in paused time: exact
+//! charges on every path, retries before the first token, timeouts,
+//! stalled clients, limits, admission waits and draining.
+
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use gateway_core::testkit::{MockBackend, MockHandle, Script, Step};
+use gateway_core::*;
+use gateway_policy::*;
+
+const MODEL: &str = "tiny";
+
+fn pricing() -> Pricing {
+    Pricing {
+        input: Money::from_picos(10),
+        cached_input: Money::from_picos(1),
+        output: Money::from_picos(100),
+    }
+}
+
+fn settings() -> Settings {
+    Settings {
+        first_token_timeout: Duration::from_secs(2),
+        idle_timeout: Duration::from_secs(3),
+        client_stall_timeout: Duration::from_secs(5),
+        stream_buffer_events: NonZeroUsize::new(4).unwrap(),
+        admission_wait: Duration::from_secs(1),
+        abort_wait: Duration::from_secs(1),
+    }
+}
+
+struct Setup {
+    gateway: Gateway,
+    tenant: Arc<Tenant>,
+    mocks: Vec<MockHandle>,
+}
+
+fn setup_with(n: usize, settings: Settings, tenant: Tenant, max_concurrency: Option<u32>) -> Setup {
+    let mut builder = Gateway::builder(settings)
+        .tenant(tenant, key_hash("sk-t"))
+        .model(ModelSpec {
+            name: MODEL.into(),
+            pricing: pricing(),
+            context_window: 1000,
+            default_max_tokens: 16,
+            counter: Arc::new(ByteBound::default()),
+        });
+    let mut mocks = Vec::new();
+    for i in 0..n {
+        let (mock, handle) = MockBackend::new(&format!("mock-{i}"), MODEL);
+        builder = builder.backend(
+            Arc::new(mock),
+            MODEL,
+            MODEL,
+            max_concurrency.and_then(NonZeroU32::new),
+        );
+        mocks.push(handle);
+    }
+    let gateway = builder.build().unwrap();
+    let tenant = gateway.authenticate(Some("sk-t")).unwrap();
+    Setup {
+        gateway,
+        tenant,
+        mocks,
+    }
+}
+
+fn setup(n: usize) -> Setup {
+    setup_with(n, settings(), Tenant::new("team-a"), None)
+}
+
+/// A 10-byte prompt: ByteBound counts 12 tokens.
+fn request(id: &str) -> ClientRequest {
+    let mut r = ClientRequest::new(id, MODEL, Prompt::Text("0123456789".into()));
+    r.max_tokens = Some(8);
+    r
+}
+
+async fn collect(stream: &mut GatewayStream) -> (String, Vec<&'static str>, Option<BackendError>) {
+    let (mut text, mut names, mut error) = (String::new(), Vec::new(), None);
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(event) => {
+                if let TokenEvent::Delta(d) = &event {
+                    text.push_str(&d.text);
+                }
+                names.push(event.name());
+            }
+            Err(e) => error = Some(e),
+        }
+    }
+    (text, names, error)
+}
+
+fn account(s: &Setup) -> TenantAccount {
+    s.gateway.account(&s.tenant.id).unwrap()
+}
+
+/// Polls until the tenant holds nothing (the pump settles asynchronously).
+async fn settled(s: &Setup) -> TenantAccount {
+    for _ in 0..1000 {
+        let a = account(s);
+        if a.reserved == Money::ZERO && s.gateway.active() == 0 {
+            return a;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("never settled: {:?}", account(s));
+}
+
+#[tokio::test(start_paused = true)]
+async fn success_charges_prompt_and_delivered_tokens_once() {
+    let s = setup(1);
+    let (_g, cancel) = s.gateway.request_cancel();
+    let mut stream = s
+        .gateway
+        .generate(&s.tenant, request("r1"), cancel)
+        .await
+        .unwrap();
+    assert_eq!(stream.backend(), "mock-0");
+    let (text, names, error) = collect(&mut stream).await;
+    assert_eq!(text, "Hello, world");
+    assert_eq!(
+        names,
+        ["Started", "Delta", "Delta", "Delta", "Usage", "Finished"]
+    );
+    assert!(error.is_none());
+    let a = settled(&s).await;
+    // 12 prompt tokens * 10 + 3 completion * 100
+    assert_eq!(a.spent, Money::from_picos(420));
+    assert_eq!((a.requests, a.usage), (1, Usage::new(12, 3)));
+    let metrics = s.gateway.render_metrics();
+    assert!(
+        metrics.contains(r#"gateway_requests_total{tenant="team-a",model="tiny",outcome="ok"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .contains(r#"gateway_tokens_total{tenant="team-a",model="tiny",kind="completion"} 3"#)
+    );
+    assert!(metrics.contains(r#"gateway_estimate_error_ratio_count{model="tiny"} 1"#));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_gone_mid_stream_pays_only_what_it_took() {
+    let s = setup(1);
+    s.mocks[0].push(Script::repeat(100, Duration::from_millis(10)));
+    let (guard, cancel) = s.gateway.request_cancel();
+    let mut stream = s
+        .gateway
+        .generate(&s.tenant, request("r2"), cancel)
+        .await
+        .unwrap();
+    // Take Started and two Deltas, then the client goes away.
+    for _ in 0..3 {
+        stream.next().await.unwrap().unwrap();
+    }
+    assert_eq!(stream.delivered(), 2);
+    drop(stream);
+    drop(guard);
+    let a = settled(&s).await;
+    assert_eq!(a.usage.completion(), 2);
+    assert_eq!(a.usage.prompt(), 12);
+    // 12 * 10 + 2 * 100
+    assert_eq!(a.spent, Money::from_picos(320));
+    assert_eq!(s.mocks[0].aborts().decode, 1);
+    let metrics = s.gateway.render_metrics();
+    assert!(
+        metrics.contains(r#"gateway_upstream_aborts_total{backend="mock-0",phase="decode"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("gateway_abort_propagation_seconds_count 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains(r#"outcome="canceled"} 1"#), "{metrics}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_before_the_first_token_fails_over_and_charges_once() {
+    let s = setup(2);
+    // Equal load keeps configuration order: mock-0 is tried first, refuses.
+    s.mocks[0].push(Script::reject(FailureKind::Overloaded));
+    let (_g, cancel) = s.gateway.request_cancel();
+    let mut stream = s
+        .gateway
+        .generate(&s.tenant, request("r3"), cancel)
+        .await
+        .unwrap();
+    let (text, _, error) = collect(&mut stream).await;
+    assert_eq!(text, "Hello, world");
+    assert!(error.is_none());
+    assert_eq!((s.mocks[0].starts(), s.mocks[1].starts()), (1, 1));
+    let a = settled(&s).await;
+    assert_eq!((a.requests, a.spent), (1, Money::from_picos(420)));
+    assert!(
+        s.gateway
+            .render_metrics()
+            .contains("gateway_retries_total{backend=\"mock-0\"} 1")
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn every_backend_failing_is_an_upstream_error_and_charges_nothing() {
+    let s = setup(2);
+    s.mocks[0].push(Script::reject(FailureKind::Internal));
+    s.mocks[1].push(Script::tokens(&[], Duration::ZERO).then(Step::Fail(FailureKind::Connect)));
+    let (_g, cancel) = s.gateway.request_cancel();
+    let err = s
+        .gateway
+        .generate(&s.tenant, request("r4"), cancel)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::UpstreamError);
+    assert_eq!(err.code().status().as_u16(), 502);
+    let a = settled(&s).await;
+    assert_eq!((a.requests, a.spent), (1, Money::ZERO));
+    let m = s.gateway.render_metrics();
+    assert!(
+        m.contains(r#"gateway_backend_failures_total{backend="mock-0",kind="internal"} 1"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"gateway_backend_failures_total{backend="mock-1",kind="connect"} 1"#),
+        "{m}"
+    );
+    assert!(m.contains(r#"outcome="upstream_error"} 1"#), "{m}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_fault_is_not_retried() {
+    let s = setup(2);
+    s.mocks[0].push(Script::reject(FailureKind::InvalidRequest));
+    s.mocks[1].push(Script::reject(FailureKind::InvalidRequest));
+    let (_g, cancel) = s.gateway.request_cancel();
+    let err = s
+        .gateway
+        .generate(&s.tenant, request("r5"), cancel)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::InvalidRequest);
+    assert_eq!(s.mocks[0].starts() + s.mocks[1].starts(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_failure_after_the_first_token_ends_the_stream_typed() {
+    let s = setup(2);
+    s.mocks[0].push(Script::repeat(2, Duration::ZERO).then(Step::Fail(FailureKind::OutOfMemory)));
+    s.mocks[1].push(Script::repeat(2, Duration::ZERO).then(Step::Fail(FailureKind::OutOfMemory)));
+    let (_g, cancel) = s.gateway.request_cancel();
+    let mut stream = s
+        .gateway
+        .generate(&s.tenant, request("r6"), cancel)
+        .await
+        .unwrap();
+    let (text, names, error) = collect(&mut stream).await;
+    assert_eq!(text, "tok tok ");
+    assert_eq!(names, ["Started", "Delta", "Delta"]);
+    let error = error.unwrap();
+    assert_eq!(
+        (error.kind(), error.phase()),
+        (FailureKind::OutOfMemory, FailurePhase::AfterFirstToken)
+    );
+    assert_eq!(
+        s.mocks[0].starts() + s.mocks[1].starts(),
+        1,
+        "no retry after the first token"
+    );
+    let a = settled(&s).await;
+    assert_eq!(a.spent, Money::from_picos(12 * 10 + 2 * 100));
+    assert!(
+        s.gateway
+            .render_metrics()
+            .contains(r#"outcome="stream_error"} 1"#)
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn first_token_timeout_on_every_backend_is_504() {
+    let s = setup(2);
+    for m in &s.mocks {
+        m.push(Script::repeat(3, Duration::ZERO).prefill(Duration::from_secs(60)));
+    }
+    let (_g, cancel) = s.gateway.request_cancel();
+    let started = tokio::time::Instant::now();
+    let err = s
+        .gateway
+        .generate(&s.tenant, request("r7"), cancel)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::UpstreamTimeout);
+    assert_eq!(err.code().status().as_u16(), 504);
+    // Two attempts of 2 s each.
+    assert_eq!(started.elapsed(), Duration::from_secs(4));
+    settled(&s).await;
+    // Both attempts were aborted at the engine during prefill.
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(
+        (s.mocks[0].aborts(), s.mocks[1].aborts()),
+        (
+            AbortCounts {
+                prefill: 1,
+                ..AbortCounts::default()
+            },
+            AbortCounts {
+                prefill: 1,
+                ..AbortCounts::default()
+            }
+        )
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_timeout_ends_the_stream_with_a_typed_error() {
+    let s = setup(1);
+    s.mocks[0].push(Script::repeat(1, Duration::ZERO).then(Step::Stall));
+    let (_g, cancel) = s.gateway.request_cancel();
+    let mut stream = s
+        .gateway
+        .generate(&s.tenant, request("r8"), cancel)
+        .await
+        .unwrap();
+    let (text, _, error) = collect(&mut stream).await;
+    assert_eq!(text, "tok ");
+    assert_eq!(error.unwrap().kind(), FailureKind::IdleTimeout);
+    let a = settled(&s).await;
+    assert_eq!(a.spent, Money::from_picos(12 * 10 + 100));
+    assert_eq!(s.mocks[0].aborts().decode, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_client_that_stops_reading_is_dropped_after_the_stall_timeout() {
+    let s = setup(1);
+    s.mocks[0].push(Script::repeat(1000, Duration::from_millis(1)));
+    let (_g, cancel) = s.gateway.request_cancel();
+    let stream = s
+        .gateway
+        .generate(&s.tenant, request("r9"), cancel)
+        .await
+        .unwrap();
+    // Read nothing. The buffer (4) fills, then the stall timeout (5 s) fires.
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(s.mocks[0].aborts().decode, 1);
+    let a = settled(&s).await;
+    // Nothing taken: no prompt charge, no completion; the buffered tokens are canceled.
+    assert_eq!(a.spent, Money::ZERO);
+    assert_eq!(a.usage.completion(), 0);
+    assert!(a.usage.canceled() >= 4, "{:?}", a.usage);
+    assert!(
+        s.gateway
+            .render_metrics()
+            .contains(r#"gateway_client_stalls_total{backend="mock-0"} 1"#)
+    );
+    drop(stream);
+}
+
+#[tokio::test(start_paused = true)]
+async fn refusals_before_routing() {
+    let mut tenant = Tenant::new("team-a");
+    tenant.models = Some(["other".to_owned()].into_iter().collect());
+    let s = setup_with(1, settings(), tenant, None);
+    let (_g, cancel) = s.gateway.request_cancel();
+    let err = s
+        .gateway
+        .generate(&s.tenant, request("a"), cancel.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.code().status().as_u16()),
+        (ErrorCode::ModelNotAllowed, 403)
+    );
+    let mut unknown = request("b");
+    unknown.model = "nope".into();
+    let err = s
+        .gateway
+        .generate(&s.tenant, unknown, cancel.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.code().status().as_u16()),
+        (ErrorCode::ModelNotFound, 404)
+    );
+
+    let s = setup(1);
+    let mut long = request("c");
+    long.max_tokens = Some(990);
+    let err = s
+        .gateway
+        .generate(&s.tenant, long, cancel.clone())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::ContextLengthExceeded);
+    assert_eq!(
+        err.message(),
+        "this model's context window is 1000 tokens; the prompt (12 tokens at most) plus max_tokens (990) needs 1002"
+    );
+    assert!(s.gateway.authenticate(Some("sk-wrong")).is_err());
+    assert_eq!(
+        s.gateway.authenticate(None).unwrap_err().code(),
+        ErrorCode::InvalidApiKey
+    );
+    let m = s.gateway.render_metrics();
+    assert!(m.contains(r#"gateway_requests_total{tenant="unauthenticated",model="unknown",outcome="invalid_api_key"} 2"#), "{m}");
+    assert!(m.contains(r#"outcome="context_length_exceeded"} 1"#), "{m}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn rate_limits_answer_with_retry_after() {
+    let tenant = Tenant {
+        requests_per_minute: NonZeroU32::new(2),
+        ..Tenant::new("team-a")
+    };
+    let s = setup_with(1, settings(), tenant, None);
+    for id in ["a", "b"] {
+        let (_g, cancel) = s.gateway.request_cancel();
+        let mut stream = s
+            .gateway
+            .generate(&s.tenant, request(id), cancel)
+            .await
+            .unwrap();
+        collect(&mut stream).await;
+    }
+    let (_g, cancel) = s.gateway.request_cancel();
+    let err = s
+        .gateway
+        .generate(&s.tenant, request("c"), cancel)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::RateLimitExceeded);
+    assert_eq!(err.retry_after(), Some(Duration::from_secs(30)));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_budget_admits_only_what_it_can_pay_for() {
+    // Each request reserves 12 * 10 + 8 * 100 = 920 picos; the budget fits 3.
+    let tenant = Tenant {
+        budget: Some(Money::from_picos(3 * 920)),
+        ..Tenant::new("team-a")
+    };
+    let s = setup_with(1, settings(), tenant, None);
+    s.mocks[0].set_default(Script::repeat(8, Duration::from_millis(100)));
+    let mut streams = Vec::new();
+    let mut refused = 0;
+    for i in 0..10 {
+        let (g, cancel) = s.gateway.request_cancel();
+        match s
+            .gateway
+            .generate(&s.tenant, request(&format!("b{i}")), cancel)
+            .await
+        {
+            Ok(stream) => streams.push((g, stream)),
+            Err(e) => {
+                assert_eq!(e.code(), ErrorCode::BudgetExceeded);
+                refused += 1;
+            }
+        }
+    }
+    assert_eq!((streams.len(), refused), (3, 7));
+    for (_g, mut stream) in streams {
+        collect(&mut stream).await;
+    }
+    let a = settled(&s).await;
+    assert_eq!(a.spent, Money::from_picos(3 * 920));
+    assert!(a.spent <= s.tenant.budget.unwrap());
+}
+
+#[tokio::test(start_paused = true)]
+async fn requests_wait_for_capacity_then_get_503() {
+    let s = setup_with(1, settings(), Tenant::new("team-a"), Some(1));
+    s.mocks[0].push(Script::repeat(5, Duration::from_millis(100)));
+    s.mocks[0].push(Script::default());
+    let (_g1, c1) = s.gateway.request_cancel();
+    let mut first = s
+        .gateway
+        .generate(&s.tenant, request("w1"), c1)
+        .await
+        .unwrap();
+    // The second waits for the first (0.5 s) within the 1 s admission wait.
+    let gateway = s.gateway.clone();
+    let tenant = s.tenant.clone();
+    let second = tokio::spawn(async move {
+        let (_g, c) = gateway.request_cancel();
+        let mut st = gateway.generate(&tenant, request("w2"), c).await.unwrap();
+        collect(&mut st).await.0
+    });
+    collect(&mut first).await;
+    assert_eq!(second.await.unwrap(), "Hello, world");
+
+    // A backend busy for longer than the admission wait: 503 with Retry-After.
+    s.mocks[0].push(Script::repeat(50, Duration::from_millis(100)));
+    let (_g3, c3) = s.gateway.request_cancel();
+    let busy = s
+        .gateway
+        .generate(&s.tenant, request("w3"), c3)
+        .await
+        .unwrap();
+    let (_g4, c4) = s.gateway.request_cancel();
+    let err = s
+        .gateway
+        .generate(&s.tenant, request("w4"), c4)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (err.code(), err.retry_after()),
+        (ErrorCode::Overloaded, Some(Duration::from_secs(1)))
+    );
+    drop(busy);
+    settled(&s).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn drain_aborts_what_outlives_the_grace_period() {
+    let s = setup(1);
+    s.mocks[0].push(Script::repeat(1000, Duration::from_millis(50)));
+    let (_g, cancel) = s.gateway.request_cancel();
+    let mut long = request("d1");
+    long.max_tokens = Some(900);
+    let mut stream = s.gateway.generate(&s.tenant, long, cancel).await.unwrap();
+    let reader = tokio::spawn(async move { collect(&mut stream).await });
+    let report = s.gateway.drain(Duration::from_secs(1)).await;
+    assert_eq!(
+        report,
+        DrainReport {
+            aborted: 1,
+            unsettled: 0
+        }
+    );
+    let (_, _, error) = reader.await.unwrap();
+    assert_eq!(error.unwrap().kind(), FailureKind::Canceled);
+    assert_eq!(s.mocks[0].aborts().decode, 1);
+    let a = settled(&s).await;
+    assert_eq!(a.requests, 1);
+    // About 1 s of 50 ms tokens were delivered and charged.
+    assert_eq!(
+        a.spent,
+        Money::from_picos(12 * 10 + a.usage.completion() * 100)
+    );
+    assert!(a.usage.completion() >= 19, "{:?}", a.usage);
+}
