@@ -1,6 +1,11 @@
 //! The pipeline end to end over mock backends, in paused time: exact
 //! charges on every path, retries before the first token, timeouts,
 //! stalled clients, limits, admission waits and draining.
+#![expect(
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "test helpers outside #[test] functions"
+)]
 
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::Arc;
