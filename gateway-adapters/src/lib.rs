@@ -8,6 +8,12 @@
 //! server, the engine of the benchmarks ([`SimConfig::zero_delay`]) and of
 //! many tests.
 //!
+//! [`config`] reads and validates the gateway's TOML config file, reporting
+//! every problem with its key path.
+//!
+//! Alongside, [`openai`] holds the OpenAI wire types and the SSE codec
+//! shared by the gateway's HTTP server and the OpenAI-speaking adapters.
+//!
 //! [`SimConfig::zero_delay`]: sim::SimConfig::zero_delay
 //!
 //! # Examples
@@ -51,4 +57,10 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "server")]
+pub mod bootstrap;
+pub mod config;
+pub mod openai;
+#[cfg(feature = "server")]
+pub mod server;
 pub mod sim;

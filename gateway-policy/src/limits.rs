@@ -23,8 +23,8 @@ pub struct RateBucket {
 
 impl RateBucket {
     /// A full bucket allowing `per_minute`.
-    pub fn new(per_minute: u32, now: Instant) -> Self {
-        let capacity = f64::from(per_minute);
+    pub fn new(per_minute: u64, now: Instant) -> Self {
+        let capacity = per_minute as f64;
         RateBucket {
             capacity,
             per_sec: capacity / 60.0,
@@ -158,7 +158,7 @@ impl TenantLimiter {
         if let Some(rpm) = tenant.requests_per_minute {
             let bucket = state
                 .requests
-                .get_or_insert_with(|| RateBucket::new(rpm.get(), now));
+                .get_or_insert_with(|| RateBucket::new(u64::from(rpm.get()), now));
             bucket.check(1.0, now).map_err(|retry_after| LimitError {
                 kind: LimitKind::Requests,
                 retry_after,
@@ -201,7 +201,7 @@ mod tests {
     fn tenant(rpm: Option<u32>, tpm: Option<u32>, conc: Option<u32>) -> Tenant {
         Tenant {
             requests_per_minute: rpm.and_then(NonZeroU32::new),
-            tokens_per_minute: tpm.and_then(NonZeroU32::new),
+            tokens_per_minute: tpm.and_then(|n| std::num::NonZeroU64::new(u64::from(n))),
             max_concurrency: conc.and_then(NonZeroU32::new),
             ..Tenant::new("t")
         }

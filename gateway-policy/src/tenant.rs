@@ -1,7 +1,7 @@
 //! [`Tenant`]: who pays, and the limits that apply to them.
 
 use std::collections::HashSet;
-use std::num::NonZeroU32;
+use std::num::{NonZeroU32, NonZeroU64};
 
 use gateway_core::{Money, TenantId};
 
@@ -15,7 +15,7 @@ pub struct Tenant {
     /// Requests per minute.
     pub requests_per_minute: Option<NonZeroU32>,
     /// Tokens per minute, counted as prompt estimate plus `max_tokens`.
-    pub tokens_per_minute: Option<NonZeroU32>,
+    pub tokens_per_minute: Option<NonZeroU64>,
     /// Requests in flight at once.
     pub max_concurrency: Option<NonZeroU32>,
     /// Share of contended capacity.

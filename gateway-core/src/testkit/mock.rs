@@ -288,10 +288,10 @@ impl Backend for MockBackend {
             if let Some(kind) = script.reject {
                 return Err(BackendError::new(kind, "rejected by script"));
             }
-            if !self.info.serves(&request.request.model) {
+            if !self.info.serves(&request.served_model) {
                 return Err(BackendError::new(
                     FailureKind::ModelNotFound,
-                    format!("model {} not served", request.request.model),
+                    format!("model {} not served", request.served_model),
                 ));
             }
             let first = match script.steps.first() {

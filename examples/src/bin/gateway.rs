@@ -1,0 +1,192 @@
+//! The `gateway` server: the library behind a config file.
+//!
+//! ```text
+//! gateway                       embedded default: sim engine, tenant `demo` (key `sk-demo`)
+//! gateway --config FILE         run from a TOML config
+//! gateway --check-config FILE   validate a config: exit 0, or print every problem and exit 2
+//! ```
+//!
+//! SIGINT/SIGTERM: stop accepting, let streams finish for `shutdown_grace_ms`,
+//! abort the rest at their engines, settle every reservation, exit 0.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use gateway_adapters::bootstrap::{build_gateway, router_options};
+use gateway_adapters::config::{DEMO_API_KEY, GatewayConfig};
+use gateway_adapters::server::{router, serve};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+const USAGE: &str = "usage: gateway [--config FILE | --check-config FILE]";
+
+enum Command {
+    Run(Option<String>),
+    Check(String),
+    Help,
+}
+
+fn parse_args() -> Result<Command, String> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.as_slice() {
+        [] => Ok(Command::Run(None)),
+        [flag, file] if flag == "--config" => Ok(Command::Run(Some(file.clone()))),
+        [flag] if flag.starts_with("--config=") => Ok(Command::Run(
+            flag.strip_prefix("--config=").map(str::to_owned),
+        )),
+        [flag, file] if flag == "--check-config" => Ok(Command::Check(file.clone())),
+        [flag] if flag == "--help" || flag == "-h" => Ok(Command::Help),
+        _ => Err(format!("unknown arguments: {}\n{USAGE}", args.join(" "))),
+    }
+}
+
+#[expect(
+    clippy::print_stdout,
+    clippy::print_stderr,
+    reason = "a command-line program reports on its terminal"
+)]
+fn main() -> ExitCode {
+    let command = match parse_args() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
+    match command {
+        Command::Help => {
+            println!("{USAGE}");
+            ExitCode::SUCCESS
+        }
+        Command::Check(file) => match GatewayConfig::load(&file) {
+            Err(problems) => {
+                eprint!("{problems}");
+                ExitCode::from(2)
+            }
+            Ok(config) => match build_gateway(&config) {
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(2)
+                }
+                Ok(_) => {
+                    println!(
+                        "{file}: ok ({} tenants, {} models, {} backends)",
+                        config.tenants.len(),
+                        config.models.len(),
+                        config.backends.len()
+                    );
+                    ExitCode::SUCCESS
+                }
+            },
+        },
+        Command::Run(file) => {
+            let config = match file {
+                None => GatewayConfig::embedded_default(),
+                Some(file) => match GatewayConfig::load(&file) {
+                    Ok(c) => c,
+                    Err(problems) => {
+                        eprint!("{problems}");
+                        return ExitCode::from(2);
+                    }
+                },
+            };
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(run(config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+#[expect(clippy::print_stdout, reason = "the server prints how to call it")]
+async fn run(config: GatewayConfig) -> Result<(), String> {
+    let gateway = build_gateway(&config).map_err(|e| e.to_string())?;
+    gateway.check_health().await;
+    let listener = TcpListener::bind(config.server.listen)
+        .await
+        .map_err(|e| format!("cannot listen on {}: {e}", config.server.listen))?;
+    let addr = listener.local_addr().map_err(|e| e.to_string())?;
+    println!("gateway listening on http://{addr}");
+    for m in &config.models {
+        println!("model: {}", m.name);
+    }
+    if config.tenants.iter().any(|t| t.key.matches(DEMO_API_KEY)) {
+        println!("demo key: {DEMO_API_KEY}");
+        println!(
+            "try: curl -N http://{addr}/v1/chat/completions -H 'Authorization: Bearer sk-demo' \\\n       -H 'Content-Type: application/json' \\\n       -d '{{\"model\":\"{}\",\"stream\":true,\"messages\":[{{\"role\":\"user\",\"content\":\"Hello\"}}]}}'",
+            config
+                .models
+                .first()
+                .map_or("sim-small", |m| m.name.as_str())
+        );
+    }
+
+    let stop = CancellationToken::new();
+    let health = {
+        let gateway = gateway.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(5)) => gateway.check_health().await,
+                }
+            }
+        })
+    };
+    let signals = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            stop.cancel();
+        })
+    };
+    let grace = config.server.shutdown_grace;
+    let app = router(gateway.clone(), router_options(&config));
+    let drain = async {
+        stop.cancelled().await;
+        println!("shutting down: draining for up to {grace:?}");
+        gateway.drain(grace).await
+    };
+    let connections_grace = grace + gateway.settings().abort_wait + Duration::from_secs(2);
+    let (served, report) = tokio::join!(
+        serve(listener, app, stop.cancelled(), connections_grace),
+        drain
+    );
+    health.abort();
+    signals.abort();
+    served.map_err(|e| e.to_string())?;
+    println!(
+        "stopped: {} streams aborted at shutdown, {} unsettled",
+        report.aborted, report.unsettled
+    );
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        // No signal handling available: run until killed.
+        return futures::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}

@@ -1,0 +1,140 @@
+//! From a validated [`GatewayConfig`] to a running [`Gateway`]: backends
+//! built per engine, models with their token counters, tenants with their
+//! keys and limits.
+
+use std::sync::Arc;
+
+use gateway_core::{Backend, ByteBound, EngineKind, TenantId, TokenCounter};
+use gateway_policy::{Gateway, ModelSpec, Settings, Tenant};
+
+use crate::config::{GatewayConfig, LedgerConfig, ModelConfig, TenantKey};
+use crate::server::RouterOptions;
+use crate::sim::SimBackend;
+
+/// Why a valid config could still not be turned into a gateway.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct BootstrapError {
+    /// The config key the problem is about.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn problem(path: String, message: impl Into<String>) -> BootstrapError {
+    BootstrapError {
+        path,
+        message: message.into(),
+    }
+}
+
+/// The pipeline settings of `config`.
+pub fn settings(config: &GatewayConfig) -> Settings {
+    let s = &config.server;
+    Settings {
+        first_token_timeout: s.first_token_timeout,
+        idle_timeout: s.idle_timeout,
+        client_stall_timeout: s.client_stall_timeout,
+        stream_buffer_events: s.stream_buffer_events,
+        admission_wait: s.admission_wait,
+        ..Settings::default()
+    }
+}
+
+/// The router options of `config`.
+pub fn router_options(config: &GatewayConfig) -> RouterOptions {
+    RouterOptions {
+        admin_key_sha256: config
+            .server
+            .admin_key
+            .as_ref()
+            .map(|TenantKey::Sha256(h)| *h),
+        max_body_bytes: config.server.max_body_bytes.get(),
+    }
+}
+
+fn counter(index: usize, model: &ModelConfig) -> Result<Arc<dyn TokenCounter>, BootstrapError> {
+    let Some(path) = &model.tokenizer else {
+        return Ok(Arc::new(ByteBound::default()));
+    };
+    #[cfg(feature = "tokenizers")]
+    {
+        gateway_policy::HfTokenCounter::from_file(path, model.add_bos_token)
+            .map(|c| Arc::new(c) as Arc<dyn TokenCounter>)
+            .map_err(|e| problem(format!("models[{index}].tokenizer"), e.to_string()))
+    }
+    #[cfg(not(feature = "tokenizers"))]
+    {
+        let _ = path;
+        Err(problem(
+            format!("models[{index}].tokenizer"),
+            "this build has no tokenizer support (feature `tokenizers`)",
+        ))
+    }
+}
+
+fn backend(config: &GatewayConfig, index: usize) -> Result<Arc<dyn Backend>, BootstrapError> {
+    let path = format!("backends[{index}]");
+    let Some(b) = config.backends.get(index) else {
+        return Err(problem(path, "no such backend"));
+    };
+    match b.engine {
+        EngineKind::Sim => match b.sim_config(&config.models) {
+            Some(sim) => Ok(Arc::new(SimBackend::new(sim))),
+            None => Err(problem(path, "a sim backend without sim settings")),
+        },
+        other => Err(problem(
+            format!("{path}.engine"),
+            format!("engine `{other}` has no adapter in this build yet"),
+        )),
+    }
+}
+
+/// Builds the gateway `config` describes.
+///
+/// # Errors
+/// A [`BootstrapError`] naming the key whose value could not be used (an
+/// unreadable tokenizer, an engine without an adapter, a Redis ledger in a
+/// build without it).
+pub fn build_gateway(config: &GatewayConfig) -> Result<Gateway, BootstrapError> {
+    if let LedgerConfig::Redis { .. } = config.ledger {
+        return Err(problem(
+            "ledger.kind".into(),
+            "the redis ledger is not in this build yet",
+        ));
+    }
+    let mut builder = Gateway::builder(settings(config));
+    for t in &config.tenants {
+        let TenantKey::Sha256(hash) = t.key;
+        let tenant = Tenant {
+            id: TenantId::new(t.id.as_str()),
+            budget: t.budget,
+            requests_per_minute: t.requests_per_minute,
+            tokens_per_minute: t.tokens_per_minute,
+            max_concurrency: t.max_concurrency,
+            weight: t.weight,
+            models: t.models.as_ref().map(|m| m.iter().cloned().collect()),
+        };
+        builder = builder.tenant(tenant, hash);
+    }
+    for (i, m) in config.models.iter().enumerate() {
+        builder = builder.model(ModelSpec {
+            name: m.name.clone(),
+            pricing: m.pricing,
+            context_window: m.context_window.get(),
+            default_max_tokens: m.default_max_tokens.get(),
+            counter: counter(i, m)?,
+        });
+    }
+    for (i, b) in config.backends.iter().enumerate() {
+        builder = builder.backend(
+            backend(config, i)?,
+            &b.model,
+            &b.served_model,
+            b.max_concurrency,
+        );
+    }
+    builder
+        .build()
+        .map_err(|e| problem("config".into(), e.to_string()))
+}

@@ -1,0 +1,157 @@
+//! The embedded default config and the defaults of optional keys.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::num::{NonZeroU32, NonZeroUsize};
+use std::time::Duration;
+
+use gateway_core::{EngineKind, Money, Pricing};
+
+use super::{
+    BackendConfig, GatewayConfig, LedgerConfig, ModelConfig, OnDisconnect, ServerConfig,
+    SimSettings, TenantConfig, TenantKey,
+};
+
+/// The API key of the embedded default's tenant `demo`.
+pub const DEMO_API_KEY: &str = "sk-demo";
+
+/// The admin key of the embedded default.
+pub const DEMO_ADMIN_KEY: &str = "admin-demo";
+
+/// The embedded default config as TOML (what
+/// [`GatewayConfig::embedded_default`] is), e.g. to print as a starting
+/// point.
+pub const EMBEDDED_DEFAULT_TOML: &str = r#"# The example server's embedded default: one simulated engine, one tenant.
+[server]
+listen = "127.0.0.1:8080"
+admin_key = "admin-demo"
+
+[ledger]
+kind = "memory"
+
+[[tenants]]
+id = "demo"
+api_key = "sk-demo"
+
+[[models]]
+name = "sim-small"
+context_window = 8192
+input_usd_per_mtok = 0.50
+cached_input_usd_per_mtok = 0.05
+output_usd_per_mtok = 1.50
+default_max_tokens = 256
+
+[[backends]]
+name = "sim-0"
+engine = "sim"
+model = "sim-small"
+"#;
+
+/// Default `server.listen`.
+pub(super) const LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
+/// Default `server.max_body_bytes`: 1 MiB.
+pub(super) const MAX_BODY_BYTES: NonZeroUsize = nonzero_usize(1 << 20);
+/// Default `server.stream_buffer_events`.
+pub(super) const STREAM_BUFFER_EVENTS: NonZeroUsize = nonzero_usize(64);
+/// Default of the three stream timeouts, in milliseconds.
+pub(super) const STREAM_TIMEOUT_MS: u64 = 30_000;
+/// Default `server.shutdown_grace_ms`.
+pub(super) const SHUTDOWN_GRACE_MS: u64 = 10_000;
+/// Default `server.admission_wait_ms`.
+pub(super) const ADMISSION_WAIT_MS: u64 = 5_000;
+/// Default `models[].default_max_tokens` (lowered to the context window).
+pub(super) const DEFAULT_MAX_TOKENS: NonZeroU32 = nonzero_u32(256);
+
+/// `n`, which must not be zero (1 if it is).
+const fn nonzero_usize(n: usize) -> NonZeroUsize {
+    match NonZeroUsize::new(n) {
+        Some(n) => n,
+        None => NonZeroUsize::MIN,
+    }
+}
+
+/// `n`, which must not be zero (1 if it is).
+const fn nonzero_u32(n: u32) -> NonZeroU32 {
+    match NonZeroU32::new(n) {
+        Some(n) => n,
+        None => NonZeroU32::MIN,
+    }
+}
+
+/// The `[server]` of a file that sets nothing in it.
+pub(super) fn server() -> ServerConfig {
+    ServerConfig {
+        listen: LISTEN,
+        admin_key: None,
+        max_body_bytes: MAX_BODY_BYTES,
+        stream_buffer_events: STREAM_BUFFER_EVENTS,
+        first_token_timeout: Duration::from_millis(STREAM_TIMEOUT_MS),
+        idle_timeout: Duration::from_millis(STREAM_TIMEOUT_MS),
+        client_stall_timeout: Duration::from_millis(STREAM_TIMEOUT_MS),
+        shutdown_grace: Duration::from_millis(SHUTDOWN_GRACE_MS),
+        admission_wait: Duration::from_millis(ADMISSION_WAIT_MS),
+    }
+}
+
+/// [`GatewayConfig::embedded_default`], built without parsing (a test
+/// checks it equals [`EMBEDDED_DEFAULT_TOML`] parsed).
+pub(super) fn embedded() -> GatewayConfig {
+    GatewayConfig {
+        server: ServerConfig {
+            admin_key: Some(TenantKey::from_plaintext(DEMO_ADMIN_KEY)),
+            ..server()
+        },
+        ledger: LedgerConfig::Memory,
+        tenants: vec![TenantConfig {
+            id: "demo".to_owned(),
+            key: TenantKey::from_plaintext(DEMO_API_KEY),
+            budget: None,
+            requests_per_minute: None,
+            tokens_per_minute: None,
+            max_concurrency: None,
+            weight: NonZeroU32::MIN,
+            models: None,
+        }],
+        models: vec![ModelConfig {
+            name: "sim-small".to_owned(),
+            tokenizer: None,
+            chat_template: None,
+            add_bos_token: true,
+            context_window: nonzero_u32(8192),
+            // $0.50, $0.05 and $1.50 per million tokens.
+            pricing: Pricing {
+                input: Money::from_picos(500_000),
+                cached_input: Money::from_picos(50_000),
+                output: Money::from_picos(1_500_000),
+            },
+            default_max_tokens: DEFAULT_MAX_TOKENS,
+            fallbacks: Vec::new(),
+        }],
+        backends: vec![BackendConfig {
+            name: "sim-0".to_owned(),
+            engine: EngineKind::Sim,
+            url: None,
+            model: "sim-small".to_owned(),
+            served_model: "sim-small".to_owned(),
+            max_concurrency: None,
+            on_disconnect: OnDisconnect::Abort,
+            api_key_env: None,
+            metrics_url: None,
+            sim: Some(SimSettings::default()),
+        }],
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_its_toml() {
+        assert_eq!(
+            GatewayConfig::parse(EMBEDDED_DEFAULT_TOML, Path::new(".")),
+            Ok(embedded())
+        );
+    }
+}

@@ -1,0 +1,526 @@
+//! The gateway's TOML config file, validated, with every problem reported
+//! by key path.
+//!
+//! [`GatewayConfig::load`] reads a file, [`GatewayConfig::parse`] a string,
+//! and [`GatewayConfig::embedded_default`] is what the example server runs
+//! without `--config`. Validation walks the whole document and collects
+//! every problem — unknown keys, missing keys, wrong types, values out of
+//! range, duplicate names, dangling references — into [`ConfigErrors`],
+//! each with the path of the key it is about (`server.listen`,
+//! `tenants[0].api_key`, `backends[1].url`; for a problem with a whole
+//! table, the table's path, e.g. `tenants[2]`).
+//!
+//! The result is plain validated data: addresses are [`SocketAddr`]s,
+//! times [`Duration`]s, counts that cannot be zero `NonZero*`, money
+//! [`Money`] and [`Pricing`], engines [`EngineKind`], paths absolute (or
+//! joined onto the base directory given to [`GatewayConfig::parse`]), and
+//! API keys [`TenantKey`] digests — plaintext keys are hashed at load time
+//! and not kept.
+//!
+//! # The file
+//!
+//! The format is the one of the example server's contract
+//! (`SERVER-CONTRACT.md`); `examples/gateway.toml` is a commented,
+//! complete example. Every table and key, with its default:
+//!
+//! ```toml
+//! [server]                            # optional table
+//! listen = "127.0.0.1:8080"           # IP:PORT; default 127.0.0.1:8080
+//! admin_key = "admin-secret"          # optional; absent = /admin/* answers 404
+//! max_body_bytes = 1048576            # >= 1; default 1 MiB
+//! stream_buffer_events = 64           # >= 1; default 64
+//! first_token_timeout_ms = 30000      # > 0; default 30000
+//! idle_timeout_ms = 30000             # > 0; default 30000
+//! client_stall_timeout_ms = 30000     # > 0; default 30000
+//! shutdown_grace_ms = 10000           # >= 0; default 10000
+//! admission_wait_ms = 5000            # >= 0; default 5000 (addition to the contract)
+//!
+//! [ledger]                            # optional table
+//! kind = "memory"                     # memory (default) | redis
+//! # url = "redis://127.0.0.1:6379"    # required with redis, not allowed with memory
+//!
+//! [[tenants]]                         # at least one
+//! id = "team-a"                       # required, unique, [A-Za-z0-9_.-]+
+//! api_key = "sk-team-a"               # exactly one of api_key / api_key_sha256 (64 hex)
+//! budget_usd = 25.0                   # optional, >= 0
+//! requests_per_minute = 600           # optional, >= 1
+//! tokens_per_minute = 200000          # optional, >= 1
+//! max_concurrency = 32                # optional, >= 1
+//! weight = 1                          # >= 1; default 1
+//! models = ["tiny-llama"]             # optional allow-list of configured models
+//!
+//! [[models]]                          # at least one; each served by a backend
+//! name = "tiny-llama"                 # required, unique, [A-Za-z0-9_.-]+
+//! tokenizer = "tokenizer.json"        # optional file, relative to the config file
+//! chat_template = "template.jinja"    # optional file, relative to the config file
+//! add_bos_token = true                # default true
+//! context_window = 2048               # required, >= 1
+//! input_usd_per_mtok = 0.50           # required, >= 0
+//! cached_input_usd_per_mtok = 0.05    # optional, >= 0; default = input price
+//! output_usd_per_mtok = 1.50          # required, >= 0
+//! default_max_tokens = 256            # 1..=context_window; default min(256, context_window)
+//! fallbacks = []                      # other configured models; default none
+//!
+//! [[backends]]                        # at least one
+//! name = "vllm-0"                     # required, unique, [A-Za-z0-9_.-]+
+//! engine = "vllm"                     # required: sim | vllm | sglang | trtllm | triton | nim | dynamo | openai
+//! url = "http://127.0.0.1:8000"       # http(s) URL; required, except for sim (not allowed there)
+//! model = "tiny-llama"                # required, a configured model
+//! served_model = "tiny-llama"         # default = model
+//! max_concurrency = 64                # optional, >= 1
+//! on_disconnect = "abort"             # abort (default) | drain
+//! api_key_env = "NIM_API_KEY"         # optional env variable NAME ([A-Z_][A-Z0-9_]*); not for sim
+//! metrics_url = "http://127.0.0.1:8000/metrics"  # optional http(s) URL; not for sim
+//!
+//! [backends.sim]                      # optional, only with engine = "sim" (addition)
+//! slots = 8                           # >= 1; default 8
+//! queue_capacity = 64                 # >= 0; default 64
+//! kv_capacity_tokens = 131072         # >= 1; default 131072
+//! prefill_tokens_per_sec = 10000.0    # >= 0, 0 = instant; default 10000
+//! decode_tokens_per_sec = 100.0       # >= 0, 0 = instant; default 100
+//! base_latency_ms = 0                 # >= 0; default 0
+//! seed = 0                            # >= 0; default 0
+//! min_natural_tokens = 16             # >= 1; default min(16, max_natural_tokens)
+//! max_natural_tokens = 128            # >= min_natural_tokens; default max(128, min_natural_tokens)
+//! speculative = { draft_tokens = 4, acceptance_rate = 0.7 }   # optional; both keys required
+//! ```
+//!
+//! `on_disconnect` defaults to `abort` for every engine, hosted ones
+//! included: aborting is always safe for the GPU and for the tenant's
+//! budget (only delivered tokens are charged), while `drain` keeps an
+//! upstream generation running after the client left — worth it only when
+//! the upstream bills the full generation anyway, which the gateway cannot
+//! know, so it must be asked for.
+//!
+//! # Examples
+//!
+//! ```
+//! use std::path::Path;
+//! use gateway_adapters::config::GatewayConfig;
+//!
+//! let text = r#"
+//! [server]
+//! listen = "0.0.0.0:9000"
+//! [[tenants]]
+//! id = "team-a"
+//! api_key = "sk-team-a"
+//! [[models]]
+//! name = "sim-small"
+//! context_window = 4096
+//! input_usd_per_mtok = 0.5
+//! output_usd_per_mtok = 1.5
+//! [[backends]]
+//! name = "sim-0"
+//! engine = "sim"
+//! model = "sim-small"
+//! "#;
+//! let config = GatewayConfig::parse(text, Path::new("/etc/gateway")).unwrap();
+//! assert_eq!(config.server.listen.port(), 9000);
+//! assert!(config.tenants[0].key.matches("sk-team-a"));
+//! assert_eq!(config.models[0].default_max_tokens.get(), 256);
+//!
+//! let errors = GatewayConfig::parse("[server]\nlisten = 8080\nport = 1\n", Path::new("."))
+//!     .unwrap_err();
+//! assert_eq!(
+//!     errors.to_string(),
+//!     "server.port: unknown key\n\
+//!      server.listen: expected a string, found an integer\n\
+//!      tenants: at least one [[tenants]] entry is required\n\
+//!      models: at least one [[models]] entry is required\n\
+//!      backends: at least one [[backends]] entry is required"
+//! );
+//! ```
+
+mod defaults;
+mod key;
+mod validate;
+mod walk;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
+use std::ops::RangeInclusive;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use gateway_core::{EngineKind, Money, Pricing};
+
+use crate::sim::{SimConfig, Speculative};
+
+pub use defaults::{DEMO_ADMIN_KEY, DEMO_API_KEY, EMBEDDED_DEFAULT_TOML};
+pub use key::TenantKey;
+
+/// A validated gateway configuration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GatewayConfig {
+    /// `[server]`: listening, limits and timeouts.
+    pub server: ServerConfig,
+    /// `[ledger]`: where budgets and rate limits are kept.
+    pub ledger: LedgerConfig,
+    /// `[[tenants]]`, in file order; at least one, ids unique.
+    pub tenants: Vec<TenantConfig>,
+    /// `[[models]]`, in file order; at least one, names unique, each served
+    /// by at least one backend.
+    pub models: Vec<ModelConfig>,
+    /// `[[backends]]`, in file order; at least one, names unique.
+    pub backends: Vec<BackendConfig>,
+}
+
+/// `[server]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerConfig {
+    /// `listen`: the address to bind. Default `127.0.0.1:8080`.
+    pub listen: SocketAddr,
+    /// `admin_key`, hashed; `None` means the `/admin/*` routes answer 404.
+    pub admin_key: Option<TenantKey>,
+    /// `max_body_bytes`: larger request bodies get 413. Default 1 MiB.
+    pub max_body_bytes: NonZeroUsize,
+    /// `stream_buffer_events`: events queued towards one slow client.
+    /// Default 64.
+    pub stream_buffer_events: NonZeroUsize,
+    /// `first_token_timeout_ms`: per backend attempt, until the first token
+    /// event. Default 30 s; never zero.
+    pub first_token_timeout: Duration,
+    /// `idle_timeout_ms`: the longest gap between two token events.
+    /// Default 30 s; never zero.
+    pub idle_timeout: Duration,
+    /// `client_stall_timeout_ms`: a client that reads nothing this long is
+    /// dropped and its request aborted upstream. Default 30 s; never zero.
+    pub client_stall_timeout: Duration,
+    /// `shutdown_grace_ms`: how long in-flight streams may finish after
+    /// SIGINT/SIGTERM. Default 10 s; zero aborts at once.
+    pub shutdown_grace: Duration,
+    /// `admission_wait_ms` (an addition to the contract): how long a request
+    /// waits for backend capacity before it is refused with 503
+    /// `overloaded`. Default 5 s; zero refuses at once.
+    pub admission_wait: Duration,
+}
+
+/// `[ledger]`: where budgets and rate-limit counters live.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum LedgerConfig {
+    /// `kind = "memory"` (the default): in this process only.
+    #[default]
+    Memory,
+    /// `kind = "redis"`: shared by every replica using the same Redis.
+    Redis {
+        /// `url`: a `redis://` or `rediss://` URL.
+        url: String,
+    },
+}
+
+/// One `[[tenants]]` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TenantConfig {
+    /// `id`: unique, non-empty, `[A-Za-z0-9_.-]` (it is a metrics label).
+    pub id: String,
+    /// `api_key` (hashed here) or `api_key_sha256`; unique across tenants.
+    pub key: TenantKey,
+    /// `budget_usd`: a hard budget, or `None` for unlimited.
+    pub budget: Option<Money>,
+    /// `requests_per_minute`, if limited.
+    pub requests_per_minute: Option<NonZeroU32>,
+    /// `tokens_per_minute` (estimated prompt + max_tokens), if limited.
+    pub tokens_per_minute: Option<NonZeroU64>,
+    /// `max_concurrency`: requests in flight at once, if limited.
+    pub max_concurrency: Option<NonZeroU32>,
+    /// `weight`: share of contended capacity. Default 1.
+    pub weight: NonZeroU32,
+    /// `models`: the allow-list (each a configured model), or `None` for
+    /// every model.
+    pub models: Option<Vec<String>>,
+}
+
+impl TenantConfig {
+    /// Whether this tenant may use `model`.
+    pub fn allows(&self, model: &str) -> bool {
+        self.models
+            .as_ref()
+            .is_none_or(|allowed| allowed.iter().any(|m| m == model))
+    }
+}
+
+/// One `[[models]]` entry: a public model name and what it costs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelConfig {
+    /// `name`: what clients send; unique, `[A-Za-z0-9_.-]`.
+    pub name: String,
+    /// `tokenizer`: an HF `tokenizer.json` (an existing file), resolved
+    /// against the config file's directory.
+    pub tokenizer: Option<PathBuf>,
+    /// `chat_template`: a chat template (an existing file), resolved against
+    /// the config file's directory.
+    pub chat_template: Option<PathBuf>,
+    /// `add_bos_token`: whether the tokenizer prepends BOS. Default true.
+    pub add_bos_token: bool,
+    /// `context_window`: most prompt plus completion tokens.
+    pub context_window: NonZeroU32,
+    /// `input_usd_per_mtok`, `cached_input_usd_per_mtok` (default: the
+    /// input price) and `output_usd_per_mtok`, per token.
+    pub pricing: Pricing,
+    /// `default_max_tokens`: the completion cap reserved for when a request
+    /// sets none; at most `context_window`. Default 256 (or the context
+    /// window, if smaller).
+    pub default_max_tokens: NonZeroU32,
+    /// `fallbacks`: other configured models a request may move to before
+    /// its first byte, in order. Default none.
+    pub fallbacks: Vec<String>,
+}
+
+/// What the gateway does with an upstream generation whose client went
+/// away.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum OnDisconnect {
+    /// Abort it upstream at once (the default for every engine): frees the
+    /// GPU, and only delivered tokens are charged.
+    #[default]
+    Abort,
+    /// Keep reading it (bounded by `max_tokens` and a drain timeout) to
+    /// learn the real usage — for hosted APIs that bill the full generation
+    /// anyway.
+    Drain,
+}
+
+impl OnDisconnect {
+    /// The name used in config files.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            OnDisconnect::Abort => "abort",
+            OnDisconnect::Drain => "drain",
+        }
+    }
+}
+
+impl fmt::Display for OnDisconnect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One `[[backends]]` entry: an engine serving one model.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackendConfig {
+    /// `name`: unique, `[A-Za-z0-9_.-]` (it is a metrics label).
+    pub name: String,
+    /// `engine`: never [`EngineKind::Custom`] (host applications add their
+    /// own backends in code).
+    pub engine: EngineKind,
+    /// `url`: an `http://` or `https://` URL with a host, without a trailing
+    /// `/`; `Some` exactly when the engine is not `sim`.
+    pub url: Option<String>,
+    /// `model`: the configured model it serves.
+    pub model: String,
+    /// `served_model`: the model's name at the engine. Default: `model`.
+    pub served_model: String,
+    /// `max_concurrency`: requests sent to it at once, if limited.
+    pub max_concurrency: Option<NonZeroU32>,
+    /// `on_disconnect`. Default [`OnDisconnect::Abort`].
+    pub on_disconnect: OnDisconnect,
+    /// `api_key_env`: the name of the environment variable holding the
+    /// upstream credential (not read during validation).
+    pub api_key_env: Option<String>,
+    /// `metrics_url`: where to scrape pressure metrics, if not the engine's
+    /// default.
+    pub metrics_url: Option<String>,
+    /// `[backends.sim]`: the simulated engine's knobs; `Some` exactly when
+    /// the engine is `sim` (defaults when the table is absent).
+    pub sim: Option<SimSettings>,
+}
+
+impl BackendConfig {
+    /// The [`SimConfig`] of a `sim` backend (`None` for other engines), with
+    /// its context window taken from its model in `models`.
+    pub fn sim_config(&self, models: &[ModelConfig]) -> Option<SimConfig> {
+        let settings = self.sim.as_ref()?;
+        let context_window = models
+            .iter()
+            .find(|m| m.name == self.model)
+            .map_or(SimConfig::default().context_window, |m| {
+                u64::from(m.context_window.get())
+            });
+        Some(settings.to_sim_config(&self.name, &[self.served_model.as_str()], context_window))
+    }
+}
+
+/// `[backends.sim]`: how a simulated backend behaves (see
+/// [`SimConfig`] for the meaning of each field). The defaults are those of
+/// [`SimConfig::default`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimSettings {
+    /// `slots`: requests running at once. Default 8.
+    pub slots: NonZeroU32,
+    /// `queue_capacity`: requests waiting for a slot. Default 64.
+    pub queue_capacity: u32,
+    /// `kv_capacity_tokens`: KV-cache size in tokens. Default 131072.
+    pub kv_capacity_tokens: NonZeroU64,
+    /// `prefill_tokens_per_sec`; `None` (written `0`) is instant.
+    /// Default 10000.
+    pub prefill_tokens_per_sec: Option<f64>,
+    /// `decode_tokens_per_sec`; `None` (written `0`) is instant. Default
+    /// 100.
+    pub decode_tokens_per_sec: Option<f64>,
+    /// `base_latency_ms`: fixed time added to every prefill. Default 0.
+    pub base_latency: Duration,
+    /// `seed`: of every random choice. Default 0.
+    pub seed: u64,
+    /// `min_natural_tokens..=max_natural_tokens`: natural completion
+    /// lengths. Default 16 to 128.
+    pub natural_tokens: RangeInclusive<u32>,
+    /// `speculative = { draft_tokens, acceptance_rate }`, if enabled.
+    pub speculative: Option<Speculative>,
+}
+
+impl Default for SimSettings {
+    fn default() -> Self {
+        let sim = SimConfig::default();
+        SimSettings {
+            slots: NonZeroU32::new(sim.slots).unwrap_or(NonZeroU32::MIN),
+            queue_capacity: sim.queue_capacity,
+            kv_capacity_tokens: NonZeroU64::new(sim.kv_capacity_tokens).unwrap_or(NonZeroU64::MIN),
+            prefill_tokens_per_sec: sim.prefill_tokens_per_sec,
+            decode_tokens_per_sec: sim.decode_tokens_per_sec,
+            base_latency: sim.base_latency,
+            seed: sim.seed,
+            natural_tokens: sim.natural_length,
+            speculative: sim.speculative,
+        }
+    }
+}
+
+impl SimSettings {
+    /// The engine config of backend `backend_name` answering to the engine
+    /// model names `models`, enforcing `context_window`; everything these
+    /// settings do not cover (faults, retry hint, channel size) is
+    /// [`SimConfig::default`]'s.
+    pub fn to_sim_config(
+        &self,
+        backend_name: &str,
+        models: &[&str],
+        context_window: u64,
+    ) -> SimConfig {
+        SimConfig {
+            name: backend_name.to_owned(),
+            models: models.iter().map(|m| (*m).to_owned()).collect(),
+            slots: self.slots.get(),
+            queue_capacity: self.queue_capacity,
+            kv_capacity_tokens: self.kv_capacity_tokens.get(),
+            base_latency: self.base_latency,
+            prefill_tokens_per_sec: self.prefill_tokens_per_sec,
+            decode_tokens_per_sec: self.decode_tokens_per_sec,
+            context_window,
+            speculative: self.speculative,
+            seed: self.seed,
+            natural_length: self.natural_tokens.clone(),
+            ..SimConfig::default()
+        }
+    }
+}
+
+/// One problem in a config file: where, and what.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ConfigProblem {
+    /// The key path (`server.listen`, `tenants[0].api_key`,
+    /// `backends[1].sim.slots`), the table's path for a problem with a
+    /// whole table, `line L, column C` for a syntax error, or the file's
+    /// path when it cannot be read.
+    pub path: String,
+    /// What is wrong, in one line.
+    pub message: String,
+}
+
+impl ConfigProblem {
+    /// A problem at `path`.
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigProblem {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Every problem found in a config: its `Display` prints one per line as
+/// `<path>: <message>`, in the order they were found (roughly file order).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigErrors {
+    /// The problems; never empty.
+    pub problems: Vec<ConfigProblem>,
+}
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, problem) in self.problems.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+impl GatewayConfig {
+    /// Reads and validates the file at `path`. Paths inside it are resolved
+    /// against its directory (made absolute).
+    ///
+    /// # Errors
+    /// Every problem: an unreadable file (at the file's path), a syntax
+    /// error (at `<file>, line L, column C`) or every invalid key.
+    pub fn load(path: impl AsRef<Path>) -> Result<GatewayConfig, ConfigErrors> {
+        let path = path.as_ref();
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigErrors {
+            problems: vec![ConfigProblem::new(
+                path.display().to_string(),
+                format!("cannot read config file: {e}"),
+            )],
+        })?;
+        let absolute = std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        let base_dir = absolute.parent().unwrap_or(Path::new("."));
+        validate::parse(&text, base_dir, Some(path))
+    }
+
+    /// Validates config `text`; relative paths in it are joined onto
+    /// `base_dir`.
+    ///
+    /// # Errors
+    /// Every problem: a syntax error (at `line L, column C`) or every
+    /// invalid key.
+    pub fn parse(text: &str, base_dir: &Path) -> Result<GatewayConfig, ConfigErrors> {
+        validate::parse(text, base_dir, None)
+    }
+
+    /// The config the example server runs without `--config`: listen on
+    /// `127.0.0.1:8080`, admin key [`DEMO_ADMIN_KEY`], one tenant `demo`
+    /// with key [`DEMO_API_KEY`] and no limits, one model `sim-small`
+    /// (8192-token context window, $0.50 / $0.05 cached / $1.50 per million
+    /// tokens), one `sim` backend `sim-0` serving it with the default
+    /// [`SimSettings`]. It is [`EMBEDDED_DEFAULT_TOML`], parsed.
+    pub fn embedded_default() -> GatewayConfig {
+        defaults::embedded()
+    }
+
+    /// The tenant with id `id`.
+    pub fn tenant(&self, id: &str) -> Option<&TenantConfig> {
+        self.tenants.iter().find(|t| t.id == id)
+    }
+
+    /// The model named `name`.
+    pub fn model(&self, name: &str) -> Option<&ModelConfig> {
+        self.models.iter().find(|m| m.name == name)
+    }
+
+    /// The backends serving `model`, in file order.
+    pub fn backends_for<'a>(
+        &'a self,
+        model: &'a str,
+    ) -> impl Iterator<Item = &'a BackendConfig> + 'a {
+        self.backends.iter().filter(move |b| b.model == model)
+    }
+}

@@ -1,0 +1,881 @@
+//! The schema: walks a parsed TOML document section by section, records
+//! every problem, and builds a [`GatewayConfig`] only when there is none.
+
+use std::net::SocketAddr;
+use std::num::{NonZeroU32, NonZeroU64, NonZeroUsize};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use gateway_core::http::Uri;
+use gateway_core::{EngineKind, Money, Pricing};
+
+use super::walk::{Check, Problems, Reader, Reported};
+use super::{
+    BackendConfig, ConfigErrors, ConfigProblem, GatewayConfig, LedgerConfig, ModelConfig,
+    OnDisconnect, ServerConfig, SimSettings, TenantConfig, TenantKey, defaults,
+};
+use crate::sim::Speculative;
+
+const TOP_KEYS: &[&str] = &["server", "ledger", "tenants", "models", "backends"];
+const SERVER_KEYS: &[&str] = &[
+    "listen",
+    "admin_key",
+    "max_body_bytes",
+    "stream_buffer_events",
+    "first_token_timeout_ms",
+    "idle_timeout_ms",
+    "client_stall_timeout_ms",
+    "shutdown_grace_ms",
+    "admission_wait_ms",
+];
+const LEDGER_KEYS: &[&str] = &["kind", "url"];
+const TENANT_KEYS: &[&str] = &[
+    "id",
+    "api_key",
+    "api_key_sha256",
+    "budget_usd",
+    "requests_per_minute",
+    "tokens_per_minute",
+    "max_concurrency",
+    "weight",
+    "models",
+];
+const MODEL_KEYS: &[&str] = &[
+    "name",
+    "tokenizer",
+    "chat_template",
+    "add_bos_token",
+    "context_window",
+    "input_usd_per_mtok",
+    "cached_input_usd_per_mtok",
+    "output_usd_per_mtok",
+    "default_max_tokens",
+    "fallbacks",
+];
+const BACKEND_KEYS: &[&str] = &[
+    "name",
+    "engine",
+    "url",
+    "model",
+    "served_model",
+    "max_concurrency",
+    "on_disconnect",
+    "api_key_env",
+    "metrics_url",
+    "sim",
+];
+const SIM_KEYS: &[&str] = &[
+    "slots",
+    "queue_capacity",
+    "kv_capacity_tokens",
+    "prefill_tokens_per_sec",
+    "decode_tokens_per_sec",
+    "base_latency_ms",
+    "seed",
+    "min_natural_tokens",
+    "max_natural_tokens",
+    "speculative",
+];
+const SPECULATIVE_KEYS: &[&str] = &["draft_tokens", "acceptance_rate"];
+
+/// The engines a config file may name, with their config names.
+const ENGINES: &[EngineKind] = &[
+    EngineKind::Sim,
+    EngineKind::Vllm,
+    EngineKind::Sglang,
+    EngineKind::TrtLlm,
+    EngineKind::Triton,
+    EngineKind::Nim,
+    EngineKind::Dynamo,
+    EngineKind::OpenAi,
+];
+
+/// Highest accepted price, USD per million tokens (a dollar per token).
+const MAX_PRICE_PER_MTOK: f64 = 1e6;
+/// Highest accepted budget, USD ([`Money`] ends at about 18 million).
+const MAX_BUDGET_USD: f64 = 1e7;
+/// Default natural completion range of a sim backend.
+const NATURAL_TOKENS: (u32, u32) = (16, 128);
+
+/// Parses and validates `text`; `source` (the file) prefixes the path of a
+/// syntax error.
+pub(super) fn parse(
+    text: &str,
+    base_dir: &Path,
+    source: Option<&Path>,
+) -> Result<GatewayConfig, ConfigErrors> {
+    let root = text.parse::<toml::Table>().map_err(|error| {
+        let at = match error.span() {
+            Some(span) => {
+                let (line, column) = line_column(text, span.start);
+                format!("line {line}, column {column}")
+            }
+            None => "document".to_owned(),
+        };
+        let path = match source {
+            Some(file) => format!("{}, {at}", file.display()),
+            None => at,
+        };
+        let message = error
+            .message()
+            .split_whitespace()
+            .collect::<Vec<_>>()
+            .join(" ");
+        ConfigErrors {
+            problems: vec![ConfigProblem::new(path, message)],
+        }
+    })?;
+    validate(&root, base_dir)
+}
+
+/// The 1-based line and column (in characters) of byte `offset`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let column = before.get(line_start..).map_or(0, |s| s.chars().count()) + 1;
+    (line, column)
+}
+
+/// Validates a parsed document.
+fn validate(root: &toml::Table, base_dir: &Path) -> Result<GatewayConfig, ConfigErrors> {
+    let mut p = Problems::default();
+    let top = Reader::open(root, "", TOP_KEYS, &mut p);
+    // Names other sections refer to, as written (their own problems are
+    // reported where they are defined, not at every reference).
+    let model_names = raw_strings(root, "models", "name");
+    let served = raw_strings(root, "backends", "model");
+    let names = Names {
+        models: &model_names,
+        served: &served,
+    };
+
+    let server = server(&top, &mut p);
+    let ledger = ledger(&top, &mut p);
+    let admin_key = server.as_ref().ok().and_then(|s| s.admin_key);
+    let tenants = tenants(&top, &model_names, admin_key, &mut p);
+    let models = models(&top, &names, base_dir, &mut p);
+    let backends = backends(&top, &names, &mut p);
+
+    match (server, ledger) {
+        (Ok(server), Ok(ledger)) if p.is_empty() => Ok(GatewayConfig {
+            server,
+            ledger,
+            tenants,
+            models,
+            backends,
+        }),
+        _ => {
+            if p.is_empty() {
+                p.push("config", "invalid (internal error: no problem recorded)");
+            }
+            Err(ConfigErrors {
+                problems: p.into_vec(),
+            })
+        }
+    }
+}
+
+/// Model names as written in the file, for references.
+#[derive(Debug, Clone, Copy)]
+struct Names<'a> {
+    /// Every `models[].name`.
+    models: &'a [&'a str],
+    /// Every `backends[].model`.
+    served: &'a [&'a str],
+}
+
+/// The string values of `key` in every table of the array `array`.
+fn raw_strings<'a>(root: &'a toml::Table, array: &str, key: &str) -> Vec<&'a str> {
+    root.get(array)
+        .and_then(toml::Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|item| item.get(key).and_then(toml::Value::as_str))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The entries of the array of tables `key`, reporting its absence.
+fn entries<'a>(top: &Reader<'a>, key: &str, p: &mut Problems) -> Vec<(String, &'a toml::Table)> {
+    let empty = match top.raw(key) {
+        None => true,
+        Some(toml::Value::Array(items)) => items.is_empty(),
+        Some(_) => false,
+    };
+    if empty {
+        p.push(key, format!("at least one [[{key}]] entry is required"));
+        return Vec::new();
+    }
+    top.tables(key, p).ok().flatten().unwrap_or_default()
+}
+
+/// Whether `s` is a safe metrics label value.
+fn is_label(s: &str) -> bool {
+    s.bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+/// A required, non-empty, label-safe name.
+fn label<'a>(r: &Reader<'a>, key: &str, p: &mut Problems) -> Check<&'a str> {
+    let name = r.required(key, r.non_empty(key, p), p)?;
+    if is_label(name) {
+        Ok(name)
+    } else {
+        Err(p.report(
+            r.key_path(key),
+            format!("must contain only A-Z, a-z, 0-9, '_', '.' and '-', found {name:?}"),
+        ))
+    }
+}
+
+/// A plaintext key: non-empty printable ASCII without spaces.
+fn secret<'a>(r: &Reader<'a>, key: &str, p: &mut Problems) -> Check<Option<&'a str>> {
+    match r.non_empty(key, p)? {
+        Some(s) if !s.bytes().all(|b| b.is_ascii_graphic()) => {
+            Err(p.report(r.key_path(key), "must be printable ASCII without spaces"))
+        }
+        other => Ok(other),
+    }
+}
+
+/// An `http://` or `https://` URL with a host, without a trailing `/`.
+fn http_url(r: &Reader<'_>, key: &str, p: &mut Problems) -> Check<Option<String>> {
+    let Some(url) = r.string(key, p)? else {
+        return Ok(None);
+    };
+    let valid = url.parse::<Uri>().is_ok_and(|uri| {
+        matches!(uri.scheme_str(), Some("http" | "https"))
+            && uri.host().is_some_and(|h| !h.is_empty())
+    });
+    if valid {
+        Ok(Some(url.trim_end_matches('/').to_owned()))
+    } else {
+        Err(p.report(
+            r.key_path(key),
+            "must be an http:// or https:// URL with a host",
+        ))
+    }
+}
+
+/// Milliseconds of at least `min`, or `default_ms`.
+fn millis(
+    r: &Reader<'_>,
+    key: &str,
+    min: u32,
+    default_ms: u64,
+    p: &mut Problems,
+) -> Check<Duration> {
+    Ok(Duration::from_millis(
+        r.u64(key, min, p)?.unwrap_or(default_ms),
+    ))
+}
+
+/// A `usize` of at least 1, or `default`.
+fn nonzero_usize(
+    r: &Reader<'_>,
+    key: &str,
+    default: NonZeroUsize,
+    p: &mut Problems,
+) -> Check<NonZeroUsize> {
+    let max = i64::try_from(usize::MAX).unwrap_or(i64::MAX);
+    let n = r.integer(key, 1, max, p)?;
+    Ok(n.and_then(|n| usize::try_from(n).ok())
+        .and_then(NonZeroUsize::new)
+        .unwrap_or(default))
+}
+
+/// An optional `u32` of at least 1.
+fn nonzero_u32(r: &Reader<'_>, key: &str, p: &mut Problems) -> Check<Option<NonZeroU32>> {
+    Ok(r.u32(key, 1, p)?.and_then(NonZeroU32::new))
+}
+
+/// An optional `u64` of at least 1.
+fn nonzero_u64(r: &Reader<'_>, key: &str, p: &mut Problems) -> Check<Option<NonZeroU64>> {
+    Ok(r.u64(key, 1, p)?.and_then(NonZeroU64::new))
+}
+
+/// `[server]`.
+fn server(top: &Reader<'_>, p: &mut Problems) -> Check<ServerConfig> {
+    let Some(table) = top.table("server", p)? else {
+        return Ok(defaults::server());
+    };
+    let r = Reader::open(table, "server", SERVER_KEYS, p);
+    let listen = match r.string("listen", p) {
+        Ok(Some(s)) => s.parse::<SocketAddr>().map_err(|_| {
+            p.report(
+                r.key_path("listen"),
+                format!("invalid socket address {s:?} (expected IP:PORT, e.g. 127.0.0.1:8080)"),
+            )
+        }),
+        Ok(None) => Ok(defaults::LISTEN),
+        Err(e) => Err(e),
+    };
+    let admin_key = secret(&r, "admin_key", p);
+    let max_body_bytes = nonzero_usize(&r, "max_body_bytes", defaults::MAX_BODY_BYTES, p);
+    let stream_buffer_events = nonzero_usize(
+        &r,
+        "stream_buffer_events",
+        defaults::STREAM_BUFFER_EVENTS,
+        p,
+    );
+    let first_token_timeout = millis(
+        &r,
+        "first_token_timeout_ms",
+        1,
+        defaults::STREAM_TIMEOUT_MS,
+        p,
+    );
+    let idle_timeout = millis(&r, "idle_timeout_ms", 1, defaults::STREAM_TIMEOUT_MS, p);
+    let client_stall_timeout = millis(
+        &r,
+        "client_stall_timeout_ms",
+        1,
+        defaults::STREAM_TIMEOUT_MS,
+        p,
+    );
+    let shutdown_grace = millis(&r, "shutdown_grace_ms", 0, defaults::SHUTDOWN_GRACE_MS, p);
+    let admission_wait = millis(&r, "admission_wait_ms", 0, defaults::ADMISSION_WAIT_MS, p);
+    Ok(ServerConfig {
+        listen: listen?,
+        admin_key: admin_key?.map(TenantKey::from_plaintext),
+        max_body_bytes: max_body_bytes?,
+        stream_buffer_events: stream_buffer_events?,
+        first_token_timeout: first_token_timeout?,
+        idle_timeout: idle_timeout?,
+        client_stall_timeout: client_stall_timeout?,
+        shutdown_grace: shutdown_grace?,
+        admission_wait: admission_wait?,
+    })
+}
+
+/// `[ledger]`.
+fn ledger(top: &Reader<'_>, p: &mut Problems) -> Check<LedgerConfig> {
+    let Some(table) = top.table("ledger", p)? else {
+        return Ok(LedgerConfig::Memory);
+    };
+    let r = Reader::open(table, "ledger", LEDGER_KEYS, p);
+    let kind = r.string("kind", p)?.unwrap_or("memory");
+    match kind {
+        "memory" => {
+            if r.has("url") {
+                Err(p.report(r.key_path("url"), "not allowed with kind = \"memory\""))
+            } else {
+                Ok(LedgerConfig::Memory)
+            }
+        }
+        "redis" => {
+            let Some(url) = r.string("url", p)? else {
+                return Err(p.report(r.key_path("url"), "required with kind = \"redis\""));
+            };
+            let valid = url.parse::<Uri>().is_ok_and(|uri| {
+                matches!(uri.scheme_str(), Some("redis" | "rediss"))
+                    && uri.host().is_some_and(|h| !h.is_empty())
+            });
+            if valid {
+                Ok(LedgerConfig::Redis {
+                    url: url.to_owned(),
+                })
+            } else {
+                Err(p.report(
+                    r.key_path("url"),
+                    "must be a redis:// or rediss:// URL with a host",
+                ))
+            }
+        }
+        other => Err(p.report(
+            r.key_path("kind"),
+            format!("unknown ledger kind {other:?} (expected \"memory\" or \"redis\")"),
+        )),
+    }
+}
+
+/// `[[tenants]]`: the valid ones (all of them when nothing was reported).
+fn tenants(
+    top: &Reader<'_>,
+    model_names: &[&str],
+    admin_key: Option<TenantKey>,
+    p: &mut Problems,
+) -> Vec<TenantConfig> {
+    let mut seen = Seen {
+        names: Vec::new(),
+        keys: Vec::new(),
+    };
+    let mut out = Vec::new();
+    for (path, table) in entries(top, "tenants", p) {
+        let r = Reader::open(table, path, TENANT_KEYS, p);
+        out.extend(tenant(&r, model_names, admin_key, &mut seen, p).ok());
+    }
+    out
+}
+
+/// Names (and tenant keys) of earlier entries, with their table paths.
+#[derive(Debug)]
+struct Seen<'a> {
+    names: Vec<(&'a str, String)>,
+    keys: Vec<(TenantKey, String)>,
+}
+
+impl<'a> Seen<'a> {
+    /// Reports `name` (at `key` of `r`) if an earlier entry had it.
+    fn unique(
+        &mut self,
+        r: &Reader<'a>,
+        key: &str,
+        name: Check<&'a str>,
+        what: &str,
+        p: &mut Problems,
+    ) {
+        let Ok(name) = name else { return };
+        if let Some((_, first)) = self.names.iter().find(|(n, _)| *n == name) {
+            p.push(
+                r.key_path(key),
+                format!("duplicate {what} {name:?} (first at {first})"),
+            );
+        } else {
+            self.names.push((name, r.path().to_owned()));
+        }
+    }
+}
+
+/// One tenant.
+fn tenant<'a>(
+    r: &Reader<'a>,
+    model_names: &[&str],
+    admin_key: Option<TenantKey>,
+    seen: &mut Seen<'a>,
+    p: &mut Problems,
+) -> Check<TenantConfig> {
+    let id = label(r, "id", p);
+    seen.unique(r, "id", id, "tenant id", p);
+    let key = tenant_key(r, p);
+    if let Ok((key, key_name)) = &key {
+        if admin_key == Some(*key) {
+            p.push(r.key_path(key_name), "same key as server.admin_key");
+        } else if let Some((_, first)) = seen.keys.iter().find(|(k, _)| k == key) {
+            p.push(r.key_path(key_name), format!("same key as {first}"));
+        } else {
+            seen.keys.push((*key, r.path().to_owned()));
+        }
+    }
+    let budget = r
+        .number("budget_usd", 0.0, MAX_BUDGET_USD, p)
+        .and_then(|usd| money(r, "budget_usd", usd, p));
+    let requests_per_minute = nonzero_u32(r, "requests_per_minute", p);
+    let tokens_per_minute = nonzero_u64(r, "tokens_per_minute", p);
+    let max_concurrency = nonzero_u32(r, "max_concurrency", p);
+    let weight = nonzero_u32(r, "weight", p).map(|w| w.unwrap_or(NonZeroU32::MIN));
+    let models = allow_list(r, model_names, p);
+    Ok(TenantConfig {
+        id: id?.to_owned(),
+        key: key?.0,
+        budget: budget?,
+        requests_per_minute: requests_per_minute?,
+        tokens_per_minute: tokens_per_minute?,
+        max_concurrency: max_concurrency?,
+        weight: weight?,
+        models: models?,
+    })
+}
+
+/// Dollars as [`Money`].
+fn money(r: &Reader<'_>, key: &str, usd: Option<f64>, p: &mut Problems) -> Check<Option<Money>> {
+    usd.map(|usd| Money::from_usd(usd).map_err(|e| p.report(r.key_path(key), e.to_string())))
+        .transpose()
+}
+
+/// A tenant's key and the name of the key it came from.
+fn tenant_key(r: &Reader<'_>, p: &mut Problems) -> Check<(TenantKey, &'static str)> {
+    let plain = secret(r, "api_key", p);
+    let hashed = r.string("api_key_sha256", p).and_then(|hex| {
+        hex.map(|hex| {
+            TenantKey::from_sha256_hex(hex).ok_or_else(|| {
+                p.report(
+                    r.key_path("api_key_sha256"),
+                    "must be 64 hexadecimal digits (the SHA-256 of the key)",
+                )
+            })
+        })
+        .transpose()
+    });
+    match (r.has("api_key"), r.has("api_key_sha256")) {
+        (true, true) => Err(p.report(
+            r.path(),
+            "api_key and api_key_sha256 are mutually exclusive; set one",
+        )),
+        (false, false) => Err(p.report(r.path(), "one of api_key or api_key_sha256 is required")),
+        (true, false) => plain?
+            .map(|k| (TenantKey::from_plaintext(k), "api_key"))
+            .ok_or(Reported),
+        (false, true) => hashed?.map(|k| (k, "api_key_sha256")).ok_or(Reported),
+    }
+}
+
+/// A tenant's `models` allow-list.
+fn allow_list(
+    r: &Reader<'_>,
+    model_names: &[&str],
+    p: &mut Problems,
+) -> Check<Option<Vec<String>>> {
+    let Some(items) = r.strings("models", p)? else {
+        return Ok(None);
+    };
+    if items.is_empty() {
+        return Err(p.report(
+            r.key_path("models"),
+            "must name at least one model (leave it out to allow every model)",
+        ));
+    }
+    let mut ok = true;
+    for (path, name) in &items {
+        if !model_names.contains(name) {
+            p.push(path.as_str(), format!("unknown model {name:?}"));
+            ok = false;
+        }
+    }
+    if ok {
+        Ok(Some(items.into_iter().map(|(_, m)| m.to_owned()).collect()))
+    } else {
+        Err(Reported)
+    }
+}
+
+/// An optional file path, resolved against `base_dir`; the file must exist.
+fn file(r: &Reader<'_>, key: &str, base_dir: &Path, p: &mut Problems) -> Check<Option<PathBuf>> {
+    let Some(relative) = r.non_empty(key, p)? else {
+        return Ok(None);
+    };
+    let path = base_dir.join(relative);
+    match std::fs::metadata(&path) {
+        Ok(meta) if meta.is_file() => Ok(Some(path)),
+        Ok(_) => Err(p.report(r.key_path(key), format!("not a file: {}", path.display()))),
+        Err(_) => Err(p.report(
+            r.key_path(key),
+            format!("file not found: {}", path.display()),
+        )),
+    }
+}
+
+/// `[[models]]`: the valid ones (all of them when nothing was reported).
+fn models(
+    top: &Reader<'_>,
+    names: &Names<'_>,
+    base_dir: &Path,
+    p: &mut Problems,
+) -> Vec<ModelConfig> {
+    let mut seen = Seen {
+        names: Vec::new(),
+        keys: Vec::new(),
+    };
+    let mut out = Vec::new();
+    for (path, table) in entries(top, "models", p) {
+        let r = Reader::open(table, path, MODEL_KEYS, p);
+        out.extend(model(&r, names, base_dir, &mut seen, p).ok());
+    }
+    out
+}
+
+/// One model.
+fn model<'a>(
+    r: &Reader<'a>,
+    names: &Names<'_>,
+    base_dir: &Path,
+    seen: &mut Seen<'a>,
+    p: &mut Problems,
+) -> Check<ModelConfig> {
+    let name = label(r, "name", p);
+    seen.unique(r, "name", name, "model name", p);
+    let tokenizer = file(r, "tokenizer", base_dir, p);
+    let chat_template = file(r, "chat_template", base_dir, p);
+    let add_bos_token = r.boolean("add_bos_token", p).map(|b| b.unwrap_or(true));
+    let context_window = r.required("context_window", nonzero_u32(r, "context_window", p), p);
+    let price = |key: &str, p: &mut Problems| r.number(key, 0.0, MAX_PRICE_PER_MTOK, p);
+    let input = r.required("input_usd_per_mtok", price("input_usd_per_mtok", p), p);
+    let cached = price("cached_input_usd_per_mtok", p);
+    let output = r.required("output_usd_per_mtok", price("output_usd_per_mtok", p), p);
+    let pricing = match (input, cached, output) {
+        (Ok(input), Ok(cached), Ok(output)) => Pricing::per_million(input, cached, output)
+            .map_err(|e| p.report(r.path(), e.to_string())),
+        _ => Err(Reported),
+    };
+    let default_max_tokens = match (nonzero_u32(r, "default_max_tokens", p), context_window) {
+        (Ok(Some(n)), Ok(window)) if n > window => Err(p.report(
+            r.key_path("default_max_tokens"),
+            format!("must be at most context_window ({window}), found {n}"),
+        )),
+        (Ok(Some(n)), _) => Ok(n),
+        (Ok(None), Ok(window)) => Ok(defaults::DEFAULT_MAX_TOKENS.min(window)),
+        (Ok(None), Err(_)) | (Err(_), _) => Err(Reported),
+    };
+    let fallbacks = fallbacks(r, name, names.models, p);
+    if let Ok(name) = name {
+        if !names.served.contains(&name) {
+            p.push(r.path(), "no backend serves this model");
+        }
+    }
+    Ok(ModelConfig {
+        name: name?.to_owned(),
+        tokenizer: tokenizer?,
+        chat_template: chat_template?,
+        add_bos_token: add_bos_token?,
+        context_window: context_window?,
+        pricing: pricing?,
+        default_max_tokens: default_max_tokens?,
+        fallbacks: fallbacks?,
+    })
+}
+
+/// A model's `fallbacks`: other configured models, each once.
+fn fallbacks(
+    r: &Reader<'_>,
+    own: Check<&str>,
+    model_names: &[&str],
+    p: &mut Problems,
+) -> Check<Vec<String>> {
+    let Some(items) = r.strings("fallbacks", p)? else {
+        return Ok(Vec::new());
+    };
+    let mut ok = true;
+    let mut out: Vec<String> = Vec::with_capacity(items.len());
+    for (path, name) in items {
+        let problem = if own == Ok(name) {
+            Some("a model cannot fall back to itself".to_owned())
+        } else if !model_names.contains(&name) {
+            Some(format!("unknown model {name:?}"))
+        } else if out.iter().any(|m| m == name) {
+            Some(format!("duplicate fallback {name:?}"))
+        } else {
+            None
+        };
+        match problem {
+            Some(message) => {
+                p.push(path, message);
+                ok = false;
+            }
+            None => out.push(name.to_owned()),
+        }
+    }
+    if ok { Ok(out) } else { Err(Reported) }
+}
+
+/// `[[backends]]`: the valid ones (all of them when nothing was reported).
+fn backends(top: &Reader<'_>, names: &Names<'_>, p: &mut Problems) -> Vec<BackendConfig> {
+    let mut seen = Seen {
+        names: Vec::new(),
+        keys: Vec::new(),
+    };
+    let mut out = Vec::new();
+    for (path, table) in entries(top, "backends", p) {
+        let r = Reader::open(table, path, BACKEND_KEYS, p);
+        out.extend(backend(&r, names, &mut seen, p).ok());
+    }
+    out
+}
+
+/// One backend.
+fn backend<'a>(
+    r: &Reader<'a>,
+    names: &Names<'_>,
+    seen: &mut Seen<'a>,
+    p: &mut Problems,
+) -> Check<BackendConfig> {
+    let name = label(r, "name", p);
+    seen.unique(r, "name", name, "backend name", p);
+    let engine = r
+        .required("engine", r.string("engine", p), p)
+        .and_then(|e| {
+            ENGINES
+                .iter()
+                .copied()
+                .find(|k| k.as_str() == e)
+                .ok_or_else(|| {
+                    let expected: Vec<&str> = ENGINES.iter().map(|k| k.as_str()).collect();
+                    p.report(
+                        r.key_path("engine"),
+                        format!(
+                            "unknown engine {e:?} (expected one of {})",
+                            expected.join(", ")
+                        ),
+                    )
+                })
+        });
+    let is_sim = engine.map(|e| e == EngineKind::Sim);
+    let url = match is_sim {
+        Ok(true) if r.has("url") => Err(not_for_sim(r, "url", p)),
+        Ok(false) if !r.has("url") => Err(p.report(
+            r.key_path("url"),
+            format!(
+                "required for engine {:?}",
+                engine.map_or("", EngineKind::as_str)
+            ),
+        )),
+        _ => http_url(r, "url", p),
+    };
+    let model = r
+        .required("model", r.non_empty("model", p), p)
+        .and_then(|m| {
+            if names.models.contains(&m) {
+                Ok(m)
+            } else {
+                Err(p.report(r.key_path("model"), format!("unknown model {m:?}")))
+            }
+        });
+    let served_model = r.non_empty("served_model", p);
+    let max_concurrency = nonzero_u32(r, "max_concurrency", p);
+    let on_disconnect = match r.string("on_disconnect", p) {
+        Ok(None | Some("abort")) => Ok(OnDisconnect::Abort),
+        Ok(Some("drain")) => Ok(OnDisconnect::Drain),
+        Ok(Some(other)) => Err(p.report(
+            r.key_path("on_disconnect"),
+            format!("unknown value {other:?} (expected \"abort\" or \"drain\")"),
+        )),
+        Err(e) => Err(e),
+    };
+    let api_key_env = if is_sim == Ok(true) && r.has("api_key_env") {
+        Err(not_for_sim(r, "api_key_env", p))
+    } else {
+        env_name(r, "api_key_env", p)
+    };
+    let metrics_url = if is_sim == Ok(true) && r.has("metrics_url") {
+        Err(not_for_sim(r, "metrics_url", p))
+    } else {
+        http_url(r, "metrics_url", p)
+    };
+    let sim = match r.table("sim", p) {
+        Ok(Some(table)) => {
+            let path = r.key_path("sim");
+            let settings = sim_settings(table, &path, p);
+            match is_sim {
+                Ok(true) => settings.map(Some),
+                Ok(false) => Err(p.report(path, "only allowed with engine = \"sim\"")),
+                Err(e) => Err(e),
+            }
+        }
+        Ok(None) => is_sim.map(|sim| sim.then(SimSettings::default)),
+        Err(e) => Err(e),
+    };
+    let model = model?.to_owned();
+    Ok(BackendConfig {
+        name: name?.to_owned(),
+        engine: engine?,
+        url: url?,
+        served_model: served_model?.map_or_else(|| model.clone(), str::to_owned),
+        model,
+        max_concurrency: max_concurrency?,
+        on_disconnect: on_disconnect?,
+        api_key_env: api_key_env?,
+        metrics_url: metrics_url?,
+        sim: sim?,
+    })
+}
+
+/// Reports `key` as meaningless for the `sim` engine.
+fn not_for_sim(r: &Reader<'_>, key: &str, p: &mut Problems) -> Reported {
+    p.report(r.key_path(key), "not allowed for engine \"sim\"")
+}
+
+/// An environment variable name: `[A-Z_][A-Z0-9_]*`.
+fn env_name(r: &Reader<'_>, key: &str, p: &mut Problems) -> Check<Option<String>> {
+    let Some(name) = r.string(key, p)? else {
+        return Ok(None);
+    };
+    let valid = name
+        .bytes()
+        .enumerate()
+        .all(|(i, b)| b.is_ascii_uppercase() || b == b'_' || (i > 0 && b.is_ascii_digit()));
+    if valid && !name.is_empty() {
+        Ok(Some(name.to_owned()))
+    } else {
+        Err(p.report(
+            r.key_path(key),
+            format!(
+                "must be an environment variable name matching [A-Z_][A-Z0-9_]*, found {name:?}"
+            ),
+        ))
+    }
+}
+
+/// `[backends.sim]`.
+fn sim_settings(table: &toml::Table, path: &str, p: &mut Problems) -> Check<SimSettings> {
+    let r = Reader::open(table, path, SIM_KEYS, p);
+    let default = SimSettings::default();
+    let slots = nonzero_u32(&r, "slots", p).map(|n| n.unwrap_or(default.slots));
+    let queue_capacity = r
+        .u32("queue_capacity", 0, p)
+        .map(|n| n.unwrap_or(default.queue_capacity));
+    let kv_capacity_tokens =
+        nonzero_u64(&r, "kv_capacity_tokens", p).map(|n| n.unwrap_or(default.kv_capacity_tokens));
+    let rate = |key: &str, default: Option<f64>, p: &mut Problems| {
+        r.number(key, 0.0, f64::MAX, p)
+            .map(|n| n.map_or(default, |n| (n > 0.0).then_some(n)))
+    };
+    let prefill = rate("prefill_tokens_per_sec", default.prefill_tokens_per_sec, p);
+    let decode = rate("decode_tokens_per_sec", default.decode_tokens_per_sec, p);
+    let base_latency = r
+        .u64("base_latency_ms", 0, p)
+        .map(|ms| ms.map_or(default.base_latency, Duration::from_millis));
+    let seed = r.u64("seed", 0, p).map(|s| s.unwrap_or(default.seed));
+    let natural = match (
+        r.u32("min_natural_tokens", 1, p),
+        r.u32("max_natural_tokens", 1, p),
+    ) {
+        (Ok(Some(min)), Ok(Some(max))) if max < min => Err(p.report(
+            r.key_path("max_natural_tokens"),
+            format!("must be at least min_natural_tokens ({min}), found {max}"),
+        )),
+        (Ok(min), Ok(max)) => {
+            let min = min.unwrap_or(NATURAL_TOKENS.0.min(max.unwrap_or(u32::MAX)));
+            let max = max.unwrap_or(NATURAL_TOKENS.1.max(min));
+            Ok(min..=max)
+        }
+        _ => Err(Reported),
+    };
+    let speculative = match r.table("speculative", p) {
+        Ok(Some(table)) => {
+            let path = r.key_path("speculative");
+            let s = Reader::open(table, &path, SPECULATIVE_KEYS, p);
+            let draft = s.required("draft_tokens", s.u32("draft_tokens", 1, p), p);
+            let rate = s.required(
+                "acceptance_rate",
+                s.number("acceptance_rate", 0.0, 1.0, p),
+                p,
+            );
+            Ok(Some(Speculative::new(draft?, rate?)))
+        }
+        Ok(None) => Ok(None),
+        Err(e) => Err(e),
+    };
+    Ok(SimSettings {
+        slots: slots?,
+        queue_capacity: queue_capacity?,
+        kv_capacity_tokens: kv_capacity_tokens?,
+        prefill_tokens_per_sec: prefill?,
+        decode_tokens_per_sec: decode?,
+        base_latency: base_latency?,
+        seed: seed?,
+        natural_tokens: natural?,
+        speculative: speculative?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn line_and_column_count_characters() {
+        let text = "a = 1\nbé = 2\n";
+        assert_eq!(line_column(text, 0), (1, 1));
+        assert_eq!(line_column(text, 6), (2, 1));
+        assert_eq!(line_column(text, 9), (2, 3));
+    }
+
+    #[test]
+    fn labels_and_env_names() {
+        assert!(is_label("team-a_1.x"));
+        assert!(!is_label("team a"));
+        assert!(!is_label("tëam"));
+    }
+}

@@ -1,0 +1,350 @@
+//! The route handlers.
+
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::middleware::Next;
+use axum::response::Response;
+use bytes::Bytes;
+use gateway_core::{LatencyClass, RequestId, TenantId};
+use gateway_policy::{ClientRequest, ErrorCode, Gateway, Tenant};
+use http::{HeaderMap, HeaderValue, StatusCode, header};
+use http_body_util::{BodyExt, Limited};
+use subtle::ConstantTimeEq;
+use tokio_util::sync::CancellationToken;
+
+use super::body::{SseBody, assemble};
+use super::conn::ConnectionKill;
+use super::respond::{error, gateway_error, json, not_found, request_error};
+use crate::openai::{
+    Assembler, ChunkEncoder, Endpoint, models_body, parse_chat, parse_completion, unix_now,
+};
+
+/// What every handler shares.
+#[derive(Clone)]
+pub(crate) struct App {
+    pub(crate) gateway: Gateway,
+    pub(crate) admin_key_sha256: Option<[u8; 32]>,
+    pub(crate) max_body_bytes: usize,
+}
+
+/// The request's id: the client's `x-request-id` if usable, else new.
+#[derive(Debug, Clone)]
+pub(crate) struct RequestIdExt(pub(crate) Arc<str>);
+
+const REQUEST_ID: &str = "x-request-id";
+
+fn usable_id(value: &HeaderValue) -> Option<&str> {
+    let s = value.to_str().ok()?;
+    let ok = !s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic());
+    ok.then_some(s)
+}
+
+fn new_request_id() -> String {
+    use gateway_core::rng::{Rng, SplitMix64};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let seed = *SEED.get_or_init(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64)
+            ^ u64::from(std::process::id()).rotate_left(32)
+    });
+    // SplitMix64's output is a bijection of its state: distinct inputs,
+    // distinct ids.
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!(
+        "req-{:016x}",
+        SplitMix64::new(seed.wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15))).next_u64()
+    )
+}
+
+/// Echoes or assigns `x-request-id` on every response.
+pub(crate) async fn request_id(mut request: Request, next: Next) -> Response {
+    let id: Arc<str> = match request.headers().get(REQUEST_ID).and_then(usable_id) {
+        Some(id) => id.into(),
+        None => new_request_id().into(),
+    };
+    request.extensions_mut().insert(RequestIdExt(id.clone()));
+    let mut response = next.run(request).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        response.headers_mut().insert(REQUEST_ID, v);
+    }
+    response
+}
+
+/// The key from `Authorization: Bearer <key>` or `api-key: <key>`.
+fn presented_key(headers: &HeaderMap) -> Option<&str> {
+    if let Some(v) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+    {
+        let v = v.trim();
+        if let Some(key) = v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))
+        {
+            return Some(key.trim());
+        }
+    }
+    headers
+        .get("api-key")
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
+/// `x-priority: batch` marks a request as batch work.
+fn latency_class(headers: &HeaderMap) -> LatencyClass {
+    match headers.get("x-priority").and_then(|v| v.to_str().ok()) {
+        Some(v) if v.eq_ignore_ascii_case("batch") => LatencyClass::Batch,
+        _ => LatencyClass::Interactive,
+    }
+}
+
+async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ErrorCode> {
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(ErrorCode::RequestTooLarge);
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ErrorCode::RequestTooLarge),
+        Err(_) => Err(ErrorCode::InvalidRequest),
+    }
+}
+
+pub(crate) async fn chat(
+    State(app): State<App>,
+    id: axum::Extension<RequestIdExt>,
+    kill: Option<axum::Extension<ConnectionKill>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    generate(
+        app,
+        Endpoint::Chat,
+        &id.0.0,
+        kill.map(|k| k.0),
+        &headers,
+        body,
+    )
+    .await
+}
+
+pub(crate) async fn completions(
+    State(app): State<App>,
+    id: axum::Extension<RequestIdExt>,
+    kill: Option<axum::Extension<ConnectionKill>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    generate(
+        app,
+        Endpoint::Completion,
+        &id.0.0,
+        kill.map(|k| k.0),
+        &headers,
+        body,
+    )
+    .await
+}
+
+async fn generate(
+    app: App,
+    endpoint: Endpoint,
+    id: &str,
+    kill: Option<ConnectionKill>,
+    headers: &HeaderMap,
+    body: Body,
+) -> Response {
+    let gateway = &app.gateway;
+    let tenant = match gateway.authenticate(presented_key(headers)) {
+        Ok(t) => t,
+        Err(e) => return gateway_error(&e),
+    };
+    let bytes = match read_body(body, headers, app.max_body_bytes).await {
+        Ok(b) => b,
+        Err(code) => {
+            gateway.record_rejection(Some(&tenant), None, code);
+            let message = match code {
+                ErrorCode::RequestTooLarge => {
+                    format!("request body is larger than {} bytes", app.max_body_bytes)
+                }
+                _ => "could not read the request body".to_owned(),
+            };
+            return error(code, &message);
+        }
+    };
+    let parsed = match endpoint {
+        Endpoint::Chat => parse_chat(&bytes),
+        Endpoint::Completion => parse_completion(&bytes),
+    };
+    let parsed = match parsed {
+        Ok(p) => p,
+        Err(e) => {
+            gateway.record_rejection(Some(&tenant), None, ErrorCode::InvalidRequest);
+            return request_error(&e);
+        }
+    };
+    let model = parsed.model.clone();
+    let (stream_mode, include_usage) = (parsed.stream, parsed.include_usage);
+    let request = ClientRequest {
+        id: RequestId::new(id),
+        model: parsed.model,
+        prompt: parsed.prompt,
+        sampling: parsed.sampling,
+        max_tokens: parsed.max_tokens,
+        latency_class: latency_class(headers),
+        extra: parsed.extra.map(Arc::from),
+    };
+    let (guard, cancel) = gateway.request_cancel();
+    let stream = match gateway.generate(&tenant, request, cancel.clone()).await {
+        Ok(s) => s,
+        Err(e) => {
+            guard.disarm();
+            return gateway_error(&e);
+        }
+    };
+    let created = unix_now();
+    if !stream_mode {
+        let assembler = Assembler::new(endpoint, id, created, &model);
+        return match assemble(stream, assembler, guard).await {
+            Ok(body) => json(StatusCode::OK, body),
+            Err(e) => gateway_error(&e),
+        };
+    }
+    let done = CancellationToken::new();
+    if let Some(ConnectionKill(kill)) = kill {
+        // A client that stopped reading is dropped: the pump cancels the
+        // request as `ClientGone`; close the connection too.
+        let done = done.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                reason = cancel.canceled() => {
+                    if reason == gateway_core::CancelReason::ClientGone {
+                        kill.cancel();
+                    }
+                }
+                () = done.cancelled() => {}
+            }
+        });
+    }
+    let encoder = ChunkEncoder::new(endpoint, id, created, &model, include_usage);
+    let body = SseBody::new(stream, encoder, guard, done);
+    let mut response = Response::new(Body::from_stream(body));
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream; charset=utf-8"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    response
+}
+
+pub(crate) async fn models(State(app): State<App>, headers: HeaderMap) -> Response {
+    let tenant = match app.gateway.authenticate(presented_key(&headers)) {
+        Ok(t) => t,
+        Err(e) => return gateway_error(&e),
+    };
+    let names: Vec<Arc<gateway_policy::ModelSpec>> = app.gateway.models_for(&tenant);
+    json(
+        StatusCode::OK,
+        models_body(names.iter().map(|m| m.name.as_str()), unix_now(), "gateway"),
+    )
+}
+
+pub(crate) async fn health() -> Response {
+    json(StatusCode::OK, Bytes::from_static(b"{\"status\":\"ok\"}"))
+}
+
+pub(crate) async fn ready(State(app): State<App>) -> Response {
+    match app.gateway.readiness() {
+        Ok(()) => json(
+            StatusCode::OK,
+            Bytes::from_static(b"{\"status\":\"ready\"}"),
+        ),
+        Err(models) => {
+            let body = serde_json::json!({
+                "status": "not_ready",
+                "reason": format!("no healthy backend for model(s): {}", models.join(", ")),
+                "models": models,
+            });
+            json(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Bytes::from(body.to_string()),
+            )
+        }
+    }
+}
+
+pub(crate) async fn metrics(State(app): State<App>) -> Response {
+    let mut response = Response::new(Body::from(app.gateway.render_metrics()));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+    );
+    response
+}
+
+fn is_admin(app: &App, headers: &HeaderMap) -> Option<bool> {
+    let stored = app.admin_key_sha256?;
+    let presented = presented_key(headers).map(gateway_policy::key_hash);
+    Some(presented.is_some_and(|p| bool::from(p.ct_eq(&stored))))
+}
+
+pub(crate) async fn tenant_usage(
+    State(app): State<App>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    match is_admin(&app, &headers) {
+        None => return not_found(),
+        Some(false) => return error(ErrorCode::InvalidApiKey, "admin key required"),
+        Some(true) => {}
+    }
+    let Some(tenant) = app.gateway.tenant(&id) else {
+        return json(
+            StatusCode::NOT_FOUND,
+            crate::openai::error_body(
+                StatusCode::NOT_FOUND,
+                "tenant_not_found",
+                "no such tenant",
+                None,
+            ),
+        );
+    };
+    json(StatusCode::OK, usage_body(&app.gateway, &tenant))
+}
+
+fn usage_body(gateway: &Gateway, tenant: &Tenant) -> Bytes {
+    let id: &TenantId = &tenant.id;
+    let account = gateway.account(id).unwrap_or_default();
+    let u = account.usage;
+    let body = serde_json::json!({
+        "tenant": id.as_str(),
+        "budget_usd": tenant.budget.map(|b| b.usd()),
+        "spent_usd": account.spent.usd(),
+        "reserved_usd": account.reserved.usd(),
+        "spent_picousd": account.spent.picos(),
+        "reserved_picousd": account.reserved.picos(),
+        "requests": account.requests,
+        "prompt_tokens": u.prompt(),
+        "cached_tokens": u.cached(),
+        "completion_tokens": u.completion(),
+        "canceled_tokens": u.canceled(),
+        "accepted_tokens": u.accepted(),
+        "drafted_tokens": u.drafted(),
+        "rejected_tokens": u.rejected(),
+    });
+    Bytes::from(body.to_string())
+}
+
+pub(crate) async fn fallback() -> Response {
+    not_found()
+}

@@ -1,0 +1,49 @@
+//! The OpenAI-compatible HTTP server (feature `server`): a [`router`] a host
+//! can mount into its own axum app, and [`serve`] with the connection
+//! handling the gateway needs (no Nagle, a modest send buffer, graceful
+//! shutdown, closing a stalled client's connection).
+//!
+//! Routes: `POST /v1/chat/completions`, `POST /v1/completions`,
+//! `GET /v1/models`, `GET /health`, `GET /ready`, `GET /metrics`,
+//! `GET /admin/tenants/{id}/usage`.
+
+mod body;
+mod conn;
+mod handlers;
+mod respond;
+
+use axum::Router;
+use axum::routing::{get, post};
+use gateway_policy::Gateway;
+
+pub use conn::{ConnectionKill, serve};
+
+/// Options of the router.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RouterOptions {
+    /// SHA-256 of the admin key; `None` hides the admin routes (404).
+    pub admin_key_sha256: Option<[u8; 32]>,
+    /// Largest request body; larger ones get 413.
+    pub max_body_bytes: usize,
+}
+
+/// The gateway's routes, ready to serve or to nest in a host's router.
+pub fn router(gateway: Gateway, options: RouterOptions) -> Router {
+    let app = handlers::App {
+        gateway,
+        admin_key_sha256: options.admin_key_sha256,
+        max_body_bytes: options.max_body_bytes.max(1),
+    };
+    Router::new()
+        .route("/v1/chat/completions", post(handlers::chat))
+        .route("/v1/completions", post(handlers::completions))
+        .route("/v1/models", get(handlers::models))
+        .route("/health", get(handlers::health))
+        .route("/ready", get(handlers::ready))
+        .route("/metrics", get(handlers::metrics))
+        .route("/admin/tenants/{id}/usage", get(handlers::tenant_usage))
+        .fallback(handlers::fallback)
+        .method_not_allowed_fallback(handlers::fallback)
+        .layer(axum::middleware::from_fn(handlers::request_id))
+        .with_state(app)
+}
