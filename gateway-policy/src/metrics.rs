@@ -247,6 +247,50 @@ impl Metrics {
         }
     }
 
+    /// Creates a backend's series at zero, so every metric is exported
+    /// before the first request.
+    pub fn register_backend(&self, backend: &str, model: &str) {
+        let labels = BackendLabels {
+            backend: backend.to_owned(),
+        };
+        drop(self.inflight.get_or_create(&labels));
+        drop(self.queue_depth.get_or_create(&labels));
+        drop(self.retries.get_or_create(&labels));
+        drop(self.client_stalls.get_or_create(&labels));
+        for phase in gateway_core::EnginePhase::ALL {
+            drop(self.upstream_aborts.get_or_create(&AbortLabels {
+                backend: backend.to_owned(),
+                phase: phase.as_str(),
+            }));
+        }
+        for kind in gateway_core::FailureKind::ALL {
+            drop(self.backend_failures.get_or_create(&FailureLabels {
+                backend: backend.to_owned(),
+                kind: kind.as_str(),
+            }));
+        }
+        drop(self.time_to_first_token.get_or_create(&ModelBackendLabels {
+            model: model.to_owned(),
+            backend: backend.to_owned(),
+        }));
+    }
+
+    /// Creates a model's series at zero.
+    pub fn register_model(&self, model: &str) {
+        let labels = ModelLabels {
+            model: model.to_owned(),
+        };
+        drop(self.request_duration.get_or_create(&labels));
+        drop(self.estimate_error.get_or_create(&labels));
+    }
+
+    /// Creates a tenant's spend series at zero.
+    pub fn register_tenant(&self, tenant: &str) {
+        drop(self.spend_usd.get_or_create(&TenantLabels {
+            tenant: tenant.to_owned(),
+        }));
+    }
+
     /// Counts one request's outcome.
     pub fn request(&self, tenant: &str, model: &str, outcome: &'static str) {
         self.requests

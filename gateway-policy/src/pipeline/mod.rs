@@ -221,6 +221,16 @@ impl GatewayBuilder {
             }
         };
         let authenticator = self.authenticator.unwrap_or_else(|| Arc::new(self.keys));
+        let metrics = Metrics::new();
+        for slot in &pool {
+            metrics.register_backend(&slot.name, &slot.model);
+        }
+        for model in models.keys() {
+            metrics.register_model(model);
+        }
+        for tenant in tenants.keys() {
+            metrics.register_tenant(tenant.as_str());
+        }
         Ok(Gateway {
             inner: Arc::new(Inner {
                 settings: self.settings,
@@ -232,7 +242,7 @@ impl GatewayBuilder {
                 pool,
                 by_model,
                 capacity,
-                metrics: Arc::new(Metrics::new()),
+                metrics: Arc::new(metrics),
                 shutdown: CancelHandle::new(),
                 active: Arc::new(Active::default()),
             }),
