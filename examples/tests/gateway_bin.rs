@@ -1,0 +1,201 @@
+//! The `gateway` binary: `--check-config` exit codes and output, and a
+//! SIGTERM that drains, aborts what outlives the grace period, settles and
+//! exits 0.
+#![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use gateway_tests::{open, request};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_gateway");
+
+#[test]
+fn check_config_accepts_the_example() {
+    let example = concat!(env!("CARGO_MANIFEST_DIR"), "/gateway.toml");
+    let out = Command::new(BIN)
+        .args(["--check-config", example])
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        stdout.ends_with("ok (2 tenants, 1 models, 2 backends)\n"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn check_config_lists_every_problem_with_its_key_path() {
+    let dir = std::env::temp_dir().join(format!("gateway-bad-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("bad.toml");
+    std::fs::write(
+        &file,
+        r#"
+[server]
+listen = "not an address"
+colour = "blue"
+
+[[tenants]]
+id = "t"
+api_key = "k"
+
+[[models]]
+name = "m"
+context_window = 100
+input_usd_per_mtok = -1.0
+output_usd_per_mtok = 1.0
+
+[[backends]]
+name = "b"
+engine = "vllm"
+model = "m"
+"#,
+    )
+    .unwrap();
+    let out = Command::new(BIN)
+        .arg("--check-config")
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8(out.stderr).unwrap();
+    for path in [
+        "server.colour",
+        "server.listen",
+        "models[0].input_usd_per_mtok",
+        "backends[0].url",
+    ] {
+        assert!(
+            stderr.lines().any(|l| l.contains(path)),
+            "no problem at {path}:\n{stderr}"
+        );
+    }
+    assert_eq!(
+        Command::new(BIN)
+            .arg("--nonsense")
+            .output()
+            .unwrap()
+            .status
+            .code(),
+        Some(2)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Starts the binary on a config and returns it with its address.
+fn start(config: &str) -> (Child, SocketAddr, std::path::PathBuf) {
+    let dir = std::env::temp_dir().join(format!(
+        "gateway-bin-{}-{}",
+        std::process::id(),
+        config.len()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("gateway.toml");
+    std::fs::write(&file, config).unwrap();
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("gateway listening on http://")
+        .unwrap()
+        .parse()
+        .unwrap();
+    (child, addr, dir)
+}
+
+const CONFIG: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+admin_key = "admin"
+shutdown_grace_ms = 300
+
+[[tenants]]
+id = "t"
+api_key = "sk-t"
+
+[[models]]
+name = "m"
+context_window = 4096
+input_usd_per_mtok = 1.0
+output_usd_per_mtok = 2.0
+
+[[backends]]
+name = "sim-0"
+engine = "sim"
+model = "m"
+
+[backends.sim]
+decode_tokens_per_sec = 20.0
+min_natural_tokens = 2000
+max_natural_tokens = 2000
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_aborts_the_rest_and_exits_zero() {
+    let (mut child, addr, dir) = start(CONFIG);
+    let body = br#"{"model":"m","stream":true,"max_tokens":1000,"messages":[{"role":"user","content":"hello"}]}"#;
+    let mut stream = open(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &[("authorization", "Bearer sk-t")],
+        body,
+    )
+    .await
+    .unwrap();
+    assert_eq!(stream.status, 200);
+    stream.next_event().await.unwrap().unwrap();
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // The stream outlives the 300 ms grace: it ends with a typed error.
+    let mut last = String::new();
+    while let Some(event) = tokio::time::timeout(Duration::from_secs(5), stream.next_event())
+        .await
+        .unwrap()
+        .unwrap()
+    {
+        last = event;
+    }
+    let last: Value = serde_json::from_str(&last).unwrap();
+    assert_eq!(last["error"]["code"], "canceled", "{last}");
+    let exit = tokio::task::spawn_blocking(move || {
+        let code = child.wait().unwrap().code();
+        let mut rest = String::new();
+        std::io::Read::read_to_string(child.stdout.as_mut().unwrap(), &mut rest).unwrap();
+        (code, rest)
+    })
+    .await
+    .unwrap();
+    assert_eq!(exit.0, Some(0));
+    assert!(
+        exit.1
+            .contains("stopped: 1 streams aborted at shutdown, 0 unsettled"),
+        "{}",
+        exit.1
+    );
+    // New connections are refused once it stopped.
+    assert!(request(addr, "GET", "/health", &[], b"").await.is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}
