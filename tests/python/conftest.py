@@ -117,20 +117,32 @@ def _pump(stream, lines: list[str], first: queue.Queue[str | None]) -> None:
 
 @pytest.fixture(scope="session")
 def gateway(tmp_path_factory: pytest.TempPathFactory):
+    workdir = tmp_path_factory.mktemp("gateway")
+    config_path = workdir / "gateway.toml"
+    config_path.write_text(CONFIG, encoding="utf-8")
+    yield from _run_gateway(["--config", str(config_path)], workdir, config_path)
+
+
+@pytest.fixture(scope="session")
+def default_gateway(tmp_path_factory: pytest.TempPathFactory):
+    """The binary's embedded default (as `cargo run --bin gateway` starts
+    it), on a free port instead of 8080."""
+    workdir = tmp_path_factory.mktemp("default-gateway")
+    yield from _run_gateway(["--listen", "127.0.0.1:0"], workdir, None)
+
+
+def _run_gateway(args: list[str], workdir: Path, config_path: Path | None):
     binary = gateway_bin()
     if not binary.is_file():
         pytest.fail(
             f"no gateway binary at {binary}: build it with "
             "`cargo build -p gateway-examples --bin gateway` or set GATEWAY_BIN"
         )
-    workdir = tmp_path_factory.mktemp("gateway")
-    config_path = workdir / "gateway.toml"
-    config_path.write_text(CONFIG, encoding="utf-8")
     stderr_path = workdir / "stderr.txt"
 
     with open(stderr_path, "w", encoding="utf-8") as stderr:
         process = subprocess.Popen(
-            [str(binary), "--config", str(config_path)],
+            [str(binary), *args],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=stderr,

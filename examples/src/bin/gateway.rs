@@ -4,6 +4,7 @@
 //! gateway                       embedded default: sim engine, tenant `demo` (key `sk-demo`)
 //! gateway --config FILE         run from a TOML config
 //! gateway --check-config FILE   validate a config: exit 0, or print every problem and exit 2
+//! gateway [--config FILE] --listen ADDR   override the listen address (e.g. 127.0.0.1:0)
 //! ```
 //!
 //! SIGINT/SIGTERM: stop accepting, let streams finish for `shutdown_grace_ms`,
@@ -18,25 +19,43 @@ use gateway_adapters::server::{router, serve};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-const USAGE: &str = "usage: gateway [--config FILE | --check-config FILE]";
+const USAGE: &str = "usage: gateway [--config FILE] [--listen IP:PORT] | --check-config FILE";
 
 enum Command {
-    Run(Option<String>),
+    Run {
+        config: Option<String>,
+        listen: Option<std::net::SocketAddr>,
+    },
     Check(String),
     Help,
 }
 
 fn parse_args() -> Result<Command, String> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    match args.as_slice() {
-        [] => Ok(Command::Run(None)),
-        [flag, file] if flag == "--config" => Ok(Command::Run(Some(file.clone()))),
-        [flag] if flag.starts_with("--config=") => Ok(Command::Run(
-            flag.strip_prefix("--config=").map(str::to_owned),
-        )),
-        [flag, file] if flag == "--check-config" => Ok(Command::Check(file.clone())),
-        [flag] if flag == "--help" || flag == "-h" => Ok(Command::Help),
-        _ => Err(format!("unknown arguments: {}\n{USAGE}", args.join(" "))),
+    let mut args = std::env::args().skip(1);
+    let (mut config, mut listen, mut check) = (None, None, None);
+    while let Some(arg) = args.next() {
+        let mut value = |name: &str| {
+            args.next()
+                .ok_or_else(|| format!("{name} needs a value\n{USAGE}"))
+        };
+        match arg.as_str() {
+            "--help" | "-h" => return Ok(Command::Help),
+            "--config" => config = Some(value("--config")?),
+            "--check-config" => check = Some(value("--check-config")?),
+            "--listen" => {
+                let v = value("--listen")?;
+                listen = Some(
+                    v.parse()
+                        .map_err(|_| format!("--listen: `{v}` is not IP:PORT"))?,
+                );
+            }
+            other => return Err(format!("unknown argument `{other}`\n{USAGE}")),
+        }
+    }
+    match (check, config, listen) {
+        (Some(file), None, None) => Ok(Command::Check(file)),
+        (Some(_), _, _) => Err(format!("--check-config takes no other flag\n{USAGE}")),
+        (None, config, listen) => Ok(Command::Run { config, listen }),
     }
 }
 
@@ -79,8 +98,11 @@ fn main() -> ExitCode {
                 }
             },
         },
-        Command::Run(file) => {
-            let config = match file {
+        Command::Run {
+            config: file,
+            listen,
+        } => {
+            let mut config = match file {
                 None => GatewayConfig::embedded_default(),
                 Some(file) => match GatewayConfig::load(&file) {
                     Ok(c) => c,
@@ -90,6 +112,9 @@ fn main() -> ExitCode {
                     }
                 },
             };
+            if let Some(listen) = listen {
+                config.server.listen = listen;
+            }
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
