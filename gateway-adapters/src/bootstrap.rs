@@ -37,6 +37,7 @@ pub fn settings(config: &GatewayConfig) -> Settings {
         client_stall_timeout: s.client_stall_timeout,
         stream_buffer_events: s.stream_buffer_events,
         admission_wait: s.admission_wait,
+        request_timeout: s.request_timeout,
         ..Settings::default()
     }
 }

@@ -69,7 +69,9 @@ pub use error::{ErrorCode, GatewayError};
 #[cfg(feature = "tokenizers")]
 pub use hf_counter::{HfTokenCounter, TokenizerError};
 pub use ledger::{AccountLedger, MemoryLedger, TenantAccount};
-pub use limits::{LimitError, LimitKind, RateBucket, TenantLimiter, TenantPermit};
+pub use limits::{
+    LimitError, LimitKind, LimitPermit, Limiter, RateBucket, TenantLimiter, TenantPermit,
+};
 pub use metrics::Metrics;
 pub use model::ModelSpec;
 pub use pipeline::{

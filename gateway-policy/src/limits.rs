@@ -97,6 +97,45 @@ impl Shared {
     }
 }
 
+/// Admits or refuses a tenant's request by its limits. The default is
+/// [`TenantLimiter`]; a host can plug in its own (a shared one, say).
+pub trait Limiter: Send + Sync + fmt::Debug + 'static {
+    /// Admits one request of `tokens` estimated tokens, or says which limit
+    /// refused and when to retry. The permit is held for the request's life.
+    ///
+    /// # Errors
+    /// [`LimitError`] naming the limit.
+    fn admit(&self, tenant: &Tenant, tokens: u64, now: Instant) -> Result<LimitPermit, LimitError>;
+}
+
+/// A request's hold on its limits; dropping it releases them.
+#[must_use = "dropping the permit releases the request's limits"]
+pub struct LimitPermit {
+    /// Held only for its `Drop`.
+    _guard: Box<dyn Send + Sync>,
+}
+
+impl LimitPermit {
+    /// Wraps a guard whose `Drop` releases what the limiter took.
+    pub fn new(guard: impl Send + Sync + 'static) -> Self {
+        LimitPermit {
+            _guard: Box::new(guard),
+        }
+    }
+}
+
+impl fmt::Debug for LimitPermit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("LimitPermit")
+    }
+}
+
+impl Limiter for TenantLimiter {
+    fn admit(&self, tenant: &Tenant, tokens: u64, now: Instant) -> Result<LimitPermit, LimitError> {
+        TenantLimiter::admit(self, tenant, tokens, now).map(LimitPermit::new)
+    }
+}
+
 /// Enforces every tenant's rate and concurrency limits.
 #[derive(Debug, Clone, Default)]
 pub struct TenantLimiter {

@@ -1,6 +1,26 @@
 //! Routing: a pure ranking of a model's backends by health and load.
 
+use std::fmt;
+
 use gateway_core::Pressure;
+
+/// Orders a model's backends for a request. The default is [`LeastLoaded`];
+/// a host can plug in its own.
+pub trait RoutePolicy: Send + Sync + fmt::Debug + 'static {
+    /// The candidates' indices in the order to try them; indices left out
+    /// are not tried.
+    fn rank(&self, model: &str, candidates: &[Candidate]) -> Vec<usize>;
+}
+
+/// [`rank`]: healthy backends with capacity, least loaded first.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LeastLoaded;
+
+impl RoutePolicy for LeastLoaded {
+    fn rank(&self, _model: &str, candidates: &[Candidate]) -> Vec<usize> {
+        rank(candidates)
+    }
+}
 
 /// What routing knows of one backend.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -33,6 +33,7 @@ fn settings() -> Settings {
         client_stall_timeout: Duration::from_secs(5),
         stream_buffer_events: NonZeroUsize::new(4).unwrap(),
         admission_wait: Duration::from_secs(1),
+        request_timeout: None,
         abort_wait: Duration::from_secs(1),
     }
 }
@@ -544,4 +545,36 @@ async fn drain_aborts_what_outlives_the_grace_period() {
         Money::from_picos(12 * 10 + a.usage.completion() * 100)
     );
     assert!(a.usage.completion() >= 19, "{:?}", a.usage);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_request_timeout_bounds_the_whole_request() {
+    let mut settings = settings();
+    settings.request_timeout = Some(Duration::from_millis(550));
+    let s = setup_with(2, settings, Tenant::new("team-a"), None);
+    // Tokens every 100 ms: five arrive, then the deadline ends the stream.
+    s.mocks[0].push(Script::repeat(100, Duration::from_millis(100)));
+    let (_g, cancel) = s.gateway.request_cancel();
+    let mut long = request("t1");
+    long.max_tokens = Some(900);
+    let mut stream = s.gateway.generate(&s.tenant, long, cancel).await.unwrap();
+    let (text, _, error) = collect(&mut stream).await;
+    assert_eq!(text, "tok ".repeat(5));
+    let error = error.unwrap();
+    assert_eq!(
+        (error.kind(), error.phase()),
+        (FailureKind::TotalTimeout, FailurePhase::AfterFirstToken)
+    );
+    assert_eq!(settled(&s).await.usage.completion(), 5);
+
+    // Before the first token it is 504 and not retried on the other backend.
+    s.mocks[0].push(Script::repeat(3, Duration::ZERO).prefill(Duration::from_secs(5)));
+    let (_g, cancel) = s.gateway.request_cancel();
+    let err = s
+        .gateway
+        .generate(&s.tenant, request("t2"), cancel)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::UpstreamTimeout);
+    assert_eq!(s.mocks[1].starts(), 0);
 }

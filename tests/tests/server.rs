@@ -45,6 +45,7 @@ fn settings() -> Settings {
         client_stall_timeout: Duration::from_secs(1),
         stream_buffer_events: NonZeroUsize::new(8).unwrap(),
         admission_wait: Duration::from_millis(300),
+        request_timeout: None,
         abort_wait: Duration::from_secs(1),
     }
 }

@@ -89,6 +89,7 @@ pub(super) fn server() -> ServerConfig {
         client_stall_timeout: Duration::from_millis(STREAM_TIMEOUT_MS),
         shutdown_grace: Duration::from_millis(SHUTDOWN_GRACE_MS),
         admission_wait: Duration::from_millis(ADMISSION_WAIT_MS),
+        request_timeout: None,
     }
 }
 

@@ -34,6 +34,7 @@
 //! client_stall_timeout_ms = 30000     # > 0; default 30000
 //! shutdown_grace_ms = 10000           # >= 0; default 10000
 //! admission_wait_ms = 5000            # >= 0; default 5000 (addition to the contract)
+//! request_timeout_ms = 600000         # >= 1; default none: total time per request (addition)
 //!
 //! [ledger]                            # optional table
 //! kind = "memory"                     # memory (default) | redis
@@ -194,6 +195,10 @@ pub struct ServerConfig {
     /// waits for backend capacity before it is refused with 503
     /// `overloaded`. Default 5 s; zero refuses at once.
     pub admission_wait: Duration,
+    /// `request_timeout_ms` (an addition to the contract): the total time a
+    /// request may take, from arrival to its last token; `None` (absent)
+    /// for no bound. Past it the stream ends with `total_timeout`.
+    pub request_timeout: Option<Duration>,
 }
 
 /// `[ledger]`: where budgets and rate-limit counters live.

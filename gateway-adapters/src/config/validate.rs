@@ -27,6 +27,7 @@ const SERVER_KEYS: &[&str] = &[
     "client_stall_timeout_ms",
     "shutdown_grace_ms",
     "admission_wait_ms",
+    "request_timeout_ms",
 ];
 const LEDGER_KEYS: &[&str] = &["kind", "url"];
 const TENANT_KEYS: &[&str] = &[
@@ -338,6 +339,7 @@ fn server(top: &Reader<'_>, p: &mut Problems) -> Check<ServerConfig> {
     );
     let shutdown_grace = millis(&r, "shutdown_grace_ms", 0, defaults::SHUTDOWN_GRACE_MS, p);
     let admission_wait = millis(&r, "admission_wait_ms", 0, defaults::ADMISSION_WAIT_MS, p);
+    let request_timeout = r.u64("request_timeout_ms", 1, p);
     Ok(ServerConfig {
         listen: listen?,
         admin_key: admin_key?.map(TenantKey::from_plaintext),
@@ -348,6 +350,7 @@ fn server(top: &Reader<'_>, p: &mut Problems) -> Check<ServerConfig> {
         client_stall_timeout: client_stall_timeout?,
         shutdown_grace: shutdown_grace?,
         admission_wait: admission_wait?,
+        request_timeout: request_timeout?.map(Duration::from_millis),
     })
 }
 

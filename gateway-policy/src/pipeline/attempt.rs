@@ -14,10 +14,10 @@ use tokio::time::Instant;
 
 use super::stream::{self, Attempted};
 use super::{ActiveGuard, Gateway, GatewayStream};
-use crate::limits::TenantPermit;
+use crate::limits::LimitPermit;
 use crate::metrics::{BackendLabels, ModelBackendLabels};
 use crate::pool::BackendSlot;
-use crate::route::{Candidate, rank};
+use crate::route::Candidate;
 use crate::{ErrorCode, GatewayError, ModelSpec, Tenant};
 
 /// A request past limits and budget, ready to route.
@@ -29,7 +29,7 @@ pub(super) struct Admitted {
     pub(super) arrived: Instant,
     pub(super) meter: UsageMeter,
     pub(super) guard: BudgetGuard,
-    pub(super) permit: TenantPermit,
+    pub(super) permit: LimitPermit,
     pub(super) active: ActiveGuard,
 }
 
@@ -71,11 +71,15 @@ pub(super) async fn run(
                 })
             })
             .collect();
-        let picked = rank(&candidates).into_iter().find_map(|i| {
-            gateway
-                .slot(i)
-                .and_then(|s| s.try_acquire().map(|g| (i, g)))
-        });
+        let picked = inner
+            .router
+            .rank(&admitted.model.name, &candidates)
+            .into_iter()
+            .find_map(|i| {
+                gateway
+                    .slot(i)
+                    .and_then(|s| s.try_acquire().map(|g| (i, g)))
+            });
         if let Some((index, inflight)) = picked {
             tried.insert(index);
             match attempt(gateway, &admitted, inflight.slot().clone(), &cancel).await {
@@ -191,11 +195,16 @@ async fn attempt(
             deadline: admitted.request.deadline,
         },
     };
-    let deadline = Instant::now() + settings.first_token_timeout;
+    let first_token_deadline = Instant::now() + settings.first_token_timeout;
+    // The request's total deadline may come first; then it is what expires.
+    let (deadline, expiry) = match admitted.request.deadline {
+        Some(total) if total <= first_token_deadline => (total, FailureKind::TotalTimeout),
+        _ => (first_token_deadline, FailureKind::FirstTokenTimeout),
+    };
     let result = tokio::select! {
         biased;
         reason = cancel.canceled() => Err(Failed::Canceled(reason)),
-        head = first_token(&slot, request, attempt_cancel.clone(), deadline) => head.map_err(Failed::Backend),
+        head = first_token(&slot, request, attempt_cancel.clone(), deadline, expiry) => head.map_err(Failed::Backend),
     };
     match result {
         Ok(head) => {
@@ -228,12 +237,14 @@ async fn first_token(
     request: BackendRequest,
     cancel: CancelHandle,
     deadline: Instant,
+    expiry: FailureKind,
 ) -> Result<Head, BackendError> {
     let timeout = || {
-        BackendError::new(
-            FailureKind::FirstTokenTimeout,
-            "no first token within the first-token timeout",
-        )
+        let what = match expiry {
+            FailureKind::TotalTimeout => "the request timeout passed before the first token",
+            _ => "no first token within the first-token timeout",
+        };
+        BackendError::new(expiry, what)
     };
     let mut stream = tokio::time::timeout_at(deadline, slot.backend.start(request, cancel))
         .await

@@ -24,9 +24,10 @@ pub use stream::GatewayStream;
 
 use crate::auth::{Authenticator, StaticKeys};
 use crate::ledger::{AccountLedger, MemoryLedger, TenantAccount};
-use crate::limits::{LimitKind, TenantLimiter};
+use crate::limits::{LimitKind, Limiter, TenantLimiter};
 use crate::metrics::{BackendLabels, Metrics};
 use crate::pool::BackendSlot;
+use crate::route::{LeastLoaded, RoutePolicy};
 use crate::{ErrorCode, GatewayError, ModelSpec, Tenant};
 
 /// Tenant label used before a tenant is known.
@@ -79,6 +80,8 @@ pub struct GatewayBuilder {
     keys: StaticKeys,
     authenticator: Option<Arc<dyn Authenticator>>,
     ledger: Option<Arc<dyn AccountLedger>>,
+    limiter: Option<Arc<dyn Limiter>>,
+    router: Option<Arc<dyn RoutePolicy>>,
     tenants: Vec<Arc<Tenant>>,
     models: Vec<ModelSpec>,
     backends: Vec<PendingBackend>,
@@ -144,6 +147,20 @@ impl GatewayBuilder {
     #[must_use]
     pub fn ledger(mut self, ledger: Arc<dyn AccountLedger>) -> Self {
         self.ledger = Some(ledger);
+        self
+    }
+
+    /// Replaces the per-tenant limiter.
+    #[must_use]
+    pub fn limiter(mut self, limiter: Arc<dyn Limiter>) -> Self {
+        self.limiter = Some(limiter);
+        self
+    }
+
+    /// Replaces the routing policy.
+    #[must_use]
+    pub fn route_policy(mut self, router: Arc<dyn RoutePolicy>) -> Self {
+        self.router = Some(router);
         self
     }
 
@@ -236,7 +253,10 @@ impl GatewayBuilder {
                 settings: self.settings,
                 authenticator,
                 ledger,
-                limiter: TenantLimiter::new(),
+                limiter: self
+                    .limiter
+                    .unwrap_or_else(|| Arc::new(TenantLimiter::new())),
+                router: self.router.unwrap_or_else(|| Arc::new(LeastLoaded)),
                 tenants,
                 models,
                 pool,
@@ -279,7 +299,8 @@ struct Inner {
     settings: Settings,
     authenticator: Arc<dyn Authenticator>,
     ledger: Arc<dyn AccountLedger>,
-    limiter: TenantLimiter,
+    limiter: Arc<dyn Limiter>,
+    router: Arc<dyn RoutePolicy>,
     tenants: HashMap<TenantId, Arc<Tenant>>,
     models: HashMap<String, Arc<ModelSpec>>,
     pool: Vec<Arc<BackendSlot>>,
@@ -327,6 +348,8 @@ impl Gateway {
             keys: StaticKeys::new(),
             authenticator: None,
             ledger: None,
+            limiter: None,
+            router: None,
             tenants: Vec::new(),
             models: Vec::new(),
             backends: Vec::new(),
@@ -621,7 +644,7 @@ impl Gateway {
             max_tokens,
             tenant: tenant.id.clone(),
             latency_class: request.latency_class,
-            deadline: None,
+            deadline: self.inner.settings.request_timeout.map(|t| arrived + t),
             extra: request.extra,
         };
         let admitted = attempt::Admitted {

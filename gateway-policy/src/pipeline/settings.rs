@@ -17,6 +17,10 @@ pub struct Settings {
     pub stream_buffer_events: NonZeroUsize,
     /// How long a request may wait for backend capacity before `overloaded`.
     pub admission_wait: Duration,
+    /// Total time a request may take from arrival to its last token; the
+    /// backend gets it as the attempt's deadline and ends the stream with
+    /// `total_timeout` past it. `None`: no bound.
+    pub request_timeout: Option<Duration>,
     /// How long the gateway waits for a backend to confirm an abort before
     /// it stops listening (the engine is aborted either way).
     pub abort_wait: Duration,
@@ -30,6 +34,7 @@ impl Default for Settings {
             client_stall_timeout: Duration::from_secs(30),
             stream_buffer_events: NonZeroUsize::new(64).unwrap_or(NonZeroUsize::MIN),
             admission_wait: Duration::from_secs(5),
+            request_timeout: None,
             abort_wait: Duration::from_secs(2),
         }
     }

@@ -18,7 +18,7 @@ use tokio::time::Instant;
 
 use super::attempt::{Admitted, Head};
 use super::{ActiveGuard, Gateway};
-use crate::limits::TenantPermit;
+use crate::limits::LimitPermit;
 use crate::metrics::{AbortLabels, BackendLabels, Metrics, ModelLabels};
 use crate::pool::InflightGuard;
 use crate::{ModelSpec, Tenant};
@@ -435,7 +435,7 @@ struct Settlement {
     estimate: TokenCount,
     arrived: Instant,
     metrics: Arc<Metrics>,
-    _permit: TenantPermit,
+    _permit: LimitPermit,
     _inflight: InflightGuard,
     _active: ActiveGuard,
 }
