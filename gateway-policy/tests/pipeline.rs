@@ -578,3 +578,33 @@ async fn the_request_timeout_bounds_the_whole_request() {
     assert_eq!(err.code(), ErrorCode::UpstreamTimeout);
     assert_eq!(s.mocks[1].starts(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_engine_without_counts_still_yields_usage() {
+    let s = setup(1);
+    s.mocks[0].push(Script {
+        usage: false,
+        ..Script::default()
+    });
+    let (_g, cancel) = s.gateway.request_cancel();
+    let mut stream = s
+        .gateway
+        .generate(&s.tenant, request("u1"), cancel)
+        .await
+        .unwrap();
+    let mut usage = None;
+    let mut names = Vec::new();
+    while let Some(Ok(event)) = stream.next().await {
+        if let TokenEvent::Usage(u) = &event {
+            usage = Some(*u);
+        }
+        names.push(event.name());
+    }
+    assert_eq!(
+        names,
+        ["Started", "Delta", "Delta", "Delta", "Usage", "Finished"]
+    );
+    // The mock reports the prompt in Started; the completion is what was sent.
+    assert_eq!(usage, Some(Usage::new(12, 3)));
+    assert_eq!(settled(&s).await.spent, Money::from_picos(420));
+}

@@ -345,8 +345,12 @@ fn parse(body: &[u8], api: Api) -> Result<ParsedRequest, RequestError> {
 /// refused here.
 fn value(raw: Option<&str>, param: &str) -> Result<Option<Value>, RequestError> {
     raw.map(|raw| {
-        serde_json::from_str(raw)
-            .map_err(|e| RequestError::at(param, format!("invalid value for {param}: {e}")))
+        serde_json::from_str(raw).map_err(|e| {
+            // Positions would be within the field, not the body: drop them.
+            let reason = e.to_string();
+            let reason = reason.split(" at line ").next().unwrap_or_default();
+            RequestError::at(param, format!("invalid value for {param}: {reason}"))
+        })
     })
     .transpose()
 }

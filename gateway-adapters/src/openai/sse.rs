@@ -166,6 +166,9 @@ pub struct SseDecoder {
     /// Bytes not yet parsed start at `pos`.
     buf: Vec<u8>,
     pos: usize,
+    /// Bytes after `pos` already searched for a line end in vain, so a
+    /// long line arriving in small reads is scanned once.
+    searched: usize,
     max_event_bytes: usize,
     /// The current event.
     data: Vec<u8>,
@@ -200,6 +203,7 @@ impl SseDecoder {
         SseDecoder {
             buf: Vec::new(),
             pos: 0,
+            searched: 0,
             max_event_bytes: Self::DEFAULT_MAX_EVENT_BYTES,
             data: Vec::new(),
             has_data: false,
@@ -273,8 +277,10 @@ impl SseDecoder {
                 }
             }
             let rest = self.buf.get(self.pos..).unwrap_or_default();
-            match find_line_end(rest) {
+            let unsearched = rest.get(self.searched..).unwrap_or_default();
+            match find_line_end(unsearched).map(|i| self.searched + i) {
                 Some(len) => {
+                    self.searched = 0;
                     let start = self.pos;
                     let end = start + len;
                     let mut next = end + 1;
@@ -291,6 +297,7 @@ impl SseDecoder {
                     }
                 }
                 None if self.eof => {
+                    self.searched = 0;
                     if !rest.is_empty() || self.line_dropped {
                         // The unterminated last line.
                         let (start, end) = (self.pos, self.buf.len());
@@ -305,12 +312,14 @@ impl SseDecoder {
                 }
                 None => {
                     let pending = rest.len();
+                    self.searched = pending;
                     if !self.discarding
                         && self.event_bytes.saturating_add(pending) > self.max_event_bytes
                     {
                         self.start_discarding();
                         self.line_dropped = true;
                         self.pos = self.buf.len();
+                        self.searched = 0;
                         return Some(Err(SseError::EventTooLarge {
                             limit: self.max_event_bytes,
                         }));
@@ -318,6 +327,7 @@ impl SseDecoder {
                     if self.discarding && pending > 0 {
                         self.line_dropped = true;
                         self.pos = self.buf.len();
+                        self.searched = 0;
                     }
                     return None;
                 }
@@ -348,7 +358,8 @@ impl SseDecoder {
     }
 
     fn reset_event(&mut self) {
-        self.data.clear();
+        // Drop the room a too large event took.
+        self.data = Vec::new();
         self.has_data = false;
         self.name = None;
         self.event_bytes = 0;

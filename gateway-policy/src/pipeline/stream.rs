@@ -282,12 +282,10 @@ impl Pump {
     async fn forward(&mut self) -> End {
         let head = std::mem::take(&mut self.head);
         for event in head {
-            let terminal = matches!(event, TokenEvent::Finished(_));
-            if let Err(blocked) = self.relay(Ok(event)).await {
-                return blocked.into();
-            }
-            if terminal {
-                return End::Finished;
+            match self.relay_event(event).await {
+                Ok(false) => {}
+                Ok(true) => return End::Finished,
+                Err(blocked) => return blocked.into(),
             }
         }
         loop {
@@ -310,16 +308,11 @@ impl Pump {
                         FailureKind::ProtocolViolation,
                         format!("backend broke the event order: {v}"),
                     ),
-                    Ok(()) => {
-                        let terminal = matches!(event, TokenEvent::Finished(_));
-                        if let Err(blocked) = self.relay(Ok(event)).await {
-                            return blocked.into();
-                        }
-                        if terminal {
-                            return End::Finished;
-                        }
-                        continue;
-                    }
+                    Ok(()) => match self.relay_event(event).await {
+                        Ok(false) => continue,
+                        Ok(true) => return End::Finished,
+                        Err(blocked) => return blocked.into(),
+                    },
                 },
             };
             // The engine's stream is over or must be: report once, in its phase.
@@ -337,6 +330,19 @@ impl Pump {
                 Err(blocked) => blocked.into(),
             };
         }
+    }
+
+    /// Relays one checked event; `true` when it was `Finished`. An engine
+    /// that gave no counts still gets the client a `Usage` (what the
+    /// gateway counted) before the end.
+    async fn relay_event(&mut self, event: TokenEvent) -> Result<bool, Blocked> {
+        let terminal = matches!(event, TokenEvent::Finished(_));
+        if terminal && self.settlement.engine.is_none() {
+            let usage = self.settlement.counted();
+            self.relay(Ok(TokenEvent::Usage(usage))).await?;
+        }
+        self.relay(Ok(event)).await?;
+        Ok(terminal)
     }
 
     /// Puts one item in the client's buffer, waiting while it is full;
@@ -448,6 +454,15 @@ impl Settlement {
             Ok(TokenEvent::Usage(u)) => self.engine = Some(*u),
             Ok(TokenEvent::Finished(_)) | Err(_) => {}
         }
+    }
+
+    /// The gateway's own count of a finished request, for engines that
+    /// report none: prompt from `Started` or the estimate, completion tokens
+    /// received.
+    fn counted(&self) -> Usage {
+        let prompt = self.started.prompt_tokens.unwrap_or(self.estimate.value());
+        let cached = self.started.cached_tokens.unwrap_or(0);
+        Usage::clamped(prompt, cached, self.received, 0, 0, 0)
     }
 
     /// What the tenant is charged for: prompt tokens once the response
