@@ -6,7 +6,9 @@
 //!   a zero-delay sim, until the request has settled), against the same sim
 //!   reached directly (`Backend::start` and a drain). The difference is the
 //!   gateway's overhead per request: admission, ledger, routing, the pump
-//!   task and its bounded buffer, settlement and metrics.
+//!   task and its bounded buffer, settlement and metrics. Once more with
+//!   1 token, which splits the overhead into a part per request and a part
+//!   per token.
 //! - `pipeline x32`: 32 such requests at once on one thread, against 32
 //!   direct ones, for the cost under contention (capacity wake-ups, shared
 //!   locks).
