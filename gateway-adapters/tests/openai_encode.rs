@@ -389,3 +389,28 @@ mod openai_encode {
         assert!(unix_now() > 1_700_000_000);
     }
 }
+
+/// Frames held by a connection share few allocations: each 4 KiB block is
+/// carved into many frames, not one allocation per frame once the first
+/// block is used up.
+#[test]
+fn held_frames_share_blocks() {
+    let mut enc = gateway_adapters::openai::ChunkEncoder::new(
+        gateway_adapters::openai::Endpoint::Chat,
+        "r",
+        1,
+        "m",
+        false,
+    );
+    let frames: Vec<bytes::Bytes> = (0..200).map(|_| enc.delta("some token")).collect();
+    let starts = frames
+        .windows(2)
+        .filter(|w| w[1].as_ptr() != w[0].as_ptr().wrapping_add(w[0].len()))
+        .count();
+    let total: usize = frames.iter().map(bytes::Bytes::len).sum();
+    // One new block per 4 KiB of frames, give or take the first.
+    assert!(
+        starts <= total / 4096 + 1,
+        "{starts} blocks for {total} bytes"
+    );
+}

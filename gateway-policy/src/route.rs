@@ -48,18 +48,14 @@ pub fn load_score(p: &Pressure) -> f64 {
 /// loaded first, overloaded ones after the rest; ties keep the caller's
 /// order. Unhealthy backends and those at their limit are left out.
 pub fn rank(candidates: &[Candidate]) -> Vec<usize> {
-    let mut eligible: Vec<&Candidate> = candidates
+    // Score each candidate once, then sort the scores.
+    let mut eligible: Vec<(bool, f64, usize)> = candidates
         .iter()
         .filter(|c| c.healthy && c.has_capacity)
+        .map(|c| (c.pressure.overloaded, load_score(&c.pressure), c.index))
         .collect();
-    eligible.sort_by(|a, b| {
-        a.pressure
-            .overloaded
-            .cmp(&b.pressure.overloaded)
-            .then(load_score(&a.pressure).total_cmp(&load_score(&b.pressure)))
-            .then(a.index.cmp(&b.index))
-    });
-    eligible.into_iter().map(|c| c.index).collect()
+    eligible.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)).then(a.2.cmp(&b.2)));
+    eligible.into_iter().map(|(_, _, index)| index).collect()
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ use gateway_core::{
 };
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::attempt::{Admitted, Head};
 use super::{ActiveGuard, Gateway};
@@ -87,6 +88,7 @@ pub(super) fn start(
         tx,
         client: client.clone(),
         settlement,
+        canceled: Box::pin(cancel.token().clone().cancelled_owned()),
         cancel: cancel.clone(),
         attempt: attempt_cancel,
         idle: inner.settings.idle_timeout,
@@ -227,6 +229,8 @@ struct Pump {
     client: Arc<Client>,
     settlement: Settlement,
     cancel: CancelHandle,
+    /// `cancel`, as one future registered once for the stream's life.
+    canceled: Pin<Box<WaitForCancellationFutureOwned>>,
     attempt: CancelHandle,
     idle: Duration,
     stall: Duration,
@@ -271,6 +275,11 @@ impl Pump {
         // `self.settlement` drops here: the one place the budget settles.
     }
 
+    /// Why the request was canceled (once `canceled` fired).
+    fn reason(&self) -> CancelReason {
+        self.cancel.reason().unwrap_or(CancelReason::ClientGone)
+    }
+
     fn phase(&self) -> FailurePhase {
         if self.settlement.received > 0 {
             FailurePhase::AfterFirstToken
@@ -288,22 +297,35 @@ impl Pump {
                 Err(blocked) => return blocked.into(),
             }
         }
+        // One timer for the whole stream: each event only moves the idle
+        // deadline (a clock read); the timer is re-armed when it fires early.
+        let mut idle_at = Instant::now() + self.idle;
+        let idle_timer = tokio::time::sleep_until(idle_at);
+        tokio::pin!(idle_timer);
         loop {
             let next = tokio::select! {
                 biased;
-                reason = self.cancel.canceled() => return End::Canceled(reason),
-                next = tokio::time::timeout(self.idle, self.stream.next()) => next,
+                () = &mut self.canceled => return End::Canceled(self.reason()),
+                next = self.stream.next() => Some(next),
+                () = &mut idle_timer => {
+                    if Instant::now() < idle_at {
+                        idle_timer.as_mut().reset(idle_at);
+                        continue;
+                    }
+                    None
+                }
             };
+            idle_at = Instant::now() + self.idle;
             let failure = match next {
-                Err(_) => {
+                None => {
                     BackendError::new(FailureKind::IdleTimeout, "no token within the idle timeout")
                 }
-                Ok(None) => BackendError::new(
+                Some(None) => BackendError::new(
                     FailureKind::ProtocolViolation,
                     "stream ended without Finished",
                 ),
-                Ok(Some(Err(err))) => err,
-                Ok(Some(Ok(event))) => match self.order.observe(&event) {
+                Some(Some(Err(err))) => err,
+                Some(Some(Ok(event))) => match self.order.observe(&event) {
                     Err(v) => BackendError::new(
                         FailureKind::ProtocolViolation,
                         format!("backend broke the event order: {v}"),
@@ -349,10 +371,19 @@ impl Pump {
     /// gives up when the client took nothing for the stall timeout.
     async fn relay(&mut self, item: TokenResult) -> Result<(), Blocked> {
         self.settlement.observe(&item);
+        // Fast path: room in the buffer (a cancel is seen at the next read).
+        match self.tx.try_reserve() {
+            Ok(permit) => {
+                permit.send(item);
+                return Ok(());
+            }
+            Err(mpsc::error::TrySendError::Closed(())) => return Err(Blocked::ClientGone),
+            Err(mpsc::error::TrySendError::Full(())) => {}
+        }
         loop {
             tokio::select! {
                 biased;
-                reason = self.cancel.canceled() => return Err(Blocked::Canceled(reason)),
+                () = &mut self.canceled => return Err(Blocked::Canceled(self.reason())),
                 permit = self.tx.reserve() => {
                     return match permit {
                         Ok(permit) => {
