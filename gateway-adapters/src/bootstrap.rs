@@ -60,9 +60,18 @@ fn counter(index: usize, model: &ModelConfig) -> Result<Arc<dyn TokenCounter>, B
     };
     #[cfg(feature = "tokenizers")]
     {
-        gateway_policy::HfTokenCounter::from_file(path, model.add_bos_token)
-            .map(|c| Arc::new(c) as Arc<dyn TokenCounter>)
-            .map_err(|e| problem(format!("models[{index}].tokenizer"), e.to_string()))
+        let mut counter = gateway_policy::HfTokenCounter::from_file(path, model.add_bos_token)
+            .map_err(|e| problem(format!("models[{index}].tokenizer"), e.to_string()))?;
+        if let Some(template) = &model.chat_template {
+            let template = gateway_policy::ChatTemplate::from_file(
+                template,
+                &model.bos_token,
+                &model.eos_token,
+            )
+            .map_err(|e| problem(format!("models[{index}].chat_template"), e.to_string()))?;
+            counter = counter.with_chat_template(template);
+        }
+        Ok(Arc::new(counter))
     }
     #[cfg(not(feature = "tokenizers"))]
     {

@@ -1056,3 +1056,33 @@ model = "big"
         );
     }
 }
+
+#[test]
+fn a_chat_template_needs_a_tokenizer() {
+    let dir = std::env::temp_dir().join(format!("gateway-template-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(dir.join("t.jinja"), "{{ messages }}").unwrap();
+    let text = r#"
+[[tenants]]
+id = "t"
+api_key = "k"
+
+[[models]]
+name = "m"
+chat_template = "t.jinja"
+context_window = 100
+input_usd_per_mtok = 1.0
+output_usd_per_mtok = 1.0
+
+[[backends]]
+name = "b"
+engine = "sim"
+model = "m"
+"#;
+    let err = gateway_adapters::config::GatewayConfig::parse(text, &dir).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "models[0].chat_template: needs a tokenizer to count with"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -2,8 +2,12 @@
 
 use std::path::Path;
 
+use std::sync::Arc;
+
 use gateway_core::{ByteBound, ChatMessage, Prompt, TokenCount, TokenCounter};
 use tokenizers::Tokenizer;
+
+use crate::ChatTemplate;
 
 /// A tokenizer file that could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -19,15 +23,18 @@ pub struct TokenizerError {
 ///
 /// Text prompts count as the engine counts them: the tokenizer's
 /// post-processor adds BOS when `add_special_tokens` is set (as vLLM does
-/// for completions). Chat prompts need the model's chat template to be
-/// exact; without one this counter returns an [`TokenCount::UpperBound`]:
-/// exact content tokens plus [`ByteBound`]'s allowance for the template's
-/// markup.
+/// for completions). Chat prompts with the model's [`ChatTemplate`] are
+/// exact too: the template is rendered with the generation prompt and the
+/// text encoded without adding special tokens (the template writes its
+/// own), as vLLM does. Without a template this counter returns an
+/// [`TokenCount::UpperBound`]: exact content tokens plus [`ByteBound`]'s
+/// allowance for the template's markup.
 #[derive(Debug, Clone)]
 pub struct HfTokenCounter {
     tokenizer: Tokenizer,
     add_special_tokens: bool,
     markup: ByteBound,
+    template: Option<Arc<ChatTemplate>>,
 }
 
 impl HfTokenCounter {
@@ -49,7 +56,15 @@ impl HfTokenCounter {
             tokenizer,
             add_special_tokens,
             markup: ByteBound::default(),
+            template: None,
         })
+    }
+
+    /// Counts chat prompts exactly by rendering them with `template`.
+    #[must_use]
+    pub fn with_chat_template(mut self, template: ChatTemplate) -> Self {
+        self.template = Some(Arc::new(template));
+        self
     }
 
     /// Token ids of `text`, with special tokens if `special`.
@@ -58,6 +73,18 @@ impl HfTokenCounter {
             .encode_fast(text, special)
             .ok()
             .map(|e| e.len() as u64)
+    }
+
+    fn chat(&self, messages: &[ChatMessage]) -> TokenCount {
+        let rendered = self
+            .template
+            .as_ref()
+            .and_then(|t| t.render(messages, true).ok())
+            .and_then(|text| self.encode_len(&text, false));
+        match rendered {
+            Some(n) => TokenCount::Exact(n),
+            None => self.chat_bound(messages),
+        }
     }
 
     fn chat_bound(&self, messages: &[ChatMessage]) -> TokenCount {
@@ -82,7 +109,7 @@ impl TokenCounter for HfTokenCounter {
                 Some(n) => TokenCount::Exact(n),
                 None => self.markup.count_prompt(prompt),
             },
-            Prompt::Chat(messages) => self.chat_bound(messages),
+            Prompt::Chat(messages) => self.chat(messages),
             Prompt::Tokens(ids) => TokenCount::Exact(ids.len() as u64),
         }
     }

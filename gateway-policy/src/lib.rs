@@ -52,6 +52,8 @@
 #![forbid(unsafe_code)]
 
 mod auth;
+#[cfg(feature = "tokenizers")]
+mod chat_template;
 mod error;
 #[cfg(feature = "tokenizers")]
 mod hf_counter;
@@ -65,6 +67,8 @@ pub mod route;
 mod tenant;
 
 pub use auth::{Authenticator, StaticKeys, key_hash};
+#[cfg(feature = "tokenizers")]
+pub use chat_template::{ChatTemplate, TemplateError};
 pub use error::{ErrorCode, GatewayError};
 #[cfg(feature = "tokenizers")]
 pub use hf_counter::{HfTokenCounter, TokenizerError};

@@ -74,3 +74,29 @@ proptest! {
         prop_assert!(exact_text <= ByteBound::default().count_text(&text).value());
     }
 }
+
+/// The real-vLLM facts for the TinyLlama template: chat prompts are the
+/// rendered template encoded without special tokens (no BOS in it).
+#[test]
+fn chat_with_the_template_is_exact() {
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/tokenizers/");
+    let template = gateway_policy::ChatTemplate::from_file(
+        format!("{dir}tinyllama.chat_template.jinja"),
+        "<s>",
+        "</s>",
+    )
+    .unwrap();
+    let counter = HfTokenCounter::from_file(format!("{dir}tinyllama.json"), true)
+        .unwrap()
+        .with_chat_template(template);
+    let chat = Prompt::Chat(vec![
+        ChatMessage::system("You are terse."),
+        ChatMessage::user("Hello there"),
+    ]);
+    assert_eq!(counter.count_prompt(&chat), TokenCount::Exact(30));
+    // Text prompts are unchanged: BOS + tokens.
+    assert_eq!(
+        counter.count_prompt(&Prompt::Text("Hello world".into())),
+        TokenCount::Exact(3)
+    );
+}

@@ -79,7 +79,7 @@ fn main() -> ExitCode {
         }
         Command::Check(file) => match GatewayConfig::load(&file) {
             Err(problems) => {
-                eprint!("{problems}");
+                eprintln!("{problems}");
                 ExitCode::from(2)
             }
             Ok(config) => match build_gateway(&config) {
@@ -107,7 +107,7 @@ fn main() -> ExitCode {
                 Some(file) => match GatewayConfig::load(&file) {
                     Ok(c) => c,
                     Err(problems) => {
-                        eprint!("{problems}");
+                        eprintln!("{problems}");
                         return ExitCode::from(2);
                     }
                 },

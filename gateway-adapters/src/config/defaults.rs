@@ -117,6 +117,8 @@ pub(super) fn embedded() -> GatewayConfig {
             tokenizer: None,
             chat_template: None,
             add_bos_token: true,
+            bos_token: "<s>".to_owned(),
+            eos_token: "</s>".to_owned(),
             context_window: nonzero_u32(8192),
             // $0.50, $0.05 and $1.50 per million tokens.
             pricing: Pricing {

@@ -55,6 +55,8 @@
 //! tokenizer = "tokenizer.json"        # optional file, relative to the config file
 //! chat_template = "template.jinja"    # optional file, relative to the config file
 //! add_bos_token = true                # default true
+//! bos_token = "<s>"                   # default "<s>": BOS as the chat template sees it (addition)
+//! eos_token = "</s>"                  # default "</s>" (addition)
 //! context_window = 2048               # required, >= 1
 //! input_usd_per_mtok = 0.50           # required, >= 0
 //! cached_input_usd_per_mtok = 0.05    # optional, >= 0; default = input price
@@ -258,6 +260,12 @@ pub struct ModelConfig {
     pub chat_template: Option<PathBuf>,
     /// `add_bos_token`: whether the tokenizer prepends BOS. Default true.
     pub add_bos_token: bool,
+    /// `bos_token` (addition): the BOS text the chat template sees.
+    /// Default `<s>`.
+    pub bos_token: String,
+    /// `eos_token` (addition): the EOS text the chat template sees.
+    /// Default `</s>`.
+    pub eos_token: String,
     /// `context_window`: most prompt plus completion tokens.
     pub context_window: NonZeroU32,
     /// `input_usd_per_mtok`, `cached_input_usd_per_mtok` (default: the

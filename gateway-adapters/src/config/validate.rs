@@ -46,6 +46,8 @@ const MODEL_KEYS: &[&str] = &[
     "tokenizer",
     "chat_template",
     "add_bos_token",
+    "bos_token",
+    "eos_token",
     "context_window",
     "input_usd_per_mtok",
     "cached_input_usd_per_mtok",
@@ -593,6 +595,18 @@ fn model<'a>(
     let tokenizer = file(r, "tokenizer", base_dir, p);
     let chat_template = file(r, "chat_template", base_dir, p);
     let add_bos_token = r.boolean("add_bos_token", p).map(|b| b.unwrap_or(true));
+    let bos_token = r
+        .string("bos_token", p)
+        .map(|t| t.unwrap_or("<s>").to_owned());
+    let eos_token = r
+        .string("eos_token", p)
+        .map(|t| t.unwrap_or("</s>").to_owned());
+    if let (Ok(None), Ok(Some(_))) = (&tokenizer, &chat_template) {
+        p.push(
+            r.key_path("chat_template"),
+            "needs a tokenizer to count with",
+        );
+    }
     let context_window = r.required("context_window", nonzero_u32(r, "context_window", p), p);
     let price = |key: &str, p: &mut Problems| r.number(key, 0.0, MAX_PRICE_PER_MTOK, p);
     let input = r.required("input_usd_per_mtok", price("input_usd_per_mtok", p), p);
@@ -623,6 +637,8 @@ fn model<'a>(
         tokenizer: tokenizer?,
         chat_template: chat_template?,
         add_bos_token: add_bos_token?,
+        bos_token: bos_token?,
+        eos_token: eos_token?,
         context_window: context_window?,
         pricing: pricing?,
         default_max_tokens: default_max_tokens?,
