@@ -55,6 +55,7 @@ mod auth;
 #[cfg(feature = "tokenizers")]
 mod chat_template;
 mod error;
+pub mod health;
 #[cfg(feature = "tokenizers")]
 mod hf_counter;
 mod ledger;

@@ -131,6 +131,10 @@ pub struct Metrics {
     /// `gateway_client_stalls_total{backend}`: streams dropped because the
     /// client stopped reading.
     pub client_stalls: Family<BackendLabels, Counter>,
+    /// `gateway_circuit_state{backend}`: 0 closed, 1 half-open, 2 open.
+    pub circuit_state: Family<BackendLabels, Gauge>,
+    /// `gateway_backend_limit{backend}`: the adaptive concurrency limit.
+    pub backend_limit: Family<BackendLabels, Gauge>,
 }
 
 impl fmt::Debug for Metrics {
@@ -229,8 +233,22 @@ impl Metrics {
             "Streams dropped because the client stopped reading",
             client_stalls.clone(),
         );
+        let circuit_state = Family::<BackendLabels, Gauge>::default();
+        registry.register(
+            "circuit_state",
+            "Circuit breaker per backend: 0 closed, 1 half-open, 2 open",
+            circuit_state.clone(),
+        );
+        let backend_limit = Family::<BackendLabels, Gauge>::default();
+        registry.register(
+            "backend_limit",
+            "Adaptive concurrency limit per backend (backends with max_concurrency)",
+            backend_limit.clone(),
+        );
         Metrics {
             registry,
+            circuit_state,
+            backend_limit,
             requests,
             request_duration,
             time_to_first_token,
@@ -257,6 +275,7 @@ impl Metrics {
         drop(self.queue_depth.get_or_create(&labels));
         drop(self.retries.get_or_create(&labels));
         drop(self.client_stalls.get_or_create(&labels));
+        drop(self.circuit_state.get_or_create(&labels));
         for phase in gateway_core::EnginePhase::ALL {
             drop(self.upstream_aborts.get_or_create(&AbortLabels {
                 backend: backend.to_owned(),

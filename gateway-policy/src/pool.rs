@@ -3,11 +3,14 @@
 
 use std::fmt;
 use std::num::NonZeroU32;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use gateway_core::{Backend, Pressure};
+use gateway_core::{Backend, FailureKind, Pressure};
 use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::health::{AdaptiveLimit, Admission, Breaker, BreakerConfig, BreakerState};
 
 /// One backend as the gateway runs it.
 pub struct BackendSlot {
@@ -24,6 +27,12 @@ pub struct BackendSlot {
     inflight: AtomicU32,
     healthy: AtomicBool,
     capacity: Arc<Notify>,
+    breaker: Mutex<Breaker>,
+    adaptive: Option<Mutex<AdaptiveLimit>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl fmt::Debug for BackendSlot {
@@ -47,6 +56,25 @@ impl BackendSlot {
         max_concurrency: Option<NonZeroU32>,
         capacity: Arc<Notify>,
     ) -> Self {
+        BackendSlot::with_breaker(
+            backend,
+            model,
+            served_model,
+            max_concurrency,
+            capacity,
+            BreakerConfig::default(),
+        )
+    }
+
+    /// [`BackendSlot::new`] with a breaker configuration.
+    pub fn with_breaker(
+        backend: Arc<dyn Backend>,
+        model: String,
+        served_model: String,
+        max_concurrency: Option<NonZeroU32>,
+        capacity: Arc<Notify>,
+        breaker: BreakerConfig,
+    ) -> Self {
         BackendSlot {
             name: backend.info().name.clone(),
             backend,
@@ -56,6 +84,35 @@ impl BackendSlot {
             inflight: AtomicU32::new(0),
             healthy: AtomicBool::new(true),
             capacity,
+            breaker: Mutex::new(Breaker::new(breaker)),
+            adaptive: max_concurrency.map(|m| Mutex::new(AdaptiveLimit::new(m.get()))),
+        }
+    }
+
+    /// The breaker's state now.
+    pub fn breaker_state(&self) -> BreakerState {
+        lock(&self.breaker).state(Instant::now())
+    }
+
+    /// The concurrency limit now: the configured one, lowered by overload
+    /// answers until the backend recovers.
+    pub fn limit(&self) -> Option<u32> {
+        self.adaptive.as_ref().map(|a| lock(a).get())
+    }
+
+    /// Records a request that got its first token (or finished) here.
+    pub fn record_success(&self) {
+        lock(&self.breaker).on_success(Instant::now());
+        if let Some(a) = &self.adaptive {
+            lock(a).on_success();
+        }
+    }
+
+    /// Records a failure of kind `kind` here.
+    pub fn record_failure(&self, kind: FailureKind) {
+        lock(&self.breaker).on_failure(kind, Instant::now());
+        if let Some(a) = &self.adaptive {
+            lock(a).on_failure(kind);
         }
     }
 
@@ -64,9 +121,10 @@ impl BackendSlot {
         self.inflight.load(Ordering::Relaxed)
     }
 
-    /// Whether the last health check passed.
+    /// Whether the last health check passed and the breaker lets requests
+    /// (or probes) through.
     pub fn is_healthy(&self) -> bool {
-        self.healthy.load(Ordering::Relaxed)
+        self.healthy.load(Ordering::Relaxed) && lock(&self.breaker).would_admit(Instant::now())
     }
 
     /// Records a health check.
@@ -78,27 +136,31 @@ impl BackendSlot {
     pub fn pressure(&self) -> Pressure {
         let mut p = self.backend.pressure();
         p.inflight = self.inflight();
-        if let Some(limit) = self.max_concurrency {
-            p.limit = Some(p.limit.map_or(limit.get(), |l| l.min(limit.get())));
+        if let Some(limit) = self.limit() {
+            p.limit = Some(p.limit.map_or(limit, |l| l.min(limit)));
         }
         p
     }
 
-    /// Takes an in-flight slot if the limit allows.
+    /// Takes an in-flight slot if the limit and the breaker allow.
     pub fn try_acquire(self: &Arc<Self>) -> Option<InflightGuard> {
-        let limit = self.max_concurrency.map_or(u32::MAX, NonZeroU32::get);
+        let limit = self.limit().unwrap_or(u32::MAX);
         self.inflight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
                 (n < limit).then_some(n + 1)
             })
             .ok()?;
-        Some(InflightGuard { slot: self.clone() })
+        // From here the guard gives the slot back, whatever the breaker says.
+        let guard = InflightGuard { slot: self.clone() };
+        match lock(&self.breaker).admit(Instant::now()) {
+            Admission::Allowed | Admission::Probe => Some(guard),
+            Admission::Refused => None,
+        }
     }
 
     /// Whether a slot is free now.
     pub fn has_capacity(&self) -> bool {
-        self.max_concurrency
-            .is_none_or(|l| self.inflight() < l.get())
+        self.limit().is_none_or(|l| self.inflight() < l)
     }
 }
 

@@ -608,3 +608,82 @@ async fn an_engine_without_counts_still_yields_usage() {
     assert_eq!(usage, Some(Usage::new(12, 3)));
     assert_eq!(settled(&s).await.spent, Money::from_picos(420));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_failing_backend_is_cut_off_then_probed_back() {
+    let s = setup(2);
+    s.mocks[0].set_default(Script::reject(FailureKind::Connect));
+    for i in 0..8 {
+        let (_g, cancel) = s.gateway.request_cancel();
+        let mut stream = s
+            .gateway
+            .generate(&s.tenant, request(&format!("c{i}")), cancel)
+            .await
+            .unwrap();
+        assert_eq!(stream.backend(), "mock-1");
+        collect(&mut stream).await;
+    }
+    // Five consecutive connect failures open mock-0's breaker; then it is skipped.
+    assert_eq!((s.mocks[0].starts(), s.mocks[1].starts()), (5, 8));
+    let m = s.gateway.render_metrics();
+    assert!(
+        m.contains(r#"gateway_circuit_state{backend="mock-0"} 2"#),
+        "{m}"
+    );
+    assert!(
+        s.gateway.readiness().is_ok(),
+        "mock-1 still serves the model"
+    );
+
+    // After 10 s it lets one probe through; two good probes close it.
+    tokio::time::advance(Duration::from_secs(10)).await;
+    s.mocks[0].set_default(Script::default());
+    for i in 0..2 {
+        let (_g, cancel) = s.gateway.request_cancel();
+        let mut stream = s
+            .gateway
+            .generate(&s.tenant, request(&format!("p{i}")), cancel)
+            .await
+            .unwrap();
+        assert_eq!(
+            stream.backend(),
+            "mock-0",
+            "probe {i}: {:?}",
+            s.gateway.backends()[0].breaker_state()
+        );
+        collect(&mut stream).await;
+        // Let the request leave mock-0 so the next one sees equal load.
+        settled(&s).await;
+    }
+    let m = s.gateway.render_metrics();
+    assert!(
+        m.contains(r#"gateway_circuit_state{backend="mock-0"} 0"#),
+        "{m}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn overload_answers_halve_a_backends_concurrency() {
+    let s = setup_with(2, settings(), Tenant::new("team-a"), Some(8));
+    s.mocks[0].push(Script::reject(FailureKind::Overloaded));
+    s.mocks[0].push(Script::reject(FailureKind::Overloaded));
+    for i in 0..2 {
+        let (_g, cancel) = s.gateway.request_cancel();
+        let mut stream = s
+            .gateway
+            .generate(&s.tenant, request(&format!("o{i}")), cancel)
+            .await
+            .unwrap();
+        collect(&mut stream).await;
+    }
+    let m = s.gateway.render_metrics();
+    assert!(
+        m.contains(r#"gateway_backend_limit{backend="mock-0"} 2"#),
+        "{m}"
+    );
+    assert!(
+        m.contains(r#"gateway_backend_limit{backend="mock-1"} 8"#),
+        "{m}"
+    );
+    assert_eq!(s.gateway.backends()[0].pressure().limit, Some(2));
+}

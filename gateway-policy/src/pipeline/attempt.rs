@@ -208,6 +208,7 @@ async fn attempt(
     };
     match result {
         Ok(head) => {
+            slot.record_success();
             metrics
                 .time_to_first_token
                 .get_or_create(&ModelBackendLabels {
@@ -225,6 +226,7 @@ async fn attempt(
             attempt_cancel.cancel(reason);
             if let Failed::Backend(err) = &failed {
                 metrics.failure(&slot.name, err.kind().as_str());
+                slot.record_failure(err.kind());
             }
             Err(failed)
         }

@@ -438,16 +438,20 @@ impl Gateway {
                 backend: slot.name.clone(),
             };
             let p = slot.pressure();
-            self.inner
-                .metrics
-                .inflight
-                .get_or_create(&labels)
-                .set(i64::from(p.inflight));
-            self.inner
-                .metrics
-                .queue_depth
+            let m = &self.inner.metrics;
+            m.inflight.get_or_create(&labels).set(i64::from(p.inflight));
+            m.queue_depth
                 .get_or_create(&labels)
                 .set(i64::from(p.waiting));
+            let state = match slot.breaker_state() {
+                crate::health::BreakerState::Closed => 0,
+                crate::health::BreakerState::HalfOpen { .. } => 1,
+                crate::health::BreakerState::Open { .. } => 2,
+            };
+            m.circuit_state.get_or_create(&labels).set(state);
+            if let Some(limit) = slot.limit() {
+                m.backend_limit.get_or_create(&labels).set(i64::from(limit));
+            }
         }
         self.inner.metrics.encode()
     }

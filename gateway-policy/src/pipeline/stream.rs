@@ -78,7 +78,7 @@ pub(super) fn start(
         arrived: admitted.arrived,
         metrics: inner.metrics.clone(),
         _permit: admitted.permit,
-        _inflight: inflight,
+        inflight,
         _active: admitted.active,
     };
     let pump = Pump {
@@ -346,6 +346,7 @@ impl Pump {
             self.settlement
                 .metrics
                 .failure(&self.settlement.backend, kind.as_str());
+            self.settlement.inflight.slot().record_failure(kind);
             let failure = failure.with_phase(self.phase());
             return match self.relay(Err(failure)).await {
                 Ok(()) => End::Failed { abort },
@@ -473,7 +474,7 @@ struct Settlement {
     arrived: Instant,
     metrics: Arc<Metrics>,
     _permit: LimitPermit,
-    _inflight: InflightGuard,
+    inflight: InflightGuard,
     _active: ActiveGuard,
 }
 

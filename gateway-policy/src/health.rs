@@ -1,0 +1,311 @@
+//! Backend health as pure state machines: a circuit [`Breaker`] driven by
+//! failure kinds, and an [`AdaptiveLimit`] that halves a backend's
+//! concurrency on overload and grows it back as requests succeed.
+//!
+//! Both take the time as an argument and do no I/O, so they are tested
+//! with plain values.
+
+use std::time::Duration;
+
+use gateway_core::FailureKind;
+use tokio::time::Instant;
+
+/// When a breaker opens and how it recovers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BreakerConfig {
+    /// Consecutive failures (of kinds that count against a backend) that
+    /// open the breaker.
+    pub failures_to_open: u32,
+    /// How long it stays open before letting probes through.
+    pub open_for: Duration,
+    /// Probes allowed at once while half-open.
+    pub half_open_probes: u32,
+    /// Successful probes that close it again.
+    pub successes_to_close: u32,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        BreakerConfig {
+            failures_to_open: 5,
+            open_for: Duration::from_secs(10),
+            half_open_probes: 1,
+            successes_to_close: 2,
+        }
+    }
+}
+
+/// Where a breaker is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    /// Requests flow.
+    Closed,
+    /// Requests are refused until the instant.
+    Open {
+        /// When probing may start.
+        until: Instant,
+    },
+    /// A few probes test the backend.
+    HalfOpen {
+        /// Probes running now.
+        probing: u32,
+        /// Probes that succeeded so far.
+        succeeded: u32,
+    },
+}
+
+impl BreakerState {
+    /// A stable name for labels (`closed`, `open`, `half_open`).
+    pub const fn as_str(&self) -> &'static str {
+        match self {
+            BreakerState::Closed => "closed",
+            BreakerState::Open { .. } => "open",
+            BreakerState::HalfOpen { .. } => "half_open",
+        }
+    }
+}
+
+/// What a breaker says about one more request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Send it.
+    Allowed,
+    /// Send it as a probe of a half-open backend.
+    Probe,
+    /// Do not send it.
+    Refused,
+}
+
+/// A circuit breaker for one backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Breaker {
+    config: BreakerConfig,
+    state: BreakerState,
+    consecutive_failures: u32,
+}
+
+impl Breaker {
+    /// A closed breaker.
+    pub const fn new(config: BreakerConfig) -> Self {
+        Breaker {
+            config,
+            state: BreakerState::Closed,
+            consecutive_failures: 0,
+        }
+    }
+
+    /// Its state at `now` (an open breaker whose time passed reads as
+    /// half-open).
+    pub fn state(&self, now: Instant) -> BreakerState {
+        match self.state {
+            BreakerState::Open { until } if now >= until => BreakerState::HalfOpen {
+                probing: 0,
+                succeeded: 0,
+            },
+            state => state,
+        }
+    }
+
+    /// Whether a request may go now; a probe is counted as running.
+    pub fn admit(&mut self, now: Instant) -> Admission {
+        self.state = self.state(now);
+        match &mut self.state {
+            BreakerState::Closed => Admission::Allowed,
+            BreakerState::Open { .. } => Admission::Refused,
+            BreakerState::HalfOpen { probing, .. } => {
+                if *probing < self.config.half_open_probes {
+                    *probing += 1;
+                    Admission::Probe
+                } else {
+                    Admission::Refused
+                }
+            }
+        }
+    }
+
+    /// Whether a request would be admitted now, without counting it.
+    pub fn would_admit(&self, now: Instant) -> bool {
+        match self.state(now) {
+            BreakerState::Closed => true,
+            BreakerState::Open { .. } => false,
+            BreakerState::HalfOpen { probing, .. } => probing < self.config.half_open_probes,
+        }
+    }
+
+    /// A request (or probe) succeeded.
+    pub fn on_success(&mut self, now: Instant) {
+        self.consecutive_failures = 0;
+        self.state = match self.state(now) {
+            BreakerState::HalfOpen { probing, succeeded } => {
+                let succeeded = succeeded + 1;
+                if succeeded >= self.config.successes_to_close {
+                    BreakerState::Closed
+                } else {
+                    BreakerState::HalfOpen {
+                        probing: probing.saturating_sub(1),
+                        succeeded,
+                    }
+                }
+            }
+            other => other,
+        };
+    }
+
+    /// A request failed with `kind`. Kinds about the request itself
+    /// (invalid, too long, canceled) do not count.
+    pub fn on_failure(&mut self, kind: FailureKind, now: Instant) {
+        if !kind.counts_against_backend() {
+            // Not the backend's fault; a probe that ended so frees its place.
+            if let BreakerState::HalfOpen { probing, succeeded } = self.state(now) {
+                self.state = BreakerState::HalfOpen {
+                    probing: probing.saturating_sub(1),
+                    succeeded,
+                };
+            }
+            return;
+        }
+        self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+        let reopen = match self.state(now) {
+            BreakerState::HalfOpen { .. } => true,
+            BreakerState::Closed => self.consecutive_failures >= self.config.failures_to_open,
+            BreakerState::Open { .. } => false,
+        };
+        if reopen {
+            self.state = BreakerState::Open {
+                until: now + self.config.open_for,
+            };
+        }
+    }
+}
+
+/// A backend's concurrency limit that adapts: halved when the backend says
+/// it is overloaded or out of memory, grown by one per limit's worth of
+/// successes (additive increase, multiplicative decrease), between 1 and
+/// the configured maximum.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AdaptiveLimit {
+    limit: f64,
+    max: f64,
+}
+
+impl AdaptiveLimit {
+    /// Starts at `max`.
+    pub fn new(max: u32) -> Self {
+        let max = f64::from(max.max(1));
+        AdaptiveLimit { limit: max, max }
+    }
+
+    /// The current limit.
+    pub fn get(&self) -> u32 {
+        self.limit.floor() as u32
+    }
+
+    /// A request succeeded.
+    pub fn on_success(&mut self) {
+        self.limit = (self.limit + 1.0 / self.limit).min(self.max);
+    }
+
+    /// A request failed with `kind`; overload and out-of-memory halve it.
+    pub fn on_failure(&mut self, kind: FailureKind) {
+        if matches!(kind, FailureKind::Overloaded | FailureKind::OutOfMemory) {
+            self.limit = (self.limit / 2.0).max(1.0);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> BreakerConfig {
+        BreakerConfig {
+            failures_to_open: 3,
+            open_for: Duration::from_secs(10),
+            half_open_probes: 1,
+            successes_to_close: 2,
+        }
+    }
+
+    #[test]
+    fn opens_after_consecutive_backend_failures_only() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(config());
+        b.on_failure(FailureKind::Connect, t0);
+        b.on_failure(FailureKind::Connect, t0);
+        // Request faults do not count and do not reset.
+        b.on_failure(FailureKind::InvalidRequest, t0);
+        b.on_failure(FailureKind::Canceled, t0);
+        assert_eq!(b.state(t0), BreakerState::Closed);
+        b.on_success(t0);
+        b.on_failure(FailureKind::Overloaded, t0);
+        b.on_failure(FailureKind::OutOfMemory, t0);
+        assert_eq!(
+            b.state(t0),
+            BreakerState::Closed,
+            "a success resets the count"
+        );
+        b.on_failure(FailureKind::FirstTokenTimeout, t0);
+        assert_eq!(b.state(t0).as_str(), "open");
+        assert_eq!(b.admit(t0), Admission::Refused);
+        assert!(!b.would_admit(t0 + Duration::from_secs(9)));
+    }
+
+    #[test]
+    fn half_open_probes_close_or_reopen() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(config());
+        for _ in 0..3 {
+            b.on_failure(FailureKind::Internal, t0);
+        }
+        let t1 = t0 + Duration::from_secs(10);
+        assert_eq!(b.state(t1).as_str(), "half_open");
+        assert_eq!(b.admit(t1), Admission::Probe);
+        assert_eq!(b.admit(t1), Admission::Refused, "one probe at a time");
+        b.on_success(t1);
+        assert_eq!(b.admit(t1), Admission::Probe);
+        b.on_success(t1);
+        assert_eq!(b.state(t1), BreakerState::Closed);
+
+        // A failed probe reopens for another period.
+        for _ in 0..3 {
+            b.on_failure(FailureKind::Internal, t1);
+        }
+        let t2 = t1 + Duration::from_secs(10);
+        assert_eq!(b.admit(t2), Admission::Probe);
+        b.on_failure(FailureKind::Connect, t2);
+        assert_eq!(
+            b.state(t2),
+            BreakerState::Open {
+                until: t2 + Duration::from_secs(10)
+            }
+        );
+    }
+
+    #[test]
+    fn adaptive_limit_halves_on_overload_and_recovers() {
+        let mut l = AdaptiveLimit::new(16);
+        l.on_failure(FailureKind::Overloaded);
+        assert_eq!(l.get(), 8);
+        l.on_failure(FailureKind::OutOfMemory);
+        l.on_failure(FailureKind::Connect);
+        assert_eq!(l.get(), 4);
+        for _ in 0..3 {
+            l.on_failure(FailureKind::Overloaded);
+        }
+        assert_eq!(l.get(), 1);
+        // About one more per limit's worth of successes: 1 -> 2 after one,
+        // 2 -> 2.5 -> 2.9 -> 3.24 after three more.
+        l.on_success();
+        assert_eq!(l.get(), 2);
+        for _ in 0..2 {
+            l.on_success();
+        }
+        assert_eq!(l.get(), 2);
+        l.on_success();
+        assert_eq!(l.get(), 3);
+        for _ in 0..1000 {
+            l.on_success();
+        }
+        assert_eq!(l.get(), 16);
+    }
+}
