@@ -33,6 +33,12 @@ impl From<&str> for RequestId {
     }
 }
 
+impl From<String> for RequestId {
+    fn from(s: String) -> Self {
+        RequestId::new(s)
+    }
+}
+
 /// The tenant a request is charged to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TenantId(Arc<str>);

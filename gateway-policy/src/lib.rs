@@ -51,6 +51,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod admission;
 mod auth;
 #[cfg(feature = "tokenizers")]
 mod chat_template;
@@ -74,6 +75,8 @@ pub use error::{ErrorCode, GatewayError};
 #[cfg(feature = "tokenizers")]
 pub use hf_counter::{HfTokenCounter, TokenizerError};
 pub use ledger::{AccountLedger, MemoryLedger, TenantAccount};
+#[cfg(feature = "redis")]
+pub use ledger::{RedisAccount, RedisLedger, RedisLedgerConfig, RedisLedgerStats};
 pub use limits::{
     LimitError, LimitKind, LimitPermit, Limiter, RateBucket, TenantLimiter, TenantPermit,
 };

@@ -34,6 +34,7 @@ fn settings() -> Settings {
         stream_buffer_events: NonZeroUsize::new(4).unwrap(),
         admission_wait: Duration::from_secs(1),
         request_timeout: None,
+        admission_queue: 1024,
         abort_wait: Duration::from_secs(1),
     }
 }

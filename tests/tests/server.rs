@@ -46,6 +46,7 @@ fn settings() -> Settings {
         stream_buffer_events: NonZeroUsize::new(8).unwrap(),
         admission_wait: Duration::from_millis(300),
         request_timeout: None,
+        admission_queue: 1024,
         abort_wait: Duration::from_secs(1),
     }
 }

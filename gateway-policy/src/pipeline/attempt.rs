@@ -14,6 +14,7 @@ use tokio::time::Instant;
 
 use super::stream::{self, Attempted};
 use super::{ActiveGuard, Gateway, GatewayStream};
+use crate::admission::Ticket;
 use crate::limits::LimitPermit;
 use crate::metrics::{BackendLabels, ModelBackendLabels};
 use crate::pool::BackendSlot;
@@ -55,9 +56,19 @@ pub(super) async fn run(
     let admission_deadline = admitted.arrived + inner.settings.admission_wait;
     let mut tried: HashSet<usize> = HashSet::new();
     let mut failures: Vec<BackendError> = Vec::new();
+    let queue = inner.queues.get(&admitted.model.name).cloned();
+    // A place in the model's fair queue, taken only when the request has to
+    // wait (or others already wait: no barging ahead of them).
+    let mut ticket: Option<Ticket> = None;
     loop {
-        // Register for capacity news before looking, so none is missed.
+        // Register for capacity and queue news before looking, so none is missed.
         let capacity = inner.capacity.notified();
+        let turn = queue.as_ref().map(|q| q.changed());
+        let my_turn = match (&ticket, &queue) {
+            (Some(t), _) => t.is_next(),
+            (None, Some(q)) => q.is_empty(),
+            (None, None) => true,
+        };
         let candidates: Vec<Candidate> = indices
             .iter()
             .filter(|i| !tried.contains(*i))
@@ -71,16 +82,20 @@ pub(super) async fn run(
                 })
             })
             .collect();
-        let picked = inner
-            .router
-            .rank(&admitted.model.name, &candidates)
-            .into_iter()
-            .find_map(|i| {
-                gateway
-                    .slot(i)
-                    .and_then(|s| s.try_acquire().map(|g| (i, g)))
-            });
+        let ranked = if my_turn {
+            inner.router.rank(&admitted.model.name, &candidates)
+        } else {
+            Vec::new()
+        };
+        let picked = ranked.into_iter().find_map(|i| {
+            gateway
+                .slot(i)
+                .and_then(|s| s.try_acquire().map(|g| (i, g)))
+        });
         if let Some((index, inflight)) = picked {
+            if let Some(t) = ticket.take() {
+                t.served();
+            }
             tried.insert(index);
             match attempt(gateway, &admitted, inflight.slot().clone(), &cancel).await {
                 Ok((head, attempt_cancel)) => {
@@ -117,10 +132,42 @@ pub(super) async fn run(
                 }
             }
         }
-        let waiting_possible = candidates.iter().any(|c| c.healthy && !c.has_capacity);
+        let waiting_possible = candidates
+            .iter()
+            .any(|c| c.healthy && (!c.has_capacity || !my_turn));
         if !waiting_possible {
             return Err(exhausted(&failures));
         }
+        if let (None, Some(q)) = (&ticket, &queue) {
+            let cost = admitted
+                .estimate
+                .value()
+                .saturating_add(u64::from(admitted.request.max_tokens));
+            let joined = q.join(
+                &admitted.tenant.id,
+                admitted.tenant.weight.get(),
+                cost,
+                admitted.request.latency_class,
+            );
+            match joined {
+                Ok(t) => ticket = Some(t),
+                Err(full) => {
+                    return Err(GatewayError::new(
+                        ErrorCode::Overloaded,
+                        format!("model {}: {full}", admitted.model.name),
+                    )
+                    .with_retry_after(Duration::from_secs(1)));
+                }
+            }
+            // Joined: look again at once; this request may be next.
+            continue;
+        }
+        let turn = async {
+            match turn {
+                Some(turn) => turn.await,
+                None => futures::future::pending().await,
+            }
+        };
         tokio::select! {
             biased;
             reason = cancel.canceled() => {
@@ -134,6 +181,7 @@ pub(super) async fn run(
                 .with_retry_after(Duration::from_secs(1)));
             }
             () = capacity => {}
+            () = turn => {}
         }
     }
 }

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 pub use settings::Settings;
 pub use stream::GatewayStream;
 
+use crate::admission::FairQueue;
 use crate::auth::{Authenticator, StaticKeys};
 use crate::ledger::{AccountLedger, MemoryLedger, TenantAccount};
 use crate::limits::{LimitKind, Limiter, TenantLimiter};
@@ -238,6 +239,15 @@ impl GatewayBuilder {
             }
         };
         let authenticator = self.authenticator.unwrap_or_else(|| Arc::new(self.keys));
+        let queues = models
+            .keys()
+            .map(|m| {
+                (
+                    m.clone(),
+                    Arc::new(FairQueue::new(self.settings.admission_queue)),
+                )
+            })
+            .collect();
         let metrics = Metrics::new();
         for slot in &pool {
             metrics.register_backend(&slot.name, &slot.model);
@@ -260,6 +270,7 @@ impl GatewayBuilder {
                 tenants,
                 models,
                 pool,
+                queues,
                 by_model,
                 capacity,
                 metrics: Arc::new(metrics),
@@ -305,6 +316,7 @@ struct Inner {
     models: HashMap<String, Arc<ModelSpec>>,
     pool: Vec<Arc<BackendSlot>>,
     by_model: HashMap<String, Vec<usize>>,
+    queues: HashMap<String, Arc<FairQueue>>,
     capacity: Arc<Notify>,
     metrics: Arc<Metrics>,
     shutdown: CancelHandle,

@@ -17,6 +17,8 @@ pub struct Settings {
     pub stream_buffer_events: NonZeroUsize,
     /// How long a request may wait for backend capacity before `overloaded`.
     pub admission_wait: Duration,
+    /// Most requests waiting for one model's capacity; more get `overloaded`.
+    pub admission_queue: usize,
     /// Total time a request may take from arrival to its last token; the
     /// backend gets it as the attempt's deadline and ends the stream with
     /// `total_timeout` past it. `None`: no bound.
@@ -34,6 +36,7 @@ impl Default for Settings {
             client_stall_timeout: Duration::from_secs(30),
             stream_buffer_events: NonZeroUsize::new(64).unwrap_or(NonZeroUsize::MIN),
             admission_wait: Duration::from_secs(5),
+            admission_queue: 1024,
             request_timeout: None,
             abort_wait: Duration::from_secs(2),
         }
