@@ -75,8 +75,6 @@ pub use error::{ErrorCode, GatewayError};
 #[cfg(feature = "tokenizers")]
 pub use hf_counter::{HfTokenCounter, TokenizerError};
 pub use ledger::{AccountLedger, MemoryLedger, TenantAccount};
-#[cfg(feature = "redis")]
-pub use ledger::{RedisAccount, RedisLedger, RedisLedgerConfig, RedisLedgerStats};
 pub use limits::{
     LimitError, LimitKind, LimitPermit, Limiter, RateBucket, TenantLimiter, TenantPermit,
 };
