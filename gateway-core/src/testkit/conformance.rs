@@ -850,15 +850,26 @@ impl Kit<'_> {
         let second_id = second.request.id.clone();
         let b = self.start(second, CancelHandle::new()).await?;
         self.wait_phase(&second_id, &[EnginePhase::Queued]).await?;
-        let busy = self.backend().pressure();
-        if busy.running < 1 || busy.waiting < 1 {
-            return Err(format!(
-                "with one running and one queued, pressure says {busy:?}"
-            ));
+        // Backends that scrape their engine see the load one scrape later:
+        // poll until the setup bound.
+        let until = Instant::now() + self.config.setup_bound;
+        loop {
+            let busy = self.backend().pressure();
+            if busy.running >= 1 && busy.waiting >= 1 {
+                break;
+            }
+            if Instant::now() >= until {
+                return Err(format!(
+                    "with one running and one queued, pressure says {busy:?}"
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
         }
         drop(b);
         drop(a);
-        let until = Instant::now() + self.config.abort_bound;
+        // Aborts reach the engine within the abort bound (other rules check
+        // that); a scraped pressure shows it one scrape later.
+        let until = Instant::now() + self.config.setup_bound;
         loop {
             let now = self.backend().pressure();
             if now.queued_and_running() == 0 {

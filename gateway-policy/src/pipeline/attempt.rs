@@ -18,7 +18,7 @@ use crate::admission::Ticket;
 use crate::limits::LimitPermit;
 use crate::metrics::{BackendLabels, ModelBackendLabels};
 use crate::pool::BackendSlot;
-use crate::route::Candidate;
+use crate::route::{Candidate, RouteRequest};
 use crate::{ErrorCode, GatewayError, ModelSpec, Tenant};
 
 /// A request past limits and budget, ready to route.
@@ -83,7 +83,12 @@ pub(super) async fn run(
             })
             .collect();
         let ranked = if my_turn {
-            inner.router.rank(&admitted.model.name, &candidates)
+            let request = RouteRequest {
+                model: &admitted.model.name,
+                prompt: &admitted.request.prompt,
+                class: admitted.request.latency_class,
+            };
+            inner.router.rank(&request, &candidates)
         } else {
             Vec::new()
         };

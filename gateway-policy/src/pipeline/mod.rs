@@ -28,7 +28,7 @@ use crate::ledger::{AccountLedger, MemoryLedger, TenantAccount};
 use crate::limits::{LimitKind, Limiter, TenantLimiter};
 use crate::metrics::{BackendLabels, Metrics};
 use crate::pool::BackendSlot;
-use crate::route::{LeastLoaded, RoutePolicy};
+use crate::route::{PrefixAffinity, RoutePolicy};
 use crate::{ErrorCode, GatewayError, ModelSpec, Tenant};
 
 /// Tenant label used before a tenant is known.
@@ -239,6 +239,10 @@ impl GatewayBuilder {
             }
         };
         let authenticator = self.authenticator.unwrap_or_else(|| Arc::new(self.keys));
+        let default_router: Arc<dyn RoutePolicy> = Arc::new(PrefixAffinity::new(
+            pool.iter().map(|s| s.name.clone()).collect(),
+            0x5EED,
+        ));
         let queues = models
             .keys()
             .map(|m| {
@@ -266,7 +270,7 @@ impl GatewayBuilder {
                 limiter: self
                     .limiter
                     .unwrap_or_else(|| Arc::new(TenantLimiter::new())),
-                router: self.router.unwrap_or_else(|| Arc::new(LeastLoaded)),
+                router: self.router.unwrap_or(default_router),
                 tenants,
                 models,
                 pool,

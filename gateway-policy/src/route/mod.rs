@@ -1,15 +1,34 @@
-//! Routing: a pure ranking of a model's backends by health and load.
+//! Routing: rank a model's backends for a request, from snapshots of their
+//! health and load. [`rank`] is the pure least-loaded order;
+//! [`PrefixAffinity`] (the default) adds prefix-cache affinity and
+//! power-of-two-choices.
+
+mod affinity;
 
 use std::fmt;
 
-use gateway_core::Pressure;
+use gateway_core::{LatencyClass, Pressure, Prompt};
 
-/// Orders a model's backends for a request. The default is [`LeastLoaded`];
-/// a host can plug in its own.
+pub use affinity::{BLOCK_BYTES, BLOCKS, PrefixAffinity, prefix_hashes};
+
+/// What routing knows of the request.
+#[derive(Debug, Clone, Copy)]
+pub struct RouteRequest<'a> {
+    /// The public model.
+    pub model: &'a str,
+    /// The prompt (for prefix affinity).
+    pub prompt: &'a Prompt,
+    /// Interactive or batch.
+    pub class: LatencyClass,
+}
+
+/// Orders a model's backends for a request. The default is
+/// [`PrefixAffinity`]; [`LeastLoaded`] is the plain order; a host can plug
+/// in its own.
 pub trait RoutePolicy: Send + Sync + fmt::Debug + 'static {
     /// The candidates' indices in the order to try them; indices left out
     /// are not tried.
-    fn rank(&self, model: &str, candidates: &[Candidate]) -> Vec<usize>;
+    fn rank(&self, request: &RouteRequest<'_>, candidates: &[Candidate]) -> Vec<usize>;
 }
 
 /// [`rank`]: healthy backends with capacity, least loaded first.
@@ -17,7 +36,7 @@ pub trait RoutePolicy: Send + Sync + fmt::Debug + 'static {
 pub struct LeastLoaded;
 
 impl RoutePolicy for LeastLoaded {
-    fn rank(&self, _model: &str, candidates: &[Candidate]) -> Vec<usize> {
+    fn rank(&self, _request: &RouteRequest<'_>, candidates: &[Candidate]) -> Vec<usize> {
         rank(candidates)
     }
 }

@@ -1,0 +1,278 @@
+//! Prefix-cache affinity with power-of-two-choices.
+//!
+//! Engines keep the KV cache of recent prompt prefixes (vLLM's and SGLang's
+//! prefix caching): a request whose prompt starts like an earlier one's is
+//! cheaper on the backend that served the earlier one. The prompt's leading
+//! blocks are hashed (block by block, so a longer shared prefix is a
+//! stronger match); a backend that recently served the longest matching
+//! block goes first, unless it is saturated. Without a match, two healthy
+//! backends are drawn at random and the less loaded one goes first
+//! (power of two choices: near least-loaded, without every gateway herding
+//! onto the same backend). The random source is injected, so tests are
+//! deterministic.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use gateway_core::Prompt;
+use gateway_core::rng::{Rng, SplitMix64};
+
+use super::{Candidate, RoutePolicy, RouteRequest, load_score, rank};
+
+/// Bytes per prefix block.
+pub const BLOCK_BYTES: usize = 256;
+/// Blocks hashed per prompt (the first 1 KiB).
+pub const BLOCKS: usize = 4;
+
+/// Hashes of the prompt's leading blocks: the hash of the first block, of
+/// the first two, and so on (at most [`BLOCKS`]); only whole blocks.
+/// Chat prompts hash their messages' roles and contents in order.
+pub fn prefix_hashes(prompt: &Prompt) -> Vec<u64> {
+    let mut bytes: Vec<u8> = Vec::with_capacity(BLOCK_BYTES * BLOCKS);
+    match prompt {
+        Prompt::Text(t) => bytes.extend(t.as_bytes().iter().take(BLOCK_BYTES * BLOCKS)),
+        Prompt::Chat(messages) => {
+            for m in messages {
+                if bytes.len() >= BLOCK_BYTES * BLOCKS {
+                    break;
+                }
+                bytes.extend_from_slice(m.role.as_str().as_bytes());
+                bytes.push(0);
+                bytes.extend_from_slice(m.content.as_bytes());
+                bytes.push(0);
+            }
+            bytes.truncate(BLOCK_BYTES * BLOCKS);
+        }
+        Prompt::Tokens(ids) => {
+            for id in ids.iter().take(BLOCK_BYTES * BLOCKS / 4) {
+                bytes.extend_from_slice(&id.to_le_bytes());
+            }
+        }
+    }
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    bytes
+        .chunks_exact(BLOCK_BYTES)
+        .map(|block| {
+            block.hash(&mut hasher);
+            hasher.finish()
+        })
+        .collect()
+}
+
+/// Most prefixes remembered; past it the oldest half is forgotten.
+const REMEMBERED: usize = 65_536;
+
+/// Load (see [`load_score`]) above which an affinity match is ignored.
+const SATURATED: f64 = 1.0;
+
+#[derive(Debug)]
+struct State {
+    /// Prefix hash -> (backend name, when last used).
+    seen: HashMap<u64, (String, u64)>,
+    clock: u64,
+    rng: SplitMix64,
+}
+
+/// The default routing policy: prefix affinity, else power of two choices.
+#[derive(Debug)]
+pub struct PrefixAffinity {
+    state: Mutex<State>,
+    /// Backend names by candidate index, to remember affinity across pool
+    /// changes.
+    names: Vec<String>,
+}
+
+impl PrefixAffinity {
+    /// A policy over backends named `names` (by candidate index), drawing
+    /// from a generator seeded with `seed`.
+    pub fn new(names: Vec<String>, seed: u64) -> Self {
+        PrefixAffinity {
+            state: Mutex::new(State {
+                seen: HashMap::new(),
+                clock: 0,
+                rng: SplitMix64::new(seed),
+            }),
+            names,
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn remember(state: &mut State, hashes: &[u64], backend: &str) {
+        state.clock += 1;
+        if state.seen.len() + hashes.len() > REMEMBERED {
+            let mut ages: Vec<u64> = state.seen.values().map(|(_, at)| *at).collect();
+            ages.sort_unstable();
+            let cutoff = ages.get(ages.len() / 2).copied().unwrap_or(0);
+            state.seen.retain(|_, (_, at)| *at > cutoff);
+        }
+        for h in hashes {
+            state.seen.insert(*h, (backend.to_owned(), state.clock));
+        }
+    }
+}
+
+impl RoutePolicy for PrefixAffinity {
+    fn rank(&self, request: &RouteRequest<'_>, candidates: &[Candidate]) -> Vec<usize> {
+        let mut order = rank(candidates);
+        if order.is_empty() {
+            return order;
+        }
+        let hashes = prefix_hashes(request.prompt);
+        let mut state = self.state();
+        let name_of = |index: usize| self.names.get(index).map(String::as_str);
+        // The longest matching block whose backend is eligible and not saturated.
+        let affine = hashes.iter().rev().find_map(|h| {
+            let (backend, _) = state.seen.get(h)?;
+            let c = candidates
+                .iter()
+                .find(|c| name_of(c.index) == Some(backend.as_str()))?;
+            (order.contains(&c.index) && load_score(&c.pressure) < SATURATED).then_some(c.index)
+        });
+        let first = match affine {
+            Some(index) => index,
+            None if order.len() >= 2 => {
+                // Two distinct draws among the eligible; the less loaded wins.
+                let n = order.len() as u64;
+                let a = state.rng.below(n) as usize;
+                let b = (a + 1 + state.rng.below(n - 1) as usize) % order.len();
+                let (ia, ib) = (order.get(a).copied(), order.get(b).copied());
+                let score = |index: usize| {
+                    candidates
+                        .iter()
+                        .find(|c| c.index == index)
+                        .map_or(f64::MAX, |c| load_score(&c.pressure))
+                };
+                match (ia, ib) {
+                    // The less loaded of the two; on a tie the first drawn.
+                    (Some(ia), Some(ib)) => {
+                        if score(ib) < score(ia) {
+                            ib
+                        } else {
+                            ia
+                        }
+                    }
+                    _ => order[0],
+                }
+            }
+            None => order[0],
+        };
+        if let Some(pos) = order.iter().position(|i| *i == first) {
+            order.remove(pos);
+            order.insert(0, first);
+        }
+        if let Some(name) = name_of(first) {
+            PrefixAffinity::remember(&mut state, &hashes, name);
+        }
+        order
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gateway_core::{LatencyClass, Pressure};
+
+    fn cands(loads: &[u32]) -> Vec<Candidate> {
+        loads
+            .iter()
+            .enumerate()
+            .map(|(index, running)| Candidate {
+                index,
+                healthy: true,
+                has_capacity: true,
+                pressure: Pressure {
+                    running: *running,
+                    limit: Some(8),
+                    ..Pressure::default()
+                },
+            })
+            .collect()
+    }
+
+    fn names(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("b{i}")).collect()
+    }
+
+    fn req(prompt: &Prompt) -> RouteRequest<'_> {
+        RouteRequest {
+            model: "m",
+            prompt,
+            class: LatencyClass::Interactive,
+        }
+    }
+
+    #[test]
+    fn hashes_cover_whole_blocks_only() {
+        assert!(prefix_hashes(&Prompt::Text("short".into())).is_empty());
+        let long = "x".repeat(BLOCK_BYTES * 2 + 10);
+        let h = prefix_hashes(&Prompt::Text(long.clone()));
+        assert_eq!(h.len(), 2);
+        let other = format!("{}{}", &long[..BLOCK_BYTES], "y".repeat(BLOCK_BYTES));
+        let h2 = prefix_hashes(&Prompt::Text(other));
+        assert_eq!(h[0], h2[0]);
+        assert_ne!(h[1], h2[1]);
+        assert_eq!(
+            prefix_hashes(&Prompt::Text("z".repeat(10_000))).len(),
+            BLOCKS
+        );
+    }
+
+    #[test]
+    #[expect(clippy::print_stdout, reason = "the test prints its measured figures")]
+    fn repeated_prefixes_stick_and_fresh_ones_spread() {
+        let policy = PrefixAffinity::new(names(4), 7);
+        let system = "You are a helpful assistant. ".repeat(40);
+        let mut landed = [0usize; 4];
+        for i in 0..100 {
+            let prompt = Prompt::Text(format!("{system} question {i}"));
+            // Loads vary a little; the prefix's backend is never saturated.
+            let loads = [1 + (i % 3) as u32, 2, 1, 3];
+            let first = policy.rank(&req(&prompt), &cands(&loads))[0];
+            landed[first] += 1;
+        }
+        println!("100 requests sharing a 1 KiB prefix landed {landed:?}");
+        assert_eq!(landed.iter().filter(|n| **n > 0).count(), 1, "{landed:?}");
+
+        let mut spread = [0usize; 4];
+        for i in 0..400 {
+            let prompt = Prompt::Text(format!("{i:04} {}", "unique ".repeat(60)));
+            let first = policy.rank(&req(&prompt), &cands(&[2, 2, 2, 2]))[0];
+            spread[first] += 1;
+        }
+        println!("400 requests with distinct prefixes at equal load spread {spread:?}");
+        assert!(spread.iter().all(|n| *n >= 60), "{spread:?}");
+    }
+
+    #[test]
+    fn a_saturated_or_unhealthy_affinity_target_is_bypassed() {
+        let policy = PrefixAffinity::new(names(2), 1);
+        let prompt = Prompt::Text("p".repeat(BLOCK_BYTES * 2));
+        let first = policy.rank(&req(&prompt), &cands(&[0, 0]))[0];
+        let other = 1 - first;
+        // Saturated (8 of 8): the other backend goes first.
+        let mut loads = [0u32; 2];
+        loads[first] = 8;
+        assert_eq!(policy.rank(&req(&prompt), &cands(&loads))[0], other);
+        // Unhealthy: left out entirely.
+        let mut cs = cands(&[0, 0]);
+        cs[other].healthy = false;
+        assert_eq!(policy.rank(&req(&prompt), &cs), vec![first]);
+    }
+
+    #[test]
+    fn power_of_two_choices_prefers_the_less_loaded_of_two() {
+        let policy = PrefixAffinity::new(names(3), 5);
+        let mut firsts = [0usize; 3];
+        for i in 0..300 {
+            let prompt = Prompt::Text(format!("{i}"));
+            firsts[policy.rank(&req(&prompt), &cands(&[0, 4, 7]))[0]] += 1;
+        }
+        // The most loaded can never win a pair; the least loaded wins every pair it is in.
+        assert_eq!(firsts[2], 0, "{firsts:?}");
+        assert!(firsts[0] > firsts[1], "{firsts:?}");
+    }
+}
