@@ -222,7 +222,6 @@ mod tests {
     }
 
     #[test]
-    #[expect(clippy::print_stdout, reason = "the test prints its measured figures")]
     fn repeated_prefixes_stick_and_fresh_ones_spread() {
         let policy = PrefixAffinity::new(names(4), 7);
         let system = "You are a helpful assistant. ".repeat(40);
