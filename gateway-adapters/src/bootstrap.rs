@@ -93,6 +93,22 @@ fn backend(config: &GatewayConfig, index: usize) -> Result<Arc<dyn Backend>, Boo
             Some(sim) => Ok(Arc::new(SimBackend::new(sim))),
             None => Err(problem(path, "a sim backend without sim settings")),
         },
+        EngineKind::Vllm | EngineKind::OpenAi => match crate::engines::from_backend_config(b) {
+            Ok(adapter) => Ok(Arc::new(adapter)),
+            Err(e) => {
+                let key = match &e {
+                    crate::engines::EngineError::MissingApiKey(_) => "api_key_env",
+                    crate::engines::EngineError::InvalidUrl { url, .. }
+                        if b.metrics_url.as_deref() == Some(url.as_str()) =>
+                    {
+                        "metrics_url"
+                    }
+                    crate::engines::EngineError::InvalidUrl { .. } => "url",
+                    _ => "engine",
+                };
+                Err(problem(format!("{path}.{key}"), e.to_string()))
+            }
+        },
         other => Err(problem(
             format!("{path}.engine"),
             format!("engine `{other}` has no adapter in this build yet"),
@@ -100,20 +116,64 @@ fn backend(config: &GatewayConfig, index: usize) -> Result<Arc<dyn Backend>, Boo
     }
 }
 
-/// Builds the gateway `config` describes.
+/// The ledger `[ledger]` asks for, with every tenant's budget opened in it;
+/// `None` for the default in-memory ledger (the builder opens it).
+#[cfg(feature = "redis")]
+fn ledger(
+    config: &GatewayConfig,
+) -> Result<Option<Arc<dyn gateway_policy::AccountLedger>>, BootstrapError> {
+    use gateway_policy::{RedisLedger, RedisLedgerConfig};
+    let LedgerConfig::Redis { url } = &config.ledger else {
+        return Ok(None);
+    };
+    // Blocks for at most the connect/response timeouts (2 s each): start-up.
+    let ledger =
+        RedisLedger::connect_blocking(RedisLedgerConfig::new(url.as_str())).map_err(|e| {
+            problem(
+                "ledger.url".into(),
+                format!("cannot use the redis ledger: {e}"),
+            )
+        })?;
+    for (i, t) in config.tenants.iter().enumerate() {
+        ledger
+            .open_blocking(&TenantId::new(t.id.as_str()), t.budget)
+            .map_err(|e| {
+                problem(
+                    format!("tenants[{i}].budget_usd"),
+                    format!("cannot open the budget in the redis ledger: {e}"),
+                )
+            })?;
+    }
+    Ok(Some(Arc::new(ledger)))
+}
+
+/// Without the `redis` feature only the in-memory ledger exists.
+#[cfg(not(feature = "redis"))]
+fn ledger(
+    config: &GatewayConfig,
+) -> Result<Option<Arc<dyn gateway_policy::AccountLedger>>, BootstrapError> {
+    match config.ledger {
+        LedgerConfig::Memory => Ok(None),
+        LedgerConfig::Redis { .. } => Err(problem(
+            "ledger.kind".into(),
+            "this build has no redis ledger (feature `redis`)",
+        )),
+    }
+}
+
+/// Builds the gateway `config` describes. With `[ledger] kind = "redis"`
+/// it connects to Redis now and opens every tenant's budget there.
 ///
 /// # Errors
 /// A [`BootstrapError`] naming the key whose value could not be used (an
-/// unreadable tokenizer, an engine without an adapter, a Redis ledger in a
-/// build without it).
+/// unreadable tokenizer, an engine without an adapter, a Redis that cannot
+/// be reached, a Redis ledger in a build without it).
 pub fn build_gateway(config: &GatewayConfig) -> Result<Gateway, BootstrapError> {
-    if let LedgerConfig::Redis { .. } = config.ledger {
-        return Err(problem(
-            "ledger.kind".into(),
-            "the redis ledger is not in this build yet",
-        ));
-    }
+    let ledger = ledger(config)?;
     let mut builder = Gateway::builder(settings(config));
+    if let Some(ledger) = ledger {
+        builder = builder.ledger(ledger);
+    }
     for t in &config.tenants {
         let TenantKey::Sha256(hash) = t.key;
         let tenant = Tenant {

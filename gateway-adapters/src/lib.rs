@@ -60,6 +60,8 @@
 #[cfg(feature = "server")]
 pub mod bootstrap;
 pub mod config;
+#[cfg(feature = "engines")]
+pub mod engines;
 pub mod openai;
 #[cfg(feature = "server")]
 pub mod server;

@@ -66,6 +66,7 @@ mod model;
 mod pipeline;
 mod pool;
 pub mod route;
+pub mod telemetry;
 mod tenant;
 
 pub use auth::{Authenticator, StaticKeys, key_hash};
@@ -75,6 +76,8 @@ pub use error::{ErrorCode, GatewayError};
 #[cfg(feature = "tokenizers")]
 pub use hf_counter::{HfTokenCounter, TokenizerError};
 pub use ledger::{AccountLedger, MemoryLedger, TenantAccount};
+#[cfg(feature = "redis")]
+pub use ledger::{RedisAccount, RedisLedger, RedisLedgerConfig, RedisLedgerStats};
 pub use limits::{
     LimitError, LimitKind, LimitPermit, Limiter, RateBucket, TenantLimiter, TenantPermit,
 };

@@ -47,6 +47,7 @@ fn settings() -> Settings {
         admission_wait: Duration::from_millis(300),
         request_timeout: None,
         admission_queue: 1024,
+        drift_warn_ratio: 0.02,
         abort_wait: Duration::from_secs(1),
     }
 }

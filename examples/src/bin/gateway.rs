@@ -115,6 +115,15 @@ fn main() -> ExitCode {
             if let Some(listen) = listen {
                 config.server.listen = listen;
             }
+            // Logs go to stderr (stdout is for the address line): warnings by
+            // default, one line per settled request with RUST_LOG=info.
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .init();
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()

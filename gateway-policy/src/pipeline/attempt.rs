@@ -32,6 +32,7 @@ pub(super) struct Admitted {
     pub(super) guard: BudgetGuard,
     pub(super) permit: LimitPermit,
     pub(super) active: ActiveGuard,
+    pub(super) span: tracing::Span,
 }
 
 /// What the first events of a successful attempt were.

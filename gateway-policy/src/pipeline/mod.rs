@@ -18,6 +18,7 @@ use gateway_core::{
 };
 use tokio::sync::Notify;
 use tokio::time::Instant;
+use tracing::Instrument;
 
 pub use settings::Settings;
 pub use stream::GatewayStream;
@@ -535,16 +536,18 @@ impl Gateway {
                 }
             }
         };
-        if wait_idle(Instant::now() + grace).await {
-            return DrainReport {
-                aborted: 0,
-                unsettled: 0,
-            };
-        }
-        let aborted = self.active();
-        self.inner.shutdown.cancel(CancelReason::Shutdown);
-        let settle_wait = self.inner.settings.abort_wait + Duration::from_secs(1);
-        wait_idle(Instant::now() + settle_wait).await;
+        let aborted = if wait_idle(Instant::now() + grace).await {
+            0
+        } else {
+            let aborted = self.active();
+            self.inner.shutdown.cancel(CancelReason::Shutdown);
+            let settle_wait = self.inner.settings.abort_wait + Duration::from_secs(1);
+            wait_idle(Instant::now() + settle_wait).await;
+            aborted
+        };
+        // A ledger that settles in the background gets its charges applied
+        // before the process goes (bounded: a dead store must not hang exit).
+        let _ = tokio::time::timeout(Duration::from_secs(5), self.inner.ledger.flush()).await;
         DrainReport {
             aborted,
             unsettled: self.active(),
@@ -572,8 +575,25 @@ impl Gateway {
         cancel: CancelHandle,
     ) -> Result<GatewayStream, GatewayError> {
         let model_label = request.model.clone();
-        let result = self.admit_and_start(tenant, request, cancel).await;
+        let model_attr = self
+            .inner
+            .models
+            .get(&request.model)
+            .map_or(UNKNOWN_MODEL, |m| m.name.as_str());
+        let span = crate::telemetry::request_span(
+            request.id.as_str(),
+            tenant.id.as_str(),
+            model_attr,
+            crate::telemetry::operation(&request.prompt),
+            request.max_tokens,
+        );
+        let result = self
+            .admit_and_start(tenant, request, cancel, span.clone())
+            .instrument(span.clone())
+            .await;
         if let Err(e) = &result {
+            span.record("outcome", e.code().as_str());
+            span.record("error.type", e.code().as_str());
             self.record_rejection(Some(tenant), Some(&model_label), e.code());
         }
         result
@@ -584,6 +604,7 @@ impl Gateway {
         tenant: &Arc<Tenant>,
         request: ClientRequest,
         cancel: CancelHandle,
+        span: tracing::Span,
     ) -> Result<GatewayStream, GatewayError> {
         let arrived = Instant::now();
         let active = ActiveGuard::new(&self.inner.active);
@@ -677,6 +698,7 @@ impl Gateway {
             guard,
             permit,
             active,
+            span,
         };
         attempt::run(self, admitted, cancel).await
     }

@@ -4,7 +4,7 @@ use std::num::NonZeroUsize;
 use std::time::Duration;
 
 /// Timeouts and bounds of the pipeline.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Settings {
     /// Per backend attempt: from `start` until the first token.
     pub first_token_timeout: Duration,
@@ -23,6 +23,9 @@ pub struct Settings {
     /// backend gets it as the attempt's deadline and ends the stream with
     /// `total_timeout` past it. `None`: no bound.
     pub request_timeout: Option<Duration>,
+    /// An exact prompt estimate off by more than this fraction of the
+    /// engine's count logs a warning.
+    pub drift_warn_ratio: f64,
     /// How long the gateway waits for a backend to confirm an abort before
     /// it stops listening (the engine is aborted either way).
     pub abort_wait: Duration,
@@ -38,6 +41,7 @@ impl Default for Settings {
             admission_wait: Duration::from_secs(5),
             admission_queue: 1024,
             request_timeout: None,
+            drift_warn_ratio: 0.02,
             abort_wait: Duration::from_secs(2),
         }
     }

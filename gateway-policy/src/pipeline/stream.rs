@@ -16,6 +16,7 @@ use gateway_core::{
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 use tokio_util::sync::WaitForCancellationFutureOwned;
+use tracing::Instrument;
 
 use super::attempt::{Admitted, Head};
 use super::{ActiveGuard, Gateway};
@@ -80,6 +81,9 @@ pub(super) fn start(
         _permit: admitted.permit,
         inflight,
         _active: admitted.active,
+        span: admitted.span,
+        finish: None,
+        drift_warn_ratio: inner.settings.drift_warn_ratio,
     };
     let pump = Pump {
         stream: head.stream,
@@ -95,7 +99,8 @@ pub(super) fn start(
         stall: inner.settings.client_stall_timeout,
         abort_wait: inner.settings.abort_wait,
     };
-    tokio::spawn(pump.run());
+    let span = pump.settlement.span.clone();
+    tokio::spawn(pump.run().instrument(span));
     GatewayStream {
         rx,
         client,
@@ -476,6 +481,9 @@ struct Settlement {
     _permit: LimitPermit,
     inflight: InflightGuard,
     _active: ActiveGuard,
+    span: tracing::Span,
+    finish: Option<gateway_core::FinishReason>,
+    drift_warn_ratio: f64,
 }
 
 impl Settlement {
@@ -484,7 +492,10 @@ impl Settlement {
             Ok(TokenEvent::Started(s)) => self.started = *s,
             Ok(TokenEvent::Delta(d)) => self.received += u64::from(d.tokens),
             Ok(TokenEvent::Usage(u)) => self.engine = Some(*u),
-            Ok(TokenEvent::Finished(_)) | Err(_) => {}
+            Ok(TokenEvent::Finished(r)) => self.finish = Some(*r),
+            Err(e) => {
+                self.span.record("error.type", e.kind().as_str());
+            }
         }
     }
 
@@ -541,6 +552,22 @@ impl Drop for Settlement {
         let tenant = self.tenant.id.as_str();
         let model = self.model.name.as_str();
         let metrics = &self.metrics;
+        let span = &self.span;
+        span.record("backend", self.backend.as_str());
+        span.record(
+            "gen_ai.provider.name",
+            self.inflight.slot().backend.info().engine.as_str(),
+        );
+        span.record(
+            "gen_ai.response.model",
+            self.inflight.slot().served_model.as_str(),
+        );
+        span.record("gen_ai.usage.input_tokens", usage.prompt());
+        span.record("gen_ai.usage.output_tokens", usage.completion());
+        if let Some(reason) = self.finish {
+            span.record("gen_ai.response.finish_reasons", reason.as_str());
+        }
+        span.record("outcome", self.outcome());
         metrics.request(tenant, model, self.outcome());
         metrics.tokens(tenant, model, &usage);
         metrics
@@ -563,6 +590,19 @@ impl Drop for Settlement {
         if let Some(actual) = actual.filter(|a| *a > 0) {
             let ratio = (self.estimate.value() as f64 - actual as f64) / actual as f64;
             metrics.estimate_error.get_or_create(&labels).observe(ratio);
+            // An exact count that misses means the tokenizer or template
+            // differs from the engine's: worth a warning. Upper bounds
+            // always overshoot; the histogram tracks them.
+            if self.estimate.is_exact() && ratio.abs() > self.drift_warn_ratio {
+                tracing::warn!(
+                    model,
+                    estimated = self.estimate.value(),
+                    actual,
+                    ratio,
+                    "prompt-token estimate drifts from the engine's count"
+                );
+            }
         }
+        tracing::info!(parent: &self.span, charged_usd = receipt.charged.usd(), "request settled");
     }
 }

@@ -1,33 +1,11 @@
-//! Budgets in memory: [`MemoryLedger`], and [`AccountLedger`], the view of a
-//! tenant's account that the admin route shows.
+//! [`MemoryLedger`]: budgets held in this process.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use gateway_core::{
-    Charge, Ledger, LedgerError, Money, Reservation, ReserveRequest, TenantId, Usage,
-};
+use gateway_core::{Charge, Ledger, LedgerError, Money, Reservation, ReserveRequest, TenantId};
 
-/// A tenant's account: exact ledger values.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct TenantAccount {
-    /// Hard budget, if any.
-    pub budget: Option<Money>,
-    /// Charged by settled requests; only grows.
-    pub spent: Money,
-    /// Held by requests in flight; zero when nothing is in flight.
-    pub reserved: Money,
-    /// Settled requests.
-    pub requests: u64,
-    /// Tokens of settled requests, summed.
-    pub usage: Usage,
-}
-
-/// A [`Ledger`] that can show a tenant's account.
-pub trait AccountLedger: Ledger {
-    /// The account of `tenant`, if the ledger knows it.
-    fn account(&self, tenant: &TenantId) -> Option<TenantAccount>;
-}
+use super::{AccountLedger, TenantAccount};
 
 #[derive(Debug, Default)]
 struct Book {
@@ -116,6 +94,7 @@ impl Ledger for MemoryLedger {
     }
 }
 
+#[async_trait::async_trait]
 impl AccountLedger for MemoryLedger {
     fn account(&self, tenant: &TenantId) -> Option<TenantAccount> {
         self.book().accounts.get(tenant).copied()
@@ -125,7 +104,7 @@ impl AccountLedger for MemoryLedger {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gateway_core::{RequestId, SettleOutcome};
+    use gateway_core::{RequestId, SettleOutcome, Usage};
 
     fn ask(amount: u64) -> ReserveRequest {
         ReserveRequest {

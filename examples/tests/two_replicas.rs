@@ -1,0 +1,353 @@
+//! Two `gateway` processes sharing one budget through `[ledger] kind =
+//! "redis"`: 200 concurrent requests split across both against a budget
+//! that fits 20. Exactly 20 are admitted, the budget is never overspent,
+//! each admitted request is charged once, and nothing stays reserved, as
+//! both replicas' admin views show.
+//!
+//! Redis comes from `GATEWAY_TEST_REDIS_URL` (`scripts/test` starts one).
+//! Without it, under `CI` the test fails; elsewhere it starts a throwaway
+//! `redis-server` on a free loopback port (stopped when this process exits)
+//! or fails saying how to get one.
+#![expect(
+    clippy::unwrap_used,
+    clippy::panic,
+    reason = "test helpers outside #[test] functions"
+)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use gateway_core::Money;
+use gateway_tests::request;
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_gateway");
+const ADMIN: &str = "Bearer admin";
+const REQUESTS: usize = 200;
+const FITS: u64 = 20;
+
+/// The Redis to test against (see the module docs).
+fn redis_url() -> String {
+    if let Ok(url) = std::env::var("GATEWAY_TEST_REDIS_URL") {
+        return url;
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "GATEWAY_TEST_REDIS_URL is not set under CI: scripts/test starts a redis-server \
+             (scripts/redis) and exports it"
+        );
+    }
+    own_redis()
+}
+
+/// Starts `redis-server` on a free loopback port under a shell that kills
+/// it when this process's end of its stdin closes (at exit).
+fn own_redis() -> String {
+    static CHILD: OnceLock<Mutex<Child>> = OnceLock::new();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let script = format!(
+        "redis-server --bind 127.0.0.1 --port {port} --save '' --appendonly no \
+         --loglevel warning >/dev/null 2>&1 & pid=$!; read _; kill $pid"
+    );
+    let mut child = Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    for _ in 0..100 {
+        if ping(port) {
+            let _ = CHILD.set(Mutex::new(child));
+            return format!("redis://127.0.0.1:{port}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    drop(child.stdin.take());
+    let _ = child.wait();
+    panic!(
+        "GATEWAY_TEST_REDIS_URL is not set and no redis-server could be started on port {port}: \
+         install one (bash scripts/redis install), or start one (bash scripts/redis start 6390) \
+         and set GATEWAY_TEST_REDIS_URL=redis://127.0.0.1:6390"
+    );
+}
+
+fn ping(port: u16) -> bool {
+    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return false;
+    };
+    if s.write_all(b"PING\r\n").is_err() {
+        return false;
+    }
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line).is_ok() && line.starts_with("+PONG")
+}
+
+/// A running `gateway` process, killed (by its pid) when dropped.
+struct Replica {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Replica {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(dir: &Path, name: &str, config: &str) -> Replica {
+    let file = dir.join(format!("{name}.toml"));
+    std::fs::write(&file, config).unwrap();
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&file)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.as_mut().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let Some(addr) = line.trim().strip_prefix("gateway listening on http://") else {
+        let _ = child.kill();
+        panic!("{name} did not start: {line:?}");
+    };
+    Replica {
+        addr: addr.parse().unwrap(),
+        child,
+    }
+}
+
+/// A replica's config: one tenant, one zero-delay sim whose completions
+/// always run past `max_tokens`, so every request is charged exactly what
+/// it reserved.
+fn config(ledger: &str, tenant: &str, budget: Option<f64>) -> String {
+    let budget = budget.map_or_else(String::new, |b| format!("budget_usd = {b}"));
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_key = "admin"
+
+{ledger}
+
+[[tenants]]
+id = "{tenant}"
+api_key = "sk-race"
+{budget}
+
+[[models]]
+name = "m"
+context_window = 4096
+input_usd_per_mtok = 1.0
+output_usd_per_mtok = 2.0
+
+[[backends]]
+name = "sim-0"
+engine = "sim"
+model = "m"
+max_concurrency = 512
+
+[backends.sim]
+slots = 512
+queue_capacity = 1024
+prefill_tokens_per_sec = 0.0
+decode_tokens_per_sec = 0.0
+base_latency_ms = 0
+min_natural_tokens = 64
+max_natural_tokens = 64
+"#
+    )
+}
+
+const BODY: &[u8] =
+    br#"{"model":"m","max_tokens":16,"messages":[{"role":"user","content":"the same prompt everywhere"}]}"#;
+
+async fn complete(addr: SocketAddr) -> (u16, Value) {
+    let r = request(
+        addr,
+        "POST",
+        "/v1/chat/completions",
+        &[
+            ("authorization", "Bearer sk-race"),
+            ("content-type", "application/json"),
+        ],
+        BODY,
+    )
+    .await
+    .unwrap();
+    (r.status, r.json())
+}
+
+async fn usage(addr: SocketAddr, tenant: &str) -> Value {
+    let r = request(
+        addr,
+        "GET",
+        &format!("/admin/tenants/{tenant}/usage"),
+        &[("authorization", ADMIN)],
+        b"",
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    r.json()
+}
+
+fn picos(v: &Value, field: &str) -> u64 {
+    v[field].as_u64().unwrap()
+}
+
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_one_budget() {
+    let url = redis_url();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let uniq = format!("{}-{nanos}", std::process::id());
+    let dir = TempDir(std::env::temp_dir().join(format!("gateway-two-replicas-{uniq}")));
+    std::fs::create_dir_all(&dir.0).unwrap();
+
+    // What one request costs (= what it reserves): measured on a probe with
+    // the in-memory ledger and no budget.
+    let cost = {
+        let probe = start(&dir.0, "probe", &config("", "probe", None));
+        let (status, body) = complete(probe.addr).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["usage"]["completion_tokens"], 16, "{body}");
+        // The response can reach us just before the request settles.
+        let mut u = usage(probe.addr, "probe").await;
+        for _ in 0..100 {
+            if picos(&u, "reserved_picousd") == 0 && u["requests"] == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            u = usage(probe.addr, "probe").await;
+        }
+        assert_eq!(
+            (picos(&u, "reserved_picousd"), &u["requests"]),
+            (0, &Value::from(1)),
+            "{u}"
+        );
+        picos(&u, "spent_picousd")
+    };
+    let budget = Money::from_picos(FITS * cost);
+    // The config gives dollars: this one round-trips to the exact budget.
+    assert_eq!(Money::from_usd(budget.usd()).unwrap(), budget);
+
+    let tenant = format!("race-{uniq}");
+    let ledger = format!("[ledger]\nkind = \"redis\"\nurl = \"{url}\"");
+    let text = config(&ledger, &tenant, Some(budget.usd()));
+    let replicas = [start(&dir.0, "one", &text), start(&dir.0, "two", &text)];
+    let addrs: Vec<SocketAddr> = replicas.iter().map(|r| r.addr).collect();
+
+    // Watch the spend on both replicas while the requests run.
+    let most_spent = Arc::new(AtomicU64::new(0));
+    let watching = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let watcher = {
+        let (addrs, tenant, most_spent, watching) = (
+            addrs.clone(),
+            tenant.clone(),
+            most_spent.clone(),
+            watching.clone(),
+        );
+        tokio::spawn(async move {
+            while watching.load(Ordering::Relaxed) {
+                for &addr in &addrs {
+                    let u = usage(addr, &tenant).await;
+                    most_spent.fetch_max(picos(&u, "spent_picousd"), Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+
+    let started = tokio::time::Instant::now();
+    let tasks: Vec<_> = (0..REQUESTS)
+        .map(|i| {
+            let addr = addrs[i % 2];
+            tokio::spawn(async move { (i % 2, complete(addr).await) })
+        })
+        .collect();
+    let mut admitted = [0_u64; 2];
+    let mut refused = [0_u64; 2];
+    for task in tasks {
+        let (replica, (status, body)) = task.await.unwrap();
+        match status {
+            200 => {
+                assert_eq!(body["usage"]["completion_tokens"], 16, "{body}");
+                admitted[replica] += 1;
+            }
+            429 => {
+                assert_eq!(body["error"]["code"], "budget_exceeded", "{body}");
+                refused[replica] += 1;
+            }
+            other => panic!("status {other}: {body}"),
+        }
+    }
+    let elapsed = started.elapsed();
+
+    // Settles run in the background and the admin views re-read Redis
+    // every second: wait until both agree that nothing is held.
+    let total: u64 = admitted.iter().sum();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let views = loop {
+        let mut views = Vec::new();
+        for &addr in &addrs {
+            views.push(usage(addr, &tenant).await);
+        }
+        let settled = views
+            .iter()
+            .all(|u| picos(u, "reserved_picousd") == 0 && u["requests"].as_u64() == Some(total));
+        if settled || tokio::time::Instant::now() > deadline {
+            break views;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    watching.store(false, Ordering::Relaxed);
+    watcher.await.unwrap();
+
+    println!(
+        "{REQUESTS} requests in {elapsed:?}: admitted {total} (replica one {}, two {}), \
+         refused {} (one {}, two {}); cost per request {cost} picoUSD, budget {} picoUSD, \
+         most spent seen {} picoUSD",
+        admitted[0],
+        admitted[1],
+        refused.iter().sum::<u64>(),
+        refused[0],
+        refused[1],
+        budget.picos(),
+        most_spent.load(Ordering::Relaxed),
+    );
+    for (name, u) in ["one", "two"].iter().zip(&views) {
+        println!("ledger via replica {name}: {u}");
+    }
+
+    assert_eq!(total, FITS, "exactly the budget's worth is admitted");
+    assert_eq!(refused.iter().sum::<u64>(), REQUESTS as u64 - FITS);
+    assert!(most_spent.load(Ordering::Relaxed) <= budget.picos());
+    for u in &views {
+        assert_eq!(picos(u, "spent_picousd"), budget.picos(), "{u}");
+        assert_eq!(picos(u, "reserved_picousd"), 0, "{u}");
+        assert_eq!(u["requests"].as_u64(), Some(FITS), "charged once each: {u}");
+        assert_eq!(u["completion_tokens"].as_u64(), Some(16 * FITS), "{u}");
+    }
+    assert_eq!(views[0], views[1]);
+}

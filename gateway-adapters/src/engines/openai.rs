@@ -1,0 +1,25 @@
+//! Any OpenAI-compatible server, as a fallback for engines without an
+//! adapter of their own: the same routes as vLLM, health from
+//! `GET /v1/models` (which must list the served model), pressure only when a
+//! metrics URL with vLLM-style gauges is configured.
+
+use gateway_core::EngineKind;
+
+use super::openai_compat::{EngineError, HealthCheck, OpenAiCompatBackend, Routes, UpstreamConfig};
+
+/// The routes of a generic OpenAI-compatible server.
+pub const ROUTES: Routes = Routes {
+    engine: EngineKind::OpenAi,
+    chat: "/v1/chat/completions",
+    completions: "/v1/completions",
+    health: HealthCheck::Models("/v1/models"),
+    metrics: None,
+};
+
+/// A generic OpenAI-compatible backend.
+///
+/// # Errors
+/// [`EngineError::InvalidUrl`] for a URL that is not `http://host...`.
+pub fn backend(config: UpstreamConfig) -> Result<OpenAiCompatBackend, EngineError> {
+    OpenAiCompatBackend::new(ROUTES, config)
+}

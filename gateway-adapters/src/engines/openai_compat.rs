@@ -1,0 +1,1417 @@
+//! The shared client of OpenAI-compatible engines: one pooled HTTP/1.1
+//! client, the upstream request body, the SSE stream turned into
+//! [`TokenEvent`]s, typed failures, cancellation by closing the
+//! connection, and pressure from a background metrics scrape.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use gateway_core::http::{self, HeaderValue, Method, Request, StatusCode, Uri, header};
+use gateway_core::{
+    Backend, BackendError, BackendInfo, BackendRequest, CancelHandle, CancelReason, Delta,
+    EngineKind, FailureKind, FailurePhase, FinishReason, Health, Pressure, Prompt, RequestId,
+    Started, TokenEvent, TokenResult, TokenStream, Usage,
+};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use super::prometheus;
+use crate::openai::types::{
+    ChatCompletionRequest, CompletionRequest, CompletionUsage, ErrorCode, ErrorDetail, ModelList,
+    parse_finish_reason,
+};
+use crate::openai::{SseDecoder, SseError, SseEvent, merge_extra, parse_upstream_error};
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// Events buffered between the connection reader and the consumer.
+const EVENT_BUFFER: usize = 64;
+/// Most bytes of an error body read.
+const MAX_ERROR_BODY: usize = 64 * 1024;
+/// Most bytes of a metrics page read.
+const MAX_METRICS_BODY: usize = 8 * 1024 * 1024;
+/// Most bytes of a `/v1/models` answer read.
+const MAX_MODELS_BODY: usize = 1024 * 1024;
+/// How long an error body, a health answer or a scrape may take.
+const SIDE_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long to wait for the usage chunk and `[DONE]` after `finish_reason`.
+const FINISH_GRACE: Duration = Duration::from_secs(2);
+/// Longest engine message passed on in an error.
+const MAX_MESSAGE_CHARS: usize = 512;
+
+/// Why an engine adapter could not be built.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum EngineError {
+    /// A URL that cannot be used.
+    #[error("invalid URL `{url}`: {reason}")]
+    InvalidUrl {
+        /// The URL.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The environment variable holding the API key is unset or empty.
+    #[error("environment variable `{0}` (api_key_env) is not set")]
+    MissingApiKey(String),
+    /// An engine kind this module has no adapter for.
+    #[error("engine `{0}` has no OpenAI-compatible adapter")]
+    UnsupportedEngine(EngineKind),
+}
+
+/// Where an engine is and how to talk to it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct UpstreamConfig {
+    /// The backend's unique name (labels, logs).
+    pub name: String,
+    /// Public model names it serves.
+    pub models: Vec<String>,
+    /// The model's name at the engine, sent unless a request names another
+    /// (`BackendRequest::served_model`); `None`: the first public name.
+    pub served_model: Option<String>,
+    /// The engine's base URL, `http://host:port` (a trailing `/` or `/v1`
+    /// is dropped; the routes add `/v1/...` themselves). `https` is not
+    /// supported by this build.
+    pub url: String,
+    /// Where to scrape Prometheus metrics; `None` uses the engine's
+    /// default route, if it has one.
+    pub metrics_url: Option<String>,
+    /// The credential sent as `Authorization: Bearer <key>`.
+    pub api_key: Option<String>,
+    /// How many requests the gateway sends at once, if limited (reported in
+    /// [`Pressure::limit`]).
+    pub max_concurrency: Option<u32>,
+    /// TCP connect timeout.
+    pub connect_timeout: Duration,
+    /// How often metrics are scraped.
+    pub scrape_interval: Duration,
+    /// Idle pooled connections kept.
+    pub pool_max_idle: usize,
+    /// Hard cap on requests in flight through this adapter (beyond it,
+    /// `start` answers `Overloaded` at once).
+    pub max_inflight: u32,
+    /// Bound on one server-sent event.
+    pub max_event_bytes: usize,
+}
+
+impl fmt::Debug for UpstreamConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("UpstreamConfig")
+            .field("name", &self.name)
+            .field("models", &self.models)
+            .field("served_model", &self.served_model)
+            .field("url", &self.url)
+            .field("metrics_url", &self.metrics_url)
+            .field("api_key", &self.api_key.as_ref().map(|_| "<redacted>"))
+            .field("max_concurrency", &self.max_concurrency)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("scrape_interval", &self.scrape_interval)
+            .field("pool_max_idle", &self.pool_max_idle)
+            .field("max_inflight", &self.max_inflight)
+            .field("max_event_bytes", &self.max_event_bytes)
+            .finish()
+    }
+}
+
+impl UpstreamConfig {
+    /// A backend named `name` at `url` serving public model `model`, with
+    /// defaults: no key, connect timeout 2 s, scrape every 1 s, 32 idle
+    /// connections, at most 4096 in flight, events up to 1 MiB.
+    pub fn new(name: impl Into<String>, url: impl Into<String>, model: impl Into<String>) -> Self {
+        UpstreamConfig {
+            name: name.into(),
+            models: vec![model.into()],
+            served_model: None,
+            url: url.into(),
+            metrics_url: None,
+            api_key: None,
+            max_concurrency: None,
+            connect_timeout: Duration::from_secs(2),
+            scrape_interval: Duration::from_secs(1),
+            pool_max_idle: 32,
+            max_inflight: 4096,
+            max_event_bytes: SseDecoder::DEFAULT_MAX_EVENT_BYTES,
+        }
+    }
+}
+
+/// How an engine answers whether it can serve.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HealthCheck {
+    /// `GET <path>`: 200 is healthy (vLLM's `/health`).
+    Status(&'static str),
+    /// `GET <path>` answers an OpenAI model list, which must hold the
+    /// served model (`/v1/models`).
+    Models(&'static str),
+}
+
+/// The routes of an OpenAI-compatible engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Routes {
+    /// Which engine this is.
+    pub engine: EngineKind,
+    /// Chat completions (`/v1/chat/completions`).
+    pub chat: &'static str,
+    /// Legacy completions (`/v1/completions`).
+    pub completions: &'static str,
+    /// The health check.
+    pub health: HealthCheck,
+    /// The default Prometheus route, scraped when no metrics URL is given.
+    pub metrics: Option<&'static str>,
+}
+
+/// An OpenAI-compatible engine as a [`Backend`]: vLLM
+/// ([`vllm::backend`](super::vllm::backend)) or any OpenAI-style server
+/// ([`openai::backend`](super::openai::backend)).
+///
+/// - `start` sends one streamed request (`stream: true`, usage asked for,
+///   `max_tokens` = the budget's cap, the served model name, the request's
+///   extra fields merged in, `X-Request-Id` = the request id) and resolves
+///   when the response head arrives; the body becomes `Started`, one
+///   `Delta` per content chunk (one token each unless the chunk carries
+///   `token_ids`), `Usage` from the usage chunk, `Finished`.
+/// - Canceling the handle, dropping the stream, `abort(id)` or passing the
+///   deadline closes the HTTP connection, which is how vLLM aborts.
+/// - `pressure()` returns the last background scrape of the engine's
+///   Prometheus gauges; the scraper stops when the backend is dropped.
+#[derive(Clone)]
+pub struct OpenAiCompatBackend {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for OpenAiCompatBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("OpenAiCompatBackend")
+            .field("info", &self.inner.info)
+            .field("url", &self.inner.base)
+            .field("served_model", &self.inner.served_model)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    info: BackendInfo,
+    base: String,
+    served_model: String,
+    client: HttpClient,
+    chat_uri: Uri,
+    completions_uri: Uri,
+    health: (HealthCheck, Uri),
+    auth: Option<HeaderValue>,
+    max_event_bytes: usize,
+    max_inflight: u32,
+    shared: Arc<Shared>,
+    scraper: Option<ScraperPlan>,
+    scraper_started: OnceLock<()>,
+    /// Stops the scraper when the backend is dropped.
+    _stop_scraper: DropGuard,
+}
+
+#[derive(Clone)]
+struct ScraperPlan {
+    uri: Uri,
+    interval: Duration,
+    stop: CancellationToken,
+}
+
+/// State shared with the reader tasks and the scraper.
+struct Shared {
+    live: Mutex<HashMap<RequestId, Vec<(u64, CancelHandle)>>>,
+    next_seq: AtomicU64,
+    pressure: PressureCell,
+}
+
+/// The pressure snapshot in atomics: read without locks.
+struct PressureCell {
+    base: Instant,
+    running: AtomicU32,
+    waiting: AtomicU32,
+    kv_bits: AtomicU32,
+    /// Nanoseconds after `base` of the last scrape, plus one; 0 = never.
+    updated: AtomicU64,
+    inflight: AtomicU32,
+    limit: Option<u32>,
+    /// Nanoseconds after `base` until which the engine counts as refusing.
+    overloaded_until: AtomicU64,
+}
+
+impl PressureCell {
+    fn nanos_since_base(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn snapshot(&self) -> Pressure {
+        let updated = self.updated.load(Ordering::Acquire);
+        let now = self.nanos_since_base(Instant::now());
+        Pressure {
+            running: self.running.load(Ordering::Relaxed),
+            waiting: self.waiting.load(Ordering::Relaxed),
+            kv_usage: f32::from_bits(self.kv_bits.load(Ordering::Relaxed)),
+            inflight: self.inflight.load(Ordering::Relaxed),
+            limit: self.limit,
+            updated_at: (updated > 0).then(|| self.base + Duration::from_nanos(updated - 1)),
+            overloaded: self.overloaded_until.load(Ordering::Relaxed) > now,
+        }
+    }
+
+    fn store(&self, gauges: &Gauges) {
+        self.running
+            .store(to_u32(gauges.running), Ordering::Relaxed);
+        self.waiting
+            .store(to_u32(gauges.waiting), Ordering::Relaxed);
+        #[expect(clippy::cast_possible_truncation, reason = "a fraction in 0..1")]
+        let kv = gauges.kv_usage.clamp(0.0, 1.0) as f32;
+        self.kv_bits.store(kv.to_bits(), Ordering::Relaxed);
+        let now = self.nanos_since_base(Instant::now());
+        self.updated.store(now.saturating_add(1), Ordering::Release);
+    }
+
+    fn mark_overloaded(&self, retry_after: Option<Duration>) {
+        let until = Instant::now() + retry_after.unwrap_or(Duration::from_secs(1));
+        self.overloaded_until
+            .store(self.nanos_since_base(until), Ordering::Relaxed);
+    }
+}
+
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "clamped to the u32 range first"
+)]
+fn to_u32(value: f64) -> u32 {
+    if value.is_nan() {
+        return 0;
+    }
+    value.round().clamp(0.0, f64::from(u32::MAX)) as u32
+}
+
+/// Removes a live request from the registry and the in-flight count.
+struct LiveGuard {
+    shared: Arc<Shared>,
+    id: RequestId,
+    seq: u64,
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        let mut live = self
+            .shared
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(entries) = live.get_mut(&self.id) {
+            entries.retain(|(seq, _)| *seq != self.seq);
+            if entries.is_empty() {
+                live.remove(&self.id);
+            }
+        }
+        drop(live);
+        self.shared
+            .pressure
+            .inflight
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn parse_uri(url: &str) -> Result<Uri, EngineError> {
+    let invalid = |reason: &str| EngineError::InvalidUrl {
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let uri: Uri = url.parse().map_err(|_| invalid("not a URL"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => return Err(invalid("https is not supported by this build")),
+        _ => return Err(invalid("the scheme must be http")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(invalid("no host"));
+    }
+    Ok(uri)
+}
+
+/// The base URL without a trailing `/` or `/v1`.
+fn base_url(url: &str) -> &str {
+    let url = url.trim_end_matches('/');
+    url.strip_suffix("/v1").unwrap_or(url)
+}
+
+impl OpenAiCompatBackend {
+    /// An adapter for the engine with `routes`, described by `config`.
+    ///
+    /// Starts the metrics scraper if a runtime is running (else on the
+    /// first `start` or `health`).
+    ///
+    /// # Errors
+    /// [`EngineError::InvalidUrl`] for a URL that is not `http://host...`.
+    pub fn new(routes: Routes, config: UpstreamConfig) -> Result<Self, EngineError> {
+        parse_uri(&config.url)?;
+        let base = base_url(&config.url).to_owned();
+        let route = |path: &str| parse_uri(&format!("{base}{path}"));
+        let chat_uri = route(routes.chat)?;
+        let completions_uri = route(routes.completions)?;
+        let health = match routes.health {
+            HealthCheck::Status(path) | HealthCheck::Models(path) => (routes.health, route(path)?),
+        };
+        let metrics_uri = match (&config.metrics_url, routes.metrics) {
+            (Some(url), _) => Some(parse_uri(url)?),
+            (None, Some(path)) => Some(route(path)?),
+            (None, None) => None,
+        };
+        let auth = match &config.api_key {
+            Some(key) => {
+                let mut value = HeaderValue::try_from(format!("Bearer {key}")).map_err(|_| {
+                    EngineError::InvalidUrl {
+                        url: config.url.clone(),
+                        reason: "the API key is not a valid header value".to_owned(),
+                    }
+                })?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+            None => None,
+        };
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.enforce_http(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(config.pool_max_idle)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        let stop = CancellationToken::new();
+        let served_model = match (&config.served_model, config.models.first()) {
+            (Some(served), _) => served.clone(),
+            (None, Some(first)) => first.clone(),
+            (None, None) => config.name.clone(),
+        };
+        let shared = Arc::new(Shared {
+            live: Mutex::new(HashMap::new()),
+            next_seq: AtomicU64::new(1),
+            pressure: PressureCell {
+                base: Instant::now(),
+                running: AtomicU32::new(0),
+                waiting: AtomicU32::new(0),
+                kv_bits: AtomicU32::new(0),
+                updated: AtomicU64::new(0),
+                inflight: AtomicU32::new(0),
+                limit: config.max_concurrency,
+                overloaded_until: AtomicU64::new(0),
+            },
+        });
+        let inner = Inner {
+            info: BackendInfo {
+                name: config.name,
+                engine: routes.engine,
+                models: config.models,
+            },
+            base,
+            served_model,
+            client,
+            chat_uri,
+            completions_uri,
+            health,
+            auth,
+            max_event_bytes: config.max_event_bytes,
+            max_inflight: config.max_inflight,
+            shared,
+            scraper: metrics_uri.map(|uri| ScraperPlan {
+                uri,
+                interval: config.scrape_interval.max(Duration::from_millis(1)),
+                stop: stop.clone(),
+            }),
+            scraper_started: OnceLock::new(),
+            _stop_scraper: stop.drop_guard(),
+        };
+        let backend = OpenAiCompatBackend {
+            inner: Arc::new(inner),
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            backend.inner.ensure_scraper();
+        }
+        Ok(backend)
+    }
+
+    /// The model name sent to the engine by default (a request's
+    /// `served_model` wins).
+    pub fn served_model(&self) -> &str {
+        &self.inner.served_model
+    }
+}
+
+impl Inner {
+    fn ensure_scraper(&self) {
+        let Some(plan) = self.scraper.clone() else {
+            return;
+        };
+        if self.scraper_started.set(()).is_err() {
+            return;
+        }
+        let client = self.client.clone();
+        let shared = self.shared.clone();
+        let model = self.served_model.clone();
+        tokio::spawn(scrape_loop(client, plan, shared, model));
+    }
+
+    fn register(&self, id: &RequestId, cancel: &CancelHandle) -> LiveGuard {
+        let seq = self.shared.next_seq.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(id.clone())
+            .or_default()
+            .push((seq, cancel.clone()));
+        self.shared
+            .pressure
+            .inflight
+            .fetch_add(1, Ordering::Relaxed);
+        LiveGuard {
+            shared: self.shared.clone(),
+            id: id.clone(),
+            seq,
+        }
+    }
+
+    /// The route, the chunk shape and the JSON body for `request`.
+    fn upstream_body(&self, request: &BackendRequest) -> Result<(Uri, Bytes), BackendError> {
+        let generate = request.request.as_ref();
+        let model = if request.served_model.is_empty() {
+            self.served_model.as_str()
+        } else {
+            request.served_model.as_str()
+        };
+        let cap = Some(request.budget.max_completion_tokens);
+        let encoded = match generate.prompt {
+            Prompt::Chat(_) => {
+                ChatCompletionRequest::from_generate(generate, model, true).map(|mut body| {
+                    body.max_tokens = cap;
+                    (self.chat_uri.clone(), serde_json::to_vec(&body))
+                })
+            }
+            Prompt::Text(_) | Prompt::Tokens(_) => {
+                CompletionRequest::from_generate(generate, model, true).map(|mut body| {
+                    body.max_tokens = cap;
+                    (self.completions_uri.clone(), serde_json::to_vec(&body))
+                })
+            }
+        };
+        let Some((uri, Ok(mut body))) = encoded else {
+            return Err(BackendError::new(
+                FailureKind::Internal,
+                "the request could not be encoded for the engine",
+            ));
+        };
+        if let Some(extra) = &generate.extra {
+            merge_extra(&mut body, extra).map_err(|e| {
+                BackendError::new(FailureKind::InvalidRequest, e.to_string()).with_source(e)
+            })?;
+        }
+        Ok((uri, Bytes::from(body)))
+    }
+
+    fn post(
+        &self,
+        uri: Uri,
+        id: &RequestId,
+        body: Bytes,
+    ) -> Result<Request<Full<Bytes>>, BackendError> {
+        let mut builder = Request::builder()
+            .method(Method::POST)
+            .uri(uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, "text/event-stream");
+        if let Ok(value) = HeaderValue::try_from(id.as_str()) {
+            builder = builder.header("x-request-id", value);
+        }
+        if let Some(auth) = &self.auth {
+            builder = builder.header(header::AUTHORIZATION, auth.clone());
+        }
+        builder.body(Full::new(body)).map_err(|e| {
+            BackendError::new(
+                FailureKind::Internal,
+                "could not build the upstream request",
+            )
+            .with_source(e)
+        })
+    }
+
+    fn get(&self, uri: Uri, with_auth: bool) -> Result<Request<Full<Bytes>>, http::Error> {
+        let mut builder = Request::builder().method(Method::GET).uri(uri);
+        if with_auth && let Some(auth) = &self.auth {
+            builder = builder.header(header::AUTHORIZATION, auth.clone());
+        }
+        builder.body(Full::new(Bytes::new()))
+    }
+}
+
+/// Resolves at `deadline`, never without one.
+async fn deadline_passed(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn total_timeout(phase: FailurePhase) -> BackendError {
+    BackendError::new(
+        FailureKind::TotalTimeout,
+        "the request ran past its deadline",
+    )
+    .with_phase(phase)
+}
+
+fn transport_error(
+    error: impl std::error::Error + Send + Sync + 'static,
+    phase: FailurePhase,
+) -> BackendError {
+    BackendError::new(FailureKind::Connect, "the connection to the engine failed")
+        .with_phase(phase)
+        .with_source(error)
+}
+
+fn protocol(message: impl Into<String>, phase: FailurePhase) -> BackendError {
+    BackendError::new(FailureKind::ProtocolViolation, message).with_phase(phase)
+}
+
+#[async_trait::async_trait]
+impl Backend for OpenAiCompatBackend {
+    fn info(&self) -> &BackendInfo {
+        &self.inner.info
+    }
+
+    fn pressure(&self) -> Pressure {
+        self.inner.shared.pressure.snapshot()
+    }
+
+    async fn start(
+        &self,
+        request: BackendRequest,
+        cancel: CancelHandle,
+    ) -> Result<TokenStream, BackendError> {
+        let inner = &self.inner;
+        inner.ensure_scraper();
+        if let Some(reason) = cancel.reason() {
+            return Err(BackendError::canceled(reason));
+        }
+        if inner.shared.pressure.inflight.load(Ordering::Relaxed) >= inner.max_inflight {
+            return Err(BackendError::new(
+                FailureKind::Overloaded,
+                "too many requests in flight to this engine",
+            ));
+        }
+        let (uri, body) = inner.upstream_body(&request)?;
+        let id = request.request.id.clone();
+        let http_request = inner.post(uri, &id, body)?;
+        let live = inner.register(&id, &cancel);
+        let deadline = request.budget.deadline;
+        let before = FailurePhase::BeforeFirstToken;
+        let response = tokio::select! {
+            biased;
+            reason = cancel.canceled() => return Err(BackendError::canceled(reason)),
+            () = deadline_passed(deadline) => return Err(total_timeout(before)),
+            response = inner.client.request(http_request) => {
+                response.map_err(|e| transport_error(e, before))?
+            }
+        };
+        let status = response.status();
+        if !status.is_success() {
+            let retry_after = retry_after(response.headers());
+            let read = read_limited(response.into_body(), MAX_ERROR_BODY);
+            let body = tokio::select! {
+                biased;
+                reason = cancel.canceled() => return Err(BackendError::canceled(reason)),
+                () = deadline_passed(deadline) => return Err(total_timeout(before)),
+                body = tokio::time::timeout(SIDE_CALL_TIMEOUT, read) => body.ok().flatten(),
+            };
+            let error = status_error(status, body.as_deref(), retry_after);
+            if error.kind() == FailureKind::Overloaded {
+                inner.shared.pressure.mark_overloaded(error.retry_after());
+            }
+            return Err(error);
+        }
+        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+        let reader = Reader {
+            cap: u64::from(request.budget.max_completion_tokens),
+            deadline,
+            cancel: cancel.clone(),
+            decoder: SseDecoder::new().with_max_event_bytes(inner.max_event_bytes),
+            delivered: 0,
+            pending_tokens: 0,
+            any_delta: false,
+            finish: None,
+            usage: None,
+            shared: inner.shared.clone(),
+        };
+        tokio::spawn(reader.run(response.into_body(), tx, live));
+        let mut rx = rx;
+        let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        Ok(TokenStream::new(stream).cancel_on_drop(cancel))
+    }
+
+    async fn abort(&self, id: &RequestId) -> Result<bool, BackendError> {
+        let handles: Vec<CancelHandle> = self
+            .inner
+            .shared
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .map(|entries| entries.iter().map(|(_, h)| h.clone()).collect())
+            .unwrap_or_default();
+        for handle in &handles {
+            handle.cancel(CancelReason::Aborted);
+        }
+        Ok(!handles.is_empty())
+    }
+
+    async fn health(&self) -> Health {
+        let inner = &self.inner;
+        inner.ensure_scraper();
+        let (check, uri) = &inner.health;
+        let request = match inner.get(uri.clone(), true) {
+            Ok(r) => r,
+            Err(e) => return Health::Unhealthy(format!("bad health request: {e}")),
+        };
+        let call = async {
+            let response = inner
+                .client
+                .request(request)
+                .await
+                .map_err(|e| format!("engine unreachable: {e}"))?;
+            let status = response.status();
+            if !status.is_success() {
+                return Err(format!("health check answered {status}"));
+            }
+            match check {
+                HealthCheck::Status(_) => Ok(()),
+                HealthCheck::Models(_) => {
+                    let body = read_limited(response.into_body(), MAX_MODELS_BODY)
+                        .await
+                        .ok_or_else(|| "unreadable model list".to_owned())?;
+                    let list: ModelList = serde_json::from_slice(&body)
+                        .map_err(|_| "the model list is not JSON".to_owned())?;
+                    if list.data.iter().any(|m| m.id == inner.served_model) {
+                        Ok(())
+                    } else {
+                        Err(format!(
+                            "the engine does not list model `{}`",
+                            inner.served_model
+                        ))
+                    }
+                }
+            }
+        };
+        match tokio::time::timeout(SIDE_CALL_TIMEOUT, call).await {
+            Ok(Ok(())) => Health::Healthy,
+            Ok(Err(why)) => Health::Unhealthy(why),
+            Err(_) => Health::Unhealthy("health check timed out".to_owned()),
+        }
+    }
+}
+
+/// Reads at most `limit` bytes of `body`; `None` if it fails or is longer.
+async fn read_limited(body: Incoming, limit: usize) -> Option<Bytes> {
+    Limited::new(body, limit)
+        .collect()
+        .await
+        .ok()
+        .map(http_body_util::Collected::to_bytes)
+}
+
+/// `Retry-After` in seconds (the HTTP-date form is ignored).
+fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+    let text = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let secs: f64 = text.parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(3600.0)))
+}
+
+fn engine_message(detail: Option<&ErrorDetail>, fallback: &str) -> String {
+    let text = detail
+        .map(|d| d.message.trim())
+        .filter(|m| !m.is_empty())
+        .unwrap_or(fallback);
+    let mut message: String = text.chars().take(MAX_MESSAGE_CHARS).collect();
+    if message.len() < text.len() {
+        message.push('…');
+    }
+    format!("engine: {message}")
+}
+
+fn is_context_length(message: &str, param: Option<&str>) -> bool {
+    let lower = message.to_ascii_lowercase();
+    param == Some("input_tokens")
+        || lower.contains("context length")
+        || lower.contains("max_model_len")
+        || lower.contains("context window")
+}
+
+/// The failure kind of an engine status (HTTP, or the `code` of an error
+/// frame) and its message.
+pub(crate) fn kind_for_status(status: u16, message: &str, param: Option<&str>) -> FailureKind {
+    match status {
+        400 if is_context_length(message, param) => FailureKind::ContextLengthExceeded,
+        400 | 413 | 422 => FailureKind::InvalidRequest,
+        401 | 403 => FailureKind::Unauthorized,
+        404 => FailureKind::ModelNotFound,
+        429 | 503 | 529 => FailureKind::Overloaded,
+        500 if message.to_ascii_lowercase().contains("out of memory") => FailureKind::OutOfMemory,
+        500 => FailureKind::Internal,
+        _ => FailureKind::UpstreamStatus,
+    }
+}
+
+/// The error of a non-2xx answer before the stream.
+pub(crate) fn status_error(
+    status: StatusCode,
+    body: Option<&[u8]>,
+    retry_after: Option<Duration>,
+) -> BackendError {
+    let detail = body.and_then(parse_upstream_error);
+    let message = detail.as_ref().map_or("", |d| d.message.as_str());
+    let kind = kind_for_status(
+        status.as_u16(),
+        message,
+        detail.as_ref().and_then(|d| d.param.as_deref()),
+    );
+    let fallback = format!("the engine answered {status}");
+    let mut error = BackendError::new(kind, engine_message(detail.as_ref(), &fallback))
+        .with_upstream_status(status.as_u16());
+    if let Some(after) = retry_after {
+        error = error.with_retry_after(after);
+    }
+    error
+}
+
+/// The error of an in-stream error frame.
+pub(crate) fn frame_error(detail: &ErrorDetail, phase: FailurePhase) -> BackendError {
+    let code = match &detail.code {
+        Some(ErrorCode::Number(n)) => u16::try_from(*n).ok(),
+        Some(ErrorCode::Text(t)) => t.trim().parse().ok(),
+        None => None,
+    }
+    .or_else(|| detail.kind.trim().parse().ok());
+    let kind = match code {
+        Some(code) => kind_for_status(code, &detail.message, detail.param.as_deref()),
+        None => kind_for_type(&detail.kind, &detail.message, detail.param.as_deref()),
+    };
+    BackendError::new(
+        kind,
+        engine_message(Some(detail), "the engine failed the stream"),
+    )
+    .with_phase(phase)
+}
+
+fn kind_for_type(kind: &str, message: &str, param: Option<&str>) -> FailureKind {
+    let lower: String = kind
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric())
+        .collect::<String>()
+        .to_ascii_lowercase();
+    if lower.contains("unavailable") || lower.contains("overload") || lower.contains("ratelimit") {
+        FailureKind::Overloaded
+    } else if lower.contains("notfound") {
+        FailureKind::ModelNotFound
+    } else if lower.contains("auth") || lower.contains("permission") {
+        FailureKind::Unauthorized
+    } else if lower.contains("badrequest") || lower.contains("invalid") {
+        kind_for_status(400, message, param)
+    } else {
+        FailureKind::Internal
+    }
+}
+
+/// One streamed chunk, chat or completion, read leniently.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct Chunk {
+    error: Option<serde::de::IgnoredAny>,
+    object: Option<String>,
+    choices: Option<Vec<ChunkChoice>>,
+    usage: Option<CompletionUsage>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ChunkChoice {
+    index: Option<u32>,
+    delta: Option<ChunkDelta>,
+    text: Option<String>,
+    finish_reason: Option<String>,
+    token_ids: Option<Vec<u32>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct ChunkDelta {
+    role: Option<String>,
+    content: Option<String>,
+    reasoning_content: Option<serde::de::IgnoredAny>,
+    reasoning: Option<serde::de::IgnoredAny>,
+    tool_calls: Option<serde::de::IgnoredAny>,
+}
+
+/// Whether the stream goes on after an event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    /// The last item was queued: stop reading the engine's work.
+    End,
+}
+
+/// Reads one response body into token events.
+struct Reader {
+    cap: u64,
+    deadline: Option<Instant>,
+    cancel: CancelHandle,
+    decoder: SseDecoder,
+    delivered: u64,
+    /// Tokens of chunks with empty text, carried to the next text.
+    pending_tokens: u32,
+    any_delta: bool,
+    finish: Option<FinishReason>,
+    usage: Option<Usage>,
+    shared: Arc<Shared>,
+}
+
+impl Reader {
+    fn phase(&self) -> FailurePhase {
+        if self.any_delta {
+            FailurePhase::AfterFirstToken
+        } else {
+            FailurePhase::BeforeFirstToken
+        }
+    }
+
+    async fn run(mut self, mut body: Incoming, tx: mpsc::Sender<TokenResult>, live: LiveGuard) {
+        let mut live = Some(live);
+        let mut out: Vec<TokenResult> = vec![Ok(TokenEvent::Started(Started::default()))];
+        let mut flow = Flow::Continue;
+        loop {
+            // Hand over what is ready, still watching for a cancel.
+            if flow == Flow::End {
+                // The engine's part is over: free the connection's slot first.
+                drop(live.take());
+            }
+            for item in out.drain(..) {
+                let sent = tokio::select! {
+                    biased;
+                    reason = self.cancel.canceled() => Err(Some(reason)),
+                    () = deadline_passed(self.deadline), if flow == Flow::Continue => Err(None),
+                    sent = tx.send(item) => sent.map_err(|_| None),
+                };
+                if let Err(why) = sent {
+                    if flow == Flow::End {
+                        return;
+                    }
+                    drop(body);
+                    drop(live.take());
+                    if tx.is_closed() {
+                        return;
+                    }
+                    let error = match why {
+                        Some(reason) => BackendError::canceled(reason).with_phase(self.phase()),
+                        None => total_timeout(self.phase()),
+                    };
+                    let _ = tx.send(Err(error)).await;
+                    return;
+                }
+            }
+            if flow == Flow::End {
+                drop(tx);
+                // Read the rest (normally just the end of the chunked body)
+                // so the connection can go back to the pool.
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    let mut left = MAX_ERROR_BODY;
+                    while let Some(Ok(frame)) = body.frame().await {
+                        let len = frame.data_ref().map_or(0, Bytes::len);
+                        left = left.saturating_sub(len);
+                        if left == 0 {
+                            break;
+                        }
+                    }
+                })
+                .await;
+                return;
+            }
+            let grace = async {
+                match self.finish {
+                    Some(_) => tokio::time::sleep(FINISH_GRACE).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let frame = tokio::select! {
+                biased;
+                reason = self.cancel.canceled() => {
+                    drop(body);
+                    drop(live.take());
+                    let _ = tx.send(Err(BackendError::canceled(reason).with_phase(self.phase()))).await;
+                    return;
+                }
+                () = deadline_passed(self.deadline) => {
+                    drop(body);
+                    drop(live.take());
+                    let _ = tx.send(Err(total_timeout(self.phase()))).await;
+                    return;
+                }
+                () = grace => {
+                    flow = self.end_of_stream(&mut out);
+                    continue;
+                }
+                frame = body.frame() => frame,
+            };
+            flow = match frame {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        self.decoder.push(&data);
+                        self.drain_events(&mut out)
+                    }
+                    Err(_) => Flow::Continue,
+                },
+                Some(Err(e)) => {
+                    out.push(Err(transport_error(e, self.phase())));
+                    Flow::End
+                }
+                None => {
+                    self.decoder.finish();
+                    match self.drain_events(&mut out) {
+                        Flow::End => Flow::End,
+                        Flow::Continue => self.end_of_stream(&mut out),
+                    }
+                }
+            };
+        }
+    }
+
+    fn drain_events(&mut self, out: &mut Vec<TokenResult>) -> Flow {
+        while let Some(event) = self.decoder.next_event() {
+            if self.on_event(event, out) == Flow::End {
+                return Flow::End;
+            }
+        }
+        Flow::Continue
+    }
+
+    /// The body ended (or the engine went quiet after `finish_reason`).
+    fn end_of_stream(&mut self, out: &mut Vec<TokenResult>) -> Flow {
+        if self.finish.is_some() {
+            self.finish_events(out);
+        } else {
+            let why = if self.decoder.has_partial() {
+                "the engine's stream was cut inside an event"
+            } else {
+                "the engine's stream ended without a finish_reason"
+            };
+            out.push(Err(protocol(why, self.phase())));
+        }
+        Flow::End
+    }
+
+    fn finish_events(&mut self, out: &mut Vec<TokenResult>) {
+        if self.pending_tokens > 0 {
+            let tokens = std::mem::take(&mut self.pending_tokens);
+            self.delivered += u64::from(tokens);
+            self.any_delta = true;
+            out.push(Ok(TokenEvent::Delta(Delta::text(String::new(), tokens))));
+        }
+        if let Some(usage) = self.usage.take() {
+            out.push(Ok(TokenEvent::Usage(usage)));
+        }
+        out.push(Ok(TokenEvent::Finished(
+            self.finish.unwrap_or(FinishReason::Stop),
+        )));
+    }
+
+    fn on_event(&mut self, event: Result<SseEvent, SseError>, out: &mut Vec<TokenResult>) -> Flow {
+        let event = match event {
+            Ok(event) => event,
+            Err(e) => {
+                out.push(Err(protocol(
+                    format!("undecodable event from the engine: {e}"),
+                    self.phase(),
+                )));
+                return Flow::End;
+            }
+        };
+        if event.event.as_deref() == Some("error") {
+            let detail =
+                parse_upstream_error(event.data.as_bytes()).unwrap_or_else(|| ErrorDetail {
+                    message: event.data.clone(),
+                    ..ErrorDetail::default()
+                });
+            out.push(Err(frame_error(&detail, self.phase())));
+            return Flow::End;
+        }
+        if event.data.is_empty() {
+            return Flow::Continue;
+        }
+        if event.is_done() {
+            if self.finish.is_some() {
+                self.finish_events(out);
+            } else {
+                out.push(Err(protocol(
+                    "the engine sent [DONE] without a finish_reason",
+                    self.phase(),
+                )));
+            }
+            return Flow::End;
+        }
+        let chunk: Chunk = match serde_json::from_str(&event.data) {
+            Ok(chunk) => chunk,
+            Err(_) => {
+                out.push(Err(protocol(
+                    "the engine sent malformed JSON",
+                    self.phase(),
+                )));
+                return Flow::End;
+            }
+        };
+        if chunk.error.is_some() || chunk.object.as_deref() == Some("error") {
+            let detail = parse_upstream_error(event.data.as_bytes()).unwrap_or_default();
+            let error = frame_error(&detail, self.phase());
+            if error.kind() == FailureKind::Overloaded {
+                self.shared.pressure.mark_overloaded(None);
+            }
+            out.push(Err(error));
+            return Flow::End;
+        }
+        if let Some(usage) = chunk.usage {
+            self.usage = Some(upstream_usage(&usage));
+        }
+        let Some(choice) = chunk
+            .choices
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c.index.unwrap_or(0) == 0)
+        else {
+            return Flow::Continue;
+        };
+        if self.finish.is_some() {
+            // Nothing but usage may follow the finish.
+            return Flow::Continue;
+        }
+        let (text, tokens) = choice_output(&choice);
+        if self.on_output(text, tokens, out) == Flow::End {
+            return Flow::End;
+        }
+        if let Some(reason) = choice.finish_reason.as_deref() {
+            match finish_reason(reason) {
+                Ok(reason) => self.finish = Some(reason),
+                Err(error) => {
+                    out.push(Err(error.with_phase(self.phase())));
+                    return Flow::End;
+                }
+            }
+        }
+        Flow::Continue
+    }
+
+    fn on_output(&mut self, text: String, tokens: u32, out: &mut Vec<TokenResult>) -> Flow {
+        if text.is_empty() {
+            self.pending_tokens = self.pending_tokens.saturating_add(tokens);
+            return Flow::Continue;
+        }
+        let tokens = tokens.saturating_add(std::mem::take(&mut self.pending_tokens));
+        if self.delivered.saturating_add(u64::from(tokens)) > self.cap {
+            // The engine went past max_tokens: end at the cap.
+            out.push(Ok(TokenEvent::Finished(FinishReason::Length)));
+            return Flow::End;
+        }
+        self.delivered += u64::from(tokens);
+        self.any_delta = true;
+        out.push(Ok(TokenEvent::Delta(Delta::text(text, tokens))));
+        Flow::Continue
+    }
+}
+
+/// The text and token count of a choice chunk: one token per chunk with
+/// output, `token_ids.len()` when given; the role chunk carries none.
+fn choice_output(choice: &ChunkChoice) -> (String, u32) {
+    let (text, has_output, role_only) = match &choice.delta {
+        Some(delta) => {
+            let has_other = delta.reasoning_content.is_some()
+                || delta.reasoning.is_some()
+                || delta.tool_calls.is_some();
+            let text = delta.content.clone().unwrap_or_default();
+            let has_output = delta.content.is_some() || has_other;
+            (text, has_output, delta.role.is_some() && !has_other)
+        }
+        None => {
+            let text = choice.text.clone().unwrap_or_default();
+            let has_output = choice.text.is_some();
+            (text, has_output, false)
+        }
+    };
+    let tokens = match &choice.token_ids {
+        Some(ids) => u32::try_from(ids.len()).unwrap_or(u32::MAX),
+        None if role_only => u32::from(!text.is_empty()),
+        None => u32::from(has_output),
+    };
+    (text, tokens)
+}
+
+/// The engine's usage: prompt, cached and completion tokens (the
+/// prediction-token details are OpenAI's Predicted Outputs, not
+/// speculative decoding, and are not read).
+fn upstream_usage(usage: &CompletionUsage) -> Usage {
+    let cached = usage.prompt_tokens_details.map_or(0, |d| d.cached_tokens);
+    Usage::clamped(
+        usage.prompt_tokens,
+        cached,
+        usage.completion_tokens,
+        0,
+        0,
+        0,
+    )
+}
+
+fn finish_reason(reason: &str) -> Result<FinishReason, BackendError> {
+    match parse_finish_reason(reason) {
+        Some(reason) => Ok(reason),
+        None => match reason {
+            "abort" => Err(BackendError::new(
+                FailureKind::Internal,
+                "the engine aborted the request",
+            )),
+            "error" => Err(BackendError::new(
+                FailureKind::Internal,
+                "the engine failed the request",
+            )),
+            // vLLM's `repetition` and other engine-specific stops.
+            _ => Ok(FinishReason::Stop),
+        },
+    }
+}
+
+/// Load gauges read from one scrape.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct Gauges {
+    pub(crate) running: f64,
+    pub(crate) waiting: f64,
+    pub(crate) kv_usage: f64,
+}
+
+/// vLLM's gauges for `model` in a scrape: running and waiting summed over
+/// the model's label sets (data-parallel engines), KV use averaged over
+/// them (`vllm:kv_cache_usage_perc`, else `vllm:gpu_cache_usage_perc`).
+/// `None` if neither running nor waiting is there.
+pub(crate) fn vllm_gauges(text: &str, model: &str) -> Option<Gauges> {
+    const RUNNING: &str = "vllm:num_requests_running";
+    const WAITING: &str = "vllm:num_requests_waiting";
+    const KV: &str = "vllm:kv_cache_usage_perc";
+    const KV_OLD: &str = "vllm:gpu_cache_usage_perc";
+    let mut gauges = Gauges::default();
+    let (mut seen, mut kv, mut kv_old) = (false, (0.0, 0u32), (0.0, 0u32));
+    for line in text.lines() {
+        let Some(name) = prometheus::line_name(line) else {
+            continue;
+        };
+        if !matches!(name, RUNNING | WAITING | KV | KV_OLD) {
+            continue;
+        }
+        let Some(sample) = prometheus::parse_line(line) else {
+            continue;
+        };
+        if sample.label("model_name").is_some_and(|m| m != model) || !sample.value.is_finite() {
+            continue;
+        }
+        match name {
+            RUNNING => {
+                gauges.running += sample.value;
+                seen = true;
+            }
+            WAITING => {
+                gauges.waiting += sample.value;
+                seen = true;
+            }
+            KV => kv = (kv.0 + sample.value, kv.1 + 1),
+            _ => kv_old = (kv_old.0 + sample.value, kv_old.1 + 1),
+        }
+    }
+    let (sum, n) = if kv.1 > 0 { kv } else { kv_old };
+    if n > 0 {
+        gauges.kv_usage = sum / f64::from(n);
+    }
+    seen.then_some(gauges)
+}
+
+async fn scrape_loop(client: HttpClient, plan: ScraperPlan, shared: Arc<Shared>, model: String) {
+    let mut tick = tokio::time::interval(plan.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = plan.stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Ok(request) = Request::builder()
+            .method(Method::GET)
+            .uri(plan.uri.clone())
+            .body(Full::new(Bytes::new()))
+        else {
+            return;
+        };
+        let scrape = async {
+            let response = client.request(request).await.ok()?;
+            if !response.status().is_success() {
+                return None;
+            }
+            let body = read_limited(response.into_body(), MAX_METRICS_BODY).await?;
+            let text = std::str::from_utf8(&body).ok()?;
+            vllm_gauges(text, &model)
+        };
+        let gauges = tokio::select! {
+            () = plan.stop.cancelled() => return,
+            gauges = tokio::time::timeout(SIDE_CALL_TIMEOUT, scrape) => gauges.ok().flatten(),
+        };
+        if let Some(gauges) = gauges {
+            shared.pressure.store(&gauges);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn statuses_map_to_kinds() {
+        let cases = [
+            (
+                400,
+                "This model's maximum context length is 8192 tokens.",
+                None,
+                FailureKind::ContextLengthExceeded,
+            ),
+            (
+                400,
+                "whatever",
+                Some("input_tokens"),
+                FailureKind::ContextLengthExceeded,
+            ),
+            (
+                400,
+                "max_tokens=100000 cannot be greater than max_model_len=2048.",
+                Some("max_tokens"),
+                FailureKind::ContextLengthExceeded,
+            ),
+            (
+                400,
+                "max_tokens must be at least 1, got 0.",
+                Some("max_tokens"),
+                FailureKind::InvalidRequest,
+            ),
+            (401, "Unauthorized", None, FailureKind::Unauthorized),
+            (403, "", None, FailureKind::Unauthorized),
+            (
+                404,
+                "The model `x` does not exist.",
+                Some("model"),
+                FailureKind::ModelNotFound,
+            ),
+            (429, "", None, FailureKind::Overloaded),
+            (503, "", None, FailureKind::Overloaded),
+            (529, "", None, FailureKind::Overloaded),
+            (500, "", None, FailureKind::Internal),
+            (500, "CUDA out of memory", None, FailureKind::OutOfMemory),
+            (501, "", None, FailureKind::UpstreamStatus),
+            (502, "", None, FailureKind::UpstreamStatus),
+        ];
+        for (status, message, param, kind) in cases {
+            assert_eq!(
+                kind_for_status(status, message, param),
+                kind,
+                "{status} {message}"
+            );
+        }
+    }
+
+    #[test]
+    fn frame_errors_use_code_then_type() {
+        let detail = |code: Option<ErrorCode>, kind: &str| ErrorDetail {
+            message: "m".into(),
+            kind: kind.into(),
+            code,
+            param: None,
+        };
+        let after = FailurePhase::AfterFirstToken;
+        let e = frame_error(
+            &detail(Some(ErrorCode::Number(500)), "InternalServerError"),
+            after,
+        );
+        assert_eq!((e.kind(), e.phase()), (FailureKind::Internal, after));
+        let e = frame_error(&detail(None, "SERVICE_UNAVAILABLE"), after);
+        assert_eq!(e.kind(), FailureKind::Overloaded);
+        let e = frame_error(&detail(Some(ErrorCode::Text("503".into())), "x"), after);
+        assert_eq!(e.kind(), FailureKind::Overloaded);
+        let e = frame_error(&detail(None, "503"), after);
+        assert_eq!(e.kind(), FailureKind::Overloaded);
+        let e = frame_error(&detail(None, "internal_server_error"), after);
+        assert_eq!(e.kind(), FailureKind::Internal);
+    }
+
+    #[test]
+    fn gauges_sum_running_and_average_kv_for_the_model() {
+        let text = "# TYPE vllm:num_requests_running gauge\n\
+vllm:num_requests_running{engine=\"0\",model_name=\"m\"} 2.0\n\
+vllm:num_requests_running{engine=\"1\",model_name=\"m\"} 1.0\n\
+vllm:num_requests_running{engine=\"0\",model_name=\"other\"} 9.0\n\
+vllm:num_requests_waiting{engine=\"0\",model_name=\"m\"} 4.0\n\
+vllm:num_requests_waiting_by_reason{engine=\"0\",model_name=\"m\",reason=\"capacity\"} 40.0\n\
+vllm:kv_cache_usage_perc{engine=\"0\",model_name=\"m\"} 0.2\n\
+vllm:kv_cache_usage_perc{engine=\"1\",model_name=\"m\"} 0.4\n";
+        let g = vllm_gauges(text, "m").unwrap();
+        assert_eq!((g.running, g.waiting), (3.0, 4.0));
+        assert!((g.kv_usage - 0.3).abs() < 1e-9);
+        let old = "vllm:num_requests_running{model_name=\"m\"} 1\nvllm:gpu_cache_usage_perc{model_name=\"m\"} 0.5\n";
+        assert_eq!(vllm_gauges(old, "m").unwrap().kv_usage, 0.5);
+        assert_eq!(vllm_gauges("python_info 1\n", "m"), None);
+    }
+
+    #[test]
+    fn base_urls_drop_v1_and_slashes() {
+        assert_eq!(base_url("http://h:1/v1/"), "http://h:1");
+        assert_eq!(base_url("http://h:1"), "http://h:1");
+        assert_eq!(base_url("http://h:1/prefix"), "http://h:1/prefix");
+        assert!(parse_uri("https://h").is_err());
+        assert!(parse_uri("h:1").is_err());
+    }
+
+    #[test]
+    fn role_chunks_carry_no_token() {
+        let role = ChunkChoice {
+            delta: Some(ChunkDelta {
+                role: Some("assistant".into()),
+                content: Some(String::new()),
+                ..ChunkDelta::default()
+            }),
+            ..ChunkChoice::default()
+        };
+        assert_eq!(choice_output(&role), (String::new(), 0));
+        let token = ChunkChoice {
+            delta: Some(ChunkDelta {
+                content: Some("Hel".into()),
+                ..ChunkDelta::default()
+            }),
+            ..ChunkChoice::default()
+        };
+        assert_eq!(choice_output(&token), ("Hel".into(), 1));
+        let ids = ChunkChoice {
+            text: Some("ab".into()),
+            token_ids: Some(vec![1, 2, 3]),
+            ..ChunkChoice::default()
+        };
+        assert_eq!(choice_output(&ids), ("ab".into(), 3));
+    }
+}

@@ -1,0 +1,916 @@
+//! The vLLM and generic OpenAI adapters over loopback HTTP against the
+//! wire-faithful vLLM simulator: conformance, request mapping, usage,
+//! every failure shape, split streams, abort latency per phase, pressure.
+#![cfg(feature = "engines")]
+
+#[cfg(test)]
+pub mod support;
+
+#[cfg(test)]
+mod engine_vllm {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use futures::StreamExt;
+    use gateway_adapters::engines::{self, OpenAiCompatBackend, UpstreamConfig, openai, vllm};
+    use gateway_core::testkit::conformance::{
+        self, ConformanceConfig, ConformanceTarget, Instance, Scenario,
+    };
+    use gateway_core::{
+        Backend, BackendError, BackendRequest, ByteBound, CancelHandle, CancelReason, ChatMessage,
+        EngineKind, EnginePhase, EventOrder, FailureKind, FailurePhase, FinishReason,
+        GenerateRequest, Health, Prompt, TokenEvent, TokenStream, Usage,
+    };
+    use tokio::time::Instant;
+
+    use crate::support::vllm_sim::{
+        BUSY_503, CONTEXT_400, Fault, INVALID_400, SimOptions, VllmSim, text_of,
+    };
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    fn config(sim: &VllmSim) -> UpstreamConfig {
+        let mut c = UpstreamConfig::new("vllm-0", sim.url(), "m");
+        c.scrape_interval = ms(5);
+        c
+    }
+
+    fn vllm_backend(sim: &VllmSim) -> OpenAiCompatBackend {
+        vllm::backend(config(sim)).unwrap()
+    }
+
+    fn chat(max_tokens: u32) -> BackendRequest {
+        let request = GenerateRequest::new(
+            "m",
+            Prompt::Chat(vec![ChatMessage::user("tell me about the sea")]),
+            max_tokens,
+        );
+        BackendRequest::new(request, Arc::new(ByteBound::default()))
+    }
+
+    /// Everything a stream yielded, with the order checked.
+    #[derive(Debug, Default)]
+    struct Drained {
+        events: Vec<TokenEvent>,
+        error: Option<BackendError>,
+    }
+
+    impl Drained {
+        fn text(&self) -> String {
+            self.events
+                .iter()
+                .filter_map(|e| match e {
+                    TokenEvent::Delta(d) => Some(d.text.as_str()),
+                    _ => None,
+                })
+                .collect()
+        }
+        fn tokens(&self) -> u64 {
+            self.events
+                .iter()
+                .map(|e| match e {
+                    TokenEvent::Delta(d) => u64::from(d.tokens),
+                    _ => 0,
+                })
+                .sum()
+        }
+        fn usage(&self) -> Option<Usage> {
+            self.events.iter().find_map(|e| match e {
+                TokenEvent::Usage(u) => Some(*u),
+                _ => None,
+            })
+        }
+        fn finish(&self) -> Option<FinishReason> {
+            self.events.iter().find_map(|e| match e {
+                TokenEvent::Finished(r) => Some(*r),
+                _ => None,
+            })
+        }
+    }
+
+    async fn drain(mut stream: TokenStream) -> Drained {
+        let mut order = EventOrder::new();
+        let mut out = Drained::default();
+        let until = Instant::now() + Duration::from_secs(10);
+        while let Ok(Some(item)) = tokio::time::timeout_at(until, stream.next()).await {
+            match item {
+                Ok(event) => {
+                    order.observe(&event).unwrap();
+                    out.events.push(event);
+                }
+                Err(e) => {
+                    order.observe_error().unwrap();
+                    out.error = Some(e);
+                }
+            }
+        }
+        assert!(order.is_ended(), "stream did not end: {out:?}");
+        out
+    }
+
+    /// Runs `request` and returns the error of `start` or the drained stream.
+    async fn run(backend: &dyn Backend, request: BackendRequest) -> Result<Drained, BackendError> {
+        let stream = backend.start(request, CancelHandle::new()).await?;
+        Ok(drain(stream).await)
+    }
+
+    // ------------------------------------------------------------ conformance
+
+    struct Target {
+        generic: bool,
+    }
+
+    #[async_trait::async_trait]
+    impl ConformanceTarget for Target {
+        async fn instance(&self, scenario: Scenario) -> Option<Instance> {
+            let mut options = SimOptions {
+                lagged_probe: true,
+                natural_tokens: 24,
+                token_interval: ms(1),
+                ..SimOptions::default()
+            };
+            match scenario {
+                Scenario::Normal => {}
+                Scenario::LongPrefill => {
+                    options.first_prefill = Some(Duration::from_secs(5));
+                    options.natural_tokens = 200;
+                    options.token_interval = ms(20);
+                }
+                Scenario::LongDecode => {
+                    options.natural_tokens = 1000;
+                    options.token_interval = ms(20);
+                }
+                Scenario::Saturated => {
+                    options.slots = 1;
+                    options.natural_tokens = 1000;
+                    options.token_interval = ms(20);
+                    options.prefill = ms(50);
+                }
+                Scenario::FailBeforeFirstToken => {
+                    options.script = vec![Fault::Http {
+                        status: 503,
+                        body: BUSY_503.to_owned(),
+                        retry_after: None,
+                    }];
+                }
+                Scenario::FailAfterFirstToken => {
+                    options.script = vec![Fault::ErrorFrame {
+                        after_tokens: 2,
+                        code: 500,
+                        kind: "InternalServerError".to_owned(),
+                        message: "Internal server error".to_owned(),
+                    }];
+                }
+                _ => return None,
+            }
+            let sim = VllmSim::start(options).await;
+            let backend = if self.generic {
+                let mut c = config(&sim);
+                c.metrics_url = Some(format!("{}/metrics", sim.url()));
+                openai::backend(c).unwrap()
+            } else {
+                vllm_backend(&sim)
+            };
+            Some(Instance {
+                backend: Arc::new(backend),
+                probe: sim,
+                model: "m".to_owned(),
+            })
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn vllm_adapter_conforms_over_http() {
+        let report =
+            conformance::run(&Target { generic: false }, &ConformanceConfig::default()).await;
+        println!("{report}");
+        report.assert_passed();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn openai_adapter_conforms_over_http() {
+        let report =
+            conformance::run(&Target { generic: true }, &ConformanceConfig::default()).await;
+        println!("{report}");
+        report.assert_passed();
+    }
+
+    // -------------------------------------------------------- request mapping
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn chat_request_maps_to_the_exact_upstream_body() {
+        let sim = VllmSim::start(SimOptions {
+            model: "served-m".into(),
+            api_key: Some("sk-test".into()),
+            ..SimOptions::default()
+        })
+        .await;
+        let mut c = UpstreamConfig::new("vllm-0", format!("{}/v1/", sim.url()), "public-m");
+        c.api_key = Some("sk-test".into());
+        c.served_model = Some("served-m".into());
+        let backend = vllm::backend(c).unwrap();
+        assert_eq!(backend.info().models, vec!["public-m".to_owned()]);
+        assert_eq!(backend.info().engine, EngineKind::Vllm);
+        let mut request = GenerateRequest::new(
+            "public-m",
+            Prompt::Chat(vec![
+                ChatMessage::system("Be brief."),
+                ChatMessage::user("Hi"),
+            ]),
+            100,
+        )
+        .with_id("req-map-1");
+        request.sampling.temperature = Some(0.5);
+        request.sampling.stop = vec!["\n\n".into()];
+        request.extra = Some(r#"{"top_k":20,"stream":false,"vllm_xargs":{"a":[1,"é"]}}"#.into());
+        let mut request = BackendRequest::new(request, Arc::new(ByteBound::default()));
+        request.served_model = String::new(); // the backend's default applies
+        request.budget.max_completion_tokens = 7;
+        let d = run(&backend, request).await.unwrap();
+        assert_eq!(d.finish(), Some(FinishReason::Length));
+        assert_eq!(d.tokens(), 7);
+        let sent = sim.generations().pop().unwrap();
+        assert_eq!(sent.path, "/v1/chat/completions");
+        assert_eq!(
+            sent.body,
+            r#"{"model":"served-m","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Hi"}],"max_tokens":7,"temperature":0.5,"stop":["\n\n"],"stream":true,"stream_options":{"include_usage":true},"top_k":20,"vllm_xargs":{"a":[1,"é"]}}"#
+        );
+        assert_eq!(sent.header("authorization"), Some("Bearer sk-test"));
+        assert_eq!(sent.header("x-request-id"), Some("req-map-1"));
+        assert_eq!(sent.header("content-type"), Some("application/json"));
+        assert_eq!(sent.header("accept"), Some("text/event-stream"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn text_and_token_prompts_go_to_completions() {
+        let sim = VllmSim::start(SimOptions::default()).await;
+        let backend = vllm_backend(&sim);
+        let request = GenerateRequest::new("m", Prompt::Text("Once upon".into()), 5);
+        let d = run(
+            &backend,
+            BackendRequest::new(request, Arc::new(ByteBound::default())),
+        )
+        .await
+        .unwrap();
+        assert_eq!(d.text(), text_of(5));
+        assert_eq!((d.tokens(), d.finish()), (5, Some(FinishReason::Length)));
+        let request = GenerateRequest::new("m", Prompt::Tokens(vec![1, 2, 3]), 40);
+        let d = run(
+            &backend,
+            BackendRequest::new(request, Arc::new(ByteBound::default())),
+        )
+        .await
+        .unwrap();
+        assert_eq!((d.tokens(), d.finish()), (16, Some(FinishReason::Stop)));
+        assert_eq!(d.usage(), Some(Usage::new(3, 16)));
+        let sent = sim.generations();
+        assert_eq!(sent[0].path, "/v1/completions");
+        assert_eq!(
+            sent[0].body,
+            r#"{"model":"m","prompt":"Once upon","max_tokens":5,"stream":true,"stream_options":{"include_usage":true}}"#
+        );
+        assert!(
+            sent[1]
+                .body
+                .starts_with(r#"{"model":"m","prompt":[1,2,3],"max_tokens":40,"#)
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn usage_comes_from_the_usage_chunk_with_cached_tokens() {
+        let sim = VllmSim::start(SimOptions {
+            prompt_tokens_details: true,
+            cached_tokens: 3,
+            natural_tokens: 9,
+            ..SimOptions::default()
+        })
+        .await;
+        let backend = vllm_backend(&sim);
+        let d = run(&backend, chat(64)).await.unwrap();
+        let prompt = sim.generations()[0].prompt_tokens;
+        assert_eq!(
+            d.usage(),
+            Some(Usage::new(prompt, 9).with_cached(3).unwrap())
+        );
+        assert_eq!(d.text(), text_of(9));
+        assert_eq!((d.tokens(), d.finish()), (9, Some(FinishReason::Stop)));
+        // Started comes first, without prompt counts (vLLM tells them at the end).
+        assert!(matches!(d.events[0], TokenEvent::Started(s) if s.prompt_tokens.is_none()));
+        // Completions too.
+        let request = GenerateRequest::new("m", Prompt::Text("a b c".into()), 64);
+        let d = run(
+            &backend,
+            BackendRequest::new(request, Arc::new(ByteBound::default())),
+        )
+        .await
+        .unwrap();
+        assert_eq!(d.usage(), Some(Usage::new(4, 9).with_cached(3).unwrap()));
+    }
+
+    // ---------------------------------------------------------------- failures
+
+    fn http(status: u16, body: &str) -> Fault {
+        Fault::Http {
+            status,
+            body: body.to_owned(),
+            retry_after: None,
+        }
+    }
+
+    fn frame(after_tokens: u32, code: u16, kind: &str) -> Fault {
+        Fault::ErrorFrame {
+            after_tokens,
+            code,
+            kind: kind.to_owned(),
+            message: "Internal server error".to_owned(),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn every_failure_shape_is_typed_with_its_phase() {
+        use FailureKind as K;
+        let pre = FailurePhase::BeforeFirstToken;
+        let post = FailurePhase::AfterFirstToken;
+        // (fault, kind, phase, from start, upstream status)
+        let cases: Vec<(Fault, K, FailurePhase, bool, Option<u16>)> = vec![
+            (
+                http(400, CONTEXT_400),
+                K::ContextLengthExceeded,
+                pre,
+                true,
+                Some(400),
+            ),
+            (
+                http(400, INVALID_400),
+                K::InvalidRequest,
+                pre,
+                true,
+                Some(400),
+            ),
+            (
+                http(401, r#"{"error":"Unauthorized"}"#),
+                K::Unauthorized,
+                pre,
+                true,
+                Some(401),
+            ),
+            (http(403, ""), K::Unauthorized, pre, true, Some(403)),
+            (
+                http(404, &crate::support::vllm_sim::not_found_404("m")),
+                K::ModelNotFound,
+                pre,
+                true,
+                Some(404),
+            ),
+            (http(429, ""), K::Overloaded, pre, true, Some(429)),
+            (http(503, BUSY_503), K::Overloaded, pre, true, Some(503)),
+            (
+                http(
+                    529,
+                    r#"{"message":"Service temporarily overloaded","type":"UnknownError","code":529}"#,
+                ),
+                K::Overloaded,
+                pre,
+                true,
+                Some(529),
+            ),
+            (http(500, ""), K::Internal, pre, true, Some(500)),
+            (
+                http(
+                    501,
+                    r#"{"error":{"message":"x","type":"NotImplementedError","param":null,"code":501}}"#,
+                ),
+                K::UpstreamStatus,
+                pre,
+                true,
+                Some(501),
+            ),
+            (
+                frame(0, 503, "Service Unavailable"),
+                K::Overloaded,
+                pre,
+                false,
+                None,
+            ),
+            (
+                frame(0, 500, "InternalServerError"),
+                K::Internal,
+                pre,
+                false,
+                None,
+            ),
+            (
+                frame(2, 500, "InternalServerError"),
+                K::Internal,
+                post,
+                false,
+                None,
+            ),
+            (
+                frame(2, 400, "BadRequestError"),
+                K::InvalidRequest,
+                post,
+                false,
+                None,
+            ),
+            (
+                Fault::Malformed { after_tokens: 0 },
+                K::ProtocolViolation,
+                pre,
+                false,
+                None,
+            ),
+            (
+                Fault::Malformed { after_tokens: 3 },
+                K::ProtocolViolation,
+                post,
+                false,
+                None,
+            ),
+            (
+                Fault::Truncate { after_tokens: 0 },
+                K::ProtocolViolation,
+                pre,
+                false,
+                None,
+            ),
+            (
+                Fault::Truncate { after_tokens: 2 },
+                K::ProtocolViolation,
+                post,
+                false,
+                None,
+            ),
+            (
+                Fault::Reset { after_tokens: 0 },
+                K::Connect,
+                pre,
+                false,
+                None,
+            ),
+            (
+                Fault::Reset { after_tokens: 2 },
+                K::Connect,
+                post,
+                false,
+                None,
+            ),
+        ];
+        for (fault, kind, phase, from_start, status) in cases {
+            let sim = VllmSim::start(SimOptions {
+                script: vec![fault.clone()],
+                ..SimOptions::default()
+            })
+            .await;
+            let backend = vllm_backend(&sim);
+            let error = match run(&backend, chat(64)).await {
+                Err(e) => {
+                    assert!(from_start, "{fault:?}: start failed: {e}");
+                    e
+                }
+                Ok(d) => {
+                    assert!(!from_start, "{fault:?}: start succeeded");
+                    let tokens = d.tokens();
+                    let e = d
+                        .error
+                        .unwrap_or_else(|| panic!("{fault:?}: no error: {:?}", d.events));
+                    assert_eq!(tokens > 0, phase == post, "{fault:?}");
+                    e
+                }
+            };
+            assert_eq!(
+                (error.kind(), error.phase()),
+                (kind, phase),
+                "{fault:?}: {error}"
+            );
+            assert_eq!(error.upstream_status(), status, "{fault:?}");
+            // The backend still serves the next request.
+            let d = run(&backend, chat(64)).await.unwrap();
+            assert_eq!(d.finish(), Some(FinishReason::Stop), "{fault:?}");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn overload_carries_retry_after_and_marks_pressure() {
+        let sim = VllmSim::start(SimOptions {
+            script: vec![Fault::Http {
+                status: 503,
+                body: BUSY_503.to_owned(),
+                retry_after: Some(2),
+            }],
+            ..SimOptions::default()
+        })
+        .await;
+        let backend = vllm_backend(&sim);
+        let e = run(&backend, chat(8)).await.unwrap_err();
+        assert_eq!(e.kind(), FailureKind::Overloaded);
+        assert_eq!(e.retry_after(), Some(Duration::from_secs(2)));
+        assert!(e.message().contains("currently busy"), "{}", e.message());
+        assert!(backend.pressure().overloaded);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unknown_model_and_missing_key_are_typed() {
+        let sim = VllmSim::start(SimOptions {
+            api_key: Some("right".into()),
+            ..SimOptions::default()
+        })
+        .await;
+        let backend = vllm_backend(&sim);
+        let e = run(&backend, chat(8)).await.unwrap_err();
+        assert_eq!(e.kind(), FailureKind::Unauthorized);
+        let mut c = config(&sim);
+        c.api_key = Some("right".into());
+        c.served_model = Some("nope".into());
+        let backend = vllm::backend(c).unwrap();
+        let mut request = chat(8);
+        request.served_model = String::new();
+        let e = run(&backend, request).await.unwrap_err();
+        assert_eq!(e.kind(), FailureKind::ModelNotFound);
+        assert!(
+            e.message().contains("`nope` does not exist"),
+            "{}",
+            e.message()
+        );
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn connection_refused_is_connect_before_the_first_token() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let backend = vllm::backend(UpstreamConfig::new("dead", url, "m")).unwrap();
+        let e = run(&backend, chat(8)).await.unwrap_err();
+        assert_eq!(
+            (e.kind(), e.phase()),
+            (FailureKind::Connect, FailurePhase::BeforeFirstToken)
+        );
+        assert!(!backend.health().await.is_healthy());
+    }
+
+    // ------------------------------------------------------------ split input
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn split_utf8_and_split_frames_decode_exactly() {
+        let sim = VllmSim::start(SimOptions {
+            natural_tokens: 6,
+            script: vec![
+                Fault::SplitUtf8 { at_token: 2 },
+                Fault::SplitFrames { bytes: 5 },
+            ],
+            ..SimOptions::default()
+        })
+        .await;
+        let backend = vllm_backend(&sim);
+        let d = run(&backend, chat(64)).await.unwrap();
+        let deltas: Vec<&str> = d
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                TokenEvent::Delta(delta) => Some(delta.text.as_str()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(deltas, vec!["Hel", "lo", "é🙂", "ld", ",", " é"]);
+        assert!(!d.text().contains('\u{fffd}'));
+        assert_eq!((d.tokens(), d.finish()), (6, Some(FinishReason::Stop)));
+        let d = run(&backend, chat(64)).await.unwrap();
+        assert_eq!(d.text(), text_of(6));
+        assert_eq!(d.usage().map(|u| u.completion()), Some(6));
+    }
+
+    // ------------------------------------------------------- aborts per phase
+
+    /// Waits until the simulator sees request `id` in `phase`.
+    async fn reach(sim: &VllmSim, id: &str, phase: EnginePhase) {
+        let until = Instant::now() + Duration::from_secs(5);
+        while sim.phase_now(id) != Some(phase) {
+            assert!(Instant::now() < until, "{id} never reached {phase}");
+            tokio::time::sleep(ms(1)).await;
+        }
+    }
+
+    /// Waits for the simulator's abort of `id` and returns how long after
+    /// `since` it noticed it.
+    async fn abort_seen(sim: &VllmSim, id: &str, phase: EnginePhase, since: Instant) -> Duration {
+        let until = Instant::now() + Duration::from_secs(2);
+        loop {
+            if let Some(record) = sim.abort_log().into_iter().find(|r| r.id == id) {
+                assert_eq!(record.phase, phase, "{id}");
+                return record.at.saturating_duration_since(since);
+            }
+            assert!(Instant::now() < until, "{id}: no abort seen");
+            tokio::time::sleep(ms(1)).await;
+        }
+    }
+
+    fn with_id(id: &str, max_tokens: u32) -> BackendRequest {
+        let request =
+            GenerateRequest::new("m", Prompt::Chat(vec![ChatMessage::user("hi")]), max_tokens)
+                .with_id(id);
+        BackendRequest::new(request, Arc::new(ByteBound::default()))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_engine_sees_each_abort_within_50ms() {
+        let sim = VllmSim::start(SimOptions {
+            slots: 1,
+            first_prefill: Some(Duration::from_secs(30)),
+            natural_tokens: 10_000,
+            token_interval: ms(10),
+            ..SimOptions::default()
+        })
+        .await;
+        let backend = vllm_backend(&sim);
+        // Prefill: the first request holds the only slot in a long prefill.
+        let prefill_cancel = CancelHandle::new();
+        let mut prefill = backend
+            .start(with_id("p", 100), prefill_cancel.clone())
+            .await
+            .unwrap();
+        reach(&sim, "p", EnginePhase::Prefill).await;
+        // Queued: the second waits for the slot.
+        let queued_cancel = CancelHandle::new();
+        let mut queued = backend
+            .start(with_id("q", 100), queued_cancel.clone())
+            .await
+            .unwrap();
+        reach(&sim, "q", EnginePhase::Queued).await;
+        assert!(queued_cancel.cancel(CancelReason::ClientGone));
+        let latency_q = abort_seen(
+            &sim,
+            "q",
+            EnginePhase::Queued,
+            queued_cancel.canceled_at().unwrap(),
+        )
+        .await;
+        let e = drain_error(&mut queued).await;
+        assert_eq!(
+            (e.kind(), e.phase()),
+            (FailureKind::Canceled, FailurePhase::BeforeFirstToken)
+        );
+        assert!(prefill_cancel.cancel(CancelReason::Timeout));
+        let latency_p = abort_seen(
+            &sim,
+            "p",
+            EnginePhase::Prefill,
+            prefill_cancel.canceled_at().unwrap(),
+        )
+        .await;
+        let e = drain_error(&mut prefill).await;
+        assert_eq!(e.kind(), FailureKind::Canceled);
+        // Decode, by cancel, by dropping the stream, by abort(id).
+        let decode_cancel = CancelHandle::new();
+        let mut decode = backend
+            .start(with_id("d", 10_000), decode_cancel.clone())
+            .await
+            .unwrap();
+        first_delta(&mut decode).await;
+        decode_cancel.cancel(CancelReason::Budget);
+        let latency_d = abort_seen(
+            &sim,
+            "d",
+            EnginePhase::Decode,
+            decode_cancel.canceled_at().unwrap(),
+        )
+        .await;
+        let e = drain_error(&mut decode).await;
+        assert_eq!(
+            (e.kind(), e.phase()),
+            (FailureKind::Canceled, FailurePhase::AfterFirstToken)
+        );
+
+        let mut dropped = backend
+            .start(with_id("x", 10_000), CancelHandle::new())
+            .await
+            .unwrap();
+        first_delta(&mut dropped).await;
+        let t0 = Instant::now();
+        drop(dropped);
+        let latency_drop = abort_seen(&sim, "x", EnginePhase::Decode, t0).await;
+
+        assert!(!backend.abort(&"nobody".into()).await.unwrap());
+        let mut aborted = backend
+            .start(with_id("a", 10_000), CancelHandle::new())
+            .await
+            .unwrap();
+        first_delta(&mut aborted).await;
+        let t0 = Instant::now();
+        assert!(backend.abort(&"a".into()).await.unwrap());
+        let latency_abort = abort_seen(&sim, "a", EnginePhase::Decode, t0).await;
+        let e = drain_error(&mut aborted).await;
+        assert_eq!(e.kind(), FailureKind::Canceled);
+        assert!(!backend.abort(&"a".into()).await.unwrap());
+
+        let latencies = [latency_q, latency_p, latency_d, latency_drop, latency_abort];
+        println!("abort latencies (queued, prefill, decode, drop, abort): {latencies:?}");
+        for latency in latencies {
+            assert!(latency < ms(50), "{latencies:?}");
+        }
+        let aborts = sim.abort_counts();
+        assert_eq!((aborts.queued, aborts.prefill, aborts.decode), (1, 1, 3));
+        assert_eq!(backend.pressure().inflight, 0);
+    }
+
+    async fn first_delta(stream: &mut TokenStream) {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(5), stream.next()).await {
+                Ok(Some(Ok(TokenEvent::Delta(_)))) => return,
+                Ok(Some(Ok(_))) => {}
+                other => panic!("no first delta: {other:?}"),
+            }
+        }
+    }
+
+    async fn drain_error(stream: &mut TokenStream) -> BackendError {
+        loop {
+            match tokio::time::timeout(Duration::from_secs(1), stream.next()).await {
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(e))) => {
+                    assert!(stream.next().await.is_none(), "something after the error");
+                    return e;
+                }
+                other => panic!("no error: {other:?}"),
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_deadline_ends_the_stream_with_total_timeout() {
+        let sim = VllmSim::start(SimOptions {
+            natural_tokens: 10_000,
+            token_interval: ms(10),
+            ..SimOptions::default()
+        })
+        .await;
+        let backend = vllm_backend(&sim);
+        let mut request = chat(10_000);
+        request.budget.deadline = Some(Instant::now() + ms(100));
+        let d = run(&backend, request).await.unwrap();
+        let e = d.error.unwrap();
+        assert_eq!(
+            (e.kind(), e.phase()),
+            (FailureKind::TotalTimeout, FailurePhase::AfterFirstToken)
+        );
+        tokio::time::sleep(ms(50)).await;
+        assert_eq!(sim.abort_counts().decode, 1);
+    }
+
+    // ---------------------------------------------------------------- pressure
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn pressure_follows_the_simulator_and_is_read_without_awaiting() {
+        let sim = VllmSim::start(SimOptions {
+            slots: 1,
+            natural_tokens: 10_000,
+            token_interval: ms(5),
+            ..SimOptions::default()
+        })
+        .await;
+        let mut c = config(&sim);
+        c.max_concurrency = Some(8);
+        let backend = vllm::backend(c).unwrap();
+        let idle = backend.pressure();
+        assert_eq!((idle.running, idle.waiting, idle.limit), (0, 0, Some(8)));
+        let a = backend
+            .start(with_id("a", 10_000), CancelHandle::new())
+            .await
+            .unwrap();
+        let b = backend
+            .start(with_id("b", 10_000), CancelHandle::new())
+            .await
+            .unwrap();
+        assert_eq!(backend.pressure().inflight, 2);
+        let until = Instant::now() + Duration::from_secs(2);
+        loop {
+            let p = backend.pressure();
+            if p.running == 1 && p.waiting == 1 && p.kv_usage > 0.0 {
+                assert!(p.updated_at.is_some());
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "pressure never showed the load: {p:?}"
+            );
+            tokio::time::sleep(ms(1)).await;
+        }
+        drop((a, b));
+        let until = Instant::now() + Duration::from_secs(2);
+        while backend.pressure().queued_and_running() != 0 || backend.pressure().inflight != 0 {
+            assert!(
+                Instant::now() < until,
+                "pressure stuck: {:?}",
+                backend.pressure()
+            );
+            tokio::time::sleep(ms(1)).await;
+        }
+        // Scrapes keep coming: `updated_at` moves.
+        let first = backend.pressure().updated_at.unwrap();
+        tokio::time::sleep(ms(30)).await;
+        assert!(backend.pressure().updated_at.unwrap() > first);
+        // Dropping the backend stops its scraper.
+        drop(backend);
+        tokio::time::sleep(ms(20)).await;
+        let scrapes = sim.scrapes();
+        tokio::time::sleep(ms(50)).await;
+        assert_eq!(sim.scrapes(), scrapes);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn old_kv_metric_name_is_read_too() {
+        let sim = VllmSim::start(SimOptions {
+            old_kv_metric: true,
+            natural_tokens: 10_000,
+            ..SimOptions::default()
+        })
+        .await;
+        let backend = vllm_backend(&sim);
+        let _a = backend
+            .start(chat(10_000), CancelHandle::new())
+            .await
+            .unwrap();
+        let until = Instant::now() + Duration::from_secs(2);
+        while backend.pressure().kv_usage <= 0.0 {
+            assert!(Instant::now() < until, "{:?}", backend.pressure());
+            tokio::time::sleep(ms(2)).await;
+        }
+    }
+
+    // ------------------------------------------------------- health and config
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn health_checks_per_engine() {
+        let sim = VllmSim::start(SimOptions::default()).await;
+        assert_eq!(vllm_backend(&sim).health().await, Health::Healthy);
+        assert_eq!(
+            openai::backend(config(&sim)).unwrap().health().await,
+            Health::Healthy
+        );
+        let mut c = config(&sim);
+        c.served_model = Some("other".into());
+        let other = openai::backend(c).unwrap();
+        assert!(!other.health().await.is_healthy());
+        let paths: Vec<String> = sim.requests().into_iter().map(|r| r.path).collect();
+        assert_eq!(paths, vec!["/health", "/v1/models", "/v1/models"]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn backends_build_from_config_entries() {
+        use gateway_adapters::config::{BackendConfig, OnDisconnect};
+        let sim = VllmSim::start(SimOptions {
+            model: "served".into(),
+            api_key: Some("k-123".into()),
+            natural_tokens: 10_000,
+            token_interval: ms(10),
+            ..SimOptions::default()
+        })
+        .await;
+        let mut entry = BackendConfig {
+            name: "b0".into(),
+            engine: EngineKind::Vllm,
+            url: Some(sim.url()),
+            model: "public".into(),
+            served_model: "served".into(),
+            max_concurrency: std::num::NonZeroU32::new(3),
+            on_disconnect: OnDisconnect::Abort,
+            api_key_env: Some("GATEWAY_TEST_NO_SUCH_VARIABLE_SET".into()),
+            metrics_url: None,
+            sim: None,
+        };
+        assert_eq!(
+            engines::from_backend_config(&entry).unwrap_err(),
+            engines::EngineError::MissingApiKey("GATEWAY_TEST_NO_SUCH_VARIABLE_SET".into())
+        );
+        entry.api_key_env = Some("PATH".into());
+        let wrong_key = engines::from_backend_config(&entry).unwrap();
+        assert_eq!(
+            run(&wrong_key, chat(4)).await.unwrap_err().kind(),
+            FailureKind::Unauthorized
+        );
+        entry.api_key_env = None;
+        entry.engine = EngineKind::Sglang;
+        assert!(engines::from_backend_config(&entry).is_err());
+        entry.engine = EngineKind::OpenAi;
+        entry.metrics_url = Some(format!("{}/metrics", sim.url()));
+        let generic = engines::from_backend_config(&entry).unwrap();
+        assert_eq!(generic.info().engine, EngineKind::OpenAi);
+        assert_eq!(generic.info().models, vec!["public".to_owned()]);
+        assert_eq!(generic.served_model(), "served");
+        assert_eq!(generic.pressure().limit, Some(3));
+        // Its scraper reads the gauges of the served model's name.
+        let mut c = UpstreamConfig::new("direct", sim.url(), "public");
+        c.served_model = Some("served".into());
+        c.api_key = Some("k-123".into());
+        let direct = vllm::backend(c).unwrap();
+        let mut request = chat(10_000);
+        request.served_model = "served".into();
+        let _running = direct.start(request, CancelHandle::new()).await.unwrap();
+        let until = Instant::now() + Duration::from_secs(3);
+        while generic.pressure().running != 1 {
+            assert!(Instant::now() < until, "{:?}", generic.pressure());
+            tokio::time::sleep(ms(5)).await;
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! Test helpers shared by the engine adapter tests.
+
+pub mod vllm_sim;

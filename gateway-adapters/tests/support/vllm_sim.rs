@@ -1,0 +1,994 @@
+//! A wire-faithful vLLM simulator over loopback HTTP/1.1 (ENGINES.md §2,
+//! §10), for adapter tests.
+//!
+//! It speaks raw HTTP on a `tokio` socket so every byte and every write is
+//! under control: chunked SSE bodies with vLLM's exact chunk sequence (role
+//! chunk with `content:""`, one chunk per token, the finish reason on the
+//! last token's chunk, a `choices: []` usage chunk, `data: [DONE]`), its
+//! error bodies (int `code`), in-stream error frames followed by `[DONE]`,
+//! `/health`, `/v1/models` and `/metrics` with live gauges.
+//!
+//! Requests queue for a fixed number of slots (FIFO), spend a prefill time,
+//! then decode one token per interval. The simulator watches the socket in
+//! every phase and counts a client's close as an abort in the phase it was
+//! in, with the time it noticed. Faults are scripted per arriving
+//! generation request.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use gateway_core::testkit::conformance::EngineProbe;
+use gateway_core::{AbortCounts, EnginePhase, RequestId};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+/// The token texts, in order, repeated (multi-byte characters included).
+pub const VOCABULARY: [&str; 10] = [
+    "Hel", "lo", " wor", "ld", ",", " é", "🙂", " 日本", " sea", "!",
+];
+
+/// The text of token `i`.
+pub fn token_text(i: u32) -> &'static str {
+    VOCABULARY[i as usize % VOCABULARY.len()]
+}
+
+/// The text of the first `n` tokens.
+pub fn text_of(n: u32) -> String {
+    (0..n).map(token_text).collect()
+}
+
+/// vLLM 0.32's admission rejection body (`--max-num-queued-reqs`).
+pub const BUSY_503: &str = r#"{"error":{"message":"The engine is currently busy and cannot accept new requests. Please try again later or on a different instance.","type":"Service Unavailable","param":null,"code":503}}"#;
+
+/// TV-04: prompt longer than the context.
+pub const CONTEXT_400: &str = r#"{"error":{"message":"This model's maximum context length is 8192 tokens. However, your request has 8200 input tokens. Please reduce the length of the input messages.","type":"BadRequestError","param":"input_tokens","code":400}}"#;
+
+/// A plain 400 (`max_tokens` below 1).
+pub const INVALID_400: &str = r#"{"error":{"message":"max_tokens must be at least 1, got 0. (parameter=max_tokens, value=0)","type":"BadRequestError","param":"max_tokens","code":400}}"#;
+
+/// vLLM's answer to a bad key (`--api-key`).
+pub const UNAUTHORIZED_401: &str = r#"{"error":"Unauthorized"}"#;
+
+/// TV-05 for model `model`.
+pub fn not_found_404(model: &str) -> String {
+    format!(
+        r#"{{"error":{{"message":"The model `{model}` does not exist.","type":"NotFoundError","param":"model","code":404}}}}"#
+    )
+}
+
+/// What a scripted request does differently.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Behave normally.
+    None,
+    /// Answer `status` with `body` (JSON, or empty) before any stream.
+    Http {
+        /// The status.
+        status: u16,
+        /// The body.
+        body: String,
+        /// A `Retry-After` header, in seconds.
+        retry_after: Option<u64>,
+    },
+    /// After `after_tokens` tokens (0: before the role chunk), an in-stream
+    /// error frame with `code`, then `[DONE]`.
+    ErrorFrame {
+        /// Tokens sent first.
+        after_tokens: u32,
+        /// The int `code` (500, 503, 400...).
+        code: u16,
+        /// The `type`.
+        kind: String,
+        /// The message.
+        message: String,
+    },
+    /// After `after_tokens` tokens, send nothing more (the connection stays
+    /// open until the client closes it).
+    Stall {
+        /// Tokens sent first.
+        after_tokens: u32,
+    },
+    /// After `after_tokens` tokens, a frame whose JSON is cut short.
+    Malformed {
+        /// Tokens sent first.
+        after_tokens: u32,
+    },
+    /// Token `at_token` has the text `é🙂` and its frame is written in
+    /// three writes split inside both characters (TV-06).
+    SplitUtf8 {
+        /// Which token.
+        at_token: u32,
+    },
+    /// Every frame is written `bytes` bytes at a time.
+    SplitFrames {
+        /// Bytes per write.
+        bytes: usize,
+    },
+    /// After `after_tokens` tokens, reset the connection (RST).
+    Reset {
+        /// Tokens sent first.
+        after_tokens: u32,
+    },
+    /// After `after_tokens` tokens, end the body cleanly without a finish
+    /// reason or `[DONE]`.
+    Truncate {
+        /// Tokens sent first.
+        after_tokens: u32,
+    },
+}
+
+/// How the simulator behaves.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    /// The served model name.
+    pub model: String,
+    /// Requests running at once.
+    pub slots: usize,
+    /// Waiting requests beyond which new ones get [`BUSY_503`].
+    pub max_waiting: Option<usize>,
+    /// Prefill time of each request.
+    pub prefill: Duration,
+    /// Prefill time of the first request, if different.
+    pub first_prefill: Option<Duration>,
+    /// Time between two tokens.
+    pub token_interval: Duration,
+    /// Tokens generated when `max_tokens` allows (then `stop`).
+    pub natural_tokens: u32,
+    /// Whether usage has `prompt_tokens_details`
+    /// (`--enable-prompt-tokens-details`).
+    pub prompt_tokens_details: bool,
+    /// Cached prompt tokens reported (capped at the prompt).
+    pub cached_tokens: u64,
+    /// KV-cache size in tokens.
+    pub kv_capacity_tokens: u64,
+    /// A key required on `/v1` routes (`--api-key`).
+    pub api_key: Option<String>,
+    /// Report a request's phase through [`EngineProbe::phase`] only once
+    /// `/metrics` has shown it to a scraper that finished reading it (the
+    /// answer to the next scrape has started), so a check that reads a
+    /// scraped backend's pressure right after the phase sees it.
+    pub lagged_probe: bool,
+    /// Publish `vllm:gpu_cache_usage_perc` instead of
+    /// `vllm:kv_cache_usage_perc` (vLLM before 0.11).
+    pub old_kv_metric: bool,
+    /// Faults of the arriving generation requests, in order; then none.
+    pub script: Vec<Fault>,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        SimOptions {
+            model: "m".to_owned(),
+            slots: 4,
+            max_waiting: None,
+            prefill: Duration::from_millis(5),
+            first_prefill: None,
+            token_interval: Duration::from_millis(2),
+            natural_tokens: 16,
+            prompt_tokens_details: false,
+            cached_tokens: 0,
+            kv_capacity_tokens: 100_000,
+            api_key: None,
+            lagged_probe: false,
+            old_kv_metric: false,
+            script: Vec::new(),
+        }
+    }
+}
+
+/// One request the simulator received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// Method.
+    pub method: String,
+    /// Path.
+    pub path: String,
+    /// Headers, names lowercased.
+    pub headers: Vec<(String, String)>,
+    /// The body as sent.
+    pub body: String,
+    /// Prompt tokens the simulator counted (generation requests).
+    pub prompt_tokens: u64,
+}
+
+impl Recorded {
+    /// The value of header `name` (lowercase).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// One abort the simulator noticed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AbortRecord {
+    /// The request id (`X-Request-Id`).
+    pub id: String,
+    /// Where the request was.
+    pub phase: EnginePhase,
+    /// When the simulator noticed the close.
+    pub at: Instant,
+}
+
+#[derive(Debug)]
+struct Live {
+    phase: EnginePhase,
+    /// The scrape count when the phase began.
+    since_scrape: u64,
+    kv_tokens: u64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    live: HashMap<String, Live>,
+    aborts: AbortCounts,
+    abort_log: Vec<AbortRecord>,
+    requests: Vec<Recorded>,
+    script: VecDeque<Fault>,
+    arrivals: u64,
+    scrapes: u64,
+    completed: u64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    options: SimOptions,
+    state: Mutex<State>,
+    slots: Arc<Semaphore>,
+}
+
+impl Inner {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set_phase(&self, id: &str, phase: EnginePhase) {
+        let mut st = self.state();
+        let scrapes = st.scrapes;
+        if let Some(live) = st.live.get_mut(id) {
+            live.phase = phase;
+            live.since_scrape = scrapes;
+        }
+    }
+
+    fn abort(&self, id: &str, phase: EnginePhase) {
+        let at = Instant::now();
+        let mut st = self.state();
+        if st.live.remove(id).is_some() {
+            st.aborts.add(phase);
+            st.abort_log.push(AbortRecord {
+                id: id.to_owned(),
+                phase,
+                at,
+            });
+        }
+    }
+
+    fn gauges(&self) -> (u64, u64, f64) {
+        let st = self.state();
+        let running = st
+            .live
+            .values()
+            .filter(|l| l.phase != EnginePhase::Queued)
+            .count() as u64;
+        let waiting = st.live.len() as u64 - running;
+        let kv: u64 = st
+            .live
+            .values()
+            .filter(|l| l.phase != EnginePhase::Queued)
+            .map(|l| l.kv_tokens)
+            .sum();
+        let usage = (kv as f64 / self.options.kv_capacity_tokens.max(1) as f64).min(1.0);
+        (running, waiting, usage)
+    }
+}
+
+/// A running simulator; stops when dropped.
+#[derive(Debug)]
+pub struct VllmSim {
+    inner: Arc<Inner>,
+    addr: SocketAddr,
+    _stop: DropGuard,
+}
+
+impl VllmSim {
+    /// Starts a simulator on `127.0.0.1:0`.
+    pub async fn start(options: SimOptions) -> Arc<VllmSim> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let inner = Arc::new(Inner {
+            slots: Arc::new(Semaphore::new(options.slots)),
+            state: Mutex::new(State {
+                script: options.script.iter().cloned().collect(),
+                ..State::default()
+            }),
+            options,
+        });
+        let stop = CancellationToken::new();
+        tokio::spawn(accept_loop(listener, inner.clone(), stop.clone()));
+        Arc::new(VllmSim {
+            inner,
+            addr,
+            _stop: stop.drop_guard(),
+        })
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The aborts counted so far, per phase.
+    pub fn abort_counts(&self) -> AbortCounts {
+        self.inner.state().aborts
+    }
+
+    /// Every abort noticed, in order.
+    pub fn abort_log(&self) -> Vec<AbortRecord> {
+        self.inner.state().abort_log.clone()
+    }
+
+    /// Every request received, in order.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.inner.state().requests.clone()
+    }
+
+    /// The generation requests received, in order.
+    pub fn generations(&self) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.method == "POST")
+            .collect()
+    }
+
+    /// The real phase of a live request (ignores `lagged_probe`).
+    pub fn phase_now(&self, id: &str) -> Option<EnginePhase> {
+        self.inner.state().live.get(id).map(|l| l.phase)
+    }
+
+    /// Requests that finished normally.
+    pub fn completed(&self) -> u64 {
+        self.inner.state().completed
+    }
+
+    /// Running, waiting and KV use, as `/metrics` would say now.
+    pub fn gauges(&self) -> (u64, u64, f64) {
+        self.inner.gauges()
+    }
+
+    /// How many `/metrics` requests arrived.
+    pub fn scrapes(&self) -> u64 {
+        self.inner.state().scrapes
+    }
+}
+
+impl EngineProbe for VllmSim {
+    fn aborts(&self) -> AbortCounts {
+        self.abort_counts()
+    }
+
+    fn phase(&self, id: &RequestId) -> Option<EnginePhase> {
+        let st = self.inner.state();
+        let live = st.live.get(id.as_str())?;
+        if !self.inner.options.lagged_probe || st.scrapes >= live.since_scrape + 2 {
+            Some(live.phase)
+        } else {
+            None
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, inner: Arc<Inner>, stop: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        let inner = inner.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = connection(stream, inner) => {}
+            }
+        });
+    }
+}
+
+struct HttpRequest {
+    method: String,
+    path: String,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl HttpRequest {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What to do with the connection after a response.
+enum Next {
+    KeepAlive,
+    Close,
+    Reset,
+}
+
+async fn connection(stream: TcpStream, inner: Arc<Inner>) {
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let mut buf = Vec::new();
+    loop {
+        let Some(request) = read_request(&mut rd, &mut buf).await else {
+            return;
+        };
+        match handle(&inner, request, &mut rd, &mut wr).await {
+            Next::KeepAlive => {}
+            Next::Close => return,
+            Next::Reset => {
+                if let Ok(stream) = rd.reunite(wr) {
+                    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                    drop(stream);
+                }
+                return;
+            }
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+async fn read_request(rd: &mut OwnedReadHalf, buf: &mut Vec<u8>) -> Option<HttpRequest> {
+    let mut tmp = [0u8; 8192];
+    loop {
+        if let Some(end) = find(buf, b"\r\n\r\n") {
+            let head = String::from_utf8(buf[..end].to_vec()).ok()?;
+            let mut lines = head.split("\r\n");
+            let mut first = lines.next()?.split(' ');
+            let method = first.next()?.to_owned();
+            let path = first.next()?.to_owned();
+            let headers: Vec<(String, String)> = lines
+                .filter_map(|l| l.split_once(':'))
+                .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+                .collect();
+            let len: usize = headers
+                .iter()
+                .find(|(n, _)| n == "content-length")
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0);
+            if len > 4 << 20 {
+                return None;
+            }
+            while buf.len() < end + 4 + len {
+                let n = rd.read(&mut tmp).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                buf.extend_from_slice(&tmp[..n]);
+            }
+            let body = buf[end + 4..end + 4 + len].to_vec();
+            buf.drain(..end + 4 + len);
+            return Some(HttpRequest {
+                method,
+                path,
+                headers,
+                body,
+            });
+        }
+        if buf.len() > 64 * 1024 {
+            return None;
+        }
+        let n = rd.read(&mut tmp).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    }
+}
+
+/// Resolves when the client closed its side (or the socket failed).
+async fn closed(rd: &mut OwnedReadHalf) {
+    let mut tmp = [0u8; 1024];
+    loop {
+        match rd.read(&mut tmp).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Status",
+    }
+}
+
+async fn write_full(
+    wr: &mut OwnedWriteHalf,
+    status: u16,
+    content_type: &str,
+    body: &str,
+    extra_headers: &[(&str, String)],
+) -> Next {
+    let mut out = format!(
+        "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n",
+        reason(status),
+        body.len()
+    );
+    for (name, value) in extra_headers {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    out.push_str("\r\n");
+    out.push_str(body);
+    match wr.write_all(out.as_bytes()).await {
+        Ok(()) => Next::KeepAlive,
+        Err(_) => Next::Close,
+    }
+}
+
+async fn handle(
+    inner: &Arc<Inner>,
+    request: HttpRequest,
+    rd: &mut OwnedReadHalf,
+    wr: &mut OwnedWriteHalf,
+) -> Next {
+    let record = Recorded {
+        method: request.method.clone(),
+        path: request.path.clone(),
+        headers: request.headers.clone(),
+        body: String::from_utf8_lossy(&request.body).into_owned(),
+        prompt_tokens: 0,
+    };
+    if request.path.starts_with("/v1")
+        && let Some(key) = &inner.options.api_key
+        && request.header("authorization") != Some(format!("Bearer {key}").as_str())
+    {
+        inner.state().requests.push(record);
+        return write_full(wr, 401, "application/json", UNAUTHORIZED_401, &[]).await;
+    }
+    match (request.method.as_str(), request.path.as_str()) {
+        ("GET", "/health") => {
+            inner.state().requests.push(record);
+            write_full(wr, 200, "application/json", "", &[]).await
+        }
+        ("GET", "/v1/models") => {
+            inner.state().requests.push(record);
+            let body = format!(
+                r#"{{"object":"list","data":[{{"id":"{m}","object":"model","created":1,"owned_by":"vllm","root":"{m}","parent":null,"max_model_len":8192,"permission":[]}}]}}"#,
+                m = inner.options.model
+            );
+            write_full(wr, 200, "application/json", &body, &[]).await
+        }
+        ("GET", "/metrics") => {
+            inner.state().scrapes += 1;
+            let body = metrics_text(inner);
+            write_full(
+                wr,
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                &body,
+                &[],
+            )
+            .await
+        }
+        ("POST", "/v1/chat/completions") => generate(inner, request, record, true, rd, wr).await,
+        ("POST", "/v1/completions") => generate(inner, request, record, false, rd, wr).await,
+        _ => {
+            write_full(
+                wr,
+                404,
+                "application/json",
+                r#"{"detail":"Not Found"}"#,
+                &[],
+            )
+            .await
+        }
+    }
+}
+
+fn metrics_text(inner: &Inner) -> String {
+    let (running, waiting, kv) = inner.gauges();
+    let m = &inner.options.model;
+    let kv_name = if inner.options.old_kv_metric {
+        "vllm:gpu_cache_usage_perc"
+    } else {
+        "vllm:kv_cache_usage_perc"
+    };
+    let aborts = inner.state().aborts.total();
+    format!(
+        "# HELP python_info Python platform information\n\
+# TYPE python_info gauge\n\
+python_info{{implementation=\"CPython\",major=\"3\",minor=\"11\"}} 1.0\n\
+# HELP vllm:num_requests_running Number of requests in model execution batches.\n\
+# TYPE vllm:num_requests_running gauge\n\
+vllm:num_requests_running{{engine=\"0\",model_name=\"{m}\"}} {running}.0\n\
+# HELP vllm:num_requests_waiting Number of requests waiting to be processed.\n\
+# TYPE vllm:num_requests_waiting gauge\n\
+vllm:num_requests_waiting{{engine=\"0\",model_name=\"{m}\"}} {waiting}.0\n\
+# HELP vllm:num_requests_waiting_by_reason Number of requests waiting, by reason.\n\
+# TYPE vllm:num_requests_waiting_by_reason gauge\n\
+vllm:num_requests_waiting_by_reason{{engine=\"0\",model_name=\"{m}\",reason=\"capacity\"}} {waiting}.0\n\
+vllm:num_requests_waiting_by_reason{{engine=\"0\",model_name=\"{m}\",reason=\"deferred\"}} 0.0\n\
+# HELP {kv_name} KV-cache usage. 1 means 100 percent usage.\n\
+# TYPE {kv_name} gauge\n\
+{kv_name}{{engine=\"0\",model_name=\"{m}\"}} {kv:?}\n\
+# HELP vllm:request_success_total Count of successfully processed requests.\n\
+# TYPE vllm:request_success_total counter\n\
+vllm:request_success_total{{engine=\"0\",finished_reason=\"abort\",model_name=\"{m}\"}} {aborts}.0\n\
+# HELP vllm:time_to_first_token_seconds Histogram of time to first token in seconds.\n\
+# TYPE vllm:time_to_first_token_seconds histogram\n\
+vllm:time_to_first_token_seconds_bucket{{engine=\"0\",le=\"0.001\",model_name=\"{m}\"}} 0.0\n\
+vllm:time_to_first_token_seconds_bucket{{engine=\"0\",le=\"+Inf\",model_name=\"{m}\"}} 0.0\n"
+    )
+}
+
+/// Prompt tokens as the simulator counts them: words plus 3 per chat
+/// message, words plus 1 for text, ids for token prompts.
+fn count_prompt(body: &Value, chat: bool) -> u64 {
+    let words = |s: &str| s.split_whitespace().count() as u64;
+    if chat {
+        body["messages"]
+            .as_array()
+            .map(|m| {
+                m.iter()
+                    .map(|m| 3 + words(m["content"].as_str().unwrap_or_default()))
+                    .sum()
+            })
+            .unwrap_or(0)
+    } else {
+        match &body["prompt"] {
+            Value::String(s) => 1 + words(s),
+            Value::Array(ids) => ids.len() as u64,
+            _ => 0,
+        }
+    }
+}
+
+/// Writes one HTTP chunk.
+async fn write_chunk(wr: &mut OwnedWriteHalf, data: &[u8]) -> bool {
+    if data.is_empty() {
+        return true;
+    }
+    let mut out = format!("{:x}\r\n", data.len()).into_bytes();
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+    wr.write_all(&out).await.is_ok() && wr.flush().await.is_ok()
+}
+
+struct Stream<'a> {
+    wr: &'a mut OwnedWriteHalf,
+    split: Option<usize>,
+}
+
+impl Stream<'_> {
+    /// Writes SSE bytes as one chunk, or in pieces with `SplitFrames`.
+    async fn send(&mut self, data: &[u8]) -> bool {
+        match self.split {
+            Some(n) => {
+                for piece in data.chunks(n.max(1)) {
+                    if !write_chunk(self.wr, piece).await {
+                        return false;
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                true
+            }
+            None => write_chunk(self.wr, data).await,
+        }
+    }
+
+    /// Writes pieces as separate chunks, pausing so each is its own read.
+    async fn send_pieces(&mut self, pieces: &[&[u8]]) -> bool {
+        for piece in pieces {
+            if !write_chunk(self.wr, piece).await {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
+    /// Ends the chunked body.
+    async fn end(&mut self) -> bool {
+        self.wr.write_all(b"0\r\n\r\n").await.is_ok()
+    }
+}
+
+fn frame(json: &str) -> Vec<u8> {
+    format!("data: {json}\n\n").into_bytes()
+}
+
+fn js(s: &str) -> String {
+    serde_json::to_string(s).unwrap()
+}
+
+async fn generate(
+    inner: &Arc<Inner>,
+    request: HttpRequest,
+    mut record: Recorded,
+    chat: bool,
+    rd: &mut OwnedReadHalf,
+    wr: &mut OwnedWriteHalf,
+) -> Next {
+    let opts = &inner.options;
+    let Ok(body) = serde_json::from_slice::<Value>(&request.body) else {
+        inner.state().requests.push(record);
+        let bad = r#"{"error":{"message":"1 validation error:\n  {'type': 'json_invalid', 'loc': 'body.1', 'msg': 'JSON decode error'}","type":"Bad Request","param":"body.1","code":400}}"#;
+        return write_full(wr, 400, "application/json", bad, &[]).await;
+    };
+    let prompt_tokens = count_prompt(&body, chat);
+    record.prompt_tokens = prompt_tokens;
+    let (fault, arrival) = {
+        let mut st = inner.state();
+        st.requests.push(record);
+        let fault = st.script.pop_front().unwrap_or(Fault::None);
+        st.arrivals += 1;
+        (fault, st.arrivals - 1)
+    };
+    if let Some(model) = body["model"].as_str()
+        && model != opts.model
+    {
+        return write_full(wr, 404, "application/json", &not_found_404(model), &[]).await;
+    }
+    if let Fault::Http {
+        status,
+        body,
+        retry_after,
+    } = &fault
+    {
+        let headers: Vec<(&str, String)> = retry_after
+            .iter()
+            .map(|s| ("retry-after", s.to_string()))
+            .collect();
+        return write_full(wr, *status, "application/json", body, &headers).await;
+    }
+    let max_tokens = body["max_completion_tokens"]
+        .as_u64()
+        .or_else(|| body["max_tokens"].as_u64())
+        .unwrap_or(u64::from(opts.natural_tokens));
+    if max_tokens == 0 {
+        return write_full(wr, 400, "application/json", INVALID_400, &[]).await;
+    }
+    if body["stream"] != Value::Bool(true) {
+        let msg = r#"{"error":{"message":"the simulator only streams","type":"BadRequestError","param":"stream","code":400}}"#;
+        return write_full(wr, 400, "application/json", msg, &[]).await;
+    }
+    let include_usage = body["stream_options"].is_object()
+        && body["stream_options"]["include_usage"] != Value::Bool(false);
+    if let Some(max) = opts.max_waiting {
+        let (_, waiting, _) = inner.gauges();
+        if waiting >= max as u64 {
+            return write_full(wr, 503, "application/json", BUSY_503, &[]).await;
+        }
+    }
+    let id = request
+        .header("x-request-id")
+        .map_or_else(|| format!("sim-{arrival}"), str::to_owned);
+    {
+        let mut st = inner.state();
+        let scrapes = st.scrapes;
+        st.live.insert(
+            id.clone(),
+            Live {
+                phase: EnginePhase::Queued,
+                since_scrape: scrapes,
+                kv_tokens: prompt_tokens,
+            },
+        );
+    }
+    let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\ntransfer-encoding: chunked\r\n\r\n";
+    if wr.write_all(head.as_bytes()).await.is_err() {
+        inner.abort(&id, EnginePhase::Queued);
+        return Next::Close;
+    }
+    // Queued: wait for a slot.
+    let permit = tokio::select! {
+        permit = inner.slots.clone().acquire_owned() => permit.unwrap(),
+        () = closed(rd) => {
+            inner.abort(&id, EnginePhase::Queued);
+            return Next::Close;
+        }
+    };
+    inner.set_phase(&id, EnginePhase::Prefill);
+    let prefill = match (arrival, opts.first_prefill) {
+        (0, Some(first)) => first,
+        _ => opts.prefill,
+    };
+    tokio::select! {
+        () = tokio::time::sleep(prefill) => {}
+        () = closed(rd) => {
+            inner.abort(&id, EnginePhase::Prefill);
+            return Next::Close;
+        }
+    }
+    inner.set_phase(&id, EnginePhase::Decode);
+    let n = u64::from(opts.natural_tokens).min(max_tokens) as u32;
+    let finish = if max_tokens <= u64::from(opts.natural_tokens) {
+        "length"
+    } else {
+        "stop"
+    };
+    let (prefix, object) = if chat {
+        ("chatcmpl", "chat.completion.chunk")
+    } else {
+        ("cmpl", "text_completion")
+    };
+    let head_json = format!(
+        r#"{{"id":"{prefix}-{arrival}","object":"{object}","created":1,"model":{},"#,
+        js(&opts.model)
+    );
+    let split = match fault {
+        Fault::SplitFrames { bytes } => Some(bytes),
+        _ => None,
+    };
+    let mut out = Stream { wr, split };
+    let decode_abort = |inner: &Inner| {
+        inner.abort(&id, EnginePhase::Decode);
+        Next::Close
+    };
+    for i in 0..n {
+        if i > 0 {
+            tokio::select! {
+                () = tokio::time::sleep(opts.token_interval) => {}
+                () = closed(rd) => return decode_abort(inner),
+            }
+        }
+        match &fault {
+            Fault::ErrorFrame {
+                after_tokens,
+                code,
+                kind,
+                message,
+            } if *after_tokens == i => {
+                let error = format!(
+                    r#"{{"error": {{"message": {}, "type": {}, "param": null, "code": {code}}}}}"#,
+                    js(message),
+                    js(kind)
+                );
+                let mut bytes = frame(&error);
+                bytes.extend_from_slice(b"data: [DONE]\n\n");
+                if !out.send(&bytes).await || !out.end().await {
+                    return decode_abort(inner);
+                }
+                inner.state().live.remove(&id);
+                return Next::KeepAlive;
+            }
+            Fault::Stall { after_tokens } if *after_tokens == i => {
+                closed(rd).await;
+                return decode_abort(inner);
+            }
+            Fault::Malformed { after_tokens } if *after_tokens == i => {
+                let bad =
+                    format!(r#"{head_json}"choices":[{{"index":0,"delta":{{"content":"oops"}}"#);
+                if !out.send(&frame(&bad)).await {
+                    return decode_abort(inner);
+                }
+                closed(rd).await;
+                return decode_abort(inner);
+            }
+            Fault::Reset { after_tokens } if *after_tokens == i => {
+                inner.state().live.remove(&id);
+                return Next::Reset;
+            }
+            Fault::Truncate { after_tokens } if *after_tokens == i => {
+                inner.state().live.remove(&id);
+                return if out.end().await {
+                    Next::KeepAlive
+                } else {
+                    Next::Close
+                };
+            }
+            _ => {}
+        }
+        let split_here = matches!(fault, Fault::SplitUtf8 { at_token } if at_token == i);
+        let text = if split_here { "é🙂" } else { token_text(i) };
+        let last = i + 1 == n;
+        let finish_json = if last {
+            format!(r#""finish_reason":"{finish}","stop_reason":null"#)
+        } else {
+            r#""finish_reason":null"#.to_owned()
+        };
+        let mut bytes = Vec::new();
+        if chat && i == 0 {
+            bytes.extend(frame(&format!(
+                r#"{head_json}"choices":[{{"index":0,"delta":{{"role":"assistant","content":""}},"logprobs":null,"finish_reason":null}}],"prompt_token_ids":null}}"#
+            )));
+        }
+        let token = if chat {
+            let ids = if last { r#","token_ids":null"# } else { "" };
+            format!(
+                r#"{head_json}"choices":[{{"index":0,"delta":{{"content":{}}},"logprobs":null,{finish_json}{ids}}}]}}"#,
+                js(text)
+            )
+        } else {
+            let stop = if last { "" } else { r#","stop_reason":null"# };
+            format!(
+                r#"{head_json}"choices":[{{"index":0,"text":{},"logprobs":null,{finish_json}{stop}}}]}}"#,
+                js(text)
+            )
+        };
+        bytes.extend(frame(&token));
+        let ok = if split_here {
+            // TV-06: cut after the first byte of `é`, then after the first
+            // two bytes of `🙂`.
+            let at = find(&bytes, "é".as_bytes()).unwrap() + 1;
+            let at2 = find(&bytes, "🙂".as_bytes()).unwrap() + 2;
+            let (a, rest) = bytes.split_at(at);
+            let (b, c) = rest.split_at(at2 - at);
+            out.send_pieces(&[a, b, c]).await
+        } else {
+            out.send(&bytes).await
+        };
+        if !ok {
+            return decode_abort(inner);
+        }
+        if let Some(live) = inner.state().live.get_mut(&id) {
+            live.kv_tokens += 1;
+        }
+    }
+    let mut tail = Vec::new();
+    if include_usage {
+        let cached = opts.cached_tokens.min(prompt_tokens);
+        let details = if opts.prompt_tokens_details {
+            if chat {
+                format!(
+                    r#","prompt_tokens_details":{{"cached_tokens":{cached},"created_cache_tokens":0}}"#
+                )
+            } else {
+                format!(
+                    r#","prompt_tokens_details":{{"cached_tokens":{cached},"created_cache_tokens":null}}"#
+                )
+            }
+        } else {
+            String::new()
+        };
+        tail.extend(frame(&format!(
+            r#"{head_json}"choices":[],"usage":{{"prompt_tokens":{prompt_tokens},"total_tokens":{},"completion_tokens":{n}{details}}}}}"#,
+            prompt_tokens + u64::from(n)
+        )));
+    }
+    tail.extend_from_slice(b"data: [DONE]\n\n");
+    // The last frames and the end of the body in one write: once it is
+    // out, the request is over and a close is no abort.
+    let mut last = format!("{:x}\r\n", tail.len()).into_bytes();
+    last.extend_from_slice(&tail);
+    last.extend_from_slice(b"\r\n0\r\n\r\n");
+    let ok = if out.split.is_some() {
+        out.send(&tail).await && out.end().await
+    } else {
+        out.wr.write_all(&last).await.is_ok()
+    };
+    if !ok {
+        return decode_abort(inner);
+    }
+    {
+        let mut st = inner.state();
+        st.live.remove(&id);
+        st.completed += 1;
+    }
+    drop(permit);
+    Next::KeepAlive
+}

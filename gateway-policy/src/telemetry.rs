@@ -1,0 +1,61 @@
+//! Tracing: one `gateway.request` span per request, with the OpenTelemetry
+//! gen_ai semantic-convention attributes. Names are constants here, in one
+//! place. Prompts and completions are never recorded.
+
+use gateway_core::Prompt;
+use tracing::Span;
+use tracing::field::Empty;
+
+/// The span's name.
+pub const REQUEST_SPAN: &str = "gateway.request";
+/// `gen_ai.operation.name` for chat prompts.
+pub const OPERATION_CHAT: &str = "chat";
+/// `gen_ai.operation.name` for text or token prompts.
+pub const OPERATION_TEXT_COMPLETION: &str = "text_completion";
+
+/// The operation name of a prompt.
+pub fn operation(prompt: &Prompt) -> &'static str {
+    match prompt {
+        Prompt::Chat(_) => OPERATION_CHAT,
+        Prompt::Text(_) | Prompt::Tokens(_) => OPERATION_TEXT_COMPLETION,
+    }
+}
+
+/// A new request span. Fields known later (backend, usage, finish reason,
+/// outcome, error type) start empty and are recorded when known.
+pub fn request_span(
+    request_id: &str,
+    tenant: &str,
+    model: &str,
+    operation: &'static str,
+    max_tokens: Option<u32>,
+) -> Span {
+    tracing::info_span!(
+        "gateway.request",
+        request_id = request_id,
+        tenant = tenant,
+        gen_ai.operation.name = operation,
+        gen_ai.request.model = model,
+        gen_ai.request.max_tokens = max_tokens,
+        gen_ai.response.model = Empty,
+        gen_ai.provider.name = Empty,
+        gen_ai.response.finish_reasons = Empty,
+        gen_ai.usage.input_tokens = Empty,
+        gen_ai.usage.output_tokens = Empty,
+        backend = Empty,
+        outcome = Empty,
+        error.type = Empty,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn operations() {
+        assert_eq!(operation(&Prompt::Text(String::new())), "text_completion");
+        assert_eq!(operation(&Prompt::Chat(Vec::new())), "chat");
+        assert_eq!(REQUEST_SPAN, "gateway.request");
+    }
+}
