@@ -187,3 +187,124 @@ def _run_gateway(args: list[str], workdir: Path, config_path: Path | None):
     pump.join(timeout=5)
     assert code == 0, f"gateway exited {code} after SIGTERM; stderr:\n{stderr_text()}"
     print(f"\ngateway stopped {took:.2f}s after SIGTERM; stdout: {lines}")
+
+
+# ---------------------------------------------------------------------------
+# A REAL vLLM (the CPU build serving the random "tiny-llama", see
+# docs/real-engine.md) behind the `gateway` binary, for test_real_vllm.py.
+#
+# The engine: `REAL_VLLM_URL` (http://127.0.0.1:PORT, as scripts/test exports
+# it) if set; else, under CI, a failure (never a skip); else one started here
+# with scripts/real-engine/ (setup.sh, then start.sh PORT --max-num-seqs 4)
+# and stopped at the end of the session.
+
+REAL_ENGINE_DIR = REPO_ROOT / "scripts" / "real-engine"
+REAL_MODEL = "tiny-llama"
+REAL_BACKEND = "vllm-0"
+REAL_CONTEXT_WINDOW = 2048
+REAL_ENGINE_START_TIMEOUT_S = 240.0
+
+
+@dataclasses.dataclass
+class RealVllm:
+    """A real vLLM (`url`, `http://127.0.0.1:PORT`) and a gateway in front
+    of it. `log_path` is the engine's log when it is on this machine under
+    the real-engine cache (None when unknown)."""
+
+    url: str
+    gateway: Gateway
+    log_path: Path | None
+    started_here: bool
+
+
+def _real_engine_paths() -> dict[str, str]:
+    """Runs setup.sh (warm: a fraction of a second, offline) and returns its
+    KEY=value lines."""
+    out = subprocess.run(
+        ["bash", str(REAL_ENGINE_DIR / "setup.sh")],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+        timeout=1800,
+    ).stdout
+    return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
+
+
+def _real_vllm_config(url: str) -> str:
+    tokenizers = REPO_ROOT / "fixtures" / "tokenizers"
+    return f"""\
+# Written by tests/python/conftest.py (real_vllm) for one pytest session.
+[server]
+listen = "127.0.0.1:0"
+admin_key = "{ADMIN_KEY}"
+shutdown_grace_ms = {SHUTDOWN_GRACE_MS}
+first_token_timeout_ms = 60000
+idle_timeout_ms = 30000
+
+[[tenants]]
+id = "{TENANT_ID}"
+api_key = "{TENANT_KEY}"
+
+[[models]]
+name = "{REAL_MODEL}"
+tokenizer = "{tokenizers / 'tinyllama.json'}"
+chat_template = "{tokenizers / 'tinyllama.chat_template.jinja'}"
+add_bos_token = true
+context_window = {REAL_CONTEXT_WINDOW}
+input_usd_per_mtok = {INPUT_USD_PER_MTOK}
+cached_input_usd_per_mtok = {CACHED_INPUT_USD_PER_MTOK}
+output_usd_per_mtok = {OUTPUT_USD_PER_MTOK}
+default_max_tokens = 64
+
+[[backends]]
+name = "{REAL_BACKEND}"
+engine = "vllm"
+url = "{url}"
+model = "{REAL_MODEL}"
+served_model = "{REAL_MODEL}"
+"""
+
+
+@pytest.fixture(scope="session")
+def real_vllm(tmp_path_factory: pytest.TempPathFactory):
+    url = os.environ.get("REAL_VLLM_URL", "").rstrip("/")
+    started_port: str | None = None
+    log_dir: Path | None = None
+    if url:
+        log_dir = Path(os.environ.get("REAL_ENGINE_HOME", Path.home() / ".cache" / "gateway-real-engine")) / "logs"
+    elif os.environ.get("CI"):
+        pytest.fail("REAL_VLLM_URL is not set: under CI the real-vLLM suite must run (scripts/test starts the engine)")
+    else:
+        paths = _real_engine_paths()
+        log_dir = Path(paths["REAL_ENGINE_LOG_DIR"])
+        started_port = subprocess.run(
+            [str(REAL_ENGINE_DIR / "free-port")], check=True, stdout=subprocess.PIPE, text=True
+        ).stdout.strip()
+        try:
+            subprocess.run(
+                ["bash", str(REAL_ENGINE_DIR / "start.sh"), started_port, "--max-num-seqs", "4"],
+                check=True,
+                stdout=subprocess.PIPE,
+                text=True,
+                timeout=REAL_ENGINE_START_TIMEOUT_S,
+            )
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+            subprocess.run(["bash", str(REAL_ENGINE_DIR / "stop.sh"), started_port], check=False)
+            pytest.fail(f"could not start the real vLLM on port {started_port}: {e}")
+        url = f"http://127.0.0.1:{started_port}"
+
+    port = url.rsplit(":", 1)[-1]
+    log_path = log_dir / f"vllm-{port}.log" if log_dir is not None else None
+    if log_path is not None and not log_path.is_file():
+        log_path = None
+    try:
+        workdir = tmp_path_factory.mktemp("real-vllm-gateway")
+        config_path = workdir / "gateway.toml"
+        config_path.write_text(_real_vllm_config(url), encoding="utf-8")
+        run = _run_gateway(["--config", str(config_path)], workdir, config_path)
+        gw = next(run)
+        yield RealVllm(url=url, gateway=gw, log_path=log_path, started_here=started_port is not None)
+        next(run, None)  # the gateway's teardown (and its checks)
+    finally:
+        if started_port is not None:
+            subprocess.run(["bash", str(REAL_ENGINE_DIR / "stop.sh"), started_port], check=False)
