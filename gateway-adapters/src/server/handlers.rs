@@ -118,40 +118,20 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
     }
 }
 
-pub(crate) async fn chat(
+/// `POST /v1/chat/completions` (`CHAT`) or `POST /v1/completions`.
+pub(crate) async fn completion<const CHAT: bool>(
     State(app): State<App>,
     id: axum::Extension<RequestIdExt>,
     kill: Option<axum::Extension<ConnectionKill>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    generate(
-        app,
-        Endpoint::Chat,
-        &id.0.0,
-        kill.map(|k| k.0),
-        &headers,
-        body,
-    )
-    .await
-}
-
-pub(crate) async fn completions(
-    State(app): State<App>,
-    id: axum::Extension<RequestIdExt>,
-    kill: Option<axum::Extension<ConnectionKill>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
-    generate(
-        app,
-        Endpoint::Completion,
-        &id.0.0,
-        kill.map(|k| k.0),
-        &headers,
-        body,
-    )
-    .await
+    let endpoint = if CHAT {
+        Endpoint::Chat
+    } else {
+        Endpoint::Completion
+    };
+    generate(app, endpoint, &id.0.0, kill.map(|k| k.0), &headers, body).await
 }
 
 async fn generate(

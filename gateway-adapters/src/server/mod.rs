@@ -35,8 +35,8 @@ pub fn router(gateway: Gateway, options: RouterOptions) -> Router {
         max_body_bytes: options.max_body_bytes.max(1),
     };
     Router::new()
-        .route("/v1/chat/completions", post(handlers::chat))
-        .route("/v1/completions", post(handlers::completions))
+        .route("/v1/chat/completions", post(handlers::completion::<true>))
+        .route("/v1/completions", post(handlers::completion::<false>))
         .route("/v1/models", get(handlers::models))
         .route("/health", get(handlers::health))
         .route("/ready", get(handlers::ready))
