@@ -93,7 +93,28 @@ fn backend(config: &GatewayConfig, index: usize) -> Result<Arc<dyn Backend>, Boo
             Some(sim) => Ok(Arc::new(SimBackend::new(sim))),
             None => Err(problem(path, "a sim backend without sim settings")),
         },
-        EngineKind::Vllm | EngineKind::OpenAi => match crate::engines::from_backend_config(b) {
+        EngineKind::Vllm
+        | EngineKind::OpenAi
+        | EngineKind::TrtLlm
+        | EngineKind::Dynamo
+        | EngineKind::Nim => match crate::engines::from_backend_config(b) {
+            Ok(adapter) => Ok(Arc::new(adapter)),
+            Err(e) => {
+                let key = match &e {
+                    crate::engines::EngineError::MissingApiKey(_)
+                    | crate::engines::EngineError::ApiKeyRequired(_) => "api_key_env",
+                    crate::engines::EngineError::InvalidUrl { url, .. }
+                        if b.metrics_url.as_deref() == Some(url.as_str()) =>
+                    {
+                        "metrics_url"
+                    }
+                    crate::engines::EngineError::InvalidUrl { .. } => "url",
+                    _ => "engine",
+                };
+                Err(problem(format!("{path}.{key}"), e.to_string()))
+            }
+        },
+        EngineKind::Sglang => match crate::engines::sglang::from_backend_config(b) {
             Ok(adapter) => Ok(Arc::new(adapter)),
             Err(e) => {
                 let key = match &e {

@@ -11,37 +11,59 @@
 //! engine's Prometheus gauges.
 //!
 //! - [`vllm`]: vLLM (`/health`, `/metrics`);
+//! - [`trtllm`]: TensorRT-LLM's `trtllm-serve` (extras filtered to what it
+//!   accepts, `/prometheus/metrics`);
+//! - [`dynamo`]: NVIDIA Dynamo's frontend (`nvext` passed through,
+//!   `dynamo_frontend_*` gauges);
+//! - [`nim`]: NVIDIA NIM for LLMs (`/v1/health/ready`, `/v1/metrics`, an
+//!   API key required);
 //! - [`openai`]: any OpenAI-compatible server (`/v1/models` as health).
 //!
-//! [`from_backend_config`] builds either from a `[[backends]]` entry.
+//! Per-engine differences are [`Quirks`] of the shared client.
+//! [`from_backend_config`] builds any of them from a `[[backends]]` entry.
 //!
 //! [`GenerateRequest`]: gateway_core::GenerateRequest
 
+pub mod dynamo;
+pub mod nim;
 pub mod openai;
 mod openai_compat;
 pub mod prometheus;
+pub mod sglang;
+pub mod trtllm;
 pub mod vllm;
 
 use gateway_core::EngineKind;
 
-pub use openai_compat::{EngineError, HealthCheck, OpenAiCompatBackend, Routes, UpstreamConfig};
+pub use openai_compat::{
+    EngineError, ExtraFields, HealthCheck, MessageRule, MetricNames, OpenAiCompatBackend, Quirks,
+    Routes, UpstreamConfig, VLLM_METRICS,
+};
 
 use crate::config::BackendConfig;
 
-/// The adapter of a `[[backends]]` entry with engine `vllm` or `openai`:
-/// its URL, served model, `max_concurrency`, `metrics_url`, and the API key
-/// read now from the variable `api_key_env` names.
+/// The adapter of a `[[backends]]` entry with engine `vllm`, `trtllm`,
+/// `dynamo`, `nim` or `openai`: its URL, served model, `max_concurrency`,
+/// `metrics_url`, and the API key read now from the variable `api_key_env`
+/// names.
 ///
 /// # Errors
 /// [`EngineError::UnsupportedEngine`] for other engines,
+/// [`EngineError::ApiKeyRequired`] for `nim` without `api_key_env`,
 /// [`EngineError::MissingApiKey`] if the variable is unset or empty,
 /// [`EngineError::InvalidUrl`] for an unusable URL.
 pub fn from_backend_config(config: &BackendConfig) -> Result<OpenAiCompatBackend, EngineError> {
-    let routes = match config.engine {
-        EngineKind::Vllm => vllm::ROUTES,
-        EngineKind::OpenAi => openai::ROUTES,
+    let (routes, quirks) = match config.engine {
+        EngineKind::Vllm => (vllm::ROUTES, Quirks::VLLM),
+        EngineKind::OpenAi => (openai::ROUTES, Quirks::VLLM),
+        EngineKind::TrtLlm => (trtllm::ROUTES, trtllm::QUIRKS),
+        EngineKind::Dynamo => (dynamo::ROUTES, dynamo::QUIRKS),
+        EngineKind::Nim => (nim::ROUTES, nim::QUIRKS),
         other => return Err(EngineError::UnsupportedEngine(other)),
     };
+    if config.engine == EngineKind::Nim && config.api_key_env.is_none() {
+        return Err(EngineError::ApiKeyRequired(EngineKind::Nim));
+    }
     let Some(url) = &config.url else {
         return Err(EngineError::InvalidUrl {
             url: String::new(),
@@ -60,5 +82,5 @@ pub fn from_backend_config(config: &BackendConfig) -> Result<OpenAiCompatBackend
     upstream.metrics_url = config.metrics_url.clone();
     upstream.api_key = api_key;
     upstream.max_concurrency = config.max_concurrency.map(std::num::NonZeroU32::get);
-    OpenAiCompatBackend::new(routes, upstream)
+    OpenAiCompatBackend::with_quirks(routes, quirks, upstream)
 }

@@ -65,6 +65,9 @@ pub enum EngineError {
     /// The environment variable holding the API key is unset or empty.
     #[error("environment variable `{0}` (api_key_env) is not set")]
     MissingApiKey(String),
+    /// The engine needs an API key (`api_key_env`) and none is configured.
+    #[error("engine `{0}` needs an API key: set api_key_env")]
+    ApiKeyRequired(EngineKind),
     /// An engine kind this module has no adapter for.
     #[error("engine `{0}` has no OpenAI-compatible adapter")]
     UnsupportedEngine(EngineKind),
@@ -156,6 +159,94 @@ pub enum HealthCheck {
     Models(&'static str),
 }
 
+/// Which of a request's pass-through extra fields reach the engine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExtraFields {
+    /// All of them (engines that accept or ignore unknown fields).
+    PassThrough,
+    /// Only the named top-level fields, per route; the rest are dropped
+    /// (engines that answer 400 to an unknown field).
+    Only {
+        /// Allowed on the chat route.
+        chat: &'static [&'static str],
+        /// Allowed on the completions route.
+        completions: &'static [&'static str],
+    },
+}
+
+/// The Prometheus gauges an engine's load is read from. For each gauge the
+/// first name in its list that has samples wins; running and waiting are
+/// summed over the model's label sets, KV use is averaged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MetricNames {
+    /// Requests being computed.
+    pub running: &'static [&'static str],
+    /// Requests queued.
+    pub waiting: &'static [&'static str],
+    /// KV-cache use, 0..1.
+    pub kv_usage: &'static [&'static str],
+    /// Labels naming the model; samples of another model are skipped.
+    pub model_labels: &'static [&'static str],
+    /// Whether the running gauge counts the waiting requests too (then
+    /// running = running − waiting).
+    pub running_includes_waiting: bool,
+}
+
+/// vLLM's gauges (`/metrics`).
+pub const VLLM_METRICS: MetricNames = MetricNames {
+    running: &["vllm:num_requests_running"],
+    waiting: &["vllm:num_requests_waiting"],
+    kv_usage: &["vllm:kv_cache_usage_perc", "vllm:gpu_cache_usage_perc"],
+    model_labels: &["model_name"],
+    running_includes_waiting: false,
+};
+
+/// A failure kind chosen by the engine's message: when the status (HTTP,
+/// or the `code` of an error frame) is `status` (`None`: any, frames
+/// without a code included) and the lowercased message contains
+/// `contains`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MessageRule {
+    /// The status it applies to; `None` for any.
+    pub status: Option<u16>,
+    /// A lowercase fragment of the message.
+    pub contains: &'static str,
+    /// The kind it means.
+    pub kind: FailureKind,
+}
+
+/// How one engine departs from vLLM's wire behaviour.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quirks {
+    /// Which extra fields are sent.
+    pub extra: ExtraFields,
+    /// The load gauges.
+    pub metrics: MetricNames,
+    /// Failure kinds read from messages, checked before the defaults.
+    pub message_rules: &'static [MessageRule],
+    /// Whether a body cut without its end (the connection closed inside
+    /// the chunked body) is the engine's way to fail a stream: then it is
+    /// a `ProtocolViolation` (a truncated stream) instead of `Connect`.
+    pub cut_body_is_truncation: bool,
+}
+
+impl Quirks {
+    /// vLLM's behaviour: extras passed through, vLLM gauges, no message
+    /// rules, a cut body is a transport failure.
+    pub const VLLM: Quirks = Quirks {
+        extra: ExtraFields::PassThrough,
+        metrics: VLLM_METRICS,
+        message_rules: &[],
+        cut_body_is_truncation: false,
+    };
+}
+
+impl Default for Quirks {
+    fn default() -> Self {
+        Quirks::VLLM
+    }
+}
+
 /// The routes of an OpenAI-compatible engine.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Routes {
@@ -209,6 +300,7 @@ struct Inner {
     completions_uri: Uri,
     health: (HealthCheck, Uri),
     auth: Option<HeaderValue>,
+    quirks: Quirks,
     max_event_bytes: usize,
     max_inflight: u32,
     shared: Arc<Shared>,
@@ -356,6 +448,19 @@ impl OpenAiCompatBackend {
     /// # Errors
     /// [`EngineError::InvalidUrl`] for a URL that is not `http://host...`.
     pub fn new(routes: Routes, config: UpstreamConfig) -> Result<Self, EngineError> {
+        Self::with_quirks(routes, Quirks::VLLM, config)
+    }
+
+    /// An adapter for the engine with `routes` and `quirks`, described by
+    /// `config`.
+    ///
+    /// # Errors
+    /// [`EngineError::InvalidUrl`] for a URL that is not `http://host...`.
+    pub fn with_quirks(
+        routes: Routes,
+        quirks: Quirks,
+        config: UpstreamConfig,
+    ) -> Result<Self, EngineError> {
         parse_uri(&config.url)?;
         let base = base_url(&config.url).to_owned();
         let route = |path: &str| parse_uri(&format!("{base}{path}"));
@@ -424,6 +529,7 @@ impl OpenAiCompatBackend {
             completions_uri,
             health,
             auth,
+            quirks,
             max_event_bytes: config.max_event_bytes,
             max_inflight: config.max_inflight,
             shared,
@@ -462,7 +568,8 @@ impl Inner {
         let client = self.client.clone();
         let shared = self.shared.clone();
         let model = self.served_model.clone();
-        tokio::spawn(scrape_loop(client, plan, shared, model));
+        let names = self.quirks.metrics;
+        tokio::spawn(scrape_loop(client, plan, shared, model, names));
     }
 
     fn register(&self, id: &RequestId, cancel: &CancelHandle) -> LiveGuard {
@@ -494,6 +601,7 @@ impl Inner {
             request.served_model.as_str()
         };
         let cap = Some(request.budget.max_completion_tokens);
+        let chat = matches!(generate.prompt, Prompt::Chat(_));
         let encoded = match generate.prompt {
             Prompt::Chat(_) => {
                 ChatCompletionRequest::from_generate(generate, model, true).map(|mut body| {
@@ -515,6 +623,18 @@ impl Inner {
             ));
         };
         if let Some(extra) = &generate.extra {
+            let filtered;
+            let extra = match self.quirks.extra {
+                ExtraFields::PassThrough => &**extra,
+                ExtraFields::Only {
+                    chat: on_chat,
+                    completions,
+                } => {
+                    let allowed = if chat { on_chat } else { completions };
+                    filtered = allowed_extra(extra, allowed)?;
+                    filtered.as_str()
+                }
+            };
             merge_extra(&mut body, extra).map_err(|e| {
                 BackendError::new(FailureKind::InvalidRequest, e.to_string()).with_source(e)
             })?;
@@ -555,6 +675,37 @@ impl Inner {
         }
         builder.body(Full::new(Bytes::new()))
     }
+}
+
+/// The top-level fields of `extra` (a JSON object) that are in `allowed`,
+/// as a JSON object (keys sorted).
+fn allowed_extra(extra: &str, allowed: &[&str]) -> Result<String, BackendError> {
+    let invalid = || {
+        BackendError::new(
+            FailureKind::InvalidRequest,
+            "extra fields must be a JSON object",
+        )
+    };
+    let mut object: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(extra).map_err(|_| invalid())?;
+    object.retain(|key, _| allowed.contains(&key.as_str()));
+    serde_json::to_string(&object).map_err(|_| invalid())
+}
+
+/// Whether a body error is the connection closing inside the body (not a
+/// reset or another transport failure).
+fn is_cut_body(error: &hyper::Error) -> bool {
+    if error.is_incomplete_message() {
+        return true;
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            return io.kind() == std::io::ErrorKind::UnexpectedEof;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// Resolves at `deadline`, never without one.
@@ -636,7 +787,10 @@ impl Backend for OpenAiCompatBackend {
                 () = deadline_passed(deadline) => return Err(total_timeout(before)),
                 body = tokio::time::timeout(SIDE_CALL_TIMEOUT, read) => body.ok().flatten(),
             };
-            let error = status_error(status, body.as_deref(), retry_after);
+            let error = match inner.quirks.message_rules {
+                [] => status_error(status, body.as_deref(), retry_after),
+                rules => status_error_with(status, body.as_deref(), retry_after, rules),
+            };
             if error.kind() == FailureKind::Overloaded {
                 inner.shared.pressure.mark_overloaded(error.retry_after());
             }
@@ -654,6 +808,7 @@ impl Backend for OpenAiCompatBackend {
             finish: None,
             usage: None,
             shared: inner.shared.clone(),
+            quirks: inner.quirks,
         };
         tokio::spawn(reader.run(response.into_body(), tx, live));
         let mut rx = rx;
@@ -758,6 +913,19 @@ fn is_context_length(message: &str, param: Option<&str>) -> bool {
         || lower.contains("context window")
 }
 
+/// The kind a message rule gives `status` (`None` for a frame without a
+/// code) and `message`.
+fn rule_kind(rules: &[MessageRule], status: Option<u16>, message: &str) -> Option<FailureKind> {
+    if rules.is_empty() {
+        return None;
+    }
+    let lower = message.to_ascii_lowercase();
+    rules
+        .iter()
+        .find(|r| r.status.is_none_or(|s| Some(s) == status) && lower.contains(r.contains))
+        .map(|r| r.kind)
+}
+
 /// The failure kind of an engine status (HTTP, or the `code` of an error
 /// frame) and its message.
 pub(crate) fn kind_for_status(status: u16, message: &str, param: Option<&str>) -> FailureKind {
@@ -779,13 +947,25 @@ pub(crate) fn status_error(
     body: Option<&[u8]>,
     retry_after: Option<Duration>,
 ) -> BackendError {
+    status_error_with(status, body, retry_after, &[])
+}
+
+/// [`status_error`] with an engine's message rules.
+pub(crate) fn status_error_with(
+    status: StatusCode,
+    body: Option<&[u8]>,
+    retry_after: Option<Duration>,
+    rules: &[MessageRule],
+) -> BackendError {
     let detail = body.and_then(parse_upstream_error);
     let message = detail.as_ref().map_or("", |d| d.message.as_str());
-    let kind = kind_for_status(
-        status.as_u16(),
-        message,
-        detail.as_ref().and_then(|d| d.param.as_deref()),
-    );
+    let kind = rule_kind(rules, Some(status.as_u16()), message).unwrap_or_else(|| {
+        kind_for_status(
+            status.as_u16(),
+            message,
+            detail.as_ref().and_then(|d| d.param.as_deref()),
+        )
+    });
     let fallback = format!("the engine answered {status}");
     let mut error = BackendError::new(kind, engine_message(detail.as_ref(), &fallback))
         .with_upstream_status(status.as_u16());
@@ -797,16 +977,25 @@ pub(crate) fn status_error(
 
 /// The error of an in-stream error frame.
 pub(crate) fn frame_error(detail: &ErrorDetail, phase: FailurePhase) -> BackendError {
+    frame_error_with(detail, phase, &[])
+}
+
+/// [`frame_error`] with an engine's message rules.
+pub(crate) fn frame_error_with(
+    detail: &ErrorDetail,
+    phase: FailurePhase,
+    rules: &[MessageRule],
+) -> BackendError {
     let code = match &detail.code {
         Some(ErrorCode::Number(n)) => u16::try_from(*n).ok(),
         Some(ErrorCode::Text(t)) => t.trim().parse().ok(),
         None => None,
     }
     .or_else(|| detail.kind.trim().parse().ok());
-    let kind = match code {
+    let kind = rule_kind(rules, code, &detail.message).unwrap_or_else(|| match code {
         Some(code) => kind_for_status(code, &detail.message, detail.param.as_deref()),
         None => kind_for_type(&detail.kind, &detail.message, detail.param.as_deref()),
-    };
+    });
     BackendError::new(
         kind,
         engine_message(Some(detail), "the engine failed the stream"),
@@ -884,6 +1073,7 @@ struct Reader {
     finish: Option<FinishReason>,
     usage: Option<Usage>,
     shared: Arc<Shared>,
+    quirks: Quirks,
 }
 
 impl Reader {
@@ -981,7 +1171,14 @@ impl Reader {
                     Err(_) => Flow::Continue,
                 },
                 Some(Err(e)) => {
-                    out.push(Err(transport_error(e, self.phase())));
+                    if self.quirks.cut_body_is_truncation && is_cut_body(&e) {
+                        out.push(Err(protocol(
+                            "the engine's stream was cut without [DONE] (a failed stream)",
+                            self.phase(),
+                        )));
+                    } else {
+                        out.push(Err(transport_error(e, self.phase())));
+                    }
                     Flow::End
                 }
                 None => {
@@ -1002,6 +1199,14 @@ impl Reader {
             }
         }
         Flow::Continue
+    }
+
+    /// The error of an in-stream error frame, with the engine's rules.
+    fn frame_error(&self, detail: &ErrorDetail) -> BackendError {
+        match self.quirks.message_rules {
+            [] => frame_error(detail, self.phase()),
+            rules => frame_error_with(detail, self.phase(), rules),
+        }
     }
 
     /// The body ended (or the engine went quiet after `finish_reason`).
@@ -1051,7 +1256,7 @@ impl Reader {
                     message: event.data.clone(),
                     ..ErrorDetail::default()
                 });
-            out.push(Err(frame_error(&detail, self.phase())));
+            out.push(Err(self.frame_error(&detail)));
             return Flow::End;
         }
         if event.data.is_empty() {
@@ -1080,7 +1285,7 @@ impl Reader {
         };
         if chunk.error.is_some() || chunk.object.as_deref() == Some("error") {
             let detail = parse_upstream_error(event.data.as_bytes()).unwrap_or_default();
-            let error = frame_error(&detail, self.phase());
+            let error = self.frame_error(&detail);
             if error.kind() == FailureKind::Overloaded {
                 self.shared.pressure.mark_overloaded(None);
             }
@@ -1207,47 +1412,74 @@ pub(crate) struct Gauges {
 /// the model's label sets (data-parallel engines), KV use averaged over
 /// them (`vllm:kv_cache_usage_perc`, else `vllm:gpu_cache_usage_perc`).
 /// `None` if neither running nor waiting is there.
+#[cfg(test)]
 pub(crate) fn vllm_gauges(text: &str, model: &str) -> Option<Gauges> {
-    const RUNNING: &str = "vllm:num_requests_running";
-    const WAITING: &str = "vllm:num_requests_waiting";
-    const KV: &str = "vllm:kv_cache_usage_perc";
-    const KV_OLD: &str = "vllm:gpu_cache_usage_perc";
-    let mut gauges = Gauges::default();
-    let (mut seen, mut kv, mut kv_old) = (false, (0.0, 0u32), (0.0, 0u32));
+    engine_gauges(text, model, &VLLM_METRICS)
+}
+
+/// An engine's gauges for `model` in a scrape, by `names`. `None` if
+/// neither running nor waiting is there.
+pub(crate) fn engine_gauges(text: &str, model: &str, names: &MetricNames) -> Option<Gauges> {
+    // (sum, samples) per name of each list.
+    let mut running = vec![(0.0, 0u32); names.running.len()];
+    let mut waiting = vec![(0.0, 0u32); names.waiting.len()];
+    let mut kv = vec![(0.0, 0u32); names.kv_usage.len()];
+    let index = |list: &[&str], name: &str| list.iter().position(|n| *n == name);
     for line in text.lines() {
         let Some(name) = prometheus::line_name(line) else {
             continue;
         };
-        if !matches!(name, RUNNING | WAITING | KV | KV_OLD) {
+        let (r, w, k) = (
+            index(names.running, name),
+            index(names.waiting, name),
+            index(names.kv_usage, name),
+        );
+        if r.is_none() && w.is_none() && k.is_none() {
             continue;
         }
         let Some(sample) = prometheus::parse_line(line) else {
             continue;
         };
-        if sample.label("model_name").is_some_and(|m| m != model) || !sample.value.is_finite() {
+        let other_model = names
+            .model_labels
+            .iter()
+            .any(|l| sample.label(l).is_some_and(|m| m != model));
+        if other_model || !sample.value.is_finite() {
             continue;
         }
-        match name {
-            RUNNING => {
-                gauges.running += sample.value;
-                seen = true;
+        for (slot, at) in [(&mut running, r), (&mut waiting, w), (&mut kv, k)] {
+            if let Some(entry) = at.and_then(|i| slot.get_mut(i)) {
+                entry.0 += sample.value;
+                entry.1 += 1;
             }
-            WAITING => {
-                gauges.waiting += sample.value;
-                seen = true;
-            }
-            KV => kv = (kv.0 + sample.value, kv.1 + 1),
-            _ => kv_old = (kv_old.0 + sample.value, kv_old.1 + 1),
         }
     }
-    let (sum, n) = if kv.1 > 0 { kv } else { kv_old };
-    if n > 0 {
+    let first = |list: &[(f64, u32)]| list.iter().copied().find(|(_, n)| *n > 0);
+    let (run, wait) = (first(&running), first(&waiting));
+    if run.is_none() && wait.is_none() {
+        return None;
+    }
+    let mut gauges = Gauges {
+        running: run.map_or(0.0, |(sum, _)| sum),
+        waiting: wait.map_or(0.0, |(sum, _)| sum),
+        kv_usage: 0.0,
+    };
+    if names.running_includes_waiting {
+        gauges.running = (gauges.running - gauges.waiting).max(0.0);
+    }
+    if let Some((sum, n)) = first(&kv) {
         gauges.kv_usage = sum / f64::from(n);
     }
-    seen.then_some(gauges)
+    Some(gauges)
 }
 
-async fn scrape_loop(client: HttpClient, plan: ScraperPlan, shared: Arc<Shared>, model: String) {
+async fn scrape_loop(
+    client: HttpClient,
+    plan: ScraperPlan,
+    shared: Arc<Shared>,
+    model: String,
+    names: MetricNames,
+) {
     let mut tick = tokio::time::interval(plan.interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -1269,7 +1501,7 @@ async fn scrape_loop(client: HttpClient, plan: ScraperPlan, shared: Arc<Shared>,
             }
             let body = read_limited(response.into_body(), MAX_METRICS_BODY).await?;
             let text = std::str::from_utf8(&body).ok()?;
-            vllm_gauges(text, &model)
+            engine_gauges(text, &model, &names)
         };
         let gauges = tokio::select! {
             () = plan.stop.cancelled() => return,
@@ -1377,6 +1609,55 @@ vllm:kv_cache_usage_perc{engine=\"1\",model_name=\"m\"} 0.4\n";
         let old = "vllm:num_requests_running{model_name=\"m\"} 1\nvllm:gpu_cache_usage_perc{model_name=\"m\"} 0.5\n";
         assert_eq!(vllm_gauges(old, "m").unwrap().kv_usage, 0.5);
         assert_eq!(vllm_gauges("python_info 1\n", "m"), None);
+    }
+
+    #[test]
+    fn engine_gauges_follow_the_names_given() {
+        let dynamo = MetricNames {
+            running: &["dynamo_frontend_inflight_requests"],
+            waiting: &["dynamo_frontend_queued_requests"],
+            kv_usage: &[],
+            model_labels: &["model"],
+            running_includes_waiting: true,
+        };
+        let text = "dynamo_frontend_inflight_requests{model=\"m\"} 5\n\
+dynamo_frontend_inflight_requests{model=\"x\"} 9\n\
+dynamo_frontend_queued_requests{model=\"m\"} 2\n";
+        let g = engine_gauges(text, "m", &dynamo).unwrap();
+        assert_eq!((g.running, g.waiting, g.kv_usage), (3.0, 2.0, 0.0));
+        // The first name with samples wins.
+        let nim = MetricNames {
+            running: &["num_requests_running", "vllm:num_requests_running"],
+            waiting: &["num_requests_waiting", "vllm:num_requests_waiting"],
+            kv_usage: &["gpu_cache_usage_perc", "vllm:kv_cache_usage_perc"],
+            model_labels: &["model_name"],
+            running_includes_waiting: false,
+        };
+        let v2 = "vllm:num_requests_running{model_name=\"m\"} 4\nvllm:kv_cache_usage_perc{model_name=\"m\"} 0.5\n";
+        let g = engine_gauges(v2, "m", &nim).unwrap();
+        assert_eq!((g.running, g.waiting, g.kv_usage), (4.0, 0.0, 0.5));
+        let both = "num_requests_running 1\nvllm:num_requests_running{model_name=\"m\"} 4\n";
+        assert_eq!(engine_gauges(both, "m", &nim).unwrap().running, 1.0);
+        assert_eq!(engine_gauges("up 1\n", "m", &nim), None);
+    }
+
+    #[test]
+    fn extras_are_filtered_and_rules_read_messages() {
+        let kept = allowed_extra(r#"{"b":1,"x":{"y":[1]},"a":"é"}"#, &["a", "b"]).unwrap();
+        assert_eq!(kept, r#"{"a":"é","b":1}"#);
+        assert!(allowed_extra("[1]", &["a"]).is_err());
+        let rules = [MessageRule {
+            status: Some(400),
+            contains: "out of memory",
+            kind: FailureKind::OutOfMemory,
+        }];
+        let body = br#"{"object":"error","message":"CUDA Out Of Memory","type":"BadRequestError","param":null,"code":400}"#;
+        let e = status_error_with(StatusCode::BAD_REQUEST, Some(body), None, &rules);
+        assert_eq!(e.kind(), FailureKind::OutOfMemory);
+        let e = status_error_with(StatusCode::INTERNAL_SERVER_ERROR, Some(body), None, &rules);
+        assert_eq!(e.kind(), FailureKind::OutOfMemory);
+        let e = status_error(StatusCode::BAD_REQUEST, Some(body), None);
+        assert_eq!(e.kind(), FailureKind::InvalidRequest);
     }
 
     #[test]

@@ -63,6 +63,111 @@ pub fn not_found_404(model: &str) -> String {
     )
 }
 
+/// Which engine's wire behaviour the simulator reproduces on top of the
+/// shared queue/prefill/decode model (ENGINES.md §0 and the engine's
+/// section).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum SimEngine {
+    /// vLLM (§2): the default.
+    #[default]
+    Vllm,
+    /// trtllm-serve (§4, `serve/openai_server.py@e7f7345e31e5`,
+    /// `postprocess_handlers.py@7b437aaa73bf`, 2026-08 build): unknown
+    /// fields → 400 flat body; first frame `data: {json} \n\n`; a new
+    /// `id` per chunk; `reasoning_content:""` and
+    /// `avg_decoded_tokens_per_iter` in deltas; continuous usage; an
+    /// `ErrorFrame` fault cuts a chat stream (no frame, no `[DONE]`, no
+    /// end of the chunked body) and is a `server_error` frame + `[DONE]` on
+    /// completions; no model check; Prometheus at `/prometheus/metrics`
+    /// (`trtllm_*`), JSON `[]` at `/metrics`.
+    TrtLlm,
+    /// Dynamo frontend, 2026 (§7, `error.rs@43a0bb22fbd0`, `disconnect.rs`
+    /// seen 2026-08): flat error bodies, queue-full **529**, error frame
+    /// `{"error":{message,type,code}}` + `[DONE]`, `/health` JSON,
+    /// `dynamo_frontend_*` gauges labelled `model` at `/metrics`.
+    Dynamo,
+    /// An older Dynamo (`disconnect.rs@02acc07eff50`,
+    /// `busy_threshold.rs@c54c6d44158a`): queue-full 503, mid-stream
+    /// `event: error` with the text in a comment, then the end.
+    DynamoOld,
+    /// NIM 1.x with a vLLM profile (§6, NVIDIA docs): vLLM's wire, health
+    /// at `/v1/health/ready` (`/health` is 404), unprefixed gauges at
+    /// `/v1/metrics` (no key needed on the management routes).
+    Nim,
+}
+
+/// trtllm-serve's flat 400 (`create_error_response(str(e))`).
+pub fn trtllm_400(message: &str) -> String {
+    format!(
+        r#"{{"object":"error","message":{},"type":"BadRequestError","param":null,"code":400}}"#,
+        serde_json::to_string(message).unwrap()
+    )
+}
+
+/// Dynamo's overload answer (TV-18).
+pub const DYNAMO_529: &str =
+    r#"{"message":"Service temporarily overloaded","type":"UnknownError","code":529}"#;
+
+/// An older Dynamo's busy answer (503).
+pub const DYNAMO_503: &str =
+    r#"{"message":"Service temporarily unavailable","type":"Service Unavailable","code":503}"#;
+
+/// Dynamo's unknown model.
+pub const DYNAMO_404: &str = r#"{"message":"Model not found","type":"Not Found","code":404}"#;
+
+/// The top-level fields trtllm-serve's request models accept
+/// (`serve/openai_protocol.py@54cf7be08a35`, ENGINES.md §4.2): OpenAI's
+/// plus the extensions. Chat-only and completions-only ones are split.
+const TRTLLM_COMMON: &[&str] = &[
+    "model",
+    "max_tokens",
+    "temperature",
+    "top_p",
+    "seed",
+    "stop",
+    "n",
+    "stream",
+    "stream_options",
+    "frequency_penalty",
+    "presence_penalty",
+    "logit_bias",
+    "user",
+    "top_k",
+    "top_p_min",
+    "min_p",
+    "repetition_penalty",
+    "length_penalty",
+    "use_beam_search",
+    "early_stopping",
+    "stop_token_ids",
+    "include_stop_str_in_output",
+    "ignore_eos",
+    "min_tokens",
+    "skip_special_tokens",
+    "truncate_prompt_tokens",
+    "return_context_logits",
+    "detokenize",
+    "add_special_tokens",
+    "response_format",
+    "disaggregated_params",
+    "lora_request",
+];
+const TRTLLM_CHAT: &[&str] = &[
+    "messages",
+    "max_completion_tokens",
+    "logprobs",
+    "top_logprobs",
+    "tools",
+    "tool_choice",
+    "chat_template",
+    "chat_template_kwargs",
+    "documents",
+    "add_generation_prompt",
+    "prompt_token_ids",
+    "cache_salt",
+];
+const TRTLLM_COMPLETION: &[&str] = &["prompt", "echo", "best_of"];
+
 /// What a scripted request does differently.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
@@ -160,6 +265,8 @@ pub struct SimOptions {
     pub old_kv_metric: bool,
     /// Faults of the arriving generation requests, in order; then none.
     pub script: Vec<Fault>,
+    /// Whose wire behaviour to reproduce.
+    pub engine: SimEngine,
 }
 
 impl Default for SimOptions {
@@ -179,6 +286,7 @@ impl Default for SimOptions {
             lagged_probe: false,
             old_kv_metric: false,
             script: Vec::new(),
+            engine: SimEngine::Vllm,
         }
     }
 }
@@ -562,19 +670,68 @@ async fn handle(
         body: String::from_utf8_lossy(&request.body).into_owned(),
         prompt_tokens: 0,
     };
+    let engine = inner.options.engine;
+    let management = engine == SimEngine::Nim
+        && (request.path.starts_with("/v1/health") || request.path == "/v1/metrics");
     if request.path.starts_with("/v1")
+        && !management
         && let Some(key) = &inner.options.api_key
         && request.header("authorization") != Some(format!("Bearer {key}").as_str())
     {
         inner.state().requests.push(record);
         return write_full(wr, 401, "application/json", UNAUTHORIZED_401, &[]).await;
     }
-    match (request.method.as_str(), request.path.as_str()) {
-        ("GET", "/health") => {
+    let metrics_path = match engine {
+        SimEngine::TrtLlm => "/prometheus/metrics",
+        SimEngine::Nim => "/v1/metrics",
+        _ => "/metrics",
+    };
+    if request.method == "GET" && request.path == metrics_path {
+        inner.state().scrapes += 1;
+        let body = match engine {
+            SimEngine::Vllm => metrics_text(inner),
+            _ => engine_metrics_text(inner),
+        };
+        return write_full(
+            wr,
+            200,
+            "text/plain; version=0.0.4; charset=utf-8",
+            &body,
+            &[],
+        )
+        .await;
+    }
+    match (engine, request.method.as_str(), request.path.as_str()) {
+        (SimEngine::TrtLlm, "GET", "/metrics") => {
+            inner.state().requests.push(record);
+            write_full(wr, 200, "application/json", "[]", &[]).await
+        }
+        (SimEngine::Dynamo | SimEngine::DynamoOld, "GET", "/health") => {
+            inner.state().requests.push(record);
+            let body = r#"{"status":"healthy","endpoints":["dyn://dynamo.backend.generate"],"instances":[]}"#;
+            write_full(wr, 200, "application/json", body, &[]).await
+        }
+        (SimEngine::Nim, "GET", "/v1/health/ready" | "/v1/health/live") => {
+            inner.state().requests.push(record);
+            let body = r#"{"object":"health.response","message":"Service is ready."}"#;
+            write_full(wr, 200, "application/json", body, &[]).await
+        }
+        (SimEngine::Nim, "GET", "/health" | "/metrics") => {
+            inner.state().requests.push(record);
+            write_full(
+                wr,
+                404,
+                "application/json",
+                r#"{"detail":"Not Found"}"#,
+                &[],
+            )
+            .await
+        }
+        (_, "GET", "/health") => {
             inner.state().requests.push(record);
             write_full(wr, 200, "application/json", "", &[]).await
         }
-        ("GET", "/v1/models") => {
+        (_, "GET", "/v1/models") => {
             inner.state().requests.push(record);
             let body = format!(
                 r#"{{"object":"list","data":[{{"id":"{m}","object":"model","created":1,"owned_by":"vllm","root":"{m}","parent":null,"max_model_len":8192,"permission":[]}}]}}"#,
@@ -582,20 +739,8 @@ async fn handle(
             );
             write_full(wr, 200, "application/json", &body, &[]).await
         }
-        ("GET", "/metrics") => {
-            inner.state().scrapes += 1;
-            let body = metrics_text(inner);
-            write_full(
-                wr,
-                200,
-                "text/plain; version=0.0.4; charset=utf-8",
-                &body,
-                &[],
-            )
-            .await
-        }
-        ("POST", "/v1/chat/completions") => generate(inner, request, record, true, rd, wr).await,
-        ("POST", "/v1/completions") => generate(inner, request, record, false, rd, wr).await,
+        (_, "POST", "/v1/chat/completions") => generate(inner, request, record, true, rd, wr).await,
+        (_, "POST", "/v1/completions") => generate(inner, request, record, false, rd, wr).await,
         _ => {
             write_full(
                 wr,
@@ -643,6 +788,57 @@ vllm:request_success_total{{engine=\"0\",finished_reason=\"abort\",model_name=\"
 vllm:time_to_first_token_seconds_bucket{{engine=\"0\",le=\"0.001\",model_name=\"{m}\"}} 0.0\n\
 vllm:time_to_first_token_seconds_bucket{{engine=\"0\",le=\"+Inf\",model_name=\"{m}\"}} 0.0\n"
     )
+}
+
+/// The gauges of the non-vLLM engines, in their names.
+fn engine_metrics_text(inner: &Inner) -> String {
+    let (running, waiting, kv) = inner.gauges();
+    let m = &inner.options.model;
+    match inner.options.engine {
+        SimEngine::TrtLlm => format!(
+            "# HELP trtllm_num_requests_running Number of requests currently running.\n\
+# TYPE trtllm_num_requests_running gauge\n\
+trtllm_num_requests_running{{engine_type=\"trtllm\",model_name=\"{m}\"}} {running}.0\n\
+# HELP trtllm_num_requests_waiting Number of requests waiting.\n\
+# TYPE trtllm_num_requests_waiting gauge\n\
+trtllm_num_requests_waiting{{engine_type=\"trtllm\",model_name=\"{m}\"}} {waiting}.0\n\
+# HELP trtllm_kv_cache_utilization KV-cache utilization.\n\
+# TYPE trtllm_kv_cache_utilization gauge\n\
+trtllm_kv_cache_utilization{{engine_type=\"trtllm\",model_name=\"{m}\"}} {kv:?}\n\
+trtllm_kv_cache_hit_rate{{engine_type=\"trtllm\",model_name=\"{m}\"}} 0.0\n\
+# TYPE trtllm_request_success_total counter\n\
+trtllm_request_success_total{{engine_type=\"trtllm\",finished_reason=\"stop\",model_name=\"{m}\"}} 0.0\n"
+        ),
+        SimEngine::Dynamo | SimEngine::DynamoOld => {
+            // In-flight counts queued requests too (handler start to the
+            // end of the response); queued: start to first token.
+            let inflight = running + waiting;
+            format!(
+                "# HELP dynamo_frontend_inflight_requests Number of inflight requests\n\
+# TYPE dynamo_frontend_inflight_requests gauge\n\
+dynamo_frontend_inflight_requests{{model=\"{m}\"}} {inflight}\n\
+dynamo_frontend_inflight_requests{{model=\"other\"}} 9\n\
+# HELP dynamo_frontend_queued_requests Number of requests in HTTP processing queue\n\
+# TYPE dynamo_frontend_queued_requests gauge\n\
+dynamo_frontend_queued_requests{{model=\"{m}\"}} {waiting}\n\
+# TYPE dynamo_frontend_disconnected_clients gauge\n\
+dynamo_frontend_disconnected_clients 0\n"
+            )
+        }
+        SimEngine::Nim | SimEngine::Vllm => format!(
+            "# HELP num_requests_running Number of requests currently running on GPU.\n\
+# TYPE num_requests_running gauge\n\
+num_requests_running{{model_name=\"{m}\"}} {running}.0\n\
+# HELP num_requests_waiting Number of requests waiting to be processed.\n\
+# TYPE num_requests_waiting gauge\n\
+num_requests_waiting{{model_name=\"{m}\"}} {waiting}.0\n\
+# TYPE num_request_max gauge\n\
+num_request_max{{model_name=\"{m}\"}} 256.0\n\
+# HELP gpu_cache_usage_perc GPU KV-cache usage. 1 means 100 percent usage.\n\
+# TYPE gpu_cache_usage_perc gauge\n\
+gpu_cache_usage_perc{{model_name=\"{m}\"}} {kv:?}\n"
+        ),
+    }
 }
 
 /// Prompt tokens as the simulator counts them: words plus 3 per chat
@@ -717,6 +913,79 @@ impl Stream<'_> {
     }
 }
 
+/// One trtllm-serve token chunk and what it needs.
+struct TrtFrame<'a> {
+    model: &'a str,
+    chat: bool,
+    arrival: u64,
+    i: u32,
+    text: &'a str,
+    finish: Option<&'a str>,
+    /// Prompt and cached tokens, for continuous usage.
+    usage: Option<(u64, u64)>,
+}
+
+/// trtllm-serve's frames for token `i` (TV-11): a fresh `id` per chunk,
+/// `exclude_none` (no null keys), the role chunk `{"role":"assistant"}`,
+/// `reasoning_content:""` and `avg_decoded_tokens_per_iter` in deltas,
+/// usage on every chunk, and the first frame of the choice written with a
+/// space before the blank line.
+fn trtllm_token_frames(f: &TrtFrame<'_>) -> Vec<u8> {
+    let (prefix, object) = if f.chat {
+        ("chatcmpl", "chat.completion.chunk")
+    } else {
+        ("cmpl", "text_completion")
+    };
+    let usage = |k: u32| match f.usage {
+        Some((prompt, cached)) => format!(
+            r#","usage":{{"prompt_tokens":{prompt},"total_tokens":{},"completion_tokens":{k},"prompt_tokens_details":{{"cached_tokens":{cached}}}}}"#,
+            prompt + u64::from(k)
+        ),
+        None => String::new(),
+    };
+    let head = |n: &str| {
+        format!(
+            r#"{{"id":"{prefix}-{}-{n}","object":"{object}","created":1,"model":{},"#,
+            f.arrival,
+            js(f.model)
+        )
+    };
+    let first_frame = |json: &str| format!("data: {json} \n\n").into_bytes();
+    let finish = f
+        .finish
+        .map(|r| format!(r#","finish_reason":"{r}""#))
+        .unwrap_or_default();
+    let mut bytes = Vec::new();
+    if f.chat && f.i == 0 {
+        bytes.extend(first_frame(&format!(
+            r#"{}"choices":[{{"index":0,"delta":{{"role":"assistant"}}}}]{}}}"#,
+            head("r"),
+            usage(0)
+        )));
+    }
+    let token = if f.chat {
+        format!(
+            r#"{}"choices":[{{"index":0,"delta":{{"content":{},"reasoning_content":""}},"avg_decoded_tokens_per_iter":1.0{finish}}}]{}}}"#,
+            head(&f.i.to_string()),
+            js(f.text),
+            usage(f.i + 1)
+        )
+    } else {
+        format!(
+            r#"{}"choices":[{{"index":0,"text":{},"avg_decoded_tokens_per_iter":1.0{finish}}}]{}}}"#,
+            head(&f.i.to_string()),
+            js(f.text),
+            usage(f.i + 1)
+        )
+    };
+    if !f.chat && f.i == 0 {
+        bytes.extend(first_frame(&token));
+    } else {
+        bytes.extend(frame(&token));
+    }
+    bytes
+}
+
 fn frame(json: &str) -> Vec<u8> {
     format!("data: {json}\n\n").into_bytes()
 }
@@ -748,10 +1017,41 @@ async fn generate(
         st.arrivals += 1;
         (fault, st.arrivals - 1)
     };
+    let engine = opts.engine;
+    if engine == SimEngine::TrtLlm {
+        let allowed = |k: &str| {
+            TRTLLM_COMMON.contains(&k)
+                || (chat && TRTLLM_CHAT.contains(&k))
+                || (!chat && TRTLLM_COMPLETION.contains(&k))
+        };
+        if let Some(unknown) = body
+            .as_object()
+            .and_then(|o| o.keys().find(|k| !allowed(k.as_str())))
+        {
+            let message = format!(
+                "1 validation error for {}\n{unknown}\n  Extra inputs are not permitted [type=extra_forbidden, input_value=..., input_type=dict]",
+                if chat {
+                    "ChatCompletionRequest"
+                } else {
+                    "CompletionRequest"
+                }
+            );
+            return write_full(wr, 400, "application/json", &trtllm_400(&message), &[]).await;
+        }
+    }
     if let Some(model) = body["model"].as_str()
         && model != opts.model
     {
-        return write_full(wr, 404, "application/json", &not_found_404(model), &[]).await;
+        match engine {
+            // trtllm-serve does not check the model name (unverified).
+            SimEngine::TrtLlm => {}
+            SimEngine::Dynamo | SimEngine::DynamoOld => {
+                return write_full(wr, 404, "application/json", DYNAMO_404, &[]).await;
+            }
+            SimEngine::Vllm | SimEngine::Nim => {
+                return write_full(wr, 404, "application/json", &not_found_404(model), &[]).await;
+            }
+        }
     }
     if let Fault::Http {
         status,
@@ -781,7 +1081,12 @@ async fn generate(
     if let Some(max) = opts.max_waiting {
         let (_, waiting, _) = inner.gauges();
         if waiting >= max as u64 {
-            return write_full(wr, 503, "application/json", BUSY_503, &[]).await;
+            let (status, body) = match engine {
+                SimEngine::Dynamo => (529, DYNAMO_529),
+                SimEngine::DynamoOld => (503, DYNAMO_503),
+                _ => (503, BUSY_503),
+            };
+            return write_full(wr, status, "application/json", body, &[]).await;
         }
     }
     let id = request
@@ -863,13 +1168,44 @@ async fn generate(
                 kind,
                 message,
             } if *after_tokens == i => {
-                let error = format!(
-                    r#"{{"error": {{"message": {}, "type": {}, "param": null, "code": {code}}}}}"#,
-                    js(message),
-                    js(kind)
-                );
-                let mut bytes = frame(&error);
-                bytes.extend_from_slice(b"data: [DONE]\n\n");
+                let bytes = match engine {
+                    SimEngine::TrtLlm if chat => {
+                        // The generator re-raises: the stream is cut, no
+                        // error frame, no [DONE], no end of the body.
+                        inner.state().live.remove(&id);
+                        return Next::Close;
+                    }
+                    SimEngine::TrtLlm => {
+                        let error = format!(
+                            r#"{{"error":{{"message":{},"type":"server_error","code":null,"param":null}}}}"#,
+                            js(message)
+                        );
+                        let mut bytes = frame(&error);
+                        bytes.extend_from_slice(b"data: [DONE]\n\n");
+                        bytes
+                    }
+                    SimEngine::Dynamo => {
+                        let error = format!(
+                            r#"{{"error":{{"message":{},"type":{},"code":{code}}}}}"#,
+                            js(message),
+                            js(kind)
+                        );
+                        let mut bytes = frame(&error);
+                        bytes.extend_from_slice(b"data: [DONE]\n\n");
+                        bytes
+                    }
+                    SimEngine::DynamoOld => format!("event: error\n: {message}\n\n").into_bytes(),
+                    SimEngine::Vllm | SimEngine::Nim => {
+                        let error = format!(
+                            r#"{{"error": {{"message": {}, "type": {}, "param": null, "code": {code}}}}}"#,
+                            js(message),
+                            js(kind)
+                        );
+                        let mut bytes = frame(&error);
+                        bytes.extend_from_slice(b"data: [DONE]\n\n");
+                        bytes
+                    }
+                };
                 if !out.send(&bytes).await || !out.end().await {
                     return decode_abort(inner);
                 }
@@ -912,7 +1248,18 @@ async fn generate(
             r#""finish_reason":null"#.to_owned()
         };
         let mut bytes = Vec::new();
-        if chat && i == 0 {
+        if engine == SimEngine::TrtLlm {
+            bytes = trtllm_token_frames(&TrtFrame {
+                model: &opts.model,
+                chat,
+                arrival,
+                i,
+                text,
+                finish: last.then_some(finish),
+                usage: include_usage
+                    .then(|| (prompt_tokens, opts.cached_tokens.min(prompt_tokens))),
+            });
+        } else if chat && i == 0 {
             bytes.extend(frame(&format!(
                 r#"{head_json}"choices":[{{"index":0,"delta":{{"role":"assistant","content":""}},"logprobs":null,"finish_reason":null}}],"prompt_token_ids":null}}"#
             )));
@@ -930,7 +1277,9 @@ async fn generate(
                 js(text)
             )
         };
-        bytes.extend(frame(&token));
+        if engine != SimEngine::TrtLlm {
+            bytes.extend(frame(&token));
+        }
         let ok = if split_here {
             // TV-06: cut after the first byte of `é`, then after the first
             // two bytes of `🙂`.
@@ -950,7 +1299,15 @@ async fn generate(
         }
     }
     let mut tail = Vec::new();
-    if include_usage {
+    if include_usage && engine == SimEngine::TrtLlm {
+        // The usage chunk is a chat chunk on both routes, details always.
+        let cached = opts.cached_tokens.min(prompt_tokens);
+        tail.extend(frame(&format!(
+            r#"{{"id":"chatcmpl-{arrival}-u","object":"chat.completion.chunk","created":1,"model":{},"choices":[],"usage":{{"prompt_tokens":{prompt_tokens},"total_tokens":{},"completion_tokens":{n},"prompt_tokens_details":{{"cached_tokens":{cached}}}}}}}"#,
+            js(&opts.model),
+            prompt_tokens + u64::from(n)
+        )));
+    } else if include_usage {
         let cached = opts.cached_tokens.min(prompt_tokens);
         let details = if opts.prompt_tokens_details {
             if chat {

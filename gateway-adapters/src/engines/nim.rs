@@ -1,0 +1,72 @@
+//! NVIDIA NIM for LLMs (ENGINES.md §6, from NVIDIA's documentation: NIM is
+//! closed source; https://docs.nvidia.com/nim/large-language-models/latest/observability.html
+//! and the 2.0/2.1 migration guides).
+//!
+//! - Routes: `POST /v1/chat/completions`, `POST /v1/completions`; readiness
+//!   `GET /v1/health/ready` (200 once the model is loaded, else 503;
+//!   `/v1/health/live` answers 200 before that and is not used);
+//!   Prometheus at `GET /v1/metrics`.
+//! - Requests: 1.x takes OpenAI plus `nvext`; 2.x is vLLM or SGLang
+//!   underneath, which accept unknown fields: extra fields are passed
+//!   through.
+//! - Wire behaviour (stream, errors, abort) is the bundled engine's, read
+//!   by the shared client.
+//! - Pressure: 1.x publishes unprefixed `num_requests_running`,
+//!   `num_requests_waiting`, `gpu_cache_usage_perc`; 2.x names are
+//!   unverified, so vLLM's and SGLang's names are read too (the first
+//!   name with samples wins).
+//! - An API key is required when built from config (`api_key_env`).
+
+use gateway_core::EngineKind;
+
+use super::openai_compat::{
+    EngineError, ExtraFields, HealthCheck, MetricNames, OpenAiCompatBackend, Quirks, Routes,
+    UpstreamConfig,
+};
+
+/// NIM's routes.
+pub const ROUTES: Routes = Routes {
+    engine: EngineKind::Nim,
+    chat: "/v1/chat/completions",
+    completions: "/v1/completions",
+    health: HealthCheck::Status("/v1/health/ready"),
+    metrics: Some("/v1/metrics"),
+};
+
+/// NIM's gauges: 1.x names first, then vLLM's and SGLang's.
+pub const METRICS: MetricNames = MetricNames {
+    running: &[
+        "num_requests_running",
+        "vllm:num_requests_running",
+        "sglang:num_running_reqs",
+    ],
+    waiting: &[
+        "num_requests_waiting",
+        "vllm:num_requests_waiting",
+        "sglang:num_queue_reqs",
+    ],
+    kv_usage: &[
+        "gpu_cache_usage_perc",
+        "vllm:kv_cache_usage_perc",
+        "vllm:gpu_cache_usage_perc",
+        "sglang:token_usage",
+    ],
+    model_labels: &["model_name"],
+    running_includes_waiting: false,
+};
+
+/// How NIM departs from vLLM: its gauges.
+pub const QUIRKS: Quirks = Quirks {
+    extra: ExtraFields::PassThrough,
+    metrics: METRICS,
+    message_rules: &[],
+    cut_body_is_truncation: false,
+};
+
+/// A NIM backend (the key, if any, is `config.api_key`).
+///
+/// # Errors
+/// [`EngineError::InvalidUrl`] for a URL that is not `http://host...`.
+pub fn backend(config: UpstreamConfig) -> Result<OpenAiCompatBackend, EngineError> {
+    OpenAiCompatBackend::with_quirks(ROUTES, QUIRKS, config)
+}

@@ -1,0 +1,1503 @@
+//! SGLang (ENGINES.md §3), through its native `POST /generate`.
+//!
+//! - Text and token prompts go to `POST /generate` as
+//!   `{"text" | "input_ids", "sampling_params": {"max_new_tokens", "temperature",
+//!   "top_p", "stop"}, "stream": true, "rid": <request id>}`. The stream
+//!   carries the **cumulative** `text` per event (unless the server runs
+//!   `--incremental-streaming-output`, see [`SglangOptions`]); deltas are
+//!   the character-prefix difference (TV-07). A text that does not extend
+//!   what was already forwarded fails the stream loudly (protocol
+//!   violation). Trailing U+FFFD is held back until it resolves.
+//! - `meta_info` of the final event gives the usage: `prompt_tokens`,
+//!   `completion_tokens`, `cached_tokens`, and speculative-decoding drafts
+//!   (`spec_proposed_drafts`/`spec_num_proposed_drafts` drafted,
+//!   `spec_accepted_drafts`/`spec_num_correct_drafts` accepted, §3.8).
+//! - Chat prompts: the native route takes text and the gateway has no chat
+//!   template, so chat goes to SGLang's OpenAI route
+//!   `/v1/chat/completions` through the shared OpenAI-compatible client,
+//!   with `rid` added to the body so it can be aborted the same way.
+//! - Failures: a non-2xx answer (native `400 {"error":{"message"}}`,
+//!   flat OpenAI bodies, 503) is typed by status and message; an
+//!   in-stream `{"error":...}` event (which may be the first event, e.g.
+//!   the 503 `SERVICE_UNAVAILABLE` of a full queue) is typed by its code,
+//!   type or message, in the phase given by whether a delta was forwarded;
+//!   a final `finish_reason` `{"type":"abort","status_code":N}` is typed by
+//!   `N`, one without a status code (someone aborted the rid) ends the
+//!   stream as canceled (`Aborted`).
+//! - Cancel: in every phase the connection is dropped **and**
+//!   `POST /abort_request {"rid"}` is sent on a spawned task with a short
+//!   timeout (closing alone only aborts 2 s later in SGLang, §3.6); the
+//!   stream's end never waits for it.
+//! - Not sent on the native route: the served model name (one model per
+//!   server) and the request's extra fields (`GenerateReqInput` has its own
+//!   field set); a seed goes as `sampling_params.sampling_seed`.
+//! - Pressure: `sglang:num_running_reqs`, `sglang:num_queue_reqs`,
+//!   `sglang:token_usage` from `/metrics` (`--enable-metrics`), for the
+//!   served model's `model_name`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::StreamExt;
+use gateway_core::http::{HeaderValue, Method, Request, StatusCode, Uri, header};
+use gateway_core::{
+    Backend, BackendError, BackendInfo, BackendRequest, CancelHandle, CancelReason, Delta,
+    EngineKind, FailureKind, FailurePhase, FinishReason, Health, Pressure, Prompt, RequestId,
+    Started, TokenEvent, TokenResult, TokenStream, Usage,
+};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use super::openai_compat::{
+    EngineError, HealthCheck, OpenAiCompatBackend, Routes, UpstreamConfig, kind_for_status,
+};
+use super::prometheus;
+use crate::config::BackendConfig;
+use crate::openai::types::{ErrorCode, ErrorDetail};
+use crate::openai::{SseDecoder, SseError, SseEvent, parse_upstream_error};
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+const EVENT_BUFFER: usize = 64;
+const MAX_ERROR_BODY: usize = 64 * 1024;
+const MAX_METRICS_BODY: usize = 8 * 1024 * 1024;
+const SIDE_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long to wait for `[DONE]` after the final event.
+const FINISH_GRACE: Duration = Duration::from_secs(2);
+const MAX_MESSAGE_CHARS: usize = 512;
+
+/// SGLang's OpenAI routes, used for chat prompts (no scrape of its own:
+/// the SGLang adapter scrapes).
+pub const OPENAI_ROUTES: Routes = Routes {
+    engine: EngineKind::Sglang,
+    chat: "/v1/chat/completions",
+    completions: "/v1/completions",
+    health: HealthCheck::Status("/health"),
+    metrics: None,
+};
+
+/// The native generation route.
+pub const GENERATE: &str = "/generate";
+/// The abort route.
+pub const ABORT: &str = "/abort_request";
+/// The health route.
+pub const HEALTH: &str = "/health";
+/// The default metrics route.
+pub const METRICS: &str = "/metrics";
+
+/// SGLang specifics beyond [`UpstreamConfig`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SglangOptions {
+    /// The server runs `--incremental-streaming-output`: each event's
+    /// `text` is the new piece, not the whole text so far.
+    pub incremental_streaming_output: bool,
+    /// How long an `/abort_request` call may take (it runs on its own task).
+    pub abort_timeout: Duration,
+}
+
+impl Default for SglangOptions {
+    fn default() -> Self {
+        SglangOptions {
+            incremental_streaming_output: false,
+            abort_timeout: Duration::from_secs(2),
+        }
+    }
+}
+
+/// An SGLang backend with default [`SglangOptions`].
+///
+/// # Errors
+/// [`EngineError::InvalidUrl`] for a URL that is not `http://host...`.
+pub fn backend(config: UpstreamConfig) -> Result<SglangBackend, EngineError> {
+    SglangBackend::new(config, SglangOptions::default())
+}
+
+/// The adapter of a `[[backends]]` entry with engine `sglang`.
+///
+/// # Errors
+/// [`EngineError::UnsupportedEngine`] for other engines,
+/// [`EngineError::MissingApiKey`] if `api_key_env` names an unset variable,
+/// [`EngineError::InvalidUrl`] for an unusable URL.
+pub fn from_backend_config(config: &BackendConfig) -> Result<SglangBackend, EngineError> {
+    if config.engine != EngineKind::Sglang {
+        return Err(EngineError::UnsupportedEngine(config.engine));
+    }
+    let Some(url) = &config.url else {
+        return Err(EngineError::InvalidUrl {
+            url: String::new(),
+            reason: "a URL is required".to_owned(),
+        });
+    };
+    let api_key = match &config.api_key_env {
+        Some(var) => match std::env::var(var) {
+            Ok(key) if !key.is_empty() => Some(key),
+            _ => return Err(EngineError::MissingApiKey(var.clone())),
+        },
+        None => None,
+    };
+    let mut upstream = UpstreamConfig::new(config.name.clone(), url.clone(), config.model.clone());
+    upstream.served_model = Some(config.served_model.clone());
+    upstream.metrics_url = config.metrics_url.clone();
+    upstream.api_key = api_key;
+    upstream.max_concurrency = config.max_concurrency.map(std::num::NonZeroU32::get);
+    backend(upstream)
+}
+
+/// SGLang as a [`Backend`]: native `/generate` for text and token prompts,
+/// the OpenAI chat route for chat prompts, `/abort_request` on every
+/// cancel, pressure from `/metrics`.
+#[derive(Clone)]
+pub struct SglangBackend {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for SglangBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SglangBackend")
+            .field("info", &self.inner.info)
+            .field("generate", &self.inner.generate_uri)
+            .field("options", &self.inner.options)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    info: BackendInfo,
+    served_model: String,
+    client: HttpClient,
+    generate_uri: Uri,
+    health_uri: Uri,
+    auth: Option<HeaderValue>,
+    options: SglangOptions,
+    max_event_bytes: usize,
+    max_inflight: u32,
+    shared: Arc<Shared>,
+    chat: OpenAiCompatBackend,
+    scraper: Option<(Uri, Duration, CancellationToken)>,
+    scraper_started: OnceLock<()>,
+    _stop_scraper: DropGuard,
+}
+
+/// What the reader tasks, the abort tasks and the scraper share.
+struct Shared {
+    live: Mutex<HashMap<RequestId, Vec<(u64, CancelHandle)>>>,
+    next_seq: AtomicU64,
+    client: HttpClient,
+    abort_uri: Uri,
+    auth: Option<HeaderValue>,
+    abort_timeout: Duration,
+    base: Instant,
+    running: AtomicU32,
+    waiting: AtomicU32,
+    kv_bits: AtomicU32,
+    updated: AtomicU64,
+    inflight: AtomicU32,
+    limit: Option<u32>,
+    overloaded_until: AtomicU64,
+}
+
+impl Shared {
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn snapshot(&self) -> Pressure {
+        let updated = self.updated.load(Ordering::Acquire);
+        Pressure {
+            running: self.running.load(Ordering::Relaxed),
+            waiting: self.waiting.load(Ordering::Relaxed),
+            kv_usage: f32::from_bits(self.kv_bits.load(Ordering::Relaxed)),
+            inflight: self.inflight.load(Ordering::Relaxed),
+            limit: self.limit,
+            updated_at: (updated > 0).then(|| self.base + Duration::from_nanos(updated - 1)),
+            overloaded: self.overloaded_until.load(Ordering::Relaxed) > self.nanos(Instant::now()),
+        }
+    }
+
+    fn store(&self, gauges: &Gauges) {
+        self.running
+            .store(to_u32(gauges.running), Ordering::Relaxed);
+        self.waiting
+            .store(to_u32(gauges.waiting), Ordering::Relaxed);
+        #[expect(clippy::cast_possible_truncation, reason = "a fraction in 0..1")]
+        let kv = gauges.kv_usage.clamp(0.0, 1.0) as f32;
+        self.kv_bits.store(kv.to_bits(), Ordering::Relaxed);
+        let now = self.nanos(Instant::now());
+        self.updated.store(now.saturating_add(1), Ordering::Release);
+    }
+
+    fn mark_overloaded(&self, retry_after: Option<Duration>) {
+        let until = Instant::now() + retry_after.unwrap_or(Duration::from_secs(1));
+        self.overloaded_until
+            .store(self.nanos(until), Ordering::Relaxed);
+    }
+
+    /// Sends `POST /abort_request {"rid"}` on its own task; never waits.
+    fn fire_abort(&self, rid: &RequestId) {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let body = serde_json::json!({ "rid": rid.as_str() }).to_string();
+        let mut builder = Request::builder()
+            .method(Method::POST)
+            .uri(self.abort_uri.clone())
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(auth) = &self.auth {
+            builder = builder.header(header::AUTHORIZATION, auth.clone());
+        }
+        let Ok(request) = builder.body(Full::new(Bytes::from(body))) else {
+            return;
+        };
+        let client = self.client.clone();
+        let timeout = self.abort_timeout;
+        runtime.spawn(async move {
+            let call = async {
+                if let Ok(response) = client.request(request).await {
+                    let _ = read_limited(response.into_body(), MAX_ERROR_BODY).await;
+                }
+            };
+            let _ = tokio::time::timeout(timeout, call).await;
+        });
+    }
+}
+
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "clamped to the u32 range first"
+)]
+fn to_u32(value: f64) -> u32 {
+    if value.is_nan() {
+        return 0;
+    }
+    value.round().clamp(0.0, f64::from(u32::MAX)) as u32
+}
+
+/// Removes a live request from the registry and the in-flight count.
+struct LiveGuard {
+    shared: Arc<Shared>,
+    id: RequestId,
+    seq: u64,
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        let mut live = self
+            .shared
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(entries) = live.get_mut(&self.id) {
+            entries.retain(|(seq, _)| *seq != self.seq);
+            if entries.is_empty() {
+                live.remove(&self.id);
+            }
+        }
+        drop(live);
+        self.shared.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Sends `/abort_request` for its rid when dropped, unless disarmed once
+/// the engine itself ended the request.
+struct AbortGuard {
+    shared: Arc<Shared>,
+    rid: RequestId,
+    armed: bool,
+}
+
+impl AbortGuard {
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for AbortGuard {
+    fn drop(&mut self) {
+        if self.armed {
+            self.shared.fire_abort(&self.rid);
+        }
+    }
+}
+
+fn parse_uri(url: &str) -> Result<Uri, EngineError> {
+    let invalid = |reason: &str| EngineError::InvalidUrl {
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let uri: Uri = url.parse().map_err(|_| invalid("not a URL"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => return Err(invalid("https is not supported by this build")),
+        _ => return Err(invalid("the scheme must be http")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(invalid("no host"));
+    }
+    Ok(uri)
+}
+
+impl SglangBackend {
+    /// An SGLang adapter described by `config` and `options`.
+    ///
+    /// # Errors
+    /// [`EngineError::InvalidUrl`] for a URL that is not `http://host...`.
+    pub fn new(config: UpstreamConfig, options: SglangOptions) -> Result<Self, EngineError> {
+        parse_uri(&config.url)?;
+        let trimmed = config.url.trim_end_matches('/');
+        let base = trimmed.strip_suffix("/v1").unwrap_or(trimmed).to_owned();
+        let route = |path: &str| parse_uri(&format!("{base}{path}"));
+        let generate_uri = route(GENERATE)?;
+        let abort_uri = route(ABORT)?;
+        let health_uri = route(HEALTH)?;
+        let metrics_uri = match &config.metrics_url {
+            Some(url) => parse_uri(url)?,
+            None => route(METRICS)?,
+        };
+        let auth = match &config.api_key {
+            Some(key) => {
+                let mut value = HeaderValue::try_from(format!("Bearer {key}")).map_err(|_| {
+                    EngineError::InvalidUrl {
+                        url: config.url.clone(),
+                        reason: "the API key is not a valid header value".to_owned(),
+                    }
+                })?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+            None => None,
+        };
+        let mut chat_config = config.clone();
+        chat_config.metrics_url = None;
+        let chat = OpenAiCompatBackend::new(OPENAI_ROUTES, chat_config)?;
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.enforce_http(true);
+        let client: HttpClient = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(config.pool_max_idle)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        let served_model = match (&config.served_model, config.models.first()) {
+            (Some(served), _) => served.clone(),
+            (None, Some(first)) => first.clone(),
+            (None, None) => config.name.clone(),
+        };
+        let shared = Arc::new(Shared {
+            live: Mutex::new(HashMap::new()),
+            next_seq: AtomicU64::new(1),
+            client: client.clone(),
+            abort_uri,
+            auth: auth.clone(),
+            abort_timeout: options.abort_timeout,
+            base: Instant::now(),
+            running: AtomicU32::new(0),
+            waiting: AtomicU32::new(0),
+            kv_bits: AtomicU32::new(0),
+            updated: AtomicU64::new(0),
+            inflight: AtomicU32::new(0),
+            limit: config.max_concurrency,
+            overloaded_until: AtomicU64::new(0),
+        });
+        let stop = CancellationToken::new();
+        let inner = Inner {
+            info: BackendInfo {
+                name: config.name,
+                engine: EngineKind::Sglang,
+                models: config.models,
+            },
+            served_model,
+            client,
+            generate_uri,
+            health_uri,
+            auth,
+            options,
+            max_event_bytes: config.max_event_bytes,
+            max_inflight: config.max_inflight,
+            shared,
+            chat,
+            scraper: Some((
+                metrics_uri,
+                config.scrape_interval.max(Duration::from_millis(1)),
+                stop.clone(),
+            )),
+            scraper_started: OnceLock::new(),
+            _stop_scraper: stop.drop_guard(),
+        };
+        let backend = SglangBackend {
+            inner: Arc::new(inner),
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            backend.inner.ensure_scraper();
+        }
+        Ok(backend)
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> SglangOptions {
+        self.inner.options
+    }
+}
+
+impl Inner {
+    fn ensure_scraper(&self) {
+        let Some((uri, interval, stop)) = self.scraper.clone() else {
+            return;
+        };
+        if self.scraper_started.set(()).is_err() {
+            return;
+        }
+        tokio::spawn(scrape_loop(
+            self.client.clone(),
+            uri,
+            interval,
+            stop,
+            self.shared.clone(),
+            self.served_model.clone(),
+        ));
+    }
+
+    fn register(&self, id: &RequestId, cancel: &CancelHandle) -> LiveGuard {
+        let seq = self.shared.next_seq.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(id.clone())
+            .or_default()
+            .push((seq, cancel.clone()));
+        self.shared.inflight.fetch_add(1, Ordering::Relaxed);
+        LiveGuard {
+            shared: self.shared.clone(),
+            id: id.clone(),
+            seq,
+        }
+    }
+
+    /// The native `/generate` body.
+    fn generate_body(&self, request: &BackendRequest) -> Result<Bytes, BackendError> {
+        let generate = request.request.as_ref();
+        let mut sampling = Map::new();
+        sampling.insert(
+            "max_new_tokens".to_owned(),
+            Value::from(request.budget.max_completion_tokens),
+        );
+        if let Some(t) = generate.sampling.temperature {
+            sampling.insert("temperature".to_owned(), Value::from(f64::from(t)));
+        }
+        if let Some(p) = generate.sampling.top_p {
+            sampling.insert("top_p".to_owned(), Value::from(f64::from(p)));
+        }
+        if !generate.sampling.stop.is_empty() {
+            sampling.insert(
+                "stop".to_owned(),
+                Value::from(generate.sampling.stop.clone()),
+            );
+        }
+        if let Some(seed) = generate.sampling.seed {
+            sampling.insert("sampling_seed".to_owned(), Value::from(seed));
+        }
+        let mut body = Map::new();
+        match &generate.prompt {
+            Prompt::Text(text) => {
+                body.insert("text".to_owned(), Value::from(text.as_str()));
+            }
+            Prompt::Tokens(ids) => {
+                body.insert("input_ids".to_owned(), Value::from(ids.clone()));
+            }
+            Prompt::Chat(_) => {
+                return Err(BackendError::new(
+                    FailureKind::Internal,
+                    "chat prompts go to the OpenAI route",
+                ));
+            }
+        }
+        body.insert("sampling_params".to_owned(), Value::Object(sampling));
+        body.insert("stream".to_owned(), Value::Bool(true));
+        body.insert("rid".to_owned(), Value::from(generate.id.as_str()));
+        serde_json::to_vec(&Value::Object(body))
+            .map(Bytes::from)
+            .map_err(|e| {
+                BackendError::new(
+                    FailureKind::Internal,
+                    "the request could not be encoded for the engine",
+                )
+                .with_source(e)
+            })
+    }
+
+    fn post(&self, id: &RequestId, body: Bytes) -> Result<Request<Full<Bytes>>, BackendError> {
+        let mut builder = Request::builder()
+            .method(Method::POST)
+            .uri(self.generate_uri.clone())
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, "text/event-stream");
+        if let Ok(value) = HeaderValue::try_from(id.as_str()) {
+            builder = builder.header("x-request-id", value);
+        }
+        if let Some(auth) = &self.auth {
+            builder = builder.header(header::AUTHORIZATION, auth.clone());
+        }
+        builder.body(Full::new(body)).map_err(|e| {
+            BackendError::new(
+                FailureKind::Internal,
+                "could not build the upstream request",
+            )
+            .with_source(e)
+        })
+    }
+
+    /// A chat request through the OpenAI route, with `rid` in the body and
+    /// `/abort_request` on any end but a finish.
+    async fn start_chat(
+        &self,
+        request: BackendRequest,
+        cancel: CancelHandle,
+    ) -> Result<TokenStream, BackendError> {
+        let id = request.request.id.clone();
+        let mut generate = request.request.as_ref().clone();
+        let mut extra: Map<String, Value> = match &generate.extra {
+            Some(text) => serde_json::from_str(text).map_err(|e| {
+                BackendError::new(
+                    FailureKind::InvalidRequest,
+                    "the extra request fields are not a JSON object",
+                )
+                .with_source(e)
+            })?,
+            None => Map::new(),
+        };
+        extra.insert("rid".to_owned(), Value::from(id.as_str()));
+        generate.extra = Some(Value::Object(extra).to_string().into());
+        let request = BackendRequest {
+            request: Arc::new(generate),
+            ..request
+        };
+        let live = self.register(&id, &cancel);
+        // Dropping this future before the answer aborts by rid.
+        let mut guard = AbortGuard {
+            shared: self.shared.clone(),
+            rid: id.clone(),
+            armed: true,
+        };
+        let result = self.chat.start(request, cancel.clone()).await;
+        guard.disarm();
+        let stream = match result {
+            Ok(stream) => stream,
+            Err(e) => {
+                if matches!(e.kind(), FailureKind::Canceled | FailureKind::TotalTimeout) {
+                    // The engine may hold it already.
+                    self.shared.fire_abort(&id);
+                }
+                if e.kind() == FailureKind::Overloaded {
+                    self.shared.mark_overloaded(e.retry_after());
+                }
+                return Err(e);
+            }
+        };
+        // A cancel (also by `abort(id)` or dropping the stream) sends
+        // `/abort_request` at once, whether or not the stream is polled.
+        let done = CancellationToken::new();
+        let watcher = {
+            let shared = self.shared.clone();
+            let cancel = cancel.clone();
+            let done = done.clone();
+            let rid = id.clone();
+            async move {
+                tokio::select! {
+                    biased;
+                    _ = cancel.canceled() => shared.fire_abort(&rid),
+                    () = done.cancelled() => {}
+                }
+            }
+        };
+        tokio::spawn(watcher);
+        let shared = self.shared.clone();
+        let mut live = Some(live);
+        let done_on_drop = done.clone().drop_guard();
+        let stream = stream.map(move |item| {
+            let _ = &done_on_drop;
+            match &item {
+                Ok(TokenEvent::Finished(_)) => {
+                    done.cancel();
+                    drop(live.take());
+                }
+                Err(e) => {
+                    if matches!(
+                        e.kind(),
+                        FailureKind::TotalTimeout
+                            | FailureKind::Connect
+                            | FailureKind::ProtocolViolation
+                    ) {
+                        // The engine may still be generating.
+                        shared.fire_abort(&id);
+                    }
+                    if e.kind() != FailureKind::Canceled {
+                        done.cancel();
+                    }
+                    drop(live.take());
+                }
+                Ok(_) => {}
+            }
+            item
+        });
+        Ok(TokenStream::new(stream).cancel_on_drop(cancel))
+    }
+}
+
+async fn deadline_passed(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn total_timeout(phase: FailurePhase) -> BackendError {
+    BackendError::new(
+        FailureKind::TotalTimeout,
+        "the request ran past its deadline",
+    )
+    .with_phase(phase)
+}
+
+fn transport_error(
+    error: impl std::error::Error + Send + Sync + 'static,
+    phase: FailurePhase,
+) -> BackendError {
+    BackendError::new(FailureKind::Connect, "the connection to the engine failed")
+        .with_phase(phase)
+        .with_source(error)
+}
+
+fn protocol(message: impl Into<String>, phase: FailurePhase) -> BackendError {
+    BackendError::new(FailureKind::ProtocolViolation, message).with_phase(phase)
+}
+
+async fn read_limited(body: Incoming, limit: usize) -> Option<Bytes> {
+    Limited::new(body, limit)
+        .collect()
+        .await
+        .ok()
+        .map(http_body_util::Collected::to_bytes)
+}
+
+fn retry_after(headers: &gateway_core::http::HeaderMap) -> Option<Duration> {
+    let text = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let secs: f64 = text.parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(3600.0)))
+}
+
+#[async_trait::async_trait]
+impl Backend for SglangBackend {
+    fn info(&self) -> &BackendInfo {
+        &self.inner.info
+    }
+
+    fn pressure(&self) -> Pressure {
+        let mut p = self.inner.shared.snapshot();
+        let chat = self.inner.chat.pressure();
+        p.overloaded |= chat.overloaded;
+        p
+    }
+
+    async fn start(
+        &self,
+        request: BackendRequest,
+        cancel: CancelHandle,
+    ) -> Result<TokenStream, BackendError> {
+        let inner = &self.inner;
+        inner.ensure_scraper();
+        if let Some(reason) = cancel.reason() {
+            return Err(BackendError::canceled(reason));
+        }
+        if inner.shared.inflight.load(Ordering::Relaxed) >= inner.max_inflight {
+            return Err(BackendError::new(
+                FailureKind::Overloaded,
+                "too many requests in flight to this engine",
+            ));
+        }
+        if matches!(request.request.prompt, Prompt::Chat(_)) {
+            return inner.start_chat(request, cancel).await;
+        }
+        let body = inner.generate_body(&request)?;
+        let id = request.request.id.clone();
+        let http_request = inner.post(&id, body)?;
+        let live = inner.register(&id, &cancel);
+        // From here on the engine may hold the request: any end but the
+        // engine's own sends `/abort_request` (also when this future is
+        // dropped).
+        let mut guard = AbortGuard {
+            shared: inner.shared.clone(),
+            rid: id,
+            armed: true,
+        };
+        let deadline = request.budget.deadline;
+        let before = FailurePhase::BeforeFirstToken;
+        let response = tokio::select! {
+            biased;
+            reason = cancel.canceled() => return Err(BackendError::canceled(reason)),
+            () = deadline_passed(deadline) => return Err(total_timeout(before)),
+            response = inner.client.request(http_request) => {
+                response.map_err(|e| transport_error(e, before))?
+            }
+        };
+        let status = response.status();
+        if !status.is_success() {
+            guard.disarm();
+            let retry = retry_after(response.headers());
+            let read = read_limited(response.into_body(), MAX_ERROR_BODY);
+            let body = tokio::select! {
+                biased;
+                reason = cancel.canceled() => return Err(BackendError::canceled(reason)),
+                () = deadline_passed(deadline) => return Err(total_timeout(before)),
+                body = tokio::time::timeout(SIDE_CALL_TIMEOUT, read) => body.ok().flatten(),
+            };
+            let error = status_error(status, body.as_deref(), retry);
+            if error.kind() == FailureKind::Overloaded {
+                inner.shared.mark_overloaded(error.retry_after());
+            }
+            return Err(error);
+        }
+        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+        let reader = Reader {
+            cap: u64::from(request.budget.max_completion_tokens),
+            deadline,
+            cancel: cancel.clone(),
+            decoder: SseDecoder::new().with_max_event_bytes(inner.max_event_bytes),
+            incremental: inner.options.incremental_streaming_output,
+            forwarded: String::new(),
+            seen_tokens: 0,
+            seen_ids: 0,
+            delivered: 0,
+            pending_tokens: 0,
+            any_delta: false,
+            done: None,
+            shared: inner.shared.clone(),
+        };
+        tokio::spawn(reader.run(response.into_body(), tx, live, guard));
+        let mut rx = rx;
+        let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        Ok(TokenStream::new(stream).cancel_on_drop(cancel))
+    }
+
+    async fn abort(&self, id: &RequestId) -> Result<bool, BackendError> {
+        let handles: Vec<CancelHandle> = self
+            .inner
+            .shared
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .map(|entries| entries.iter().map(|(_, h)| h.clone()).collect())
+            .unwrap_or_default();
+        for handle in &handles {
+            handle.cancel(CancelReason::Aborted);
+        }
+        Ok(!handles.is_empty())
+    }
+
+    async fn health(&self) -> Health {
+        let inner = &self.inner;
+        inner.ensure_scraper();
+        let mut builder = Request::builder()
+            .method(Method::GET)
+            .uri(inner.health_uri.clone());
+        if let Some(auth) = &inner.auth {
+            builder = builder.header(header::AUTHORIZATION, auth.clone());
+        }
+        let request = match builder.body(Full::new(Bytes::new())) {
+            Ok(r) => r,
+            Err(e) => return Health::Unhealthy(format!("bad health request: {e}")),
+        };
+        let call = async {
+            let response = inner
+                .client
+                .request(request)
+                .await
+                .map_err(|e| format!("engine unreachable: {e}"))?;
+            let status = response.status();
+            let _ = read_limited(response.into_body(), MAX_ERROR_BODY).await;
+            if status.is_success() {
+                Ok(())
+            } else {
+                Err(format!("health check answered {status}"))
+            }
+        };
+        match tokio::time::timeout(SIDE_CALL_TIMEOUT, call).await {
+            Ok(Ok(())) => Health::Healthy,
+            Ok(Err(why)) => Health::Unhealthy(why),
+            Err(_) => Health::Unhealthy("health check timed out".to_owned()),
+        }
+    }
+}
+
+/// A kind read from an SGLang message alone (native errors carry no code
+/// or type).
+fn message_kind(message: &str) -> Option<FailureKind> {
+    let lower = message.to_ascii_lowercase();
+    if lower.contains("queue is full")
+        || lower.contains("503:")
+        || lower.contains("service unavailable")
+    {
+        Some(FailureKind::Overloaded)
+    } else if lower.contains("context length") || lower.contains("context window") {
+        Some(FailureKind::ContextLengthExceeded)
+    } else if lower.contains("out of memory") {
+        Some(FailureKind::OutOfMemory)
+    } else {
+        None
+    }
+}
+
+fn short(message: &str) -> String {
+    let mut out: String = message.trim().chars().take(MAX_MESSAGE_CHARS).collect();
+    if out.len() < message.trim().len() {
+        out.push('…');
+    }
+    format!("engine: {out}")
+}
+
+/// Load gauges read from one scrape.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct Gauges {
+    pub(crate) running: f64,
+    pub(crate) waiting: f64,
+    pub(crate) kv_usage: f64,
+}
+
+/// The error of a non-2xx answer before the stream: by status, then by
+/// SGLang's messages (`500 "Internal server error: 503: The request queue
+/// is full."`).
+fn status_error(
+    status: StatusCode,
+    body: Option<&[u8]>,
+    retry_after: Option<Duration>,
+) -> BackendError {
+    let detail = body.and_then(parse_upstream_error);
+    let message = detail.as_ref().map_or("", |d| d.message.as_str());
+    let mut kind = kind_for_status(
+        status.as_u16(),
+        message,
+        detail.as_ref().and_then(|d| d.param.as_deref()),
+    );
+    if matches!(kind, FailureKind::Internal | FailureKind::UpstreamStatus)
+        && let Some(k) = message_kind(message)
+    {
+        kind = k;
+    }
+    let text = if message.trim().is_empty() {
+        format!("engine: the engine answered {status}")
+    } else {
+        short(message)
+    };
+    let mut error = BackendError::new(kind, text).with_upstream_status(status.as_u16());
+    if let Some(after) = retry_after {
+        error = error.with_retry_after(after);
+    }
+    error
+}
+
+/// The error of an in-stream `{"error": ...}` event: by its `code`, else
+/// its `type`, else its message.
+fn event_error(detail: &ErrorDetail, phase: FailurePhase) -> BackendError {
+    let code = match &detail.code {
+        Some(ErrorCode::Number(n)) => u16::try_from(*n).ok(),
+        Some(ErrorCode::Text(t)) => t.trim().parse().ok(),
+        None => None,
+    }
+    .or_else(|| detail.kind.trim().parse().ok());
+    let by_message = message_kind(&detail.message);
+    let kind = match code {
+        Some(code) => {
+            let kind = kind_for_status(code, &detail.message, detail.param.as_deref());
+            match by_message {
+                Some(k) if matches!(kind, FailureKind::Internal | FailureKind::UpstreamStatus) => k,
+                _ => kind,
+            }
+        }
+        None => {
+            let lower: String = detail
+                .kind
+                .chars()
+                .filter(char::is_ascii_alphanumeric)
+                .collect::<String>()
+                .to_ascii_lowercase();
+            if lower.contains("unavailable") || lower.contains("overload") {
+                FailureKind::Overloaded
+            } else if lower.contains("badrequest") || lower.contains("invalid") {
+                kind_for_status(400, &detail.message, detail.param.as_deref())
+            } else {
+                by_message.unwrap_or(FailureKind::Internal)
+            }
+        }
+    };
+    let message = if detail.message.trim().is_empty() {
+        "engine: the engine failed the stream".to_owned()
+    } else {
+        short(&detail.message)
+    };
+    let mut error = BackendError::new(kind, message).with_phase(phase);
+    if let Some(code) = code {
+        error = error.with_upstream_status(code);
+    }
+    error
+}
+
+/// One native `/generate` event, read leniently.
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct NativeChunk {
+    text: Option<String>,
+    output_ids: Option<Vec<u32>>,
+    meta_info: Option<MetaInfo>,
+    index: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(default)]
+struct MetaInfo {
+    finish_reason: Option<Value>,
+    prompt_tokens: Option<u64>,
+    completion_tokens: Option<u64>,
+    cached_tokens: Option<u64>,
+    #[serde(alias = "spec_num_correct_drafts")]
+    spec_accepted_drafts: Option<u64>,
+    #[serde(alias = "spec_num_proposed_drafts")]
+    spec_proposed_drafts: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    End,
+}
+
+/// How the engine ended the request, once it did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Done {
+    Finished,
+    Failed,
+}
+
+struct Reader {
+    cap: u64,
+    deadline: Option<Instant>,
+    cancel: CancelHandle,
+    decoder: SseDecoder,
+    incremental: bool,
+    /// The text forwarded so far (cumulative mode).
+    forwarded: String,
+    /// `completion_tokens` of the last event.
+    seen_tokens: u64,
+    /// `output_ids.len()` of the last event.
+    seen_ids: u64,
+    delivered: u64,
+    pending_tokens: u64,
+    any_delta: bool,
+    done: Option<Done>,
+    shared: Arc<Shared>,
+}
+
+impl Reader {
+    fn phase(&self) -> FailurePhase {
+        if self.any_delta {
+            FailurePhase::AfterFirstToken
+        } else {
+            FailurePhase::BeforeFirstToken
+        }
+    }
+
+    async fn run(
+        mut self,
+        mut body: Incoming,
+        tx: mpsc::Sender<TokenResult>,
+        live: LiveGuard,
+        mut guard: AbortGuard,
+    ) {
+        let mut live = Some(live);
+        let mut out: Vec<TokenResult> = vec![Ok(TokenEvent::Started(Started::default()))];
+        let mut flow = Flow::Continue;
+        let mut finished_at: Option<Instant> = None;
+        loop {
+            if flow == Flow::End {
+                if self.done.is_some() {
+                    guard.disarm();
+                }
+                drop(live.take());
+            }
+            for item in out.drain(..) {
+                let sent = tokio::select! {
+                    biased;
+                    reason = self.cancel.canceled() => Err(Some(reason)),
+                    () = deadline_passed(self.deadline), if flow == Flow::Continue && self.done.is_none() => Err(None),
+                    sent = tx.send(item) => sent.map_err(|_| None),
+                };
+                if let Err(why) = sent {
+                    if self.done.is_some() {
+                        guard.disarm();
+                    }
+                    if flow == Flow::End {
+                        return;
+                    }
+                    drop(body);
+                    drop(guard);
+                    drop(live.take());
+                    if tx.is_closed() {
+                        return;
+                    }
+                    let error = match why {
+                        Some(reason) => BackendError::canceled(reason).with_phase(self.phase()),
+                        None => total_timeout(self.phase()),
+                    };
+                    let _ = tx.send(Err(error)).await;
+                    return;
+                }
+            }
+            if flow == Flow::End {
+                drop(tx);
+                let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                    let mut left = MAX_ERROR_BODY;
+                    while let Some(Ok(frame)) = body.frame().await {
+                        left = left.saturating_sub(frame.data_ref().map_or(0, Bytes::len));
+                        if left == 0 {
+                            break;
+                        }
+                    }
+                })
+                .await;
+                return;
+            }
+            if self.done.is_some() && finished_at.is_none() {
+                finished_at = Some(Instant::now());
+            }
+            let grace = async {
+                match finished_at {
+                    Some(at) => tokio::time::sleep_until(at + FINISH_GRACE).await,
+                    None => std::future::pending().await,
+                }
+            };
+            let frame = tokio::select! {
+                biased;
+                reason = self.cancel.canceled() => {
+                    if self.done.is_some() {
+                        // `Finished` is out; only `[DONE]` was awaited.
+                        guard.disarm();
+                        return;
+                    }
+                    drop(body);
+                    drop(guard);
+                    drop(live.take());
+                    let _ = tx.send(Err(BackendError::canceled(reason).with_phase(self.phase()))).await;
+                    return;
+                }
+                () = deadline_passed(self.deadline), if self.done.is_none() => {
+                    drop(body);
+                    drop(guard);
+                    drop(live.take());
+                    let _ = tx.send(Err(total_timeout(self.phase()))).await;
+                    return;
+                }
+                () = grace => {
+                    flow = Flow::End;
+                    continue;
+                }
+                frame = body.frame() => frame,
+            };
+            flow = match frame {
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        self.decoder.push(&data);
+                        self.drain_events(&mut out)
+                    }
+                    Err(_) => Flow::Continue,
+                },
+                Some(Err(e)) => {
+                    if self.done.is_none() {
+                        out.push(Err(transport_error(e, self.phase())));
+                    }
+                    Flow::End
+                }
+                None => {
+                    self.decoder.finish();
+                    match self.drain_events(&mut out) {
+                        Flow::End => Flow::End,
+                        Flow::Continue => {
+                            if self.done.is_none() {
+                                let why = if self.decoder.has_partial() {
+                                    "the engine's stream was cut inside an event"
+                                } else {
+                                    "the engine's stream ended without a finish_reason"
+                                };
+                                out.push(Err(protocol(why, self.phase())));
+                            }
+                            Flow::End
+                        }
+                    }
+                }
+            };
+        }
+    }
+
+    fn drain_events(&mut self, out: &mut Vec<TokenResult>) -> Flow {
+        while let Some(event) = self.decoder.next_event() {
+            if self.on_event(event, out) == Flow::End {
+                return Flow::End;
+            }
+        }
+        Flow::Continue
+    }
+
+    fn fail(&mut self, error: BackendError, out: &mut Vec<TokenResult>) -> Flow {
+        out.push(Err(error));
+        Flow::End
+    }
+
+    fn on_event(&mut self, event: Result<SseEvent, SseError>, out: &mut Vec<TokenResult>) -> Flow {
+        let event = match event {
+            Ok(event) => event,
+            Err(e) => {
+                let error = protocol(
+                    format!("undecodable event from the engine: {e}"),
+                    self.phase(),
+                );
+                return self.fail(error, out);
+            }
+        };
+        if event.data.is_empty() {
+            return Flow::Continue;
+        }
+        if event.is_done() {
+            if self.done.is_none() {
+                let error = protocol(
+                    "the engine sent [DONE] without a finish_reason",
+                    self.phase(),
+                );
+                return self.fail(error, out);
+            }
+            return Flow::End;
+        }
+        if self.done.is_some() {
+            // Only `[DONE]` may follow the final event.
+            return Flow::Continue;
+        }
+        let value: Value = match serde_json::from_str(&event.data) {
+            Ok(value) => value,
+            Err(_) => {
+                let error = protocol("the engine sent malformed JSON", self.phase());
+                return self.fail(error, out);
+            }
+        };
+        if value.get("error").is_some() {
+            let detail = parse_upstream_error(event.data.as_bytes()).unwrap_or_default();
+            let error = event_error(&detail, self.phase());
+            if error.kind() == FailureKind::Overloaded {
+                self.shared.mark_overloaded(None);
+            }
+            self.done = Some(Done::Failed);
+            return self.fail(error, out);
+        }
+        let chunk: NativeChunk = match serde_json::from_value(value) {
+            Ok(chunk) => chunk,
+            Err(_) => {
+                let error = protocol("the engine sent an unreadable event", self.phase());
+                return self.fail(error, out);
+            }
+        };
+        if chunk.index.unwrap_or(0) != 0 {
+            return Flow::Continue;
+        }
+        let meta = chunk.meta_info.unwrap_or_default();
+        let finish = match &meta.finish_reason {
+            None | Some(Value::Null) => None,
+            Some(reason) => Some(reason),
+        };
+        // Tokens this event adds.
+        let ids = chunk.output_ids.as_ref().map(|ids| ids.len() as u64);
+        let tokens = match (meta.completion_tokens, ids) {
+            (Some(total), _) => total.saturating_sub(self.seen_tokens),
+            (None, Some(n)) if self.incremental => n,
+            (None, Some(n)) => n.saturating_sub(self.seen_ids),
+            (None, None) => 1,
+        };
+        if let Some(total) = meta.completion_tokens {
+            self.seen_tokens = self.seen_tokens.max(total);
+        }
+        if let Some(n) = ids {
+            self.seen_ids = self.seen_ids.max(n);
+        }
+        let text = chunk.text.unwrap_or_default();
+        let piece = if self.incremental {
+            text
+        } else {
+            if !text.starts_with(self.forwarded.as_str()) {
+                let error = protocol(
+                    "the engine's cumulative text does not extend the text already sent",
+                    self.phase(),
+                );
+                return self.fail(error, out);
+            }
+            // Hold back a trailing U+FFFD until it resolves (not at the end).
+            let stable = if finish.is_some() {
+                text.as_str()
+            } else {
+                text.trim_end_matches('\u{FFFD}')
+            };
+            let new = stable
+                .get(self.forwarded.len()..)
+                .unwrap_or_default()
+                .to_owned();
+            self.forwarded.push_str(&new);
+            new
+        };
+        if self.on_output(piece, tokens, out) == Flow::End {
+            return Flow::End;
+        }
+        let Some(reason) = finish else {
+            return Flow::Continue;
+        };
+        match finish_of(reason) {
+            Ok(reason) => {
+                self.done = Some(Done::Finished);
+                self.finish_events(reason, &meta, out);
+                Flow::Continue
+            }
+            Err(error) => {
+                self.done = Some(Done::Failed);
+                let error = error.with_phase(self.phase());
+                if error.kind() == FailureKind::Overloaded {
+                    self.shared.mark_overloaded(None);
+                }
+                self.fail(error, out)
+            }
+        }
+    }
+
+    fn on_output(&mut self, text: String, tokens: u64, out: &mut Vec<TokenResult>) -> Flow {
+        if text.is_empty() {
+            self.pending_tokens = self.pending_tokens.saturating_add(tokens);
+            return Flow::Continue;
+        }
+        let tokens = tokens.saturating_add(std::mem::take(&mut self.pending_tokens));
+        if self.delivered.saturating_add(tokens) > self.cap {
+            // The engine went past max_new_tokens: end at the cap.
+            out.push(Ok(TokenEvent::Finished(FinishReason::Length)));
+            return Flow::End;
+        }
+        self.delivered += tokens;
+        self.any_delta = true;
+        out.push(Ok(TokenEvent::Delta(Delta::text(
+            text,
+            u32::try_from(tokens).unwrap_or(u32::MAX),
+        ))));
+        Flow::Continue
+    }
+
+    fn finish_events(&mut self, reason: FinishReason, meta: &MetaInfo, out: &mut Vec<TokenResult>) {
+        let pending = std::mem::take(&mut self.pending_tokens);
+        let pending = pending.min(self.cap.saturating_sub(self.delivered));
+        if pending > 0 {
+            self.delivered += pending;
+            self.any_delta = true;
+            out.push(Ok(TokenEvent::Delta(Delta::text(
+                String::new(),
+                u32::try_from(pending).unwrap_or(u32::MAX),
+            ))));
+        }
+        if let Some(prompt) = meta.prompt_tokens {
+            let usage = Usage::clamped(
+                prompt,
+                meta.cached_tokens.unwrap_or(0),
+                self.delivered,
+                meta.spec_proposed_drafts.unwrap_or(0),
+                meta.spec_accepted_drafts.unwrap_or(0),
+                0,
+            );
+            out.push(Ok(TokenEvent::Usage(usage)));
+        }
+        out.push(Ok(TokenEvent::Finished(reason)));
+    }
+}
+
+/// The finish of a `meta_info.finish_reason` (a dict, or a plain string
+/// in some builds).
+fn finish_of(reason: &Value) -> Result<FinishReason, BackendError> {
+    let kind = match reason {
+        Value::String(s) => s.as_str(),
+        Value::Object(o) => o.get("type").and_then(Value::as_str).unwrap_or("stop"),
+        _ => "stop",
+    };
+    match kind {
+        "length" => Ok(FinishReason::Length),
+        "abort" => {
+            let message = reason
+                .get("message")
+                .and_then(Value::as_str)
+                .unwrap_or("the engine aborted the request");
+            match reason.get("status_code").and_then(Value::as_u64) {
+                Some(code) => {
+                    let code = u16::try_from(code).unwrap_or(500);
+                    let mut kind = kind_for_status(code, message, None);
+                    if matches!(kind, FailureKind::Internal | FailureKind::UpstreamStatus)
+                        && let Some(k) = message_kind(message)
+                    {
+                        kind = k;
+                    }
+                    Err(BackendError::new(kind, short(message)).with_upstream_status(code))
+                }
+                None => Err(BackendError::new(
+                    FailureKind::Canceled,
+                    format!(
+                        "request canceled: {} ({})",
+                        CancelReason::Aborted,
+                        short(message)
+                    ),
+                )),
+            }
+        }
+        // `stop` and engine-specific stops.
+        _ => Ok(FinishReason::Stop),
+    }
+}
+
+/// SGLang's gauges for `model` in a scrape: running and waiting summed
+/// over the model's label sets (ranks), KV use averaged.
+pub(crate) fn sglang_gauges(text: &str, model: &str) -> Option<Gauges> {
+    const RUNNING: &str = "sglang:num_running_reqs";
+    const WAITING: &str = "sglang:num_queue_reqs";
+    const KV: &str = "sglang:token_usage";
+    let mut gauges = Gauges::default();
+    let (mut seen, mut kv) = (false, (0.0, 0u32));
+    for line in text.lines() {
+        let Some(name) = prometheus::line_name(line) else {
+            continue;
+        };
+        if !matches!(name, RUNNING | WAITING | KV) {
+            continue;
+        }
+        let Some(sample) = prometheus::parse_line(line) else {
+            continue;
+        };
+        if sample.label("model_name").is_some_and(|m| m != model) || !sample.value.is_finite() {
+            continue;
+        }
+        match name {
+            RUNNING => {
+                gauges.running += sample.value;
+                seen = true;
+            }
+            WAITING => {
+                gauges.waiting += sample.value;
+                seen = true;
+            }
+            _ => kv = (kv.0 + sample.value, kv.1 + 1),
+        }
+    }
+    if kv.1 > 0 {
+        gauges.kv_usage = kv.0 / f64::from(kv.1);
+    }
+    seen.then_some(gauges)
+}
+
+async fn scrape_loop(
+    client: HttpClient,
+    uri: Uri,
+    interval: Duration,
+    stop: CancellationToken,
+    shared: Arc<Shared>,
+    model: String,
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Ok(request) = Request::builder()
+            .method(Method::GET)
+            .uri(uri.clone())
+            .body(Full::new(Bytes::new()))
+        else {
+            return;
+        };
+        let scrape = async {
+            let response = client.request(request).await.ok()?;
+            if !response.status().is_success() {
+                return None;
+            }
+            let body = read_limited(response.into_body(), MAX_METRICS_BODY).await?;
+            let text = std::str::from_utf8(&body).ok()?;
+            sglang_gauges(text, &model)
+        };
+        let gauges = tokio::select! {
+            () = stop.cancelled() => return,
+            gauges = tokio::time::timeout(SIDE_CALL_TIMEOUT, scrape) => gauges.ok().flatten(),
+        };
+        if let Some(gauges) = gauges {
+            shared.store(&gauges);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gauges_read_sglang_names_for_the_model() {
+        let text = "# TYPE sglang:num_queue_reqs gauge\n\
+sglang:num_queue_reqs{engine_type=\"unified\",model_name=\"m\",moe_ep_rank=\"0\",pp_rank=\"0\",tp_rank=\"0\"} 7.0\n\
+sglang:num_running_reqs{engine_type=\"unified\",model_name=\"m\",moe_ep_rank=\"0\",pp_rank=\"0\",tp_rank=\"0\"} 2.0\n\
+sglang:num_running_reqs{engine_type=\"unified\",model_name=\"other\",moe_ep_rank=\"0\",pp_rank=\"0\",tp_rank=\"0\"} 9.0\n\
+sglang:token_usage{engine_type=\"unified\",model_name=\"m\",moe_ep_rank=\"0\",pp_rank=\"0\",tp_rank=\"0\"} 0.42\n";
+        let g = sglang_gauges(text, "m").unwrap_or_default();
+        assert_eq!((g.running, g.waiting), (2.0, 7.0));
+        assert!((g.kv_usage - 0.42).abs() < 1e-9);
+        assert_eq!(sglang_gauges("python_info 1\n", "m"), None);
+    }
+
+    #[test]
+    fn finish_dicts_map_to_reasons_and_errors() {
+        let stop = serde_json::json!({"type": "stop", "matched": 151_645});
+        assert_eq!(finish_of(&stop).ok(), Some(FinishReason::Stop));
+        let length = serde_json::json!({"type": "length", "length": 8});
+        assert_eq!(finish_of(&length).ok(), Some(FinishReason::Length));
+        let full = serde_json::json!({"type": "abort", "status_code": 503, "message": "The request queue is full."});
+        assert_eq!(
+            finish_of(&full).err().map(|e| e.kind()),
+            Some(FailureKind::Overloaded)
+        );
+        let aborted = serde_json::json!({"type": "abort", "message": "Abort before prefill"});
+        assert_eq!(
+            finish_of(&aborted).err().map(|e| e.kind()),
+            Some(FailureKind::Canceled)
+        );
+    }
+
+    #[test]
+    fn native_messages_are_typed() {
+        assert_eq!(
+            message_kind("The request queue is full."),
+            Some(FailureKind::Overloaded)
+        );
+        assert_eq!(
+            message_kind(
+                "The input (9000 tokens) is longer than the model's context length (8192 tokens)."
+            ),
+            Some(FailureKind::ContextLengthExceeded)
+        );
+        assert_eq!(message_kind("boom"), None);
+    }
+}

@@ -1,0 +1,130 @@
+//! Small helpers shared by the per-engine adapter tests: a request, a
+//! stream drained with its event order checked, waiting for pressure.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use gateway_core::{
+    Backend, BackendError, BackendRequest, ByteBound, CancelHandle, ChatMessage, EventOrder,
+    FinishReason, GenerateRequest, Pressure, Prompt, TokenEvent, TokenStream, Usage,
+};
+use tokio::time::Instant;
+
+/// `n` milliseconds.
+pub fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+
+/// A chat request for model `m` with a completion cap of `max_tokens`.
+pub fn chat(max_tokens: u32) -> BackendRequest {
+    let request = GenerateRequest::new(
+        "m",
+        Prompt::Chat(vec![ChatMessage::user("tell me about the sea")]),
+        max_tokens,
+    );
+    BackendRequest::new(request, Arc::new(ByteBound::default()))
+}
+
+/// A text (completions) request for model `m`.
+pub fn text(max_tokens: u32) -> BackendRequest {
+    let request = GenerateRequest::new("m", Prompt::Text("Once upon".into()), max_tokens);
+    BackendRequest::new(request, Arc::new(ByteBound::default()))
+}
+
+/// A chat request with id `id`.
+pub fn with_id(id: &str, max_tokens: u32) -> BackendRequest {
+    let request =
+        GenerateRequest::new("m", Prompt::Chat(vec![ChatMessage::user("hi")]), max_tokens)
+            .with_id(id);
+    BackendRequest::new(request, Arc::new(ByteBound::default()))
+}
+
+/// Everything a stream yielded, with the order checked.
+#[derive(Debug, Default)]
+pub struct Drained {
+    /// The events, in order.
+    pub events: Vec<TokenEvent>,
+    /// The error that ended the stream, if any.
+    pub error: Option<BackendError>,
+}
+
+impl Drained {
+    /// The text of the deltas.
+    pub fn text(&self) -> String {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                TokenEvent::Delta(d) => Some(d.text.as_str()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// The tokens of the deltas.
+    pub fn tokens(&self) -> u64 {
+        self.events
+            .iter()
+            .map(|e| match e {
+                TokenEvent::Delta(d) => u64::from(d.tokens),
+                _ => 0,
+            })
+            .sum()
+    }
+
+    /// The usage event.
+    pub fn usage(&self) -> Option<Usage> {
+        self.events.iter().find_map(|e| match e {
+            TokenEvent::Usage(u) => Some(*u),
+            _ => None,
+        })
+    }
+
+    /// The finish reason.
+    pub fn finish(&self) -> Option<FinishReason> {
+        self.events.iter().find_map(|e| match e {
+            TokenEvent::Finished(r) => Some(*r),
+            _ => None,
+        })
+    }
+}
+
+/// Reads `stream` to its end (at most 10 s), checking the event order.
+pub async fn drain(mut stream: TokenStream) -> Drained {
+    let mut order = EventOrder::new();
+    let mut out = Drained::default();
+    let until = Instant::now() + Duration::from_secs(10);
+    while let Ok(Some(item)) = tokio::time::timeout_at(until, stream.next()).await {
+        match item {
+            Ok(event) => {
+                order.observe(&event).unwrap();
+                out.events.push(event);
+            }
+            Err(e) => {
+                order.observe_error().unwrap();
+                out.error = Some(e);
+            }
+        }
+    }
+    assert!(order.is_ended(), "stream did not end: {out:?}");
+    out
+}
+
+/// Runs `request`: the error of `start`, or the drained stream.
+pub async fn run(backend: &dyn Backend, request: BackendRequest) -> Result<Drained, BackendError> {
+    let stream = backend.start(request, CancelHandle::new()).await?;
+    Ok(drain(stream).await)
+}
+
+/// Waits (at most 3 s) until `backend`'s pressure satisfies `ok`.
+pub async fn wait_pressure(backend: &dyn Backend, ok: impl Fn(&Pressure) -> bool) -> Pressure {
+    let until = Instant::now() + Duration::from_secs(3);
+    loop {
+        let p = backend.pressure();
+        if ok(&p) {
+            return p;
+        }
+        assert!(Instant::now() < until, "pressure never matched: {p:?}");
+        tokio::time::sleep(ms(2)).await;
+    }
+}

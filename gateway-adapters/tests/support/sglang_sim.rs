@@ -1,0 +1,1048 @@
+//! A wire-faithful SGLang simulator over loopback HTTP/1.1 (ENGINES.md §3,
+//! TV-07, TV-08, TV-10), for adapter tests.
+//!
+//! - `POST /generate` (native): SSE events `{"text","output_ids","meta_info"}`
+//!   with **cumulative** `text` and `output_ids` (or incremental with
+//!   `incremental_output`), `meta_info.finish_reason` a dict on the final
+//!   event only, speculative counts on the final event, then `data: [DONE]`.
+//! - `POST /v1/chat/completions`: OpenAI deltas, a separate finish chunk with
+//!   an empty delta and `matched_stop`, a `choices: []` usage chunk,
+//!   `[DONE]`; `rid` read from the body.
+//! - `POST /abort_request {"rid"}`: 200 empty; an in-flight rid is aborted
+//!   at once (recorded with its phase and time) and its stream ends with
+//!   `finish_reason {"type":"abort",...}` + `[DONE]`; unknown rids are a no-op.
+//! - A client's close is noticed in every phase; like SGLang it aborts the
+//!   request only `disconnect_abort_delay` later (2 s by default).
+//! - Slots (FIFO) and a bounded queue (`max_queued`: the overflow gets a
+//!   200 stream whose **first** event is the 503 `SERVICE_UNAVAILABLE`
+//!   error), `/metrics` with `sglang:*` gauges, `/health`.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use gateway_core::testkit::conformance::EngineProbe;
+use gateway_core::{AbortCounts, EnginePhase, RequestId};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+/// The token texts, in order, repeated (multi-byte characters included).
+pub const VOCABULARY: [&str; 10] = [
+    "Hel", "lo", " wor", "ld", ",", " é", "🙂", " 日本", " sea", "!",
+];
+
+/// The text of token `i`.
+pub fn token_text(i: u32) -> &'static str {
+    VOCABULARY[i as usize % VOCABULARY.len()]
+}
+
+/// The text of the first `n` tokens.
+pub fn text_of(n: u32) -> String {
+    (0..n).map(token_text).collect()
+}
+
+/// Native 400 for a prompt longer than the context (§3.5).
+pub const CONTEXT_400: &str = r#"{"error":{"message":"The input (9000 tokens) is longer than the model's context length (8192 tokens)."}}"#;
+
+/// Native 400 for a bad parameter.
+pub const INVALID_400: &str =
+    r#"{"error":{"message":"max_new_tokens must be at least 0, got -1."}}"#;
+
+/// TV-08: queue full as an in-stream event.
+pub const QUEUE_FULL_EVENT: &str = r#"{"error": {"object": "error", "message": "The request queue is full.", "type": "SERVICE_UNAVAILABLE", "param": null, "code": 503}}"#;
+
+/// A native mid-stream `ValueError` (§3.3): no type, no code.
+pub const VALUE_ERROR_EVENT: &str = r#"{"error": {"message": "Detokenization failed."}}"#;
+
+/// A scheduler abort with status 500 as an in-stream event.
+pub const INTERNAL_EVENT: &str = r#"{"error": {"object": "error", "message": "Internal server error", "type": "INTERNAL_SERVER_ERROR", "param": null, "code": 500}}"#;
+
+/// What a scripted generation request does differently.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Behave normally.
+    None,
+    /// Answer `status` with `body` before any stream.
+    Http {
+        /// The status.
+        status: u16,
+        /// The body (JSON).
+        body: String,
+    },
+    /// After `after_tokens` tokens (0: as the first event), the in-stream
+    /// error event `json`, then `[DONE]`.
+    ErrorEvent {
+        /// Tokens sent first.
+        after_tokens: u32,
+        /// The event's JSON.
+        json: String,
+    },
+    /// After `after_tokens` tokens, a final event with finish reason
+    /// `{"type":"abort","message",["status_code"]}`, then `[DONE]`.
+    AbortFinish {
+        /// Tokens sent first.
+        after_tokens: u32,
+        /// The status code, if any.
+        status_code: Option<u16>,
+        /// The message.
+        message: String,
+    },
+    /// After `after_tokens` tokens, send nothing more.
+    Stall {
+        /// Tokens sent first.
+        after_tokens: u32,
+    },
+    /// Token `at_token` is `é🙂`, and its event is written in three writes
+    /// split inside both characters.
+    SplitUtf8 {
+        /// Which token.
+        at_token: u32,
+    },
+    /// Event `at_token` carries a text that does not extend the previous.
+    NotAPrefix {
+        /// Which token.
+        at_token: u32,
+    },
+    /// After `after_tokens` tokens, end the body without a final event.
+    Truncate {
+        /// Tokens sent first.
+        after_tokens: u32,
+    },
+}
+
+/// How the simulator behaves.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    /// The served model name (`model_name` label).
+    pub model: String,
+    /// Requests running at once.
+    pub slots: usize,
+    /// Waiting requests beyond which new ones get the queue-full event.
+    pub max_queued: Option<usize>,
+    /// Prefill time of each request.
+    pub prefill: Duration,
+    /// Prefill time of the first request, if different.
+    pub first_prefill: Option<Duration>,
+    /// Time between two tokens.
+    pub token_interval: Duration,
+    /// Tokens generated when `max_new_tokens` allows (then `stop`).
+    pub natural_tokens: u32,
+    /// Cached prompt tokens reported (capped at the prompt).
+    pub cached_tokens: u64,
+    /// Speculative decoding with this `num_draft_tokens` (each verify pass
+    /// accepts up to 2 drafts plus the bonus token).
+    pub spec_num_draft_tokens: Option<u64>,
+    /// Use the newest spec key names (`spec_num_correct_drafts`, ...).
+    pub spec_new_names: bool,
+    /// `--incremental-streaming-output`.
+    pub incremental_output: bool,
+    /// How long after a client's close the request is aborted.
+    pub disconnect_abort_delay: Duration,
+    /// KV-cache size in tokens.
+    pub kv_capacity_tokens: u64,
+    /// Report a phase through [`EngineProbe::phase`] only once `/metrics`
+    /// has shown it to a finished scrape.
+    pub lagged_probe: bool,
+    /// Faults of the arriving generation requests, in order; then none.
+    pub script: Vec<Fault>,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        SimOptions {
+            model: "m".to_owned(),
+            slots: 4,
+            max_queued: None,
+            prefill: Duration::from_millis(5),
+            first_prefill: None,
+            token_interval: Duration::from_millis(2),
+            natural_tokens: 16,
+            cached_tokens: 0,
+            spec_num_draft_tokens: None,
+            spec_new_names: false,
+            incremental_output: false,
+            disconnect_abort_delay: Duration::from_secs(2),
+            kv_capacity_tokens: 100_000,
+            lagged_probe: false,
+            script: Vec::new(),
+        }
+    }
+}
+
+/// One request the simulator received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// Method.
+    pub method: String,
+    /// Path.
+    pub path: String,
+    /// The body as sent.
+    pub body: String,
+    /// When it arrived.
+    pub at: Instant,
+}
+
+/// How an abort reached the simulator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AbortSource {
+    /// `POST /abort_request`.
+    AbortRequest,
+    /// The client's close, `disconnect_abort_delay` later.
+    Disconnect,
+}
+
+/// One abort the simulator counted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AbortRecord {
+    /// The rid.
+    pub rid: String,
+    /// Where the request was.
+    pub phase: EnginePhase,
+    /// When it was aborted.
+    pub at: Instant,
+    /// How.
+    pub source: AbortSource,
+}
+
+#[derive(Debug)]
+struct Live {
+    phase: EnginePhase,
+    since_scrape: u64,
+    kv_tokens: u64,
+    abort: CancellationToken,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    live: HashMap<String, Live>,
+    aborts: AbortCounts,
+    abort_log: Vec<AbortRecord>,
+    abort_calls: Vec<(String, Instant)>,
+    disconnects: Vec<(String, EnginePhase, Instant)>,
+    requests: Vec<Recorded>,
+    script: VecDeque<Fault>,
+    arrivals: u64,
+    scrapes: u64,
+    completed: u64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    options: SimOptions,
+    state: Mutex<State>,
+    slots: Arc<Semaphore>,
+}
+
+impl Inner {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set_phase(&self, rid: &str, phase: EnginePhase) {
+        let mut st = self.state();
+        let scrapes = st.scrapes;
+        if let Some(live) = st.live.get_mut(rid) {
+            live.phase = phase;
+            live.since_scrape = scrapes;
+        }
+    }
+
+    /// Aborts `rid` if still in flight; returns whether it was.
+    fn abort(&self, rid: &str, source: AbortSource) -> bool {
+        let at = Instant::now();
+        let mut st = self.state();
+        let Some(live) = st.live.remove(rid) else {
+            return false;
+        };
+        live.abort.cancel();
+        st.aborts.add(live.phase);
+        st.abort_log.push(AbortRecord {
+            rid: rid.to_owned(),
+            phase: live.phase,
+            at,
+            source,
+        });
+        true
+    }
+
+    fn finish(&self, rid: &str) {
+        let mut st = self.state();
+        if st.live.remove(rid).is_some() {
+            st.completed += 1;
+        }
+    }
+
+    fn gauges(&self) -> (u64, u64, f64) {
+        let st = self.state();
+        let running = st
+            .live
+            .values()
+            .filter(|l| l.phase != EnginePhase::Queued)
+            .count() as u64;
+        let waiting = st.live.len() as u64 - running;
+        let kv: u64 = st
+            .live
+            .values()
+            .filter(|l| l.phase != EnginePhase::Queued)
+            .map(|l| l.kv_tokens)
+            .sum();
+        let usage = (kv as f64 / self.options.kv_capacity_tokens.max(1) as f64).min(1.0);
+        (running, waiting, usage)
+    }
+}
+
+/// A running simulator; stops when dropped.
+#[derive(Debug)]
+pub struct SglangSim {
+    inner: Arc<Inner>,
+    addr: SocketAddr,
+    _stop: DropGuard,
+}
+
+impl SglangSim {
+    /// Starts a simulator on `127.0.0.1:0`.
+    pub async fn start(options: SimOptions) -> Arc<SglangSim> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let inner = Arc::new(Inner {
+            slots: Arc::new(Semaphore::new(options.slots)),
+            state: Mutex::new(State {
+                script: options.script.iter().cloned().collect(),
+                ..State::default()
+            }),
+            options,
+        });
+        let stop = CancellationToken::new();
+        tokio::spawn(accept_loop(listener, inner.clone(), stop.clone()));
+        Arc::new(SglangSim {
+            inner,
+            addr,
+            _stop: stop.drop_guard(),
+        })
+    }
+
+    /// `http://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The aborts counted so far, per phase.
+    pub fn abort_counts(&self) -> AbortCounts {
+        self.inner.state().aborts
+    }
+
+    /// Every abort counted, in order.
+    pub fn abort_log(&self) -> Vec<AbortRecord> {
+        self.inner.state().abort_log.clone()
+    }
+
+    /// Every `/abort_request` call (rid, time), effective or not.
+    pub fn abort_calls(&self) -> Vec<(String, Instant)> {
+        self.inner.state().abort_calls.clone()
+    }
+
+    /// Every client close noticed during a request (rid, phase, time).
+    pub fn disconnects(&self) -> Vec<(String, EnginePhase, Instant)> {
+        self.inner.state().disconnects.clone()
+    }
+
+    /// Every request received, in order.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.inner.state().requests.clone()
+    }
+
+    /// The generation requests (`/generate`, `/v1/chat/completions`).
+    pub fn generations(&self) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.path == "/generate" || r.path.starts_with("/v1/"))
+            .collect()
+    }
+
+    /// The real phase of a live request.
+    pub fn phase_now(&self, rid: &str) -> Option<EnginePhase> {
+        self.inner.state().live.get(rid).map(|l| l.phase)
+    }
+
+    /// Requests that finished normally.
+    pub fn completed(&self) -> u64 {
+        self.inner.state().completed
+    }
+
+    /// Running, waiting and KV use, as `/metrics` would say now.
+    pub fn gauges(&self) -> (u64, u64, f64) {
+        self.inner.gauges()
+    }
+
+    /// How many `/metrics` requests arrived.
+    pub fn scrapes(&self) -> u64 {
+        self.inner.state().scrapes
+    }
+}
+
+impl EngineProbe for SglangSim {
+    fn aborts(&self) -> AbortCounts {
+        self.abort_counts()
+    }
+
+    fn phase(&self, id: &RequestId) -> Option<EnginePhase> {
+        let st = self.inner.state();
+        let live = st.live.get(id.as_str())?;
+        if !self.inner.options.lagged_probe || st.scrapes >= live.since_scrape + 2 {
+            Some(live.phase)
+        } else {
+            None
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, inner: Arc<Inner>, stop: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        let inner = inner.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = connection(stream, inner) => {}
+            }
+        });
+    }
+}
+
+struct HttpRequest {
+    method: String,
+    path: String,
+    body: Vec<u8>,
+}
+
+enum Next {
+    KeepAlive,
+    Close,
+}
+
+async fn connection(stream: TcpStream, inner: Arc<Inner>) {
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let mut buf = Vec::new();
+    loop {
+        let Some(request) = read_request(&mut rd, &mut buf).await else {
+            return;
+        };
+        match handle(&inner, request, &mut rd, &mut wr).await {
+            Next::KeepAlive => {}
+            Next::Close => return,
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+async fn read_request(rd: &mut OwnedReadHalf, buf: &mut Vec<u8>) -> Option<HttpRequest> {
+    let mut tmp = [0u8; 8192];
+    loop {
+        if let Some(end) = find(buf, b"\r\n\r\n") {
+            let head = String::from_utf8(buf[..end].to_vec()).ok()?;
+            let mut lines = head.split("\r\n");
+            let mut first = lines.next()?.split(' ');
+            let method = first.next()?.to_owned();
+            let path = first.next()?.to_owned();
+            let len: usize = lines
+                .filter_map(|l| l.split_once(':'))
+                .find(|(n, _)| n.trim().eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| v.trim().parse().ok())
+                .unwrap_or(0);
+            if len > 4 << 20 {
+                return None;
+            }
+            while buf.len() < end + 4 + len {
+                let n = rd.read(&mut tmp).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                buf.extend_from_slice(&tmp[..n]);
+            }
+            let body = buf[end + 4..end + 4 + len].to_vec();
+            buf.drain(..end + 4 + len);
+            return Some(HttpRequest { method, path, body });
+        }
+        if buf.len() > 64 * 1024 {
+            return None;
+        }
+        let n = rd.read(&mut tmp).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    }
+}
+
+/// Resolves when the client closed its side (or the socket failed).
+async fn closed(rd: &mut OwnedReadHalf) {
+    let mut tmp = [0u8; 1024];
+    loop {
+        match rd.read(&mut tmp).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Status",
+    }
+}
+
+async fn write_full(wr: &mut OwnedWriteHalf, status: u16, content_type: &str, body: &str) -> Next {
+    let out = format!(
+        "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n{body}",
+        reason(status),
+        body.len()
+    );
+    match wr.write_all(out.as_bytes()).await {
+        Ok(()) => Next::KeepAlive,
+        Err(_) => Next::Close,
+    }
+}
+
+async fn handle(
+    inner: &Arc<Inner>,
+    request: HttpRequest,
+    rd: &mut OwnedReadHalf,
+    wr: &mut OwnedWriteHalf,
+) -> Next {
+    let record = Recorded {
+        method: request.method.clone(),
+        path: request.path.clone(),
+        body: String::from_utf8_lossy(&request.body).into_owned(),
+        at: Instant::now(),
+    };
+    match (request.method.as_str(), request.path.as_str()) {
+        ("GET", "/health") => {
+            inner.state().requests.push(record);
+            write_full(wr, 200, "application/json", "").await
+        }
+        ("GET", "/metrics") => {
+            inner.state().scrapes += 1;
+            let body = metrics_text(inner);
+            write_full(wr, 200, "text/plain; version=0.0.4; charset=utf-8", &body).await
+        }
+        ("POST", "/abort_request") => {
+            let at = record.at;
+            inner.state().requests.push(record);
+            let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
+            if let Some(rid) = body["rid"].as_str() {
+                inner.state().abort_calls.push((rid.to_owned(), at));
+                inner.abort(rid, AbortSource::AbortRequest);
+            }
+            write_full(wr, 200, "application/json", "").await
+        }
+        ("POST", "/generate") => generate(inner, request, record, false, rd, wr).await,
+        ("POST", "/v1/chat/completions") => generate(inner, request, record, true, rd, wr).await,
+        _ => {
+            inner.state().requests.push(record);
+            write_full(wr, 404, "application/json", r#"{"detail":"Not Found"}"#).await
+        }
+    }
+}
+
+fn metrics_text(inner: &Inner) -> String {
+    let (running, waiting, kv) = inner.gauges();
+    let m = &inner.options.model;
+    let labels = format!(
+        "engine_type=\"unified\",model_name=\"{m}\",moe_ep_rank=\"0\",pp_rank=\"0\",tp_rank=\"0\""
+    );
+    let aborts = inner.state().aborts.total();
+    format!(
+        "# HELP sglang:num_running_reqs The number of running requests.\n\
+# TYPE sglang:num_running_reqs gauge\n\
+sglang:num_running_reqs{{{labels}}} {running}.0\n\
+# HELP sglang:num_queue_reqs The number of requests in the waiting queue.\n\
+# TYPE sglang:num_queue_reqs gauge\n\
+sglang:num_queue_reqs{{{labels}}} {waiting}.0\n\
+# HELP sglang:token_usage The token usage.\n\
+# TYPE sglang:token_usage gauge\n\
+sglang:token_usage{{{labels}}} {kv:?}\n\
+# HELP sglang:cache_hit_rate The prefix cache hit rate.\n\
+# TYPE sglang:cache_hit_rate gauge\n\
+sglang:cache_hit_rate{{{labels}}} 0.0\n\
+# HELP sglang:num_aborted_requests_total Number of requests aborted.\n\
+# TYPE sglang:num_aborted_requests_total counter\n\
+sglang:num_aborted_requests_total{{{labels}}} {aborts}.0\n"
+    )
+}
+
+/// Prompt tokens: words plus 1 for text, ids for `input_ids`, words plus 3
+/// per chat message.
+fn count_prompt(body: &Value, chat: bool) -> u64 {
+    let words = |s: &str| s.split_whitespace().count() as u64;
+    if chat {
+        return body["messages"]
+            .as_array()
+            .map(|m| {
+                m.iter()
+                    .map(|m| 3 + words(m["content"].as_str().unwrap_or_default()))
+                    .sum()
+            })
+            .unwrap_or(0);
+    }
+    match (&body["text"], &body["input_ids"]) {
+        (Value::String(s), _) => 1 + words(s),
+        (_, Value::Array(ids)) => ids.len() as u64,
+        _ => 0,
+    }
+}
+
+async fn write_chunk(wr: &mut OwnedWriteHalf, data: &[u8]) -> bool {
+    if data.is_empty() {
+        return true;
+    }
+    let mut out = format!("{:x}\r\n", data.len()).into_bytes();
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+    wr.write_all(&out).await.is_ok() && wr.flush().await.is_ok()
+}
+
+fn frame(json: &str) -> Vec<u8> {
+    format!("data: {json}\n\n").into_bytes()
+}
+
+fn js(s: &str) -> String {
+    serde_json::to_string(s).unwrap()
+}
+
+/// Writes the last bytes and the end of the chunked body in one write.
+async fn write_last(wr: &mut OwnedWriteHalf, tail: &[u8]) -> bool {
+    let mut last = format!("{:x}\r\n", tail.len()).into_bytes();
+    last.extend_from_slice(tail);
+    last.extend_from_slice(b"\r\n0\r\n\r\n");
+    wr.write_all(&last).await.is_ok()
+}
+
+/// What ended a wait inside a request.
+enum Wake {
+    Ready,
+    Closed,
+    Aborted,
+}
+
+/// How a stream formats its events.
+struct Format<'a> {
+    chat: bool,
+    incremental: bool,
+    rid: &'a str,
+    prompt_tokens: u64,
+    cached: u64,
+    model: &'a str,
+}
+
+impl Format<'_> {
+    fn meta(&self, completion: u32, finish: &str, extra: &str) -> String {
+        format!(
+            r#"{{"id":{},"finish_reason":{finish},"prompt_tokens":{},"completion_tokens":{completion},"cached_tokens":{},"cached_tokens_details":null,"weight_version":"default","num_retractions":0{extra}}}"#,
+            js(self.rid),
+            self.prompt_tokens,
+            self.cached
+        )
+    }
+
+    /// The native event after `k` tokens whose texts are `texts`.
+    fn native(&self, texts: &[String], k: u32, finish: &str, extra: &str) -> String {
+        let (text, ids): (String, Vec<u32>) = if self.incremental {
+            let last = k.saturating_sub(1);
+            (
+                texts.last().cloned().unwrap_or_default(),
+                if k == 0 { vec![] } else { vec![1000 + last] },
+            )
+        } else {
+            (texts.concat(), (0..k).map(|i| 1000 + i).collect())
+        };
+        format!(
+            r#"{{"text":{},"output_ids":{},"meta_info":{}}}"#,
+            js(&text),
+            serde_json::to_string(&ids).unwrap(),
+            self.meta(k, finish, extra)
+        )
+    }
+
+    fn chat_head(&self) -> String {
+        format!(
+            r#"{{"id":{},"object":"chat.completion.chunk","created":1,"model":{},"#,
+            js(self.rid),
+            js(self.model)
+        )
+    }
+}
+
+#[expect(clippy::too_many_lines, reason = "one request's whole life")]
+async fn generate(
+    inner: &Arc<Inner>,
+    request: HttpRequest,
+    record: Recorded,
+    chat: bool,
+    rd: &mut OwnedReadHalf,
+    wr: &mut OwnedWriteHalf,
+) -> Next {
+    let opts = &inner.options;
+    let (fault, arrival) = {
+        let mut st = inner.state();
+        st.requests.push(record);
+        let fault = st.script.pop_front().unwrap_or(Fault::None);
+        st.arrivals += 1;
+        (fault, st.arrivals - 1)
+    };
+    let Ok(body) = serde_json::from_slice::<Value>(&request.body) else {
+        return write_full(
+            wr,
+            400,
+            "application/json",
+            r#"{"error":{"message":"Invalid JSON"}}"#,
+        )
+        .await;
+    };
+    if let Fault::Http { status, body } = &fault {
+        return write_full(wr, *status, "application/json", body).await;
+    }
+    let max_tokens = if chat {
+        body["max_completion_tokens"]
+            .as_u64()
+            .or_else(|| body["max_tokens"].as_u64())
+    } else {
+        body["sampling_params"]["max_new_tokens"].as_u64()
+    }
+    .unwrap_or(128);
+    if body["stream"] != Value::Bool(true) {
+        return write_full(
+            wr,
+            400,
+            "application/json",
+            r#"{"error":{"message":"the simulator only streams"}}"#,
+        )
+        .await;
+    }
+    let prompt_tokens = count_prompt(&body, chat);
+    let rid = body["rid"]
+        .as_str()
+        .map_or_else(|| format!("sim-{arrival}"), str::to_owned);
+    let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\ntransfer-encoding: chunked\r\n\r\n";
+    if let Some(max) = opts.max_queued {
+        let (_, waiting, _) = inner.gauges();
+        if waiting >= max as u64 {
+            // 2026 builds: a 200 stream whose first event is the 503.
+            let mut tail = frame(QUEUE_FULL_EVENT);
+            tail.extend_from_slice(b"data: [DONE]\n\n");
+            if wr.write_all(head.as_bytes()).await.is_err() || !write_last(wr, &tail).await {
+                return Next::Close;
+            }
+            return Next::KeepAlive;
+        }
+    }
+    let abort = CancellationToken::new();
+    {
+        let mut st = inner.state();
+        let scrapes = st.scrapes;
+        st.live.insert(
+            rid.clone(),
+            Live {
+                phase: EnginePhase::Queued,
+                since_scrape: scrapes,
+                kv_tokens: prompt_tokens,
+                abort: abort.clone(),
+            },
+        );
+    }
+    if wr.write_all(head.as_bytes()).await.is_err() {
+        return disconnected(inner, &rid, EnginePhase::Queued).await;
+    }
+    let fmt = Format {
+        chat,
+        incremental: opts.incremental_output,
+        rid: &rid,
+        prompt_tokens,
+        cached: opts.cached_tokens.min(prompt_tokens),
+        model: &opts.model,
+    };
+    // Queued.
+    let permit = tokio::select! {
+        permit = inner.slots.clone().acquire_owned() => Some(permit.unwrap()),
+        () = closed(rd) => return disconnected(inner, &rid, EnginePhase::Queued).await,
+        () = abort.cancelled() => None,
+    };
+    let Some(permit) = permit else {
+        return aborted_end(wr, &fmt, &[], 0, "Abort in waiting queue").await;
+    };
+    inner.set_phase(&rid, EnginePhase::Prefill);
+    let prefill = match (arrival, opts.first_prefill) {
+        (0, Some(first)) => first,
+        _ => opts.prefill,
+    };
+    let wake = tokio::select! {
+        () = tokio::time::sleep(prefill) => Wake::Ready,
+        () = closed(rd) => Wake::Closed,
+        () = abort.cancelled() => Wake::Aborted,
+    };
+    match wake {
+        Wake::Ready => {}
+        Wake::Closed => return disconnected(inner, &rid, EnginePhase::Prefill).await,
+        Wake::Aborted => {
+            drop(permit);
+            return aborted_end(wr, &fmt, &[], 0, "Abort before prefill").await;
+        }
+    }
+    inner.set_phase(&rid, EnginePhase::Decode);
+    let n = u64::from(opts.natural_tokens).min(max_tokens) as u32;
+    let finish = if max_tokens <= u64::from(opts.natural_tokens) {
+        format!(r#"{{"type":"length","length":{n}}}"#)
+    } else {
+        r#"{"type":"stop","matched":151645}"#.to_owned()
+    };
+    let mut texts: Vec<String> = Vec::new();
+    if chat {
+        let role = format!(
+            r#"{}"choices":[{{"index":0,"delta":{{"role":"assistant","content":"","reasoning_content":null,"tool_calls":null}},"logprobs":null,"finish_reason":null,"matched_stop":null}}],"usage":null}}"#,
+            fmt.chat_head()
+        );
+        if !write_chunk(wr, &frame(&role)).await {
+            return disconnected(inner, &rid, EnginePhase::Decode).await;
+        }
+    }
+    for i in 0..n {
+        if i > 0 {
+            let wake = tokio::select! {
+                () = tokio::time::sleep(opts.token_interval) => Wake::Ready,
+                () = closed(rd) => Wake::Closed,
+                () = abort.cancelled() => Wake::Aborted,
+            };
+            match wake {
+                Wake::Ready => {}
+                Wake::Closed => return disconnected(inner, &rid, EnginePhase::Decode).await,
+                Wake::Aborted => {
+                    return aborted_end(wr, &fmt, &texts, i, "Abort in decode").await;
+                }
+            }
+        }
+        match &fault {
+            Fault::ErrorEvent { after_tokens, json } if *after_tokens == i => {
+                let mut tail = frame(json);
+                tail.extend_from_slice(b"data: [DONE]\n\n");
+                inner.state().live.remove(&rid);
+                return if write_last(wr, &tail).await {
+                    Next::KeepAlive
+                } else {
+                    Next::Close
+                };
+            }
+            Fault::AbortFinish {
+                after_tokens,
+                status_code,
+                message,
+            } if *after_tokens == i => {
+                let code = status_code.map_or(String::new(), |c| format!(r#","status_code":{c}"#));
+                let reason = format!(r#"{{"type":"abort","message":{}{code}}}"#, js(message));
+                inner.state().live.remove(&rid);
+                return end_with(wr, &fmt, &texts, i, &reason, "").await;
+            }
+            Fault::Stall { after_tokens } if *after_tokens == i => {
+                tokio::select! {
+                    () = closed(rd) => return disconnected(inner, &rid, EnginePhase::Decode).await,
+                    () = abort.cancelled() => {
+                        return aborted_end(wr, &fmt, &texts, i, "Abort in decode").await;
+                    }
+                }
+            }
+            Fault::Truncate { after_tokens } if *after_tokens == i => {
+                inner.state().live.remove(&rid);
+                return if wr.write_all(b"0\r\n\r\n").await.is_ok() {
+                    Next::KeepAlive
+                } else {
+                    Next::Close
+                };
+            }
+            _ => {}
+        }
+        let split_here = matches!(fault, Fault::SplitUtf8 { at_token } if at_token == i);
+        let text = if split_here { "é🙂" } else { token_text(i) };
+        texts.push(text.to_owned());
+        let last = i + 1 == n;
+        let event = if chat {
+            format!(
+                r#"{}"choices":[{{"index":0,"delta":{{"role":null,"content":{},"reasoning_content":null,"tool_calls":null}},"logprobs":null,"finish_reason":null,"matched_stop":null}}],"usage":null}}"#,
+                fmt.chat_head(),
+                js(text)
+            )
+        } else if matches!(fault, Fault::NotAPrefix { at_token } if at_token == i) {
+            let mut json = fmt.native(&texts, i + 1, "null", "");
+            json = json.replacen(r#"{"text":"Hel"#, r#"{"text":"Jel"#, 1);
+            json
+        } else if last {
+            let extra = spec_extra(opts, n);
+            fmt.native(
+                &texts,
+                i + 1,
+                &finish,
+                &format!(r#","e2e_latency":0.12{extra}"#),
+            )
+        } else {
+            fmt.native(&texts, i + 1, "null", "")
+        };
+        let bytes = frame(&event);
+        let ok = if split_here {
+            let at = find(&bytes, "é".as_bytes()).unwrap() + 1;
+            let at2 = find(&bytes, "🙂".as_bytes()).unwrap() + 2;
+            let (a, rest) = bytes.split_at(at);
+            let (b, c) = rest.split_at(at2 - at);
+            let mut ok = true;
+            for piece in [a, b, c] {
+                ok = ok && write_chunk(wr, piece).await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            ok
+        } else {
+            write_chunk(wr, &bytes).await
+        };
+        if !ok {
+            return disconnected(inner, &rid, EnginePhase::Decode).await;
+        }
+        if let Some(live) = inner.state().live.get_mut(&rid) {
+            live.kv_tokens += 1;
+        }
+    }
+    // The request is over in the engine once its last event is out.
+    inner.finish(&rid);
+    drop(permit);
+    let tail = if chat {
+        let reason = if finish.contains("length") {
+            "length"
+        } else {
+            "stop"
+        };
+        let matched = if reason == "stop" { "151645" } else { "null" };
+        let mut tail = frame(&format!(
+            r#"{}"choices":[{{"index":0,"delta":{{}},"logprobs":null,"finish_reason":"{reason}","matched_stop":{matched}}}],"usage":null}}"#,
+            fmt.chat_head()
+        ));
+        if body["stream_options"]["include_usage"] == Value::Bool(true) {
+            tail.extend(frame(&format!(
+                r#"{}"choices":[],"usage":{{"prompt_tokens":{prompt_tokens},"total_tokens":{},"completion_tokens":{n},"prompt_tokens_details":null}}}}"#,
+                fmt.chat_head(),
+                prompt_tokens + u64::from(n)
+            )));
+        }
+        tail.extend_from_slice(b"data: [DONE]\n\n");
+        tail
+    } else {
+        b"data: [DONE]\n\n".to_vec()
+    };
+    if write_last(wr, &tail).await {
+        Next::KeepAlive
+    } else {
+        Next::Close
+    }
+}
+
+/// The final-event spec keys for `n` tokens (§3.8).
+fn spec_extra(opts: &SimOptions, n: u32) -> String {
+    let Some(draft) = opts.spec_num_draft_tokens else {
+        return String::new();
+    };
+    let n = u64::from(n);
+    let verify = n.div_ceil(3);
+    let accepted = n - verify;
+    let proposed = verify * (draft - 1);
+    let (acc, prop) = if opts.spec_new_names {
+        ("spec_num_correct_drafts", "spec_num_proposed_drafts")
+    } else {
+        ("spec_accepted_drafts", "spec_proposed_drafts")
+    };
+    format!(
+        r#","spec_verify_ct":{verify},"spec_accept_rate":{:.4},"spec_accept_length":{:.4},"{acc}":{accepted},"{prop}":{proposed},"spec_accept_histogram":[0,0,{verify}]"#,
+        accepted as f64 / proposed.max(1) as f64,
+        n as f64 / verify.max(1) as f64
+    )
+}
+
+/// A final event with `reason` after `k` tokens, then `[DONE]`.
+async fn end_with(
+    wr: &mut OwnedWriteHalf,
+    fmt: &Format<'_>,
+    texts: &[String],
+    k: u32,
+    reason: &str,
+    extra: &str,
+) -> Next {
+    let mut tail = if fmt.chat {
+        let r = if reason.contains("abort") {
+            "abort"
+        } else {
+            "stop"
+        };
+        frame(&format!(
+            r#"{}"choices":[{{"index":0,"delta":{{}},"logprobs":null,"finish_reason":"{r}","matched_stop":null}}],"usage":null}}"#,
+            fmt.chat_head()
+        ))
+    } else {
+        // Nothing new since the last event: the same text again.
+        let texts: Vec<String> = if fmt.incremental {
+            vec![String::new()]
+        } else {
+            texts.to_vec()
+        };
+        frame(&fmt.native(&texts, k, reason, extra))
+    };
+    tail.extend_from_slice(b"data: [DONE]\n\n");
+    if write_last(wr, &tail).await {
+        Next::KeepAlive
+    } else {
+        Next::Close
+    }
+}
+
+/// The victim's end after `/abort_request` (TV-10).
+async fn aborted_end(
+    wr: &mut OwnedWriteHalf,
+    fmt: &Format<'_>,
+    texts: &[String],
+    k: u32,
+    message: &str,
+) -> Next {
+    let reason = format!(r#"{{"type":"abort","message":{}}}"#, js(message));
+    end_with(wr, fmt, texts, k, &reason, "").await
+}
+
+/// The client closed: like SGLang, abort `disconnect_abort_delay` later.
+async fn disconnected(inner: &Arc<Inner>, rid: &str, phase: EnginePhase) -> Next {
+    inner
+        .state()
+        .disconnects
+        .push((rid.to_owned(), phase, Instant::now()));
+    let abort = inner.state().live.get(rid).map(|l| l.abort.clone());
+    let Some(abort) = abort else {
+        return Next::Close;
+    };
+    // An `/abort_request` in the meantime frees the slot at once.
+    tokio::select! {
+        () = tokio::time::sleep(inner.options.disconnect_abort_delay) => {
+            inner.abort(rid, AbortSource::Disconnect);
+        }
+        () = abort.cancelled() => {}
+    }
+    Next::Close
+}
