@@ -1,5 +1,5 @@
 //! NVIDIA NIM for LLMs (ENGINES.md §6, from NVIDIA's documentation: NIM is
-//! closed source; https://docs.nvidia.com/nim/large-language-models/latest/observability.html
+//! closed source; its observability page
 //! and the 2.0/2.1 migration guides).
 //!
 //! - Routes: `POST /v1/chat/completions`, `POST /v1/completions`; readiness
