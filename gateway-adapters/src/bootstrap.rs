@@ -130,6 +130,22 @@ fn backend(config: &GatewayConfig, index: usize) -> Result<Arc<dyn Backend>, Boo
                 Err(problem(format!("{path}.{key}"), e.to_string()))
             }
         },
+        EngineKind::Triton => match crate::engines::triton::from_backend_config(b) {
+            Ok(adapter) => Ok(Arc::new(adapter)),
+            Err(e) => {
+                let key = match &e {
+                    crate::engines::EngineError::MissingApiKey(_) => "api_key_env",
+                    crate::engines::EngineError::InvalidUrl { url, .. }
+                        if b.metrics_url.as_deref() == Some(url.as_str()) =>
+                    {
+                        "metrics_url"
+                    }
+                    crate::engines::EngineError::InvalidUrl { .. } => "url",
+                    _ => "engine",
+                };
+                Err(problem(format!("{path}.{key}"), e.to_string()))
+            }
+        },
         other => Err(problem(
             format!("{path}.engine"),
             format!("engine `{other}` has no adapter in this build yet"),
@@ -218,12 +234,17 @@ pub fn build_gateway(config: &GatewayConfig) -> Result<Gateway, BootstrapError> 
         });
     }
     for (i, b) in config.backends.iter().enumerate() {
-        builder = builder.backend(
-            backend(config, i)?,
-            &b.model,
-            &b.served_model,
-            b.max_concurrency,
-        );
+        let built = backend(config, i)?;
+        if b.on_disconnect.drain_timeout().is_some() && built.drain_on_client_gone().is_none() {
+            // Draining is built into the shared OpenAI-compatible client
+            // (vllm, trtllm, dynamo, nim, openai); other adapters abort.
+            tracing::warn!(
+                backend = b.name.as_str(),
+                engine = b.engine.as_str(),
+                "backends[{i}].on_disconnect = \"drain\" is not supported by this engine's adapter: it aborts"
+            );
+        }
+        builder = builder.backend(built, &b.model, &b.served_model, b.max_concurrency);
     }
     builder
         .build()

@@ -551,7 +551,7 @@ metrics_url = "http://127.0.0.1:1/metrics"
                 model: "m".to_owned(),
                 served_model: "meta/llama-3.1-8b-instruct".to_owned(),
                 max_concurrency: Some(nz32(8)),
-                on_disconnect: OnDisconnect::Drain,
+                on_disconnect: OnDisconnect::drain(),
                 api_key_env: Some("NIM_API_KEY".to_owned()),
                 metrics_url: Some("http://10.0.0.5:8000/metrics".to_owned()),
                 sim: None,
@@ -801,7 +801,7 @@ model = "big"
         let sim = &config.backends[0];
         assert_eq!(sim.served_model, "small-v2");
         assert_eq!(sim.max_concurrency, Some(nz32(4)));
-        assert_eq!(sim.on_disconnect, OnDisconnect::Drain);
+        assert_eq!(sim.on_disconnect, OnDisconnect::drain());
         let settings = sim.sim.clone().unwrap();
         assert_eq!(
             settings,

@@ -2,6 +2,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::time::Instant;
 
@@ -174,6 +175,25 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
 
     /// Asks the engine whether it can serve.
     async fn health(&self) -> Health;
+
+    /// Whether this backend *drains* instead of aborting when the client
+    /// leaves (`on_disconnect = "drain"`), and for how long at most.
+    ///
+    /// `None` (the default): every cancel aborts, as [`start`](Backend::start)
+    /// says. `Some(timeout)`: a cancel with
+    /// [`ClientGone`](crate::CancelReason::ClientGone) does not stop an
+    /// attempt whose stream has started — the stream goes on yielding
+    /// `Delta`*, `Usage`?, `Finished` as if uncanceled, bounded by the
+    /// budget's `max_completion_tokens` and by `timeout` from the cancel
+    /// (past it the backend closes the connection and ends the stream with a
+    /// [`Canceled`](crate::FailureKind::Canceled) error saying the drain was
+    /// cut). Any other reason, [`abort`](Backend::abort), and dropping the
+    /// stream still abort at once. For hosted APIs that bill the whole
+    /// generation anyway: reading it to the end tells the gateway what the
+    /// provider charges.
+    fn drain_on_client_gone(&self) -> Option<Duration> {
+        None
+    }
 }
 
 // Fails to compile if `Backend` stops being dyn compatible.

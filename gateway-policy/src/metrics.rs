@@ -74,6 +74,19 @@ pub struct AbortLabels {
     pub phase: &'static str,
 }
 
+/// Labels `backend, outcome` of a drained request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DrainLabels {
+    /// Backend name.
+    pub backend: String,
+    /// finished (read to the end), timed_out (the drain timeout closed the
+    /// connection), stopped (shutdown, or the stream failed).
+    pub outcome: &'static str,
+}
+
+/// The outcomes of a drain, for [`DrainLabels::outcome`].
+pub const DRAIN_OUTCOMES: [&str; 3] = ["finished", "timed_out", "stopped"];
+
 /// Labels `backend, kind`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FailureLabels {
@@ -131,6 +144,10 @@ pub struct Metrics {
     /// `gateway_client_stalls_total{backend}`: streams dropped because the
     /// client stopped reading.
     pub client_stalls: Family<BackendLabels, Counter>,
+    /// `gateway_drained_requests_total{backend,outcome}`: requests whose
+    /// client left and whose upstream stream was read on
+    /// (`on_disconnect = "drain"`) instead of aborted.
+    pub drained: Family<DrainLabels, Counter>,
     /// `gateway_circuit_state{backend}`: 0 closed, 1 half-open, 2 open.
     pub circuit_state: Family<BackendLabels, Gauge>,
     /// `gateway_backend_limit{backend}`: the adaptive concurrency limit.
@@ -233,6 +250,12 @@ impl Metrics {
             "Streams dropped because the client stopped reading",
             client_stalls.clone(),
         );
+        let drained = Family::<DrainLabels, Counter>::default();
+        registry.register(
+            "drained_requests",
+            "Requests whose client left and whose upstream was drained instead of aborted",
+            drained.clone(),
+        );
         let circuit_state = Family::<BackendLabels, Gauge>::default();
         registry.register(
             "circuit_state",
@@ -262,6 +285,7 @@ impl Metrics {
             estimate_error,
             retries,
             client_stalls,
+            drained,
         }
     }
 
@@ -275,6 +299,12 @@ impl Metrics {
         drop(self.queue_depth.get_or_create(&labels));
         drop(self.retries.get_or_create(&labels));
         drop(self.client_stalls.get_or_create(&labels));
+        for outcome in DRAIN_OUTCOMES {
+            drop(self.drained.get_or_create(&DrainLabels {
+                backend: backend.to_owned(),
+                outcome,
+            }));
+        }
         drop(self.circuit_state.get_or_create(&labels));
         for phase in gateway_core::EnginePhase::ALL {
             drop(self.upstream_aborts.get_or_create(&AbortLabels {

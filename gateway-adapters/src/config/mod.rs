@@ -72,6 +72,7 @@
 //! served_model = "tiny-llama"         # default = model
 //! max_concurrency = 64                # optional, >= 1
 //! on_disconnect = "abort"             # abort (default) | drain
+//! drain_timeout_ms = 60000            # optional, only with drain, 1..=3600000; default 60000 (addition)
 //! api_key_env = "NIM_API_KEY"         # optional env variable NAME ([A-Z_][A-Z0-9_]*); not for sim
 //! metrics_url = "http://127.0.0.1:8000/metrics"  # optional http(s) URL; not for sim
 //!
@@ -288,18 +289,42 @@ pub enum OnDisconnect {
     /// GPU, and only delivered tokens are charged.
     #[default]
     Abort,
-    /// Keep reading it (bounded by `max_tokens` and a drain timeout) to
-    /// learn the real usage — for hosted APIs that bill the full generation
-    /// anyway.
-    Drain,
+    /// Keep reading it (bounded by `max_tokens` and `timeout`, counted from
+    /// the client's leaving) to learn the real usage — for hosted APIs that
+    /// bill the full generation anyway. Only a client's leaving drains;
+    /// timeouts, budget, shutdown and explicit aborts still abort.
+    Drain {
+        /// `drain_timeout_ms`: the longest drain; past it the connection is
+        /// closed and what was read is charged. Default
+        /// [`OnDisconnect::DEFAULT_DRAIN_TIMEOUT`].
+        timeout: Duration,
+    },
 }
 
 impl OnDisconnect {
+    /// The drain timeout when `drain_timeout_ms` is not set: 60 s.
+    pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+    /// Drain with the default timeout.
+    pub const fn drain() -> OnDisconnect {
+        OnDisconnect::Drain {
+            timeout: OnDisconnect::DEFAULT_DRAIN_TIMEOUT,
+        }
+    }
+
     /// The name used in config files.
     pub const fn as_str(self) -> &'static str {
         match self {
             OnDisconnect::Abort => "abort",
-            OnDisconnect::Drain => "drain",
+            OnDisconnect::Drain { .. } => "drain",
+        }
+    }
+
+    /// The drain timeout, `None` for abort.
+    pub const fn drain_timeout(self) -> Option<Duration> {
+        match self {
+            OnDisconnect::Abort => None,
+            OnDisconnect::Drain { timeout } => Some(timeout),
         }
     }
 }

@@ -63,6 +63,7 @@ const BACKEND_KEYS: &[&str] = &[
     "served_model",
     "max_concurrency",
     "on_disconnect",
+    "drain_timeout_ms",
     "api_key_env",
     "metrics_url",
     "sim",
@@ -743,9 +744,24 @@ fn backend<'a>(
         });
     let served_model = r.non_empty("served_model", p);
     let max_concurrency = nonzero_u32(r, "max_concurrency", p);
+    let drain_timeout = r
+        .integer("drain_timeout_ms", 1, MAX_DRAIN_TIMEOUT_MS, p)
+        .map(|ms| {
+            ms.and_then(|ms| u64::try_from(ms).ok())
+                .map(Duration::from_millis)
+        });
     let on_disconnect = match r.string("on_disconnect", p) {
-        Ok(None | Some("abort")) => Ok(OnDisconnect::Abort),
-        Ok(Some("drain")) => Ok(OnDisconnect::Drain),
+        Ok(None | Some("abort")) => match drain_timeout {
+            Ok(Some(_)) => Err(p.report(
+                r.key_path("drain_timeout_ms"),
+                "only allowed with on_disconnect = \"drain\"",
+            )),
+            Ok(None) => Ok(OnDisconnect::Abort),
+            Err(e) => Err(e),
+        },
+        Ok(Some("drain")) => drain_timeout.map(|t| OnDisconnect::Drain {
+            timeout: t.unwrap_or(OnDisconnect::DEFAULT_DRAIN_TIMEOUT),
+        }),
         Ok(Some(other)) => Err(p.report(
             r.key_path("on_disconnect"),
             format!("unknown value {other:?} (expected \"abort\" or \"drain\")"),
@@ -789,6 +805,9 @@ fn backend<'a>(
         sim: sim?,
     })
 }
+
+/// The longest `drain_timeout_ms`: one hour.
+const MAX_DRAIN_TIMEOUT_MS: i64 = 3_600_000;
 
 /// Reports `key` as meaningless for the `sim` engine.
 fn not_for_sim(r: &Reader<'_>, key: &str, p: &mut Problems) -> Reported {

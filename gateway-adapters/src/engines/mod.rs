@@ -30,6 +30,7 @@ pub mod openai;
 mod openai_compat;
 pub mod prometheus;
 pub mod sglang;
+pub mod triton;
 pub mod trtllm;
 pub mod vllm;
 
@@ -44,8 +45,8 @@ use crate::config::BackendConfig;
 
 /// The adapter of a `[[backends]]` entry with engine `vllm`, `trtllm`,
 /// `dynamo`, `nim` or `openai`: its URL, served model, `max_concurrency`,
-/// `metrics_url`, and the API key read now from the variable `api_key_env`
-/// names.
+/// `metrics_url`, `on_disconnect` (with its drain timeout), and the API key
+/// read now from the variable `api_key_env` names.
 ///
 /// # Errors
 /// [`EngineError::UnsupportedEngine`] for other engines,
@@ -82,5 +83,6 @@ pub fn from_backend_config(config: &BackendConfig) -> Result<OpenAiCompatBackend
     upstream.metrics_url = config.metrics_url.clone();
     upstream.api_key = api_key;
     upstream.max_concurrency = config.max_concurrency.map(std::num::NonZeroU32::get);
+    upstream.on_disconnect = config.on_disconnect;
     OpenAiCompatBackend::with_quirks(routes, quirks, upstream)
 }

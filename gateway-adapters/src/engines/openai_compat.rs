@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::prometheus;
+use crate::config::OnDisconnect;
 use crate::openai::types::{
     ChatCompletionRequest, CompletionRequest, CompletionUsage, ErrorCode, ErrorDetail, ModelList,
     parse_finish_reason,
@@ -106,6 +107,11 @@ pub struct UpstreamConfig {
     pub max_inflight: u32,
     /// Bound on one server-sent event.
     pub max_event_bytes: usize,
+    /// What a client's leaving does to a started stream: abort (close the
+    /// connection, the default) or drain it to its end, bounded by
+    /// `max_tokens` and the drain timeout
+    /// ([`Backend::drain_on_client_gone`]).
+    pub on_disconnect: OnDisconnect,
 }
 
 impl fmt::Debug for UpstreamConfig {
@@ -123,6 +129,7 @@ impl fmt::Debug for UpstreamConfig {
             .field("pool_max_idle", &self.pool_max_idle)
             .field("max_inflight", &self.max_inflight)
             .field("max_event_bytes", &self.max_event_bytes)
+            .field("on_disconnect", &self.on_disconnect)
             .finish()
     }
 }
@@ -130,7 +137,8 @@ impl fmt::Debug for UpstreamConfig {
 impl UpstreamConfig {
     /// A backend named `name` at `url` serving public model `model`, with
     /// defaults: no key, connect timeout 2 s, scrape every 1 s, 32 idle
-    /// connections, at most 4096 in flight, events up to 1 MiB.
+    /// connections, at most 4096 in flight, events up to 1 MiB, abort on
+    /// disconnect.
     pub fn new(name: impl Into<String>, url: impl Into<String>, model: impl Into<String>) -> Self {
         UpstreamConfig {
             name: name.into(),
@@ -145,6 +153,7 @@ impl UpstreamConfig {
             pool_max_idle: 32,
             max_inflight: 4096,
             max_event_bytes: SseDecoder::DEFAULT_MAX_EVENT_BYTES,
+            on_disconnect: OnDisconnect::Abort,
         }
     }
 }
@@ -303,6 +312,8 @@ struct Inner {
     quirks: Quirks,
     max_event_bytes: usize,
     max_inflight: u32,
+    /// `Some(timeout)`: drain on a client's leaving.
+    drain: Option<Duration>,
     shared: Arc<Shared>,
     scraper: Option<ScraperPlan>,
     scraper_started: OnceLock<()>,
@@ -319,9 +330,18 @@ struct ScraperPlan {
 
 /// State shared with the reader tasks and the scraper.
 struct Shared {
-    live: Mutex<HashMap<RequestId, Vec<(u64, CancelHandle)>>>,
+    /// Per live attempt: its sequence number, cancel handle, and the token
+    /// `abort(id)` fires (it also stops a drain, which a cancel does not).
+    live: Mutex<HashMap<RequestId, Vec<LiveEntry>>>,
     next_seq: AtomicU64,
     pressure: PressureCell,
+}
+
+/// One live attempt in the registry.
+struct LiveEntry {
+    seq: u64,
+    cancel: CancelHandle,
+    abort: CancellationToken,
 }
 
 /// The pressure snapshot in atomics: read without locks.
@@ -403,7 +423,7 @@ impl Drop for LiveGuard {
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
         if let Some(entries) = live.get_mut(&self.id) {
-            entries.retain(|(seq, _)| *seq != self.seq);
+            entries.retain(|e| e.seq != self.seq);
             if entries.is_empty() {
                 live.remove(&self.id);
             }
@@ -532,6 +552,7 @@ impl OpenAiCompatBackend {
             quirks,
             max_event_bytes: config.max_event_bytes,
             max_inflight: config.max_inflight,
+            drain: config.on_disconnect.drain_timeout(),
             shared,
             scraper: metrics_uri.map(|uri| ScraperPlan {
                 uri,
@@ -572,7 +593,12 @@ impl Inner {
         tokio::spawn(scrape_loop(client, plan, shared, model, names));
     }
 
-    fn register(&self, id: &RequestId, cancel: &CancelHandle) -> LiveGuard {
+    fn register(
+        &self,
+        id: &RequestId,
+        cancel: &CancelHandle,
+        abort: &CancellationToken,
+    ) -> LiveGuard {
         let seq = self.shared.next_seq.fetch_add(1, Ordering::Relaxed);
         self.shared
             .live
@@ -580,7 +606,11 @@ impl Inner {
             .unwrap_or_else(PoisonError::into_inner)
             .entry(id.clone())
             .or_default()
-            .push((seq, cancel.clone()));
+            .push(LiveEntry {
+                seq,
+                cancel: cancel.clone(),
+                abort: abort.clone(),
+            });
         self.shared
             .pressure
             .inflight
@@ -766,7 +796,8 @@ impl Backend for OpenAiCompatBackend {
         let (uri, body) = inner.upstream_body(&request)?;
         let id = request.request.id.clone();
         let http_request = inner.post(uri, &id, body)?;
-        let live = inner.register(&id, &cancel);
+        let hard_abort = CancellationToken::new();
+        let live = inner.register(&id, &cancel, &hard_abort);
         let deadline = request.budget.deadline;
         let before = FailurePhase::BeforeFirstToken;
         let response = tokio::select! {
@@ -809,6 +840,9 @@ impl Backend for OpenAiCompatBackend {
             usage: None,
             shared: inner.shared.clone(),
             quirks: inner.quirks,
+            drain: inner.drain,
+            draining_until: None,
+            hard_abort,
         };
         tokio::spawn(reader.run(response.into_body(), tx, live));
         let mut rx = rx;
@@ -817,19 +851,29 @@ impl Backend for OpenAiCompatBackend {
     }
 
     async fn abort(&self, id: &RequestId) -> Result<bool, BackendError> {
-        let handles: Vec<CancelHandle> = self
+        let handles: Vec<(CancelHandle, CancellationToken)> = self
             .inner
             .shared
             .live
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .get(id)
-            .map(|entries| entries.iter().map(|(_, h)| h.clone()).collect())
+            .map(|entries| {
+                entries
+                    .iter()
+                    .map(|e| (e.cancel.clone(), e.abort.clone()))
+                    .collect()
+            })
             .unwrap_or_default();
-        for handle in &handles {
+        for (handle, abort) in &handles {
             handle.cancel(CancelReason::Aborted);
+            abort.cancel();
         }
         Ok(!handles.is_empty())
+    }
+
+    fn drain_on_client_gone(&self) -> Option<Duration> {
+        self.inner.drain
     }
 
     async fn health(&self) -> Health {
@@ -1074,9 +1118,83 @@ struct Reader {
     usage: Option<Usage>,
     shared: Arc<Shared>,
     quirks: Quirks,
+    /// `Some(timeout)`: a `ClientGone` cancel starts a drain instead of
+    /// closing the connection.
+    drain: Option<Duration>,
+    /// While draining: when the drain gives up and closes the connection.
+    draining_until: Option<Instant>,
+    /// Fired by `abort(id)`: stops a drain too.
+    hard_abort: CancellationToken,
+}
+
+/// Why the reader must stop waiting (or change mode).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    /// Canceled with this reason: close the connection.
+    Cancel(CancelReason),
+    /// The request's deadline passed.
+    Deadline,
+    /// The client left and this backend drains: keep reading.
+    StartDrain,
+    /// The drain ran out of time: close the connection.
+    DrainTimeout,
 }
 
 impl Reader {
+    /// Resolves when the reader must stop or start draining. While
+    /// draining only `abort(id)` and the drain timeout stop it (the cancel
+    /// stays fired, and the request's deadline no longer applies: nobody
+    /// waits for the answer).
+    async fn stop(&self, watch_deadline: bool) -> Stop {
+        if let Some(until) = self.draining_until {
+            return tokio::select! {
+                biased;
+                () = self.hard_abort.cancelled() => Stop::Cancel(CancelReason::Aborted),
+                () = tokio::time::sleep_until(until) => Stop::DrainTimeout,
+            };
+        }
+        tokio::select! {
+            biased;
+            reason = self.cancel.canceled() => {
+                if reason == CancelReason::ClientGone
+                    && self.drain.is_some()
+                    && !self.hard_abort.is_cancelled()
+                {
+                    Stop::StartDrain
+                } else {
+                    Stop::Cancel(reason)
+                }
+            }
+            () = deadline_passed(self.deadline), if watch_deadline => Stop::Deadline,
+        }
+    }
+
+    fn start_drain(&mut self) {
+        let timeout = self.drain.unwrap_or_default();
+        self.draining_until = Some(Instant::now() + timeout);
+        tracing::debug!(
+            timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
+            "client gone: draining the engine's stream"
+        );
+    }
+
+    /// The error a stop ends the stream with.
+    fn stop_error(&self, stop: Stop) -> BackendError {
+        match stop {
+            Stop::Cancel(reason) => BackendError::canceled(reason).with_phase(self.phase()),
+            Stop::Deadline => total_timeout(self.phase()),
+            Stop::DrainTimeout | Stop::StartDrain => BackendError::new(
+                FailureKind::Canceled,
+                format!(
+                    "client_gone: drained {} completion tokens, then the drain timeout ({} ms) closed the connection",
+                    self.delivered,
+                    self.drain.unwrap_or_default().as_millis()
+                ),
+            )
+            .with_phase(self.phase()),
+        }
+    }
+
     fn phase(&self) -> FailurePhase {
         if self.any_delta {
             FailurePhase::AfterFirstToken
@@ -1095,29 +1213,39 @@ impl Reader {
                 // The engine's part is over: free the connection's slot first.
                 drop(live.take());
             }
-            for item in out.drain(..) {
+            // A permit first, then the item: a stop that wins the race
+            // (a drain starting, say) loses no item.
+            while !out.is_empty() {
                 let sent = tokio::select! {
                     biased;
-                    reason = self.cancel.canceled() => Err(Some(reason)),
-                    () = deadline_passed(self.deadline), if flow == Flow::Continue => Err(None),
-                    sent = tx.send(item) => sent.map_err(|_| None),
+                    stop = self.stop(flow == Flow::Continue) => Err(Some(stop)),
+                    permit = tx.reserve() => permit.map_err(|_| None),
                 };
-                if let Err(why) = sent {
-                    if flow == Flow::End {
-                        return;
+                let stop = match sent {
+                    Ok(permit) => {
+                        permit.send(out.remove(0));
+                        continue;
                     }
-                    drop(body);
-                    drop(live.take());
-                    if tx.is_closed() {
-                        return;
+                    Err(Some(Stop::StartDrain)) => {
+                        self.start_drain();
+                        continue;
                     }
-                    let error = match why {
-                        Some(reason) => BackendError::canceled(reason).with_phase(self.phase()),
-                        None => total_timeout(self.phase()),
-                    };
-                    let _ = tx.send(Err(error)).await;
+                    Err(Some(stop)) => Some(stop),
+                    // The consumer dropped the stream: close, even a drain.
+                    Err(None) => None,
+                };
+                if flow == Flow::End {
+                    // The engine's part is over: nothing left to close.
                     return;
                 }
+                drop(body);
+                drop(live.take());
+                let Some(stop) = stop else { return };
+                if tx.is_closed() {
+                    return;
+                }
+                let _ = tx.send(Err(self.stop_error(stop))).await;
+                return;
             }
             if flow == Flow::End {
                 drop(tx);
@@ -1144,16 +1272,14 @@ impl Reader {
             };
             let frame = tokio::select! {
                 biased;
-                reason = self.cancel.canceled() => {
+                stop = self.stop(true) => {
+                    if stop == Stop::StartDrain {
+                        self.start_drain();
+                        continue;
+                    }
                     drop(body);
                     drop(live.take());
-                    let _ = tx.send(Err(BackendError::canceled(reason).with_phase(self.phase()))).await;
-                    return;
-                }
-                () = deadline_passed(self.deadline) => {
-                    drop(body);
-                    drop(live.take());
-                    let _ = tx.send(Err(total_timeout(self.phase()))).await;
+                    let _ = tx.send(Err(self.stop_error(stop))).await;
                     return;
                 }
                 () = grace => {

@@ -2,4 +2,5 @@
 
 pub mod kit;
 pub mod sglang_sim;
+pub mod triton_sim;
 pub mod vllm_sim;

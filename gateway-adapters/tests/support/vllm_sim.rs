@@ -345,6 +345,8 @@ struct State {
     arrivals: u64,
     scrapes: u64,
     completed: u64,
+    /// Token chunks written to clients, all requests.
+    tokens_sent: u64,
 }
 
 #[derive(Debug)]
@@ -466,6 +468,12 @@ impl VllmSim {
     /// Requests that finished normally.
     pub fn completed(&self) -> u64 {
         self.inner.state().completed
+    }
+
+    /// Token chunks written to clients so far (all requests): what the
+    /// engine generated and sent before any close.
+    pub fn tokens_sent(&self) -> u64 {
+        self.inner.state().tokens_sent
     }
 
     /// Running, waiting and KV use, as `/metrics` would say now.
@@ -1294,8 +1302,12 @@ async fn generate(
         if !ok {
             return decode_abort(inner);
         }
-        if let Some(live) = inner.state().live.get_mut(&id) {
-            live.kv_tokens += 1;
+        {
+            let mut st = inner.state();
+            st.tokens_sent += 1;
+            if let Some(live) = st.live.get_mut(&id) {
+                live.kv_tokens += 1;
+            }
         }
     }
     let mut tail = Vec::new();

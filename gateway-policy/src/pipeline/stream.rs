@@ -21,7 +21,7 @@ use tracing::Instrument;
 use super::attempt::{Admitted, Head};
 use super::{ActiveGuard, Gateway};
 use crate::limits::LimitPermit;
-use crate::metrics::{AbortLabels, BackendLabels, Metrics, ModelLabels};
+use crate::metrics::{AbortLabels, BackendLabels, DrainLabels, Metrics, ModelLabels};
 use crate::pool::InflightGuard;
 use crate::{ModelSpec, Tenant};
 
@@ -63,6 +63,8 @@ pub(super) fn start(
         attempt_cancel,
     } = attempted;
     let backend = inflight.slot().name.clone();
+    let drain = inflight.slot().backend.drain_on_client_gone();
+    let cap = u64::from(admitted.request.max_tokens);
     let request_id = admitted.request.id.to_string();
     let meter = admitted.meter.clone();
     let settlement = Settlement {
@@ -72,6 +74,8 @@ pub(super) fn start(
         started: Started::default(),
         engine: None,
         received: 0,
+        drained: false,
+        cap,
         tenant: admitted.tenant,
         model: admitted.model,
         backend: backend.clone(),
@@ -98,6 +102,8 @@ pub(super) fn start(
         idle: inner.settings.idle_timeout,
         stall: inner.settings.client_stall_timeout,
         abort_wait: inner.settings.abort_wait,
+        drain,
+        shutdown: inner.shutdown.clone(),
     };
     let span = pump.settlement.span.clone();
     tokio::spawn(pump.run().instrument(span));
@@ -240,6 +246,10 @@ struct Pump {
     idle: Duration,
     stall: Duration,
     abort_wait: Duration,
+    /// `Some(timeout)`: the backend drains when the client leaves.
+    drain: Option<Duration>,
+    /// The gateway's shutdown handle: it ends a drain.
+    shutdown: CancelHandle,
 }
 
 impl Pump {
@@ -274,8 +284,10 @@ impl Pump {
                 Some(CancelReason::ClientGone)
             }
         };
-        if let Some(reason) = abort {
-            self.abort_upstream(reason).await;
+        match (abort, self.drain) {
+            (Some(CancelReason::ClientGone), Some(timeout)) => self.drain_upstream(timeout).await,
+            (Some(reason), _) => self.abort_upstream(reason).await,
+            (None, _) => {}
         }
         // `self.settlement` drops here: the one place the budget settles.
     }
@@ -423,6 +435,63 @@ impl Pump {
         }
     }
 
+    /// The client left and the backend drains (`on_disconnect = "drain"`):
+    /// reads the stream on to its end, counting every token the engine
+    /// produced and keeping its usage, so the settlement charges what the
+    /// provider bills. Bounded by the backend's drain timeout (plus the
+    /// abort wait for it to report the cut) and by shutdown; leaving early
+    /// drops the stream, which closes the connection.
+    async fn drain_upstream(&mut self, timeout: Duration) {
+        // Tells the backend (a no-op when the client's cancel reached it).
+        self.attempt.cancel(CancelReason::ClientGone);
+        self.settlement.drained = true;
+        let until = Instant::now() + timeout + self.abort_wait;
+        let shutdown = self.shutdown.token().clone();
+        let outcome = loop {
+            let next = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break "stopped",
+                next = tokio::time::timeout_at(until, self.stream.next()) => next,
+            };
+            match next {
+                // The stream had already ended (its `Finished` was relayed).
+                Ok(None) if self.settlement.finish.is_some() => break "finished",
+                Err(_) | Ok(None) => break "stopped",
+                Ok(Some(Ok(event))) => {
+                    if self.order.observe(&event).is_err() {
+                        break "stopped";
+                    }
+                    match event {
+                        TokenEvent::Delta(d) => self.settlement.received += u64::from(d.tokens),
+                        TokenEvent::Usage(u) => self.settlement.engine = Some(u),
+                        TokenEvent::Finished(r) => {
+                            self.settlement.finish = Some(r);
+                            break "finished";
+                        }
+                        TokenEvent::Started(_) => {}
+                    }
+                }
+                // The backend closed the connection at its drain timeout.
+                Ok(Some(Err(err))) if err.kind() == FailureKind::Canceled => break "timed_out",
+                Ok(Some(Err(_))) => break "stopped",
+            }
+        };
+        tracing::debug!(
+            parent: &self.settlement.span,
+            outcome,
+            received = self.settlement.received,
+            "drained the upstream stream after the client left"
+        );
+        self.settlement
+            .metrics
+            .drained
+            .get_or_create(&DrainLabels {
+                backend: self.settlement.backend.clone(),
+                outcome,
+            })
+            .inc();
+    }
+
     /// Cancels the attempt and reads the backend until it confirms the
     /// abort (bounded), counting tokens it produced that nobody received.
     async fn abort_upstream(&mut self, reason: CancelReason) {
@@ -472,6 +541,12 @@ struct Settlement {
     started: Started,
     engine: Option<Usage>,
     received: u64,
+    /// The client left and the stream was drained: the provider bills
+    /// everything it produced.
+    drained: bool,
+    /// The request's completion cap (reserved for): a drained charge never
+    /// goes past it.
+    cap: u64,
     tenant: Arc<Tenant>,
     model: Arc<ModelSpec>,
     backend: String,
@@ -511,12 +586,34 @@ impl Settlement {
     /// What the tenant is charged for: prompt tokens once the response
     /// began, the completion tokens the client took, the engine's
     /// speculative counts, and as canceled what was produced but not taken.
+    ///
+    /// A drained request is charged what the provider bills: the prompt
+    /// and every completion token produced (the provider's count when it
+    /// gave one, else the tokens received; at most the reserved cap), with
+    /// the undelivered part of them recorded as canceled too.
     fn usage(&self) -> Usage {
         let delivered = self.meter.delivered();
+        if self.drained {
+            let billed = self
+                .engine
+                .map_or(self.received, |u| u.completion())
+                .max(delivered)
+                .min(self.cap.max(delivered));
+            let canceled = billed.saturating_sub(delivered);
+            let (prompt, cached, drafted, accepted) = self.engine_counts();
+            return Usage::clamped(prompt, cached, billed, drafted, accepted, canceled);
+        }
         let canceled = self.received.saturating_sub(delivered);
         if !self.client.began.load(Ordering::Acquire) {
             return Usage::clamped(0, 0, delivered, 0, 0, canceled);
         }
+        let (prompt, cached, drafted, accepted) = self.engine_counts();
+        Usage::clamped(prompt, cached, delivered, drafted, accepted, canceled)
+    }
+
+    /// Prompt, cached, drafted and accepted tokens: the engine's counts,
+    /// else `Started`'s, else the estimate.
+    fn engine_counts(&self) -> (u64, u64, u64, u64) {
         let prompt = self
             .engine
             .map(|u| u.prompt())
@@ -528,7 +625,7 @@ impl Settlement {
             .or(self.started.cached_tokens)
             .unwrap_or(0);
         let (drafted, accepted) = self.engine.map_or((0, 0), |u| (u.drafted(), u.accepted()));
-        Usage::clamped(prompt, cached, delivered, drafted, accepted, canceled)
+        (prompt, cached, drafted, accepted)
     }
 
     fn outcome(&self) -> &'static str {

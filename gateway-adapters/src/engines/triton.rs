@@ -1,0 +1,1343 @@
+//! Triton Inference Server with a TensorRT-LLM model (ENGINES.md §5),
+//! through `POST /v2/models/{model}/generate_stream`.
+//!
+//! Wire format taken from `triton-inference-server/server:src/http_server.cc@e1db8a603d86`
+//! and the TRT-LLM `ensemble` model configuration cited in ENGINES.md §5.2.
+//!
+//! - Request: Triton's flat JSON keyed by the model's **input tensor
+//!   names**: `{"id", "text_input", "max_tokens" (the budget's cap),
+//!   "stream": true, "temperature"?, "top_p"?, "seed"?, "stop_words"?,
+//!   "return_num_input_tokens": true, "return_num_output_tokens": true}`.
+//!   The two `return_num_*` inputs are sent only with
+//!   [`TritonOptions::request_token_counts`] (on by default): Triton
+//!   refuses inputs a model does not declare (400 "unexpected inference
+//!   input"), so turn it off for models without them. Extra request fields
+//!   are not sent (they would be unknown tensors); there are no bad words in
+//!   the gateway's sampling parameters, so `bad_words` is never sent.
+//! - Prompts: text only. Chat and token prompts are refused with
+//!   `InvalidRequest`: the ensemble's preprocessing tokenizes `text_input`
+//!   as is, and the gateway has no chat template for the model, so any
+//!   rendering it made up ("role: content" lines) would silently degrade
+//!   the answer and mis-count the prompt; route chat to a backend that
+//!   applies the model's template.
+//! - Stream: `data: {json}` per model response; `text_output` is the new
+//!   text of the step (the default ensemble), or the whole text so far with
+//!   [`TritonOptions::cumulative_output`] (BLS with `accumulate_tokens`),
+//!   turned into deltas by character prefix. There is **no `[DONE]`** and
+//!   no finish reason: the end of the chunked body is the end (the final
+//!   response flag closes it), and a connection cut before that end is a
+//!   `Connect` failure (truncated). The finish is inferred: `Length` when
+//!   the completion tokens reached `max_tokens`, else `Stop`.
+//! - Tokens: with `num_output_tokens` in the responses, read as the count
+//!   **so far** (cumulative; unverified in the sources, see ENGINES.md §11),
+//!   each response carries the difference; without it, one token per
+//!   response (one decoding step). Usage: prompt from `num_input_tokens`,
+//!   else from the request's token counter; completion = tokens delivered.
+//! - Split characters: a trailing U+FFFD of a response is held back; the
+//!   next response with other text replaces it (the engine re-sends the
+//!   character whole); at the end it is passed on as is. In cumulative
+//!   mode the next cumulative text resolves it. A character split across
+//!   transport reads is reassembled by the SSE decoder (TV-06).
+//! - Failures: the first response sets the HTTP status (400/404/500/501/503)
+//!   with a body `{"error":"msg"}`, JSON or SSE-framed; typed by status and
+//!   message ("Exceeds maximum queue size" → `Overloaded`, "out of memory"
+//!   → `OutOfMemory`, context length → `ContextLengthExceeded`). An
+//!   in-stream `data: {"error":"msg"}` is typed by its message alone
+//!   (queue size → `Overloaded`, out of memory → `OutOfMemory`, else
+//!   `Internal`), in the phase given by whether a delta was forwarded.
+//! - `start`: Triton sends the response head only with the first model
+//!   response (at the first token). `start` waits [`TritonOptions::accept_window`]
+//!   for it, so immediate refusals (queue full, unknown model, bad input,
+//!   connection refused) are its error; after that the request is with the
+//!   engine and the stream is returned, still waiting for the head.
+//! - Cancel (every phase): the connection is closed; Triton's request-fini
+//!   hook cancels the request, and the TRT-LLM backend stops it at its next
+//!   cancellation check (every 100 ms by default).
+//! - Health: `GET /v2/health/ready`, then `GET /v2/models/{model}/ready`.
+//! - Pressure: only with `metrics_url` (Triton's metrics port, 8002 by
+//!   default): waiting = the larger of `nv_inference_pending_request_count`
+//!   (summed over the served and the TRT-LLM model) and
+//!   `nv_trt_llm_request_metrics{request_type="waiting"}`; running =
+//!   `nv_trt_llm_request_metrics{request_type="active"}` (else
+//!   `"scheduled"`); KV use = `nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type="fraction"}`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use gateway_core::http::{HeaderValue, Method, Request, StatusCode, Uri, header};
+use gateway_core::{
+    Backend, BackendError, BackendInfo, BackendRequest, CancelHandle, CancelReason, Delta,
+    EngineKind, FailureKind, FailurePhase, FinishReason, Health, Pressure, Prompt, RequestId,
+    Started, TokenEvent, TokenResult, TokenStream, Usage,
+};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use serde_json::{Map, Value};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+use super::openai_compat::{EngineError, UpstreamConfig, kind_for_status};
+use super::prometheus;
+use crate::config::BackendConfig;
+use crate::openai::{SseDecoder, SseError, SseEvent, parse_upstream_error};
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+type HeadFuture = Pin<
+    Box<
+        dyn std::future::Future<Output = Result<hyper::Response<Incoming>, ClientError>>
+            + Send
+            + 'static,
+    >,
+>;
+type ClientError = hyper_util::client::legacy::Error;
+
+const EVENT_BUFFER: usize = 64;
+const MAX_ERROR_BODY: usize = 64 * 1024;
+const MAX_METRICS_BODY: usize = 8 * 1024 * 1024;
+const SIDE_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+const MAX_MESSAGE_CHARS: usize = 512;
+const REPLACEMENT: char = '\u{FFFD}';
+
+/// The server readiness route.
+pub const HEALTH: &str = "/v2/health/ready";
+
+/// Pending-request gauge (per model).
+pub const PENDING: &str = "nv_inference_pending_request_count";
+/// TRT-LLM request gauges, by `request_type`.
+pub const TRT_REQUESTS: &str = "nv_trt_llm_request_metrics";
+/// TRT-LLM KV-cache gauges, by `kv_cache_block_type`.
+pub const TRT_KV: &str = "nv_trt_llm_kv_cache_block_metrics";
+
+/// Triton specifics beyond [`UpstreamConfig`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TritonOptions {
+    /// `text_output` is the whole text so far (BLS `accumulate_tokens`),
+    /// not the step's new text.
+    pub cumulative_output: bool,
+    /// Send `return_num_input_tokens` / `return_num_output_tokens` (the
+    /// model must declare them as inputs).
+    pub request_token_counts: bool,
+    /// How long `start` waits for the response head before handing out
+    /// the stream.
+    pub accept_window: Duration,
+    /// The TRT-LLM model's name in metric labels (`model`).
+    pub trtllm_model: String,
+}
+
+impl Default for TritonOptions {
+    fn default() -> Self {
+        TritonOptions {
+            cumulative_output: false,
+            request_token_counts: true,
+            accept_window: Duration::from_millis(20),
+            trtllm_model: "tensorrt_llm".to_owned(),
+        }
+    }
+}
+
+/// A Triton backend with default [`TritonOptions`].
+///
+/// # Errors
+/// [`EngineError::InvalidUrl`] for a URL that is not `http://host...`.
+pub fn backend(config: UpstreamConfig) -> Result<TritonBackend, EngineError> {
+    TritonBackend::new(config, TritonOptions::default())
+}
+
+/// The adapter of a `[[backends]]` entry with engine `triton`.
+///
+/// # Errors
+/// [`EngineError::UnsupportedEngine`] for other engines,
+/// [`EngineError::MissingApiKey`] if `api_key_env` names an unset variable,
+/// [`EngineError::InvalidUrl`] for an unusable URL.
+pub fn from_backend_config(config: &BackendConfig) -> Result<TritonBackend, EngineError> {
+    if config.engine != EngineKind::Triton {
+        return Err(EngineError::UnsupportedEngine(config.engine));
+    }
+    let Some(url) = &config.url else {
+        return Err(EngineError::InvalidUrl {
+            url: String::new(),
+            reason: "a URL is required".to_owned(),
+        });
+    };
+    let api_key = match &config.api_key_env {
+        Some(var) => match std::env::var(var) {
+            Ok(key) if !key.is_empty() => Some(key),
+            _ => return Err(EngineError::MissingApiKey(var.clone())),
+        },
+        None => None,
+    };
+    let mut upstream = UpstreamConfig::new(config.name.clone(), url.clone(), config.model.clone());
+    upstream.served_model = Some(config.served_model.clone());
+    upstream.metrics_url = config.metrics_url.clone();
+    upstream.api_key = api_key;
+    upstream.max_concurrency = config.max_concurrency.map(std::num::NonZeroU32::get);
+    backend(upstream)
+}
+
+/// Triton (`generate_stream`) as a [`Backend`].
+#[derive(Clone)]
+pub struct TritonBackend {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for TritonBackend {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TritonBackend")
+            .field("info", &self.inner.info)
+            .field("base", &self.inner.base)
+            .field("options", &self.inner.options)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    info: BackendInfo,
+    served_model: String,
+    client: HttpClient,
+    base: String,
+    auth: Option<HeaderValue>,
+    options: TritonOptions,
+    max_event_bytes: usize,
+    max_inflight: u32,
+    shared: Arc<Shared>,
+    scraper: Option<(Uri, Duration, CancellationToken)>,
+    scraper_started: OnceLock<()>,
+    _stop_scraper: DropGuard,
+}
+
+struct Shared {
+    live: Mutex<HashMap<RequestId, Vec<(u64, CancelHandle)>>>,
+    next_seq: AtomicU64,
+    base: Instant,
+    running: AtomicU32,
+    waiting: AtomicU32,
+    kv_bits: AtomicU32,
+    updated: AtomicU64,
+    inflight: AtomicU32,
+    limit: Option<u32>,
+    overloaded_until: AtomicU64,
+}
+
+impl Shared {
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    fn snapshot(&self) -> Pressure {
+        let updated = self.updated.load(Ordering::Acquire);
+        Pressure {
+            running: self.running.load(Ordering::Relaxed),
+            waiting: self.waiting.load(Ordering::Relaxed),
+            kv_usage: f32::from_bits(self.kv_bits.load(Ordering::Relaxed)),
+            inflight: self.inflight.load(Ordering::Relaxed),
+            limit: self.limit,
+            updated_at: (updated > 0).then(|| self.base + Duration::from_nanos(updated - 1)),
+            overloaded: self.overloaded_until.load(Ordering::Relaxed) > self.nanos(Instant::now()),
+        }
+    }
+
+    fn store(&self, gauges: &Gauges) {
+        self.running
+            .store(to_u32(gauges.running), Ordering::Relaxed);
+        self.waiting
+            .store(to_u32(gauges.waiting), Ordering::Relaxed);
+        #[expect(clippy::cast_possible_truncation, reason = "a fraction in 0..1")]
+        let kv = gauges.kv_usage.clamp(0.0, 1.0) as f32;
+        self.kv_bits.store(kv.to_bits(), Ordering::Relaxed);
+        let now = self.nanos(Instant::now());
+        self.updated.store(now.saturating_add(1), Ordering::Release);
+    }
+
+    fn mark_overloaded(&self, retry_after: Option<Duration>) {
+        let until = Instant::now() + retry_after.unwrap_or(Duration::from_secs(1));
+        self.overloaded_until
+            .store(self.nanos(until), Ordering::Relaxed);
+    }
+}
+
+#[expect(
+    clippy::cast_possible_truncation,
+    clippy::cast_sign_loss,
+    reason = "clamped to the u32 range first"
+)]
+fn to_u32(value: f64) -> u32 {
+    if value.is_nan() {
+        return 0;
+    }
+    value.round().clamp(0.0, f64::from(u32::MAX)) as u32
+}
+
+/// Removes a live request from the registry and the in-flight count.
+struct LiveGuard {
+    shared: Arc<Shared>,
+    id: RequestId,
+    seq: u64,
+}
+
+impl Drop for LiveGuard {
+    fn drop(&mut self) {
+        let mut live = self
+            .shared
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(entries) = live.get_mut(&self.id) {
+            entries.retain(|(seq, _)| *seq != self.seq);
+            if entries.is_empty() {
+                live.remove(&self.id);
+            }
+        }
+        drop(live);
+        self.shared.inflight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+fn parse_uri(url: &str) -> Result<Uri, EngineError> {
+    let invalid = |reason: &str| EngineError::InvalidUrl {
+        url: url.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let uri: Uri = url.parse().map_err(|_| invalid("not a URL"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => return Err(invalid("https is not supported by this build")),
+        _ => return Err(invalid("the scheme must be http")),
+    }
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(invalid("no host"));
+    }
+    Ok(uri)
+}
+
+/// A model name as one path segment (unreserved characters kept, the rest
+/// percent-encoded).
+fn path_segment(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl TritonBackend {
+    /// A Triton adapter described by `config` and `options`.
+    ///
+    /// # Errors
+    /// [`EngineError::InvalidUrl`] for a URL that is not `http://host...`.
+    pub fn new(config: UpstreamConfig, options: TritonOptions) -> Result<Self, EngineError> {
+        parse_uri(&config.url)?;
+        let base = config.url.trim_end_matches('/').to_owned();
+        parse_uri(&format!("{base}{HEALTH}"))?;
+        let metrics_uri = match &config.metrics_url {
+            Some(url) => Some(parse_uri(url)?),
+            None => None,
+        };
+        let auth = match &config.api_key {
+            Some(key) => {
+                let mut value = HeaderValue::try_from(format!("Bearer {key}")).map_err(|_| {
+                    EngineError::InvalidUrl {
+                        url: config.url.clone(),
+                        reason: "the API key is not a valid header value".to_owned(),
+                    }
+                })?;
+                value.set_sensitive(true);
+                Some(value)
+            }
+            None => None,
+        };
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(config.connect_timeout));
+        connector.enforce_http(true);
+        let client: HttpClient = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(config.pool_max_idle)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_timer(TokioTimer::new())
+            .build(connector);
+        let served_model = match (&config.served_model, config.models.first()) {
+            (Some(served), _) => served.clone(),
+            (None, Some(first)) => first.clone(),
+            (None, None) => config.name.clone(),
+        };
+        let shared = Arc::new(Shared {
+            live: Mutex::new(HashMap::new()),
+            next_seq: AtomicU64::new(1),
+            base: Instant::now(),
+            running: AtomicU32::new(0),
+            waiting: AtomicU32::new(0),
+            kv_bits: AtomicU32::new(0),
+            updated: AtomicU64::new(0),
+            inflight: AtomicU32::new(0),
+            limit: config.max_concurrency,
+            overloaded_until: AtomicU64::new(0),
+        });
+        let stop = CancellationToken::new();
+        let inner = Inner {
+            info: BackendInfo {
+                name: config.name,
+                engine: EngineKind::Triton,
+                models: config.models,
+            },
+            served_model,
+            client,
+            base,
+            auth,
+            options,
+            max_event_bytes: config.max_event_bytes,
+            max_inflight: config.max_inflight,
+            shared,
+            scraper: metrics_uri.map(|uri| {
+                (
+                    uri,
+                    config.scrape_interval.max(Duration::from_millis(1)),
+                    stop.clone(),
+                )
+            }),
+            scraper_started: OnceLock::new(),
+            _stop_scraper: stop.drop_guard(),
+        };
+        let backend = TritonBackend {
+            inner: Arc::new(inner),
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            backend.inner.ensure_scraper();
+        }
+        Ok(backend)
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &TritonOptions {
+        &self.inner.options
+    }
+}
+
+impl Inner {
+    fn ensure_scraper(&self) {
+        let Some((uri, interval, stop)) = self.scraper.clone() else {
+            return;
+        };
+        if self.scraper_started.set(()).is_err() {
+            return;
+        }
+        tokio::spawn(scrape_loop(
+            self.client.clone(),
+            uri,
+            interval,
+            stop,
+            self.shared.clone(),
+            [self.served_model.clone(), self.options.trtllm_model.clone()],
+        ));
+    }
+
+    fn register(&self, id: &RequestId, cancel: &CancelHandle) -> LiveGuard {
+        let seq = self.shared.next_seq.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .entry(id.clone())
+            .or_default()
+            .push((seq, cancel.clone()));
+        self.shared.inflight.fetch_add(1, Ordering::Relaxed);
+        LiveGuard {
+            shared: self.shared.clone(),
+            id: id.clone(),
+            seq,
+        }
+    }
+
+    fn uri(&self, path: &str) -> Result<Uri, BackendError> {
+        format!("{}{path}", self.base).parse().map_err(|_| {
+            BackendError::new(
+                FailureKind::InvalidRequest,
+                "the model name does not make a valid URL",
+            )
+        })
+    }
+
+    /// The `generate_stream` body.
+    fn generate_body(&self, request: &BackendRequest) -> Result<Bytes, BackendError> {
+        let generate = request.request.as_ref();
+        let text = match &generate.prompt {
+            Prompt::Text(text) => text.as_str(),
+            Prompt::Chat(_) => {
+                return Err(BackendError::new(
+                    FailureKind::InvalidRequest,
+                    "triton takes text prompts only: the gateway has no chat template for this model",
+                ));
+            }
+            Prompt::Tokens(_) => {
+                return Err(BackendError::new(
+                    FailureKind::InvalidRequest,
+                    "triton takes text prompts only, not token ids",
+                ));
+            }
+        };
+        let mut body = Map::new();
+        body.insert("id".to_owned(), Value::from(generate.id.as_str()));
+        body.insert("text_input".to_owned(), Value::from(text));
+        body.insert(
+            "max_tokens".to_owned(),
+            Value::from(request.budget.max_completion_tokens),
+        );
+        body.insert("stream".to_owned(), Value::Bool(true));
+        if let Some(t) = generate.sampling.temperature {
+            body.insert("temperature".to_owned(), Value::from(f64::from(t)));
+        }
+        if let Some(p) = generate.sampling.top_p {
+            body.insert("top_p".to_owned(), Value::from(f64::from(p)));
+        }
+        if let Some(seed) = generate.sampling.seed {
+            body.insert("seed".to_owned(), Value::from(seed));
+        }
+        if !generate.sampling.stop.is_empty() {
+            body.insert(
+                "stop_words".to_owned(),
+                Value::from(generate.sampling.stop.clone()),
+            );
+        }
+        if self.options.request_token_counts {
+            body.insert("return_num_input_tokens".to_owned(), Value::Bool(true));
+            body.insert("return_num_output_tokens".to_owned(), Value::Bool(true));
+        }
+        serde_json::to_vec(&Value::Object(body))
+            .map(Bytes::from)
+            .map_err(|e| {
+                BackendError::new(
+                    FailureKind::Internal,
+                    "the request could not be encoded for the engine",
+                )
+                .with_source(e)
+            })
+    }
+
+    fn post(
+        &self,
+        model: &str,
+        id: &RequestId,
+        body: Bytes,
+    ) -> Result<Request<Full<Bytes>>, BackendError> {
+        let uri = self.uri(&format!(
+            "/v2/models/{}/generate_stream",
+            path_segment(model)
+        ))?;
+        let mut builder = Request::builder()
+            .method(Method::POST)
+            .uri(uri)
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, "text/event-stream");
+        if let Ok(value) = HeaderValue::try_from(id.as_str()) {
+            builder = builder.header("x-request-id", value);
+        }
+        if let Some(auth) = &self.auth {
+            builder = builder.header(header::AUTHORIZATION, auth.clone());
+        }
+        builder.body(Full::new(body)).map_err(|e| {
+            BackendError::new(
+                FailureKind::Internal,
+                "could not build the upstream request",
+            )
+            .with_source(e)
+        })
+    }
+
+    async fn get_ok(&self, path: &str) -> Result<(), String> {
+        let uri = self.uri(path).map_err(|e| e.to_string())?;
+        let mut builder = Request::builder().method(Method::GET).uri(uri);
+        if let Some(auth) = &self.auth {
+            builder = builder.header(header::AUTHORIZATION, auth.clone());
+        }
+        let request = builder
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| format!("bad health request: {e}"))?;
+        let response = self
+            .client
+            .request(request)
+            .await
+            .map_err(|e| format!("engine unreachable: {e}"))?;
+        let status = response.status();
+        let _ = read_limited(response.into_body(), MAX_ERROR_BODY).await;
+        if status.is_success() {
+            Ok(())
+        } else {
+            Err(format!("{path} answered {status}"))
+        }
+    }
+}
+
+async fn deadline_passed(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn total_timeout(phase: FailurePhase) -> BackendError {
+    BackendError::new(
+        FailureKind::TotalTimeout,
+        "the request ran past its deadline",
+    )
+    .with_phase(phase)
+}
+
+fn transport_error(
+    error: impl std::error::Error + Send + Sync + 'static,
+    phase: FailurePhase,
+) -> BackendError {
+    BackendError::new(FailureKind::Connect, "the connection to the engine failed")
+        .with_phase(phase)
+        .with_source(error)
+}
+
+fn protocol(message: impl Into<String>, phase: FailurePhase) -> BackendError {
+    BackendError::new(FailureKind::ProtocolViolation, message).with_phase(phase)
+}
+
+async fn read_limited(body: Incoming, limit: usize) -> Option<Bytes> {
+    Limited::new(body, limit)
+        .collect()
+        .await
+        .ok()
+        .map(http_body_util::Collected::to_bytes)
+}
+
+fn retry_after(headers: &gateway_core::http::HeaderMap) -> Option<Duration> {
+    let text = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
+    let secs: f64 = text.parse().ok()?;
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(3600.0)))
+}
+
+/// A kind read from a Triton / TRT-LLM message alone.
+fn message_kind(message: &str) -> Option<FailureKind> {
+    let lower = message.to_ascii_lowercase();
+    if lower.contains("maximum queue size") || lower.contains("queue is full") {
+        Some(FailureKind::Overloaded)
+    } else if lower.contains("out of memory") {
+        Some(FailureKind::OutOfMemory)
+    } else if lower.contains("context length")
+        || lower.contains("maximum input length")
+        || lower.contains("max_input_len")
+        || lower.contains("max_seq_len")
+    {
+        Some(FailureKind::ContextLengthExceeded)
+    } else {
+        None
+    }
+}
+
+fn short(message: &str) -> String {
+    let mut out: String = message.trim().chars().take(MAX_MESSAGE_CHARS).collect();
+    if out.len() < message.trim().len() {
+        out.push('…');
+    }
+    format!("engine: {out}")
+}
+
+/// The message of an error body: `{"error":"msg"}` as JSON or as SSE
+/// `data:` lines.
+fn error_message(body: &[u8]) -> Option<String> {
+    if let Some(detail) = parse_upstream_error(body) {
+        return Some(detail.message);
+    }
+    let text = std::str::from_utf8(body).ok()?;
+    text.lines().find_map(|line| {
+        let data = line.strip_prefix("data:")?.trim();
+        parse_upstream_error(data.as_bytes()).map(|d| d.message)
+    })
+}
+
+/// The error of a non-2xx first response.
+fn status_error(
+    status: StatusCode,
+    body: Option<&[u8]>,
+    retry_after: Option<Duration>,
+) -> BackendError {
+    let message = body.and_then(error_message).unwrap_or_default();
+    let mut kind = kind_for_status(status.as_u16(), &message, None);
+    if let Some(k) = message_kind(&message)
+        && (matches!(kind, FailureKind::Internal | FailureKind::UpstreamStatus)
+            || (kind == FailureKind::InvalidRequest && k == FailureKind::ContextLengthExceeded))
+    {
+        kind = k;
+    }
+    let text = if message.trim().is_empty() {
+        format!("engine: the engine answered {status}")
+    } else {
+        short(&message)
+    };
+    let mut error = BackendError::new(kind, text).with_upstream_status(status.as_u16());
+    if let Some(after) = retry_after {
+        error = error.with_retry_after(after);
+    }
+    error
+}
+
+/// The error of an in-stream `{"error":"msg"}` response.
+fn event_error(message: &str, phase: FailurePhase) -> BackendError {
+    let kind = match message_kind(message) {
+        Some(FailureKind::ContextLengthExceeded) | None => FailureKind::Internal,
+        Some(kind) => kind,
+    };
+    let text = if message.trim().is_empty() {
+        "engine: the engine failed the stream".to_owned()
+    } else {
+        short(message)
+    };
+    BackendError::new(kind, text).with_phase(phase)
+}
+
+/// A count output: a number or a one-element array.
+fn count_of(value: Option<&Value>) -> Option<u64> {
+    match value? {
+        Value::Number(n) => n.as_u64(),
+        Value::Array(items) => items.first().and_then(Value::as_u64),
+        _ => None,
+    }
+}
+
+/// `text_output`: a string or an array of strings (concatenated).
+fn text_of(value: Option<&Value>) -> Option<String> {
+    match value? {
+        Value::String(s) => Some(s.clone()),
+        Value::Array(items) => Some(items.iter().filter_map(Value::as_str).collect()),
+        _ => None,
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    End,
+}
+
+/// Where the response head is.
+enum Head {
+    Ready(hyper::Response<Incoming>),
+    Pending(HeadFuture),
+}
+
+struct Reader {
+    cap: u64,
+    deadline: Option<Instant>,
+    cancel: CancelHandle,
+    decoder: SseDecoder,
+    cumulative: bool,
+    /// Cumulative mode: the text forwarded so far, and the last full text.
+    forwarded: String,
+    last_text: String,
+    /// Incremental mode: held-back trailing U+FFFD.
+    held: String,
+    /// `num_output_tokens` of the last response.
+    seen_tokens: u64,
+    prompt_tokens: Option<u64>,
+    fallback_prompt: u64,
+    delivered: u64,
+    pending_tokens: u64,
+    any_delta: bool,
+    ended: bool,
+    shared: Arc<Shared>,
+}
+
+impl Reader {
+    fn phase(&self) -> FailurePhase {
+        if self.any_delta {
+            FailurePhase::AfterFirstToken
+        } else {
+            FailurePhase::BeforeFirstToken
+        }
+    }
+
+    async fn send(&self, tx: &mpsc::Sender<TokenResult>, item: TokenResult) -> Result<(), Stop> {
+        tokio::select! {
+            biased;
+            reason = self.cancel.canceled() => Err(Stop::Canceled(reason)),
+            () = deadline_passed(self.deadline), if !self.ended => Err(Stop::Deadline),
+            sent = tx.send(item) => sent.map_err(|_| Stop::Gone),
+        }
+    }
+
+    /// Ends the stream with `stop` (the body, and so the connection, is
+    /// already dropped).
+    async fn stop(&self, tx: &mpsc::Sender<TokenResult>, stop: Stop) {
+        let error = match stop {
+            Stop::Gone => return,
+            Stop::Canceled(reason) => BackendError::canceled(reason).with_phase(self.phase()),
+            Stop::Deadline => total_timeout(self.phase()),
+        };
+        let _ = tx.send(Err(error)).await;
+    }
+
+    async fn run(mut self, head: Head, tx: mpsc::Sender<TokenResult>, live: LiveGuard) {
+        let _live = live;
+        let response = match head {
+            Head::Ready(response) => response,
+            Head::Pending(future) => {
+                let before = FailurePhase::BeforeFirstToken;
+                let result = tokio::select! {
+                    biased;
+                    reason = self.cancel.canceled() => Err(Stop::Canceled(reason)),
+                    () = deadline_passed(self.deadline) => Err(Stop::Deadline),
+                    () = tx.closed() => Err(Stop::Gone),
+                    response = future => Ok(response),
+                };
+                match result {
+                    Err(stop) => return self.stop(&tx, stop).await,
+                    Ok(Err(e)) => {
+                        let _ = tx.send(Err(transport_error(e, before))).await;
+                        return;
+                    }
+                    Ok(Ok(response)) if !response.status().is_success() => {
+                        let error = read_status_error(response, &self.cancel, self.deadline).await;
+                        if let Ok(error) = &error
+                            && error.kind() == FailureKind::Overloaded
+                        {
+                            self.shared.mark_overloaded(error.retry_after());
+                        }
+                        match error {
+                            Ok(error) => {
+                                let _ = tx.send(Err(error)).await;
+                            }
+                            Err(stop) => self.stop(&tx, stop).await,
+                        }
+                        return;
+                    }
+                    Ok(Ok(response)) => response,
+                }
+            }
+        };
+        let mut body = response.into_body();
+        let mut out: Vec<TokenResult> = Vec::new();
+        loop {
+            for item in out.drain(..) {
+                if let Err(stop) = self.send(&tx, item).await {
+                    drop(body);
+                    self.stop(&tx, stop).await;
+                    return;
+                }
+            }
+            if self.ended {
+                return;
+            }
+            let frame = tokio::select! {
+                biased;
+                reason = self.cancel.canceled() => {
+                    drop(body);
+                    return self.stop(&tx, Stop::Canceled(reason)).await;
+                }
+                () = deadline_passed(self.deadline) => {
+                    drop(body);
+                    return self.stop(&tx, Stop::Deadline).await;
+                }
+                () = tx.closed() => return,
+                frame = body.frame() => frame,
+            };
+            match frame {
+                Some(Ok(frame)) => {
+                    if let Ok(data) = frame.into_data() {
+                        self.decoder.push(&data);
+                        self.drain_events(&mut out);
+                    }
+                }
+                Some(Err(e)) => {
+                    // Cut before the end of the chunked body: truncated.
+                    out.push(Err(transport_error(e, self.phase())));
+                    self.ended = true;
+                }
+                None => {
+                    self.decoder.finish();
+                    if self.drain_events(&mut out) == Flow::Continue {
+                        if self.decoder.has_partial() {
+                            out.push(Err(protocol(
+                                "the engine's stream was cut inside an event",
+                                self.phase(),
+                            )));
+                        } else {
+                            self.finish_events(&mut out);
+                        }
+                        self.ended = true;
+                    }
+                }
+            }
+        }
+    }
+
+    fn drain_events(&mut self, out: &mut Vec<TokenResult>) -> Flow {
+        while !self.ended {
+            let Some(event) = self.decoder.next_event() else {
+                return Flow::Continue;
+            };
+            if self.on_event(event, out) == Flow::End {
+                self.ended = true;
+                return Flow::End;
+            }
+        }
+        Flow::End
+    }
+
+    fn on_event(&mut self, event: Result<SseEvent, SseError>, out: &mut Vec<TokenResult>) -> Flow {
+        let event = match event {
+            Ok(event) => event,
+            Err(e) => {
+                out.push(Err(protocol(
+                    format!("undecodable event from the engine: {e}"),
+                    self.phase(),
+                )));
+                return Flow::End;
+            }
+        };
+        if event.data.is_empty() {
+            return Flow::Continue;
+        }
+        if event.is_done() {
+            // Triton never sends it; tolerate it as an end marker.
+            return Flow::Continue;
+        }
+        let Ok(Value::Object(response)) = serde_json::from_str::<Value>(&event.data) else {
+            out.push(Err(protocol(
+                "the engine sent malformed JSON",
+                self.phase(),
+            )));
+            return Flow::End;
+        };
+        if let Some(error) = response.get("error") {
+            let message = match error {
+                Value::String(s) => s.clone(),
+                other => parse_upstream_error(event.data.as_bytes())
+                    .map_or_else(|| other.to_string(), |d| d.message),
+            };
+            let error = event_error(&message, self.phase());
+            if error.kind() == FailureKind::Overloaded {
+                self.shared.mark_overloaded(None);
+            }
+            out.push(Err(error));
+            return Flow::End;
+        }
+        if let Some(n) = count_of(response.get("num_input_tokens")) {
+            self.prompt_tokens = Some(n);
+        }
+        let has_text = response.contains_key("text_output");
+        let tokens = match count_of(response.get("num_output_tokens")) {
+            Some(total) => {
+                let new = total.saturating_sub(self.seen_tokens);
+                self.seen_tokens = self.seen_tokens.max(total);
+                new
+            }
+            None => u64::from(has_text),
+        };
+        let text = text_of(response.get("text_output")).unwrap_or_default();
+        let piece = if self.cumulative {
+            if !text.starts_with(self.forwarded.as_str()) {
+                out.push(Err(protocol(
+                    "the engine's cumulative text does not extend the text already sent",
+                    self.phase(),
+                )));
+                return Flow::End;
+            }
+            let stable = text.trim_end_matches(REPLACEMENT);
+            let new = stable
+                .get(self.forwarded.len()..)
+                .unwrap_or_default()
+                .to_owned();
+            self.forwarded.push_str(&new);
+            self.last_text = text;
+            new
+        } else {
+            let stable_len = text.trim_end_matches(REPLACEMENT).len();
+            if stable_len == 0 {
+                self.held.push_str(&text);
+                String::new()
+            } else {
+                // A held U+FFFD is replaced by the character re-sent whole.
+                self.held = text[stable_len..].to_owned();
+                text[..stable_len].to_owned()
+            }
+        };
+        self.on_output(piece, tokens, out)
+    }
+
+    fn on_output(&mut self, text: String, tokens: u64, out: &mut Vec<TokenResult>) -> Flow {
+        if text.is_empty() {
+            self.pending_tokens = self.pending_tokens.saturating_add(tokens);
+            return Flow::Continue;
+        }
+        let tokens = tokens.saturating_add(std::mem::take(&mut self.pending_tokens));
+        if self.delivered.saturating_add(tokens) > self.cap {
+            // The engine went past max_tokens: end at the cap.
+            self.usage(out);
+            out.push(Ok(TokenEvent::Finished(FinishReason::Length)));
+            return Flow::End;
+        }
+        self.delivered += tokens;
+        self.any_delta = true;
+        out.push(Ok(TokenEvent::Delta(Delta::text(
+            text,
+            u32::try_from(tokens).unwrap_or(u32::MAX),
+        ))));
+        Flow::Continue
+    }
+
+    fn usage(&self, out: &mut Vec<TokenResult>) {
+        let prompt = self.prompt_tokens.unwrap_or(self.fallback_prompt);
+        out.push(Ok(TokenEvent::Usage(Usage::new(prompt, self.delivered))));
+    }
+
+    /// The clean end of the body: flush what was held, usage, the inferred
+    /// finish.
+    fn finish_events(&mut self, out: &mut Vec<TokenResult>) {
+        let rest = if self.cumulative {
+            self.last_text
+                .get(self.forwarded.len()..)
+                .unwrap_or_default()
+                .to_owned()
+        } else {
+            std::mem::take(&mut self.held)
+        };
+        let pending = std::mem::take(&mut self.pending_tokens);
+        let pending = pending.min(self.cap.saturating_sub(self.delivered));
+        if pending > 0 || !rest.is_empty() {
+            self.delivered += pending;
+            self.any_delta = true;
+            out.push(Ok(TokenEvent::Delta(Delta::text(
+                rest,
+                u32::try_from(pending).unwrap_or(u32::MAX),
+            ))));
+        }
+        self.usage(out);
+        let reason = if self.delivered >= self.cap {
+            FinishReason::Length
+        } else {
+            FinishReason::Stop
+        };
+        out.push(Ok(TokenEvent::Finished(reason)));
+    }
+}
+
+/// Why the reader stopped early.
+enum Stop {
+    Canceled(CancelReason),
+    Deadline,
+    Gone,
+}
+
+async fn read_status_error(
+    response: hyper::Response<Incoming>,
+    cancel: &CancelHandle,
+    deadline: Option<Instant>,
+) -> Result<BackendError, Stop> {
+    let status = response.status();
+    let retry = retry_after(response.headers());
+    let read = read_limited(response.into_body(), MAX_ERROR_BODY);
+    let body = tokio::select! {
+        biased;
+        reason = cancel.canceled() => return Err(Stop::Canceled(reason)),
+        () = deadline_passed(deadline) => return Err(Stop::Deadline),
+        body = tokio::time::timeout(SIDE_CALL_TIMEOUT, read) => body.ok().flatten(),
+    };
+    Ok(status_error(status, body.as_deref(), retry))
+}
+
+#[async_trait::async_trait]
+impl Backend for TritonBackend {
+    fn info(&self) -> &BackendInfo {
+        &self.inner.info
+    }
+
+    fn pressure(&self) -> Pressure {
+        self.inner.shared.snapshot()
+    }
+
+    async fn start(
+        &self,
+        request: BackendRequest,
+        cancel: CancelHandle,
+    ) -> Result<TokenStream, BackendError> {
+        let inner = &self.inner;
+        inner.ensure_scraper();
+        if let Some(reason) = cancel.reason() {
+            return Err(BackendError::canceled(reason));
+        }
+        if inner.shared.inflight.load(Ordering::Relaxed) >= inner.max_inflight {
+            return Err(BackendError::new(
+                FailureKind::Overloaded,
+                "too many requests in flight to this engine",
+            ));
+        }
+        let body = inner.generate_body(&request)?;
+        let id = request.request.id.clone();
+        let http_request = inner.post(&request.served_model, &id, body)?;
+        let live = inner.register(&id, &cancel);
+        let deadline = request.budget.deadline;
+        let before = FailurePhase::BeforeFirstToken;
+        let mut future: HeadFuture = Box::pin(inner.client.request(http_request));
+        // Immediate refusals come back at once; after the window the
+        // request is with the engine (the head comes with the first token).
+        let head = tokio::select! {
+            biased;
+            reason = cancel.canceled() => return Err(BackendError::canceled(reason)),
+            () = deadline_passed(deadline) => return Err(total_timeout(before)),
+            response = &mut future => {
+                let response = response.map_err(|e| transport_error(e, before))?;
+                if !response.status().is_success() {
+                    let error = match read_status_error(response, &cancel, deadline).await {
+                        Ok(error) => error,
+                        Err(Stop::Canceled(reason)) => BackendError::canceled(reason),
+                        Err(_) => total_timeout(before),
+                    };
+                    if error.kind() == FailureKind::Overloaded {
+                        inner.shared.mark_overloaded(error.retry_after());
+                    }
+                    return Err(error);
+                }
+                Head::Ready(response)
+            }
+            () = tokio::time::sleep(inner.options.accept_window) => Head::Pending(future),
+        };
+        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+        let fallback_prompt = request
+            .counter
+            .count_prompt(&request.request.prompt)
+            .value();
+        let reader = Reader {
+            cap: u64::from(request.budget.max_completion_tokens),
+            deadline,
+            cancel: cancel.clone(),
+            decoder: SseDecoder::new().with_max_event_bytes(inner.max_event_bytes),
+            cumulative: inner.options.cumulative_output,
+            forwarded: String::new(),
+            last_text: String::new(),
+            held: String::new(),
+            seen_tokens: 0,
+            prompt_tokens: None,
+            fallback_prompt,
+            delivered: 0,
+            pending_tokens: 0,
+            any_delta: false,
+            ended: false,
+            shared: inner.shared.clone(),
+        };
+        // `Started` goes first: the engine holds the request now.
+        tx.try_send(Ok(TokenEvent::Started(Started::default())))
+            .map_err(|_| BackendError::new(FailureKind::Internal, "event channel full"))?;
+        tokio::spawn(reader.run(head, tx, live));
+        let mut rx = rx;
+        let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        Ok(TokenStream::new(stream).cancel_on_drop(cancel))
+    }
+
+    async fn abort(&self, id: &RequestId) -> Result<bool, BackendError> {
+        let handles: Vec<CancelHandle> = self
+            .inner
+            .shared
+            .live
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(id)
+            .map(|entries| entries.iter().map(|(_, h)| h.clone()).collect())
+            .unwrap_or_default();
+        for handle in &handles {
+            handle.cancel(CancelReason::Aborted);
+        }
+        Ok(!handles.is_empty())
+    }
+
+    async fn health(&self) -> Health {
+        let inner = &self.inner;
+        inner.ensure_scraper();
+        let model = format!("/v2/models/{}/ready", path_segment(&inner.served_model));
+        let call = async {
+            inner.get_ok(HEALTH).await?;
+            inner.get_ok(&model).await
+        };
+        match tokio::time::timeout(SIDE_CALL_TIMEOUT, call).await {
+            Ok(Ok(())) => Health::Healthy,
+            Ok(Err(why)) => Health::Unhealthy(why),
+            Err(_) => Health::Unhealthy("health check timed out".to_owned()),
+        }
+    }
+}
+
+/// Load gauges read from one scrape.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub(crate) struct Gauges {
+    pub(crate) running: f64,
+    pub(crate) waiting: f64,
+    pub(crate) kv_usage: f64,
+}
+
+/// Triton's gauges in a scrape, for samples whose `model` label (if any)
+/// is one of `models`. `None` if no request gauge is there.
+pub(crate) fn triton_gauges(text: &str, models: &[String]) -> Option<Gauges> {
+    let (mut pending, mut trt_waiting, mut active, mut scheduled) =
+        (None::<f64>, None::<f64>, None::<f64>, None::<f64>);
+    let mut kv = (0.0, 0u32);
+    let add = |slot: &mut Option<f64>, v: f64| *slot = Some(slot.unwrap_or(0.0) + v);
+    for line in text.lines() {
+        let Some(name) = prometheus::line_name(line) else {
+            continue;
+        };
+        if !matches!(name, PENDING | TRT_REQUESTS | TRT_KV) {
+            continue;
+        }
+        let Some(sample) = prometheus::parse_line(line) else {
+            continue;
+        };
+        if sample
+            .label("model")
+            .is_some_and(|m| !models.iter().any(|x| x == m))
+            || !sample.value.is_finite()
+        {
+            continue;
+        }
+        match name {
+            PENDING => add(&mut pending, sample.value),
+            TRT_REQUESTS => match sample.label("request_type") {
+                Some("waiting") => add(&mut trt_waiting, sample.value),
+                Some("active") => add(&mut active, sample.value),
+                Some("scheduled") => add(&mut scheduled, sample.value),
+                _ => {}
+            },
+            _ => {
+                if sample.label("kv_cache_block_type") == Some("fraction") {
+                    kv = (kv.0 + sample.value, kv.1 + 1);
+                }
+            }
+        }
+    }
+    if pending.is_none() && trt_waiting.is_none() && active.is_none() && scheduled.is_none() {
+        return None;
+    }
+    let mut gauges = Gauges {
+        running: active.or(scheduled).unwrap_or(0.0),
+        waiting: pending.unwrap_or(0.0).max(trt_waiting.unwrap_or(0.0)),
+        kv_usage: 0.0,
+    };
+    if kv.1 > 0 {
+        gauges.kv_usage = kv.0 / f64::from(kv.1);
+    }
+    Some(gauges)
+}
+
+async fn scrape_loop(
+    client: HttpClient,
+    uri: Uri,
+    interval: Duration,
+    stop: CancellationToken,
+    shared: Arc<Shared>,
+    models: [String; 2],
+) {
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let Ok(request) = Request::builder()
+            .method(Method::GET)
+            .uri(uri.clone())
+            .body(Full::new(Bytes::new()))
+        else {
+            return;
+        };
+        let scrape = async {
+            let response = client.request(request).await.ok()?;
+            if !response.status().is_success() {
+                return None;
+            }
+            let body = read_limited(response.into_body(), MAX_METRICS_BODY).await?;
+            let text = std::str::from_utf8(&body).ok()?;
+            triton_gauges(text, &models)
+        };
+        let gauges = tokio::select! {
+            () = stop.cancelled() => return,
+            gauges = tokio::time::timeout(SIDE_CALL_TIMEOUT, scrape) => gauges.ok().flatten(),
+        };
+        if let Some(gauges) = gauges {
+            shared.store(&gauges);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn models() -> [String; 2] {
+        ["ensemble".to_owned(), "tensorrt_llm".to_owned()]
+    }
+
+    #[test]
+    fn gauges_read_triton_and_trtllm_names() {
+        let text = "# TYPE nv_inference_pending_request_count gauge\n\
+nv_inference_pending_request_count{model=\"ensemble\",version=\"1\"} 3\n\
+nv_inference_pending_request_count{model=\"other\",version=\"1\"} 9\n\
+nv_trt_llm_request_metrics{model=\"tensorrt_llm\",request_type=\"waiting\",version=\"1\"} 5\n\
+nv_trt_llm_request_metrics{model=\"tensorrt_llm\",request_type=\"active\",version=\"1\"} 2\n\
+nv_trt_llm_request_metrics{model=\"tensorrt_llm\",request_type=\"scheduled\",version=\"1\"} 1\n\
+nv_trt_llm_request_metrics{model=\"tensorrt_llm\",request_type=\"max\",version=\"1\"} 64\n\
+nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type=\"fraction\",model=\"tensorrt_llm\",version=\"1\"} 0.42\n\
+nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type=\"used\",model=\"tensorrt_llm\",version=\"1\"} 420\n";
+        let g = triton_gauges(text, &models()).unwrap_or_default();
+        assert_eq!((g.running, g.waiting), (2.0, 5.0));
+        assert!((g.kv_usage - 0.42).abs() < 1e-9);
+        // Only the core gauge: waiting from it, nothing running.
+        let core = "nv_inference_pending_request_count{model=\"ensemble\",version=\"1\"} 4\n";
+        let g = triton_gauges(core, &models()).unwrap_or_default();
+        assert_eq!((g.running, g.waiting, g.kv_usage), (0.0, 4.0, 0.0));
+        // `scheduled` stands in for a missing `active`.
+        let sched = "nv_trt_llm_request_metrics{model=\"tensorrt_llm\",request_type=\"scheduled\",version=\"1\"} 6\n";
+        assert_eq!(
+            triton_gauges(sched, &models()).map(|g| g.running),
+            Some(6.0)
+        );
+        assert_eq!(triton_gauges("nv_gpu_utilization 1\n", &models()), None);
+    }
+
+    #[test]
+    fn messages_are_typed() {
+        assert_eq!(
+            status_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Some(br#"{"error":"Exceeds maximum queue size"}"#),
+                None
+            )
+            .kind(),
+            FailureKind::Overloaded
+        );
+        assert_eq!(
+            status_error(
+                StatusCode::BAD_REQUEST,
+                Some(b"data: {\"error\":\"unexpected inference input 'x' for model 'ensemble'\"}\n\n"),
+                None
+            )
+            .message(),
+            "engine: unexpected inference input 'x' for model 'ensemble'"
+        );
+        assert_eq!(
+            status_error(StatusCode::NOT_IMPLEMENTED, None, None).kind(),
+            FailureKind::UpstreamStatus
+        );
+        assert_eq!(
+            event_error("CUDA out of memory", FailurePhase::AfterFirstToken).kind(),
+            FailureKind::OutOfMemory
+        );
+        assert_eq!(
+            event_error("boom", FailurePhase::BeforeFirstToken).kind(),
+            FailureKind::Internal
+        );
+        assert_eq!(path_segment("a b/c"), "a%20b%2Fc");
+    }
+}

@@ -1,0 +1,893 @@
+//! A wire-faithful simulator of Triton Inference Server serving a
+//! TensorRT-LLM `ensemble` through `generate_stream` (ENGINES.md §5,
+//! TV-15..TV-17; `triton-inference-server/server:src/http_server.cc@e1db8a603d86`).
+//!
+//! - `POST /v2/models/{model}/generate_stream`: flat JSON keyed by input
+//!   tensor names (`text_input`, `max_tokens`, `stream`, ...). Unknown
+//!   inputs are refused like Triton (400 "unexpected inference input"),
+//!   `return_num_*_tokens` too unless `token_count_outputs`.
+//! - The response head goes out with the **first** model response (no
+//!   bytes while queued or in prefill), then one `data: {json}\n\n` per
+//!   step with `text_output` (the step's text, or the text so far with
+//!   `cumulative_output`), `num_input_tokens`/`num_output_tokens` (so far)
+//!   when asked; **no `[DONE]`**: the chunked body just ends.
+//! - Errors: a scripted first response with any status (SSE-framed or
+//!   JSON `{"error":"msg"}`), an in-stream `data: {"error":"msg"}` after N
+//!   tokens, a full queue (`max_queued`) answered at once with
+//!   `503 {"error":"Exceeds maximum queue size"}`, unknown model 404.
+//! - Split characters: as U+FFFD in one response fixed by the next
+//!   (`é🙂` re-sent whole), or as a raw byte split across writes.
+//! - A client's close is noticed in every phase; like the TRT-LLM backend
+//!   the request is stopped at the next cancellation check
+//!   (`cancel_check_period`, 100 ms by default) and counted per phase.
+//! - Metrics on a separate listener (Triton's port 8002): `/metrics` with
+//!   `nv_inference_pending_request_count`, `nv_trt_llm_request_metrics`,
+//!   `nv_trt_llm_kv_cache_block_metrics`; `/v2/health/ready` and
+//!   `/v2/models/{model}/ready` on the main one.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use gateway_core::testkit::conformance::EngineProbe;
+use gateway_core::{AbortCounts, EnginePhase, RequestId};
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+use tokio_util::sync::{CancellationToken, DropGuard};
+
+/// The token texts, in order, repeated (multi-byte characters included).
+pub const VOCABULARY: [&str; 10] = [
+    "Hel", "lo", " wor", "ld", ",", " é", "🙂", " 日本", " sea", "!",
+];
+
+/// The text of token `i`.
+pub fn token_text(i: u32) -> &'static str {
+    VOCABULARY[i as usize % VOCABULARY.len()]
+}
+
+/// The text of the first `n` tokens.
+pub fn text_of(n: u32) -> String {
+    (0..n).map(token_text).collect()
+}
+
+/// The queue-full message of Triton's scheduler.
+pub const QUEUE_FULL: &str = "Exceeds maximum queue size";
+
+/// Inputs the simulated ensemble declares (ENGINES.md §5.2).
+const INPUTS: [&str; 12] = [
+    "text_input",
+    "max_tokens",
+    "stream",
+    "temperature",
+    "top_p",
+    "top_k",
+    "seed",
+    "stop_words",
+    "bad_words",
+    "end_id",
+    "pad_id",
+    "exclude_input_in_output",
+];
+
+/// What a scripted generation request does differently.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Behave normally.
+    None,
+    /// The first response is an error: `status` with body
+    /// `{"error": message}`, SSE-framed (`sse`) or plain JSON.
+    Http {
+        /// The status.
+        status: u16,
+        /// The message.
+        message: String,
+        /// `text/event-stream` with `data: {...}` (else `application/json`).
+        sse: bool,
+    },
+    /// After `after_tokens` tokens (0: as the first response, status 200),
+    /// `data: {"error": message}`, then the body ends.
+    ErrorEvent {
+        /// Tokens sent first.
+        after_tokens: u32,
+        /// The message.
+        message: String,
+    },
+    /// After `after_tokens` tokens, send nothing more.
+    Stall {
+        /// Tokens sent first.
+        after_tokens: u32,
+    },
+    /// Token `at_token` is sent as U+FFFD and token `at_token + 1` as
+    /// `é🙂`, the character re-sent whole.
+    ReplacementThenFix {
+        /// Which token.
+        at_token: u32,
+    },
+    /// Token `at_token` is `é🙂`, its response written in three writes
+    /// split inside both characters.
+    RawSplit {
+        /// Which token.
+        at_token: u32,
+    },
+    /// After `after_tokens` tokens, close the connection without ending
+    /// the chunked body.
+    Cut {
+        /// Tokens sent first.
+        after_tokens: u32,
+    },
+}
+
+/// How the simulator behaves.
+#[derive(Debug, Clone)]
+pub struct SimOptions {
+    /// The served model name (route and `model` label).
+    pub model: String,
+    /// Requests running at once (TRT-LLM max batch).
+    pub slots: usize,
+    /// Waiting requests beyond which new ones get the queue-full 503.
+    pub max_queued: Option<usize>,
+    /// Prefill time of each request.
+    pub prefill: Duration,
+    /// Prefill time of the first request, if different.
+    pub first_prefill: Option<Duration>,
+    /// Time between two tokens.
+    pub token_interval: Duration,
+    /// Tokens generated when `max_tokens` allows.
+    pub natural_tokens: u32,
+    /// The model declares `return_num_input_tokens` /
+    /// `return_num_output_tokens`.
+    pub token_count_outputs: bool,
+    /// `text_output` is the text so far (BLS `accumulate_tokens`).
+    pub cumulative_output: bool,
+    /// The TRT-LLM backend's `cancellation_check_period_ms`.
+    pub cancel_check_period: Duration,
+    /// KV-cache size in tokens.
+    pub kv_capacity_tokens: u64,
+    /// Report a phase through [`EngineProbe::phase`] only once `/metrics`
+    /// has shown it to a finished scrape.
+    pub lagged_probe: bool,
+    /// Faults of the arriving generation requests, in order; then none.
+    pub script: Vec<Fault>,
+}
+
+impl Default for SimOptions {
+    fn default() -> Self {
+        SimOptions {
+            model: "ensemble".to_owned(),
+            slots: 4,
+            max_queued: None,
+            prefill: Duration::from_millis(5),
+            first_prefill: None,
+            token_interval: Duration::from_millis(2),
+            natural_tokens: 16,
+            token_count_outputs: true,
+            cumulative_output: false,
+            cancel_check_period: Duration::from_millis(100),
+            kv_capacity_tokens: 100_000,
+            lagged_probe: false,
+            script: Vec::new(),
+        }
+    }
+}
+
+/// One request the simulator received.
+#[derive(Debug, Clone)]
+pub struct Recorded {
+    /// Method.
+    pub method: String,
+    /// Path.
+    pub path: String,
+    /// The body as sent.
+    pub body: String,
+    /// When it arrived.
+    pub at: Instant,
+}
+
+/// One abort the simulator counted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AbortRecord {
+    /// The request's `id`.
+    pub id: String,
+    /// Where the request was.
+    pub phase: EnginePhase,
+    /// When the client's close was noticed.
+    pub closed_at: Instant,
+    /// When the backend's cancellation check stopped it.
+    pub at: Instant,
+}
+
+#[derive(Debug)]
+struct Live {
+    phase: EnginePhase,
+    since_scrape: u64,
+    kv_tokens: u64,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    live: HashMap<String, Live>,
+    aborts: AbortCounts,
+    abort_log: Vec<AbortRecord>,
+    requests: Vec<Recorded>,
+    script: VecDeque<Fault>,
+    arrivals: u64,
+    scrapes: u64,
+    completed: u64,
+}
+
+#[derive(Debug)]
+struct Inner {
+    options: SimOptions,
+    state: Mutex<State>,
+    slots: Arc<Semaphore>,
+    started: Instant,
+}
+
+impl Inner {
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set_phase(&self, id: &str, phase: EnginePhase) {
+        let mut st = self.state();
+        let scrapes = st.scrapes;
+        if let Some(live) = st.live.get_mut(id) {
+            live.phase = phase;
+            live.since_scrape = scrapes;
+        }
+    }
+
+    fn finish(&self, id: &str) {
+        let mut st = self.state();
+        if st.live.remove(id).is_some() {
+            st.completed += 1;
+        }
+    }
+
+    fn gauges(&self) -> (u64, u64, f64) {
+        let st = self.state();
+        let running = st
+            .live
+            .values()
+            .filter(|l| l.phase != EnginePhase::Queued)
+            .count() as u64;
+        let waiting = st.live.len() as u64 - running;
+        let kv: u64 = st
+            .live
+            .values()
+            .filter(|l| l.phase != EnginePhase::Queued)
+            .map(|l| l.kv_tokens)
+            .sum();
+        let usage = (kv as f64 / self.options.kv_capacity_tokens.max(1) as f64).min(1.0);
+        (running, waiting, usage)
+    }
+}
+
+/// A running simulator; stops when dropped.
+#[derive(Debug)]
+pub struct TritonSim {
+    inner: Arc<Inner>,
+    addr: SocketAddr,
+    metrics_addr: SocketAddr,
+    _stop: DropGuard,
+}
+
+impl TritonSim {
+    /// Starts a simulator (HTTP and metrics listeners on `127.0.0.1:0`).
+    pub async fn start(options: SimOptions) -> Arc<TritonSim> {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let metrics_addr = metrics.local_addr().unwrap();
+        let inner = Arc::new(Inner {
+            slots: Arc::new(Semaphore::new(options.slots)),
+            state: Mutex::new(State {
+                script: options.script.iter().cloned().collect(),
+                ..State::default()
+            }),
+            options,
+            started: Instant::now(),
+        });
+        let stop = CancellationToken::new();
+        tokio::spawn(accept_loop(listener, inner.clone(), stop.clone()));
+        tokio::spawn(accept_loop(metrics, inner.clone(), stop.clone()));
+        Arc::new(TritonSim {
+            inner,
+            addr,
+            metrics_addr,
+            _stop: stop.drop_guard(),
+        })
+    }
+
+    /// `http://127.0.0.1:<port>` (Triton's HTTP port).
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// `http://127.0.0.1:<port>/metrics` (Triton's metrics port).
+    pub fn metrics_url(&self) -> String {
+        format!("http://{}/metrics", self.metrics_addr)
+    }
+
+    /// The aborts counted so far, per phase.
+    pub fn abort_counts(&self) -> AbortCounts {
+        self.inner.state().aborts
+    }
+
+    /// Every abort counted, in order.
+    pub fn abort_log(&self) -> Vec<AbortRecord> {
+        self.inner.state().abort_log.clone()
+    }
+
+    /// Every request received, in order.
+    pub fn requests(&self) -> Vec<Recorded> {
+        self.inner.state().requests.clone()
+    }
+
+    /// The generation requests.
+    pub fn generations(&self) -> Vec<Recorded> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.path.ends_with("/generate_stream"))
+            .collect()
+    }
+
+    /// The real phase of a live request.
+    pub fn phase_now(&self, id: &str) -> Option<EnginePhase> {
+        self.inner.state().live.get(id).map(|l| l.phase)
+    }
+
+    /// Requests that finished normally.
+    pub fn completed(&self) -> u64 {
+        self.inner.state().completed
+    }
+
+    /// How many `/metrics` requests arrived.
+    pub fn scrapes(&self) -> u64 {
+        self.inner.state().scrapes
+    }
+}
+
+impl EngineProbe for TritonSim {
+    fn aborts(&self) -> AbortCounts {
+        self.abort_counts()
+    }
+
+    fn phase(&self, id: &RequestId) -> Option<EnginePhase> {
+        let st = self.inner.state();
+        let live = st.live.get(id.as_str())?;
+        if !self.inner.options.lagged_probe || st.scrapes >= live.since_scrape + 2 {
+            Some(live.phase)
+        } else {
+            None
+        }
+    }
+}
+
+async fn accept_loop(listener: TcpListener, inner: Arc<Inner>, stop: CancellationToken) {
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        let inner = inner.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = connection(stream, inner) => {}
+            }
+        });
+    }
+}
+
+struct HttpRequest {
+    method: String,
+    path: String,
+    body: Vec<u8>,
+}
+
+enum Next {
+    KeepAlive,
+    Close,
+}
+
+async fn connection(stream: TcpStream, inner: Arc<Inner>) {
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let mut buf = Vec::new();
+    loop {
+        let Some(request) = read_request(&mut rd, &mut buf).await else {
+            return;
+        };
+        match handle(&inner, request, &mut rd, &mut wr).await {
+            Next::KeepAlive => {}
+            Next::Close => return,
+        }
+    }
+}
+
+fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+async fn read_request(rd: &mut OwnedReadHalf, buf: &mut Vec<u8>) -> Option<HttpRequest> {
+    let mut tmp = [0u8; 8192];
+    loop {
+        if let Some(end) = find(buf, b"\r\n\r\n") {
+            let head = String::from_utf8(buf[..end].to_vec()).ok()?;
+            let mut lines = head.split("\r\n");
+            let mut first = lines.next()?.split(' ');
+            let method = first.next()?.to_owned();
+            let path = first.next()?.to_owned();
+            let len: usize = lines
+                .filter_map(|l| l.split_once(':'))
+                .find(|(n, _)| n.trim().eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| v.trim().parse().ok())
+                .unwrap_or(0);
+            if len > 4 << 20 {
+                return None;
+            }
+            while buf.len() < end + 4 + len {
+                let n = rd.read(&mut tmp).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                buf.extend_from_slice(&tmp[..n]);
+            }
+            let body = buf[end + 4..end + 4 + len].to_vec();
+            buf.drain(..end + 4 + len);
+            return Some(HttpRequest { method, path, body });
+        }
+        if buf.len() > 64 * 1024 {
+            return None;
+        }
+        let n = rd.read(&mut tmp).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    }
+}
+
+/// Resolves when the client closed its side (or the socket failed).
+async fn closed(rd: &mut OwnedReadHalf) {
+    let mut tmp = [0u8; 1024];
+    loop {
+        match rd.read(&mut tmp).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        _ => "Status",
+    }
+}
+
+async fn write_full(wr: &mut OwnedWriteHalf, status: u16, content_type: &str, body: &str) -> Next {
+    let out = format!(
+        "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n{body}",
+        reason(status),
+        body.len()
+    );
+    match wr.write_all(out.as_bytes()).await {
+        Ok(()) => Next::KeepAlive,
+        Err(_) => Next::Close,
+    }
+}
+
+fn error_json(message: &str) -> String {
+    serde_json::json!({ "error": message }).to_string()
+}
+
+async fn handle(
+    inner: &Arc<Inner>,
+    request: HttpRequest,
+    rd: &mut OwnedReadHalf,
+    wr: &mut OwnedWriteHalf,
+) -> Next {
+    let record = Recorded {
+        method: request.method.clone(),
+        path: request.path.clone(),
+        body: String::from_utf8_lossy(&request.body).into_owned(),
+        at: Instant::now(),
+    };
+    let model_path = format!("/v2/models/{}", inner.options.model);
+    match (request.method.as_str(), request.path.as_str()) {
+        ("GET", "/v2/health/ready" | "/v2/health/live") => {
+            inner.state().requests.push(record);
+            write_full(wr, 200, "text/plain", "").await
+        }
+        ("GET", "/metrics") => {
+            inner.state().scrapes += 1;
+            let body = metrics_text(inner);
+            write_full(wr, 200, "text/plain; charset=utf-8", &body).await
+        }
+        ("GET", path) if path == format!("{model_path}/ready") => {
+            inner.state().requests.push(record);
+            write_full(wr, 200, "text/plain", "").await
+        }
+        ("POST", path) if path.ends_with("/generate_stream") => {
+            if path == format!("{model_path}/generate_stream") {
+                generate(inner, request, record, rd, wr).await
+            } else {
+                inner.state().requests.push(record);
+                let name = path
+                    .trim_start_matches("/v2/models/")
+                    .trim_end_matches("/generate_stream");
+                let message = format!("Request for unknown model: '{name}' is not found");
+                write_full(wr, 404, "application/json", &error_json(&message)).await
+            }
+        }
+        (method, _) if method != "POST" && request.path.starts_with("/v2/models/") => {
+            inner.state().requests.push(record);
+            write_full(
+                wr,
+                405,
+                "application/json",
+                &error_json("Method Not Allowed"),
+            )
+            .await
+        }
+        _ => {
+            inner.state().requests.push(record);
+            write_full(wr, 404, "application/json", &error_json("Not Found")).await
+        }
+    }
+}
+
+fn metrics_text(inner: &Inner) -> String {
+    let (running, waiting, kv) = inner.gauges();
+    let m = &inner.options.model;
+    let slots = inner.options.slots;
+    let aborts = inner.state().aborts.total();
+    format!(
+        "# HELP nv_inference_request_failure Number of failed inference requests, all batch sizes\n\
+# TYPE nv_inference_request_failure counter\n\
+nv_inference_request_failure{{model=\"{m}\",reason=\"CANCELED\",version=\"1\"}} {aborts}\n\
+# HELP nv_inference_pending_request_count Instantaneous number of pending requests awaiting execution per-model.\n\
+# TYPE nv_inference_pending_request_count gauge\n\
+nv_inference_pending_request_count{{model=\"{m}\",version=\"1\"}} {waiting}\n\
+nv_inference_pending_request_count{{model=\"tensorrt_llm\",version=\"1\"}} 0\n\
+# HELP nv_trt_llm_request_metrics TRT LLM request metrics\n\
+# TYPE nv_trt_llm_request_metrics gauge\n\
+nv_trt_llm_request_metrics{{model=\"tensorrt_llm\",request_type=\"context\",version=\"1\"}} 0\n\
+nv_trt_llm_request_metrics{{model=\"tensorrt_llm\",request_type=\"scheduled\",version=\"1\"}} {running}\n\
+nv_trt_llm_request_metrics{{model=\"tensorrt_llm\",request_type=\"max\",version=\"1\"}} {slots}\n\
+nv_trt_llm_request_metrics{{model=\"tensorrt_llm\",request_type=\"active\",version=\"1\"}} {running}\n\
+nv_trt_llm_request_metrics{{model=\"tensorrt_llm\",request_type=\"waiting\",version=\"1\"}} {waiting}\n\
+# HELP nv_trt_llm_kv_cache_block_metrics TRT LLM KV cache block metrics\n\
+# TYPE nv_trt_llm_kv_cache_block_metrics gauge\n\
+nv_trt_llm_kv_cache_block_metrics{{kv_cache_block_type=\"fraction\",model=\"tensorrt_llm\",version=\"1\"}} {kv:?}\n\
+nv_trt_llm_kv_cache_block_metrics{{kv_cache_block_type=\"tokens_per\",model=\"tensorrt_llm\",version=\"1\"}} 64\n"
+    )
+}
+
+async fn write_chunk(wr: &mut OwnedWriteHalf, data: &[u8]) -> bool {
+    if data.is_empty() {
+        return true;
+    }
+    let mut out = format!("{:x}\r\n", data.len()).into_bytes();
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+    wr.write_all(&out).await.is_ok() && wr.flush().await.is_ok()
+}
+
+/// Writes the last bytes and the end of the chunked body in one write.
+async fn write_last(wr: &mut OwnedWriteHalf, tail: &[u8]) -> Next {
+    let mut last = Vec::new();
+    if !tail.is_empty() {
+        last.extend(format!("{:x}\r\n", tail.len()).into_bytes());
+        last.extend_from_slice(tail);
+        last.extend_from_slice(b"\r\n");
+    }
+    last.extend_from_slice(b"0\r\n\r\n");
+    if wr.write_all(&last).await.is_ok() {
+        Next::KeepAlive
+    } else {
+        Next::Close
+    }
+}
+
+fn frame(json: &str) -> Vec<u8> {
+    format!("data: {json}\n\n").into_bytes()
+}
+
+fn head(status: u16) -> String {
+    format!(
+        "HTTP/1.1 {status} {}\r\ncontent-type: text/event-stream; charset=utf-8\r\ntransfer-encoding: chunked\r\n\r\n",
+        reason(status)
+    )
+}
+
+/// What ended a wait inside a request.
+enum Wake {
+    Ready,
+    Closed,
+}
+
+/// One model response after `k` tokens.
+struct Format<'a> {
+    id: Option<&'a str>,
+    model: &'a str,
+    counts: bool,
+    cumulative: bool,
+    prompt_tokens: u64,
+}
+
+impl Format<'_> {
+    fn response(&self, texts: &[String], k: u32) -> String {
+        let text = if self.cumulative {
+            texts.concat()
+        } else {
+            texts.last().cloned().unwrap_or_default()
+        };
+        let mut out = serde_json::Map::new();
+        if let Some(id) = self.id {
+            out.insert("id".into(), Value::from(id));
+        }
+        out.insert("model_name".into(), Value::from(self.model));
+        out.insert("model_version".into(), Value::from("1"));
+        if self.counts {
+            out.insert("num_input_tokens".into(), Value::from(self.prompt_tokens));
+            out.insert("num_output_tokens".into(), Value::from(k));
+        }
+        out.insert("text_output".into(), Value::from(text));
+        Value::Object(out).to_string()
+    }
+}
+
+/// The client closed in `phase`: the TRT-LLM backend notices at its next
+/// cancellation check.
+async fn disconnected(inner: &Arc<Inner>, id: &str, phase: EnginePhase) -> Next {
+    let closed_at = Instant::now();
+    let period = inner
+        .options
+        .cancel_check_period
+        .max(Duration::from_millis(1));
+    let since = closed_at.saturating_duration_since(inner.started);
+    let into = Duration::from_nanos((since.as_nanos() % period.as_nanos()) as u64);
+    tokio::time::sleep(period - into).await;
+    let at = Instant::now();
+    let mut st = inner.state();
+    if st.live.remove(id).is_some() {
+        st.aborts.add(phase);
+        st.abort_log.push(AbortRecord {
+            id: id.to_owned(),
+            phase,
+            closed_at,
+            at,
+        });
+    }
+    Next::Close
+}
+
+#[expect(clippy::too_many_lines, reason = "one request's whole life")]
+async fn generate(
+    inner: &Arc<Inner>,
+    request: HttpRequest,
+    record: Recorded,
+    rd: &mut OwnedReadHalf,
+    wr: &mut OwnedWriteHalf,
+) -> Next {
+    let opts = &inner.options;
+    let (fault, arrival) = {
+        let mut st = inner.state();
+        st.requests.push(record);
+        let fault = st.script.pop_front().unwrap_or(Fault::None);
+        st.arrivals += 1;
+        (fault, st.arrivals - 1)
+    };
+    let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&request.body) else {
+        let message = "failed to parse the request JSON buffer: Invalid value. at 0";
+        return write_full(wr, 400, "application/json", &error_json(message)).await;
+    };
+    let counts = opts.token_count_outputs;
+    for key in body.keys() {
+        let known = INPUTS.contains(&key.as_str())
+            || key == "id"
+            || key == "parameters"
+            || (counts && (key == "return_num_input_tokens" || key == "return_num_output_tokens"));
+        if !known {
+            let message = format!(
+                "[request id: <id_unknown>] unexpected inference input '{key}' for model '{}'",
+                opts.model
+            );
+            return write_full(wr, 400, "application/json", &error_json(&message)).await;
+        }
+    }
+    if let Fault::Http {
+        status,
+        message,
+        sse,
+    } = &fault
+    {
+        return if *sse {
+            let _ = wr.write_all(head(*status).as_bytes()).await;
+            write_last(wr, &frame(&error_json(message))).await
+        } else {
+            write_full(wr, *status, "application/json", &error_json(message)).await
+        };
+    }
+    let Some(max_tokens) = body.get("max_tokens").and_then(Value::as_u64) else {
+        let message = "[request id: <id_unknown>] expected 2 inputs but got 1 inputs for model 'ensemble'. Got input(s) ['text_input'], but missing required input(s) ['max_tokens']. Please provide all required input(s).";
+        return write_full(wr, 400, "application/json", &error_json(message)).await;
+    };
+    if body.get("stream") != Some(&Value::Bool(true)) {
+        let message = "the simulator only streams (stream: true)";
+        return write_full(wr, 400, "application/json", &error_json(message)).await;
+    }
+    let prompt = body
+        .get("text_input")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let prompt_tokens = 1 + prompt.split_whitespace().count() as u64;
+    let id = body
+        .get("id")
+        .and_then(Value::as_str)
+        .map_or_else(|| format!("sim-{arrival}"), str::to_owned);
+    if let Some(max) = opts.max_queued {
+        let (_, waiting, _) = inner.gauges();
+        if waiting >= max as u64 {
+            return write_full(wr, 503, "application/json", &error_json(QUEUE_FULL)).await;
+        }
+    }
+    {
+        let mut st = inner.state();
+        let scrapes = st.scrapes;
+        st.live.insert(
+            id.clone(),
+            Live {
+                phase: EnginePhase::Queued,
+                since_scrape: scrapes,
+                kv_tokens: prompt_tokens,
+            },
+        );
+    }
+    let want_counts = body.get("return_num_output_tokens") == Some(&Value::Bool(true));
+    let fmt = Format {
+        id: body.get("id").and_then(Value::as_str),
+        model: &opts.model,
+        counts: counts && want_counts,
+        cumulative: opts.cumulative_output,
+        prompt_tokens,
+    };
+    // Queued: nothing on the wire yet.
+    let permit = tokio::select! {
+        permit = inner.slots.clone().acquire_owned() => permit.unwrap(),
+        () = closed(rd) => return disconnected(inner, &id, EnginePhase::Queued).await,
+    };
+    inner.set_phase(&id, EnginePhase::Prefill);
+    let prefill = match (arrival, opts.first_prefill) {
+        (0, Some(first)) => first,
+        _ => opts.prefill,
+    };
+    let wake = tokio::select! {
+        () = tokio::time::sleep(prefill) => Wake::Ready,
+        () = closed(rd) => Wake::Closed,
+    };
+    if let Wake::Closed = wake {
+        drop(permit);
+        return disconnected(inner, &id, EnginePhase::Prefill).await;
+    }
+    inner.set_phase(&id, EnginePhase::Decode);
+    let n = u64::from(opts.natural_tokens).min(max_tokens) as u32;
+    let mut texts: Vec<String> = Vec::new();
+    let mut head_sent = false;
+    for i in 0..n {
+        if i > 0 {
+            let wake = tokio::select! {
+                () = tokio::time::sleep(opts.token_interval) => Wake::Ready,
+                () = closed(rd) => Wake::Closed,
+            };
+            if let Wake::Closed = wake {
+                return disconnected(inner, &id, EnginePhase::Decode).await;
+            }
+        }
+        match &fault {
+            Fault::ErrorEvent {
+                after_tokens,
+                message,
+            } if *after_tokens == i => {
+                inner.state().live.remove(&id);
+                if !head_sent && wr.write_all(head(200).as_bytes()).await.is_err() {
+                    return Next::Close;
+                }
+                return write_last(wr, &frame(&error_json(message))).await;
+            }
+            Fault::Stall { after_tokens } if *after_tokens == i => {
+                if !head_sent {
+                    let _ = wr.write_all(head(200).as_bytes()).await;
+                    let _ = wr.flush().await;
+                }
+                closed(rd).await;
+                return disconnected(inner, &id, EnginePhase::Decode).await;
+            }
+            Fault::Cut { after_tokens } if *after_tokens == i => {
+                inner.state().live.remove(&id);
+                if !head_sent {
+                    let _ = wr.write_all(head(200).as_bytes()).await;
+                }
+                let _ = wr.shutdown().await;
+                return Next::Close;
+            }
+            _ => {}
+        }
+        let text = match &fault {
+            Fault::ReplacementThenFix { at_token } if *at_token == i => "\u{FFFD}",
+            Fault::ReplacementThenFix { at_token } if *at_token + 1 == i => "é🙂",
+            Fault::RawSplit { at_token } if *at_token == i => "é🙂",
+            _ => token_text(i),
+        };
+        if fmt.cumulative
+            && matches!(fault, Fault::ReplacementThenFix { at_token } if at_token + 1 == i)
+        {
+            // The cumulative text resolves the placeholder.
+            texts.pop();
+            texts.push(String::new());
+        }
+        texts.push(text.to_owned());
+        let mut bytes = if head_sent {
+            Vec::new()
+        } else {
+            head_sent = true;
+            // The head goes out with the first response.
+            let mut h = head(200).into_bytes();
+            if wr.write_all(&h).await.is_err() {
+                return disconnected(inner, &id, EnginePhase::Decode).await;
+            }
+            h.clear();
+            h
+        };
+        bytes.extend(frame(&fmt.response(&texts, i + 1)));
+        let last = i + 1 == n;
+        let ok = if matches!(fault, Fault::RawSplit { at_token } if at_token == i) {
+            let at = find(&bytes, "é".as_bytes()).unwrap() + 1;
+            let at2 = find(&bytes, "🙂".as_bytes()).unwrap() + 2;
+            let (a, rest) = bytes.split_at(at);
+            let (b, c) = rest.split_at(at2 - at);
+            let mut ok = true;
+            for piece in [a, b, c] {
+                ok = ok && write_chunk(wr, piece).await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            ok
+        } else if last {
+            // The final flag rides on the last response: the body ends.
+            inner.finish(&id);
+            drop(permit);
+            return write_last(wr, &bytes).await;
+        } else {
+            write_chunk(wr, &bytes).await
+        };
+        if !ok {
+            return disconnected(inner, &id, EnginePhase::Decode).await;
+        }
+        if let Some(live) = inner.state().live.get_mut(&id) {
+            live.kv_tokens += 1;
+        }
+    }
+    // Zero tokens (max_tokens 0) or a split last token: end the body.
+    inner.finish(&id);
+    drop(permit);
+    if !head_sent && wr.write_all(head(200).as_bytes()).await.is_err() {
+        return Next::Close;
+    }
+    write_last(wr, &[]).await
+}
