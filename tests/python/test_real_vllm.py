@@ -426,8 +426,8 @@ def test_raw_socket_closed_aborts_in_vllm(real_vllm):
 
 # --- pressure from vLLM's /metrics rises under load --------------------------
 
-LOAD_REQUESTS = 12
-LOAD_MAX_TOKENS = 400
+LOAD_REQUESTS = 16
+LOAD_MAX_TOKENS = 800
 
 
 def test_backend_pressure_rises_under_load(real_vllm, client):
