@@ -28,6 +28,7 @@ pub mod dynamo;
 pub mod nim;
 pub mod openai;
 mod openai_compat;
+mod pressure_cell;
 pub mod prometheus;
 pub mod sglang;
 pub mod triton;

@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -26,6 +26,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use super::pressure_cell::{Gauges, PressureCell};
 use super::prometheus;
 use crate::config::OnDisconnect;
 use crate::openai::types::{
@@ -344,70 +345,6 @@ struct LiveEntry {
     abort: CancellationToken,
 }
 
-/// The pressure snapshot in atomics: read without locks.
-struct PressureCell {
-    base: Instant,
-    running: AtomicU32,
-    waiting: AtomicU32,
-    kv_bits: AtomicU32,
-    /// Nanoseconds after `base` of the last scrape, plus one; 0 = never.
-    updated: AtomicU64,
-    inflight: AtomicU32,
-    limit: Option<u32>,
-    /// Nanoseconds after `base` until which the engine counts as refusing.
-    overloaded_until: AtomicU64,
-}
-
-impl PressureCell {
-    fn nanos_since_base(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
-    }
-
-    fn snapshot(&self) -> Pressure {
-        let updated = self.updated.load(Ordering::Acquire);
-        let now = self.nanos_since_base(Instant::now());
-        Pressure {
-            running: self.running.load(Ordering::Relaxed),
-            waiting: self.waiting.load(Ordering::Relaxed),
-            kv_usage: f32::from_bits(self.kv_bits.load(Ordering::Relaxed)),
-            inflight: self.inflight.load(Ordering::Relaxed),
-            limit: self.limit,
-            updated_at: (updated > 0).then(|| self.base + Duration::from_nanos(updated - 1)),
-            overloaded: self.overloaded_until.load(Ordering::Relaxed) > now,
-        }
-    }
-
-    fn store(&self, gauges: &Gauges) {
-        self.running
-            .store(to_u32(gauges.running), Ordering::Relaxed);
-        self.waiting
-            .store(to_u32(gauges.waiting), Ordering::Relaxed);
-        #[expect(clippy::cast_possible_truncation, reason = "a fraction in 0..1")]
-        let kv = gauges.kv_usage.clamp(0.0, 1.0) as f32;
-        self.kv_bits.store(kv.to_bits(), Ordering::Relaxed);
-        let now = self.nanos_since_base(Instant::now());
-        self.updated.store(now.saturating_add(1), Ordering::Release);
-    }
-
-    fn mark_overloaded(&self, retry_after: Option<Duration>) {
-        let until = Instant::now() + retry_after.unwrap_or(Duration::from_secs(1));
-        self.overloaded_until
-            .store(self.nanos_since_base(until), Ordering::Relaxed);
-    }
-}
-
-#[expect(
-    clippy::cast_possible_truncation,
-    clippy::cast_sign_loss,
-    reason = "clamped to the u32 range first"
-)]
-fn to_u32(value: f64) -> u32 {
-    if value.is_nan() {
-        return 0;
-    }
-    value.round().clamp(0.0, f64::from(u32::MAX)) as u32
-}
-
 /// Removes a live request from the registry and the in-flight count.
 struct LiveGuard {
     shared: Arc<Shared>,
@@ -525,16 +462,7 @@ impl OpenAiCompatBackend {
         let shared = Arc::new(Shared {
             live: Mutex::new(HashMap::new()),
             next_seq: AtomicU64::new(1),
-            pressure: PressureCell {
-                base: Instant::now(),
-                running: AtomicU32::new(0),
-                waiting: AtomicU32::new(0),
-                kv_bits: AtomicU32::new(0),
-                updated: AtomicU64::new(0),
-                inflight: AtomicU32::new(0),
-                limit: config.max_concurrency,
-                overloaded_until: AtomicU64::new(0),
-            },
+            pressure: PressureCell::new(config.max_concurrency),
         });
         let inner = Inner {
             info: BackendInfo {
@@ -1524,14 +1452,6 @@ fn finish_reason(reason: &str) -> Result<FinishReason, BackendError> {
             _ => Ok(FinishReason::Stop),
         },
     }
-}
-
-/// Load gauges read from one scrape.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub(crate) struct Gauges {
-    pub(crate) running: f64,
-    pub(crate) waiting: f64,
-    pub(crate) kv_usage: f64,
 }
 
 /// vLLM's gauges for `model` in a scrape: running and waiting summed over

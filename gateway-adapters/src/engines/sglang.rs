@@ -37,7 +37,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -63,6 +63,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 use super::openai_compat::{
     EngineError, HealthCheck, OpenAiCompatBackend, Routes, UpstreamConfig, kind_for_status,
 };
+use super::pressure_cell::{Gauges, PressureCell};
 use super::prometheus;
 use crate::config::BackendConfig;
 use crate::openai::types::{ErrorCode, ErrorDetail};
@@ -198,52 +199,10 @@ struct Shared {
     abort_uri: Uri,
     auth: Option<HeaderValue>,
     abort_timeout: Duration,
-    base: Instant,
-    running: AtomicU32,
-    waiting: AtomicU32,
-    kv_bits: AtomicU32,
-    updated: AtomicU64,
-    inflight: AtomicU32,
-    limit: Option<u32>,
-    overloaded_until: AtomicU64,
+    pressure: PressureCell,
 }
 
 impl Shared {
-    fn nanos(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
-    }
-
-    fn snapshot(&self) -> Pressure {
-        let updated = self.updated.load(Ordering::Acquire);
-        Pressure {
-            running: self.running.load(Ordering::Relaxed),
-            waiting: self.waiting.load(Ordering::Relaxed),
-            kv_usage: f32::from_bits(self.kv_bits.load(Ordering::Relaxed)),
-            inflight: self.inflight.load(Ordering::Relaxed),
-            limit: self.limit,
-            updated_at: (updated > 0).then(|| self.base + Duration::from_nanos(updated - 1)),
-            overloaded: self.overloaded_until.load(Ordering::Relaxed) > self.nanos(Instant::now()),
-        }
-    }
-
-    fn store(&self, gauges: &Gauges) {
-        self.running
-            .store(to_u32(gauges.running), Ordering::Relaxed);
-        self.waiting
-            .store(to_u32(gauges.waiting), Ordering::Relaxed);
-        #[expect(clippy::cast_possible_truncation, reason = "a fraction in 0..1")]
-        let kv = gauges.kv_usage.clamp(0.0, 1.0) as f32;
-        self.kv_bits.store(kv.to_bits(), Ordering::Relaxed);
-        let now = self.nanos(Instant::now());
-        self.updated.store(now.saturating_add(1), Ordering::Release);
-    }
-
-    fn mark_overloaded(&self, retry_after: Option<Duration>) {
-        let until = Instant::now() + retry_after.unwrap_or(Duration::from_secs(1));
-        self.overloaded_until
-            .store(self.nanos(until), Ordering::Relaxed);
-    }
-
     /// Sends `POST /abort_request {"rid"}` on its own task; never waits.
     fn fire_abort(&self, rid: &RequestId) {
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
@@ -273,18 +232,6 @@ impl Shared {
     }
 }
 
-#[expect(
-    clippy::cast_possible_truncation,
-    clippy::cast_sign_loss,
-    reason = "clamped to the u32 range first"
-)]
-fn to_u32(value: f64) -> u32 {
-    if value.is_nan() {
-        return 0;
-    }
-    value.round().clamp(0.0, f64::from(u32::MAX)) as u32
-}
-
 /// Removes a live request from the registry and the in-flight count.
 struct LiveGuard {
     shared: Arc<Shared>,
@@ -306,7 +253,10 @@ impl Drop for LiveGuard {
             }
         }
         drop(live);
-        self.shared.inflight.fetch_sub(1, Ordering::Relaxed);
+        self.shared
+            .pressure
+            .inflight
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -403,14 +353,7 @@ impl SglangBackend {
             abort_uri,
             auth: auth.clone(),
             abort_timeout: options.abort_timeout,
-            base: Instant::now(),
-            running: AtomicU32::new(0),
-            waiting: AtomicU32::new(0),
-            kv_bits: AtomicU32::new(0),
-            updated: AtomicU64::new(0),
-            inflight: AtomicU32::new(0),
-            limit: config.max_concurrency,
-            overloaded_until: AtomicU64::new(0),
+            pressure: PressureCell::new(config.max_concurrency),
         });
         let stop = CancellationToken::new();
         let inner = Inner {
@@ -479,7 +422,10 @@ impl Inner {
             .entry(id.clone())
             .or_default()
             .push((seq, cancel.clone()));
-        self.shared.inflight.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .pressure
+            .inflight
+            .fetch_add(1, Ordering::Relaxed);
         LiveGuard {
             shared: self.shared.clone(),
             id: id.clone(),
@@ -602,7 +548,7 @@ impl Inner {
                     self.shared.fire_abort(&id);
                 }
                 if e.kind() == FailureKind::Overloaded {
-                    self.shared.mark_overloaded(e.retry_after());
+                    self.shared.pressure.mark_overloaded(e.retry_after());
                 }
                 return Err(e);
             }
@@ -706,7 +652,7 @@ impl Backend for SglangBackend {
     }
 
     fn pressure(&self) -> Pressure {
-        let mut p = self.inner.shared.snapshot();
+        let mut p = self.inner.shared.pressure.snapshot();
         let chat = self.inner.chat.pressure();
         p.overloaded |= chat.overloaded;
         p
@@ -722,7 +668,7 @@ impl Backend for SglangBackend {
         if let Some(reason) = cancel.reason() {
             return Err(BackendError::canceled(reason));
         }
-        if inner.shared.inflight.load(Ordering::Relaxed) >= inner.max_inflight {
+        if inner.shared.pressure.inflight.load(Ordering::Relaxed) >= inner.max_inflight {
             return Err(BackendError::new(
                 FailureKind::Overloaded,
                 "too many requests in flight to this engine",
@@ -766,7 +712,7 @@ impl Backend for SglangBackend {
             };
             let error = status_error(status, body.as_deref(), retry);
             if error.kind() == FailureKind::Overloaded {
-                inner.shared.mark_overloaded(error.retry_after());
+                inner.shared.pressure.mark_overloaded(error.retry_after());
             }
             return Err(error);
         }
@@ -867,14 +813,6 @@ fn short(message: &str) -> String {
         out.push('…');
     }
     format!("engine: {out}")
-}
-
-/// Load gauges read from one scrape.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub(crate) struct Gauges {
-    pub(crate) running: f64,
-    pub(crate) waiting: f64,
-    pub(crate) kv_usage: f64,
 }
 
 /// The error of a non-2xx answer before the stream: by status, then by
@@ -1203,7 +1141,7 @@ impl Reader {
             let detail = parse_upstream_error(event.data.as_bytes()).unwrap_or_default();
             let error = event_error(&detail, self.phase());
             if error.kind() == FailureKind::Overloaded {
-                self.shared.mark_overloaded(None);
+                self.shared.pressure.mark_overloaded(None);
             }
             self.done = Some(Done::Failed);
             return self.fail(error, out);
@@ -1277,7 +1215,7 @@ impl Reader {
                 self.done = Some(Done::Failed);
                 let error = error.with_phase(self.phase());
                 if error.kind() == FailureKind::Overloaded {
-                    self.shared.mark_overloaded(None);
+                    self.shared.pressure.mark_overloaded(None);
                 }
                 self.fail(error, out)
             }
@@ -1446,7 +1384,7 @@ async fn scrape_loop(
             gauges = tokio::time::timeout(SIDE_CALL_TIMEOUT, scrape) => gauges.ok().flatten(),
         };
         if let Some(gauges) = gauges {
-            shared.store(&gauges);
+            shared.pressure.store(&gauges);
         }
     }
 }

@@ -64,7 +64,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -86,6 +86,7 @@ use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
 use super::openai_compat::{EngineError, UpstreamConfig, kind_for_status};
+use super::pressure_cell::{Gauges, PressureCell};
 use super::prometheus;
 use crate::config::BackendConfig;
 use crate::openai::{SseDecoder, SseError, SseEvent, parse_upstream_error};
@@ -217,63 +218,7 @@ struct Inner {
 struct Shared {
     live: Mutex<HashMap<RequestId, Vec<(u64, CancelHandle)>>>,
     next_seq: AtomicU64,
-    base: Instant,
-    running: AtomicU32,
-    waiting: AtomicU32,
-    kv_bits: AtomicU32,
-    updated: AtomicU64,
-    inflight: AtomicU32,
-    limit: Option<u32>,
-    overloaded_until: AtomicU64,
-}
-
-impl Shared {
-    fn nanos(&self, at: Instant) -> u64 {
-        u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
-    }
-
-    fn snapshot(&self) -> Pressure {
-        let updated = self.updated.load(Ordering::Acquire);
-        Pressure {
-            running: self.running.load(Ordering::Relaxed),
-            waiting: self.waiting.load(Ordering::Relaxed),
-            kv_usage: f32::from_bits(self.kv_bits.load(Ordering::Relaxed)),
-            inflight: self.inflight.load(Ordering::Relaxed),
-            limit: self.limit,
-            updated_at: (updated > 0).then(|| self.base + Duration::from_nanos(updated - 1)),
-            overloaded: self.overloaded_until.load(Ordering::Relaxed) > self.nanos(Instant::now()),
-        }
-    }
-
-    fn store(&self, gauges: &Gauges) {
-        self.running
-            .store(to_u32(gauges.running), Ordering::Relaxed);
-        self.waiting
-            .store(to_u32(gauges.waiting), Ordering::Relaxed);
-        #[expect(clippy::cast_possible_truncation, reason = "a fraction in 0..1")]
-        let kv = gauges.kv_usage.clamp(0.0, 1.0) as f32;
-        self.kv_bits.store(kv.to_bits(), Ordering::Relaxed);
-        let now = self.nanos(Instant::now());
-        self.updated.store(now.saturating_add(1), Ordering::Release);
-    }
-
-    fn mark_overloaded(&self, retry_after: Option<Duration>) {
-        let until = Instant::now() + retry_after.unwrap_or(Duration::from_secs(1));
-        self.overloaded_until
-            .store(self.nanos(until), Ordering::Relaxed);
-    }
-}
-
-#[expect(
-    clippy::cast_possible_truncation,
-    clippy::cast_sign_loss,
-    reason = "clamped to the u32 range first"
-)]
-fn to_u32(value: f64) -> u32 {
-    if value.is_nan() {
-        return 0;
-    }
-    value.round().clamp(0.0, f64::from(u32::MAX)) as u32
+    pressure: PressureCell,
 }
 
 /// Removes a live request from the registry and the in-flight count.
@@ -297,7 +242,10 @@ impl Drop for LiveGuard {
             }
         }
         drop(live);
-        self.shared.inflight.fetch_sub(1, Ordering::Relaxed);
+        self.shared
+            .pressure
+            .inflight
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -375,14 +323,7 @@ impl TritonBackend {
         let shared = Arc::new(Shared {
             live: Mutex::new(HashMap::new()),
             next_seq: AtomicU64::new(1),
-            base: Instant::now(),
-            running: AtomicU32::new(0),
-            waiting: AtomicU32::new(0),
-            kv_bits: AtomicU32::new(0),
-            updated: AtomicU64::new(0),
-            inflight: AtomicU32::new(0),
-            limit: config.max_concurrency,
-            overloaded_until: AtomicU64::new(0),
+            pressure: PressureCell::new(config.max_concurrency),
         });
         let stop = CancellationToken::new();
         let inner = Inner {
@@ -451,7 +392,10 @@ impl Inner {
             .entry(id.clone())
             .or_default()
             .push((seq, cancel.clone()));
-        self.shared.inflight.fetch_add(1, Ordering::Relaxed);
+        self.shared
+            .pressure
+            .inflight
+            .fetch_add(1, Ordering::Relaxed);
         LiveGuard {
             shared: self.shared.clone(),
             id: id.clone(),
@@ -804,7 +748,7 @@ impl Reader {
                         if let Ok(error) = &error
                             && error.kind() == FailureKind::Overloaded
                         {
-                            self.shared.mark_overloaded(error.retry_after());
+                            self.shared.pressure.mark_overloaded(error.retry_after());
                         }
                         match error {
                             Ok(error) => {
@@ -920,7 +864,7 @@ impl Reader {
             };
             let error = event_error(&message, self.phase());
             if error.kind() == FailureKind::Overloaded {
-                self.shared.mark_overloaded(None);
+                self.shared.pressure.mark_overloaded(None);
             }
             out.push(Err(error));
             return Flow::End;
@@ -1056,7 +1000,7 @@ impl Backend for TritonBackend {
     }
 
     fn pressure(&self) -> Pressure {
-        self.inner.shared.snapshot()
+        self.inner.shared.pressure.snapshot()
     }
 
     async fn start(
@@ -1069,7 +1013,7 @@ impl Backend for TritonBackend {
         if let Some(reason) = cancel.reason() {
             return Err(BackendError::canceled(reason));
         }
-        if inner.shared.inflight.load(Ordering::Relaxed) >= inner.max_inflight {
+        if inner.shared.pressure.inflight.load(Ordering::Relaxed) >= inner.max_inflight {
             return Err(BackendError::new(
                 FailureKind::Overloaded,
                 "too many requests in flight to this engine",
@@ -1097,7 +1041,7 @@ impl Backend for TritonBackend {
                         Err(_) => total_timeout(before),
                     };
                     if error.kind() == FailureKind::Overloaded {
-                        inner.shared.mark_overloaded(error.retry_after());
+                        inner.shared.pressure.mark_overloaded(error.retry_after());
                     }
                     return Err(error);
                 }
@@ -1167,14 +1111,6 @@ impl Backend for TritonBackend {
             Err(_) => Health::Unhealthy("health check timed out".to_owned()),
         }
     }
-}
-
-/// Load gauges read from one scrape.
-#[derive(Debug, Clone, Copy, Default, PartialEq)]
-pub(crate) struct Gauges {
-    pub(crate) running: f64,
-    pub(crate) waiting: f64,
-    pub(crate) kv_usage: f64,
 }
 
 /// Triton's gauges in a scrape, for samples whose `model` label (if any)
@@ -1266,7 +1202,7 @@ async fn scrape_loop(
             gauges = tokio::time::timeout(SIDE_CALL_TIMEOUT, scrape) => gauges.ok().flatten(),
         };
         if let Some(gauges) = gauges {
-            shared.store(&gauges);
+            shared.pressure.store(&gauges);
         }
     }
 }
