@@ -32,7 +32,7 @@ mod engine_drain {
     };
     use tokio::time::Instant;
 
-    use crate::support::vllm_sim::{AbortRecord, SimOptions, VllmSim};
+    use gateway_sims::vllm::{AbortRecord, SimOptions, VllmSim};
 
     const MODEL: &str = "m";
     const BACKEND: &str = "hosted-0";

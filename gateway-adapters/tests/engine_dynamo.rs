@@ -24,7 +24,7 @@ mod engine_dynamo {
     };
 
     use crate::support::kit::{chat, ms, run, wait_pressure, with_id};
-    use crate::support::vllm_sim::{
+    use gateway_sims::vllm::{
         DYNAMO_503, DYNAMO_529, Fault, SimEngine, SimOptions, VllmSim, text_of,
     };
 

@@ -23,7 +23,7 @@ mod engine_nim {
     };
 
     use crate::support::kit::{chat, ms, run, wait_pressure, with_id};
-    use crate::support::vllm_sim::{BUSY_503, Fault, SimEngine, SimOptions, VllmSim, text_of};
+    use gateway_sims::vllm::{BUSY_503, Fault, SimEngine, SimOptions, VllmSim, text_of};
 
     const KEY: &str = "nvapi-test";
 

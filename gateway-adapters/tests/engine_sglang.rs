@@ -26,7 +26,7 @@ mod engine_sglang {
     use serde_json::Value;
     use tokio::time::Instant;
 
-    use crate::support::sglang_sim::{
+    use gateway_sims::sglang::{
         AbortSource, CONTEXT_400, Fault, INTERNAL_EVENT, INVALID_400, QUEUE_FULL_EVENT, SglangSim,
         SimOptions, VALUE_ERROR_EVENT, text_of, token_text,
     };

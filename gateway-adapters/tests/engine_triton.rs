@@ -35,9 +35,7 @@ mod engine_triton {
     use tokio::time::Instant;
 
     use crate::support::kit::{Drained, drain, ms};
-    use crate::support::triton_sim::{
-        Fault, QUEUE_FULL, SimOptions, TritonSim, text_of, token_text,
-    };
+    use gateway_sims::triton::{Fault, QUEUE_FULL, SimOptions, TritonSim, text_of, token_text};
 
     fn config(sim: &TritonSim) -> UpstreamConfig {
         let mut c = UpstreamConfig::new("triton-0", sim.url(), "m");

@@ -24,7 +24,7 @@ mod engine_trtllm {
     };
 
     use crate::support::kit::{chat, ms, run, text, wait_pressure, with_id};
-    use crate::support::vllm_sim::{Fault, SimEngine, SimOptions, VllmSim, text_of, trtllm_400};
+    use gateway_sims::vllm::{Fault, SimEngine, SimOptions, VllmSim, text_of, trtllm_400};
 
     fn options() -> SimOptions {
         SimOptions {

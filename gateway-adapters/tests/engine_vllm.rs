@@ -23,7 +23,7 @@ mod engine_vllm {
     };
     use tokio::time::Instant;
 
-    use crate::support::vllm_sim::{
+    use gateway_sims::vllm::{
         BUSY_503, CONTEXT_400, Fault, INVALID_400, SimOptions, VllmSim, text_of,
     };
 
@@ -358,7 +358,7 @@ mod engine_vllm {
             ),
             (http(403, ""), K::Unauthorized, pre, true, Some(403)),
             (
-                http(404, &crate::support::vllm_sim::not_found_404("m")),
+                http(404, &gateway_sims::vllm::not_found_404("m")),
                 K::ModelNotFound,
                 pre,
                 true,

@@ -1,6 +1,5 @@
-//! Test helpers shared by the engine adapter tests.
+//! Test helpers shared by the engine adapter tests. The engine simulators
+//! themselves live in the `gateway-sims` crate (`gateway_sims::vllm`,
+//! `gateway_sims::sglang`, `gateway_sims::triton`).
 
 pub mod kit;
-pub mod sglang_sim;
-pub mod triton_sim;
-pub mod vllm_sim;

@@ -25,7 +25,8 @@
 //!   `nv_trt_llm_kv_cache_block_metrics`; `/v2/health/ready` and
 //!   `/v2/models/{model}/ready` on the main one.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -33,27 +34,19 @@ use std::time::Duration;
 use gateway_core::testkit::conformance::EngineProbe;
 use gateway_core::{AbortCounts, EnginePhase, RequestId};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-/// The token texts, in order, repeated (multi-byte characters included).
-pub const VOCABULARY: [&str; 10] = [
-    "Hel", "lo", " wor", "ld", ",", " é", "🙂", " 日本", " sea", "!",
-];
-
-/// The text of token `i`.
-pub fn token_text(i: u32) -> &'static str {
-    VOCABULARY[i as usize % VOCABULARY.len()]
-}
-
-/// The text of the first `n` tokens.
-pub fn text_of(n: u32) -> String {
-    (0..n).map(token_text).collect()
-}
+use crate::http::{
+    self, Handler, HttpRequest, Next, closed, frame, split_inside_chars, write_chunk,
+};
+use crate::slots::LiveTable;
+use crate::vocab::words;
+pub use crate::vocab::{VOCABULARY, text_of, token_text};
 
 /// The queue-full message of Triton's scheduler.
 pub const QUEUE_FULL: &str = "Exceeds maximum queue size";
@@ -201,22 +194,14 @@ pub struct AbortRecord {
     pub at: Instant,
 }
 
-#[derive(Debug)]
-struct Live {
-    phase: EnginePhase,
-    since_scrape: u64,
-    kv_tokens: u64,
-}
-
 #[derive(Debug, Default)]
 struct State {
-    live: HashMap<String, Live>,
+    live: LiveTable,
     aborts: AbortCounts,
     abort_log: Vec<AbortRecord>,
     requests: Vec<Recorded>,
     script: VecDeque<Fault>,
     arrivals: u64,
-    scrapes: u64,
     completed: u64,
 }
 
@@ -234,12 +219,7 @@ impl Inner {
     }
 
     fn set_phase(&self, id: &str, phase: EnginePhase) {
-        let mut st = self.state();
-        let scrapes = st.scrapes;
-        if let Some(live) = st.live.get_mut(id) {
-            live.phase = phase;
-            live.since_scrape = scrapes;
-        }
+        self.state().live.set_phase(id, phase);
     }
 
     fn finish(&self, id: &str) {
@@ -250,21 +230,7 @@ impl Inner {
     }
 
     fn gauges(&self) -> (u64, u64, f64) {
-        let st = self.state();
-        let running = st
-            .live
-            .values()
-            .filter(|l| l.phase != EnginePhase::Queued)
-            .count() as u64;
-        let waiting = st.live.len() as u64 - running;
-        let kv: u64 = st
-            .live
-            .values()
-            .filter(|l| l.phase != EnginePhase::Queued)
-            .map(|l| l.kv_tokens)
-            .sum();
-        let usage = (kv as f64 / self.options.kv_capacity_tokens.max(1) as f64).min(1.0);
-        (running, waiting, usage)
+        self.state().live.gauges(self.options.kv_capacity_tokens)
     }
 }
 
@@ -278,12 +244,32 @@ pub struct TritonSim {
 }
 
 impl TritonSim {
-    /// Starts a simulator (HTTP and metrics listeners on `127.0.0.1:0`).
+    /// Starts a simulator (HTTP and metrics listeners on `127.0.0.1:0`),
+    /// for tests.
+    ///
+    /// # Panics
+    ///
+    /// If no loopback port can be bound ([`TritonSim::try_start`] returns
+    /// that error instead).
+    #[expect(clippy::panic, reason = "a test fixture: no port, no test")]
     pub async fn start(options: SimOptions) -> Arc<TritonSim> {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let metrics = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let metrics_addr = metrics.local_addr().unwrap();
+        match Self::try_start(options).await {
+            Ok(sim) => sim,
+            Err(e) => panic!("the Triton simulator could not listen on 127.0.0.1:0: {e}"),
+        }
+    }
+
+    /// Starts a simulator (HTTP and metrics listeners on `127.0.0.1:0`);
+    /// it runs until dropped.
+    ///
+    /// # Errors
+    ///
+    /// A listener's bind error.
+    pub async fn try_start(options: SimOptions) -> io::Result<Arc<TritonSim>> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let metrics = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let metrics_addr = metrics.local_addr()?;
         let inner = Arc::new(Inner {
             slots: Arc::new(Semaphore::new(options.slots)),
             state: Mutex::new(State {
@@ -294,14 +280,14 @@ impl TritonSim {
             started: Instant::now(),
         });
         let stop = CancellationToken::new();
-        tokio::spawn(accept_loop(listener, inner.clone(), stop.clone()));
-        tokio::spawn(accept_loop(metrics, inner.clone(), stop.clone()));
-        Arc::new(TritonSim {
+        tokio::spawn(http::accept_loop(listener, inner.clone(), stop.clone()));
+        tokio::spawn(http::accept_loop(metrics, inner.clone(), stop.clone()));
+        Ok(Arc::new(TritonSim {
             inner,
             addr,
             metrics_addr,
             _stop: stop.drop_guard(),
-        })
+        }))
     }
 
     /// `http://127.0.0.1:<port>` (Triton's HTTP port).
@@ -339,7 +325,7 @@ impl TritonSim {
 
     /// The real phase of a live request.
     pub fn phase_now(&self, id: &str) -> Option<EnginePhase> {
-        self.inner.state().live.get(id).map(|l| l.phase)
+        self.inner.state().live.phase(id)
     }
 
     /// Requests that finished normally.
@@ -349,7 +335,7 @@ impl TritonSim {
 
     /// How many `/metrics` requests arrived.
     pub fn scrapes(&self) -> u64 {
-        self.inner.state().scrapes
+        self.inner.state().live.scrapes()
     }
 }
 
@@ -359,137 +345,28 @@ impl EngineProbe for TritonSim {
     }
 
     fn phase(&self, id: &RequestId) -> Option<EnginePhase> {
-        let st = self.inner.state();
-        let live = st.live.get(id.as_str())?;
-        if !self.inner.options.lagged_probe || st.scrapes >= live.since_scrape + 2 {
-            Some(live.phase)
-        } else {
-            None
-        }
+        self.inner
+            .state()
+            .live
+            .probed_phase(id.as_str(), self.inner.options.lagged_probe)
     }
 }
 
-async fn accept_loop(listener: TcpListener, inner: Arc<Inner>, stop: CancellationToken) {
-    loop {
-        let accepted = tokio::select! {
-            () = stop.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let Ok((stream, _)) = accepted else { continue };
-        let inner = inner.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                () = stop.cancelled() => {}
-                () = connection(stream, inner) => {}
-            }
-        });
+#[async_trait::async_trait]
+impl Handler for Inner {
+    async fn handle(
+        self: Arc<Self>,
+        request: HttpRequest,
+        rd: &mut OwnedReadHalf,
+        wr: &mut OwnedWriteHalf,
+    ) -> Next {
+        handle(&self, request, rd, wr).await
     }
 }
 
-struct HttpRequest {
-    method: String,
-    path: String,
-    body: Vec<u8>,
-}
-
-enum Next {
-    KeepAlive,
-    Close,
-}
-
-async fn connection(stream: TcpStream, inner: Arc<Inner>) {
-    let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = stream.into_split();
-    let mut buf = Vec::new();
-    loop {
-        let Some(request) = read_request(&mut rd, &mut buf).await else {
-            return;
-        };
-        match handle(&inner, request, &mut rd, &mut wr).await {
-            Next::KeepAlive => {}
-            Next::Close => return,
-        }
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-async fn read_request(rd: &mut OwnedReadHalf, buf: &mut Vec<u8>) -> Option<HttpRequest> {
-    let mut tmp = [0u8; 8192];
-    loop {
-        if let Some(end) = find(buf, b"\r\n\r\n") {
-            let head = String::from_utf8(buf[..end].to_vec()).ok()?;
-            let mut lines = head.split("\r\n");
-            let mut first = lines.next()?.split(' ');
-            let method = first.next()?.to_owned();
-            let path = first.next()?.to_owned();
-            let len: usize = lines
-                .filter_map(|l| l.split_once(':'))
-                .find(|(n, _)| n.trim().eq_ignore_ascii_case("content-length"))
-                .and_then(|(_, v)| v.trim().parse().ok())
-                .unwrap_or(0);
-            if len > 4 << 20 {
-                return None;
-            }
-            while buf.len() < end + 4 + len {
-                let n = rd.read(&mut tmp).await.ok()?;
-                if n == 0 {
-                    return None;
-                }
-                buf.extend_from_slice(&tmp[..n]);
-            }
-            let body = buf[end + 4..end + 4 + len].to_vec();
-            buf.drain(..end + 4 + len);
-            return Some(HttpRequest { method, path, body });
-        }
-        if buf.len() > 64 * 1024 {
-            return None;
-        }
-        let n = rd.read(&mut tmp).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&tmp[..n]);
-    }
-}
-
-/// Resolves when the client closed its side (or the socket failed).
-async fn closed(rd: &mut OwnedReadHalf) {
-    let mut tmp = [0u8; 1024];
-    loop {
-        match rd.read(&mut tmp).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-    }
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        500 => "Internal Server Error",
-        501 => "Not Implemented",
-        503 => "Service Unavailable",
-        _ => "Status",
-    }
-}
-
+/// A whole response, no extra headers.
 async fn write_full(wr: &mut OwnedWriteHalf, status: u16, content_type: &str, body: &str) -> Next {
-    let out = format!(
-        "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n{body}",
-        reason(status),
-        body.len()
-    );
-    match wr.write_all(out.as_bytes()).await {
-        Ok(()) => Next::KeepAlive,
-        Err(_) => Next::Close,
-    }
+    http::write_full(wr, status, content_type, body, &[]).await
 }
 
 fn error_json(message: &str) -> String {
@@ -515,7 +392,7 @@ async fn handle(
             write_full(wr, 200, "text/plain", "").await
         }
         ("GET", "/metrics") => {
-            inner.state().scrapes += 1;
+            inner.state().live.scraped();
             let body = metrics_text(inner);
             write_full(wr, 200, "text/plain; charset=utf-8", &body).await
         }
@@ -579,41 +456,17 @@ nv_trt_llm_kv_cache_block_metrics{{kv_cache_block_type=\"tokens_per\",model=\"te
     )
 }
 
-async fn write_chunk(wr: &mut OwnedWriteHalf, data: &[u8]) -> bool {
-    if data.is_empty() {
-        return true;
-    }
-    let mut out = format!("{:x}\r\n", data.len()).into_bytes();
-    out.extend_from_slice(data);
-    out.extend_from_slice(b"\r\n");
-    wr.write_all(&out).await.is_ok() && wr.flush().await.is_ok()
-}
-
 /// Writes the last bytes and the end of the chunked body in one write.
 async fn write_last(wr: &mut OwnedWriteHalf, tail: &[u8]) -> Next {
-    let mut last = Vec::new();
-    if !tail.is_empty() {
-        last.extend(format!("{:x}\r\n", tail.len()).into_bytes());
-        last.extend_from_slice(tail);
-        last.extend_from_slice(b"\r\n");
-    }
-    last.extend_from_slice(b"0\r\n\r\n");
-    if wr.write_all(&last).await.is_ok() {
+    if wr.write_all(&http::last_chunk(tail)).await.is_ok() {
         Next::KeepAlive
     } else {
         Next::Close
     }
 }
 
-fn frame(json: &str) -> Vec<u8> {
-    format!("data: {json}\n\n").into_bytes()
-}
-
 fn head(status: u16) -> String {
-    format!(
-        "HTTP/1.1 {status} {}\r\ncontent-type: text/event-stream; charset=utf-8\r\ntransfer-encoding: chunked\r\n\r\n",
-        reason(status)
-    )
+    http::sse_head(status)
 }
 
 /// What ended a wait inside a request.
@@ -737,7 +590,7 @@ async fn generate(
         .get("text_input")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    let prompt_tokens = 1 + prompt.split_whitespace().count() as u64;
+    let prompt_tokens = 1 + words(prompt);
     let id = body
         .get("id")
         .and_then(Value::as_str)
@@ -748,18 +601,7 @@ async fn generate(
             return write_full(wr, 503, "application/json", &error_json(QUEUE_FULL)).await;
         }
     }
-    {
-        let mut st = inner.state();
-        let scrapes = st.scrapes;
-        st.live.insert(
-            id.clone(),
-            Live {
-                phase: EnginePhase::Queued,
-                since_scrape: scrapes,
-                kv_tokens: prompt_tokens,
-            },
-        );
-    }
+    inner.state().live.insert(&id, prompt_tokens);
     let want_counts = body.get("return_num_output_tokens") == Some(&Value::Bool(true));
     let fmt = Format {
         id: body.get("id").and_then(Value::as_str),
@@ -770,8 +612,12 @@ async fn generate(
     };
     // Queued: nothing on the wire yet.
     let permit = tokio::select! {
-        permit = inner.slots.clone().acquire_owned() => permit.unwrap(),
+        permit = inner.slots.clone().acquire_owned() => permit,
         () = closed(rd) => return disconnected(inner, &id, EnginePhase::Queued).await,
+    };
+    // The semaphore is never closed.
+    let Ok(permit) = permit else {
+        return disconnected(inner, &id, EnginePhase::Queued).await;
     };
     inner.set_phase(&id, EnginePhase::Prefill);
     let prefill = match (arrival, opts.first_prefill) {
@@ -857,13 +703,12 @@ async fn generate(
         };
         bytes.extend(frame(&fmt.response(&texts, i + 1)));
         let last = i + 1 == n;
-        let ok = if matches!(fault, Fault::RawSplit { at_token } if at_token == i) {
-            let at = find(&bytes, "é".as_bytes()).unwrap() + 1;
-            let at2 = find(&bytes, "🙂".as_bytes()).unwrap() + 2;
-            let (a, rest) = bytes.split_at(at);
-            let (b, c) = rest.split_at(at2 - at);
+        let pieces = matches!(fault, Fault::RawSplit { at_token } if at_token == i)
+            .then(|| split_inside_chars(&bytes))
+            .flatten();
+        let ok = if let Some(pieces) = pieces {
             let mut ok = true;
-            for piece in [a, b, c] {
+            for piece in pieces {
                 ok = ok && write_chunk(wr, piece).await;
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
@@ -879,9 +724,7 @@ async fn generate(
         if !ok {
             return disconnected(inner, &id, EnginePhase::Decode).await;
         }
-        if let Some(live) = inner.state().live.get_mut(&id) {
-            live.kv_tokens += 1;
-        }
+        inner.state().live.add_token(&id);
     }
     // Zero tokens (max_tokens 0) or a split last token: end the body.
     inner.finish(&id);

@@ -1,20 +1,27 @@
 //! A wire-faithful vLLM simulator over loopback HTTP/1.1 (ENGINES.md §2,
-//! §10), for adapter tests.
+//! §10), with modes for the engines that speak vLLM's OpenAI-style wire
+//! with their own quirks ([`SimEngine`]: trtllm-serve, the Dynamo
+//! frontend, NIM; plain vLLM also stands in for a generic OpenAI-compatible
+//! server).
 //!
 //! It speaks raw HTTP on a `tokio` socket so every byte and every write is
 //! under control: chunked SSE bodies with vLLM's exact chunk sequence (role
 //! chunk with `content:""`, one chunk per token, the finish reason on the
 //! last token's chunk, a `choices: []` usage chunk, `data: [DONE]`), its
 //! error bodies (int `code`), in-stream error frames followed by `[DONE]`,
-//! `/health`, `/v1/models` and `/metrics` with live gauges.
+//! `/health`, `/v1/models` and `/metrics` with live gauges. Only streamed
+//! requests are served (the gateway's adapters always stream); a
+//! non-streamed one gets a 400.
 //!
 //! Requests queue for a fixed number of slots (FIFO), spend a prefill time,
-//! then decode one token per interval. The simulator watches the socket in
-//! every phase and counts a client's close as an abort in the phase it was
-//! in, with the time it noticed. Faults are scripted per arriving
-//! generation request.
+//! then decode one token per interval ([`token_text`]). The simulator
+//! watches the socket in every phase and counts a client's close as an
+//! abort in the phase it was in, with the time it noticed. Faults
+//! ([`Fault`]) are scripted per arriving generation request; with
+//! [`SimOptions::api_key`] the `/v1` routes want `Authorization: Bearer`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -22,27 +29,20 @@ use std::time::Duration;
 use gateway_core::testkit::conformance::EngineProbe;
 use gateway_core::{AbortCounts, EnginePhase, RequestId};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-/// The token texts, in order, repeated (multi-byte characters included).
-pub const VOCABULARY: [&str; 10] = [
-    "Hel", "lo", " wor", "ld", ",", " é", "🙂", " 日本", " sea", "!",
-];
-
-/// The text of token `i`.
-pub fn token_text(i: u32) -> &'static str {
-    VOCABULARY[i as usize % VOCABULARY.len()]
-}
-
-/// The text of the first `n` tokens.
-pub fn text_of(n: u32) -> String {
-    (0..n).map(token_text).collect()
-}
+use crate::http::{
+    self, Handler, HttpRequest, Next, closed, frame, js, split_inside_chars, write_chunk,
+    write_full,
+};
+use crate::slots::LiveTable;
+pub use crate::vocab::{VOCABULARY, text_of, token_text};
+use crate::vocab::{chat_prompt_tokens, words};
 
 /// vLLM 0.32's admission rejection body (`--max-num-queued-reqs`).
 pub const BUSY_503: &str = r#"{"error":{"message":"The engine is currently busy and cannot accept new requests. Please try again later or on a different instance.","type":"Service Unavailable","param":null,"code":503}}"#;
@@ -100,7 +100,7 @@ pub enum SimEngine {
 pub fn trtllm_400(message: &str) -> String {
     format!(
         r#"{{"object":"error","message":{},"type":"BadRequestError","param":null,"code":400}}"#,
-        serde_json::to_string(message).unwrap()
+        js(message)
     )
 }
 
@@ -327,23 +327,14 @@ pub struct AbortRecord {
     pub at: Instant,
 }
 
-#[derive(Debug)]
-struct Live {
-    phase: EnginePhase,
-    /// The scrape count when the phase began.
-    since_scrape: u64,
-    kv_tokens: u64,
-}
-
 #[derive(Debug, Default)]
 struct State {
-    live: HashMap<String, Live>,
+    live: LiveTable,
     aborts: AbortCounts,
     abort_log: Vec<AbortRecord>,
     requests: Vec<Recorded>,
     script: VecDeque<Fault>,
     arrivals: u64,
-    scrapes: u64,
     completed: u64,
     /// Token chunks written to clients, all requests.
     tokens_sent: u64,
@@ -362,12 +353,7 @@ impl Inner {
     }
 
     fn set_phase(&self, id: &str, phase: EnginePhase) {
-        let mut st = self.state();
-        let scrapes = st.scrapes;
-        if let Some(live) = st.live.get_mut(id) {
-            live.phase = phase;
-            live.since_scrape = scrapes;
-        }
+        self.state().live.set_phase(id, phase);
     }
 
     fn abort(&self, id: &str, phase: EnginePhase) {
@@ -384,21 +370,7 @@ impl Inner {
     }
 
     fn gauges(&self) -> (u64, u64, f64) {
-        let st = self.state();
-        let running = st
-            .live
-            .values()
-            .filter(|l| l.phase != EnginePhase::Queued)
-            .count() as u64;
-        let waiting = st.live.len() as u64 - running;
-        let kv: u64 = st
-            .live
-            .values()
-            .filter(|l| l.phase != EnginePhase::Queued)
-            .map(|l| l.kv_tokens)
-            .sum();
-        let usage = (kv as f64 / self.options.kv_capacity_tokens.max(1) as f64).min(1.0);
-        (running, waiting, usage)
+        self.state().live.gauges(self.options.kv_capacity_tokens)
     }
 }
 
@@ -411,10 +383,28 @@ pub struct VllmSim {
 }
 
 impl VllmSim {
-    /// Starts a simulator on `127.0.0.1:0`.
+    /// Starts a simulator on `127.0.0.1:0`, for tests.
+    ///
+    /// # Panics
+    ///
+    /// If no loopback port can be bound ([`VllmSim::try_start`] returns
+    /// that error instead).
+    #[expect(clippy::panic, reason = "a test fixture: no port, no test")]
     pub async fn start(options: SimOptions) -> Arc<VllmSim> {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        match Self::try_start(options).await {
+            Ok(sim) => sim,
+            Err(e) => panic!("the vLLM simulator could not listen on 127.0.0.1:0: {e}"),
+        }
+    }
+
+    /// Starts a simulator on `127.0.0.1:0`; it runs until dropped.
+    ///
+    /// # Errors
+    ///
+    /// The listener's bind error.
+    pub async fn try_start(options: SimOptions) -> io::Result<Arc<VllmSim>> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
         let inner = Arc::new(Inner {
             slots: Arc::new(Semaphore::new(options.slots)),
             state: Mutex::new(State {
@@ -424,12 +414,12 @@ impl VllmSim {
             options,
         });
         let stop = CancellationToken::new();
-        tokio::spawn(accept_loop(listener, inner.clone(), stop.clone()));
-        Arc::new(VllmSim {
+        tokio::spawn(http::accept_loop(listener, inner.clone(), stop.clone()));
+        Ok(Arc::new(VllmSim {
             inner,
             addr,
             _stop: stop.drop_guard(),
-        })
+        }))
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -462,7 +452,7 @@ impl VllmSim {
 
     /// The real phase of a live request (ignores `lagged_probe`).
     pub fn phase_now(&self, id: &str) -> Option<EnginePhase> {
-        self.inner.state().live.get(id).map(|l| l.phase)
+        self.inner.state().live.phase(id)
     }
 
     /// Requests that finished normally.
@@ -483,7 +473,7 @@ impl VllmSim {
 
     /// How many `/metrics` requests arrived.
     pub fn scrapes(&self) -> u64 {
-        self.inner.state().scrapes
+        self.inner.state().live.scrapes()
     }
 }
 
@@ -493,175 +483,22 @@ impl EngineProbe for VllmSim {
     }
 
     fn phase(&self, id: &RequestId) -> Option<EnginePhase> {
-        let st = self.inner.state();
-        let live = st.live.get(id.as_str())?;
-        if !self.inner.options.lagged_probe || st.scrapes >= live.since_scrape + 2 {
-            Some(live.phase)
-        } else {
-            None
-        }
+        self.inner
+            .state()
+            .live
+            .probed_phase(id.as_str(), self.inner.options.lagged_probe)
     }
 }
 
-async fn accept_loop(listener: TcpListener, inner: Arc<Inner>, stop: CancellationToken) {
-    loop {
-        let accepted = tokio::select! {
-            () = stop.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let Ok((stream, _)) = accepted else { continue };
-        let inner = inner.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                () = stop.cancelled() => {}
-                () = connection(stream, inner) => {}
-            }
-        });
-    }
-}
-
-struct HttpRequest {
-    method: String,
-    path: String,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl HttpRequest {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// What to do with the connection after a response.
-enum Next {
-    KeepAlive,
-    Close,
-    Reset,
-}
-
-async fn connection(stream: TcpStream, inner: Arc<Inner>) {
-    let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = stream.into_split();
-    let mut buf = Vec::new();
-    loop {
-        let Some(request) = read_request(&mut rd, &mut buf).await else {
-            return;
-        };
-        match handle(&inner, request, &mut rd, &mut wr).await {
-            Next::KeepAlive => {}
-            Next::Close => return,
-            Next::Reset => {
-                if let Ok(stream) = rd.reunite(wr) {
-                    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
-                    drop(stream);
-                }
-                return;
-            }
-        }
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-async fn read_request(rd: &mut OwnedReadHalf, buf: &mut Vec<u8>) -> Option<HttpRequest> {
-    let mut tmp = [0u8; 8192];
-    loop {
-        if let Some(end) = find(buf, b"\r\n\r\n") {
-            let head = String::from_utf8(buf[..end].to_vec()).ok()?;
-            let mut lines = head.split("\r\n");
-            let mut first = lines.next()?.split(' ');
-            let method = first.next()?.to_owned();
-            let path = first.next()?.to_owned();
-            let headers: Vec<(String, String)> = lines
-                .filter_map(|l| l.split_once(':'))
-                .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
-                .collect();
-            let len: usize = headers
-                .iter()
-                .find(|(n, _)| n == "content-length")
-                .and_then(|(_, v)| v.parse().ok())
-                .unwrap_or(0);
-            if len > 4 << 20 {
-                return None;
-            }
-            while buf.len() < end + 4 + len {
-                let n = rd.read(&mut tmp).await.ok()?;
-                if n == 0 {
-                    return None;
-                }
-                buf.extend_from_slice(&tmp[..n]);
-            }
-            let body = buf[end + 4..end + 4 + len].to_vec();
-            buf.drain(..end + 4 + len);
-            return Some(HttpRequest {
-                method,
-                path,
-                headers,
-                body,
-            });
-        }
-        if buf.len() > 64 * 1024 {
-            return None;
-        }
-        let n = rd.read(&mut tmp).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&tmp[..n]);
-    }
-}
-
-/// Resolves when the client closed its side (or the socket failed).
-async fn closed(rd: &mut OwnedReadHalf) {
-    let mut tmp = [0u8; 1024];
-    loop {
-        match rd.read(&mut tmp).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-    }
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        401 => "Unauthorized",
-        404 => "Not Found",
-        429 => "Too Many Requests",
-        500 => "Internal Server Error",
-        503 => "Service Unavailable",
-        _ => "Status",
-    }
-}
-
-async fn write_full(
-    wr: &mut OwnedWriteHalf,
-    status: u16,
-    content_type: &str,
-    body: &str,
-    extra_headers: &[(&str, String)],
-) -> Next {
-    let mut out = format!(
-        "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n",
-        reason(status),
-        body.len()
-    );
-    for (name, value) in extra_headers {
-        out.push_str(&format!("{name}: {value}\r\n"));
-    }
-    out.push_str("\r\n");
-    out.push_str(body);
-    match wr.write_all(out.as_bytes()).await {
-        Ok(()) => Next::KeepAlive,
-        Err(_) => Next::Close,
+#[async_trait::async_trait]
+impl Handler for Inner {
+    async fn handle(
+        self: Arc<Self>,
+        request: HttpRequest,
+        rd: &mut OwnedReadHalf,
+        wr: &mut OwnedWriteHalf,
+    ) -> Next {
+        handle(&self, request, rd, wr).await
     }
 }
 
@@ -695,7 +532,7 @@ async fn handle(
         _ => "/metrics",
     };
     if request.method == "GET" && request.path == metrics_path {
-        inner.state().scrapes += 1;
+        inner.state().live.scraped();
         let body = match engine {
             SimEngine::Vllm => metrics_text(inner),
             _ => engine_metrics_text(inner),
@@ -852,16 +689,8 @@ gpu_cache_usage_perc{{model_name=\"{m}\"}} {kv:?}\n"
 /// Prompt tokens as the simulator counts them: words plus 3 per chat
 /// message, words plus 1 for text, ids for token prompts.
 fn count_prompt(body: &Value, chat: bool) -> u64 {
-    let words = |s: &str| s.split_whitespace().count() as u64;
     if chat {
-        body["messages"]
-            .as_array()
-            .map(|m| {
-                m.iter()
-                    .map(|m| 3 + words(m["content"].as_str().unwrap_or_default()))
-                    .sum()
-            })
-            .unwrap_or(0)
+        chat_prompt_tokens(body)
     } else {
         match &body["prompt"] {
             Value::String(s) => 1 + words(s),
@@ -869,17 +698,6 @@ fn count_prompt(body: &Value, chat: bool) -> u64 {
             _ => 0,
         }
     }
-}
-
-/// Writes one HTTP chunk.
-async fn write_chunk(wr: &mut OwnedWriteHalf, data: &[u8]) -> bool {
-    if data.is_empty() {
-        return true;
-    }
-    let mut out = format!("{:x}\r\n", data.len()).into_bytes();
-    out.extend_from_slice(data);
-    out.extend_from_slice(b"\r\n");
-    wr.write_all(&out).await.is_ok() && wr.flush().await.is_ok()
 }
 
 struct Stream<'a> {
@@ -994,14 +812,6 @@ fn trtllm_token_frames(f: &TrtFrame<'_>) -> Vec<u8> {
     bytes
 }
 
-fn frame(json: &str) -> Vec<u8> {
-    format!("data: {json}\n\n").into_bytes()
-}
-
-fn js(s: &str) -> String {
-    serde_json::to_string(s).unwrap()
-}
-
 async fn generate(
     inner: &Arc<Inner>,
     request: HttpRequest,
@@ -1100,30 +910,23 @@ async fn generate(
     let id = request
         .header("x-request-id")
         .map_or_else(|| format!("sim-{arrival}"), str::to_owned);
-    {
-        let mut st = inner.state();
-        let scrapes = st.scrapes;
-        st.live.insert(
-            id.clone(),
-            Live {
-                phase: EnginePhase::Queued,
-                since_scrape: scrapes,
-                kv_tokens: prompt_tokens,
-            },
-        );
-    }
-    let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\ntransfer-encoding: chunked\r\n\r\n";
-    if wr.write_all(head.as_bytes()).await.is_err() {
+    inner.state().live.insert(&id, prompt_tokens);
+    if wr.write_all(http::sse_head(200).as_bytes()).await.is_err() {
         inner.abort(&id, EnginePhase::Queued);
         return Next::Close;
     }
     // Queued: wait for a slot.
     let permit = tokio::select! {
-        permit = inner.slots.clone().acquire_owned() => permit.unwrap(),
+        permit = inner.slots.clone().acquire_owned() => permit,
         () = closed(rd) => {
             inner.abort(&id, EnginePhase::Queued);
             return Next::Close;
         }
+    };
+    // The semaphore is never closed.
+    let Ok(permit) = permit else {
+        inner.abort(&id, EnginePhase::Queued);
+        return Next::Close;
     };
     inner.set_phase(&id, EnginePhase::Prefill);
     let prefill = match (arrival, opts.first_prefill) {
@@ -1288,16 +1091,12 @@ async fn generate(
         if engine != SimEngine::TrtLlm {
             bytes.extend(frame(&token));
         }
-        let ok = if split_here {
-            // TV-06: cut after the first byte of `é`, then after the first
-            // two bytes of `🙂`.
-            let at = find(&bytes, "é".as_bytes()).unwrap() + 1;
-            let at2 = find(&bytes, "🙂".as_bytes()).unwrap() + 2;
-            let (a, rest) = bytes.split_at(at);
-            let (b, c) = rest.split_at(at2 - at);
-            out.send_pieces(&[a, b, c]).await
-        } else {
-            out.send(&bytes).await
+        // TV-06: cut after the first byte of `é`, then after the first two
+        // bytes of `🙂`.
+        let pieces = split_here.then(|| split_inside_chars(&bytes)).flatten();
+        let ok = match pieces {
+            Some(pieces) => out.send_pieces(&pieces).await,
+            None => out.send(&bytes).await,
         };
         if !ok {
             return decode_abort(inner);
@@ -1305,9 +1104,7 @@ async fn generate(
         {
             let mut st = inner.state();
             st.tokens_sent += 1;
-            if let Some(live) = st.live.get_mut(&id) {
-                live.kv_tokens += 1;
-            }
+            st.live.add_token(&id);
         }
     }
     let mut tail = Vec::new();
@@ -1342,9 +1139,7 @@ async fn generate(
     tail.extend_from_slice(b"data: [DONE]\n\n");
     // The last frames and the end of the body in one write: once it is
     // out, the request is over and a close is no abort.
-    let mut last = format!("{:x}\r\n", tail.len()).into_bytes();
-    last.extend_from_slice(&tail);
-    last.extend_from_slice(b"\r\n0\r\n\r\n");
+    let last = http::last_chunk(&tail);
     let ok = if out.split.is_some() {
         out.send(&tail).await && out.end().await
     } else {

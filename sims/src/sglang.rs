@@ -1,5 +1,5 @@
 //! A wire-faithful SGLang simulator over loopback HTTP/1.1 (ENGINES.md §3,
-//! TV-07, TV-08, TV-10), for adapter tests.
+//! TV-07, TV-08, TV-10).
 //!
 //! - `POST /generate` (native): SSE events `{"text","output_ids","meta_info"}`
 //!   with **cumulative** `text` and `output_ids` (or incremental with
@@ -17,7 +17,8 @@
 //!   200 stream whose **first** event is the 503 `SERVICE_UNAVAILABLE`
 //!   error), `/metrics` with `sglang:*` gauges, `/health`.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -25,27 +26,19 @@ use std::time::Duration;
 use gateway_core::testkit::conformance::EngineProbe;
 use gateway_core::{AbortCounts, EnginePhase, RequestId};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
-/// The token texts, in order, repeated (multi-byte characters included).
-pub const VOCABULARY: [&str; 10] = [
-    "Hel", "lo", " wor", "ld", ",", " é", "🙂", " 日本", " sea", "!",
-];
-
-/// The text of token `i`.
-pub fn token_text(i: u32) -> &'static str {
-    VOCABULARY[i as usize % VOCABULARY.len()]
-}
-
-/// The text of the first `n` tokens.
-pub fn text_of(n: u32) -> String {
-    (0..n).map(token_text).collect()
-}
+use crate::http::{
+    self, Handler, HttpRequest, Next, closed, frame, js, split_inside_chars, write_chunk,
+};
+use crate::slots::LiveTable;
+pub use crate::vocab::{VOCABULARY, text_of, token_text};
+use crate::vocab::{chat_prompt_tokens, words};
 
 /// Native 400 for a prompt longer than the context (§3.5).
 pub const CONTEXT_400: &str = r#"{"error":{"message":"The input (9000 tokens) is longer than the model's context length (8192 tokens)."}}"#;
@@ -210,17 +203,9 @@ pub struct AbortRecord {
     pub source: AbortSource,
 }
 
-#[derive(Debug)]
-struct Live {
-    phase: EnginePhase,
-    since_scrape: u64,
-    kv_tokens: u64,
-    abort: CancellationToken,
-}
-
 #[derive(Debug, Default)]
 struct State {
-    live: HashMap<String, Live>,
+    live: LiveTable,
     aborts: AbortCounts,
     abort_log: Vec<AbortRecord>,
     abort_calls: Vec<(String, Instant)>,
@@ -228,7 +213,6 @@ struct State {
     requests: Vec<Recorded>,
     script: VecDeque<Fault>,
     arrivals: u64,
-    scrapes: u64,
     completed: u64,
 }
 
@@ -245,12 +229,7 @@ impl Inner {
     }
 
     fn set_phase(&self, rid: &str, phase: EnginePhase) {
-        let mut st = self.state();
-        let scrapes = st.scrapes;
-        if let Some(live) = st.live.get_mut(rid) {
-            live.phase = phase;
-            live.since_scrape = scrapes;
-        }
+        self.state().live.set_phase(rid, phase);
     }
 
     /// Aborts `rid` if still in flight; returns whether it was.
@@ -279,21 +258,7 @@ impl Inner {
     }
 
     fn gauges(&self) -> (u64, u64, f64) {
-        let st = self.state();
-        let running = st
-            .live
-            .values()
-            .filter(|l| l.phase != EnginePhase::Queued)
-            .count() as u64;
-        let waiting = st.live.len() as u64 - running;
-        let kv: u64 = st
-            .live
-            .values()
-            .filter(|l| l.phase != EnginePhase::Queued)
-            .map(|l| l.kv_tokens)
-            .sum();
-        let usage = (kv as f64 / self.options.kv_capacity_tokens.max(1) as f64).min(1.0);
-        (running, waiting, usage)
+        self.state().live.gauges(self.options.kv_capacity_tokens)
     }
 }
 
@@ -306,10 +271,28 @@ pub struct SglangSim {
 }
 
 impl SglangSim {
-    /// Starts a simulator on `127.0.0.1:0`.
+    /// Starts a simulator on `127.0.0.1:0`, for tests.
+    ///
+    /// # Panics
+    ///
+    /// If no loopback port can be bound ([`SglangSim::try_start`] returns
+    /// that error instead).
+    #[expect(clippy::panic, reason = "a test fixture: no port, no test")]
     pub async fn start(options: SimOptions) -> Arc<SglangSim> {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
+        match Self::try_start(options).await {
+            Ok(sim) => sim,
+            Err(e) => panic!("the SGLang simulator could not listen on 127.0.0.1:0: {e}"),
+        }
+    }
+
+    /// Starts a simulator on `127.0.0.1:0`; it runs until dropped.
+    ///
+    /// # Errors
+    ///
+    /// The listener's bind error.
+    pub async fn try_start(options: SimOptions) -> io::Result<Arc<SglangSim>> {
+        let listener = TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
         let inner = Arc::new(Inner {
             slots: Arc::new(Semaphore::new(options.slots)),
             state: Mutex::new(State {
@@ -319,12 +302,12 @@ impl SglangSim {
             options,
         });
         let stop = CancellationToken::new();
-        tokio::spawn(accept_loop(listener, inner.clone(), stop.clone()));
-        Arc::new(SglangSim {
+        tokio::spawn(http::accept_loop(listener, inner.clone(), stop.clone()));
+        Ok(Arc::new(SglangSim {
             inner,
             addr,
             _stop: stop.drop_guard(),
-        })
+        }))
     }
 
     /// `http://127.0.0.1:<port>`.
@@ -367,7 +350,7 @@ impl SglangSim {
 
     /// The real phase of a live request.
     pub fn phase_now(&self, rid: &str) -> Option<EnginePhase> {
-        self.inner.state().live.get(rid).map(|l| l.phase)
+        self.inner.state().live.phase(rid)
     }
 
     /// Requests that finished normally.
@@ -382,7 +365,7 @@ impl SglangSim {
 
     /// How many `/metrics` requests arrived.
     pub fn scrapes(&self) -> u64 {
-        self.inner.state().scrapes
+        self.inner.state().live.scrapes()
     }
 }
 
@@ -392,135 +375,28 @@ impl EngineProbe for SglangSim {
     }
 
     fn phase(&self, id: &RequestId) -> Option<EnginePhase> {
-        let st = self.inner.state();
-        let live = st.live.get(id.as_str())?;
-        if !self.inner.options.lagged_probe || st.scrapes >= live.since_scrape + 2 {
-            Some(live.phase)
-        } else {
-            None
-        }
+        self.inner
+            .state()
+            .live
+            .probed_phase(id.as_str(), self.inner.options.lagged_probe)
     }
 }
 
-async fn accept_loop(listener: TcpListener, inner: Arc<Inner>, stop: CancellationToken) {
-    loop {
-        let accepted = tokio::select! {
-            () = stop.cancelled() => return,
-            accepted = listener.accept() => accepted,
-        };
-        let Ok((stream, _)) = accepted else { continue };
-        let inner = inner.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            tokio::select! {
-                () = stop.cancelled() => {}
-                () = connection(stream, inner) => {}
-            }
-        });
+#[async_trait::async_trait]
+impl Handler for Inner {
+    async fn handle(
+        self: Arc<Self>,
+        request: HttpRequest,
+        rd: &mut OwnedReadHalf,
+        wr: &mut OwnedWriteHalf,
+    ) -> Next {
+        handle(&self, request, rd, wr).await
     }
 }
 
-struct HttpRequest {
-    method: String,
-    path: String,
-    body: Vec<u8>,
-}
-
-enum Next {
-    KeepAlive,
-    Close,
-}
-
-async fn connection(stream: TcpStream, inner: Arc<Inner>) {
-    let _ = stream.set_nodelay(true);
-    let (mut rd, mut wr) = stream.into_split();
-    let mut buf = Vec::new();
-    loop {
-        let Some(request) = read_request(&mut rd, &mut buf).await else {
-            return;
-        };
-        match handle(&inner, request, &mut rd, &mut wr).await {
-            Next::KeepAlive => {}
-            Next::Close => return,
-        }
-    }
-}
-
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-async fn read_request(rd: &mut OwnedReadHalf, buf: &mut Vec<u8>) -> Option<HttpRequest> {
-    let mut tmp = [0u8; 8192];
-    loop {
-        if let Some(end) = find(buf, b"\r\n\r\n") {
-            let head = String::from_utf8(buf[..end].to_vec()).ok()?;
-            let mut lines = head.split("\r\n");
-            let mut first = lines.next()?.split(' ');
-            let method = first.next()?.to_owned();
-            let path = first.next()?.to_owned();
-            let len: usize = lines
-                .filter_map(|l| l.split_once(':'))
-                .find(|(n, _)| n.trim().eq_ignore_ascii_case("content-length"))
-                .and_then(|(_, v)| v.trim().parse().ok())
-                .unwrap_or(0);
-            if len > 4 << 20 {
-                return None;
-            }
-            while buf.len() < end + 4 + len {
-                let n = rd.read(&mut tmp).await.ok()?;
-                if n == 0 {
-                    return None;
-                }
-                buf.extend_from_slice(&tmp[..n]);
-            }
-            let body = buf[end + 4..end + 4 + len].to_vec();
-            buf.drain(..end + 4 + len);
-            return Some(HttpRequest { method, path, body });
-        }
-        if buf.len() > 64 * 1024 {
-            return None;
-        }
-        let n = rd.read(&mut tmp).await.ok()?;
-        if n == 0 {
-            return None;
-        }
-        buf.extend_from_slice(&tmp[..n]);
-    }
-}
-
-/// Resolves when the client closed its side (or the socket failed).
-async fn closed(rd: &mut OwnedReadHalf) {
-    let mut tmp = [0u8; 1024];
-    loop {
-        match rd.read(&mut tmp).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {}
-        }
-    }
-}
-
-fn reason(status: u16) -> &'static str {
-    match status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        500 => "Internal Server Error",
-        503 => "Service Unavailable",
-        _ => "Status",
-    }
-}
-
+/// A whole response, no extra headers.
 async fn write_full(wr: &mut OwnedWriteHalf, status: u16, content_type: &str, body: &str) -> Next {
-    let out = format!(
-        "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n\r\n{body}",
-        reason(status),
-        body.len()
-    );
-    match wr.write_all(out.as_bytes()).await {
-        Ok(()) => Next::KeepAlive,
-        Err(_) => Next::Close,
-    }
+    http::write_full(wr, status, content_type, body, &[]).await
 }
 
 async fn handle(
@@ -541,7 +417,7 @@ async fn handle(
             write_full(wr, 200, "application/json", "").await
         }
         ("GET", "/metrics") => {
-            inner.state().scrapes += 1;
+            inner.state().live.scraped();
             let body = metrics_text(inner);
             write_full(wr, 200, "text/plain; version=0.0.4; charset=utf-8", &body).await
         }
@@ -593,16 +469,8 @@ sglang:num_aborted_requests_total{{{labels}}} {aborts}.0\n"
 /// Prompt tokens: words plus 1 for text, ids for `input_ids`, words plus 3
 /// per chat message.
 fn count_prompt(body: &Value, chat: bool) -> u64 {
-    let words = |s: &str| s.split_whitespace().count() as u64;
     if chat {
-        return body["messages"]
-            .as_array()
-            .map(|m| {
-                m.iter()
-                    .map(|m| 3 + words(m["content"].as_str().unwrap_or_default()))
-                    .sum()
-            })
-            .unwrap_or(0);
+        return chat_prompt_tokens(body);
     }
     match (&body["text"], &body["input_ids"]) {
         (Value::String(s), _) => 1 + words(s),
@@ -611,30 +479,9 @@ fn count_prompt(body: &Value, chat: bool) -> u64 {
     }
 }
 
-async fn write_chunk(wr: &mut OwnedWriteHalf, data: &[u8]) -> bool {
-    if data.is_empty() {
-        return true;
-    }
-    let mut out = format!("{:x}\r\n", data.len()).into_bytes();
-    out.extend_from_slice(data);
-    out.extend_from_slice(b"\r\n");
-    wr.write_all(&out).await.is_ok() && wr.flush().await.is_ok()
-}
-
-fn frame(json: &str) -> Vec<u8> {
-    format!("data: {json}\n\n").into_bytes()
-}
-
-fn js(s: &str) -> String {
-    serde_json::to_string(s).unwrap()
-}
-
 /// Writes the last bytes and the end of the chunked body in one write.
 async fn write_last(wr: &mut OwnedWriteHalf, tail: &[u8]) -> bool {
-    let mut last = format!("{:x}\r\n", tail.len()).into_bytes();
-    last.extend_from_slice(tail);
-    last.extend_from_slice(b"\r\n0\r\n\r\n");
-    wr.write_all(&last).await.is_ok()
+    wr.write_all(&http::last_chunk(tail)).await.is_ok()
 }
 
 /// What ended a wait inside a request.
@@ -678,7 +525,7 @@ impl Format<'_> {
         format!(
             r#"{{"text":{},"output_ids":{},"meta_info":{}}}"#,
             js(&text),
-            serde_json::to_string(&ids).unwrap(),
+            Value::from(ids),
             self.meta(k, finish, extra)
         )
     }
@@ -742,7 +589,7 @@ async fn generate(
     let rid = body["rid"]
         .as_str()
         .map_or_else(|| format!("sim-{arrival}"), str::to_owned);
-    let head = "HTTP/1.1 200 OK\r\ncontent-type: text/event-stream; charset=utf-8\r\ntransfer-encoding: chunked\r\n\r\n";
+    let head = http::sse_head(200);
     if let Some(max) = opts.max_queued {
         let (_, waiting, _) = inner.gauges();
         if waiting >= max as u64 {
@@ -755,20 +602,7 @@ async fn generate(
             return Next::KeepAlive;
         }
     }
-    let abort = CancellationToken::new();
-    {
-        let mut st = inner.state();
-        let scrapes = st.scrapes;
-        st.live.insert(
-            rid.clone(),
-            Live {
-                phase: EnginePhase::Queued,
-                since_scrape: scrapes,
-                kv_tokens: prompt_tokens,
-                abort: abort.clone(),
-            },
-        );
-    }
+    let abort = inner.state().live.insert(&rid, prompt_tokens);
     if wr.write_all(head.as_bytes()).await.is_err() {
         return disconnected(inner, &rid, EnginePhase::Queued).await;
     }
@@ -782,7 +616,11 @@ async fn generate(
     };
     // Queued.
     let permit = tokio::select! {
-        permit = inner.slots.clone().acquire_owned() => Some(permit.unwrap()),
+        permit = inner.slots.clone().acquire_owned() => match permit {
+            Ok(permit) => Some(permit),
+            // The semaphore is never closed.
+            Err(_) => return disconnected(inner, &rid, EnginePhase::Queued).await,
+        },
         () = closed(rd) => return disconnected(inner, &rid, EnginePhase::Queued).await,
         () = abort.cancelled() => None,
     };
@@ -904,13 +742,10 @@ async fn generate(
             fmt.native(&texts, i + 1, "null", "")
         };
         let bytes = frame(&event);
-        let ok = if split_here {
-            let at = find(&bytes, "é".as_bytes()).unwrap() + 1;
-            let at2 = find(&bytes, "🙂".as_bytes()).unwrap() + 2;
-            let (a, rest) = bytes.split_at(at);
-            let (b, c) = rest.split_at(at2 - at);
+        let pieces = split_here.then(|| split_inside_chars(&bytes)).flatten();
+        let ok = if let Some(pieces) = pieces {
             let mut ok = true;
-            for piece in [a, b, c] {
+            for piece in pieces {
                 ok = ok && write_chunk(wr, piece).await;
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
@@ -921,9 +756,7 @@ async fn generate(
         if !ok {
             return disconnected(inner, &rid, EnginePhase::Decode).await;
         }
-        if let Some(live) = inner.state().live.get_mut(&rid) {
-            live.kv_tokens += 1;
-        }
+        inner.state().live.add_token(&rid);
     }
     // The request is over in the engine once its last event is out.
     inner.finish(&rid);
@@ -1033,7 +866,7 @@ async fn disconnected(inner: &Arc<Inner>, rid: &str, phase: EnginePhase) -> Next
         .state()
         .disconnects
         .push((rid.to_owned(), phase, Instant::now()));
-    let abort = inner.state().live.get(rid).map(|l| l.abort.clone());
+    let abort = inner.state().live.abort_token(rid);
     let Some(abort) = abort else {
         return Next::Close;
     };

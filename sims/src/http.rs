@@ -1,0 +1,268 @@
+//! The raw HTTP/1.1 the simulators share: the accept loop and one
+//! keep-alive connection per client, reading a request (head and a
+//! `content-length` body), noticing a client's close, and writing full
+//! responses, chunks of a chunked body and SSE frames.
+//!
+//! Raw bytes on a `tokio` socket rather than an HTTP library, so every
+//! byte and every write of a response is under the simulator's control.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// One request as read off the socket.
+#[derive(Debug)]
+pub(crate) struct HttpRequest {
+    /// `GET`, `POST`, ...
+    pub(crate) method: String,
+    /// The request target as sent.
+    pub(crate) path: String,
+    /// Headers, names lowercased, values trimmed.
+    pub(crate) headers: Vec<(String, String)>,
+    /// The body (`content-length` bytes).
+    pub(crate) body: Vec<u8>,
+}
+
+impl HttpRequest {
+    /// The value of header `name` (lowercase).
+    pub(crate) fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// What to do with the connection after a response.
+#[derive(Debug)]
+pub(crate) enum Next {
+    /// Read the next request.
+    KeepAlive,
+    /// Close the connection.
+    Close,
+    /// Reset the connection (RST: linger zero, then close).
+    Reset,
+}
+
+/// A simulator's request handler.
+#[async_trait::async_trait]
+pub(crate) trait Handler: Send + Sync + 'static {
+    /// Answers `request`; `rd` is there to notice the client's close.
+    async fn handle(
+        self: Arc<Self>,
+        request: HttpRequest,
+        rd: &mut OwnedReadHalf,
+        wr: &mut OwnedWriteHalf,
+    ) -> Next;
+}
+
+/// Accepts connections until `stop`, serving each with `handler`; every
+/// connection ends at `stop` too.
+pub(crate) async fn accept_loop<H: Handler>(
+    listener: TcpListener,
+    handler: Arc<H>,
+    stop: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            () = stop.cancelled() => return,
+            accepted = listener.accept() => accepted,
+        };
+        let Ok((stream, _)) = accepted else { continue };
+        let handler = handler.clone();
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                () = stop.cancelled() => {}
+                () = connection(stream, handler) => {}
+            }
+        });
+    }
+}
+
+async fn connection<H: Handler>(stream: TcpStream, handler: Arc<H>) {
+    let _ = stream.set_nodelay(true);
+    let (mut rd, mut wr) = stream.into_split();
+    let mut buf = Vec::new();
+    loop {
+        let Some(request) = read_request(&mut rd, &mut buf).await else {
+            return;
+        };
+        match handler.clone().handle(request, &mut rd, &mut wr).await {
+            Next::KeepAlive => {}
+            Next::Close => return,
+            Next::Reset => {
+                if let Ok(stream) = rd.reunite(wr) {
+                    let _ = socket2::SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+                    drop(stream);
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// Where `needle` first occurs in `haystack`.
+pub(crate) fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+    haystack.windows(needle.len()).position(|w| w == needle)
+}
+
+async fn read_request(rd: &mut OwnedReadHalf, buf: &mut Vec<u8>) -> Option<HttpRequest> {
+    let mut tmp = [0u8; 8192];
+    loop {
+        if let Some(end) = find(buf, b"\r\n\r\n") {
+            let head = String::from_utf8(buf[..end].to_vec()).ok()?;
+            let mut lines = head.split("\r\n");
+            let mut first = lines.next()?.split(' ');
+            let method = first.next()?.to_owned();
+            let path = first.next()?.to_owned();
+            let headers: Vec<(String, String)> = lines
+                .filter_map(|l| l.split_once(':'))
+                .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_owned()))
+                .collect();
+            let len: usize = headers
+                .iter()
+                .find(|(n, _)| n == "content-length")
+                .and_then(|(_, v)| v.parse().ok())
+                .unwrap_or(0);
+            if len > 4 << 20 {
+                return None;
+            }
+            while buf.len() < end + 4 + len {
+                let n = rd.read(&mut tmp).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                buf.extend_from_slice(&tmp[..n]);
+            }
+            let body = buf[end + 4..end + 4 + len].to_vec();
+            buf.drain(..end + 4 + len);
+            return Some(HttpRequest {
+                method,
+                path,
+                headers,
+                body,
+            });
+        }
+        if buf.len() > 64 * 1024 {
+            return None;
+        }
+        let n = rd.read(&mut tmp).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        buf.extend_from_slice(&tmp[..n]);
+    }
+}
+
+/// Resolves when the client closed its side (or the socket failed).
+pub(crate) async fn closed(rd: &mut OwnedReadHalf) {
+    let mut tmp = [0u8; 1024];
+    loop {
+        match rd.read(&mut tmp).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+/// The reason phrase of `status`.
+pub(crate) fn reason(status: u16) -> &'static str {
+    match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        _ => "Status",
+    }
+}
+
+/// Writes a whole response with a `content-length` body in one write.
+pub(crate) async fn write_full(
+    wr: &mut OwnedWriteHalf,
+    status: u16,
+    content_type: &str,
+    body: &str,
+    extra_headers: &[(&str, String)],
+) -> Next {
+    let mut out = format!(
+        "HTTP/1.1 {status} {}\r\ncontent-type: {content_type}\r\ncontent-length: {}\r\n",
+        reason(status),
+        body.len()
+    );
+    for (name, value) in extra_headers {
+        out.push_str(&format!("{name}: {value}\r\n"));
+    }
+    out.push_str("\r\n");
+    out.push_str(body);
+    match wr.write_all(out.as_bytes()).await {
+        Ok(()) => Next::KeepAlive,
+        Err(_) => Next::Close,
+    }
+}
+
+/// The head of a chunked `text/event-stream` response with `status`.
+pub(crate) fn sse_head(status: u16) -> String {
+    format!(
+        "HTTP/1.1 {status} {}\r\ncontent-type: text/event-stream; charset=utf-8\r\ntransfer-encoding: chunked\r\n\r\n",
+        reason(status)
+    )
+}
+
+/// Writes one HTTP chunk (nothing for no data) and flushes.
+pub(crate) async fn write_chunk(wr: &mut OwnedWriteHalf, data: &[u8]) -> bool {
+    if data.is_empty() {
+        return true;
+    }
+    let mut out = format!("{:x}\r\n", data.len()).into_bytes();
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+    wr.write_all(&out).await.is_ok() && wr.flush().await.is_ok()
+}
+
+/// The bytes of `tail` as the last chunk (none when empty), then the end
+/// of the chunked body.
+pub(crate) fn last_chunk(tail: &[u8]) -> Vec<u8> {
+    let mut last = Vec::new();
+    if !tail.is_empty() {
+        last.extend(format!("{:x}\r\n", tail.len()).into_bytes());
+        last.extend_from_slice(tail);
+        last.extend_from_slice(b"\r\n");
+    }
+    last.extend_from_slice(b"0\r\n\r\n");
+    last
+}
+
+/// One SSE event `data: {json}\n\n`.
+pub(crate) fn frame(json: &str) -> Vec<u8> {
+    format!("data: {json}\n\n").into_bytes()
+}
+
+/// `s` as a JSON string literal.
+pub(crate) fn js(s: &str) -> String {
+    Value::from(s).to_string()
+}
+
+/// `bytes` cut in three after the first byte of the first `é` and after
+/// the first two bytes of the first `🙂` (TV-06), or `None` when the frame
+/// lacks them.
+pub(crate) fn split_inside_chars(bytes: &[u8]) -> Option<[&[u8]; 3]> {
+    let at = find(bytes, "é".as_bytes())? + 1;
+    let at2 = find(bytes, "🙂".as_bytes())? + 2;
+    if at2 < at {
+        return None;
+    }
+    let (a, rest) = bytes.split_at(at);
+    let (b, c) = rest.split_at(at2 - at);
+    Some([a, b, c])
+}
