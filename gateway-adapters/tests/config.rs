@@ -554,6 +554,7 @@ metrics_url = "http://127.0.0.1:1/metrics"
                 on_disconnect: OnDisconnect::drain(),
                 api_key_env: Some("NIM_API_KEY".to_owned()),
                 metrics_url: Some("http://10.0.0.5:8000/metrics".to_owned()),
+                ca_file: None,
                 sim: None,
             }
         );
@@ -697,6 +698,7 @@ metrics_url = "http://127.0.0.1:1/metrics"
         let dir = temp_dir("every-key");
         std::fs::write(dir.join("tokenizer.json"), "{}").unwrap();
         std::fs::write(dir.join("template.jinja"), "").unwrap();
+        std::fs::write(dir.join("ca.pem"), "").unwrap();
         let text = r#"
 [server]
 listen = "[::1]:9000"
@@ -743,7 +745,6 @@ engine = "sim"
 model = "small"
 served_model = "small-v2"
 max_concurrency = 4
-on_disconnect = "drain"
 
 [backends.sim]
 slots = 2
@@ -760,8 +761,10 @@ speculative = { draft_tokens = 5, acceptance_rate = 1 }
 [[backends]]
 name = "b"
 engine = "dynamo"
-url = "http://frontend:8000"
+url = "https://frontend:8000"
 model = "big"
+on_disconnect = "drain"
+ca_file = "ca.pem"
 "#;
         let config = GatewayConfig::parse(text, &dir).unwrap();
         let server = &config.server;
@@ -801,7 +804,8 @@ model = "big"
         let sim = &config.backends[0];
         assert_eq!(sim.served_model, "small-v2");
         assert_eq!(sim.max_concurrency, Some(nz32(4)));
-        assert_eq!(sim.on_disconnect, OnDisconnect::drain());
+        assert_eq!(sim.on_disconnect, OnDisconnect::Abort);
+        assert_eq!(sim.ca_file, None);
         let settings = sim.sim.clone().unwrap();
         assert_eq!(
             settings,
@@ -841,6 +845,8 @@ model = "big"
             vec!["a".to_owned(), "b".to_owned()]
         );
         assert_eq!(config.backends[1].engine, EngineKind::Dynamo);
+        assert_eq!(config.backends[1].on_disconnect, OnDisconnect::drain());
+        assert_eq!(config.backends[1].ca_file, Some(dir.join("ca.pem")));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -1085,4 +1091,77 @@ model = "m"
         "models[0].chat_template: needs a tokenizer to count with"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `on_disconnect = "drain"` only where the adapter drains; `ca_file` must
+/// exist and is not for the in-process sim.
+#[test]
+fn drain_and_ca_file_are_checked_per_engine() {
+    let text = r#"
+[[tenants]]
+id = "t"
+api_key = "k"
+
+[[models]]
+name = "m"
+context_window = 4096
+input_usd_per_mtok = 0
+output_usd_per_mtok = 0
+
+[[backends]]
+name = "sg"
+engine = "sglang"
+url = "http://127.0.0.1:30000"
+model = "m"
+on_disconnect = "drain"
+
+[[backends]]
+name = "tr"
+engine = "triton"
+url = "https://triton:8000"
+model = "m"
+on_disconnect = "drain"
+ca_file = "no-such-ca.pem"
+
+[[backends]]
+name = "sim"
+engine = "sim"
+model = "m"
+on_disconnect = "drain"
+ca_file = "ca.pem"
+
+[[backends]]
+name = "hosted"
+engine = "nim"
+url = "https://integrate.api.nvidia.com"
+model = "m"
+api_key_env = "NIM_API_KEY"
+on_disconnect = "drain"
+"#;
+    let dir = std::path::Path::new("/nonexistent-gateway-config-dir");
+    let problems: Vec<(String, String)> = gateway_adapters::config::GatewayConfig::parse(text, dir)
+        .unwrap_err()
+        .problems
+        .into_iter()
+        .map(|p| (p.path, p.message))
+        .collect();
+    let drain = |engine: &str| {
+        format!("\"drain\" is for hosted OpenAI-compatible APIs; engine \"{engine}\" aborts")
+    };
+    assert_eq!(
+        problems,
+        vec![
+            ("backends[0].on_disconnect".to_owned(), drain("sglang")),
+            ("backends[1].on_disconnect".to_owned(), drain("triton")),
+            (
+                "backends[1].ca_file".to_owned(),
+                format!("file not found: {}", dir.join("no-such-ca.pem").display())
+            ),
+            ("backends[2].on_disconnect".to_owned(), drain("sim")),
+            (
+                "backends[2].ca_file".to_owned(),
+                "not allowed for engine \"sim\"".to_owned()
+            ),
+        ]
+    );
 }

@@ -82,6 +82,7 @@ mod engine_drain {
             on_disconnect,
             api_key_env: None,
             metrics_url: None,
+            ca_file: None,
             sim: None,
         }
     }

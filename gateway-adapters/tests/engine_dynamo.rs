@@ -322,6 +322,14 @@ mod engine_dynamo {
             .start(with_id("a", 10_000), CancelHandle::new())
             .await
             .unwrap();
+        // `a` holds the slot before `b` arrives: the simulator answers the
+        // head before taking a slot, so a `b` sent while `a` still waits
+        // would find the queue full.
+        let until = tokio::time::Instant::now() + Duration::from_secs(3);
+        while sim.gauges().0 < 1 {
+            assert!(tokio::time::Instant::now() < until);
+            tokio::time::sleep(ms(2)).await;
+        }
         let _b = first
             .start(with_id("b", 10_000), CancelHandle::new())
             .await
@@ -403,6 +411,7 @@ mod engine_dynamo {
             on_disconnect: OnDisconnect::Abort,
             api_key_env: None,
             metrics_url: None,
+            ca_file: None,
             sim: None,
         };
         let built = engines::from_backend_config(&entry).unwrap();

@@ -239,6 +239,7 @@ mod engine_nim {
             on_disconnect: OnDisconnect::Abort,
             api_key_env: None,
             metrics_url: None,
+            ca_file: None,
             sim: None,
         };
         assert_eq!(

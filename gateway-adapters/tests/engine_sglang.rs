@@ -791,6 +791,7 @@ mod engine_sglang {
             on_disconnect: OnDisconnect::Abort,
             api_key_env: None,
             metrics_url: None,
+            ca_file: None,
             sim: None,
         };
         let b = sglang::from_backend_config(&entry).unwrap();

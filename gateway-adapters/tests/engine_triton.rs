@@ -772,6 +772,7 @@ mod engine_triton {
             on_disconnect: OnDisconnect::Abort,
             api_key_env: None,
             metrics_url: Some(sim.metrics_url()),
+            ca_file: None,
             sim: None,
         };
         let b = triton::from_backend_config(&entry).unwrap();

@@ -419,6 +419,7 @@ mod engine_trtllm {
             on_disconnect: OnDisconnect::Abort,
             api_key_env: None,
             metrics_url: None,
+            ca_file: None,
             sim: None,
         };
         let built = engines::from_backend_config(&entry).unwrap();

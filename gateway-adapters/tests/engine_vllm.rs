@@ -877,6 +877,7 @@ mod engine_vllm {
             on_disconnect: OnDisconnect::Abort,
             api_key_env: Some("GATEWAY_TEST_NO_SUCH_VARIABLE_SET".into()),
             metrics_url: None,
+            ca_file: None,
             sim: None,
         };
         assert_eq!(

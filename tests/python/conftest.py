@@ -265,15 +265,39 @@ served_model = "{REAL_MODEL}"
 """
 
 
+# The engine's flags when a fixture starts it here (scripts/test passes the
+# same ones).
+REAL_VLLM_FLAGS = ["--max-num-seqs", "4"]
+# A second engine with ngram speculative decoding and per-request draft
+# counts in the usage chunk (docs/real-engine.md), for test_real_vllm_spec.py.
+REAL_VLLM_SPEC_FLAGS = [
+    "--speculative-config",
+    '{"method":"ngram","num_speculative_tokens":3,"prompt_lookup_max":3}',
+    "--per-request-spec-decode-metrics",
+    "summary",
+]
+
+
 @pytest.fixture(scope="session")
 def real_vllm(tmp_path_factory: pytest.TempPathFactory):
-    url = os.environ.get("REAL_VLLM_URL", "").rstrip("/")
+    yield from _real_vllm("REAL_VLLM_URL", REAL_VLLM_FLAGS, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def real_vllm_spec(tmp_path_factory: pytest.TempPathFactory):
+    """Like `real_vllm`, on an engine with speculative decoding
+    (`REAL_VLLM_SPEC_URL`)."""
+    yield from _real_vllm("REAL_VLLM_SPEC_URL", REAL_VLLM_SPEC_FLAGS, tmp_path_factory)
+
+
+def _real_vllm(env_var: str, flags: list[str], tmp_path_factory: pytest.TempPathFactory):
+    url = os.environ.get(env_var, "").rstrip("/")
     started_port: str | None = None
     log_dir: Path | None = None
     if url:
         log_dir = Path(os.environ.get("REAL_ENGINE_HOME", Path.home() / ".cache" / "gateway-real-engine")) / "logs"
     elif os.environ.get("CI"):
-        pytest.fail("REAL_VLLM_URL is not set: under CI the real-vLLM suite must run (scripts/test starts the engine)")
+        pytest.fail(f"{env_var} is not set: under CI the real-vLLM suite must run (scripts/test starts the engine)")
     else:
         paths = _real_engine_paths()
         log_dir = Path(paths["REAL_ENGINE_LOG_DIR"])
@@ -282,7 +306,7 @@ def real_vllm(tmp_path_factory: pytest.TempPathFactory):
         ).stdout.strip()
         try:
             subprocess.run(
-                ["bash", str(REAL_ENGINE_DIR / "start.sh"), started_port, "--max-num-seqs", "4"],
+                ["bash", str(REAL_ENGINE_DIR / "start.sh"), started_port, *flags],
                 check=True,
                 stdout=subprocess.PIPE,
                 text=True,

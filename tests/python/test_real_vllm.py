@@ -8,8 +8,7 @@ token counts, usage, streaming, aborts and `/metrics`. Requests send
 `ignore_eos` so lengths are exact and `temperature=0` so text is
 deterministic.
 
-Not covered: speculative decoding (the tiny engine runs without a draft
-model).
+Speculative decoding runs on a second engine: test_real_vllm_spec.py.
 """
 
 from __future__ import annotations

@@ -139,6 +139,7 @@ pub(super) fn embedded() -> GatewayConfig {
             on_disconnect: OnDisconnect::Abort,
             api_key_env: None,
             metrics_url: None,
+            ca_file: None,
             sim: Some(SimSettings::default()),
         }],
     }

@@ -71,10 +71,11 @@
 //! model = "tiny-llama"                # required, a configured model
 //! served_model = "tiny-llama"         # default = model
 //! max_concurrency = 64                # optional, >= 1
-//! on_disconnect = "abort"             # abort (default) | drain
+//! on_disconnect = "abort"             # abort (default) | drain (not for sglang, triton, sim)
 //! drain_timeout_ms = 60000            # optional, only with drain, 1..=3600000; default 60000 (addition)
 //! api_key_env = "NIM_API_KEY"         # optional env variable NAME ([A-Z_][A-Z0-9_]*); not for sim
 //! metrics_url = "http://127.0.0.1:8000/metrics"  # optional http(s) URL; not for sim
+//! ca_file = "certs/private-ca.pem"    # optional PEM file, trusted for https besides the public roots; not for sim (addition)
 //!
 //! [backends.sim]                      # optional, only with engine = "sim" (addition)
 //! slots = 8                           # >= 1; default 8
@@ -360,6 +361,10 @@ pub struct BackendConfig {
     /// `metrics_url`: where to scrape pressure metrics, if not the engine's
     /// default.
     pub metrics_url: Option<String>,
+    /// `ca_file`: a PEM file of certificates trusted for `https` URLs
+    /// besides the public (Mozilla) roots, resolved against the config
+    /// file's folder; it must exist.
+    pub ca_file: Option<PathBuf>,
     /// `[backends.sim]`: the simulated engine's knobs; `Some` exactly when
     /// the engine is `sim` (defaults when the table is absent).
     pub sim: Option<SimSettings>,

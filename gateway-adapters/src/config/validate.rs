@@ -66,6 +66,7 @@ const BACKEND_KEYS: &[&str] = &[
     "drain_timeout_ms",
     "api_key_env",
     "metrics_url",
+    "ca_file",
     "sim",
 ];
 const SIM_KEYS: &[&str] = &[
@@ -159,7 +160,7 @@ fn validate(root: &toml::Table, base_dir: &Path) -> Result<GatewayConfig, Config
     let admin_key = server.as_ref().ok().and_then(|s| s.admin_key);
     let tenants = tenants(&top, &model_names, admin_key, &mut p);
     let models = models(&top, &names, base_dir, &mut p);
-    let backends = backends(&top, &names, &mut p);
+    let backends = backends(&top, &names, base_dir, &mut p);
 
     match (server, ledger) {
         (Ok(server), Ok(ledger)) if p.is_empty() => Ok(GatewayConfig {
@@ -681,7 +682,12 @@ fn fallbacks(
 }
 
 /// `[[backends]]`: the valid ones (all of them when nothing was reported).
-fn backends(top: &Reader<'_>, names: &Names<'_>, p: &mut Problems) -> Vec<BackendConfig> {
+fn backends(
+    top: &Reader<'_>,
+    names: &Names<'_>,
+    base_dir: &Path,
+    p: &mut Problems,
+) -> Vec<BackendConfig> {
     let mut seen = Seen {
         names: Vec::new(),
         keys: Vec::new(),
@@ -689,7 +695,7 @@ fn backends(top: &Reader<'_>, names: &Names<'_>, p: &mut Problems) -> Vec<Backen
     let mut out = Vec::new();
     for (path, table) in entries(top, "backends", p) {
         let r = Reader::open(table, path, BACKEND_KEYS, p);
-        out.extend(backend(&r, names, &mut seen, p).ok());
+        out.extend(backend(&r, names, base_dir, &mut seen, p).ok());
     }
     out
 }
@@ -698,6 +704,7 @@ fn backends(top: &Reader<'_>, names: &Names<'_>, p: &mut Problems) -> Vec<Backen
 fn backend<'a>(
     r: &Reader<'a>,
     names: &Names<'_>,
+    base_dir: &Path,
     seen: &mut Seen<'a>,
     p: &mut Problems,
 ) -> Check<BackendConfig> {
@@ -759,9 +766,20 @@ fn backend<'a>(
             Ok(None) => Ok(OnDisconnect::Abort),
             Err(e) => Err(e),
         },
-        Ok(Some("drain")) => drain_timeout.map(|t| OnDisconnect::Drain {
-            timeout: t.unwrap_or(OnDisconnect::DEFAULT_DRAIN_TIMEOUT),
-        }),
+        Ok(Some("drain")) => match engine {
+            // Self-hosted engines with their own abort: nothing bills a
+            // request the gateway stopped reading.
+            Ok(e @ (EngineKind::Sglang | EngineKind::Triton | EngineKind::Sim)) => Err(p.report(
+                r.key_path("on_disconnect"),
+                format!(
+                    "\"drain\" is for hosted OpenAI-compatible APIs; engine {:?} aborts",
+                    e.as_str()
+                ),
+            )),
+            _ => drain_timeout.map(|t| OnDisconnect::Drain {
+                timeout: t.unwrap_or(OnDisconnect::DEFAULT_DRAIN_TIMEOUT),
+            }),
+        },
         Ok(Some(other)) => Err(p.report(
             r.key_path("on_disconnect"),
             format!("unknown value {other:?} (expected \"abort\" or \"drain\")"),
@@ -777,6 +795,11 @@ fn backend<'a>(
         Err(not_for_sim(r, "metrics_url", p))
     } else {
         http_url(r, "metrics_url", p)
+    };
+    let ca_file = if is_sim == Ok(true) && r.has("ca_file") {
+        Err(not_for_sim(r, "ca_file", p))
+    } else {
+        file(r, "ca_file", base_dir, p)
     };
     let sim = match r.table("sim", p) {
         Ok(Some(table)) => {
@@ -802,6 +825,7 @@ fn backend<'a>(
         on_disconnect: on_disconnect?,
         api_key_env: api_key_env?,
         metrics_url: metrics_url?,
+        ca_file: ca_file?,
         sim: sim?,
     })
 }

@@ -25,6 +25,7 @@
 //! [`GenerateRequest`]: gateway_core::GenerateRequest
 
 pub mod dynamo;
+mod live;
 pub mod nim;
 pub mod openai;
 mod openai_compat;
@@ -33,6 +34,7 @@ pub mod prometheus;
 pub mod sglang;
 pub mod triton;
 pub mod trtllm;
+mod upstream;
 pub mod vllm;
 
 use gateway_core::EngineKind;
@@ -66,6 +68,14 @@ pub fn from_backend_config(config: &BackendConfig) -> Result<OpenAiCompatBackend
     if config.engine == EngineKind::Nim && config.api_key_env.is_none() {
         return Err(EngineError::ApiKeyRequired(EngineKind::Nim));
     }
+    let upstream = upstream_config(config)?;
+    OpenAiCompatBackend::with_quirks(routes, quirks, upstream)
+}
+
+/// The [`UpstreamConfig`] of a `[[backends]]` entry: its URL, served model,
+/// `max_concurrency`, `metrics_url`, `on_disconnect`, `ca_file`, and the API
+/// key read now from the variable `api_key_env` names.
+fn upstream_config(config: &BackendConfig) -> Result<UpstreamConfig, EngineError> {
     let Some(url) = &config.url else {
         return Err(EngineError::InvalidUrl {
             url: String::new(),
@@ -85,5 +95,6 @@ pub fn from_backend_config(config: &BackendConfig) -> Result<OpenAiCompatBackend
     upstream.api_key = api_key;
     upstream.max_concurrency = config.max_concurrency.map(std::num::NonZeroU32::get);
     upstream.on_disconnect = config.on_disconnect;
-    OpenAiCompatBackend::with_quirks(routes, quirks, upstream)
+    upstream.ca_file = config.ca_file.clone();
+    Ok(upstream)
 }

@@ -66,7 +66,8 @@ pub const QUIRKS: Quirks = Quirks {
 /// A NIM backend (the key, if any, is `config.api_key`).
 ///
 /// # Errors
-/// [`EngineError::InvalidUrl`] for a URL that is not `http://host...`.
+/// [`EngineError::InvalidUrl`] for a URL that is not `http(s)://host...`,
+/// [`EngineError::Tls`] for an unusable `ca_file`.
 pub fn backend(config: UpstreamConfig) -> Result<OpenAiCompatBackend, EngineError> {
     OpenAiCompatBackend::with_quirks(ROUTES, QUIRKS, config)
 }

@@ -35,10 +35,9 @@
 //!   `sglang:token_usage` from `/metrics` (`--enable-metrics`), for the
 //!   served model's `model_name`.
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -49,27 +48,24 @@ use gateway_core::{
     EngineKind, FailureKind, FailurePhase, FinishReason, Health, Pressure, Prompt, RequestId,
     Started, TokenEvent, TokenResult, TokenStream, Usage,
 };
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use hyper_util::client::legacy::Client;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::{CancellationToken, DropGuard};
 
+use super::live::{self, HasLive, LiveRequests};
 use super::openai_compat::{
     EngineError, HealthCheck, OpenAiCompatBackend, Routes, UpstreamConfig, kind_for_status,
 };
 use super::pressure_cell::{Gauges, PressureCell};
 use super::prometheus;
-use crate::config::BackendConfig;
+use super::upstream::{self, HttpClient, parse_uri, read_limited, retry_after};
+use crate::config::{BackendConfig, OnDisconnect};
 use crate::openai::types::{ErrorCode, ErrorDetail};
 use crate::openai::{SseDecoder, SseError, SseEvent, parse_upstream_error};
-
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
 
 const EVENT_BUFFER: usize = 64;
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -120,7 +116,8 @@ impl Default for SglangOptions {
 /// An SGLang backend with default [`SglangOptions`].
 ///
 /// # Errors
-/// [`EngineError::InvalidUrl`] for a URL that is not `http://host...`.
+/// [`EngineError::InvalidUrl`] for a URL that is not `http(s)://host...`,
+/// [`EngineError::Tls`] for an unusable `ca_file`.
 pub fn backend(config: UpstreamConfig) -> Result<SglangBackend, EngineError> {
     SglangBackend::new(config, SglangOptions::default())
 }
@@ -130,29 +127,19 @@ pub fn backend(config: UpstreamConfig) -> Result<SglangBackend, EngineError> {
 /// # Errors
 /// [`EngineError::UnsupportedEngine`] for other engines,
 /// [`EngineError::MissingApiKey`] if `api_key_env` names an unset variable,
-/// [`EngineError::InvalidUrl`] for an unusable URL.
+/// [`EngineError::InvalidUrl`] for an unusable URL, [`EngineError::Tls`]
+/// for an unusable `ca_file`, [`EngineError::DrainUnsupported`] for
+/// `on_disconnect = "drain"`.
 pub fn from_backend_config(config: &BackendConfig) -> Result<SglangBackend, EngineError> {
     if config.engine != EngineKind::Sglang {
         return Err(EngineError::UnsupportedEngine(config.engine));
     }
-    let Some(url) = &config.url else {
-        return Err(EngineError::InvalidUrl {
-            url: String::new(),
-            reason: "a URL is required".to_owned(),
-        });
-    };
-    let api_key = match &config.api_key_env {
-        Some(var) => match std::env::var(var) {
-            Ok(key) if !key.is_empty() => Some(key),
-            _ => return Err(EngineError::MissingApiKey(var.clone())),
-        },
-        None => None,
-    };
-    let mut upstream = UpstreamConfig::new(config.name.clone(), url.clone(), config.model.clone());
-    upstream.served_model = Some(config.served_model.clone());
-    upstream.metrics_url = config.metrics_url.clone();
-    upstream.api_key = api_key;
-    upstream.max_concurrency = config.max_concurrency.map(std::num::NonZeroU32::get);
+    let upstream = super::upstream_config(config)?;
+    if upstream.on_disconnect != OnDisconnect::Abort {
+        // The config refuses it; a hand-built `BackendConfig` gets the
+        // same answer.
+        return Err(EngineError::DrainUnsupported(config.engine));
+    }
     backend(upstream)
 }
 
@@ -193,8 +180,7 @@ struct Inner {
 
 /// What the reader tasks, the abort tasks and the scraper share.
 struct Shared {
-    live: Mutex<HashMap<RequestId, Vec<(u64, CancelHandle)>>>,
-    next_seq: AtomicU64,
+    live: LiveRequests,
     client: HttpClient,
     abort_uri: Uri,
     auth: Option<HeaderValue>,
@@ -232,33 +218,16 @@ impl Shared {
     }
 }
 
-/// Removes a live request from the registry and the in-flight count.
-struct LiveGuard {
-    shared: Arc<Shared>,
-    id: RequestId,
-    seq: u64,
-}
-
-impl Drop for LiveGuard {
-    fn drop(&mut self) {
-        let mut live = self
-            .shared
-            .live
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
-        if let Some(entries) = live.get_mut(&self.id) {
-            entries.retain(|(seq, _)| *seq != self.seq);
-            if entries.is_empty() {
-                live.remove(&self.id);
-            }
-        }
-        drop(live);
-        self.shared
-            .pressure
-            .inflight
-            .fetch_sub(1, Ordering::Relaxed);
+impl HasLive for Shared {
+    fn live(&self) -> &LiveRequests {
+        &self.live
+    }
+    fn pressure(&self) -> &PressureCell {
+        &self.pressure
     }
 }
+
+type LiveGuard = live::LiveGuard<Shared>;
 
 /// Sends `/abort_request` for its rid when dropped, unless disarmed once
 /// the engine itself ended the request.
@@ -282,28 +251,12 @@ impl Drop for AbortGuard {
     }
 }
 
-fn parse_uri(url: &str) -> Result<Uri, EngineError> {
-    let invalid = |reason: &str| EngineError::InvalidUrl {
-        url: url.to_owned(),
-        reason: reason.to_owned(),
-    };
-    let uri: Uri = url.parse().map_err(|_| invalid("not a URL"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => return Err(invalid("https is not supported by this build")),
-        _ => return Err(invalid("the scheme must be http")),
-    }
-    if uri.host().is_none_or(str::is_empty) {
-        return Err(invalid("no host"));
-    }
-    Ok(uri)
-}
-
 impl SglangBackend {
     /// An SGLang adapter described by `config` and `options`.
     ///
     /// # Errors
-    /// [`EngineError::InvalidUrl`] for a URL that is not `http://host...`.
+    /// [`EngineError::InvalidUrl`] for a URL that is not `http(s)://host...`,
+    /// [`EngineError::Tls`] for an unusable `ca_file`.
     pub fn new(config: UpstreamConfig, options: SglangOptions) -> Result<Self, EngineError> {
         parse_uri(&config.url)?;
         let trimmed = config.url.trim_end_matches('/');
@@ -316,39 +269,14 @@ impl SglangBackend {
             Some(url) => parse_uri(url)?,
             None => route(METRICS)?,
         };
-        let auth = match &config.api_key {
-            Some(key) => {
-                let mut value = HeaderValue::try_from(format!("Bearer {key}")).map_err(|_| {
-                    EngineError::InvalidUrl {
-                        url: config.url.clone(),
-                        reason: "the API key is not a valid header value".to_owned(),
-                    }
-                })?;
-                value.set_sensitive(true);
-                Some(value)
-            }
-            None => None,
-        };
+        let auth = upstream::auth_header(&config)?;
         let mut chat_config = config.clone();
         chat_config.metrics_url = None;
         let chat = OpenAiCompatBackend::new(OPENAI_ROUTES, chat_config)?;
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(config.connect_timeout));
-        connector.enforce_http(true);
-        let client: HttpClient = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(config.pool_max_idle)
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_timer(TokioTimer::new())
-            .build(connector);
-        let served_model = match (&config.served_model, config.models.first()) {
-            (Some(served), _) => served.clone(),
-            (None, Some(first)) => first.clone(),
-            (None, None) => config.name.clone(),
-        };
+        let client = upstream::client(&config)?;
+        let served_model = upstream::served_model(&config);
         let shared = Arc::new(Shared {
-            live: Mutex::new(HashMap::new()),
-            next_seq: AtomicU64::new(1),
+            live: LiveRequests::default(),
             client: client.clone(),
             abort_uri,
             auth: auth.clone(),
@@ -414,23 +342,7 @@ impl Inner {
     }
 
     fn register(&self, id: &RequestId, cancel: &CancelHandle) -> LiveGuard {
-        let seq = self.shared.next_seq.fetch_add(1, Ordering::Relaxed);
-        self.shared
-            .live
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entry(id.clone())
-            .or_default()
-            .push((seq, cancel.clone()));
-        self.shared
-            .pressure
-            .inflight
-            .fetch_add(1, Ordering::Relaxed);
-        LiveGuard {
-            shared: self.shared.clone(),
-            id: id.clone(),
-            seq,
-        }
+        live::register(&self.shared, id, cancel, &CancellationToken::new())
     }
 
     /// The native `/generate` body.
@@ -631,20 +543,6 @@ fn protocol(message: impl Into<String>, phase: FailurePhase) -> BackendError {
     BackendError::new(FailureKind::ProtocolViolation, message).with_phase(phase)
 }
 
-async fn read_limited(body: Incoming, limit: usize) -> Option<Bytes> {
-    Limited::new(body, limit)
-        .collect()
-        .await
-        .ok()
-        .map(http_body_util::Collected::to_bytes)
-}
-
-fn retry_after(headers: &gateway_core::http::HeaderMap) -> Option<Duration> {
-    let text = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
-    let secs: f64 = text.parse().ok()?;
-    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(3600.0)))
-}
-
 #[async_trait::async_trait]
 impl Backend for SglangBackend {
     fn info(&self) -> &BackendInfo {
@@ -739,19 +637,7 @@ impl Backend for SglangBackend {
     }
 
     async fn abort(&self, id: &RequestId) -> Result<bool, BackendError> {
-        let handles: Vec<CancelHandle> = self
-            .inner
-            .shared
-            .live
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(id)
-            .map(|entries| entries.iter().map(|(_, h)| h.clone()).collect())
-            .unwrap_or_default();
-        for handle in &handles {
-            handle.cancel(CancelReason::Aborted);
-        }
-        Ok(!handles.is_empty())
+        Ok(self.inner.shared.live.abort(id))
     }
 
     async fn health(&self) -> Health {

@@ -159,7 +159,8 @@ pub const QUIRKS: Quirks = Quirks {
 /// A trtllm-serve backend.
 ///
 /// # Errors
-/// [`EngineError::InvalidUrl`] for a URL that is not `http://host...`.
+/// [`EngineError::InvalidUrl`] for a URL that is not `http(s)://host...`,
+/// [`EngineError::Tls`] for an unusable `ca_file`.
 pub fn backend(config: UpstreamConfig) -> Result<OpenAiCompatBackend, EngineError> {
     OpenAiCompatBackend::with_quirks(ROUTES, QUIRKS, config)
 }

@@ -31,7 +31,8 @@ pub const ROUTES: Routes = Routes {
 /// model name unless a request names another.
 ///
 /// # Errors
-/// [`EngineError::InvalidUrl`] for a URL that is not `http://host...`.
+/// [`EngineError::InvalidUrl`] for a URL that is not `http(s)://host...`,
+/// [`EngineError::Tls`] for an unusable `ca_file`.
 pub fn backend(config: UpstreamConfig) -> Result<OpenAiCompatBackend, EngineError> {
     OpenAiCompatBackend::new(ROUTES, config)
 }
