@@ -1,28 +1,33 @@
-//! Two `gateway` processes sharing one budget through `[ledger] kind =
-//! "redis"`: 200 concurrent requests split across both against a budget
-//! that fits 20. Exactly 20 are admitted, the budget is never overspent,
-//! each admitted request is charged once, and nothing stays reserved, as
-//! both replicas' admin views show.
+//! Two `gateway` processes sharing one Redis through `[ledger] kind =
+//! "redis"`:
 //!
-//! Redis comes from `GATEWAY_TEST_REDIS_URL` (`scripts/test` starts one).
-//! Without it, under `CI` the test fails; elsewhere it starts a throwaway
-//! `redis-server` on a free loopback port (stopped when this process exits)
-//! or fails saying how to get one.
+//! - one budget: 200 concurrent requests split across both against a
+//!   budget that fits 20. Exactly 20 are admitted, the budget is never
+//!   overspent, each admitted request is charged once, and nothing stays
+//!   reserved, as both replicas' admin views show;
+//! - one rate limit: a tenant allowed 10 requests per minute sends one
+//!   request to each replica, then 60 at once split across both. Exactly
+//!   10 are admitted in all, the other 52 get 429 `rate_limit_exceeded`
+//!   with `Retry-After`.
+//!
+//! Redis comes from `GATEWAY_TEST_REDIS_URL` (`scripts/test` starts one);
+//! see `gateway_tests::redis` for what happens without it.
 #![expect(
     clippy::unwrap_used,
     clippy::panic,
     reason = "test helpers outside #[test] functions"
 )]
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use gateway_core::Money;
+use gateway_tests::redis::redis_url;
 use gateway_tests::request;
 use serde_json::Value;
 
@@ -30,65 +35,6 @@ const BIN: &str = env!("CARGO_BIN_EXE_gateway");
 const ADMIN: &str = "Bearer admin";
 const REQUESTS: usize = 200;
 const FITS: u64 = 20;
-
-/// The Redis to test against (see the module docs).
-fn redis_url() -> String {
-    if let Ok(url) = std::env::var("GATEWAY_TEST_REDIS_URL") {
-        return url;
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!(
-            "GATEWAY_TEST_REDIS_URL is not set under CI: scripts/test starts a redis-server \
-             (scripts/redis) and exports it"
-        );
-    }
-    own_redis()
-}
-
-/// Starts `redis-server` on a free loopback port under a shell that kills
-/// it when this process's end of its stdin closes (at exit).
-fn own_redis() -> String {
-    static CHILD: OnceLock<Mutex<Child>> = OnceLock::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let script = format!(
-        "redis-server --bind 127.0.0.1 --port {port} --save '' --appendonly no \
-         --loglevel warning >/dev/null 2>&1 & pid=$!; read _; kill $pid"
-    );
-    let mut child = Command::new("sh")
-        .args(["-c", &script])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    for _ in 0..100 {
-        if ping(port) {
-            let _ = CHILD.set(Mutex::new(child));
-            return format!("redis://127.0.0.1:{port}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    drop(child.stdin.take());
-    let _ = child.wait();
-    panic!(
-        "GATEWAY_TEST_REDIS_URL is not set and no redis-server could be started on port {port}: \
-         install one (bash scripts/redis install), or start one (bash scripts/redis start 6390) \
-         and set GATEWAY_TEST_REDIS_URL=redis://127.0.0.1:6390"
-    );
-}
-
-fn ping(port: u16) -> bool {
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    if s.write_all(b"PING\r\n").is_err() {
-        return false;
-    }
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).is_ok() && line.starts_with("+PONG")
-}
 
 /// A running `gateway` process, killed (by its pid) when dropped.
 struct Replica {
@@ -127,11 +73,10 @@ fn start(dir: &Path, name: &str, config: &str) -> Replica {
     }
 }
 
-/// A replica's config: one tenant, one zero-delay sim whose completions
-/// always run past `max_tokens`, so every request is charged exactly what
-/// it reserved.
-fn config(ledger: &str, tenant: &str, budget: Option<f64>) -> String {
-    let budget = budget.map_or_else(String::new, |b| format!("budget_usd = {b}"));
+/// A replica's config: one tenant (with the `limits` lines, `budget_usd =
+/// ...` say), one zero-delay sim whose completions always run past
+/// `max_tokens`, so every request is charged exactly what it reserved.
+fn config(ledger: &str, tenant: &str, limits: &str) -> String {
     format!(
         r#"
 [server]
@@ -143,7 +88,7 @@ admin_key = "admin"
 [[tenants]]
 id = "{tenant}"
 api_key = "sk-race"
-{budget}
+{limits}
 
 [[models]]
 name = "m"
@@ -228,7 +173,7 @@ async fn two_replicas_share_one_budget() {
     // What one request costs (= what it reserves): measured on a probe with
     // the in-memory ledger and no budget.
     let cost = {
-        let probe = start(&dir.0, "probe", &config("", "probe", None));
+        let probe = start(&dir.0, "probe", &config("", "probe", ""));
         let (status, body) = complete(probe.addr).await;
         assert_eq!(status, 200, "{body}");
         assert_eq!(body["usage"]["completion_tokens"], 16, "{body}");
@@ -254,7 +199,7 @@ async fn two_replicas_share_one_budget() {
 
     let tenant = format!("race-{uniq}");
     let ledger = format!("[ledger]\nkind = \"redis\"\nurl = \"{url}\"");
-    let text = config(&ledger, &tenant, Some(budget.usd()));
+    let text = config(&ledger, &tenant, &format!("budget_usd = {}", budget.usd()));
     let replicas = [start(&dir.0, "one", &text), start(&dir.0, "two", &text)];
     let addrs: Vec<SocketAddr> = replicas.iter().map(|r| r.addr).collect();
 
@@ -350,4 +295,106 @@ async fn two_replicas_share_one_budget() {
         assert_eq!(u["completion_tokens"].as_u64(), Some(16 * FITS), "{u}");
     }
     assert_eq!(views[0], views[1]);
+}
+
+/// A scratch directory for the replicas' configs and a name no other run
+/// uses.
+fn scratch(test: &str) -> (TempDir, String) {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let uniq = format!("{}-{nanos}", std::process::id());
+    let dir = TempDir(std::env::temp_dir().join(format!("gateway-{test}-{uniq}")));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    (dir, uniq)
+}
+
+const LIMIT_REQUESTS: usize = 60;
+const RPM: u64 = 10;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_replicas_share_one_rate_limit() {
+    let url = redis_url();
+    let (dir, uniq) = scratch("two-replicas-limits");
+    let tenant = format!("limited-{uniq}");
+    let ledger = format!("[ledger]\nkind = \"redis\"\nurl = \"{url}\"");
+    let text = config(&ledger, &tenant, &format!("requests_per_minute = {RPM}"));
+    let replicas = [start(&dir.0, "one", &text), start(&dir.0, "two", &text)];
+    let addrs: Vec<SocketAddr> = replicas.iter().map(|r| r.addr).collect();
+
+    // One request on each replica first (both admitted): their Redis
+    // connections are made before the race.
+    let first = tokio::time::Instant::now();
+    for &addr in &addrs {
+        let (status, body) = complete(addr).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let mut admitted = [1_u64; 2];
+    let mut refused = [0_u64; 2];
+    let mut retry_after = Vec::new();
+
+    let started = tokio::time::Instant::now();
+    let tasks: Vec<_> = (0..LIMIT_REQUESTS)
+        .map(|i| {
+            let addr = addrs[i % 2];
+            tokio::spawn(async move {
+                let r = request(
+                    addr,
+                    "POST",
+                    "/v1/chat/completions",
+                    &[
+                        ("authorization", "Bearer sk-race"),
+                        ("content-type", "application/json"),
+                    ],
+                    BODY,
+                )
+                .await
+                .unwrap();
+                let retry_after = r.header("retry-after").map(str::to_owned);
+                (i % 2, r.status, r.json(), retry_after)
+            })
+        })
+        .collect();
+    for task in tasks {
+        let (replica, status, body, after) = task.await.unwrap();
+        match status {
+            200 => admitted[replica] += 1,
+            429 => {
+                assert_eq!(body["error"]["code"], "rate_limit_exceeded", "{body}");
+                let after: u64 = after.unwrap_or_default().parse().unwrap();
+                retry_after.push(after);
+                refused[replica] += 1;
+            }
+            other => panic!("status {other}: {body}"),
+        }
+    }
+    let elapsed = started.elapsed();
+    let total: u64 = admitted.iter().sum();
+    println!(
+        "2 + {LIMIT_REQUESTS} concurrent requests at {RPM} requests/minute (the {LIMIT_REQUESTS} \
+         in {elapsed:?}): admitted {total} (replica one {}, two {}), refused {} (one {}, two {}), \
+         Retry-After {}..={} s",
+        admitted[0],
+        admitted[1],
+        refused.iter().sum::<u64>(),
+        refused[0],
+        refused[1],
+        retry_after.iter().min().unwrap(),
+        retry_after.iter().max().unwrap(),
+    );
+    // One request comes back every 6 s: within that, the limit is exact.
+    let since_first = first.elapsed();
+    assert!(
+        since_first < Duration::from_secs(6),
+        "too slow to count: {since_first:?}"
+    );
+    assert_eq!(total, RPM, "exactly the limit's worth is admitted");
+    assert_eq!(refused.iter().sum::<u64>(), LIMIT_REQUESTS as u64 + 2 - RPM);
+    // 6 s until the next request fits, less the time since the first.
+    let floor = 6 - since_first.as_secs() - 1;
+    assert!(
+        retry_after.iter().all(|&s| (floor..=6).contains(&s)),
+        "{retry_after:?}"
+    );
 }

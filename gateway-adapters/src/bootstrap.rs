@@ -198,8 +198,39 @@ fn ledger(
     }
 }
 
+/// With `[ledger] kind = "redis"`, the tenants' rate and concurrency limits
+/// kept in the same Redis under the same key prefix, so that the replicas
+/// share them (connected on first use: the ledger has just reached Redis);
+/// `None` for the default in-process limiter.
+#[cfg(feature = "redis")]
+fn limiter(
+    config: &GatewayConfig,
+) -> Result<Option<Arc<dyn gateway_policy::Limiter>>, BootstrapError> {
+    use gateway_policy::{RedisLedgerConfig, RedisLimiter, RedisLimiterConfig};
+    let LedgerConfig::Redis { url } = &config.ledger else {
+        return Ok(None);
+    };
+    let limits = RedisLimiterConfig::from_ledger(&RedisLedgerConfig::new(url.as_str()));
+    let limiter = RedisLimiter::new(limits).map_err(|e| {
+        problem(
+            "ledger.url".into(),
+            format!("cannot use the redis limiter: {e}"),
+        )
+    })?;
+    Ok(Some(Arc::new(limiter)))
+}
+
+/// Without the `redis` feature limits are kept in the process.
+#[cfg(not(feature = "redis"))]
+fn limiter(
+    _config: &GatewayConfig,
+) -> Result<Option<Arc<dyn gateway_policy::Limiter>>, BootstrapError> {
+    Ok(None)
+}
+
 /// Builds the gateway `config` describes. With `[ledger] kind = "redis"`
-/// it connects to Redis now and opens every tenant's budget there.
+/// it connects to Redis now and opens every tenant's budget there, and
+/// keeps the tenants' rate and concurrency limits there too.
 ///
 /// # Errors
 /// A [`BootstrapError`] naming the key whose value could not be used (an
@@ -210,6 +241,9 @@ pub fn build_gateway(config: &GatewayConfig) -> Result<Gateway, BootstrapError> 
     let mut builder = Gateway::builder(settings(config));
     if let Some(ledger) = ledger {
         builder = builder.ledger(ledger);
+    }
+    if let Some(limiter) = limiter(config)? {
+        builder = builder.limiter(limiter);
     }
     for t in &config.tenants {
         let TenantKey::Sha256(hash) = t.key;

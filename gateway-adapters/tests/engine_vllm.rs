@@ -24,7 +24,7 @@ mod engine_vllm {
     use tokio::time::Instant;
 
     use gateway_sims::vllm::{
-        BUSY_503, CONTEXT_400, Fault, INVALID_400, SimOptions, VllmSim, text_of,
+        BUSY_503, CONTEXT_400, Fault, INVALID_400, SimOptions, SimSpec, VllmSim, text_of,
     };
 
     fn ms(n: u64) -> Duration {
@@ -47,6 +47,11 @@ mod engine_vllm {
             Prompt::Chat(vec![ChatMessage::user("tell me about the sea")]),
             max_tokens,
         );
+        BackendRequest::new(request, Arc::new(ByteBound::default()))
+    }
+
+    fn text_request(max_tokens: u32) -> BackendRequest {
+        let request = GenerateRequest::new("m", Prompt::Text("a b c".into()), max_tokens);
         BackendRequest::new(request, Arc::new(ByteBound::default()))
     }
 
@@ -307,6 +312,61 @@ mod engine_vllm {
         .await
         .unwrap();
         assert_eq!(d.usage(), Some(Usage::new(4, 9).with_cached(3).unwrap()));
+    }
+
+    /// vLLM streams a speculative step's accepted drafts in one chunk
+    /// without token ids; its usage (and, with
+    /// `--per-request-spec-decode-metrics`, its draft counts) tell the
+    /// truth. The tokens beyond one per chunk come as a last empty delta
+    /// before the usage, so what is delivered (and charged) is the
+    /// engine's count.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn speculative_chunks_are_counted_to_the_engines_usage() {
+        let spec = SimSpec {
+            tokens_per_step: 3,
+            draft_tokens: 3,
+        };
+        let sim = VllmSim::start(SimOptions {
+            natural_tokens: 10,
+            speculative: Some(spec),
+            ..SimOptions::default()
+        })
+        .await;
+        let backend = vllm_backend(&sim);
+        for request in [chat(64), text_request(64)] {
+            let d = run(&backend, request).await.unwrap();
+            let deltas: Vec<(String, u32)> = d
+                .events
+                .iter()
+                .filter_map(|e| match e {
+                    TokenEvent::Delta(d) => Some((d.text.clone(), d.tokens)),
+                    _ => None,
+                })
+                .collect();
+            // Four steps (3 + 3 + 3 + 1 tokens), one token counted each,
+            // then the six the chunks did not show.
+            assert_eq!(
+                deltas,
+                vec![
+                    (text_of(3), 1),
+                    (text_of(6)[text_of(3).len()..].to_owned(), 1),
+                    (text_of(9)[text_of(6).len()..].to_owned(), 1),
+                    (text_of(10)[text_of(9).len()..].to_owned(), 1),
+                    (String::new(), 6),
+                ]
+            );
+            assert_eq!(spec.counts(10), (4, 12, 6));
+            let prompt = sim.generations().last().unwrap().prompt_tokens;
+            assert_eq!(
+                d.usage(),
+                Some(Usage::new(prompt, 10).with_speculative(12, 6).unwrap())
+            );
+            assert_eq!((d.tokens(), d.finish()), (10, Some(FinishReason::Stop)));
+        }
+        // Capped at max_tokens: 4 tokens, two steps (3 + 1).
+        let d = run(&backend, chat(4)).await.unwrap();
+        assert_eq!((d.text(), d.tokens()), (text_of(4), 4));
+        assert_eq!(d.usage().map(|u| (u.drafted(), u.accepted())), Some((6, 2)));
     }
 
     // ---------------------------------------------------------------- failures

@@ -6,7 +6,8 @@
 //! constant time) -> check the model and the tenant's allow-list ->
 //! estimate prompt tokens ([`ModelSpec::counter`]: exact with
 //! [`HfTokenCounter`] when a `tokenizer.json` is configured, else
-//! [`gateway_core::ByteBound`]) -> tenant limits ([`TenantLimiter`]) ->
+//! [`gateway_core::ByteBound`]) -> tenant limits ([`TenantLimiter`]; shared
+//! by replicas with `RedisLimiter`, feature `redis`) ->
 //! reserve the worst-case cost in the ledger ([`MemoryLedger`] by default)
 //! -> route to the least-loaded healthy backend ([`route::rank`]) -> start,
 //! retrying other backends while nothing reached the client -> stream
@@ -79,8 +80,11 @@ pub use ledger::{AccountLedger, MemoryLedger, TenantAccount};
 #[cfg(feature = "redis")]
 pub use ledger::{RedisAccount, RedisLedger, RedisLedgerConfig, RedisLedgerStats};
 pub use limits::{
-    LimitError, LimitKind, LimitPermit, Limiter, RateBucket, TenantLimiter, TenantPermit,
+    AdmitError, LimitError, LimitKind, LimitPermit, Limiter, RateBucket, TenantLimiter,
+    TenantPermit,
 };
+#[cfg(feature = "redis")]
+pub use limits::{RedisLimiter, RedisLimiterConfig, RedisLimiterStats};
 pub use metrics::Metrics;
 pub use model::ModelSpec;
 pub use pipeline::{

@@ -3,10 +3,8 @@
 //! 200 concurrent reservations from two ledgers against a budget that fits
 //! 20.
 //!
-//! Redis comes from `GATEWAY_TEST_REDIS_URL` (`scripts/test` starts one).
-//! Without it, under `CI` the tests fail; elsewhere they start a
-//! throwaway `redis-server` on a free loopback port (stopped when this
-//! process exits) or fail saying how to get one.
+//! Redis comes from `GATEWAY_TEST_REDIS_URL` (`scripts/test` starts one);
+//! see `gateway_tests::redis` for what happens without it.
 #![cfg(feature = "redis")]
 #![expect(
     clippy::unwrap_used,
@@ -14,9 +12,7 @@
     reason = "test helpers outside #[test] functions"
 )]
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use gateway_core::{
@@ -24,78 +20,7 @@ use gateway_core::{
     TenantId, Usage,
 };
 use gateway_policy::{AccountLedger, RedisLedger, RedisLedgerConfig, TenantAccount};
-
-/// The Redis to test against (see the module docs).
-fn redis_url() -> String {
-    static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(|| {
-        if let Ok(url) = std::env::var("GATEWAY_TEST_REDIS_URL") {
-            return url;
-        }
-        if std::env::var_os("CI").is_some() {
-            panic!(
-                "GATEWAY_TEST_REDIS_URL is not set under CI: scripts/test starts a redis-server \
-                 (scripts/redis) and exports it"
-            );
-        }
-        own_redis()
-    })
-    .clone()
-}
-
-/// Starts `redis-server` on a free loopback port under a shell that kills
-/// it when this process's end of its stdin closes (at exit).
-fn own_redis() -> String {
-    static CHILD: OnceLock<Mutex<Child>> = OnceLock::new();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let script = format!(
-        "redis-server --bind 127.0.0.1 --port {port} --save '' --appendonly no \
-         --loglevel warning >/dev/null 2>&1 & pid=$!; read _; kill $pid"
-    );
-    let mut child = Command::new("sh")
-        .args(["-c", &script])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    for _ in 0..100 {
-        if ping(port) {
-            let _ = CHILD.set(Mutex::new(child));
-            return format!("redis://127.0.0.1:{port}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    drop(child.stdin.take());
-    let _ = child.wait();
-    panic!(
-        "GATEWAY_TEST_REDIS_URL is not set and no redis-server could be started on port {port}: \
-         install one (bash scripts/redis install), or start one (bash scripts/redis start 6390) \
-         and set GATEWAY_TEST_REDIS_URL=redis://127.0.0.1:6390"
-    );
-}
-
-fn ping(port: u16) -> bool {
-    let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
-        return false;
-    };
-    if s.write_all(b"PING\r\n").is_err() {
-        return false;
-    }
-    let mut line = String::new();
-    BufReader::new(s).read_line(&mut line).is_ok() && line.starts_with("+PONG")
-}
-
-/// A key prefix no other test (or run) uses.
-fn prefix(test: &str) -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
-    format!("test:{test}:{}:{nanos}:", std::process::id())
-}
+use gateway_tests::redis::{OwnServer, redis_url, unique_prefix};
 
 async fn ledger(prefix: &str) -> RedisLedger {
     RedisLedger::connect(RedisLedgerConfig::new(redis_url()).prefix(prefix))
@@ -128,7 +53,7 @@ fn refused_with(result: Result<Reservation, LedgerError>) -> Money {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reserves_settles_and_refuses_exactly() {
-    let ledger = ledger(&prefix("exact")).await;
+    let ledger = ledger(&unique_prefix("exact")).await;
     let t = TenantId::new("t");
     ledger.open(&t, Some(Money::from_picos(100))).await.unwrap();
     let a = ledger.reserve(&ask("t", "a", 60)).await.unwrap();
@@ -207,7 +132,7 @@ async fn reserves_settles_and_refuses_exactly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn money_above_two_to_the_53_is_exact_and_unlimited_tenants_are_tracked() {
-    let ledger = ledger(&prefix("big")).await;
+    let ledger = ledger(&unique_prefix("big")).await;
     let t = TenantId::new("big");
     // 10^19 picodollars (10 million USD): past 2^63 too.
     let budget = 10_000_000_000_000_000_000_u64;
@@ -256,7 +181,7 @@ async fn money_above_two_to_the_53_is_exact_and_unlimited_tenants_are_tracked() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_abandoned_hold_returns_when_its_ttl_passes() {
-    let prefix = prefix("expiry");
+    let prefix = unique_prefix("expiry");
     let ledger = RedisLedger::connect(
         RedisLedgerConfig::new(redis_url())
             .prefix(&prefix)
@@ -312,7 +237,7 @@ async fn an_abandoned_hold_returns_when_its_ttl_passes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_ledgers_admit_exactly_what_the_budget_fits() {
-    let prefix = prefix("race");
+    let prefix = unique_prefix("race");
     let one = Arc::new(ledger(&prefix).await);
     let two = Arc::new(ledger(&prefix).await);
     let t = TenantId::new("t");
@@ -377,7 +302,7 @@ async fn an_unreachable_redis_is_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocking_ledger_opens_budgets_and_starts_on_first_use() {
-    let prefix = prefix("blocking");
+    let prefix = unique_prefix("blocking");
     let url = redis_url();
     let ledger = tokio::task::spawn_blocking(move || {
         let ledger =
@@ -398,43 +323,6 @@ async fn a_blocking_ledger_opens_budgets_and_starts_on_first_use() {
     ledger.settle(r, charge(4, Usage::new(1, 1)));
     ledger.flush().await;
     assert_eq!(ledger.account(&t).unwrap().spent, Money::from_picos(4));
-}
-
-/// A redis-server of this test's own, stopped by its pid.
-struct OwnServer {
-    child: Child,
-    port: u16,
-}
-
-impl OwnServer {
-    fn start(port: u16) -> OwnServer {
-        let mut child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--save", "", "--appendonly", "no", "--loglevel", "warning"])
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot run redis-server ({e}): install it with `bash scripts/redis install`"
-                )
-            });
-        for _ in 0..100 {
-            if ping(port) {
-                return OwnServer { child, port };
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("redis-server on port {port} did not answer");
-    }
-}
-
-impl Drop for OwnServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

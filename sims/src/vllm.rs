@@ -267,6 +267,33 @@ pub struct SimOptions {
     pub script: Vec<Fault>,
     /// Whose wire behaviour to reproduce.
     pub engine: SimEngine,
+    /// Speculative decoding as vLLM streams it (plain vLLM mode only).
+    pub speculative: Option<SimSpec>,
+}
+
+/// Speculative decoding in the vLLM simulator: each decode step yields
+/// `tokens_per_step` tokens (its accepted drafts plus one) in ONE chunk
+/// without token ids, as vLLM streams accepted drafts, and the usage chunk
+/// carries vLLM's per-request `metrics.speculative_decoding`
+/// (`--per-request-spec-decode-metrics`): `draft_tokens` drafted per step,
+/// `tokens_per_step - 1` of them accepted (the last step: what is left).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SimSpec {
+    /// Tokens per step and chunk, at least 1.
+    pub tokens_per_step: u32,
+    /// Draft tokens proposed per step, at least `tokens_per_step - 1`.
+    pub draft_tokens: u32,
+}
+
+impl SimSpec {
+    /// Steps, draft tokens and accepted draft tokens of an `n`-token
+    /// completion.
+    pub fn counts(&self, n: u32) -> (u32, u64, u64) {
+        let per_step = self.tokens_per_step.max(1);
+        let steps = n.div_ceil(per_step);
+        let drafted = u64::from(steps) * u64::from(self.draft_tokens.max(per_step - 1));
+        (steps, drafted, u64::from(n - steps))
+    }
 }
 
 impl Default for SimOptions {
@@ -287,6 +314,7 @@ impl Default for SimOptions {
             old_kv_metric: false,
             script: Vec::new(),
             engine: SimEngine::Vllm,
+            speculative: None,
         }
     }
 }
@@ -965,6 +993,12 @@ async fn generate(
         inner.abort(&id, EnginePhase::Decode);
         Next::Close
     };
+    // Speculative steps: the texts of a step's tokens, sent as one chunk.
+    let step = match opts.speculative {
+        Some(spec) if engine == SimEngine::Vllm => spec.tokens_per_step.max(1),
+        _ => 1,
+    };
+    let mut step_text = String::new();
     for i in 0..n {
         if i > 0 {
             tokio::select! {
@@ -1075,6 +1109,21 @@ async fn generate(
                 r#"{head_json}"choices":[{{"index":0,"delta":{{"role":"assistant","content":""}},"logprobs":null,"finish_reason":null}}],"prompt_token_ids":null}}"#
             )));
         }
+        if step > 1 {
+            step_text.push_str(text);
+            if !last && (i + 1) % step != 0 {
+                // Mid-step: the token is produced, its chunk comes later.
+                if !bytes.is_empty() && !out.send(&bytes).await {
+                    return decode_abort(inner);
+                }
+                let mut st = inner.state();
+                st.tokens_sent += 1;
+                st.live.add_token(&id);
+                continue;
+            }
+        }
+        let merged = std::mem::take(&mut step_text);
+        let text = if step > 1 { merged.as_str() } else { text };
         let token = if chat {
             let ids = if last { r#","token_ids":null"# } else { "" };
             format!(
@@ -1131,8 +1180,18 @@ async fn generate(
         } else {
             String::new()
         };
+        let metrics = match opts.speculative {
+            Some(spec) if engine == SimEngine::Vllm => {
+                let (steps, drafted, accepted) = spec.counts(n);
+                format!(
+                    r#","metrics":{{"speculative_decoding":{{"num_spec_steps":{steps},"num_accepted_draft_tokens":{accepted},"num_draft_tokens":{drafted},"num_spec_tokens":{}}}}}"#,
+                    spec.draft_tokens
+                )
+            }
+            _ => String::new(),
+        };
         tail.extend(frame(&format!(
-            r#"{head_json}"choices":[],"usage":{{"prompt_tokens":{prompt_tokens},"total_tokens":{},"completion_tokens":{n}{details}}}}}"#,
+            r#"{head_json}"choices":[],"usage":{{"prompt_tokens":{prompt_tokens},"total_tokens":{},"completion_tokens":{n}{details}}}{metrics}}}"#,
             prompt_tokens + u64::from(n)
         )));
     }

@@ -1,6 +1,7 @@
 //! Support for the end-to-end tests: an in-process gateway server on a
 //! loopback port, and a minimal HTTP/1.1 client that can stream SSE, stop
-//! reading, or hang up at any moment.
+//! reading, or hang up at any moment; and a Redis for the tests of the
+//! Redis ledger and limiter ([`redis`]).
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -11,6 +12,8 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+
+pub mod redis;
 
 /// A gateway served on `127.0.0.1:0` in this process.
 #[derive(Debug)]

@@ -26,7 +26,7 @@ pub use stream::GatewayStream;
 use crate::admission::FairQueue;
 use crate::auth::{Authenticator, StaticKeys};
 use crate::ledger::{AccountLedger, MemoryLedger, TenantAccount};
-use crate::limits::{LimitKind, Limiter, TenantLimiter};
+use crate::limits::{AdmitError, LimitKind, Limiter, TenantLimiter};
 use crate::metrics::{BackendLabels, Metrics};
 use crate::pool::BackendSlot;
 use crate::route::{PrefixAffinity, RoutePolicy};
@@ -645,17 +645,24 @@ impl Gateway {
             .inner
             .limiter
             .admit(tenant, needed, arrived)
-            .map_err(|e| {
-                let what = match e.kind {
-                    LimitKind::Requests => "requests per minute",
-                    LimitKind::Tokens => "tokens per minute",
-                    LimitKind::Concurrency => "concurrent requests",
-                };
-                GatewayError::new(
-                    ErrorCode::RateLimitExceeded,
-                    format!("limit of {what} reached"),
-                )
-                .with_retry_after(e.retry_after)
+            .await
+            .map_err(|e| match e {
+                AdmitError::Limited(e) => {
+                    let what = match e.kind {
+                        LimitKind::Requests => "requests per minute",
+                        LimitKind::Tokens => "tokens per minute",
+                        LimitKind::Concurrency => "concurrent requests",
+                    };
+                    GatewayError::new(
+                        ErrorCode::RateLimitExceeded,
+                        format!("limit of {what} reached"),
+                    )
+                    .with_retry_after(e.retry_after)
+                }
+                // Fail closed, as for an unavailable ledger.
+                e @ AdmitError::Unavailable(_) => {
+                    GatewayError::new(ErrorCode::Internal, format!("limits: {e}"))
+                }
             })?;
         let meter = UsageMeter::new();
         let reserve = ReserveRequest {

@@ -1,5 +1,5 @@
-//! Per-tenant limits: requests per minute and tokens per minute as token
-//! buckets, and concurrency as an RAII permit.
+//! [`TenantLimiter`]: every tenant's limits in this process's memory, as
+//! token buckets and an in-flight count.
 
 use std::collections::HashMap;
 use std::fmt;
@@ -9,6 +9,7 @@ use std::time::Duration;
 use gateway_core::TenantId;
 use tokio::time::Instant;
 
+use super::{AdmitError, LimitError, LimitKind, LimitPermit, Limiter};
 use crate::Tenant;
 
 /// A token bucket refilled continuously at `per_minute / 60` per second,
@@ -58,27 +59,6 @@ impl RateBucket {
     }
 }
 
-/// Which limit refused a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LimitKind {
-    /// Requests per minute.
-    Requests,
-    /// Tokens per minute.
-    Tokens,
-    /// Requests in flight.
-    Concurrency,
-}
-
-/// A refusal by a tenant limit.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[error("{kind:?} limit reached; retry after {retry_after:?}")]
-pub struct LimitError {
-    /// The limit.
-    pub kind: LimitKind,
-    /// When the request would fit.
-    pub retry_after: Duration,
-}
-
 #[derive(Debug, Default)]
 struct TenantState {
     requests: Option<RateBucket>,
@@ -97,42 +77,17 @@ impl Shared {
     }
 }
 
-/// Admits or refuses a tenant's request by its limits. The default is
-/// [`TenantLimiter`]; a host can plug in its own (a shared one, say).
-pub trait Limiter: Send + Sync + fmt::Debug + 'static {
-    /// Admits one request of `tokens` estimated tokens, or says which limit
-    /// refused and when to retry. The permit is held for the request's life.
-    ///
-    /// # Errors
-    /// [`LimitError`] naming the limit.
-    fn admit(&self, tenant: &Tenant, tokens: u64, now: Instant) -> Result<LimitPermit, LimitError>;
-}
-
-/// A request's hold on its limits; dropping it releases them.
-#[must_use = "dropping the permit releases the request's limits"]
-pub struct LimitPermit {
-    /// Held only for its `Drop`.
-    _guard: Box<dyn Send + Sync>,
-}
-
-impl LimitPermit {
-    /// Wraps a guard whose `Drop` releases what the limiter took.
-    pub fn new(guard: impl Send + Sync + 'static) -> Self {
-        LimitPermit {
-            _guard: Box::new(guard),
-        }
-    }
-}
-
-impl fmt::Debug for LimitPermit {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("LimitPermit")
-    }
-}
-
+#[async_trait::async_trait]
 impl Limiter for TenantLimiter {
-    fn admit(&self, tenant: &Tenant, tokens: u64, now: Instant) -> Result<LimitPermit, LimitError> {
-        TenantLimiter::admit(self, tenant, tokens, now).map(LimitPermit::new)
+    async fn admit(
+        &self,
+        tenant: &Tenant,
+        tokens: u64,
+        now: Instant,
+    ) -> Result<LimitPermit, AdmitError> {
+        TenantLimiter::admit(self, tenant, tokens, now)
+            .map(LimitPermit::new)
+            .map_err(AdmitError::Limited)
     }
 }
 
