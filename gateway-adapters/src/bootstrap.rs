@@ -38,6 +38,7 @@ pub fn settings(config: &GatewayConfig) -> Settings {
         stream_buffer_events: s.stream_buffer_events,
         admission_wait: s.admission_wait,
         request_timeout: s.request_timeout,
+        drift_warn_ratio: s.estimate_drift_warn_ratio,
         ..Settings::default()
     }
 }
@@ -237,8 +238,22 @@ fn limiter(
 /// unreadable tokenizer, an engine without an adapter, a Redis that cannot
 /// be reached, a Redis ledger in a build without it).
 pub fn build_gateway(config: &GatewayConfig) -> Result<Gateway, BootstrapError> {
+    build_gateway_with(config, |_| None)
+}
+
+/// [`build_gateway`], with `custom` giving the backend for an entry of
+/// `[[backends]]` instead of the one the config describes (`None`: the
+/// config's) — for hosts with their own backends, and tests (a sim with
+/// faults). The entry's model, limits and health policy still apply.
+///
+/// # Errors
+/// As [`build_gateway`].
+pub fn build_gateway_with(
+    config: &GatewayConfig,
+    mut custom: impl FnMut(&crate::config::BackendConfig) -> Option<Arc<dyn Backend>>,
+) -> Result<Gateway, BootstrapError> {
     let ledger = ledger(config)?;
-    let mut builder = Gateway::builder(settings(config));
+    let mut builder = Gateway::builder(settings(config)).affinity(config.routing);
     if let Some(ledger) = ledger {
         builder = builder.ledger(ledger);
     }
@@ -266,9 +281,16 @@ pub fn build_gateway(config: &GatewayConfig) -> Result<Gateway, BootstrapError> 
             default_max_tokens: m.default_max_tokens.get(),
             counter: counter(i, m)?,
         });
+        let fallbacks: Vec<&str> = m.fallbacks.iter().map(String::as_str).collect();
+        builder = builder
+            .admission_queue(&m.name, m.admission_queue)
+            .fallbacks(&m.name, &fallbacks);
     }
     for (i, b) in config.backends.iter().enumerate() {
-        let built = backend(config, i)?;
+        let built = match custom(b) {
+            Some(built) => built,
+            None => backend(config, i)?,
+        };
         if b.on_disconnect.drain_timeout().is_some() && built.drain_on_client_gone().is_none() {
             // Draining is built into the shared OpenAI-compatible client
             // (vllm, trtllm, dynamo, nim, openai); other adapters abort.
@@ -278,7 +300,13 @@ pub fn build_gateway(config: &GatewayConfig) -> Result<Gateway, BootstrapError> 
                 "backends[{i}].on_disconnect = \"drain\" is not supported by this engine's adapter: it aborts"
             );
         }
-        builder = builder.backend(built, &b.model, &b.served_model, b.max_concurrency);
+        builder = builder.backend_with(
+            built,
+            &b.model,
+            &b.served_model,
+            b.max_concurrency,
+            config.health,
+        );
     }
     builder
         .build()

@@ -1165,3 +1165,167 @@ on_disconnect = "drain"
         ]
     );
 }
+
+/// The policy keys (additions): `[health]`, `[routing]`,
+/// `server.estimate_drift_warn_ratio`, `models[].admission_queue`.
+#[cfg(test)]
+mod policy_keys {
+    use std::num::NonZeroU32;
+    use std::path::Path;
+    use std::time::Duration;
+
+    use gateway_adapters::config::GatewayConfig;
+    use gateway_policy::health::{BreakerConfig, HealthConfig};
+    use gateway_policy::route::AffinityConfig;
+
+    const TENANT_AND_BACKEND: &str = r#"
+[[tenants]]
+id = "t"
+api_key = "sk-t"
+
+[[backends]]
+name = "b"
+engine = "sim"
+model = "m"
+"#;
+
+    fn parse(head: &str, model_extra: &str) -> Result<GatewayConfig, String> {
+        let text = format!(
+            "{head}\n{TENANT_AND_BACKEND}\n[[models]]\nname = \"m\"\ncontext_window = 4096\n\
+             input_usd_per_mtok = 1.0\noutput_usd_per_mtok = 2.0\n{model_extra}\n"
+        );
+        GatewayConfig::parse(&text, Path::new("/nonexistent")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_are_todays_constants() {
+        let config = parse("", "").unwrap();
+        assert_eq!(
+            config.health,
+            HealthConfig {
+                breaker: BreakerConfig {
+                    failures_to_open: 5,
+                    failure_window: None,
+                    open_for: Duration::from_secs(10),
+                    half_open_probes: 1,
+                    successes_to_close: 2,
+                },
+                min_concurrency: NonZeroU32::MIN,
+            }
+        );
+        assert_eq!(config.health, HealthConfig::default());
+        assert_eq!(
+            config.routing,
+            AffinityConfig {
+                block_bytes: 256,
+                blocks: 4,
+                saturation: 1.0,
+            }
+        );
+        assert_eq!(config.routing, AffinityConfig::default());
+        assert_eq!(
+            config.server.estimate_drift_warn_ratio.to_bits(),
+            0.02f64.to_bits()
+        );
+        assert_eq!(config.models[0].admission_queue, 1024);
+        let settings = gateway_adapters::bootstrap::settings(&config);
+        assert_eq!(settings, gateway_policy::Settings::default());
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let head = r#"
+[server]
+estimate_drift_warn_ratio = 0.1
+
+[health]
+failures_to_open = 3
+failure_window_ms = 60000
+open_ms = 2500
+half_open_probes = 2
+successes_to_close = 4
+min_concurrency = 2
+
+[routing]
+prefix_block_bytes = 64
+prefix_blocks = 8
+affinity_saturation = 0
+"#;
+        let config = parse(head, "admission_queue = 0").unwrap();
+        assert_eq!(
+            config.health,
+            HealthConfig {
+                breaker: BreakerConfig {
+                    failures_to_open: 3,
+                    failure_window: Some(Duration::from_secs(60)),
+                    open_for: Duration::from_millis(2500),
+                    half_open_probes: 2,
+                    successes_to_close: 4,
+                },
+                min_concurrency: NonZeroU32::new(2).unwrap(),
+            }
+        );
+        assert_eq!(
+            config.routing,
+            AffinityConfig {
+                block_bytes: 64,
+                blocks: 8,
+                saturation: 0.0,
+            }
+        );
+        assert_eq!(
+            config.server.estimate_drift_warn_ratio.to_bits(),
+            0.1f64.to_bits()
+        );
+        assert_eq!(config.models[0].admission_queue, 0);
+        let settings = gateway_adapters::bootstrap::settings(&config);
+        assert_eq!(settings.drift_warn_ratio.to_bits(), 0.1f64.to_bits());
+    }
+
+    #[test]
+    fn problems_are_reported_by_key_path() {
+        let head = r#"
+[server]
+estimate_drift_warn_ratio = -0.1
+
+[health]
+failures_to_open = 0
+failure_window_ms = "1m"
+open_ms = 86400001
+half_open_probes = 1.5
+successes_to_close = 10001
+min_concurrency = 0
+min_concurency = 2
+
+[routing]
+prefix_block_bytes = 0
+prefix_blocks = 65
+affinity_saturation = "high"
+"#;
+        assert_eq!(
+            parse(head, "admission_queue = -1").unwrap_err(),
+            "server.estimate_drift_warn_ratio: must be at least 0, found -0.1\n\
+             health.min_concurency: unknown key (did you mean `min_concurrency`?)\n\
+             health.failures_to_open: must be at least 1, found 0\n\
+             health.failure_window_ms: expected an integer, found a string\n\
+             health.open_ms: must be at most 86400000, found 86400001\n\
+             health.half_open_probes: expected an integer, found a float\n\
+             health.successes_to_close: must be at most 10000, found 10001\n\
+             health.min_concurrency: must be at least 1, found 0\n\
+             routing.prefix_block_bytes: must be at least 1, found 0\n\
+             routing.prefix_blocks: must be at most 64, found 65\n\
+             routing.affinity_saturation: expected a number, found a string\n\
+             models[0].admission_queue: must be at least 0, found -1"
+        );
+        assert_eq!(
+            parse("health = 5\nrouting = []\n", "admission_queue = 1000001").unwrap_err(),
+            "health: expected a table, found an integer\n\
+             routing: expected a table, found an array\n\
+             models[0].admission_queue: must be at most 1000000, found 1000001"
+        );
+        assert_eq!(
+            parse("[routing]\naffinity_saturation = 100.5\n", "").unwrap_err(),
+            "routing.affinity_saturation: must be at most 100, found 100.5"
+        );
+    }
+}

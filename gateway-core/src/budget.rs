@@ -234,6 +234,15 @@ impl BudgetGuard {
             .map_or(Money::ZERO, |p| p.reservation.amount())
     }
 
+    /// Charges at `pricing` from now on, for a request that moved to another
+    /// model (a fallback) before anything was charged. The amount held does
+    /// not change: the caller must have reserved enough for the new prices.
+    pub fn reprice(&mut self, pricing: Pricing) {
+        if let Some(p) = &mut self.pending {
+            p.pricing = pricing;
+        }
+    }
+
     /// Charges `usage` and releases the rest of the reservation.
     pub fn settle(mut self, usage: Usage) -> Receipt {
         self.finish(usage, SettleOutcome::Settled)

@@ -5,6 +5,7 @@
 //! Both take the time as an argument and do no I/O, so they are tested
 //! with plain values.
 
+use std::num::NonZeroU32;
 use std::time::Duration;
 
 use gateway_core::FailureKind;
@@ -16,6 +17,10 @@ pub struct BreakerConfig {
     /// Consecutive failures (of kinds that count against a backend) that
     /// open the breaker.
     pub failures_to_open: u32,
+    /// The longest a run of consecutive failures may take to open the
+    /// breaker: a failure more than this after the first one of the run
+    /// starts a new run. `None`: no bound (the default).
+    pub failure_window: Option<Duration>,
     /// How long it stays open before letting probes through.
     pub open_for: Duration,
     /// Probes allowed at once while half-open.
@@ -28,9 +33,29 @@ impl Default for BreakerConfig {
     fn default() -> Self {
         BreakerConfig {
             failures_to_open: 5,
+            failure_window: None,
             open_for: Duration::from_secs(10),
             half_open_probes: 1,
             successes_to_close: 2,
+        }
+    }
+}
+
+/// A backend's health policy: its breaker and the floor of its adaptive
+/// concurrency limit (whose ceiling is the backend's `max_concurrency`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// When the breaker opens and how it recovers.
+    pub breaker: BreakerConfig,
+    /// The lowest the adaptive limit goes on overload answers. Default 1.
+    pub min_concurrency: NonZeroU32,
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig {
+            breaker: BreakerConfig::default(),
+            min_concurrency: NonZeroU32::MIN,
         }
     }
 }
@@ -82,6 +107,8 @@ pub struct Breaker {
     config: BreakerConfig,
     state: BreakerState,
     consecutive_failures: u32,
+    /// When the current run of failures began.
+    run_started: Option<Instant>,
 }
 
 impl Breaker {
@@ -91,7 +118,13 @@ impl Breaker {
             config,
             state: BreakerState::Closed,
             consecutive_failures: 0,
+            run_started: None,
         }
+    }
+
+    /// Its configuration.
+    pub const fn config(&self) -> &BreakerConfig {
+        &self.config
     }
 
     /// Its state at `now` (an open breaker whose time passed reads as
@@ -135,6 +168,7 @@ impl Breaker {
     /// A request (or probe) succeeded.
     pub fn on_success(&mut self, now: Instant) {
         self.consecutive_failures = 0;
+        self.run_started = None;
         self.state = match self.state(now) {
             BreakerState::HalfOpen { probing, succeeded } => {
                 let succeeded = succeeded + 1;
@@ -164,6 +198,15 @@ impl Breaker {
             }
             return;
         }
+        let stale = match (self.run_started, self.config.failure_window) {
+            (Some(start), Some(window)) => now.saturating_duration_since(start) > window,
+            (None, _) => true,
+            (Some(_), None) => false,
+        };
+        if stale {
+            self.consecutive_failures = 0;
+            self.run_started = Some(now);
+        }
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);
         let reopen = match self.state(now) {
             BreakerState::HalfOpen { .. } => true,
@@ -180,19 +223,31 @@ impl Breaker {
 
 /// A backend's concurrency limit that adapts: halved when the backend says
 /// it is overloaded or out of memory, grown by one per limit's worth of
-/// successes (additive increase, multiplicative decrease), between 1 and
-/// the configured maximum.
+/// successes (additive increase, multiplicative decrease), between a floor
+/// (1 by default) and the configured maximum.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AdaptiveLimit {
     limit: f64,
+    min: f64,
     max: f64,
 }
 
 impl AdaptiveLimit {
-    /// Starts at `max`.
+    /// Starts at `max`, never below 1.
     pub fn new(max: u32) -> Self {
+        AdaptiveLimit::with_bounds(1, max)
+    }
+
+    /// Starts at `max`, never below `min` (both at least 1; a `min` above
+    /// `max` is lowered to it).
+    pub fn with_bounds(min: u32, max: u32) -> Self {
         let max = f64::from(max.max(1));
-        AdaptiveLimit { limit: max, max }
+        let min = f64::from(min.max(1)).min(max);
+        AdaptiveLimit {
+            limit: max,
+            min,
+            max,
+        }
     }
 
     /// The current limit.
@@ -208,7 +263,7 @@ impl AdaptiveLimit {
     /// A request failed with `kind`; overload and out-of-memory halve it.
     pub fn on_failure(&mut self, kind: FailureKind) {
         if matches!(kind, FailureKind::Overloaded | FailureKind::OutOfMemory) {
-            self.limit = (self.limit / 2.0).max(1.0);
+            self.limit = (self.limit / 2.0).max(self.min);
         }
     }
 }
@@ -220,6 +275,7 @@ mod tests {
     fn config() -> BreakerConfig {
         BreakerConfig {
             failures_to_open: 3,
+            failure_window: None,
             open_for: Duration::from_secs(10),
             half_open_probes: 1,
             successes_to_close: 2,
@@ -307,5 +363,40 @@ mod tests {
             l.on_success();
         }
         assert_eq!(l.get(), 16);
+    }
+
+    #[test]
+    fn a_failure_window_restarts_slow_runs() {
+        let t0 = Instant::now();
+        let mut b = Breaker::new(BreakerConfig {
+            failure_window: Some(Duration::from_secs(60)),
+            ..config()
+        });
+        let s = Duration::from_secs;
+        b.on_failure(FailureKind::Connect, t0);
+        b.on_failure(FailureKind::Connect, t0 + s(30));
+        // 61 s after the run began: a new run of one.
+        b.on_failure(FailureKind::Connect, t0 + s(61));
+        b.on_failure(FailureKind::Connect, t0 + s(90));
+        assert_eq!(b.state(t0 + s(90)), BreakerState::Closed);
+        // The third failure within 60 s of t0 + 61 s opens it.
+        b.on_failure(FailureKind::Connect, t0 + s(121));
+        assert_eq!(
+            b.state(t0 + s(121)),
+            BreakerState::Open { until: t0 + s(131) }
+        );
+    }
+
+    #[test]
+    fn adaptive_limit_stays_within_its_bounds() {
+        let mut l = AdaptiveLimit::with_bounds(3, 16);
+        for _ in 0..5 {
+            l.on_failure(FailureKind::Overloaded);
+        }
+        assert_eq!(l.get(), 3);
+        assert_eq!(AdaptiveLimit::with_bounds(20, 16).get(), 16);
+        let mut floor = AdaptiveLimit::with_bounds(20, 16);
+        floor.on_failure(FailureKind::OutOfMemory);
+        assert_eq!(floor.get(), 16, "min above max is lowered to max");
     }
 }

@@ -87,6 +87,15 @@ pub struct DrainLabels {
 /// The outcomes of a drain, for [`DrainLabels::outcome`].
 pub const DRAIN_OUTCOMES: [&str; 3] = ["finished", "timed_out", "stopped"];
 
+/// Labels `from, to` of a request that fell back to another model.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FallbackLabels {
+    /// The model the client asked for.
+    pub from: String,
+    /// The fallback model tried.
+    pub to: String,
+}
+
 /// Labels `backend, kind`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FailureLabels {
@@ -152,6 +161,10 @@ pub struct Metrics {
     pub circuit_state: Family<BackendLabels, Gauge>,
     /// `gateway_backend_limit{backend}`: the adaptive concurrency limit.
     pub backend_limit: Family<BackendLabels, Gauge>,
+    /// `gateway_fallbacks_total{from,to}`: requests for model `from` that
+    /// its backends could not start before the first token and that were
+    /// moved to its fallback `to` (counted when the fallback is tried).
+    pub fallbacks: Family<FallbackLabels, Counter>,
 }
 
 impl fmt::Debug for Metrics {
@@ -268,8 +281,15 @@ impl Metrics {
             "Adaptive concurrency limit per backend (backends with max_concurrency)",
             backend_limit.clone(),
         );
+        let fallbacks = Family::<FallbackLabels, Counter>::default();
+        registry.register(
+            "fallbacks",
+            "Requests moved to a fallback model before their first token",
+            fallbacks.clone(),
+        );
         Metrics {
             registry,
+            fallbacks,
             circuit_state,
             backend_limit,
             requests,
@@ -331,6 +351,14 @@ impl Metrics {
         };
         drop(self.request_duration.get_or_create(&labels));
         drop(self.estimate_error.get_or_create(&labels));
+    }
+
+    /// Creates the series of model `from` falling back to `to` at zero.
+    pub fn register_fallback(&self, from: &str, to: &str) {
+        drop(self.fallbacks.get_or_create(&FallbackLabels {
+            from: from.to_owned(),
+            to: to.to_owned(),
+        }));
     }
 
     /// Creates a tenant's spend series at zero.

@@ -10,7 +10,7 @@ use gateway_core::{Backend, FailureKind, Pressure};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::health::{AdaptiveLimit, Admission, Breaker, BreakerConfig, BreakerState};
+use crate::health::{AdaptiveLimit, Admission, Breaker, BreakerConfig, BreakerState, HealthConfig};
 
 /// One backend as the gateway runs it.
 pub struct BackendSlot {
@@ -75,6 +75,31 @@ impl BackendSlot {
         capacity: Arc<Notify>,
         breaker: BreakerConfig,
     ) -> Self {
+        BackendSlot::with_health(
+            backend,
+            model,
+            served_model,
+            max_concurrency,
+            capacity,
+            HealthConfig {
+                breaker,
+                ..HealthConfig::default()
+            },
+        )
+    }
+
+    /// [`BackendSlot::new`] with a health policy: its breaker, and the floor
+    /// of its adaptive concurrency limit (used when `max_concurrency` is set).
+    pub fn with_health(
+        backend: Arc<dyn Backend>,
+        model: String,
+        served_model: String,
+        max_concurrency: Option<NonZeroU32>,
+        capacity: Arc<Notify>,
+        health: HealthConfig,
+    ) -> Self {
+        let breaker = health.breaker;
+        let min = health.min_concurrency.get();
         BackendSlot {
             name: backend.info().name.clone(),
             backend,
@@ -85,7 +110,7 @@ impl BackendSlot {
             healthy: AtomicBool::new(true),
             capacity,
             breaker: Mutex::new(Breaker::new(breaker)),
-            adaptive: max_concurrency.map(|m| Mutex::new(AdaptiveLimit::new(m.get()))),
+            adaptive: max_concurrency.map(|m| Mutex::new(AdaptiveLimit::with_bounds(min, m.get()))),
         }
     }
 

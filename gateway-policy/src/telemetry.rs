@@ -22,7 +22,9 @@ pub fn operation(prompt: &Prompt) -> &'static str {
 }
 
 /// A new request span. Fields known later (backend, usage, finish reason,
-/// outcome, error type) start empty and are recorded when known.
+/// outcome, error type, and `fallback_from`: the requested model, set when
+/// the request moved to one of its fallbacks) start empty and are recorded
+/// when known.
 pub fn request_span(
     request_id: &str,
     tenant: &str,
@@ -43,6 +45,7 @@ pub fn request_span(
         gen_ai.usage.input_tokens = Empty,
         gen_ai.usage.output_tokens = Empty,
         backend = Empty,
+        fallback_from = Empty,
         outcome = Empty,
         error.type = Empty,
     )

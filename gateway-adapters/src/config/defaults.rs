@@ -5,6 +5,8 @@ use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
 use gateway_core::{EngineKind, Money, Pricing};
+use gateway_policy::health::HealthConfig;
+use gateway_policy::route::AffinityConfig;
 
 use super::{
     BackendConfig, GatewayConfig, LedgerConfig, ModelConfig, OnDisconnect, ServerConfig,
@@ -58,6 +60,10 @@ pub(super) const STREAM_TIMEOUT_MS: u64 = 30_000;
 pub(super) const SHUTDOWN_GRACE_MS: u64 = 10_000;
 /// Default `server.admission_wait_ms`.
 pub(super) const ADMISSION_WAIT_MS: u64 = 5_000;
+/// Default `server.estimate_drift_warn_ratio` (the pipeline's).
+pub(super) const ESTIMATE_DRIFT_WARN_RATIO: f64 = 0.02;
+/// Default `models[].admission_queue` (the pipeline's).
+pub(super) const ADMISSION_QUEUE: usize = 1024;
 /// Default `models[].default_max_tokens` (lowered to the context window).
 pub(super) const DEFAULT_MAX_TOKENS: NonZeroU32 = nonzero_u32(256);
 
@@ -90,6 +96,7 @@ pub(super) fn server() -> ServerConfig {
         shutdown_grace: Duration::from_millis(SHUTDOWN_GRACE_MS),
         admission_wait: Duration::from_millis(ADMISSION_WAIT_MS),
         request_timeout: None,
+        estimate_drift_warn_ratio: ESTIMATE_DRIFT_WARN_RATIO,
     }
 }
 
@@ -102,6 +109,8 @@ pub(super) fn embedded() -> GatewayConfig {
             ..server()
         },
         ledger: LedgerConfig::Memory,
+        health: HealthConfig::default(),
+        routing: AffinityConfig::default(),
         tenants: vec![TenantConfig {
             id: "demo".to_owned(),
             key: TenantKey::from_plaintext(DEMO_API_KEY),
@@ -128,6 +137,7 @@ pub(super) fn embedded() -> GatewayConfig {
             },
             default_max_tokens: DEFAULT_MAX_TOKENS,
             fallbacks: Vec::new(),
+            admission_queue: ADMISSION_QUEUE,
         }],
         backends: vec![BackendConfig {
             name: "sim-0".to_owned(),
@@ -157,5 +167,12 @@ mod tests {
             GatewayConfig::parse(EMBEDDED_DEFAULT_TOML, Path::new(".")),
             Ok(embedded())
         );
+    }
+
+    #[test]
+    fn defaults_are_the_pipelines() {
+        let settings = gateway_policy::Settings::default();
+        assert_eq!(ESTIMATE_DRIFT_WARN_RATIO, settings.drift_warn_ratio);
+        assert_eq!(ADMISSION_QUEUE, settings.admission_queue);
     }
 }

@@ -35,6 +35,20 @@
 //! shutdown_grace_ms = 10000           # >= 0; default 10000
 //! admission_wait_ms = 5000            # >= 0; default 5000 (addition to the contract)
 //! request_timeout_ms = 600000         # >= 1; default none: total time per request (addition)
+//! estimate_drift_warn_ratio = 0.02    # 0..=100; default 0.02: warn when an exact prompt count misses the engine's by more (addition)
+//!
+//! [health]                            # optional table (addition): every backend's breaker and adaptive limit
+//! failures_to_open = 5                # 1..=10000; default 5 consecutive failures open the breaker
+//! failure_window_ms = 60000           # 1..=86400000; default none: a run of failures longer than this restarts
+//! open_ms = 10000                     # 1..=86400000; default 10000: open this long, then half-open
+//! half_open_probes = 1                # 1..=10000; default 1 probe at a time while half-open
+//! successes_to_close = 2              # 1..=10000; default 2 good probes close it
+//! min_concurrency = 1                 # 1..=1000000; default 1: floor of the adaptive limit (capped at max_concurrency)
+//!
+//! [routing]                           # optional table (addition): prefix affinity
+//! prefix_block_bytes = 256            # 1..=65536; default 256
+//! prefix_blocks = 4                   # 1..=64; default 4 blocks hashed per prompt
+//! affinity_saturation = 1.0           # 0..=100; default 1.0: load at which an affinity match is ignored; 0 turns affinity off
 //!
 //! [ledger]                            # optional table
 //! kind = "memory"                     # memory (default) | redis
@@ -63,6 +77,7 @@
 //! output_usd_per_mtok = 1.50          # required, >= 0
 //! default_max_tokens = 256            # 1..=context_window; default min(256, context_window)
 //! fallbacks = []                      # other configured models; default none
+//! admission_queue = 1024              # 0..=1000000; default 1024 requests waiting for capacity (addition)
 //!
 //! [[backends]]                        # at least one
 //! name = "vllm-0"                     # required, unique, [A-Za-z0-9_.-]+
@@ -138,6 +153,7 @@
 
 mod defaults;
 mod key;
+mod policy;
 mod validate;
 mod walk;
 
@@ -149,6 +165,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use gateway_core::{EngineKind, Money, Pricing};
+use gateway_policy::health::HealthConfig;
+use gateway_policy::route::AffinityConfig;
 
 use crate::sim::{SimConfig, Speculative};
 
@@ -162,6 +180,13 @@ pub struct GatewayConfig {
     pub server: ServerConfig,
     /// `[ledger]`: where budgets and rate limits are kept.
     pub ledger: LedgerConfig,
+    /// `[health]` (an addition to the contract): every backend's circuit
+    /// breaker and the floor of its adaptive concurrency limit. Default
+    /// [`HealthConfig::default`].
+    pub health: HealthConfig,
+    /// `[routing]` (an addition to the contract): prefix-affinity settings.
+    /// Default [`AffinityConfig::default`].
+    pub routing: AffinityConfig,
     /// `[[tenants]]`, in file order; at least one, ids unique.
     pub tenants: Vec<TenantConfig>,
     /// `[[models]]`, in file order; at least one, names unique, each served
@@ -172,7 +197,7 @@ pub struct GatewayConfig {
 }
 
 /// `[server]`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     /// `listen`: the address to bind. Default `127.0.0.1:8080`.
     pub listen: SocketAddr,
@@ -203,6 +228,10 @@ pub struct ServerConfig {
     /// request may take, from arrival to its last token; `None` (absent)
     /// for no bound. Past it the stream ends with `total_timeout`.
     pub request_timeout: Option<Duration>,
+    /// `estimate_drift_warn_ratio` (an addition to the contract): an exact
+    /// prompt-token estimate off by more than this fraction of the engine's
+    /// count logs a warning. Default 0.02.
+    pub estimate_drift_warn_ratio: f64,
 }
 
 /// `[ledger]`: where budgets and rate-limit counters live.
@@ -280,6 +309,10 @@ pub struct ModelConfig {
     /// `fallbacks`: other configured models a request may move to before
     /// its first byte, in order. Default none.
     pub fallbacks: Vec<String>,
+    /// `admission_queue` (an addition to the contract): most requests
+    /// waiting for this model's capacity; more get `overloaded`. Default
+    /// 1024; 0 never queues.
+    pub admission_queue: usize,
 }
 
 /// What the gateway does with an upstream generation whose client went

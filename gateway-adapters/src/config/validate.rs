@@ -9,6 +9,7 @@ use std::time::Duration;
 use gateway_core::http::Uri;
 use gateway_core::{EngineKind, Money, Pricing};
 
+use super::policy;
 use super::walk::{Check, Problems, Reader, Reported};
 use super::{
     BackendConfig, ConfigErrors, ConfigProblem, GatewayConfig, LedgerConfig, ModelConfig,
@@ -16,7 +17,9 @@ use super::{
 };
 use crate::sim::Speculative;
 
-const TOP_KEYS: &[&str] = &["server", "ledger", "tenants", "models", "backends"];
+const TOP_KEYS: &[&str] = &[
+    "server", "ledger", "health", "routing", "tenants", "models", "backends",
+];
 const SERVER_KEYS: &[&str] = &[
     "listen",
     "admin_key",
@@ -28,6 +31,7 @@ const SERVER_KEYS: &[&str] = &[
     "shutdown_grace_ms",
     "admission_wait_ms",
     "request_timeout_ms",
+    "estimate_drift_warn_ratio",
 ];
 const LEDGER_KEYS: &[&str] = &["kind", "url"];
 const TENANT_KEYS: &[&str] = &[
@@ -54,6 +58,7 @@ const MODEL_KEYS: &[&str] = &[
     "output_usd_per_mtok",
     "default_max_tokens",
     "fallbacks",
+    "admission_queue",
 ];
 const BACKEND_KEYS: &[&str] = &[
     "name",
@@ -99,6 +104,10 @@ const ENGINES: &[EngineKind] = &[
 const MAX_PRICE_PER_MTOK: f64 = 1e6;
 /// Highest accepted budget, USD ([`Money`] ends at about 18 million).
 const MAX_BUDGET_USD: f64 = 1e7;
+/// Highest `server.estimate_drift_warn_ratio` (a count off by 100 times).
+const MAX_DRIFT_RATIO: f64 = 100.0;
+/// Highest `models[].admission_queue`.
+const MAX_ADMISSION_QUEUE: i64 = 1_000_000;
 /// Default natural completion range of a sim backend.
 const NATURAL_TOKENS: (u32, u32) = (16, 128);
 
@@ -157,6 +166,8 @@ fn validate(root: &toml::Table, base_dir: &Path) -> Result<GatewayConfig, Config
 
     let server = server(&top, &mut p);
     let ledger = ledger(&top, &mut p);
+    let health = policy::health(&top, &mut p);
+    let routing = policy::routing(&top, &mut p);
     let admin_key = server.as_ref().ok().and_then(|s| s.admin_key);
     let tenants = tenants(&top, &model_names, admin_key, &mut p);
     let models = models(&top, &names, base_dir, &mut p);
@@ -166,6 +177,8 @@ fn validate(root: &toml::Table, base_dir: &Path) -> Result<GatewayConfig, Config
         (Ok(server), Ok(ledger)) if p.is_empty() => Ok(GatewayConfig {
             server,
             ledger,
+            health: health.unwrap_or_default(),
+            routing: routing.unwrap_or_default(),
             tenants,
             models,
             backends,
@@ -344,6 +357,9 @@ fn server(top: &Reader<'_>, p: &mut Problems) -> Check<ServerConfig> {
     let shutdown_grace = millis(&r, "shutdown_grace_ms", 0, defaults::SHUTDOWN_GRACE_MS, p);
     let admission_wait = millis(&r, "admission_wait_ms", 0, defaults::ADMISSION_WAIT_MS, p);
     let request_timeout = r.u64("request_timeout_ms", 1, p);
+    let drift = r
+        .number("estimate_drift_warn_ratio", 0.0, MAX_DRIFT_RATIO, p)
+        .map(|d| d.unwrap_or(defaults::ESTIMATE_DRIFT_WARN_RATIO));
     Ok(ServerConfig {
         listen: listen?,
         admin_key: admin_key?.map(TenantKey::from_plaintext),
@@ -355,6 +371,7 @@ fn server(top: &Reader<'_>, p: &mut Problems) -> Check<ServerConfig> {
         shutdown_grace: shutdown_grace?,
         admission_wait: admission_wait?,
         request_timeout: request_timeout?.map(Duration::from_millis),
+        estimate_drift_warn_ratio: drift?,
     })
 }
 
@@ -629,6 +646,12 @@ fn model<'a>(
         (Ok(None), Err(_)) | (Err(_), _) => Err(Reported),
     };
     let fallbacks = fallbacks(r, name, names.models, p);
+    let admission_queue = r
+        .integer("admission_queue", 0, MAX_ADMISSION_QUEUE, p)
+        .map(|n| {
+            n.and_then(|n| usize::try_from(n).ok())
+                .unwrap_or(defaults::ADMISSION_QUEUE)
+        });
     if let Ok(name) = name {
         if !names.served.contains(&name) {
             p.push(r.path(), "no backend serves this model");
@@ -645,6 +668,7 @@ fn model<'a>(
         pricing: pricing?,
         default_max_tokens: default_max_tokens?,
         fallbacks: fallbacks?,
+        admission_queue: admission_queue?,
     })
 }
 

@@ -171,7 +171,6 @@ async fn generate(
             return request_error(&e);
         }
     };
-    let model = parsed.model.clone();
     let (stream_mode, include_usage) = (parsed.stream, parsed.include_usage);
     let request = ClientRequest {
         id: RequestId::new(id),
@@ -190,6 +189,8 @@ async fn generate(
             return gateway_error(&e);
         }
     };
+    // The model that serves: the one asked for, or a fallback of it.
+    let model = stream.model().to_owned();
     let created = unix_now();
     if !stream_mode {
         let assembler = Assembler::new(endpoint, id, created, &model);

@@ -1,5 +1,6 @@
 //! Routing and backend attempts up to the first token, retrying on other
-//! backends while nothing has reached the client.
+//! backends while nothing has reached the client, then on the model's
+//! fallbacks (see [`super::fallback`]).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -12,12 +13,13 @@ use gateway_core::{
 };
 use tokio::time::Instant;
 
+use super::fallback::{self, Plan};
 use super::stream::{self, Attempted};
 use super::{ActiveGuard, Gateway, GatewayStream};
 use crate::admission::Ticket;
 use crate::limits::LimitPermit;
 use crate::metrics::{BackendLabels, ModelBackendLabels};
-use crate::pool::BackendSlot;
+use crate::pool::{BackendSlot, InflightGuard};
 use crate::route::{Candidate, RouteRequest};
 use crate::{ErrorCode, GatewayError, ModelSpec, Tenant};
 
@@ -33,6 +35,8 @@ pub(super) struct Admitted {
     pub(super) permit: LimitPermit,
     pub(super) active: ActiveGuard,
     pub(super) span: tracing::Span,
+    /// The model's usable fallbacks, in order.
+    pub(super) fallbacks: Vec<Plan>,
 }
 
 /// What the first events of a successful attempt were.
@@ -42,19 +46,108 @@ pub(super) struct Head {
     pub(super) order: EventOrder,
 }
 
-/// Routes and starts `admitted`, trying each eligible backend of the model
-/// at most once, in ranked order, until one produces its first token.
+/// How serving a request on one model ended without a first token.
+enum Stop {
+    /// A fault of the request, a cancel: no other model would do better.
+    Final(GatewayError),
+    /// The model's backends could not start it: a fallback may.
+    Unserved(GatewayError),
+}
+
+/// A started attempt: its first events and its place on the backend.
+struct Served {
+    head: Head,
+    inflight: InflightGuard,
+    attempt_cancel: CancelHandle,
+}
+
+/// Routes and starts `admitted` on its model, then, if that model's
+/// backends cannot start it, on each of its fallbacks in order; on every
+/// model each eligible backend is tried at most once, in ranked order,
+/// until one produces its first token.
 pub(super) async fn run(
     gateway: &Gateway,
-    admitted: Admitted,
+    mut admitted: Admitted,
     cancel: CancelHandle,
 ) -> Result<GatewayStream, GatewayError> {
+    let requested = admitted.model.name.clone();
+    let mut plans = std::mem::take(&mut admitted.fallbacks).into_iter();
+    let mut unserved: Vec<(String, GatewayError)> = Vec::new();
+    // The requested model's admission wait runs from arrival; each
+    // fallback gets its own from when it is tried.
+    let mut since = admitted.arrived;
+    loop {
+        match serve(gateway, &admitted, &cancel, since).await {
+            Ok(Served {
+                head,
+                inflight,
+                attempt_cancel,
+            }) => {
+                return Ok(stream::start(
+                    gateway,
+                    Attempted {
+                        admitted,
+                        head,
+                        inflight,
+                        attempt_cancel,
+                    },
+                    cancel,
+                ));
+            }
+            Err(Stop::Final(err)) => return Err(err),
+            Err(Stop::Unserved(err)) => {
+                unserved.push((admitted.model.name.clone(), err));
+                let Some(plan) = plans.next() else {
+                    return Err(chain_error(unserved));
+                };
+                fallback::switch(gateway, &mut admitted, plan, &requested);
+                since = Instant::now();
+            }
+        }
+    }
+}
+
+/// The error of a request no model of its chain could start: the requested
+/// model's code and retry hint, with every model's reason in the message.
+fn chain_error(mut unserved: Vec<(String, GatewayError)>) -> GatewayError {
+    if unserved.len() <= 1 {
+        if let Some((_, err)) = unserved.pop() {
+            return err;
+        }
+        return GatewayError::new(ErrorCode::Internal, "no model was tried");
+    }
+    let message = unserved
+        .iter()
+        .enumerate()
+        .map(|(i, (model, err))| {
+            let what = if i == 0 { "model" } else { "fallback" };
+            format!("{what} {model}: {}", err.message())
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let (_, first) = &unserved[0];
+    let err = GatewayError::new(first.code(), message);
+    match first.retry_after() {
+        Some(after) => err.with_retry_after(after),
+        None => err,
+    }
+}
+
+/// Routes and starts `admitted` on its current model, trying each eligible
+/// backend at most once, waiting for capacity up to the admission wait
+/// counted from `since`.
+async fn serve(
+    gateway: &Gateway,
+    admitted: &Admitted,
+    cancel: &CancelHandle,
+    since: Instant,
+) -> Result<Served, Stop> {
     let inner = &gateway.inner;
     let indices: &[usize] = inner
         .by_model
         .get(&admitted.model.name)
         .map_or(&[], Vec::as_slice);
-    let admission_deadline = admitted.arrived + inner.settings.admission_wait;
+    let admission_deadline = since + inner.settings.admission_wait;
     let mut tried: HashSet<usize> = HashSet::new();
     let mut failures: Vec<BackendError> = Vec::new();
     let queue = inner.queues.get(&admitted.model.name).cloned();
@@ -103,30 +196,25 @@ pub(super) async fn run(
                 t.served();
             }
             tried.insert(index);
-            match attempt(gateway, &admitted, inflight.slot().clone(), &cancel).await {
+            match attempt(gateway, admitted, inflight.slot().clone(), cancel).await {
                 Ok((head, attempt_cancel)) => {
-                    return Ok(stream::start(
-                        gateway,
-                        Attempted {
-                            admitted,
-                            head,
-                            inflight,
-                            attempt_cancel,
-                        },
-                        cancel,
-                    ));
+                    return Ok(Served {
+                        head,
+                        inflight,
+                        attempt_cancel,
+                    });
                 }
                 Err(Failed::Canceled(reason)) => {
-                    return Err(GatewayError::new(
+                    return Err(Stop::Final(GatewayError::new(
                         ErrorCode::Canceled,
                         format!("request canceled: {reason}"),
-                    ));
+                    )));
                 }
                 Err(Failed::Backend(err)) => {
                     let backend = inflight.slot().name.clone();
                     drop(inflight);
                     if !err.is_retryable() {
-                        return Err(GatewayError::from_backend(err));
+                        return Err(Stop::Final(GatewayError::from_backend(err)));
                     }
                     inner
                         .metrics
@@ -142,7 +230,7 @@ pub(super) async fn run(
             .iter()
             .any(|c| c.healthy && (!c.has_capacity || !my_turn));
         if !waiting_possible {
-            return Err(exhausted(&failures));
+            return Err(Stop::Unserved(exhausted(&failures)));
         }
         if let (None, Some(q)) = (&ticket, &queue) {
             let cost = admitted
@@ -158,11 +246,13 @@ pub(super) async fn run(
             match joined {
                 Ok(t) => ticket = Some(t),
                 Err(full) => {
-                    return Err(GatewayError::new(
-                        ErrorCode::Overloaded,
-                        format!("model {}: {full}", admitted.model.name),
-                    )
-                    .with_retry_after(Duration::from_secs(1)));
+                    return Err(Stop::Unserved(
+                        GatewayError::new(
+                            ErrorCode::Overloaded,
+                            format!("model {}: {full}", admitted.model.name),
+                        )
+                        .with_retry_after(Duration::from_secs(1)),
+                    ));
                 }
             }
             // Joined: look again at once; this request may be next.
@@ -177,14 +267,14 @@ pub(super) async fn run(
         tokio::select! {
             biased;
             reason = cancel.canceled() => {
-                return Err(GatewayError::new(ErrorCode::Canceled, format!("request canceled: {reason}")));
+                return Err(Stop::Final(GatewayError::new(ErrorCode::Canceled, format!("request canceled: {reason}"))));
             }
             () = tokio::time::sleep_until(admission_deadline) => {
-                return Err(GatewayError::new(
+                return Err(Stop::Unserved(GatewayError::new(
                     ErrorCode::Overloaded,
                     format!("no capacity for model {} within the admission wait", admitted.model.name),
                 )
-                .with_retry_after(Duration::from_secs(1)));
+                .with_retry_after(Duration::from_secs(1))));
             }
             () = capacity => {}
             () = turn => {}

@@ -2,6 +2,7 @@
 //! with retries before the first token, stream with metering, settle once.
 
 mod attempt;
+mod fallback;
 mod settings;
 mod stream;
 
@@ -13,8 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use gateway_core::{
-    Backend, BudgetGuard, CancelGuard, CancelHandle, CancelReason, GenerateRequest, LatencyClass,
-    Ledger, LedgerError, Prompt, RequestId, ReserveRequest, SamplingParams, TenantId, UsageMeter,
+    Backend, CancelGuard, CancelHandle, CancelReason, GenerateRequest, LatencyClass, Ledger,
+    LedgerError, Prompt, RequestId, ReserveRequest, SamplingParams, TenantId, UsageMeter,
 };
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -25,11 +26,12 @@ pub use stream::GatewayStream;
 
 use crate::admission::FairQueue;
 use crate::auth::{Authenticator, StaticKeys};
+use crate::health::HealthConfig;
 use crate::ledger::{AccountLedger, MemoryLedger, TenantAccount};
 use crate::limits::{AdmitError, LimitKind, Limiter, TenantLimiter};
 use crate::metrics::{BackendLabels, Metrics};
 use crate::pool::BackendSlot;
-use crate::route::{PrefixAffinity, RoutePolicy};
+use crate::route::{AffinityConfig, PrefixAffinity, RoutePolicy};
 use crate::{ErrorCode, GatewayError, ModelSpec, Tenant};
 
 /// Tenant label used before a tenant is known.
@@ -87,6 +89,9 @@ pub struct GatewayBuilder {
     tenants: Vec<Arc<Tenant>>,
     models: Vec<ModelSpec>,
     backends: Vec<PendingBackend>,
+    fallbacks: Vec<(String, Vec<String>)>,
+    queues: Vec<(String, usize)>,
+    affinity: AffinityConfig,
 }
 
 /// A backend added to a builder.
@@ -95,6 +100,7 @@ struct PendingBackend {
     model: String,
     served_model: String,
     max_concurrency: Option<NonZeroU32>,
+    health: HealthConfig,
 }
 
 impl fmt::Debug for GatewayBuilder {
@@ -130,18 +136,67 @@ impl GatewayBuilder {
     /// gateway sending it at most `max_concurrency` requests at once.
     #[must_use]
     pub fn backend(
+        self,
+        backend: Arc<dyn Backend>,
+        model: &str,
+        served_model: &str,
+        max_concurrency: Option<NonZeroU32>,
+    ) -> Self {
+        self.backend_with(
+            backend,
+            model,
+            served_model,
+            max_concurrency,
+            HealthConfig::default(),
+        )
+    }
+
+    /// [`GatewayBuilder::backend`] with its health policy: circuit breaker
+    /// and the floor of its adaptive concurrency limit.
+    #[must_use]
+    pub fn backend_with(
         mut self,
         backend: Arc<dyn Backend>,
         model: &str,
         served_model: &str,
         max_concurrency: Option<NonZeroU32>,
+        health: HealthConfig,
     ) -> Self {
         self.backends.push(PendingBackend {
             backend,
             model: model.to_owned(),
             served_model: served_model.to_owned(),
             max_concurrency,
+            health,
         });
+        self
+    }
+
+    /// Sets the models a request for `model` may move to, in order, when
+    /// `model`'s backends cannot start it before its first token (see
+    /// [`Gateway::generate`]).
+    #[must_use]
+    pub fn fallbacks(mut self, model: &str, fallbacks: &[&str]) -> Self {
+        self.fallbacks.push((
+            model.to_owned(),
+            fallbacks.iter().map(|f| (*f).to_owned()).collect(),
+        ));
+        self
+    }
+
+    /// Sets how many requests may wait for `model`'s capacity (default
+    /// [`Settings::admission_queue`]); past it they get `overloaded`.
+    #[must_use]
+    pub fn admission_queue(mut self, model: &str, capacity: usize) -> Self {
+        self.queues.push((model.to_owned(), capacity));
+        self
+    }
+
+    /// Sets the default routing policy's prefix-affinity settings (ignored
+    /// with [`GatewayBuilder::route_policy`]).
+    #[must_use]
+    pub fn affinity(mut self, config: AffinityConfig) -> Self {
+        self.affinity = config;
         self
     }
 
@@ -177,7 +232,8 @@ impl GatewayBuilder {
     ///
     /// # Errors
     /// [`BuildError`] for duplicate names, a backend of an unknown model, a
-    /// model without backends.
+    /// model without backends, fallbacks or a queue size of an unknown
+    /// model, a fallback that is unknown, repeated or the model itself.
     pub fn build(self) -> Result<Gateway, BuildError> {
         let mut models = HashMap::new();
         for m in self.models {
@@ -194,6 +250,7 @@ impl GatewayBuilder {
             model,
             served_model: served,
             max_concurrency: max,
+            health,
         } in self.backends
         {
             if !models.contains_key(&model) {
@@ -212,12 +269,13 @@ impl GatewayBuilder {
                 )));
             }
             by_model.entry(model.clone()).or_default().push(pool.len());
-            pool.push(Arc::new(BackendSlot::new(
+            pool.push(Arc::new(BackendSlot::with_health(
                 backend,
                 model,
                 served,
                 max,
                 capacity.clone(),
+                health,
             )));
         }
         if let Some(name) = models.keys().find(|m| !by_model.contains_key(*m)) {
@@ -240,17 +298,29 @@ impl GatewayBuilder {
             }
         };
         let authenticator = self.authenticator.unwrap_or_else(|| Arc::new(self.keys));
-        let default_router: Arc<dyn RoutePolicy> = Arc::new(PrefixAffinity::new(
+        let default_router: Arc<dyn RoutePolicy> = Arc::new(PrefixAffinity::with_config(
             pool.iter().map(|s| s.name.clone()).collect(),
             0x5EED,
+            self.affinity,
         ));
+        let fallbacks = fallback_chains(&models, self.fallbacks)?;
+        let mut sizes: HashMap<String, usize> = HashMap::new();
+        for (model, size) in self.queues {
+            if !models.contains_key(&model) {
+                return Err(BuildError(format!(
+                    "admission queue of unknown model {model}"
+                )));
+            }
+            sizes.insert(model, size);
+        }
         let queues = models
             .keys()
             .map(|m| {
-                (
-                    m.clone(),
-                    Arc::new(FairQueue::new(self.settings.admission_queue)),
-                )
+                let size = sizes
+                    .get(m)
+                    .copied()
+                    .unwrap_or(self.settings.admission_queue);
+                (m.clone(), Arc::new(FairQueue::new(size)))
             })
             .collect();
         let metrics = Metrics::new();
@@ -259,6 +329,11 @@ impl GatewayBuilder {
         }
         for model in models.keys() {
             metrics.register_model(model);
+        }
+        for (from, chain) in &fallbacks {
+            for to in chain {
+                metrics.register_fallback(from, &to.name);
+            }
         }
         for tenant in tenants.keys() {
             metrics.register_tenant(tenant.as_str());
@@ -276,6 +351,7 @@ impl GatewayBuilder {
                 models,
                 pool,
                 queues,
+                fallbacks,
                 by_model,
                 capacity,
                 metrics: Arc::new(metrics),
@@ -284,6 +360,37 @@ impl GatewayBuilder {
             }),
         })
     }
+}
+
+/// Checks and resolves the builder's fallback lists.
+fn fallback_chains(
+    models: &HashMap<String, Arc<ModelSpec>>,
+    lists: Vec<(String, Vec<String>)>,
+) -> Result<HashMap<String, Vec<Arc<ModelSpec>>>, BuildError> {
+    let mut chains = HashMap::new();
+    for (model, list) in lists {
+        if !models.contains_key(&model) {
+            return Err(BuildError(format!("fallbacks of unknown model {model}")));
+        }
+        let mut chain: Vec<Arc<ModelSpec>> = Vec::with_capacity(list.len());
+        for name in list {
+            let Some(spec) = models.get(&name) else {
+                return Err(BuildError(format!(
+                    "model {model} falls back to unknown model {name}"
+                )));
+            };
+            if name == model || chain.iter().any(|m| m.name == name) {
+                return Err(BuildError(format!(
+                    "model {model} lists {name} as a fallback twice or of itself"
+                )));
+            }
+            chain.push(spec.clone());
+        }
+        if !chain.is_empty() {
+            chains.insert(model, chain);
+        }
+    }
+    Ok(chains)
 }
 
 /// Requests in the gateway, for draining on shutdown.
@@ -322,6 +429,8 @@ struct Inner {
     pool: Vec<Arc<BackendSlot>>,
     by_model: HashMap<String, Vec<usize>>,
     queues: HashMap<String, Arc<FairQueue>>,
+    /// Each model's fallbacks, in order (models without any are absent).
+    fallbacks: HashMap<String, Vec<Arc<ModelSpec>>>,
     capacity: Arc<Notify>,
     metrics: Arc<Metrics>,
     shutdown: CancelHandle,
@@ -370,6 +479,9 @@ impl Gateway {
             tenants: Vec::new(),
             models: Vec::new(),
             backends: Vec::new(),
+            fallbacks: Vec::new(),
+            queues: Vec::new(),
+            affinity: AffinityConfig::default(),
         }
     }
 
@@ -562,6 +674,17 @@ impl Gateway {
     /// stream yields the events from `Started` on; its budget reservation
     /// settles when the stream ends or is dropped.
     ///
+    /// When none of the model's backends can start the request (open
+    /// breakers, unhealthy, no capacity within the admission wait, a full
+    /// queue, or retryable failures on each), the model's fallbacks (see
+    /// [`GatewayBuilder::fallbacks`]) are tried in order, each like the
+    /// model itself — only before the first token, never on a fault of the
+    /// request. The reservation is taken once, for the most expensive model
+    /// of the chain (or, if that does not fit the budget, for the requested
+    /// model alone, dropping the fallbacks it does not cover); the request
+    /// is charged once, at the prices of the model that served it, and its
+    /// metrics and [`GatewayStream::model`] name that model.
+    ///
     /// # Errors
     /// A [`GatewayError`] for each refusal of the contract.
     ///
@@ -672,18 +795,29 @@ impl Gateway {
                 .pricing
                 .worst_case(prompt_tokens, u64::from(max_tokens)),
         };
+        let plans = fallback::plans(
+            self,
+            tenant,
+            &model,
+            estimate,
+            &request.prompt,
+            request.max_tokens,
+        );
         let ledger: Arc<dyn Ledger> = self.inner.ledger.clone();
-        let guard = BudgetGuard::reserve(ledger, &reserve, model.pricing, meter.clone())
-            .await
-            .map_err(|e| match e {
-                LedgerError::BudgetExceeded {
-                    needed, available, ..
-                } => GatewayError::new(
-                    ErrorCode::BudgetExceeded,
-                    format!("budget exceeded: this request may cost {needed}, {available} is left"),
-                ),
-                other => GatewayError::new(ErrorCode::Internal, format!("ledger: {other}")),
-            })?;
+        let (guard, fallbacks) =
+            fallback::reserve(ledger, reserve, model.pricing, meter.clone(), plans)
+                .await
+                .map_err(|e| match e {
+                    LedgerError::BudgetExceeded {
+                        needed, available, ..
+                    } => GatewayError::new(
+                        ErrorCode::BudgetExceeded,
+                        format!(
+                            "budget exceeded: this request may cost {needed}, {available} is left"
+                        ),
+                    ),
+                    other => GatewayError::new(ErrorCode::Internal, format!("ledger: {other}")),
+                })?;
         let generate = GenerateRequest {
             id: request.id,
             model: model.name.clone(),
@@ -706,6 +840,7 @@ impl Gateway {
             permit,
             active,
             span,
+            fallbacks,
         };
         attempt::run(self, admitted, cancel).await
     }

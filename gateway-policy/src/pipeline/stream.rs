@@ -66,6 +66,7 @@ pub(super) fn start(
     let drain = inflight.slot().backend.drain_on_client_gone();
     let cap = u64::from(admitted.request.max_tokens);
     let request_id = admitted.request.id.to_string();
+    let model = admitted.model.name.clone();
     let meter = admitted.meter.clone();
     let settlement = Settlement {
         guard: Some(admitted.guard),
@@ -113,6 +114,7 @@ pub(super) fn start(
         meter,
         cancel,
         backend,
+        model,
         request_id,
         ended: false,
     }
@@ -131,6 +133,7 @@ pub struct GatewayStream {
     meter: UsageMeter,
     cancel: CancelHandle,
     backend: String,
+    model: String,
     request_id: String,
     ended: bool,
 }
@@ -150,6 +153,12 @@ impl GatewayStream {
     /// The backend serving the request.
     pub fn backend(&self) -> &str {
         &self.backend
+    }
+
+    /// The model serving the request: the one asked for, or the fallback
+    /// it moved to before its first token.
+    pub fn model(&self) -> &str {
+        &self.model
     }
 
     /// Completion tokens taken so far.

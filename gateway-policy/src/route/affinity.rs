@@ -25,16 +25,51 @@ pub const BLOCK_BYTES: usize = 256;
 /// Blocks hashed per prompt (the first 1 KiB).
 pub const BLOCKS: usize = 4;
 
+/// Load (see [`load_score`]) above which an affinity match is ignored, by
+/// default.
+pub const SATURATED: f64 = 1.0;
+
+/// How prefix affinity hashes prompts and when it gives up on a match.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct AffinityConfig {
+    /// Bytes per prefix block (at least 1). Default [`BLOCK_BYTES`].
+    pub block_bytes: usize,
+    /// Blocks hashed per prompt (at least 1). Default [`BLOCKS`].
+    pub blocks: usize,
+    /// Load (see [`load_score`]: in-flight over the concurrency limit) at
+    /// or above which a backend's affinity match is ignored. Default
+    /// [`SATURATED`] (full).
+    pub saturation: f64,
+}
+
+impl Default for AffinityConfig {
+    fn default() -> Self {
+        AffinityConfig {
+            block_bytes: BLOCK_BYTES,
+            blocks: BLOCKS,
+            saturation: SATURATED,
+        }
+    }
+}
+
 /// Hashes of the prompt's leading blocks: the hash of the first block, of
 /// the first two, and so on (at most [`BLOCKS`]); only whole blocks.
 /// Chat prompts hash their messages' roles and contents in order.
 pub fn prefix_hashes(prompt: &Prompt) -> Vec<u64> {
-    let mut bytes: Vec<u8> = Vec::with_capacity(BLOCK_BYTES * BLOCKS);
+    prefix_hashes_with(prompt, BLOCK_BYTES, BLOCKS)
+}
+
+/// [`prefix_hashes`] with `blocks` blocks of `block_bytes` bytes (each at
+/// least 1).
+pub fn prefix_hashes_with(prompt: &Prompt, block_bytes: usize, blocks: usize) -> Vec<u64> {
+    let block_bytes = block_bytes.max(1);
+    let total = block_bytes.saturating_mul(blocks.max(1));
+    let mut bytes: Vec<u8> = Vec::with_capacity(total.min(1 << 20));
     match prompt {
-        Prompt::Text(t) => bytes.extend(t.as_bytes().iter().take(BLOCK_BYTES * BLOCKS)),
+        Prompt::Text(t) => bytes.extend(t.as_bytes().iter().take(total)),
         Prompt::Chat(messages) => {
             for m in messages {
-                if bytes.len() >= BLOCK_BYTES * BLOCKS {
+                if bytes.len() >= total {
                     break;
                 }
                 bytes.extend_from_slice(m.role.as_str().as_bytes());
@@ -42,17 +77,17 @@ pub fn prefix_hashes(prompt: &Prompt) -> Vec<u64> {
                 bytes.extend_from_slice(m.content.as_bytes());
                 bytes.push(0);
             }
-            bytes.truncate(BLOCK_BYTES * BLOCKS);
+            bytes.truncate(total);
         }
         Prompt::Tokens(ids) => {
-            for id in ids.iter().take(BLOCK_BYTES * BLOCKS / 4) {
+            for id in ids.iter().take(total / 4) {
                 bytes.extend_from_slice(&id.to_le_bytes());
             }
         }
     }
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     bytes
-        .chunks_exact(BLOCK_BYTES)
+        .chunks_exact(block_bytes)
         .map(|block| {
             block.hash(&mut hasher);
             hasher.finish()
@@ -62,9 +97,6 @@ pub fn prefix_hashes(prompt: &Prompt) -> Vec<u64> {
 
 /// Most prefixes remembered; past it the oldest half is forgotten.
 const REMEMBERED: usize = 65_536;
-
-/// Load (see [`load_score`]) above which an affinity match is ignored.
-const SATURATED: f64 = 1.0;
 
 #[derive(Debug)]
 struct State {
@@ -81,12 +113,18 @@ pub struct PrefixAffinity {
     /// Backend names by candidate index, to remember affinity across pool
     /// changes.
     names: Vec<String>,
+    config: AffinityConfig,
 }
 
 impl PrefixAffinity {
     /// A policy over backends named `names` (by candidate index), drawing
     /// from a generator seeded with `seed`.
     pub fn new(names: Vec<String>, seed: u64) -> Self {
+        PrefixAffinity::with_config(names, seed, AffinityConfig::default())
+    }
+
+    /// [`PrefixAffinity::new`] with its hashing and saturation settings.
+    pub fn with_config(names: Vec<String>, seed: u64, config: AffinityConfig) -> Self {
         PrefixAffinity {
             state: Mutex::new(State {
                 seen: HashMap::new(),
@@ -94,7 +132,13 @@ impl PrefixAffinity {
                 rng: SplitMix64::new(seed),
             }),
             names,
+            config,
         }
+    }
+
+    /// Its settings.
+    pub fn config(&self) -> &AffinityConfig {
+        &self.config
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -121,7 +165,8 @@ impl RoutePolicy for PrefixAffinity {
         if order.is_empty() {
             return order;
         }
-        let hashes = prefix_hashes(request.prompt);
+        let hashes =
+            prefix_hashes_with(request.prompt, self.config.block_bytes, self.config.blocks);
         let mut state = self.state();
         let name_of = |index: usize| self.names.get(index).map(String::as_str);
         // The longest matching block whose backend is eligible and not saturated.
@@ -130,7 +175,8 @@ impl RoutePolicy for PrefixAffinity {
             let c = candidates
                 .iter()
                 .find(|c| name_of(c.index) == Some(backend.as_str()))?;
-            (order.contains(&c.index) && load_score(&c.pressure) < SATURATED).then_some(c.index)
+            (order.contains(&c.index) && load_score(&c.pressure) < self.config.saturation)
+                .then_some(c.index)
         });
         let first = match affine {
             Some(index) => index,
@@ -273,5 +319,31 @@ mod tests {
         // The most loaded can never win a pair; the least loaded wins every pair it is in.
         assert_eq!(firsts[2], 0, "{firsts:?}");
         assert!(firsts[0] > firsts[1], "{firsts:?}");
+    }
+
+    #[test]
+    fn block_size_and_saturation_are_settings() {
+        let config = AffinityConfig {
+            block_bytes: 8,
+            blocks: 2,
+            saturation: 0.5,
+        };
+        let prompt = Prompt::Text("abcdefgh12345678zzzzzzzz".into());
+        assert_eq!(prefix_hashes_with(&prompt, 8, 2).len(), 2);
+        assert_eq!(prefix_hashes_with(&prompt, 8, 9).len(), 3);
+        assert_eq!(prefix_hashes_with(&prompt, 100, 4).len(), 0);
+        let policy = PrefixAffinity::with_config(names(2), 1, config);
+        assert_eq!(policy.config(), &config);
+        let first = policy.rank(&req(&prompt), &cands(&[0, 0]))[0];
+        let other = 1 - first;
+        // 4 of 8 is half loaded: at the 0.5 threshold the match is ignored.
+        let mut loads = [0u32; 2];
+        loads[first] = 4;
+        assert_eq!(policy.rank(&req(&prompt), &cands(&loads))[0], other);
+        // That request went to `other`, so the prefix sticks there now; 3 of
+        // 8 is below the threshold: the match holds although `first` is idle.
+        let mut loads = [0u32; 2];
+        loads[other] = 3;
+        assert_eq!(policy.rank(&req(&prompt), &cands(&loads))[0], other);
     }
 }

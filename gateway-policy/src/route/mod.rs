@@ -9,7 +9,10 @@ use std::fmt;
 
 use gateway_core::{LatencyClass, Pressure, Prompt};
 
-pub use affinity::{BLOCK_BYTES, BLOCKS, PrefixAffinity, prefix_hashes};
+pub use affinity::{
+    AffinityConfig, BLOCK_BYTES, BLOCKS, PrefixAffinity, SATURATED, prefix_hashes,
+    prefix_hashes_with,
+};
 
 /// What routing knows of the request.
 #[derive(Debug, Clone, Copy)]
