@@ -9,6 +9,14 @@
 //!
 //! SIGINT/SIGTERM: stop accepting, let streams finish for `shutdown_grace_ms`,
 //! abort the rest at their engines, settle every reservation, exit 0.
+//!
+//! Built with the feature `otlp`, it exports one span per request over
+//! OTLP/HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) is
+//! set, and sends the last batches after the drain.
+
+#[cfg(feature = "otlp")]
+#[path = "gateway/otlp.rs"]
+mod otlp;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -18,6 +26,9 @@ use gateway_adapters::config::{DEMO_API_KEY, GatewayConfig};
 use gateway_adapters::server::{router, serve};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tracing_subscriber::Layer as _;
+use tracing_subscriber::layer::SubscriberExt as _;
+use tracing_subscriber::util::SubscriberInitExt as _;
 
 const USAGE: &str = "usage: gateway [--config FILE] [--listen IP:PORT] | --check-config FILE";
 
@@ -115,15 +126,6 @@ fn main() -> ExitCode {
             if let Some(listen) = listen {
                 config.server.listen = listen;
             }
-            // Logs go to stderr (stdout is for the address line): warnings by
-            // default, one line per settled request with RUST_LOG=info.
-            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-            tracing_subscriber::fmt()
-                .with_env_filter(filter)
-                .with_writer(std::io::stderr)
-                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-                .init();
             let runtime = match tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()
@@ -134,7 +136,46 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(run(config)) {
+            // Logs go to stderr (stdout is for the address line): warnings by
+            // default, one line per settled request with RUST_LOG=info. The
+            // OTLP layer has its own filter: request spans, whatever RUST_LOG.
+            let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+            let logs = tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stderr)
+                .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+                .with_filter(filter);
+            #[cfg(feature = "otlp")]
+            let export = match otlp::start(runtime.handle()) {
+                Ok(export) => export,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return ExitCode::from(2);
+                }
+            };
+            #[cfg(feature = "otlp")]
+            let spans = export.as_ref().map(otlp::Export::layer);
+            #[cfg(not(feature = "otlp"))]
+            let spans: Option<tracing_subscriber::layer::Identity> = None;
+            tracing_subscriber::registry().with(logs).with(spans).init();
+            #[cfg(not(feature = "otlp"))]
+            if std::env::var_os("OTEL_EXPORTER_OTLP_ENDPOINT").is_some()
+                || std::env::var_os("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT").is_some()
+            {
+                tracing::warn!(
+                    "OTEL_EXPORTER_OTLP_ENDPOINT is set but this gateway is built without the `otlp` feature: no spans are exported"
+                );
+            }
+            let result = runtime.block_on(run(config));
+            // After the drain: the last spans go out while the runtime that
+            // sends them still runs.
+            #[cfg(feature = "otlp")]
+            if let Some(export) = &export {
+                if let Err(e) = export.shutdown() {
+                    eprintln!("{e}");
+                }
+            }
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("{e}");
