@@ -1036,6 +1036,15 @@ ca_file = "ca.pem"
         assert_eq!((b.budget, b.weight), (None, nz32(1)));
 
         assert_eq!(config.models.len(), 1);
+        // The policy tables show the defaults.
+        assert_eq!(
+            config.health,
+            gateway_policy::health::HealthConfig::default()
+        );
+        assert_eq!(
+            config.routing,
+            gateway_policy::route::AffinityConfig::default()
+        );
         let model = config.model("sim-small").unwrap();
         assert_eq!(
             model.pricing,

@@ -467,3 +467,54 @@ fn fallback_lists_are_checked_at_build() {
         Err("invalid gateway: model big lists small as a fallback twice or of itself".into())
     );
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_unhealthy_model_goes_straight_to_its_fallback() {
+    let s = setup(&[SMALL]);
+    s.mock(BIG).set_healthy(false);
+    s.gateway.check_health().await;
+    assert_eq!(s.gateway.readiness(), Err(vec![BIG.to_owned()]));
+    let (stream, _, error) = serve(&s, "r").await.unwrap();
+    assert_eq!(stream.model(), SMALL);
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!(s.starts(), [0, 0, 1, 0]);
+    assert_eq!(settled(&s).await.spent, Money::from_picos(84));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_admission_queue_falls_back_at_once() {
+    // big: one slot, and no room to wait (its own queue size, 0).
+    let mut builder = Gateway::builder(settings())
+        .tenant(Tenant::new("team-a"), key_hash("sk-t"))
+        .model(model(BIG, 10, 100))
+        .model(model(SMALL, 2, 20))
+        .fallbacks(BIG, &[SMALL])
+        .admission_queue(BIG, 0);
+    let (big, big_handle) = MockBackend::new("big-0", BIG);
+    let (small, small_handle) = MockBackend::new("small-0", SMALL);
+    builder = builder
+        .backend(Arc::new(big), BIG, BIG, NonZeroU32::new(1))
+        .backend(Arc::new(small), SMALL, SMALL, None);
+    let gateway = builder.build().unwrap();
+    let tenant = gateway.authenticate(Some("sk-t")).unwrap();
+    big_handle.push(Script::repeat(1000, Duration::from_millis(10)));
+    let (holder_guard, cancel) = gateway.request_cancel();
+    let holder = gateway
+        .generate(&tenant, request("holder"), cancel)
+        .await
+        .unwrap();
+
+    let t0 = Instant::now();
+    let (_g, cancel) = gateway.request_cancel();
+    let mut stream = gateway
+        .generate(&tenant, request("next"), cancel)
+        .await
+        .unwrap();
+    assert_eq!(t0.elapsed(), Duration::ZERO, "no admission wait");
+    assert_eq!(stream.model(), SMALL);
+    let (text, error) = collect(&mut stream).await;
+    assert_eq!(text, "Hello, world");
+    assert!(error.is_none(), "{error:?}");
+    assert_eq!((big_handle.starts(), small_handle.starts()), (1, 1));
+    drop((holder, holder_guard));
+}

@@ -17,7 +17,10 @@ pub struct Settings {
     pub stream_buffer_events: NonZeroUsize,
     /// How long a request may wait for backend capacity before `overloaded`.
     pub admission_wait: Duration,
-    /// Most requests waiting for one model's capacity; more get `overloaded`.
+    /// Most requests waiting for one model's capacity; more get `overloaded`
+    /// (or go to the model's fallbacks). The default of every model;
+    /// [`GatewayBuilder::admission_queue`](crate::GatewayBuilder::admission_queue)
+    /// sets one model's.
     pub admission_queue: usize,
     /// Total time a request may take from arrival to its last token; the
     /// backend gets it as the attempt's deadline and ends the stream with
