@@ -1227,6 +1227,7 @@ model = "m"
             config.routing,
             AffinityConfig {
                 block_bytes: 256,
+                block_tokens: 64,
                 blocks: 4,
                 saturation: 1.0,
             }
@@ -1257,6 +1258,7 @@ min_concurrency = 2
 
 [routing]
 prefix_block_bytes = 64
+prefix_block_tokens = 16
 prefix_blocks = 8
 affinity_saturation = 0
 "#;
@@ -1278,6 +1280,7 @@ affinity_saturation = 0
             config.routing,
             AffinityConfig {
                 block_bytes: 64,
+                block_tokens: 16,
                 blocks: 8,
                 saturation: 0.0,
             }

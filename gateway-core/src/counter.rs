@@ -38,6 +38,16 @@ pub trait TokenCounter: Send + Sync + Debug + 'static {
 
     /// Tokens of a piece of text on its own (no special tokens).
     fn count_text(&self, text: &str) -> TokenCount;
+
+    /// The prompt's token ids as the engine will see them, when this
+    /// counter knows them exactly: then their number is what
+    /// [`count_prompt`](TokenCounter::count_prompt) returns, as
+    /// [`TokenCount::Exact`]. Used for prefix-cache affinity on token
+    /// blocks. Default `None` (bounds and counts only).
+    fn encode_prompt(&self, prompt: &Prompt) -> Option<Vec<u32>> {
+        let _ = prompt;
+        None
+    }
 }
 
 /// A safe upper bound from bytes, for models without a tokenizer file.

@@ -67,12 +67,20 @@ impl HfTokenCounter {
         self
     }
 
-    /// Token ids of `text`, with special tokens if `special`.
+    /// The number of tokens of `text`, with special tokens if `special`.
     fn encode_len(&self, text: &str, special: bool) -> Option<u64> {
         self.tokenizer
             .encode_fast(text, special)
             .ok()
             .map(|e| e.len() as u64)
+    }
+
+    /// Token ids of `text`, with special tokens if `special`.
+    fn encode_ids(&self, text: &str, special: bool) -> Option<Vec<u32>> {
+        self.tokenizer
+            .encode_fast(text, special)
+            .ok()
+            .map(|e| e.get_ids().to_vec())
     }
 
     fn chat(&self, messages: &[ChatMessage]) -> TokenCount {
@@ -118,6 +126,20 @@ impl TokenCounter for HfTokenCounter {
         match self.encode_len(text, false) {
             Some(n) => TokenCount::Exact(n),
             None => self.markup.count_text(text),
+        }
+    }
+
+    /// Text prompts, and chat prompts with the model's template; `None` for
+    /// chat without a template (only bounded) and for token prompts (the
+    /// caller has their ids).
+    fn encode_prompt(&self, prompt: &Prompt) -> Option<Vec<u32>> {
+        match prompt {
+            Prompt::Text(text) => self.encode_ids(text, self.add_special_tokens),
+            Prompt::Chat(messages) => {
+                let text = self.template.as_ref()?.render(messages, true).ok()?;
+                self.encode_ids(&text, false)
+            }
+            Prompt::Tokens(_) => None,
         }
     }
 }

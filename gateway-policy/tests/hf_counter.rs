@@ -73,6 +73,16 @@ proptest! {
         let exact_text = c.count_text(&text).value();
         prop_assert!(exact_text <= ByteBound::default().count_text(&text).value());
     }
+
+    /// The ids routing hashes are the ones the count is made of.
+    #[test]
+    fn encoded_ids_are_the_exact_count(text in any::<String>()) {
+        let c = counter();
+        let prompt = Prompt::Text(text.clone());
+        let ids = c.encode_prompt(&prompt).unwrap();
+        prop_assert_eq!(c.count_prompt(&prompt), TokenCount::Exact(ids.len() as u64));
+        prop_assert_eq!(ids.first(), Some(&1), "BOS first for {:?}", text);
+    }
 }
 
 /// The real-vLLM facts for the TinyLlama template: chat prompts are the
@@ -94,6 +104,16 @@ fn chat_with_the_template_is_exact() {
         ChatMessage::user("Hello there"),
     ]);
     assert_eq!(counter.count_prompt(&chat), TokenCount::Exact(30));
+    let ids = counter.encode_prompt(&chat).unwrap();
+    assert_eq!(ids.len(), 30);
+    assert_eq!(ids[..6], [529, 29989, 5205, 29989, 29958, 13]);
+    // Without a template a chat is only bounded: no ids.
+    assert_eq!(
+        HfTokenCounter::from_file(format!("{dir}tinyllama.json"), true)
+            .unwrap()
+            .encode_prompt(&chat),
+        None
+    );
     // Text prompts are unchanged: BOS + tokens.
     assert_eq!(
         counter.count_prompt(&Prompt::Text("Hello world".into())),

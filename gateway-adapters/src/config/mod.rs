@@ -46,7 +46,8 @@
 //! min_concurrency = 1                 # 1..=1000000; default 1: floor of the adaptive limit (capped at max_concurrency)
 //!
 //! [routing]                           # optional table (addition): prefix affinity
-//! prefix_block_bytes = 256            # 1..=65536; default 256
+//! prefix_block_bytes = 256            # 1..=65536; default 256 (prompts whose tokens are not known)
+//! prefix_block_tokens = 64            # 1..=65536; default 64 token ids (a model with a tokenizer)
 //! prefix_blocks = 4                   # 1..=64; default 4 blocks hashed per prompt
 //! affinity_saturation = 1.0           # 0..=100; default 1.0: load at which an affinity match is ignored; 0 turns affinity off
 //!

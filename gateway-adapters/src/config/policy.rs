@@ -20,8 +20,12 @@ pub(super) const HEALTH_KEYS: &[&str] = &[
     "successes_to_close",
     "min_concurrency",
 ];
-pub(super) const ROUTING_KEYS: &[&str] =
-    &["prefix_block_bytes", "prefix_blocks", "affinity_saturation"];
+pub(super) const ROUTING_KEYS: &[&str] = &[
+    "prefix_block_bytes",
+    "prefix_block_tokens",
+    "prefix_blocks",
+    "affinity_saturation",
+];
 
 /// Most failures, probes or successes a breaker setting may ask for.
 const MAX_COUNT: i64 = 10_000;
@@ -29,6 +33,8 @@ const MAX_COUNT: i64 = 10_000;
 const MAX_MS: i64 = 86_400_000;
 /// Largest prefix block: 64 KiB.
 const MAX_BLOCK_BYTES: i64 = 65_536;
+/// Largest prefix block of token ids.
+const MAX_BLOCK_TOKENS: i64 = 65_536;
 /// Most prefix blocks hashed.
 const MAX_BLOCKS: i64 = 64;
 /// Highest saturation threshold (a load of 100 times the limit).
@@ -101,12 +107,19 @@ pub(super) fn routing(top: &Reader<'_>, p: &mut Problems) -> Check<AffinityConfi
         default.block_bytes,
         p,
     );
+    let block_tokens = size(
+        "prefix_block_tokens",
+        MAX_BLOCK_TOKENS,
+        default.block_tokens,
+        p,
+    );
     let blocks = size("prefix_blocks", MAX_BLOCKS, default.blocks, p);
     let saturation = r
         .number("affinity_saturation", 0.0, MAX_SATURATION, p)
         .map(|s| s.unwrap_or(default.saturation));
     Ok(AffinityConfig {
         block_bytes: block_bytes?,
+        block_tokens: block_tokens?,
         blocks: blocks?,
         saturation: saturation?,
     })

@@ -29,6 +29,9 @@ pub(super) struct Admitted {
     pub(super) model: Arc<ModelSpec>,
     pub(super) request: Arc<GenerateRequest>,
     pub(super) estimate: TokenCount,
+    /// The prompt's leading token ids, for routing (see
+    /// [`RouteRequest::prefix_tokens`]).
+    pub(super) prefix: Option<Arc<[u32]>>,
     pub(super) arrived: Instant,
     pub(super) meter: UsageMeter,
     pub(super) guard: BudgetGuard,
@@ -180,6 +183,7 @@ async fn serve(
             let request = RouteRequest {
                 model: &admitted.model.name,
                 prompt: &admitted.request.prompt,
+                prefix_tokens: admitted.prefix.as_deref(),
                 class: admitted.request.latency_class,
             };
             inner.router.rank(&request, &candidates)

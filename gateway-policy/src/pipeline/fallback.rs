@@ -26,6 +26,7 @@ use gateway_core::{
 
 use super::Gateway;
 use super::attempt::Admitted;
+use super::estimate::Estimate;
 use crate::metrics::FallbackLabels;
 use crate::{ModelSpec, Tenant};
 
@@ -33,6 +34,8 @@ use crate::{ModelSpec, Tenant};
 pub(super) struct Plan {
     pub(super) model: Arc<ModelSpec>,
     pub(super) estimate: TokenCount,
+    /// The prompt's leading token ids by this model's counter.
+    pub(super) prefix: Option<Arc<[u32]>>,
     pub(super) max_tokens: u32,
     /// The most the request can cost on this model.
     pub(super) worst: Money,
@@ -43,9 +46,10 @@ pub(super) fn plans(
     gateway: &Gateway,
     tenant: &Tenant,
     model: &ModelSpec,
-    estimate: TokenCount,
+    primary: &Estimate,
     prompt: &Prompt,
     max_tokens: Option<u32>,
+    want_prefix: usize,
 ) -> Vec<Plan> {
     let Some(chain) = gateway.inner.fallbacks.get(&model.name) else {
         return Vec::new();
@@ -59,10 +63,13 @@ pub(super) fn plans(
                 return None;
             }
             // Models sharing a counter share the estimate.
-            let estimate = if Arc::ptr_eq(&f.counter, &model.counter) {
-                estimate
+            let Estimate {
+                count: estimate,
+                prefix,
+            } = if Arc::ptr_eq(&f.counter, &model.counter) {
+                primary.clone()
             } else {
-                f.counter.count_prompt(prompt)
+                super::estimate::estimate(&*f.counter, prompt, want_prefix)
             };
             let needed = estimate.value().saturating_add(u64::from(max_tokens));
             if needed > u64::from(f.context_window) {
@@ -71,6 +78,7 @@ pub(super) fn plans(
             Some(Plan {
                 model: f.clone(),
                 estimate,
+                prefix,
                 max_tokens,
                 worst: f
                     .pricing
@@ -135,5 +143,6 @@ pub(super) fn switch(gateway: &Gateway, admitted: &mut Admitted, plan: Plan, req
     request.max_tokens = plan.max_tokens;
     admitted.request = Arc::new(request);
     admitted.estimate = plan.estimate;
+    admitted.prefix = plan.prefix;
     admitted.model = plan.model;
 }

@@ -2,6 +2,7 @@
 //! with retries before the first token, stream with metering, settle once.
 
 mod attempt;
+mod estimate;
 mod fallback;
 mod settings;
 mod stream;
@@ -750,7 +751,12 @@ impl Gateway {
                 "max_tokens must be at least 1",
             ));
         }
-        let estimate = model.counter.count_prompt(&request.prompt);
+        let primary = estimate::estimate(
+            &*model.counter,
+            &request.prompt,
+            self.inner.router.prefix_tokens(),
+        );
+        let estimate = primary.count;
         let prompt_tokens = estimate.value();
         let needed = prompt_tokens.saturating_add(u64::from(max_tokens));
         if needed > u64::from(model.context_window) {
@@ -799,9 +805,10 @@ impl Gateway {
             self,
             tenant,
             &model,
-            estimate,
+            &primary,
             &request.prompt,
             request.max_tokens,
+            self.inner.router.prefix_tokens(),
         );
         let ledger: Arc<dyn Ledger> = self.inner.ledger.clone();
         let (guard, fallbacks) =
@@ -834,6 +841,7 @@ impl Gateway {
             model,
             request: Arc::new(generate),
             estimate,
+            prefix: primary.prefix,
             arrived,
             meter,
             guard,

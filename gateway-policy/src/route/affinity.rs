@@ -4,7 +4,10 @@
 //! prefix caching): a request whose prompt starts like an earlier one's is
 //! cheaper on the backend that served the earlier one. The prompt's leading
 //! blocks are hashed (block by block, so a longer shared prefix is a
-//! stronger match); a backend that recently served the longest matching
+//! stronger match): blocks of token ids as the engine sees them when the
+//! model's counter knows them (a `tokenizer.json`, with the chat template
+//! for chat; token prompts), which is what the engine's prefix cache keys
+//! on, else blocks of the prompt's bytes; a backend that recently served the longest matching
 //! block goes first, unless it is saturated. Without a match, two healthy
 //! backends are drawn at random and the less loaded one goes first
 //! (power of two choices: near least-loaded, without every gateway herding
@@ -22,6 +25,8 @@ use super::{Candidate, RoutePolicy, RouteRequest, load_score, rank};
 
 /// Bytes per prefix block.
 pub const BLOCK_BYTES: usize = 256;
+/// Token ids per prefix block, when the prompt's tokens are known.
+pub const BLOCK_TOKENS: usize = 64;
 /// Blocks hashed per prompt (the first 1 KiB).
 pub const BLOCKS: usize = 4;
 
@@ -32,8 +37,13 @@ pub const SATURATED: f64 = 1.0;
 /// How prefix affinity hashes prompts and when it gives up on a match.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct AffinityConfig {
-    /// Bytes per prefix block (at least 1). Default [`BLOCK_BYTES`].
+    /// Bytes per prefix block (at least 1), for prompts whose tokens are
+    /// not known. Default [`BLOCK_BYTES`].
     pub block_bytes: usize,
+    /// Token ids per prefix block (at least 1), for prompts whose tokens
+    /// are known. Default [`BLOCK_TOKENS`]; a multiple of the engine's KV
+    /// block size (vLLM: 16 on GPUs) matches its cache best.
+    pub block_tokens: usize,
     /// Blocks hashed per prompt (at least 1). Default [`BLOCKS`].
     pub blocks: usize,
     /// Load (see [`load_score`]: in-flight over the concurrency limit) at
@@ -46,6 +56,7 @@ impl Default for AffinityConfig {
     fn default() -> Self {
         AffinityConfig {
             block_bytes: BLOCK_BYTES,
+            block_tokens: BLOCK_TOKENS,
             blocks: BLOCKS,
             saturation: SATURATED,
         }
@@ -88,6 +99,22 @@ pub fn prefix_hashes_with(prompt: &Prompt, block_bytes: usize, blocks: usize) ->
     let mut hasher = std::collections::hash_map::DefaultHasher::new();
     bytes
         .chunks_exact(block_bytes)
+        .map(|block| {
+            block.hash(&mut hasher);
+            hasher.finish()
+        })
+        .collect()
+}
+
+/// Hashes of the leading blocks of `ids`, as [`prefix_hashes_with`] does
+/// for bytes: the first block, the first two, and so on (at most `blocks`
+/// blocks of `block_tokens` ids, each at least 1); only whole blocks.
+pub fn token_prefix_hashes(ids: &[u32], block_tokens: usize, blocks: usize) -> Vec<u64> {
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    // Token hashes never equal the byte hashes of the same prompt.
+    "tokens".hash(&mut hasher);
+    ids.chunks_exact(block_tokens.max(1))
+        .take(blocks.max(1))
         .map(|block| {
             block.hash(&mut hasher);
             hasher.finish()
@@ -165,8 +192,10 @@ impl RoutePolicy for PrefixAffinity {
         if order.is_empty() {
             return order;
         }
-        let hashes =
-            prefix_hashes_with(request.prompt, self.config.block_bytes, self.config.blocks);
+        let hashes = match request.prefix_tokens {
+            Some(ids) => token_prefix_hashes(ids, self.config.block_tokens, self.config.blocks),
+            None => prefix_hashes_with(request.prompt, self.config.block_bytes, self.config.blocks),
+        };
         let mut state = self.state();
         let name_of = |index: usize| self.names.get(index).map(String::as_str);
         // The longest matching block whose backend is eligible and not saturated.
@@ -215,6 +244,15 @@ impl RoutePolicy for PrefixAffinity {
         }
         order
     }
+
+    /// Enough for every token block, unless affinity is off (saturation 0).
+    fn prefix_tokens(&self) -> usize {
+        if self.config.saturation > 0.0 {
+            self.config.block_tokens.saturating_mul(self.config.blocks)
+        } else {
+            0
+        }
+    }
 }
 
 #[cfg(test)]
@@ -247,8 +285,69 @@ mod tests {
         RouteRequest {
             model: "m",
             prompt,
+            prefix_tokens: None,
             class: LatencyClass::Interactive,
         }
+    }
+
+    #[test]
+    fn token_hashes_cover_whole_blocks_of_ids_only() {
+        let ids: Vec<u32> = (0..150).collect();
+        assert!(token_prefix_hashes(&ids[..63], 64, 4).is_empty());
+        let h = token_prefix_hashes(&ids, 64, 4);
+        assert_eq!(h.len(), 2);
+        // The same first block, another second one.
+        let mut other = ids.clone();
+        other[100] = 7;
+        let h2 = token_prefix_hashes(&other, 64, 4);
+        assert_eq!((h2[0] == h[0], h2[1] == h[1]), (true, false));
+        assert_eq!(token_prefix_hashes(&[1; 1000], 8, 3).len(), 3);
+        // Never the byte hash of the same data.
+        let bytes: Vec<u8> = ids[..64].iter().flat_map(|i| i.to_le_bytes()).collect();
+        let text = Prompt::Tokens(ids[..64].to_vec());
+        assert_ne!(
+            token_prefix_hashes(&ids[..64], 64, 1),
+            prefix_hashes_with(&text, bytes.len(), 1)
+        );
+    }
+
+    #[test]
+    fn known_tokens_route_by_token_blocks() {
+        let policy = PrefixAffinity::new(names(4), 1);
+        assert_eq!(policy.prefix_tokens(), BLOCK_TOKENS * BLOCKS);
+        let c = cands(&[0, 0, 0, 0]);
+        // Two different texts whose token ids share the first block: they
+        // land together, whatever their bytes.
+        let ids_a: Vec<u32> = (0..130).collect();
+        let mut ids_b = ids_a.clone();
+        ids_b[70] = 9;
+        let (pa, pb) = (Prompt::Text("a".into()), Prompt::Text("b".into()));
+        let first = policy.rank(
+            &RouteRequest {
+                prefix_tokens: Some(&ids_a),
+                ..req(&pa)
+            },
+            &c,
+        )[0];
+        for _ in 0..20 {
+            let again = policy.rank(
+                &RouteRequest {
+                    prefix_tokens: Some(&ids_b),
+                    ..req(&pb)
+                },
+                &c,
+            )[0];
+            assert_eq!(again, first);
+        }
+        let off = PrefixAffinity::with_config(
+            names(2),
+            1,
+            AffinityConfig {
+                saturation: 0.0,
+                ..AffinityConfig::default()
+            },
+        );
+        assert_eq!(off.prefix_tokens(), 0);
     }
 
     #[test]
@@ -325,6 +424,7 @@ mod tests {
     fn block_size_and_saturation_are_settings() {
         let config = AffinityConfig {
             block_bytes: 8,
+            block_tokens: 4,
             blocks: 2,
             saturation: 0.5,
         };

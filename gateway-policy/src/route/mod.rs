@@ -10,8 +10,8 @@ use std::fmt;
 use gateway_core::{LatencyClass, Pressure, Prompt};
 
 pub use affinity::{
-    AffinityConfig, BLOCK_BYTES, BLOCKS, PrefixAffinity, SATURATED, prefix_hashes,
-    prefix_hashes_with,
+    AffinityConfig, BLOCK_BYTES, BLOCK_TOKENS, BLOCKS, PrefixAffinity, SATURATED, prefix_hashes,
+    prefix_hashes_with, token_prefix_hashes,
 };
 
 /// What routing knows of the request.
@@ -21,6 +21,10 @@ pub struct RouteRequest<'a> {
     pub model: &'a str,
     /// The prompt (for prefix affinity).
     pub prompt: &'a Prompt,
+    /// The prompt's leading token ids as the engine sees them (at most
+    /// [`RoutePolicy::prefix_tokens`]), when the model's counter knows them
+    /// exactly or the prompt is tokens.
+    pub prefix_tokens: Option<&'a [u32]>,
     /// Interactive or batch.
     pub class: LatencyClass,
 }
@@ -32,6 +36,13 @@ pub trait RoutePolicy: Send + Sync + fmt::Debug + 'static {
     /// The candidates' indices in the order to try them; indices left out
     /// are not tried.
     fn rank(&self, request: &RouteRequest<'_>, candidates: &[Candidate]) -> Vec<usize>;
+
+    /// How many of the prompt's leading token ids the policy wants in
+    /// [`RouteRequest::prefix_tokens`] (the gateway tokenizes for them only
+    /// when the model's counter is exact). Default 0: none.
+    fn prefix_tokens(&self) -> usize {
+        0
+    }
 }
 
 /// [`rank`]: healthy backends with capacity, least loaded first.

@@ -1,0 +1,91 @@
+//! The prompt's estimate: its token count and, when the routing policy
+//! wants them and they are known exactly, its leading token ids (for
+//! prefix-cache affinity on token blocks). One tokenization gives both.
+
+use std::sync::Arc;
+
+use gateway_core::{Prompt, TokenCount, TokenCounter};
+
+/// A prompt's count and leading token ids.
+#[derive(Debug, Clone)]
+pub(super) struct Estimate {
+    pub(super) count: TokenCount,
+    /// At most the `want` first ids given to [`estimate`]; `None` when
+    /// none were wanted or the counter does not know them.
+    pub(super) prefix: Option<Arc<[u32]>>,
+}
+
+/// Counts `prompt` with `counter`; with `want > 0`, also keeps its first
+/// `want` token ids when the prompt is tokens or the counter encodes it
+/// exactly (then the count is their number).
+pub(super) fn estimate(counter: &dyn TokenCounter, prompt: &Prompt, want: usize) -> Estimate {
+    let leading = |ids: &[u32]| Arc::from(&ids[..ids.len().min(want)]);
+    if want > 0 {
+        if let Prompt::Tokens(ids) = prompt {
+            return Estimate {
+                count: counter.count_prompt(prompt),
+                prefix: Some(leading(ids)),
+            };
+        }
+        if let Some(ids) = counter.encode_prompt(prompt) {
+            return Estimate {
+                count: TokenCount::Exact(ids.len() as u64),
+                prefix: Some(leading(&ids)),
+            };
+        }
+    }
+    Estimate {
+        count: counter.count_prompt(prompt),
+        prefix: None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gateway_core::ByteBound;
+
+    /// Knows the ids of text prompts: one per byte.
+    #[derive(Debug)]
+    struct Bytes;
+
+    impl TokenCounter for Bytes {
+        fn count_prompt(&self, prompt: &Prompt) -> TokenCount {
+            match prompt {
+                Prompt::Text(t) => TokenCount::Exact(t.len() as u64),
+                other => ByteBound::default().count_prompt(other),
+            }
+        }
+        fn count_text(&self, text: &str) -> TokenCount {
+            TokenCount::Exact(text.len() as u64)
+        }
+        fn encode_prompt(&self, prompt: &Prompt) -> Option<Vec<u32>> {
+            match prompt {
+                Prompt::Text(t) => Some(t.bytes().map(u32::from).collect()),
+                _ => None,
+            }
+        }
+    }
+
+    #[test]
+    fn the_prefix_is_kept_only_when_wanted_and_known() {
+        let text = Prompt::Text("abcdef".into());
+        let e = estimate(&Bytes, &text, 4);
+        assert_eq!(e.count, TokenCount::Exact(6));
+        assert_eq!(e.prefix.as_deref(), Some(&[97, 98, 99, 100][..]));
+        let e = estimate(&Bytes, &text, 0);
+        assert_eq!((e.count, e.prefix), (TokenCount::Exact(6), None));
+        let e = estimate(&Bytes, &text, 100);
+        assert_eq!(e.prefix.map(|p| p.len()), Some(6));
+        // Token prompts give their own ids; bounds give none.
+        let tokens = Prompt::Tokens(vec![5, 6, 7]);
+        let e = estimate(&ByteBound::default(), &tokens, 2);
+        assert_eq!(
+            (e.count, e.prefix.as_deref()),
+            (TokenCount::Exact(3), Some(&[5, 6][..]))
+        );
+        let e = estimate(&ByteBound::default(), &text, 4);
+        assert_eq!(e.prefix, None);
+        assert!(!e.count.is_exact());
+    }
+}
