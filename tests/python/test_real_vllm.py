@@ -377,12 +377,16 @@ def test_sdk_stream_closed_aborts_in_vllm(real_vllm, client):
             received += 1
             if received == ABORT_AFTER_CHUNKS:
                 break
-    assert running_in_vllm(real_vllm) == 1  # still generating when we leave
+    # Close at once: every moment the connection stays open the gateway
+    # writes more tokens into the socket buffers, and those count as
+    # delivered (a CI run that first read vLLM's gauge here, on a loaded
+    # machine, saw 327 tokens accepted by the kernel in that time). That the
+    # request was still generating when we left is proven afterwards by the
+    # abort vLLM counts and logs.
     stream.close()
-    # The SDK (httpx) may have read more from the socket than it handed out,
-    # and a token or two arrive while the vLLM gauge is read (~4 ms per
-    # token here): what reached the client is `received` plus a few. The
-    # tight check is the raw-socket test below.
+    # The SDK (httpx) may have read more from the socket than it handed out:
+    # what reached the client is `received` plus a few. The tight check is
+    # the raw-socket test below.
     _assert_aborted(real_vllm, before, received, "SDK stream closed", slack=8)
 
 
