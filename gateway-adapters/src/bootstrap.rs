@@ -269,6 +269,7 @@ pub fn build_gateway_with(
             tokens_per_minute: t.tokens_per_minute,
             max_concurrency: t.max_concurrency,
             weight: t.weight,
+            priority: t.priority,
             models: t.models.as_ref().map(|m| m.iter().cloned().collect()),
         };
         builder = builder.tenant(tenant, hash);

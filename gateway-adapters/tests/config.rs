@@ -15,7 +15,7 @@ mod config {
         EMBEDDED_DEFAULT_TOML, GatewayConfig, LedgerConfig, OnDisconnect, SimSettings, TenantKey,
     };
     use gateway_adapters::sim::{SimConfig, Speculative};
-    use gateway_core::{EngineKind, Money, Pricing};
+    use gateway_core::{EngineKind, LatencyClass, Money, Pricing};
     use sha2::{Digest, Sha256};
 
     /// A base directory that does not exist, so file checks fail the same
@@ -114,6 +114,7 @@ id = "team a"
 api_key = "sk-1"
 budget_usd = -1.0
 weight = 0
+priority = "urgent"
 models = ["sim-small", "nope"]
 
 [[tenants]]
@@ -196,6 +197,10 @@ model = "sim-small"
                 ),
                 ("tenants[0].budget_usd", "must be at least 0, found -1"),
                 ("tenants[0].weight", "must be at least 1, found 0"),
+                (
+                    "tenants[0].priority",
+                    "unknown value \"urgent\" (expected \"interactive\" or \"batch\")",
+                ),
                 ("tenants[0].models[1]", "unknown model \"nope\""),
                 ("tenants[1].extra", "unknown key"),
                 (
@@ -620,6 +625,7 @@ metrics_url = "http://127.0.0.1:1/metrics"
         assert_eq!(tenant.tokens_per_minute, None);
         assert_eq!(tenant.max_concurrency, None);
         assert_eq!(tenant.weight, nz32(1));
+        assert_eq!(tenant.priority, LatencyClass::Interactive);
         assert_eq!(tenant.models, None);
         assert!(tenant.allows("m") && tenant.allows("anything"));
 
@@ -719,6 +725,7 @@ requests_per_minute = 600
 tokens_per_minute = 200000
 max_concurrency = 32
 weight = 3
+priority = "batch"
 models = ["small"]
 
 [[models]]
@@ -784,6 +791,7 @@ ca_file = "ca.pem"
         assert_eq!(tenant.tokens_per_minute, NonZeroU64::new(200_000));
         assert_eq!(tenant.max_concurrency, Some(nz32(32)));
         assert_eq!(tenant.weight, nz32(3));
+        assert_eq!(tenant.priority, LatencyClass::Batch);
         assert_eq!(tenant.models, Some(vec!["small".to_owned()]));
         assert!(tenant.allows("small") && !tenant.allows("big"));
 

@@ -165,6 +165,9 @@ pub struct Metrics {
     /// its backends could not start before the first token and that were
     /// moved to its fallback `to` (counted when the fallback is tried).
     pub fallbacks: Family<FallbackLabels, Counter>,
+    /// `gateway_admission_queue_depth{model}`: requests waiting in the
+    /// model's fair queue for a backend with capacity.
+    pub admission_queue: Family<ModelLabels, Gauge>,
 }
 
 impl fmt::Debug for Metrics {
@@ -287,9 +290,16 @@ impl Metrics {
             "Requests moved to a fallback model before their first token",
             fallbacks.clone(),
         );
+        let admission_queue = Family::<ModelLabels, Gauge>::default();
+        registry.register(
+            "admission_queue_depth",
+            "Requests waiting in a model's fair admission queue",
+            admission_queue.clone(),
+        );
         Metrics {
             registry,
             fallbacks,
+            admission_queue,
             circuit_state,
             backend_limit,
             requests,

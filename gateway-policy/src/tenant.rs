@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::num::{NonZeroU32, NonZeroU64};
 
-use gateway_core::{Money, TenantId};
+use gateway_core::{LatencyClass, Money, TenantId};
 
 /// A tenant and its limits.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,12 +20,15 @@ pub struct Tenant {
     pub max_concurrency: Option<NonZeroU32>,
     /// Share of contended capacity.
     pub weight: NonZeroU32,
+    /// The class of its requests that do not name one (the server's
+    /// `x-priority` header): batch waits behind interactive work.
+    pub priority: LatencyClass,
     /// Models it may use; `None` means all.
     pub models: Option<HashSet<String>>,
 }
 
 impl Tenant {
-    /// A tenant with no limits, weight 1, all models allowed.
+    /// A tenant with no limits, weight 1, interactive, all models allowed.
     pub fn new(id: &str) -> Self {
         Tenant {
             id: TenantId::new(id),
@@ -34,6 +37,7 @@ impl Tenant {
             tokens_per_minute: None,
             max_concurrency: None,
             weight: NonZeroU32::MIN,
+            priority: LatencyClass::Interactive,
             models: None,
         }
     }

@@ -494,8 +494,13 @@ async fn requests_wait_for_capacity_then_get_503() {
         let mut st = gateway.generate(&tenant, request("w2"), c).await.unwrap();
         collect(&mut st).await.0
     });
+    // While it waits the model's admission queue holds it.
+    let depth = |n: u32| format!("gateway_admission_queue_depth{{model=\"{MODEL}\"}} {n}\n");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(s.gateway.render_metrics().contains(&depth(1)));
     collect(&mut first).await;
     assert_eq!(second.await.unwrap(), "Hello, world");
+    assert!(s.gateway.render_metrics().contains(&depth(0)));
 
     // A backend busy for longer than the admission wait: 503 with Retry-After.
     s.mocks[0].push(Script::repeat(50, Duration::from_millis(100)));

@@ -4,7 +4,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
-use gateway_core::{EngineKind, Money, Pricing};
+use gateway_core::{EngineKind, LatencyClass, Money, Pricing};
 use gateway_policy::health::HealthConfig;
 use gateway_policy::route::AffinityConfig;
 
@@ -119,6 +119,7 @@ pub(super) fn embedded() -> GatewayConfig {
             tokens_per_minute: None,
             max_concurrency: None,
             weight: NonZeroU32::MIN,
+            priority: LatencyClass::Interactive,
             models: None,
         }],
         models: vec![ModelConfig {

@@ -63,6 +63,7 @@
 //! tokens_per_minute = 200000          # optional, >= 1
 //! max_concurrency = 32                # optional, >= 1
 //! weight = 1                          # >= 1; default 1
+//! priority = "interactive"            # interactive (default) | batch: requests without x-priority (addition)
 //! models = ["tiny-llama"]             # optional allow-list of configured models
 //!
 //! [[models]]                          # at least one; each served by a backend
@@ -165,7 +166,7 @@ use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use gateway_core::{EngineKind, Money, Pricing};
+use gateway_core::{EngineKind, LatencyClass, Money, Pricing};
 use gateway_policy::health::HealthConfig;
 use gateway_policy::route::AffinityConfig;
 
@@ -265,6 +266,9 @@ pub struct TenantConfig {
     pub max_concurrency: Option<NonZeroU32>,
     /// `weight`: share of contended capacity. Default 1.
     pub weight: NonZeroU32,
+    /// `priority`: the class of requests without an `x-priority` header
+    /// (an addition to the contract). Default interactive.
+    pub priority: LatencyClass,
     /// `models`: the allow-list (each a configured model), or `None` for
     /// every model.
     pub models: Option<Vec<String>>,

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use gateway_core::http::Uri;
-use gateway_core::{EngineKind, Money, Pricing};
+use gateway_core::{EngineKind, LatencyClass, Money, Pricing};
 
 use super::policy;
 use super::walk::{Check, Problems, Reader, Reported};
@@ -43,6 +43,7 @@ const TENANT_KEYS: &[&str] = &[
     "tokens_per_minute",
     "max_concurrency",
     "weight",
+    "priority",
     "models",
 ];
 const MODEL_KEYS: &[&str] = &[
@@ -491,6 +492,15 @@ fn tenant<'a>(
     let tokens_per_minute = nonzero_u64(r, "tokens_per_minute", p);
     let max_concurrency = nonzero_u32(r, "max_concurrency", p);
     let weight = nonzero_u32(r, "weight", p).map(|w| w.unwrap_or(NonZeroU32::MIN));
+    let priority = match r.string("priority", p) {
+        Ok(None | Some("interactive")) => Ok(LatencyClass::Interactive),
+        Ok(Some("batch")) => Ok(LatencyClass::Batch),
+        Ok(Some(other)) => Err(p.report(
+            r.key_path("priority"),
+            format!("unknown value {other:?} (expected \"interactive\" or \"batch\")"),
+        )),
+        Err(e) => Err(e),
+    };
     let models = allow_list(r, model_names, p);
     Ok(TenantConfig {
         id: id?.to_owned(),
@@ -500,6 +510,7 @@ fn tenant<'a>(
         tokens_per_minute: tokens_per_minute?,
         max_concurrency: max_concurrency?,
         weight: weight?,
+        priority: priority?,
         models: models?,
     })
 }

@@ -95,11 +95,13 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-/// `x-priority: batch` marks a request as batch work.
-fn latency_class(headers: &HeaderMap) -> LatencyClass {
+/// `x-priority: batch` marks a request as batch work, `x-priority:
+/// interactive` as interactive; without either the tenant's `priority`.
+fn latency_class(headers: &HeaderMap, default: LatencyClass) -> LatencyClass {
     match headers.get("x-priority").and_then(|v| v.to_str().ok()) {
         Some(v) if v.eq_ignore_ascii_case("batch") => LatencyClass::Batch,
-        _ => LatencyClass::Interactive,
+        Some(v) if v.eq_ignore_ascii_case("interactive") => LatencyClass::Interactive,
+        _ => default,
     }
 }
 
@@ -178,7 +180,7 @@ async fn generate(
         prompt: parsed.prompt,
         sampling: parsed.sampling,
         max_tokens: parsed.max_tokens,
-        latency_class: latency_class(headers),
+        latency_class: latency_class(headers, tenant.priority),
         extra: parsed.extra.map(Arc::from),
     };
     let (guard, cancel) = gateway.request_cancel();
@@ -328,4 +330,32 @@ fn usage_body(gateway: &Gateway, tenant: &Tenant) -> Bytes {
 
 pub(crate) async fn fallback() -> Response {
     not_found()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_header_overrides_the_tenants_priority() {
+        let with = |value: Option<&'static str>| {
+            let mut headers = HeaderMap::new();
+            if let Some(v) = value {
+                headers.insert("x-priority", http::HeaderValue::from_static(v));
+            }
+            headers
+        };
+        for default in [LatencyClass::Interactive, LatencyClass::Batch] {
+            assert_eq!(latency_class(&with(None), default), default);
+            assert_eq!(latency_class(&with(Some("whatever")), default), default);
+            assert_eq!(
+                latency_class(&with(Some("Batch")), default),
+                LatencyClass::Batch
+            );
+            assert_eq!(
+                latency_class(&with(Some("INTERACTIVE")), default),
+                LatencyClass::Interactive
+            );
+        }
+    }
 }

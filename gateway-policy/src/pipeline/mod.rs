@@ -583,6 +583,17 @@ impl Gateway {
                 m.backend_limit.get_or_create(&labels).set(i64::from(limit));
             }
         }
+        for (model, queue) in &self.inner.queues {
+            let labels = crate::metrics::ModelLabels {
+                model: model.clone(),
+            };
+            let depth = i64::try_from(queue.len()).unwrap_or(i64::MAX);
+            self.inner
+                .metrics
+                .admission_queue
+                .get_or_create(&labels)
+                .set(depth);
+        }
         self.inner.metrics.encode()
     }
 
