@@ -52,46 +52,21 @@ mod engine_dynamo {
     #[async_trait::async_trait]
     impl ConformanceTarget for Target {
         async fn instance(&self, scenario: Scenario) -> Option<Instance> {
-            let mut o = SimOptions {
-                lagged_probe: true,
-                natural_tokens: 24,
-                token_interval: ms(1),
-                ..options()
-            };
-            match scenario {
-                Scenario::Normal => {}
-                Scenario::LongPrefill => {
-                    o.first_prefill = Some(Duration::from_secs(5));
-                    o.natural_tokens = 200;
-                    o.token_interval = ms(20);
-                }
-                Scenario::LongDecode => {
-                    o.natural_tokens = 1000;
-                    o.token_interval = ms(20);
-                }
-                Scenario::Saturated => {
-                    o.slots = 1;
-                    o.natural_tokens = 1000;
-                    o.token_interval = ms(20);
-                    o.prefill = ms(50);
-                }
-                Scenario::FailBeforeFirstToken => {
-                    o.script = vec![Fault::Http {
-                        status: 529,
-                        body: DYNAMO_529.to_owned(),
-                        retry_after: Some(1),
-                    }];
-                }
-                Scenario::FailAfterFirstToken => {
-                    o.script = vec![Fault::ErrorFrame {
-                        after_tokens: 2,
-                        code: 500,
-                        kind: "internal_server_error".into(),
-                        message: "Internal server error".into(),
-                    }];
-                }
-                _ => return None,
-            }
+            let o = crate::scenario_options!(
+                scenario,
+                SimOptions { ..options() },
+                before: vec![Fault::Http {
+                    status: 529,
+                    body: DYNAMO_529.to_owned(),
+                    retry_after: Some(1),
+                }],
+                after: vec![Fault::ErrorFrame {
+                    after_tokens: 2,
+                    code: 500,
+                    kind: "internal_server_error".into(),
+                    message: "Internal server error".into(),
+                }],
+            )?;
             let sim = VllmSim::start(o).await;
             Some(Instance {
                 backend: Arc::new(backend(&sim)),

@@ -129,43 +129,20 @@ mod engine_sglang {
     #[async_trait::async_trait]
     impl ConformanceTarget for Target {
         async fn instance(&self, scenario: Scenario) -> Option<Instance> {
-            let mut options = SimOptions {
-                lagged_probe: true,
-                natural_tokens: 24,
-                token_interval: ms(1),
-                ..SimOptions::default()
-            };
-            match scenario {
-                Scenario::Normal => {}
-                Scenario::LongPrefill => {
-                    options.first_prefill = Some(Duration::from_secs(5));
-                    options.natural_tokens = 200;
-                    options.token_interval = ms(20);
-                }
-                Scenario::LongDecode => {
-                    options.natural_tokens = 1000;
-                    options.token_interval = ms(20);
-                }
-                Scenario::Saturated => {
-                    options.slots = 1;
-                    options.natural_tokens = 1000;
-                    options.token_interval = ms(20);
-                    options.prefill = ms(50);
-                }
-                Scenario::FailBeforeFirstToken => {
-                    options.script = vec![Fault::ErrorEvent {
-                        after_tokens: 0,
-                        json: QUEUE_FULL_EVENT.to_owned(),
-                    }];
-                }
-                Scenario::FailAfterFirstToken => {
-                    options.script = vec![Fault::ErrorEvent {
-                        after_tokens: 2,
-                        json: INTERNAL_EVENT.to_owned(),
-                    }];
-                }
-                _ => return None,
-            }
+            let options = crate::scenario_options!(
+                scenario,
+                SimOptions {
+                    ..SimOptions::default()
+                },
+                before: vec![Fault::ErrorEvent {
+                    after_tokens: 0,
+                    json: QUEUE_FULL_EVENT.to_owned(),
+                }],
+                after: vec![Fault::ErrorEvent {
+                    after_tokens: 2,
+                    json: INTERNAL_EVENT.to_owned(),
+                }],
+            )?;
             let sim = SglangSim::start(options).await;
             Some(Instance {
                 backend: Arc::new(backend(&sim)),

@@ -84,44 +84,21 @@ mod engine_triton {
     #[async_trait::async_trait]
     impl ConformanceTarget for Target {
         async fn instance(&self, scenario: Scenario) -> Option<Instance> {
-            let mut options = SimOptions {
-                model: "m".to_owned(),
-                lagged_probe: true,
-                natural_tokens: 24,
-                token_interval: ms(1),
-                ..SimOptions::default()
-            };
-            match scenario {
-                Scenario::Normal => {}
-                Scenario::LongPrefill => {
-                    options.first_prefill = Some(Duration::from_secs(5));
-                    options.natural_tokens = 200;
-                    options.token_interval = ms(20);
-                }
-                Scenario::LongDecode => {
-                    options.natural_tokens = 1000;
-                    options.token_interval = ms(20);
-                }
-                Scenario::Saturated => {
-                    options.slots = 1;
-                    options.natural_tokens = 1000;
-                    options.token_interval = ms(20);
-                    options.prefill = ms(50);
-                }
-                Scenario::FailBeforeFirstToken => {
-                    options.script = vec![Fault::ErrorEvent {
-                        after_tokens: 0,
-                        message: QUEUE_FULL.to_owned(),
-                    }];
-                }
-                Scenario::FailAfterFirstToken => {
-                    options.script = vec![Fault::ErrorEvent {
-                        after_tokens: 2,
-                        message: "Encountered an error in forwardAsync".to_owned(),
-                    }];
-                }
-                _ => return None,
-            }
+            let options = crate::scenario_options!(
+                scenario,
+                SimOptions {
+                    model: "m".to_owned(),
+                    ..SimOptions::default()
+                },
+                before: vec![Fault::ErrorEvent {
+                    after_tokens: 0,
+                    message: QUEUE_FULL.to_owned(),
+                }],
+                after: vec![Fault::ErrorEvent {
+                    after_tokens: 2,
+                    message: "Encountered an error in forwardAsync".to_owned(),
+                }],
+            )?;
             let sim = TritonSim::start(options).await;
             let mut c = UpstreamConfig::new("triton-0", sim.url(), "m");
             c.metrics_url = Some(sim.metrics_url());

@@ -12,7 +12,6 @@ pub mod support;
 #[cfg(test)]
 mod engine_trtllm {
     use std::sync::Arc;
-    use std::time::Duration;
 
     use gateway_adapters::engines::{self, OpenAiCompatBackend, UpstreamConfig, openai, trtllm};
     use gateway_core::testkit::conformance::{
@@ -46,49 +45,24 @@ mod engine_trtllm {
     #[async_trait::async_trait]
     impl ConformanceTarget for Target {
         async fn instance(&self, scenario: Scenario) -> Option<Instance> {
-            let mut o = SimOptions {
-                lagged_probe: true,
-                natural_tokens: 24,
-                token_interval: ms(1),
-                ..options()
-            };
-            match scenario {
-                Scenario::Normal => {}
-                Scenario::LongPrefill => {
-                    o.first_prefill = Some(Duration::from_secs(5));
-                    o.natural_tokens = 200;
-                    o.token_interval = ms(20);
-                }
-                Scenario::LongDecode => {
-                    o.natural_tokens = 1000;
-                    o.token_interval = ms(20);
-                }
-                Scenario::Saturated => {
-                    o.slots = 1;
-                    o.natural_tokens = 1000;
-                    o.token_interval = ms(20);
-                    o.prefill = ms(50);
-                }
-                // trtllm-serve has no queue-full answer: its pre-stream
+            let o = crate::scenario_options!(
+                scenario,
+                SimOptions { ..options() },
+                before: // trtllm-serve has no queue-full answer: its pre-stream
                 // failures are all 400s.
-                Scenario::FailBeforeFirstToken => {
-                    o.script = vec![Fault::Http {
-                        status: 400,
-                        body: trtllm_400("Generation failed: executor error"),
-                        retry_after: None,
-                    }];
-                }
-                // The kit sends text prompts: completions' error frame.
-                Scenario::FailAfterFirstToken => {
-                    o.script = vec![Fault::ErrorFrame {
-                        after_tokens: 2,
-                        code: 500,
-                        kind: "server_error".into(),
-                        message: "Internal error".into(),
-                    }];
-                }
-                _ => return None,
-            }
+                vec![Fault::Http {
+                    status: 400,
+                    body: trtllm_400("Generation failed: executor error"),
+                    retry_after: None,
+                }],
+                after: // The kit sends text prompts: completions' error frame.
+                vec![Fault::ErrorFrame {
+                    after_tokens: 2,
+                    code: 500,
+                    kind: "server_error".into(),
+                    message: "Internal error".into(),
+                }],
+            )?;
             let sim = VllmSim::start(o).await;
             Some(Instance {
                 backend: Arc::new(backend(&sim)),

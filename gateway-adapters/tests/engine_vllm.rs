@@ -130,46 +130,23 @@ mod engine_vllm {
     #[async_trait::async_trait]
     impl ConformanceTarget for Target {
         async fn instance(&self, scenario: Scenario) -> Option<Instance> {
-            let mut options = SimOptions {
-                lagged_probe: true,
-                natural_tokens: 24,
-                token_interval: ms(1),
-                ..SimOptions::default()
-            };
-            match scenario {
-                Scenario::Normal => {}
-                Scenario::LongPrefill => {
-                    options.first_prefill = Some(Duration::from_secs(5));
-                    options.natural_tokens = 200;
-                    options.token_interval = ms(20);
-                }
-                Scenario::LongDecode => {
-                    options.natural_tokens = 1000;
-                    options.token_interval = ms(20);
-                }
-                Scenario::Saturated => {
-                    options.slots = 1;
-                    options.natural_tokens = 1000;
-                    options.token_interval = ms(20);
-                    options.prefill = ms(50);
-                }
-                Scenario::FailBeforeFirstToken => {
-                    options.script = vec![Fault::Http {
-                        status: 503,
-                        body: BUSY_503.to_owned(),
-                        retry_after: None,
-                    }];
-                }
-                Scenario::FailAfterFirstToken => {
-                    options.script = vec![Fault::ErrorFrame {
-                        after_tokens: 2,
-                        code: 500,
-                        kind: "InternalServerError".to_owned(),
-                        message: "Internal server error".to_owned(),
-                    }];
-                }
-                _ => return None,
-            }
+            let options = crate::scenario_options!(
+                scenario,
+                SimOptions {
+                    ..SimOptions::default()
+                },
+                before: vec![Fault::Http {
+                    status: 503,
+                    body: BUSY_503.to_owned(),
+                    retry_after: None,
+                }],
+                after: vec![Fault::ErrorFrame {
+                    after_tokens: 2,
+                    code: 500,
+                    kind: "InternalServerError".to_owned(),
+                    message: "Internal server error".to_owned(),
+                }],
+            )?;
             let sim = VllmSim::start(options).await;
             let backend = if self.generic {
                 let mut c = config(&sim);

@@ -128,3 +128,63 @@ pub async fn wait_pressure(backend: &dyn Backend, ok: impl Fn(&Pressure) -> bool
         tokio::time::sleep(ms(2)).await;
     }
 }
+
+/// A simulator's options for a conformance [`Scenario`]:
+/// `scenario_options!(scenario, SimOptions { field: value, ..base }, before: .., after: ..)`
+/// for any simulator's `SimOptions` (they share these field names): a prompt
+/// 24-token stream by default; a 5 s first prefill, a long decode, or one
+/// slot held for seconds; or the engine's own failure before the first
+/// token (`before`) or after two tokens (`after`), as a fault script.
+/// `None` for scenarios the simulators do not stage.
+///
+/// [`Scenario`]: gateway_core::testkit::conformance::Scenario
+#[macro_export]
+macro_rules! scenario_options {
+    (
+        $scenario:expr,
+        $options:ident { $($field:ident: $value:expr,)* ..$base:expr },
+        before: $before:expr,
+        after: $after:expr $(,)?
+    ) => {{
+        use gateway_core::testkit::conformance::Scenario;
+        let ms = |n: u64| std::time::Duration::from_millis(n);
+        let mut o = $options {
+            lagged_probe: true,
+            natural_tokens: 24,
+            token_interval: ms(1),
+            $($field: $value,)*
+            ..$base
+        };
+        match $scenario {
+            Scenario::Normal => Some(o),
+            Scenario::LongPrefill => {
+                o.first_prefill = Some(std::time::Duration::from_secs(5));
+                o.natural_tokens = 200;
+                o.token_interval = ms(20);
+                Some(o)
+            }
+            Scenario::LongDecode => {
+                o.natural_tokens = 1000;
+                o.token_interval = ms(20);
+                Some(o)
+            }
+            Scenario::Saturated => {
+                o.slots = 1;
+                o.natural_tokens = 1000;
+                o.token_interval = ms(20);
+                o.prefill = ms(50);
+                Some(o)
+            }
+            Scenario::FailBeforeFirstToken => {
+                o.script = $before;
+                Some(o)
+            }
+            Scenario::FailAfterFirstToken => {
+                o.script = $after;
+                Some(o)
+            }
+            // `Scenario` is non-exhaustive: newer scenarios are not staged.
+            _ => None,
+        }
+    }};
+}
