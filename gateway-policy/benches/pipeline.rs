@@ -13,6 +13,11 @@
 //!   direct ones, for the cost under contention (capacity wake-ups, shared
 //!   locks).
 //! - `route::rank` over 64 candidates, against sorting 64 floats.
+//! - with feature `tokenizers`: the estimate of a ~1.5k-token chat with the
+//!   real TinyLlama tokenizer and template when routing wants its leading
+//!   token ids (`encode_prompt` + the token-block hashes of prefix
+//!   affinity), against counting it alone (`count_prompt`): what affinity
+//!   on token blocks adds to the request path.
 //!
 //! Everything runs on a current-thread Tokio runtime; run with
 //! `cargo bench -p gateway-policy`. To profile the gateway side alone, set
@@ -214,6 +219,43 @@ fn routing() -> Comparison {
     )
 }
 
+#[cfg(feature = "tokenizers")]
+#[expect(
+    clippy::expect_used,
+    reason = "bench setup: a broken fixture should stop the bench loudly"
+)]
+fn token_routing() -> Comparison {
+    use gateway_core::ChatMessage;
+    use gateway_policy::route::{BLOCK_TOKENS, BLOCKS, token_prefix_hashes};
+    use gateway_policy::{ChatTemplate, HfTokenCounter};
+
+    let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/tokenizers/");
+    let template = ChatTemplate::from_file(
+        format!("{dir}tinyllama.chat_template.jinja"),
+        "<s>",
+        "</s>",
+    )
+    .expect("the fixture template");
+    let counter = HfTokenCounter::from_file(format!("{dir}tinyllama.json"), true)
+        .expect("the fixture tokenizer")
+        .with_chat_template(template);
+    let chat = Prompt::Chat(vec![
+        ChatMessage::system("You are a careful assistant. ".repeat(150)),
+        ChatMessage::user("Summarise the conversation so far in one line."),
+    ]);
+    let want = BLOCK_TOKENS * BLOCKS;
+    compare(
+        "encode + token-block hashes vs count, 1.5k-token chat",
+        11,
+        40,
+        || counter.count_prompt(&chat),
+        || {
+            let ids = counter.encode_prompt(&chat).unwrap_or_default();
+            token_prefix_hashes(&ids[..ids.len().min(want)], BLOCK_TOKENS, BLOCKS)
+        },
+    )
+}
+
 fn micros(c: &Comparison) -> (f64, f64, f64) {
     let base = c.baseline.as_secs_f64() * 1e6;
     let cand = c.candidate.as_secs_f64() * 1e6;
@@ -288,6 +330,16 @@ fn main() {
 
     let route = routing();
     println!("{route}");
+
+    #[cfg(feature = "tokenizers")]
+    {
+        let tokens = token_routing();
+        let (base, cand, over) = micros(&tokens);
+        println!("{tokens}");
+        println!(
+            "  per prompt: count {base:.1} us, encode + hashes {cand:.1} us, added {over:.1} us"
+        );
+    }
 
     let stats = s.sim.stats();
     println!(
