@@ -66,6 +66,8 @@ pub mod metrics;
 mod model;
 mod pipeline;
 mod pool;
+#[cfg(feature = "redis")]
+mod redis_shared;
 pub mod route;
 pub mod telemetry;
 mod tenant;

@@ -50,20 +50,18 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use gateway_core::{
     Charge, Ledger, LedgerError, Money, Reservation, ReserveRequest, TenantId, Usage,
 };
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, RedisError, RetryMethod, Script};
-use tokio::sync::{OnceCell, mpsc, oneshot};
-use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
+use redis::{RedisError, Script, ScriptInvocation};
 
 use super::{AccountLedger, TenantAccount};
+use crate::redis_shared::{
+    Background, Connection, Counter, Worker, incr_instance, lock, millis, retry,
+};
 
 /// How a [`RedisLedger`] connects and keeps its holds.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -354,6 +352,17 @@ impl Keys {
     fn settled(&self, hold: &str) -> String {
         format!("{}:settled:{hold}", self.tag)
     }
+
+    /// A call of `script` (reserve or settle) with the KEYS account, holds,
+    /// expiry and `hold`'s settled marker, and `hold` as ARGV[1].
+    fn hold_call<'a>(&self, script: &'a Script, hold: &str) -> ScriptInvocation<'a> {
+        let mut call = script.key(&self.account);
+        call.key(&self.holds)
+            .key(&self.expiry)
+            .key(self.settled(hold))
+            .arg(hold);
+        call
+    }
 }
 
 /// A field as the scripts return it: a decimal integer or nil.
@@ -405,17 +414,13 @@ struct Cached {
 
 #[derive(Debug, Default)]
 struct Counters {
-    queued: AtomicU64,
-    applied: AtomicU64,
-    duplicate: AtomicU64,
-    dropped: AtomicU64,
-    failed: AtomicU64,
-    retries: AtomicU64,
-    releases: AtomicU64,
-}
-
-fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
+    queued: Counter,
+    applied: Counter,
+    duplicate: Counter,
+    dropped: Counter,
+    failed: Counter,
+    retries: Counter,
+    releases: Counter,
 }
 
 /// What the background task runs.
@@ -430,17 +435,14 @@ enum Op {
     /// Release the hold without charging (its reserve failed or was
     /// abandoned).
     Release { tenant: TenantId, hold: String },
-    /// Answer once everything queued before it was done.
-    Flush(oneshot::Sender<()>),
 }
 
 /// What the background tasks share with the ledger.
 struct Core {
     config: RedisLedgerConfig,
-    client: Client,
+    conn: Connection,
     instance: u64,
     scripts: Scripts,
-    conn: OnceCell<ConnectionManager>,
     /// A synchronous connection for [`RedisLedger::open_blocking`].
     blocking: Mutex<Option<redis::Connection>>,
     cache: Mutex<HashMap<TenantId, Cached>>,
@@ -457,42 +459,13 @@ impl fmt::Debug for Core {
     }
 }
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
-}
-
 fn unavailable(e: &RedisError) -> LedgerError {
     LedgerError::Unavailable(format!("redis: {e}"))
-}
-
-/// Whether the error is about reaching Redis (worth retrying an
-/// idempotent script), not about the script.
-fn retryable(e: &RedisError) -> bool {
-    !matches!(e.retry_method(), RetryMethod::NoRetry)
-}
-
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
 }
 
 impl Core {
     fn keys(&self, tenant: &TenantId) -> Keys {
         Keys::new(&self.config.prefix, tenant)
-    }
-
-    async fn conn(&self) -> Result<ConnectionManager, RedisError> {
-        let conn = self
-            .conn
-            .get_or_try_init(|| {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(self.config.connect_timeout))
-                    .set_response_timeout(Some(self.config.response_timeout))
-                    .set_number_of_retries(2)
-                    .set_max_delay(Duration::from_millis(500));
-                ConnectionManager::new_with_config(self.client.clone(), config)
-            })
-            .await?;
-        Ok(conn.clone())
     }
 
     /// Keeps the newer of the cached and the given state. A periodic read
@@ -522,14 +495,15 @@ impl Core {
 
     async fn read(&self, tenant: &TenantId) -> Result<State, RedisError> {
         let keys = self.keys(tenant);
-        let mut conn = self.conn().await?;
         let values: Vec<Option<String>> = self
-            .scripts
-            .read
-            .key(&keys.account)
-            .key(&keys.holds)
-            .key(&keys.expiry)
-            .invoke_async(&mut conn)
+            .conn
+            .invoke(
+                self.scripts
+                    .read
+                    .key(&keys.account)
+                    .key(&keys.holds)
+                    .key(&keys.expiry),
+            )
             .await?;
         let state = State::parse(&values);
         self.remember(tenant, state, true);
@@ -545,119 +519,88 @@ impl Core {
                 charge,
             } => (tenant, hold, Some(charge)),
             Op::Release { tenant, hold } => (tenant, hold, None),
-            Op::Flush(_) => return Ok(true),
         };
         let keys = self.keys(tenant);
         let usage = charge.map_or(Usage::ZERO, |c| c.usage);
-        let mut conn = self.conn().await?;
         let (applied, values): (i64, Vec<Option<String>>) = self
-            .scripts
-            .settle
-            .key(&keys.account)
-            .key(&keys.holds)
-            .key(&keys.expiry)
-            .key(keys.settled(hold))
-            .arg(hold)
-            .arg(charge.map_or(0, |c| c.cost.picos()))
-            .arg(usage.prompt())
-            .arg(usage.cached())
-            .arg(usage.completion())
-            .arg(usage.canceled())
-            .arg(usage.drafted())
-            .arg(usage.accepted())
-            .arg(millis(self.config.settled_ttl))
-            .arg(if charge.is_some() {
-                "settle"
-            } else {
-                "release"
-            })
-            .invoke_async(&mut conn)
+            .conn
+            .invoke(
+                keys.hold_call(&self.scripts.settle, hold)
+                    .arg(charge.map_or(0, |c| c.cost.picos()))
+                    .arg(usage.prompt())
+                    .arg(usage.cached())
+                    .arg(usage.completion())
+                    .arg(usage.canceled())
+                    .arg(usage.drafted())
+                    .arg(usage.accepted())
+                    .arg(millis(self.config.settled_ttl))
+                    .arg(if charge.is_some() {
+                        "settle"
+                    } else {
+                        "release"
+                    }),
+            )
             .await?;
         self.remember(tenant, State::parse(&values), false);
         Ok(applied == 1)
     }
 
     /// Runs a settle or release until it is applied, retrying with backoff
-    /// while Redis cannot be reached.
+    /// (20 ms doubling to 2 s) while Redis cannot be reached, for up to
+    /// [`RedisLedgerConfig::settle_retry_for`].
     async fn apply(&self, op: Op) {
-        let started = Instant::now();
-        let mut backoff = Duration::from_millis(20);
-        loop {
-            match self.settle_once(&op).await {
-                Ok(true) => {
-                    if matches!(op, Op::Release { .. }) {
-                        bump(&self.counters.releases);
-                    } else {
-                        bump(&self.counters.applied);
-                    }
-                    return;
+        let result = retry(
+            self.config.settle_retry_for,
+            Duration::from_secs(2),
+            || self.settle_once(&op),
+            |e| {
+                self.counters.retries.bump();
+                tracing::debug!(error = %e, "redis ledger: settle failed, retrying");
+            },
+        )
+        .await;
+        match result {
+            Ok(true) => {
+                if matches!(op, Op::Release { .. }) {
+                    self.counters.releases.bump();
+                } else {
+                    self.counters.applied.bump();
                 }
-                Ok(false) => {
-                    bump(&self.counters.duplicate);
-                    return;
-                }
-                Err(e)
-                    if retryable(&e)
-                        && started.elapsed() + backoff < self.config.settle_retry_for =>
-                {
-                    bump(&self.counters.retries);
-                    tracing::debug!(error = %e, "redis ledger: settle failed, retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
-                }
-                Err(e) => {
-                    bump(&self.counters.failed);
-                    tracing::error!(
-                        error = %e,
-                        op = ?op,
-                        "redis ledger: settlement given up; its hold expires after the TTL"
-                    );
-                    return;
-                }
+            }
+            Ok(false) => self.counters.duplicate.bump(),
+            Err(e) => {
+                self.counters.failed.bump();
+                tracing::error!(
+                    error = %e,
+                    op = ?op,
+                    "redis ledger: settlement given up; its hold expires after the TTL"
+                );
             }
         }
     }
 }
 
-/// The background task that runs settlements, up to 64 at once.
-async fn settle_worker(core: Arc<Core>, mut rx: mpsc::Receiver<Op>) {
-    let mut batch = Vec::with_capacity(64);
-    loop {
-        if rx.recv_many(&mut batch, 64).await == 0 {
-            return;
-        }
-        let mut flushes = Vec::new();
-        let mut work = Vec::with_capacity(batch.len());
-        for op in batch.drain(..) {
-            match op {
-                Op::Flush(done) => flushes.push(done),
-                op => work.push(core.apply(op)),
-            }
-        }
-        futures::future::join_all(work).await;
-        for done in flushes {
-            let _ = done.send(());
-        }
-    }
-}
+/// The background tasks: the queue's runs settlements, up to 64 at once;
+/// the refresher re-reads the accounts this ledger knows every
+/// [`RedisLedgerConfig::refresh_interval`], releasing expired holds on the
+/// way. The refresher's first pass, right away, also makes the multiplexed
+/// connection, so the first requests do not wait for it.
+impl Worker for Core {
+    type Op = Op;
+    const REFRESH_AT_START: bool = true;
 
-/// The background task that re-reads the accounts this ledger knows,
-/// releasing expired holds on the way. Its first pass, right away, also
-/// makes the multiplexed connection, so the first requests do not wait
-/// for it.
-async fn refresher(core: Arc<Core>, stop: CancellationToken) {
-    let mut first = true;
-    loop {
-        if !first {
-            tokio::select! {
-                () = stop.cancelled() => return,
-                () = tokio::time::sleep(core.config.refresh_interval) => {}
-            }
-        }
-        first = false;
-        let tenants: Vec<TenantId> = lock(&core.cache).keys().cloned().collect();
+    fn run(&self, op: Op) -> impl Future<Output = ()> + Send {
+        self.apply(op)
+    }
+
+    fn refresh_every(&self) -> Duration {
+        self.config.refresh_interval
+    }
+
+    async fn refresh(&self) {
+        let tenants: Vec<TenantId> = lock(&self.cache).keys().cloned().collect();
         for tenant in tenants {
-            if let Err(e) = core.read(&tenant).await {
+            if let Err(e) = self.read(&tenant).await {
                 tracing::debug!(error = %e, tenant = %tenant, "redis ledger: refresh failed");
                 break;
             }
@@ -679,27 +622,18 @@ async fn refresher(core: Arc<Core>, stop: CancellationToken) {
 /// Needs a Tokio runtime for its background tasks; they start when the
 /// ledger is made inside one, or on its first reserve.
 pub struct RedisLedger {
-    core: Arc<Core>,
-    tx: mpsc::Sender<Op>,
-    /// The queue's receiving end until the settle task takes it.
-    rx: Mutex<Option<mpsc::Receiver<Op>>>,
-    next_ticket: AtomicU64,
-    stop: CancellationToken,
+    /// The core, the settlement queue and the background tasks (stopped
+    /// when the ledger is dropped).
+    background: Background<Core>,
 }
 
 impl fmt::Debug for RedisLedger {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisLedger")
-            .field("prefix", &self.core.config.prefix)
-            .field("instance", &self.core.instance)
+            .field("prefix", &self.core().config.prefix)
+            .field("instance", &self.core().instance)
             .field("stats", &self.stats())
             .finish_non_exhaustive()
-    }
-}
-
-impl Drop for RedisLedger {
-    fn drop(&mut self) {
-        self.stop.cancel();
     }
 }
 
@@ -711,25 +645,13 @@ impl RedisLedger {
     /// [`LedgerError::Unavailable`] if the URL is invalid or Redis cannot
     /// be reached.
     pub async fn connect(config: RedisLedgerConfig) -> Result<RedisLedger, LedgerError> {
-        let client = Client::open(config.url.as_str()).map_err(|e| unavailable(&e))?;
-        let core = Core {
-            config,
-            client,
-            instance: 0,
-            scripts: Scripts::new(),
-            conn: OnceCell::new(),
-            blocking: Mutex::new(None),
-            cache: Mutex::new(HashMap::new()),
-            budgets: Mutex::new(HashMap::new()),
-            counters: Counters::default(),
-        };
-        let mut conn = core.conn().await.map_err(|e| unavailable(&e))?;
-        let instance: u64 = redis::cmd("INCR")
-            .arg(format!("{}instances", core.config.prefix))
-            .query_async(&mut conn)
+        let conn = RedisLedger::connection(&config)?;
+        let mut manager = conn.manager().await.map_err(|e| unavailable(&e))?;
+        let instance: u64 = incr_instance(&config.prefix)
+            .query_async(&mut manager)
             .await
             .map_err(|e| unavailable(&e))?;
-        let ledger = RedisLedger::from_core(Core { instance, ..core });
+        let ledger = RedisLedger::from_core(config, conn, instance, None);
         ledger.ensure_started();
         Ok(ledger)
     }
@@ -744,63 +666,57 @@ impl RedisLedger {
     /// [`LedgerError::Unavailable`] if the URL is invalid or Redis cannot
     /// be reached.
     pub fn connect_blocking(config: RedisLedgerConfig) -> Result<RedisLedger, LedgerError> {
-        let client = Client::open(config.url.as_str()).map_err(|e| unavailable(&e))?;
-        let mut conn = client
-            .get_connection_with_timeout(config.connect_timeout)
+        let conn = RedisLedger::connection(&config)?;
+        let mut blocking = conn.blocking().map_err(|e| unavailable(&e))?;
+        let instance: u64 = incr_instance(&config.prefix)
+            .query(&mut blocking)
             .map_err(|e| unavailable(&e))?;
-        conn.set_read_timeout(Some(config.response_timeout))
-            .map_err(|e| unavailable(&e))?;
-        conn.set_write_timeout(Some(config.response_timeout))
-            .map_err(|e| unavailable(&e))?;
-        let instance: u64 = redis::cmd("INCR")
-            .arg(format!("{}instances", config.prefix))
-            .query(&mut conn)
-            .map_err(|e| unavailable(&e))?;
-        let ledger = RedisLedger::from_core(Core {
-            config,
-            client,
-            instance,
-            scripts: Scripts::new(),
-            conn: OnceCell::new(),
-            blocking: Mutex::new(Some(conn)),
-            cache: Mutex::new(HashMap::new()),
-            budgets: Mutex::new(HashMap::new()),
-            counters: Counters::default(),
-        });
+        let ledger = RedisLedger::from_core(config, conn, instance, Some(blocking));
         ledger.ensure_started();
         Ok(ledger)
     }
 
-    fn from_core(core: Core) -> RedisLedger {
-        let (tx, rx) = mpsc::channel(core.config.settle_queue.max(1));
+    /// A client for the configured URL, not connected yet.
+    fn connection(config: &RedisLedgerConfig) -> Result<Connection, LedgerError> {
+        Connection::open(&config.url, config.connect_timeout, config.response_timeout)
+            .map_err(|e| unavailable(&e))
+    }
+
+    fn from_core(
+        config: RedisLedgerConfig,
+        conn: Connection,
+        instance: u64,
+        blocking: Option<redis::Connection>,
+    ) -> RedisLedger {
+        let queue = config.settle_queue;
+        let core = Core {
+            config,
+            conn,
+            instance,
+            scripts: Scripts::new(),
+            blocking: Mutex::new(blocking),
+            cache: Mutex::new(HashMap::new()),
+            budgets: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
+        };
         RedisLedger {
-            core: Arc::new(core),
-            tx,
-            rx: Mutex::new(Some(rx)),
-            next_ticket: AtomicU64::new(0),
-            stop: CancellationToken::new(),
+            background: Background::new(core, queue),
         }
+    }
+
+    fn core(&self) -> &Core {
+        &self.background.core
     }
 
     /// Starts the background tasks if they are not running and a Tokio
     /// runtime is current.
     fn ensure_started(&self) {
-        let mut slot = lock(&self.rx);
-        if slot.is_none() {
-            return;
-        }
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        if let Some(rx) = slot.take() {
-            handle.spawn(settle_worker(self.core.clone(), rx));
-            handle.spawn(refresher(self.core.clone(), self.stop.clone()));
-        }
+        self.background.ensure_started();
     }
 
     /// The configuration.
     pub fn config(&self) -> &RedisLedgerConfig {
-        &self.core.config
+        &self.core().config
     }
 
     /// Opens (or updates) `tenant`'s account with a budget (`None`:
@@ -810,19 +726,20 @@ impl RedisLedger {
     /// # Errors
     /// [`LedgerError::Unavailable`] if Redis cannot be reached.
     pub async fn open(&self, tenant: &TenantId, budget: Option<Money>) -> Result<(), LedgerError> {
-        lock(&self.core.budgets).insert(tenant.clone(), budget);
-        let keys = self.core.keys(tenant);
-        let mut conn = self.core.conn().await.map_err(|e| unavailable(&e))?;
-        let values: Vec<Option<String>> = self
-            .core
-            .scripts
-            .open
-            .key(&keys.account)
-            .arg(budget.map_or_else(String::new, |b| b.picos().to_string()))
-            .invoke_async(&mut conn)
+        let core = self.core();
+        lock(&core.budgets).insert(tenant.clone(), budget);
+        let keys = core.keys(tenant);
+        let values: Vec<Option<String>> = core
+            .conn
+            .invoke(
+                core.scripts
+                    .open
+                    .key(&keys.account)
+                    .arg(budget.map_or_else(String::new, |b| b.picos().to_string())),
+            )
             .await
             .map_err(|e| unavailable(&e))?;
-        self.core.remember(tenant, State::parse(&values), false);
+        core.remember(tenant, State::parse(&values), false);
         Ok(())
     }
 
@@ -836,24 +753,17 @@ impl RedisLedger {
         tenant: &TenantId,
         budget: Option<Money>,
     ) -> Result<(), LedgerError> {
-        lock(&self.core.budgets).insert(tenant.clone(), budget);
-        let keys = self.core.keys(tenant);
-        let mut slot = lock(&self.core.blocking);
+        let core = self.core();
+        lock(&core.budgets).insert(tenant.clone(), budget);
+        let keys = core.keys(tenant);
+        let mut slot = lock(&core.blocking);
         if slot.is_none() {
-            let conn = self
-                .core
-                .client
-                .get_connection_with_timeout(self.core.config.connect_timeout)
-                .map_err(|e| unavailable(&e))?;
-            conn.set_read_timeout(Some(self.core.config.response_timeout))
-                .map_err(|e| unavailable(&e))?;
-            *slot = Some(conn);
+            *slot = Some(core.conn.blocking().map_err(|e| unavailable(&e))?);
         }
         let Some(conn) = slot.as_mut() else {
             return Err(LedgerError::Unavailable("redis: no connection".into()));
         };
-        let result: Result<Vec<Option<String>>, RedisError> = self
-            .core
+        let result: Result<Vec<Option<String>>, RedisError> = core
             .scripts
             .open
             .key(&keys.account)
@@ -862,7 +772,7 @@ impl RedisLedger {
         match result {
             Ok(values) => {
                 drop(slot);
-                self.core.remember(tenant, State::parse(&values), false);
+                core.remember(tenant, State::parse(&values), false);
                 Ok(())
             }
             Err(e) => {
@@ -877,7 +787,7 @@ impl RedisLedger {
     /// # Errors
     /// [`LedgerError::Unavailable`] if Redis cannot be reached.
     pub async fn fetch(&self, tenant: &TenantId) -> Result<RedisAccount, LedgerError> {
-        self.core
+        self.core()
             .read(tenant)
             .await
             .map(|s| s.account)
@@ -887,41 +797,32 @@ impl RedisLedger {
     /// Waits until every settlement queued before this call was applied in
     /// Redis (or given up).
     pub async fn flush(&self) {
-        self.ensure_started();
-        let (done, wait) = oneshot::channel();
-        if self.tx.send(Op::Flush(done)).await.is_ok() {
-            let _ = wait.await;
-        }
+        self.background.flush().await;
     }
 
     /// Settlement counters since this ledger started.
     pub fn stats(&self) -> RedisLedgerStats {
-        let c = &self.core.counters;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let c = &self.core().counters;
         RedisLedgerStats {
-            settles_queued: get(&c.queued),
-            settles_applied: get(&c.applied),
-            settles_duplicate: get(&c.duplicate),
-            settles_dropped: get(&c.dropped),
-            settles_failed: get(&c.failed),
-            settle_retries: get(&c.retries),
-            releases: get(&c.releases),
+            settles_queued: c.queued.get(),
+            settles_applied: c.applied.get(),
+            settles_duplicate: c.duplicate.get(),
+            settles_dropped: c.dropped.get(),
+            settles_failed: c.failed.get(),
+            settle_retries: c.retries.get(),
+            releases: c.releases.get(),
         }
     }
 
     fn hold_id(&self, ticket: u64, request: &str) -> String {
-        format!("{}.{ticket}.{request}", self.core.instance)
+        format!("{}.{ticket}.{request}", self.core().instance)
     }
 
     fn enqueue(&self, op: Op) -> bool {
-        match self.tx.try_send(op) {
+        match self.background.sender().try_send(op) {
             Ok(()) => true,
-            Err(e) => {
-                bump(&self.core.counters.dropped);
-                let why = match e {
-                    mpsc::error::TrySendError::Full(_) => "queue full",
-                    mpsc::error::TrySendError::Closed(_) => "queue closed",
-                };
+            Err(why) => {
+                self.core().counters.dropped.bump();
                 tracing::warn!(
                     reason = why,
                     "redis ledger: settlement dropped; its hold expires after the TTL"
@@ -954,10 +855,11 @@ impl Drop for ReleaseOnDrop<'_> {
 impl Ledger for RedisLedger {
     async fn reserve(&self, request: &ReserveRequest) -> Result<Reservation, LedgerError> {
         self.ensure_started();
-        let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed) + 1;
+        let core = self.core();
+        let ticket = self.background.next_ticket();
         let hold = self.hold_id(ticket, request.request_id.as_str());
         let tenant = &request.tenant;
-        let keys = self.core.keys(tenant);
+        let keys = core.keys(tenant);
         // Until the script answers, a drop or an error releases the hold
         // (the script may have run): cancel safe.
         let mut release = ReleaseOnDrop {
@@ -965,23 +867,17 @@ impl Ledger for RedisLedger {
             tenant,
             hold: Some(hold.clone()),
         };
-        let mut conn = self.core.conn().await.map_err(|e| unavailable(&e))?;
-        let (code, available, values): (i64, String, Vec<Option<String>>) = self
-            .core
-            .scripts
-            .reserve
-            .key(&keys.account)
-            .key(&keys.holds)
-            .key(&keys.expiry)
-            .key(keys.settled(&hold))
-            .arg(&hold)
-            .arg(request.amount.picos())
-            .arg(millis(self.core.config.hold_ttl))
-            .arg(self.core.budget_arg(tenant))
-            .invoke_async(&mut conn)
+        let (code, available, values): (i64, String, Vec<Option<String>>) = core
+            .conn
+            .invoke(
+                keys.hold_call(&core.scripts.reserve, &hold)
+                    .arg(request.amount.picos())
+                    .arg(millis(core.config.hold_ttl))
+                    .arg(core.budget_arg(tenant)),
+            )
             .await
             .map_err(|e| unavailable(&e))?;
-        self.core.remember(tenant, State::parse(&values), false);
+        core.remember(tenant, State::parse(&values), false);
         match code {
             1 => {
                 release.hold = None;
@@ -1013,7 +909,7 @@ impl Ledger for RedisLedger {
             hold,
             charge,
         }) {
-            bump(&self.core.counters.queued);
+            self.core().counters.queued.bump();
         }
     }
 }
@@ -1026,7 +922,7 @@ impl AccountLedger for RedisLedger {
 
     fn account(&self, tenant: &TenantId) -> Option<TenantAccount> {
         self.ensure_started();
-        let mut cache = lock(&self.core.cache);
+        let mut cache = lock(&self.core().cache);
         match cache.get(tenant) {
             Some(c) if c.state.version > 0 => Some(c.state.account.account),
             Some(_) => None,

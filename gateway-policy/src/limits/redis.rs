@@ -49,19 +49,19 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use gateway_core::TenantId;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{Client, RedisError, RetryMethod, Script};
-use tokio::sync::{OnceCell, mpsc, oneshot};
+use redis::{RedisError, Script};
+use tokio::sync::OnceCell;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
 use super::{AdmitError, LimitError, LimitKind, LimitPermit, Limiter};
 use crate::Tenant;
+use crate::redis_shared::{
+    Background, Connection, Counter, Sender, Worker, incr_instance, lock, millis, retry,
+};
 
 /// How a [`RedisLimiter`] connects and keeps its leases.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -263,53 +263,34 @@ impl Keys {
 
 #[derive(Debug, Default)]
 struct Counters {
-    admitted: AtomicU64,
-    refused: AtomicU64,
-    unavailable: AtomicU64,
-    releases: AtomicU64,
-    releases_failed: AtomicU64,
-    releases_dropped: AtomicU64,
-    leases_restored: AtomicU64,
-}
-
-fn bump(counter: &AtomicU64, n: u64) {
-    counter.fetch_add(n, Ordering::Relaxed);
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(PoisonError::into_inner)
+    admitted: Counter,
+    refused: Counter,
+    unavailable: Counter,
+    releases: Counter,
+    releases_failed: Counter,
+    releases_dropped: Counter,
+    leases_restored: Counter,
 }
 
 fn unavailable(e: &RedisError) -> AdmitError {
     AdmitError::Unavailable(format!("redis: {e}"))
 }
 
-fn millis(d: Duration) -> u64 {
-    u64::try_from(d.as_millis()).unwrap_or(u64::MAX).max(1)
-}
-
-/// What the background task runs.
+/// What the background task runs: remove a lease.
 #[derive(Debug)]
-enum Op {
-    /// Remove a lease.
-    Release { tenant: TenantId, lease: String },
-    /// Answer once everything queued before it was done.
-    Flush(oneshot::Sender<()>),
-}
-
-/// A connection and the instance number that names this limiter's leases.
-#[derive(Clone)]
-struct Session {
-    conn: ConnectionManager,
-    instance: u64,
+struct Release {
+    tenant: TenantId,
+    lease: String,
 }
 
 /// What the limiter shares with its permits and background tasks.
 struct Core {
     config: RedisLimiterConfig,
-    client: Client,
+    conn: Connection,
+    /// The instance number that names this limiter's leases, taken on the
+    /// first connection.
+    instance: OnceCell<u64>,
     scripts: Scripts,
-    session: OnceCell<Session>,
     /// This limiter's live leases (lease id -> tenant), extended by the
     /// refresher.
     leases: Mutex<HashMap<String, TenantId>>,
@@ -325,29 +306,22 @@ impl fmt::Debug for Core {
 }
 
 impl Core {
-    async fn session(&self) -> Result<Session, RedisError> {
-        let session = self
-            .session
-            .get_or_try_init(|| async {
-                let config = ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(self.config.connect_timeout))
-                    .set_response_timeout(Some(self.config.response_timeout))
-                    .set_number_of_retries(2)
-                    .set_max_delay(Duration::from_millis(500));
-                let mut conn =
-                    ConnectionManager::new_with_config(self.client.clone(), config).await?;
-                let instance: u64 = redis::cmd("INCR")
-                    .arg(format!("{}instances", self.config.prefix))
-                    .query_async(&mut conn)
-                    .await?;
-                Ok::<_, RedisError>(Session { conn, instance })
+    /// Connects if not yet connected, and the instance number.
+    async fn instance(&self) -> Result<u64, RedisError> {
+        let mut conn = self.conn.manager().await?;
+        let instance = self
+            .instance
+            .get_or_try_init(|| async move {
+                incr_instance(&self.config.prefix)
+                    .query_async::<u64>(&mut conn)
+                    .await
             })
             .await?;
-        Ok(session.clone())
+        Ok(*instance)
     }
 
     async fn release_once(&self, tenant: &TenantId, lease: &str) -> Result<(), RedisError> {
-        let mut conn = self.session().await?.conn;
+        let mut conn = self.conn.manager().await?;
         let keys = Keys::new(&self.config.prefix, tenant);
         let _removed: i64 = redis::cmd("ZREM")
             .arg(&keys.leases)
@@ -357,35 +331,26 @@ impl Core {
         Ok(())
     }
 
-    /// Removes a lease, retrying with backoff while Redis cannot be
-    /// reached, for up to the lease TTL.
-    async fn release(&self, tenant: TenantId, lease: String) {
-        let started = Instant::now();
-        let mut backoff = Duration::from_millis(20);
-        loop {
-            match self.release_once(&tenant, &lease).await {
-                Ok(()) => {
-                    bump(&self.counters.releases, 1);
-                    return;
-                }
-                Err(e)
-                    if !matches!(e.retry_method(), RetryMethod::NoRetry)
-                        && started.elapsed() + backoff < self.config.lease_ttl =>
-                {
-                    tracing::debug!(error = %e, "redis limiter: release failed, retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
-                }
-                Err(e) => {
-                    bump(&self.counters.releases_failed, 1);
-                    tracing::warn!(
-                        error = %e,
-                        tenant = %tenant,
-                        lease = lease.as_str(),
-                        "redis limiter: release given up; the lease expires after its TTL"
-                    );
-                    return;
-                }
+    /// Removes a lease, retrying with backoff (20 ms doubling to 1 s) while
+    /// Redis cannot be reached, for up to the lease TTL.
+    async fn release(&self, Release { tenant, lease }: Release) {
+        let result = retry(
+            self.config.lease_ttl,
+            Duration::from_secs(1),
+            || self.release_once(&tenant, &lease),
+            |e| tracing::debug!(error = %e, "redis limiter: release failed, retrying"),
+        )
+        .await;
+        match result {
+            Ok(()) => self.counters.releases.bump(),
+            Err(e) => {
+                self.counters.releases_failed.bump();
+                tracing::warn!(
+                    error = %e,
+                    tenant = %tenant,
+                    lease = lease.as_str(),
+                    "redis limiter: release given up; the lease expires after its TTL"
+                );
             }
         }
     }
@@ -402,7 +367,6 @@ impl Core {
         if by_tenant.is_empty() {
             return Ok(());
         }
-        let mut conn = self.session().await?.conn;
         for (tenant, leases) in by_tenant {
             let keys = Keys::new(&self.config.prefix, &tenant);
             for chunk in leases.chunks(512) {
@@ -411,9 +375,9 @@ impl Core {
                 for lease in chunk {
                     call.arg(lease);
                 }
-                let gone: u64 = call.invoke_async(&mut conn).await?;
+                let gone: u64 = self.conn.invoke(&call).await?;
                 if gone > 0 {
-                    bump(&self.counters.leases_restored, gone);
+                    self.counters.leases_restored.add(gone);
                     tracing::warn!(
                         tenant = %tenant,
                         leases = gone,
@@ -426,38 +390,23 @@ impl Core {
     }
 }
 
-/// The background task that releases leases, up to 64 at once.
-async fn release_worker(core: Arc<Core>, mut rx: mpsc::Receiver<Op>) {
-    let mut batch = Vec::with_capacity(64);
-    loop {
-        if rx.recv_many(&mut batch, 64).await == 0 {
-            return;
-        }
-        let mut flushes = Vec::new();
-        let mut work = Vec::with_capacity(batch.len());
-        for op in batch.drain(..) {
-            match op {
-                Op::Flush(done) => flushes.push(done),
-                Op::Release { tenant, lease } => work.push(core.release(tenant, lease)),
-            }
-        }
-        futures::future::join_all(work).await;
-        for done in flushes {
-            let _ = done.send(());
-        }
-    }
-}
+/// The background tasks: the queue's releases leases, up to 64 at once;
+/// the refresher extends this limiter's live leases every third of the
+/// lease TTL, starting one third after the first admit.
+impl Worker for Core {
+    type Op = Release;
+    const REFRESH_AT_START: bool = false;
 
-/// The background task that extends this limiter's live leases every
-/// third of the lease TTL.
-async fn refresher(core: Arc<Core>, stop: CancellationToken) {
-    let every = (core.config.lease_ttl / 3).max(Duration::from_millis(1));
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(every) => {}
-        }
-        if let Err(e) = core.refresh().await {
+    fn run(&self, op: Release) -> impl Future<Output = ()> + Send {
+        self.release(op)
+    }
+
+    fn refresh_every(&self) -> Duration {
+        (self.config.lease_ttl / 3).max(Duration::from_millis(1))
+    }
+
+    async fn refresh(&self) {
+        if let Err(e) = Core::refresh(self).await {
             tracing::debug!(error = %e, "redis limiter: lease refresh failed");
         }
     }
@@ -501,26 +450,17 @@ async fn refresher(core: Arc<Core>, stop: CancellationToken) {
 /// # }
 /// ```
 pub struct RedisLimiter {
-    core: Arc<Core>,
-    tx: mpsc::Sender<Op>,
-    /// The queue's receiving end until the release task takes it.
-    rx: Mutex<Option<mpsc::Receiver<Op>>>,
-    next_ticket: AtomicU64,
-    stop: CancellationToken,
+    /// The core, the release queue and the background tasks (stopped when
+    /// the limiter is dropped).
+    background: Background<Core>,
 }
 
 impl fmt::Debug for RedisLimiter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("RedisLimiter")
-            .field("prefix", &self.core.config.prefix)
+            .field("prefix", &self.core().config.prefix)
             .field("stats", &self.stats())
             .finish_non_exhaustive()
-    }
-}
-
-impl Drop for RedisLimiter {
-    fn drop(&mut self) {
-        self.stop.cancel();
     }
 }
 
@@ -536,21 +476,19 @@ impl RedisLimiter {
     /// # Errors
     /// [`AdmitError::Unavailable`] if the URL is invalid.
     pub fn new(config: RedisLimiterConfig) -> Result<RedisLimiter, AdmitError> {
-        let client = Client::open(config.url.as_str()).map_err(|e| unavailable(&e))?;
-        let (tx, rx) = mpsc::channel(config.release_queue.max(1));
+        let conn = Connection::open(&config.url, config.connect_timeout, config.response_timeout)
+            .map_err(|e| unavailable(&e))?;
+        let queue = config.release_queue;
+        let core = Core {
+            config,
+            conn,
+            instance: OnceCell::new(),
+            scripts: Scripts::new(),
+            leases: Mutex::new(HashMap::new()),
+            counters: Counters::default(),
+        };
         Ok(RedisLimiter {
-            core: Arc::new(Core {
-                config,
-                client,
-                scripts: Scripts::new(),
-                session: OnceCell::new(),
-                leases: Mutex::new(HashMap::new()),
-                counters: Counters::default(),
-            }),
-            tx,
-            rx: Mutex::new(Some(rx)),
-            next_ticket: AtomicU64::new(0),
-            stop: CancellationToken::new(),
+            background: Background::new(core, queue),
         })
     }
 
@@ -561,60 +499,53 @@ impl RedisLimiter {
     /// be reached.
     pub async fn connect(config: RedisLimiterConfig) -> Result<RedisLimiter, AdmitError> {
         let limiter = RedisLimiter::new(config)?;
-        limiter.core.session().await.map_err(|e| unavailable(&e))?;
+        limiter
+            .core()
+            .instance()
+            .await
+            .map_err(|e| unavailable(&e))?;
         limiter.ensure_started();
         Ok(limiter)
     }
 
     /// The configuration.
     pub fn config(&self) -> &RedisLimiterConfig {
-        &self.core.config
+        &self.core().config
     }
 
     /// Counters since this limiter started.
     pub fn stats(&self) -> RedisLimiterStats {
-        let c = &self.core.counters;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let c = &self.core().counters;
         RedisLimiterStats {
-            admitted: get(&c.admitted),
-            refused: get(&c.refused),
-            unavailable: get(&c.unavailable),
-            releases: get(&c.releases),
-            releases_failed: get(&c.releases_failed),
-            releases_dropped: get(&c.releases_dropped),
-            leases_restored: get(&c.leases_restored),
+            admitted: c.admitted.get(),
+            refused: c.refused.get(),
+            unavailable: c.unavailable.get(),
+            releases: c.releases.get(),
+            releases_failed: c.releases_failed.get(),
+            releases_dropped: c.releases_dropped.get(),
+            leases_restored: c.leases_restored.get(),
         }
     }
 
     /// Leases this limiter holds for requests in flight.
     pub fn leases(&self) -> usize {
-        lock(&self.core.leases).len()
+        lock(&self.core().leases).len()
     }
 
     /// Waits until every lease released before this call was removed from
     /// Redis (or given up).
     pub async fn flush(&self) {
-        self.ensure_started();
-        let (done, wait) = oneshot::channel();
-        if self.tx.send(Op::Flush(done)).await.is_ok() {
-            let _ = wait.await;
-        }
+        self.background.flush().await;
+    }
+
+    fn core(&self) -> &Arc<Core> {
+        &self.background.core
     }
 
     /// Starts the background tasks if they are not running and a Tokio
     /// runtime is current.
     fn ensure_started(&self) {
-        let mut slot = lock(&self.rx);
-        if slot.is_none() {
-            return;
-        }
-        let Ok(handle) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
-        if let Some(rx) = slot.take() {
-            handle.spawn(release_worker(self.core.clone(), rx));
-            handle.spawn(refresher(self.core.clone(), self.stop.clone()));
-        }
+        self.background.ensure_started();
     }
 
     async fn run_admit(
@@ -623,30 +554,31 @@ impl RedisLimiter {
         tokens: u64,
         release: &mut ReleaseOnDrop<'_>,
     ) -> Result<(i64, i64, u64), AdmitError> {
-        let session = self.core.session().await.map_err(|e| unavailable(&e))?;
-        let ticket = self.next_ticket.fetch_add(1, Ordering::Relaxed) + 1;
-        let lease = format!("{}.{ticket}", session.instance);
+        let core = self.core();
+        let instance = core.instance().await.map_err(|e| unavailable(&e))?;
+        let ticket = self.background.next_ticket();
+        let lease = format!("{instance}.{ticket}");
         if tenant.max_concurrency.is_some() {
             release.lease = Some(lease.clone());
         }
-        let keys = Keys::new(&self.core.config.prefix, &tenant.id);
+        let keys = Keys::new(&core.config.prefix, &tenant.id);
         let per_minute = |n: u64| n.min(Self::MAX_PER_MINUTE);
-        let mut conn = session.conn;
-        let (code, kind, wait): (i64, i64, u64) = self
-            .core
-            .scripts
-            .admit
-            .key(&keys.requests)
-            .key(&keys.tokens)
-            .key(&keys.leases)
-            .arg(tenant.requests_per_minute.map_or(0, |n| u64::from(n.get())))
-            .arg(tenant.tokens_per_minute.map_or(0, |n| per_minute(n.get())))
-            // Anything above the largest limit is refused the same way.
-            .arg(tokens.min(Self::MAX_PER_MINUTE + 1))
-            .arg(tenant.max_concurrency.map_or(0, |n| n.get()))
-            .arg(&lease)
-            .arg(millis(self.core.config.lease_ttl))
-            .invoke_async(&mut conn)
+        let (code, kind, wait): (i64, i64, u64) = core
+            .conn
+            .invoke(
+                core.scripts
+                    .admit
+                    .key(&keys.requests)
+                    .key(&keys.tokens)
+                    .key(&keys.leases)
+                    .arg(tenant.requests_per_minute.map_or(0, |n| u64::from(n.get())))
+                    .arg(tenant.tokens_per_minute.map_or(0, |n| per_minute(n.get())))
+                    // Anything above the largest limit is refused the same way.
+                    .arg(tokens.min(Self::MAX_PER_MINUTE + 1))
+                    .arg(tenant.max_concurrency.map_or(0, |n| n.get()))
+                    .arg(&lease)
+                    .arg(millis(core.config.lease_ttl)),
+            )
             .await
             .map_err(|e| unavailable(&e))?;
         Ok((code, kind, wait))
@@ -661,7 +593,7 @@ const _: () = assert!(RedisLimiter::MAX_PER_MINUTE * 60_000 < 1 << 53);
 /// or abandoned while waiting for Redis).
 struct ReleaseOnDrop<'a> {
     core: &'a Core,
-    tx: &'a mpsc::Sender<Op>,
+    tx: &'a Sender<Release>,
     tenant: &'a TenantId,
     lease: Option<String>,
 }
@@ -676,13 +608,9 @@ impl Drop for ReleaseOnDrop<'_> {
 
 /// Queues a lease's release; when the queue is full or closed (the runtime
 /// shut down) the lease expires after its TTL.
-fn release(core: &Core, tx: &mpsc::Sender<Op>, tenant: TenantId, lease: String) {
-    if let Err(e) = tx.try_send(Op::Release { tenant, lease }) {
-        bump(&core.counters.releases_dropped, 1);
-        let why = match e {
-            mpsc::error::TrySendError::Full(_) => "queue full",
-            mpsc::error::TrySendError::Closed(_) => "queue closed",
-        };
+fn release(core: &Core, tx: &Sender<Release>, tenant: TenantId, lease: String) {
+    if let Err(why) = tx.try_send(Release { tenant, lease }) {
+        core.counters.releases_dropped.bump();
         tracing::warn!(
             reason = why,
             "redis limiter: release dropped; the lease expires after its TTL"
@@ -693,7 +621,7 @@ fn release(core: &Core, tx: &mpsc::Sender<Op>, tenant: TenantId, lease: String) 
 /// An admitted request's lease; dropping it releases the lease.
 struct LeaseGuard {
     core: Arc<Core>,
-    tx: mpsc::Sender<Op>,
+    tx: Sender<Release>,
     tenant: TenantId,
     lease: String,
 }
@@ -727,22 +655,23 @@ impl Limiter for RedisLimiter {
         self.ensure_started();
         // Until the script answers, a drop or an error releases the lease
         // (the script may have run): cancel safe.
+        let core = self.core();
         let mut release = ReleaseOnDrop {
-            core: &self.core,
-            tx: &self.tx,
+            core,
+            tx: self.background.sender(),
             tenant: &tenant.id,
             lease: None,
         };
         let (code, kind, wait) = match self.run_admit(tenant, tokens, &mut release).await {
             Ok(reply) => reply,
             Err(e) => {
-                bump(&self.core.counters.unavailable, 1);
+                core.counters.unavailable.bump();
                 return Err(e);
             }
         };
         if code != 1 {
             release.lease = None;
-            bump(&self.core.counters.refused, 1);
+            core.counters.refused.bump();
             let kind = match kind {
                 1 => LimitKind::Requests,
                 2 => LimitKind::Tokens,
@@ -758,14 +687,14 @@ impl Limiter for RedisLimiter {
                 retry_after: Duration::from_millis(wait),
             }));
         }
-        bump(&self.core.counters.admitted, 1);
+        core.counters.admitted.bump();
         let Some(lease) = release.lease.take() else {
             return Ok(LimitPermit::new(()));
         };
-        lock(&self.core.leases).insert(lease.clone(), tenant.id.clone());
+        lock(&core.leases).insert(lease.clone(), tenant.id.clone());
         Ok(LimitPermit::new(LeaseGuard {
-            core: self.core.clone(),
-            tx: self.tx.clone(),
+            core: core.clone(),
+            tx: self.background.sender().clone(),
             tenant: tenant.id.clone(),
             lease,
         }))
