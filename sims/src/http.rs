@@ -6,6 +6,8 @@
 //! Raw bytes on a `tokio` socket rather than an HTTP library, so every
 //! byte and every write of a response is under the simulator's control.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -49,23 +51,39 @@ pub(crate) enum Next {
     Reset,
 }
 
-/// A simulator's request handler.
-#[async_trait::async_trait]
-pub(crate) trait Handler: Send + Sync + 'static {
-    /// Answers `request`; `rd` is there to notice the client's close.
-    async fn handle(
-        self: Arc<Self>,
-        request: HttpRequest,
-        rd: &mut OwnedReadHalf,
-        wr: &mut OwnedWriteHalf,
-    ) -> Next;
+impl Next {
+    /// Keep-alive after a response that went out (`ok`), else close.
+    pub(crate) fn keep_alive_if(ok: bool) -> Next {
+        if ok { Next::KeepAlive } else { Next::Close }
+    }
 }
 
-/// Accepts connections until `stop`, serving each with `handler`; every
-/// connection ends at `stop` too.
-pub(crate) async fn accept_loop<H: Handler>(
+/// A simulator's routes: answers `request` with the simulator's state
+/// `S`; `rd` is there to notice the client's close.
+pub(crate) type Routes<S> = for<'a> fn(
+    &'a Arc<S>,
+    HttpRequest,
+    &'a mut OwnedReadHalf,
+    &'a mut OwnedWriteHalf,
+) -> Pin<Box<dyn Future<Output = Next> + Send + 'a>>;
+
+/// Serves the connections of `listener` with `routes` over `state`, on a
+/// task of its own, until `stop`.
+pub(crate) fn serve<S: Send + Sync + 'static>(
+    state: &Arc<S>,
     listener: TcpListener,
-    handler: Arc<H>,
+    stop: &CancellationToken,
+    routes: Routes<S>,
+) {
+    tokio::spawn(accept_loop(listener, state.clone(), routes, stop.clone()));
+}
+
+/// Accepts connections until `stop`, serving each with `routes` over
+/// `state`; every connection ends at `stop` too.
+async fn accept_loop<S: Send + Sync + 'static>(
+    listener: TcpListener,
+    state: Arc<S>,
+    routes: Routes<S>,
     stop: CancellationToken,
 ) {
     loop {
@@ -74,18 +92,18 @@ pub(crate) async fn accept_loop<H: Handler>(
             accepted = listener.accept() => accepted,
         };
         let Ok((stream, _)) = accepted else { continue };
-        let handler = handler.clone();
+        let state = state.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
             tokio::select! {
                 () = stop.cancelled() => {}
-                () = connection(stream, handler) => {}
+                () = connection(stream, state, routes) => {}
             }
         });
     }
 }
 
-async fn connection<H: Handler>(stream: TcpStream, handler: Arc<H>) {
+async fn connection<S>(stream: TcpStream, state: Arc<S>, routes: Routes<S>) {
     let _ = stream.set_nodelay(true);
     let (mut rd, mut wr) = stream.into_split();
     let mut buf = Vec::new();
@@ -93,7 +111,7 @@ async fn connection<H: Handler>(stream: TcpStream, handler: Arc<H>) {
         let Some(request) = read_request(&mut rd, &mut buf).await else {
             return;
         };
-        match handler.clone().handle(request, &mut rd, &mut wr).await {
+        match routes(&state, request, &mut rd, &mut wr).await {
             Next::KeepAlive => {}
             Next::Close => return,
             Next::Reset => {
@@ -171,6 +189,40 @@ pub(crate) async fn closed(rd: &mut OwnedReadHalf) {
     }
 }
 
+/// What ended a wait inside a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Wake {
+    /// The time is up.
+    Ready,
+    /// The client closed.
+    Closed,
+    /// The engine aborted the request.
+    Aborted,
+}
+
+/// Sleeps `time` unless the client closes `rd` first or `abort` (if any)
+/// fires.
+pub(crate) async fn wait(
+    time: Duration,
+    rd: &mut OwnedReadHalf,
+    abort: Option<&CancellationToken>,
+) -> Wake {
+    let aborted = async {
+        match abort {
+            Some(abort) => abort.cancelled().await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = tokio::time::sleep(time) => Wake::Ready,
+        () = closed(rd) => Wake::Closed,
+        () = aborted => Wake::Aborted,
+    }
+}
+
+/// FastAPI's 404 body (vLLM, SGLang).
+pub(crate) const FASTAPI_404: &str = r#"{"detail":"Not Found"}"#;
+
 /// The reason phrase of `status`.
 pub(crate) fn reason(status: u16) -> &'static str {
     match status {
@@ -189,6 +241,16 @@ pub(crate) fn reason(status: u16) -> &'static str {
 
 /// Writes a whole response with a `content-length` body in one write.
 pub(crate) async fn write_full(
+    wr: &mut OwnedWriteHalf,
+    status: u16,
+    content_type: &str,
+    body: &str,
+) -> Next {
+    write_full_with(wr, status, content_type, body, &[]).await
+}
+
+/// [`write_full`] with `extra_headers` after the content headers.
+pub(crate) async fn write_full_with(
     wr: &mut OwnedWriteHalf,
     status: u16,
     content_type: &str,
@@ -241,6 +303,23 @@ pub(crate) fn last_chunk(tail: &[u8]) -> Vec<u8> {
     }
     last.extend_from_slice(b"0\r\n\r\n");
     last
+}
+
+/// Writes `tail` as the last chunk and the end of the chunked body, in
+/// one write.
+pub(crate) async fn write_last(wr: &mut OwnedWriteHalf, tail: &[u8]) -> bool {
+    wr.write_all(&last_chunk(tail)).await.is_ok()
+}
+
+/// Writes `pieces` as chunks 10 ms apart, so each is its own read (after a
+/// failed write the rest are skipped, the pauses kept).
+pub(crate) async fn write_pieces(wr: &mut OwnedWriteHalf, pieces: [&[u8]; 3]) -> bool {
+    let mut ok = true;
+    for piece in pieces {
+        ok = ok && write_chunk(wr, piece).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    ok
 }
 
 /// One SSE event `data: {json}\n\n`.

@@ -22,9 +22,11 @@
 //! | [`sglang`] | SGLang's native `POST /generate` (cumulative or incremental text), `/v1/chat/completions`, `POST /abort_request {"rid"}`, `/health`, `/metrics` (`sglang:*`); a client's close aborts only `disconnect_abort_delay` later, like SGLang | [`sglang::Fault`]: an HTTP error, an in-stream error event, an `abort` finish, a stall, a split character, a text that is not a prefix, a truncated body; a bounded queue (a 200 stream whose first event is the 503) |
 //! | [`triton`] | Triton Inference Server with a TensorRT-LLM `ensemble`: `POST /v2/models/{model}/generate_stream` (no `[DONE]`, the body just ends), `/v2/health/ready`, `/v2/models/{model}/ready`, and `/metrics` on a separate listener (Triton's metrics port); a close is noticed at the next cancellation check | [`triton::Fault`]: an error first response (JSON or SSE-framed), an in-stream error, a stall, U+FFFD then the fixed character, a raw split character, a cut connection; a bounded queue (503) |
 //!
-//! Each records the requests it received (method, path, body; headers for
-//! [`vllm`]), the aborts it counted with their phase and time, and its
-//! completed requests, for tests to assert on.
+//! Each is a [`sim::Sim`] over its engine ([`vllm::VllmSim`],
+//! [`sglang::SglangSim`], [`triton::TritonSim`]): one handle type with the
+//! same accessors for all, recording the requests it received (method,
+//! path, body; headers for [`vllm`]), the aborts it counted with their
+//! phase and time, and its completed requests, for tests to assert on.
 //!
 //! The `engine-sims` binary of this crate runs one simulator per engine
 //! kind named on its command line and prints their URLs (see
@@ -34,6 +36,7 @@
 
 mod http;
 pub mod sglang;
+pub mod sim;
 mod slots;
 pub mod triton;
 pub mod vllm;

@@ -17,26 +17,26 @@
 //!   200 stream whose **first** event is the 503 `SERVICE_UNAVAILABLE`
 //!   error), `/metrics` with `sglang:*` gauges, `/health`.
 
-use std::collections::VecDeque;
-use std::io;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
+use gateway_core::EnginePhase;
+#[cfg(doc)]
 use gateway_core::testkit::conformance::EngineProbe;
-use gateway_core::{AbortCounts, EnginePhase, RequestId};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::CancellationToken;
 
 use crate::http::{
-    self, Handler, HttpRequest, Next, closed, frame, js, split_inside_chars, write_chunk,
+    self, FASTAPI_404, HttpRequest, Next, Wake, closed, frame, js, split_inside_chars, wait,
+    write_chunk, write_full, write_last, write_pieces,
 };
-use crate::slots::LiveTable;
+pub use crate::sim::Recorded;
+use crate::sim::{Basics, Engine, Sim, SimCore};
+use crate::slots::prefill_time;
 pub use crate::vocab::{VOCABULARY, text_of, token_text};
 use crate::vocab::{chat_prompt_tokens, words};
 
@@ -168,19 +168,6 @@ impl Default for SimOptions {
     }
 }
 
-/// One request the simulator received.
-#[derive(Debug, Clone)]
-pub struct Recorded {
-    /// Method.
-    pub method: String,
-    /// Path.
-    pub path: String,
-    /// The body as sent.
-    pub body: String,
-    /// When it arrived.
-    pub at: Instant,
-}
-
 /// How an abort reached the simulator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AbortSource {
@@ -203,200 +190,78 @@ pub struct AbortRecord {
     pub source: AbortSource,
 }
 
+/// SGLang's own records: the `/abort_request` calls and the client
+/// closes noticed.
 #[derive(Debug, Default)]
-struct State {
-    live: LiveTable,
-    aborts: AbortCounts,
-    abort_log: Vec<AbortRecord>,
+pub struct Calls {
     abort_calls: Vec<(String, Instant)>,
     disconnects: Vec<(String, EnginePhase, Instant)>,
-    requests: Vec<Recorded>,
-    script: VecDeque<Fault>,
-    arrivals: u64,
-    completed: u64,
 }
 
+/// SGLang as a [`Sim`] engine.
 #[derive(Debug)]
-struct Inner {
-    options: SimOptions,
-    state: Mutex<State>,
-    slots: Arc<Semaphore>,
+pub enum Sglang {}
+
+/// A running SGLang simulator; stops when dropped.
+pub type SglangSim = Sim<Sglang>;
+
+type Inner = SimCore<Sglang>;
+
+impl Engine for Sglang {
+    const NAME: &'static str = "SGLang";
+    type Options = SimOptions;
+    type Fault = Fault;
+    type Record = Recorded;
+    type Abort = AbortRecord;
+    type Extra = Calls;
+
+    fn basics(o: &SimOptions) -> Basics<'_, Fault> {
+        Basics {
+            slots: o.slots,
+            kv_capacity_tokens: o.kv_capacity_tokens,
+            lagged_probe: o.lagged_probe,
+            script: &o.script,
+        }
+    }
+
+    fn is_generation(record: &Recorded) -> bool {
+        record.path == "/generate" || record.path.starts_with("/v1/")
+    }
+
+    fn serve(core: &Arc<Inner>, listener: TcpListener, stop: &CancellationToken) {
+        http::serve(core, listener, stop, |inner, request, rd, wr| {
+            Box::pin(handle(inner, request, rd, wr))
+        });
+    }
 }
 
 impl Inner {
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn set_phase(&self, rid: &str, phase: EnginePhase) {
-        self.state().live.set_phase(rid, phase);
-    }
-
     /// Aborts `rid` if still in flight; returns whether it was.
     fn abort(&self, rid: &str, source: AbortSource) -> bool {
         let at = Instant::now();
-        let mut st = self.state();
-        let Some(live) = st.live.remove(rid) else {
-            return false;
-        };
-        live.abort.cancel();
-        st.aborts.add(live.phase);
-        st.abort_log.push(AbortRecord {
-            rid: rid.to_owned(),
-            phase: live.phase,
-            at,
-            source,
-        });
-        true
+        self.abort_with(rid, |live| {
+            live.abort.cancel();
+            let record = AbortRecord {
+                rid: rid.to_owned(),
+                phase: live.phase,
+                at,
+                source,
+            };
+            (live.phase, record)
+        })
     }
-
-    fn finish(&self, rid: &str) {
-        let mut st = self.state();
-        if st.live.remove(rid).is_some() {
-            st.completed += 1;
-        }
-    }
-
-    fn gauges(&self) -> (u64, u64, f64) {
-        self.state().live.gauges(self.options.kv_capacity_tokens)
-    }
-}
-
-/// A running simulator; stops when dropped.
-#[derive(Debug)]
-pub struct SglangSim {
-    inner: Arc<Inner>,
-    addr: SocketAddr,
-    _stop: DropGuard,
 }
 
 impl SglangSim {
-    /// Starts a simulator on `127.0.0.1:0`, for tests.
-    ///
-    /// # Panics
-    ///
-    /// If no loopback port can be bound ([`SglangSim::try_start`] returns
-    /// that error instead).
-    #[expect(clippy::panic, reason = "a test fixture: no port, no test")]
-    pub async fn start(options: SimOptions) -> Arc<SglangSim> {
-        match Self::try_start(options).await {
-            Ok(sim) => sim,
-            Err(e) => panic!("the SGLang simulator could not listen on 127.0.0.1:0: {e}"),
-        }
-    }
-
-    /// Starts a simulator on `127.0.0.1:0`; it runs until dropped.
-    ///
-    /// # Errors
-    ///
-    /// The listener's bind error.
-    pub async fn try_start(options: SimOptions) -> io::Result<Arc<SglangSim>> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let inner = Arc::new(Inner {
-            slots: Arc::new(Semaphore::new(options.slots)),
-            state: Mutex::new(State {
-                script: options.script.iter().cloned().collect(),
-                ..State::default()
-            }),
-            options,
-        });
-        let stop = CancellationToken::new();
-        tokio::spawn(http::accept_loop(listener, inner.clone(), stop.clone()));
-        Ok(Arc::new(SglangSim {
-            inner,
-            addr,
-            _stop: stop.drop_guard(),
-        }))
-    }
-
-    /// `http://127.0.0.1:<port>`.
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// The aborts counted so far, per phase.
-    pub fn abort_counts(&self) -> AbortCounts {
-        self.inner.state().aborts
-    }
-
-    /// Every abort counted, in order.
-    pub fn abort_log(&self) -> Vec<AbortRecord> {
-        self.inner.state().abort_log.clone()
-    }
-
     /// Every `/abort_request` call (rid, time), effective or not.
     pub fn abort_calls(&self) -> Vec<(String, Instant)> {
-        self.inner.state().abort_calls.clone()
+        self.core.state().extra.abort_calls.clone()
     }
 
     /// Every client close noticed during a request (rid, phase, time).
     pub fn disconnects(&self) -> Vec<(String, EnginePhase, Instant)> {
-        self.inner.state().disconnects.clone()
+        self.core.state().extra.disconnects.clone()
     }
-
-    /// Every request received, in order.
-    pub fn requests(&self) -> Vec<Recorded> {
-        self.inner.state().requests.clone()
-    }
-
-    /// The generation requests (`/generate`, `/v1/chat/completions`).
-    pub fn generations(&self) -> Vec<Recorded> {
-        self.requests()
-            .into_iter()
-            .filter(|r| r.path == "/generate" || r.path.starts_with("/v1/"))
-            .collect()
-    }
-
-    /// The real phase of a live request.
-    pub fn phase_now(&self, rid: &str) -> Option<EnginePhase> {
-        self.inner.state().live.phase(rid)
-    }
-
-    /// Requests that finished normally.
-    pub fn completed(&self) -> u64 {
-        self.inner.state().completed
-    }
-
-    /// Running, waiting and KV use, as `/metrics` would say now.
-    pub fn gauges(&self) -> (u64, u64, f64) {
-        self.inner.gauges()
-    }
-
-    /// How many `/metrics` requests arrived.
-    pub fn scrapes(&self) -> u64 {
-        self.inner.state().live.scrapes()
-    }
-}
-
-impl EngineProbe for SglangSim {
-    fn aborts(&self) -> AbortCounts {
-        self.abort_counts()
-    }
-
-    fn phase(&self, id: &RequestId) -> Option<EnginePhase> {
-        self.inner
-            .state()
-            .live
-            .probed_phase(id.as_str(), self.inner.options.lagged_probe)
-    }
-}
-
-#[async_trait::async_trait]
-impl Handler for Inner {
-    async fn handle(
-        self: Arc<Self>,
-        request: HttpRequest,
-        rd: &mut OwnedReadHalf,
-        wr: &mut OwnedWriteHalf,
-    ) -> Next {
-        handle(&self, request, rd, wr).await
-    }
-}
-
-/// A whole response, no extra headers.
-async fn write_full(wr: &mut OwnedWriteHalf, status: u16, content_type: &str, body: &str) -> Next {
-    http::write_full(wr, status, content_type, body, &[]).await
 }
 
 async fn handle(
@@ -405,15 +270,10 @@ async fn handle(
     rd: &mut OwnedReadHalf,
     wr: &mut OwnedWriteHalf,
 ) -> Next {
-    let record = Recorded {
-        method: request.method.clone(),
-        path: request.path.clone(),
-        body: String::from_utf8_lossy(&request.body).into_owned(),
-        at: Instant::now(),
-    };
+    let record = Recorded::of(&request);
     match (request.method.as_str(), request.path.as_str()) {
         ("GET", "/health") => {
-            inner.state().requests.push(record);
+            inner.record(record);
             write_full(wr, 200, "application/json", "").await
         }
         ("GET", "/metrics") => {
@@ -423,10 +283,10 @@ async fn handle(
         }
         ("POST", "/abort_request") => {
             let at = record.at;
-            inner.state().requests.push(record);
+            inner.record(record);
             let body: Value = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
             if let Some(rid) = body["rid"].as_str() {
-                inner.state().abort_calls.push((rid.to_owned(), at));
+                inner.state().extra.abort_calls.push((rid.to_owned(), at));
                 inner.abort(rid, AbortSource::AbortRequest);
             }
             write_full(wr, 200, "application/json", "").await
@@ -434,8 +294,8 @@ async fn handle(
         ("POST", "/generate") => generate(inner, request, record, false, rd, wr).await,
         ("POST", "/v1/chat/completions") => generate(inner, request, record, true, rd, wr).await,
         _ => {
-            inner.state().requests.push(record);
-            write_full(wr, 404, "application/json", r#"{"detail":"Not Found"}"#).await
+            inner.record(record);
+            write_full(wr, 404, "application/json", FASTAPI_404).await
         }
     }
 }
@@ -477,18 +337,6 @@ fn count_prompt(body: &Value, chat: bool) -> u64 {
         (_, Value::Array(ids)) => ids.len() as u64,
         _ => 0,
     }
-}
-
-/// Writes the last bytes and the end of the chunked body in one write.
-async fn write_last(wr: &mut OwnedWriteHalf, tail: &[u8]) -> bool {
-    wr.write_all(&http::last_chunk(tail)).await.is_ok()
-}
-
-/// What ended a wait inside a request.
-enum Wake {
-    Ready,
-    Closed,
-    Aborted,
 }
 
 /// How a stream formats its events.
@@ -549,13 +397,8 @@ async fn generate(
     wr: &mut OwnedWriteHalf,
 ) -> Next {
     let opts = &inner.options;
-    let (fault, arrival) = {
-        let mut st = inner.state();
-        st.requests.push(record);
-        let fault = st.script.pop_front().unwrap_or(Fault::None);
-        st.arrivals += 1;
-        (fault, st.arrivals - 1)
-    };
+    let (fault, arrival) = inner.arrive(record);
+    let fault = fault.unwrap_or(Fault::None);
     let Ok(body) = serde_json::from_slice::<Value>(&request.body) else {
         return write_full(
             wr,
@@ -590,17 +433,12 @@ async fn generate(
         .as_str()
         .map_or_else(|| format!("sim-{arrival}"), str::to_owned);
     let head = http::sse_head(200);
-    if let Some(max) = opts.max_queued {
-        let (_, waiting, _) = inner.gauges();
-        if waiting >= max as u64 {
-            // 2026 builds: a 200 stream whose first event is the 503.
-            let mut tail = frame(QUEUE_FULL_EVENT);
-            tail.extend_from_slice(b"data: [DONE]\n\n");
-            if wr.write_all(head.as_bytes()).await.is_err() || !write_last(wr, &tail).await {
-                return Next::Close;
-            }
-            return Next::KeepAlive;
-        }
+    if inner.queue_full(opts.max_queued) {
+        // 2026 builds: a 200 stream whose first event is the 503.
+        let mut tail = frame(QUEUE_FULL_EVENT);
+        tail.extend_from_slice(b"data: [DONE]\n\n");
+        let ok = wr.write_all(head.as_bytes()).await.is_ok() && write_last(wr, &tail).await;
+        return Next::keep_alive_if(ok);
     }
     let abort = inner.state().live.insert(&rid, prompt_tokens);
     if wr.write_all(head.as_bytes()).await.is_err() {
@@ -628,16 +466,8 @@ async fn generate(
         return aborted_end(wr, &fmt, &[], 0, "Abort in waiting queue").await;
     };
     inner.set_phase(&rid, EnginePhase::Prefill);
-    let prefill = match (arrival, opts.first_prefill) {
-        (0, Some(first)) => first,
-        _ => opts.prefill,
-    };
-    let wake = tokio::select! {
-        () = tokio::time::sleep(prefill) => Wake::Ready,
-        () = closed(rd) => Wake::Closed,
-        () = abort.cancelled() => Wake::Aborted,
-    };
-    match wake {
+    let prefill = prefill_time(arrival, opts.prefill, opts.first_prefill);
+    match wait(prefill, rd, Some(&abort)).await {
         Wake::Ready => {}
         Wake::Closed => return disconnected(inner, &rid, EnginePhase::Prefill).await,
         Wake::Aborted => {
@@ -664,12 +494,7 @@ async fn generate(
     }
     for i in 0..n {
         if i > 0 {
-            let wake = tokio::select! {
-                () = tokio::time::sleep(opts.token_interval) => Wake::Ready,
-                () = closed(rd) => Wake::Closed,
-                () = abort.cancelled() => Wake::Aborted,
-            };
-            match wake {
+            match wait(opts.token_interval, rd, Some(&abort)).await {
                 Wake::Ready => {}
                 Wake::Closed => return disconnected(inner, &rid, EnginePhase::Decode).await,
                 Wake::Aborted => {
@@ -682,11 +507,7 @@ async fn generate(
                 let mut tail = frame(json);
                 tail.extend_from_slice(b"data: [DONE]\n\n");
                 inner.state().live.remove(&rid);
-                return if write_last(wr, &tail).await {
-                    Next::KeepAlive
-                } else {
-                    Next::Close
-                };
+                return Next::keep_alive_if(write_last(wr, &tail).await);
             }
             Fault::AbortFinish {
                 after_tokens,
@@ -708,11 +529,7 @@ async fn generate(
             }
             Fault::Truncate { after_tokens } if *after_tokens == i => {
                 inner.state().live.remove(&rid);
-                return if wr.write_all(b"0\r\n\r\n").await.is_ok() {
-                    Next::KeepAlive
-                } else {
-                    Next::Close
-                };
+                return Next::keep_alive_if(wr.write_all(b"0\r\n\r\n").await.is_ok());
             }
             _ => {}
         }
@@ -743,15 +560,9 @@ async fn generate(
         };
         let bytes = frame(&event);
         let pieces = split_here.then(|| split_inside_chars(&bytes)).flatten();
-        let ok = if let Some(pieces) = pieces {
-            let mut ok = true;
-            for piece in pieces {
-                ok = ok && write_chunk(wr, piece).await;
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            ok
-        } else {
-            write_chunk(wr, &bytes).await
+        let ok = match pieces {
+            Some(pieces) => write_pieces(wr, pieces).await,
+            None => write_chunk(wr, &bytes).await,
         };
         if !ok {
             return disconnected(inner, &rid, EnginePhase::Decode).await;
@@ -784,11 +595,7 @@ async fn generate(
     } else {
         b"data: [DONE]\n\n".to_vec()
     };
-    if write_last(wr, &tail).await {
-        Next::KeepAlive
-    } else {
-        Next::Close
-    }
+    Next::keep_alive_if(write_last(wr, &tail).await)
 }
 
 /// The final-event spec keys for `n` tokens (§3.8).
@@ -841,11 +648,7 @@ async fn end_with(
         frame(&fmt.native(&texts, k, reason, extra))
     };
     tail.extend_from_slice(b"data: [DONE]\n\n");
-    if write_last(wr, &tail).await {
-        Next::KeepAlive
-    } else {
-        Next::Close
-    }
+    Next::keep_alive_if(write_last(wr, &tail).await)
 }
 
 /// The victim's end after `/abort_request` (TV-10).
@@ -864,6 +667,7 @@ async fn aborted_end(
 async fn disconnected(inner: &Arc<Inner>, rid: &str, phase: EnginePhase) -> Next {
     inner
         .state()
+        .extra
         .disconnects
         .push((rid.to_owned(), phase, Instant::now()));
     let abort = inner.state().live.abort_token(rid);

@@ -4,6 +4,7 @@
 //! report a phase only once a scraper could have seen it.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use gateway_core::EnginePhase;
 use tokio_util::sync::CancellationToken;
@@ -115,5 +116,14 @@ impl LiveTable {
             .sum();
         let usage = (kv as f64 / kv_capacity_tokens.max(1) as f64).min(1.0);
         (running, waiting, usage)
+    }
+}
+
+/// The prefill time of arrival number `arrival` (from 0): `first` for the
+/// first one if set, else `prefill`.
+pub(crate) fn prefill_time(arrival: u64, prefill: Duration, first: Option<Duration>) -> Duration {
+    match (arrival, first) {
+        (0, Some(first)) => first,
+        _ => prefill,
     }
 }

@@ -25,26 +25,26 @@
 //!   `nv_trt_llm_kv_cache_block_metrics`; `/v2/health/ready` and
 //!   `/v2/models/{model}/ready` on the main one.
 
-use std::collections::VecDeque;
-use std::io;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
+use gateway_core::EnginePhase;
+#[cfg(doc)]
 use gateway_core::testkit::conformance::EngineProbe;
-use gateway_core::{AbortCounts, EnginePhase, RequestId};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::CancellationToken;
 
 use crate::http::{
-    self, Handler, HttpRequest, Next, closed, frame, split_inside_chars, write_chunk,
+    self, HttpRequest, Next, Wake, closed, frame, split_inside_chars, sse_head, wait, write_chunk,
+    write_full, write_pieces,
 };
-use crate::slots::LiveTable;
+pub use crate::sim::Recorded;
+use crate::sim::{Basics, Engine, Sim, SimCore};
+use crate::slots::prefill_time;
 use crate::vocab::words;
 pub use crate::vocab::{VOCABULARY, text_of, token_text};
 
@@ -168,19 +168,6 @@ impl Default for SimOptions {
     }
 }
 
-/// One request the simulator received.
-#[derive(Debug, Clone)]
-pub struct Recorded {
-    /// Method.
-    pub method: String,
-    /// Path.
-    pub path: String,
-    /// The body as sent.
-    pub body: String,
-    /// When it arrived.
-    pub at: Instant,
-}
-
 /// One abort the simulator counted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AbortRecord {
@@ -194,179 +181,49 @@ pub struct AbortRecord {
     pub at: Instant,
 }
 
-#[derive(Debug, Default)]
-struct State {
-    live: LiveTable,
-    aborts: AbortCounts,
-    abort_log: Vec<AbortRecord>,
-    requests: Vec<Recorded>,
-    script: VecDeque<Fault>,
-    arrivals: u64,
-    completed: u64,
-}
-
+/// Triton (a TensorRT-LLM ensemble) as a [`Sim`] engine.
 #[derive(Debug)]
-struct Inner {
-    options: SimOptions,
-    state: Mutex<State>,
-    slots: Arc<Semaphore>,
-    started: Instant,
-}
+pub enum Triton {}
 
-impl Inner {
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
+/// A running Triton simulator; stops when dropped.
+pub type TritonSim = Sim<Triton>;
 
-    fn set_phase(&self, id: &str, phase: EnginePhase) {
-        self.state().live.set_phase(id, phase);
-    }
+type Inner = SimCore<Triton>;
 
-    fn finish(&self, id: &str) {
-        let mut st = self.state();
-        if st.live.remove(id).is_some() {
-            st.completed += 1;
+impl Engine for Triton {
+    const NAME: &'static str = "Triton";
+    const METRICS_LISTENER: bool = true;
+    type Options = SimOptions;
+    type Fault = Fault;
+    type Record = Recorded;
+    type Abort = AbortRecord;
+    type Extra = ();
+
+    fn basics(o: &SimOptions) -> Basics<'_, Fault> {
+        Basics {
+            slots: o.slots,
+            kv_capacity_tokens: o.kv_capacity_tokens,
+            lagged_probe: o.lagged_probe,
+            script: &o.script,
         }
     }
 
-    fn gauges(&self) -> (u64, u64, f64) {
-        self.state().live.gauges(self.options.kv_capacity_tokens)
+    fn is_generation(record: &Recorded) -> bool {
+        record.path.ends_with("/generate_stream")
     }
-}
 
-/// A running simulator; stops when dropped.
-#[derive(Debug)]
-pub struct TritonSim {
-    inner: Arc<Inner>,
-    addr: SocketAddr,
-    metrics_addr: SocketAddr,
-    _stop: DropGuard,
+    fn serve(core: &Arc<Inner>, listener: TcpListener, stop: &CancellationToken) {
+        http::serve(core, listener, stop, |inner, request, rd, wr| {
+            Box::pin(handle(inner, request, rd, wr))
+        });
+    }
 }
 
 impl TritonSim {
-    /// Starts a simulator (HTTP and metrics listeners on `127.0.0.1:0`),
-    /// for tests.
-    ///
-    /// # Panics
-    ///
-    /// If no loopback port can be bound ([`TritonSim::try_start`] returns
-    /// that error instead).
-    #[expect(clippy::panic, reason = "a test fixture: no port, no test")]
-    pub async fn start(options: SimOptions) -> Arc<TritonSim> {
-        match Self::try_start(options).await {
-            Ok(sim) => sim,
-            Err(e) => panic!("the Triton simulator could not listen on 127.0.0.1:0: {e}"),
-        }
-    }
-
-    /// Starts a simulator (HTTP and metrics listeners on `127.0.0.1:0`);
-    /// it runs until dropped.
-    ///
-    /// # Errors
-    ///
-    /// A listener's bind error.
-    pub async fn try_start(options: SimOptions) -> io::Result<Arc<TritonSim>> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let metrics = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let metrics_addr = metrics.local_addr()?;
-        let inner = Arc::new(Inner {
-            slots: Arc::new(Semaphore::new(options.slots)),
-            state: Mutex::new(State {
-                script: options.script.iter().cloned().collect(),
-                ..State::default()
-            }),
-            options,
-            started: Instant::now(),
-        });
-        let stop = CancellationToken::new();
-        tokio::spawn(http::accept_loop(listener, inner.clone(), stop.clone()));
-        tokio::spawn(http::accept_loop(metrics, inner.clone(), stop.clone()));
-        Ok(Arc::new(TritonSim {
-            inner,
-            addr,
-            metrics_addr,
-            _stop: stop.drop_guard(),
-        }))
-    }
-
-    /// `http://127.0.0.1:<port>` (Triton's HTTP port).
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
     /// `http://127.0.0.1:<port>/metrics` (Triton's metrics port).
     pub fn metrics_url(&self) -> String {
         format!("http://{}/metrics", self.metrics_addr)
     }
-
-    /// The aborts counted so far, per phase.
-    pub fn abort_counts(&self) -> AbortCounts {
-        self.inner.state().aborts
-    }
-
-    /// Every abort counted, in order.
-    pub fn abort_log(&self) -> Vec<AbortRecord> {
-        self.inner.state().abort_log.clone()
-    }
-
-    /// Every request received, in order.
-    pub fn requests(&self) -> Vec<Recorded> {
-        self.inner.state().requests.clone()
-    }
-
-    /// The generation requests.
-    pub fn generations(&self) -> Vec<Recorded> {
-        self.requests()
-            .into_iter()
-            .filter(|r| r.path.ends_with("/generate_stream"))
-            .collect()
-    }
-
-    /// The real phase of a live request.
-    pub fn phase_now(&self, id: &str) -> Option<EnginePhase> {
-        self.inner.state().live.phase(id)
-    }
-
-    /// Requests that finished normally.
-    pub fn completed(&self) -> u64 {
-        self.inner.state().completed
-    }
-
-    /// How many `/metrics` requests arrived.
-    pub fn scrapes(&self) -> u64 {
-        self.inner.state().live.scrapes()
-    }
-}
-
-impl EngineProbe for TritonSim {
-    fn aborts(&self) -> AbortCounts {
-        self.abort_counts()
-    }
-
-    fn phase(&self, id: &RequestId) -> Option<EnginePhase> {
-        self.inner
-            .state()
-            .live
-            .probed_phase(id.as_str(), self.inner.options.lagged_probe)
-    }
-}
-
-#[async_trait::async_trait]
-impl Handler for Inner {
-    async fn handle(
-        self: Arc<Self>,
-        request: HttpRequest,
-        rd: &mut OwnedReadHalf,
-        wr: &mut OwnedWriteHalf,
-    ) -> Next {
-        handle(&self, request, rd, wr).await
-    }
-}
-
-/// A whole response, no extra headers.
-async fn write_full(wr: &mut OwnedWriteHalf, status: u16, content_type: &str, body: &str) -> Next {
-    http::write_full(wr, status, content_type, body, &[]).await
 }
 
 fn error_json(message: &str) -> String {
@@ -379,16 +236,11 @@ async fn handle(
     rd: &mut OwnedReadHalf,
     wr: &mut OwnedWriteHalf,
 ) -> Next {
-    let record = Recorded {
-        method: request.method.clone(),
-        path: request.path.clone(),
-        body: String::from_utf8_lossy(&request.body).into_owned(),
-        at: Instant::now(),
-    };
+    let record = Recorded::of(&request);
     let model_path = format!("/v2/models/{}", inner.options.model);
     match (request.method.as_str(), request.path.as_str()) {
         ("GET", "/v2/health/ready" | "/v2/health/live") => {
-            inner.state().requests.push(record);
+            inner.record(record);
             write_full(wr, 200, "text/plain", "").await
         }
         ("GET", "/metrics") => {
@@ -397,14 +249,14 @@ async fn handle(
             write_full(wr, 200, "text/plain; charset=utf-8", &body).await
         }
         ("GET", path) if path == format!("{model_path}/ready") => {
-            inner.state().requests.push(record);
+            inner.record(record);
             write_full(wr, 200, "text/plain", "").await
         }
         ("POST", path) if path.ends_with("/generate_stream") => {
             if path == format!("{model_path}/generate_stream") {
                 generate(inner, request, record, rd, wr).await
             } else {
-                inner.state().requests.push(record);
+                inner.record(record);
                 let name = path
                     .trim_start_matches("/v2/models/")
                     .trim_end_matches("/generate_stream");
@@ -413,7 +265,7 @@ async fn handle(
             }
         }
         (method, _) if method != "POST" && request.path.starts_with("/v2/models/") => {
-            inner.state().requests.push(record);
+            inner.record(record);
             write_full(
                 wr,
                 405,
@@ -423,7 +275,7 @@ async fn handle(
             .await
         }
         _ => {
-            inner.state().requests.push(record);
+            inner.record(record);
             write_full(wr, 404, "application/json", &error_json("Not Found")).await
         }
     }
@@ -456,23 +308,9 @@ nv_trt_llm_kv_cache_block_metrics{{kv_cache_block_type=\"tokens_per\",model=\"te
     )
 }
 
-/// Writes the last bytes and the end of the chunked body in one write.
+/// Writes `tail` and the end of the chunked body in one write.
 async fn write_last(wr: &mut OwnedWriteHalf, tail: &[u8]) -> Next {
-    if wr.write_all(&http::last_chunk(tail)).await.is_ok() {
-        Next::KeepAlive
-    } else {
-        Next::Close
-    }
-}
-
-fn head(status: u16) -> String {
-    http::sse_head(status)
-}
-
-/// What ended a wait inside a request.
-enum Wake {
-    Ready,
-    Closed,
+    Next::keep_alive_if(http::write_last(wr, tail).await)
 }
 
 /// One model response after `k` tokens.
@@ -518,16 +356,15 @@ async fn disconnected(inner: &Arc<Inner>, id: &str, phase: EnginePhase) -> Next 
     let into = Duration::from_nanos((since.as_nanos() % period.as_nanos()) as u64);
     tokio::time::sleep(period - into).await;
     let at = Instant::now();
-    let mut st = inner.state();
-    if st.live.remove(id).is_some() {
-        st.aborts.add(phase);
-        st.abort_log.push(AbortRecord {
+    inner.abort_with(id, |_| {
+        let record = AbortRecord {
             id: id.to_owned(),
             phase,
             closed_at,
             at,
-        });
-    }
+        };
+        (phase, record)
+    });
     Next::Close
 }
 
@@ -540,13 +377,8 @@ async fn generate(
     wr: &mut OwnedWriteHalf,
 ) -> Next {
     let opts = &inner.options;
-    let (fault, arrival) = {
-        let mut st = inner.state();
-        st.requests.push(record);
-        let fault = st.script.pop_front().unwrap_or(Fault::None);
-        st.arrivals += 1;
-        (fault, st.arrivals - 1)
-    };
+    let (fault, arrival) = inner.arrive(record);
+    let fault = fault.unwrap_or(Fault::None);
     let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&request.body) else {
         let message = "failed to parse the request JSON buffer: Invalid value. at 0";
         return write_full(wr, 400, "application/json", &error_json(message)).await;
@@ -572,7 +404,7 @@ async fn generate(
     } = &fault
     {
         return if *sse {
-            let _ = wr.write_all(head(*status).as_bytes()).await;
+            let _ = wr.write_all(sse_head(*status).as_bytes()).await;
             write_last(wr, &frame(&error_json(message))).await
         } else {
             write_full(wr, *status, "application/json", &error_json(message)).await
@@ -595,11 +427,8 @@ async fn generate(
         .get("id")
         .and_then(Value::as_str)
         .map_or_else(|| format!("sim-{arrival}"), str::to_owned);
-    if let Some(max) = opts.max_queued {
-        let (_, waiting, _) = inner.gauges();
-        if waiting >= max as u64 {
-            return write_full(wr, 503, "application/json", &error_json(QUEUE_FULL)).await;
-        }
+    if inner.queue_full(opts.max_queued) {
+        return write_full(wr, 503, "application/json", &error_json(QUEUE_FULL)).await;
     }
     inner.state().live.insert(&id, prompt_tokens);
     let want_counts = body.get("return_num_output_tokens") == Some(&Value::Bool(true));
@@ -620,15 +449,8 @@ async fn generate(
         return disconnected(inner, &id, EnginePhase::Queued).await;
     };
     inner.set_phase(&id, EnginePhase::Prefill);
-    let prefill = match (arrival, opts.first_prefill) {
-        (0, Some(first)) => first,
-        _ => opts.prefill,
-    };
-    let wake = tokio::select! {
-        () = tokio::time::sleep(prefill) => Wake::Ready,
-        () = closed(rd) => Wake::Closed,
-    };
-    if let Wake::Closed = wake {
+    let prefill = prefill_time(arrival, opts.prefill, opts.first_prefill);
+    if wait(prefill, rd, None).await == Wake::Closed {
         drop(permit);
         return disconnected(inner, &id, EnginePhase::Prefill).await;
     }
@@ -637,14 +459,8 @@ async fn generate(
     let mut texts: Vec<String> = Vec::new();
     let mut head_sent = false;
     for i in 0..n {
-        if i > 0 {
-            let wake = tokio::select! {
-                () = tokio::time::sleep(opts.token_interval) => Wake::Ready,
-                () = closed(rd) => Wake::Closed,
-            };
-            if let Wake::Closed = wake {
-                return disconnected(inner, &id, EnginePhase::Decode).await;
-            }
+        if i > 0 && wait(opts.token_interval, rd, None).await == Wake::Closed {
+            return disconnected(inner, &id, EnginePhase::Decode).await;
         }
         match &fault {
             Fault::ErrorEvent {
@@ -652,14 +468,14 @@ async fn generate(
                 message,
             } if *after_tokens == i => {
                 inner.state().live.remove(&id);
-                if !head_sent && wr.write_all(head(200).as_bytes()).await.is_err() {
+                if !head_sent && wr.write_all(sse_head(200).as_bytes()).await.is_err() {
                     return Next::Close;
                 }
                 return write_last(wr, &frame(&error_json(message))).await;
             }
             Fault::Stall { after_tokens } if *after_tokens == i => {
                 if !head_sent {
-                    let _ = wr.write_all(head(200).as_bytes()).await;
+                    let _ = wr.write_all(sse_head(200).as_bytes()).await;
                     let _ = wr.flush().await;
                 }
                 closed(rd).await;
@@ -668,7 +484,7 @@ async fn generate(
             Fault::Cut { after_tokens } if *after_tokens == i => {
                 inner.state().live.remove(&id);
                 if !head_sent {
-                    let _ = wr.write_all(head(200).as_bytes()).await;
+                    let _ = wr.write_all(sse_head(200).as_bytes()).await;
                 }
                 let _ = wr.shutdown().await;
                 return Next::Close;
@@ -694,7 +510,7 @@ async fn generate(
         } else {
             head_sent = true;
             // The head goes out with the first response.
-            let mut h = head(200).into_bytes();
+            let mut h = sse_head(200).into_bytes();
             if wr.write_all(&h).await.is_err() {
                 return disconnected(inner, &id, EnginePhase::Decode).await;
             }
@@ -707,12 +523,7 @@ async fn generate(
             .then(|| split_inside_chars(&bytes))
             .flatten();
         let ok = if let Some(pieces) = pieces {
-            let mut ok = true;
-            for piece in pieces {
-                ok = ok && write_chunk(wr, piece).await;
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            ok
+            write_pieces(wr, pieces).await
         } else if last {
             // The final flag rides on the last response: the body ends.
             inner.finish(&id);
@@ -729,7 +540,7 @@ async fn generate(
     // Zero tokens (max_tokens 0) or a split last token: end the body.
     inner.finish(&id);
     drop(permit);
-    if !head_sent && wr.write_all(head(200).as_bytes()).await.is_err() {
+    if !head_sent && wr.write_all(sse_head(200).as_bytes()).await.is_err() {
         return Next::Close;
     }
     write_last(wr, &[]).await

@@ -20,27 +20,25 @@
 //! ([`Fault`]) are scripted per arriving generation request; with
 //! [`SimOptions::api_key`] the `/v1` routes want `Authorization: Bearer`.
 
-use std::collections::VecDeque;
-use std::io;
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
+use gateway_core::EnginePhase;
+#[cfg(doc)]
 use gateway_core::testkit::conformance::EngineProbe;
-use gateway_core::{AbortCounts, EnginePhase, RequestId};
 use serde_json::Value;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::Semaphore;
 use tokio::time::Instant;
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::CancellationToken;
 
 use crate::http::{
-    self, Handler, HttpRequest, Next, closed, frame, js, split_inside_chars, write_chunk,
-    write_full,
+    self, FASTAPI_404, HttpRequest, Next, Wake, closed, frame, js, split_inside_chars, wait,
+    write_chunk, write_full, write_full_with,
 };
-use crate::slots::LiveTable;
+use crate::sim::{Basics, Engine, Sim, SimCore};
+use crate::slots::prefill_time;
 pub use crate::vocab::{VOCABULARY, text_of, token_text};
 use crate::vocab::{chat_prompt_tokens, words};
 
@@ -355,178 +353,73 @@ pub struct AbortRecord {
     pub at: Instant,
 }
 
-#[derive(Debug, Default)]
-struct State {
-    live: LiveTable,
-    aborts: AbortCounts,
-    abort_log: Vec<AbortRecord>,
-    requests: Vec<Recorded>,
-    script: VecDeque<Fault>,
-    arrivals: u64,
-    completed: u64,
-    /// Token chunks written to clients, all requests.
-    tokens_sent: u64,
-}
-
+/// The vLLM family as a [`Sim`] engine.
 #[derive(Debug)]
-struct Inner {
-    options: SimOptions,
-    state: Mutex<State>,
-    slots: Arc<Semaphore>,
+pub enum Vllm {}
+
+/// A running vLLM-family simulator; stops when dropped.
+pub type VllmSim = Sim<Vllm>;
+
+type Inner = SimCore<Vllm>;
+
+impl Engine for Vllm {
+    const NAME: &'static str = "vLLM";
+    type Options = SimOptions;
+    type Fault = Fault;
+    type Record = Recorded;
+    type Abort = AbortRecord;
+    /// Token chunks written to clients, all requests.
+    type Extra = u64;
+
+    fn basics(o: &SimOptions) -> Basics<'_, Fault> {
+        Basics {
+            slots: o.slots,
+            kv_capacity_tokens: o.kv_capacity_tokens,
+            lagged_probe: o.lagged_probe,
+            script: &o.script,
+        }
+    }
+
+    fn is_generation(record: &Recorded) -> bool {
+        record.method == "POST"
+    }
+
+    fn serve(core: &Arc<Inner>, listener: TcpListener, stop: &CancellationToken) {
+        http::serve(core, listener, stop, |inner, request, rd, wr| {
+            Box::pin(handle(inner, request, rd, wr))
+        });
+    }
 }
 
 impl Inner {
-    fn state(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    fn set_phase(&self, id: &str, phase: EnginePhase) {
-        self.state().live.set_phase(id, phase);
-    }
-
-    fn abort(&self, id: &str, phase: EnginePhase) {
+    /// Counts the client's close of `id` in `phase` (if it is still in
+    /// flight); the connection closes.
+    fn aborted(&self, id: &str, phase: EnginePhase) -> Next {
         let at = Instant::now();
-        let mut st = self.state();
-        if st.live.remove(id).is_some() {
-            st.aborts.add(phase);
-            st.abort_log.push(AbortRecord {
+        self.abort_with(id, |_| {
+            let record = AbortRecord {
                 id: id.to_owned(),
                 phase,
                 at,
-            });
-        }
+            };
+            (phase, record)
+        });
+        Next::Close
     }
 
-    fn gauges(&self) -> (u64, u64, f64) {
-        self.state().live.gauges(self.options.kv_capacity_tokens)
+    /// One more token chunk of `id` written.
+    fn token_sent(&self, id: &str) {
+        let mut st = self.state();
+        st.extra += 1;
+        st.live.add_token(id);
     }
-}
-
-/// A running simulator; stops when dropped.
-#[derive(Debug)]
-pub struct VllmSim {
-    inner: Arc<Inner>,
-    addr: SocketAddr,
-    _stop: DropGuard,
 }
 
 impl VllmSim {
-    /// Starts a simulator on `127.0.0.1:0`, for tests.
-    ///
-    /// # Panics
-    ///
-    /// If no loopback port can be bound ([`VllmSim::try_start`] returns
-    /// that error instead).
-    #[expect(clippy::panic, reason = "a test fixture: no port, no test")]
-    pub async fn start(options: SimOptions) -> Arc<VllmSim> {
-        match Self::try_start(options).await {
-            Ok(sim) => sim,
-            Err(e) => panic!("the vLLM simulator could not listen on 127.0.0.1:0: {e}"),
-        }
-    }
-
-    /// Starts a simulator on `127.0.0.1:0`; it runs until dropped.
-    ///
-    /// # Errors
-    ///
-    /// The listener's bind error.
-    pub async fn try_start(options: SimOptions) -> io::Result<Arc<VllmSim>> {
-        let listener = TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let inner = Arc::new(Inner {
-            slots: Arc::new(Semaphore::new(options.slots)),
-            state: Mutex::new(State {
-                script: options.script.iter().cloned().collect(),
-                ..State::default()
-            }),
-            options,
-        });
-        let stop = CancellationToken::new();
-        tokio::spawn(http::accept_loop(listener, inner.clone(), stop.clone()));
-        Ok(Arc::new(VllmSim {
-            inner,
-            addr,
-            _stop: stop.drop_guard(),
-        }))
-    }
-
-    /// `http://127.0.0.1:<port>`.
-    pub fn url(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// The aborts counted so far, per phase.
-    pub fn abort_counts(&self) -> AbortCounts {
-        self.inner.state().aborts
-    }
-
-    /// Every abort noticed, in order.
-    pub fn abort_log(&self) -> Vec<AbortRecord> {
-        self.inner.state().abort_log.clone()
-    }
-
-    /// Every request received, in order.
-    pub fn requests(&self) -> Vec<Recorded> {
-        self.inner.state().requests.clone()
-    }
-
-    /// The generation requests received, in order.
-    pub fn generations(&self) -> Vec<Recorded> {
-        self.requests()
-            .into_iter()
-            .filter(|r| r.method == "POST")
-            .collect()
-    }
-
-    /// The real phase of a live request (ignores `lagged_probe`).
-    pub fn phase_now(&self, id: &str) -> Option<EnginePhase> {
-        self.inner.state().live.phase(id)
-    }
-
-    /// Requests that finished normally.
-    pub fn completed(&self) -> u64 {
-        self.inner.state().completed
-    }
-
     /// Token chunks written to clients so far (all requests): what the
     /// engine generated and sent before any close.
     pub fn tokens_sent(&self) -> u64 {
-        self.inner.state().tokens_sent
-    }
-
-    /// Running, waiting and KV use, as `/metrics` would say now.
-    pub fn gauges(&self) -> (u64, u64, f64) {
-        self.inner.gauges()
-    }
-
-    /// How many `/metrics` requests arrived.
-    pub fn scrapes(&self) -> u64 {
-        self.inner.state().live.scrapes()
-    }
-}
-
-impl EngineProbe for VllmSim {
-    fn aborts(&self) -> AbortCounts {
-        self.abort_counts()
-    }
-
-    fn phase(&self, id: &RequestId) -> Option<EnginePhase> {
-        self.inner
-            .state()
-            .live
-            .probed_phase(id.as_str(), self.inner.options.lagged_probe)
-    }
-}
-
-#[async_trait::async_trait]
-impl Handler for Inner {
-    async fn handle(
-        self: Arc<Self>,
-        request: HttpRequest,
-        rd: &mut OwnedReadHalf,
-        wr: &mut OwnedWriteHalf,
-    ) -> Next {
-        handle(&self, request, rd, wr).await
+        self.core.state().extra
     }
 }
 
@@ -551,8 +444,8 @@ async fn handle(
         && let Some(key) = &inner.options.api_key
         && request.header("authorization") != Some(format!("Bearer {key}").as_str())
     {
-        inner.state().requests.push(record);
-        return write_full(wr, 401, "application/json", UNAUTHORIZED_401, &[]).await;
+        inner.record(record);
+        return write_full(wr, 401, "application/json", UNAUTHORIZED_401).await;
     }
     let metrics_path = match engine {
         SimEngine::TrtLlm => "/prometheus/metrics",
@@ -565,65 +458,42 @@ async fn handle(
             SimEngine::Vllm => metrics_text(inner),
             _ => engine_metrics_text(inner),
         };
-        return write_full(
-            wr,
-            200,
-            "text/plain; version=0.0.4; charset=utf-8",
-            &body,
-            &[],
-        )
-        .await;
+        return write_full(wr, 200, "text/plain; version=0.0.4; charset=utf-8", &body).await;
     }
     match (engine, request.method.as_str(), request.path.as_str()) {
         (SimEngine::TrtLlm, "GET", "/metrics") => {
-            inner.state().requests.push(record);
-            write_full(wr, 200, "application/json", "[]", &[]).await
+            inner.record(record);
+            write_full(wr, 200, "application/json", "[]").await
         }
         (SimEngine::Dynamo | SimEngine::DynamoOld, "GET", "/health") => {
-            inner.state().requests.push(record);
+            inner.record(record);
             let body = r#"{"status":"healthy","endpoints":["dyn://dynamo.backend.generate"],"instances":[]}"#;
-            write_full(wr, 200, "application/json", body, &[]).await
+            write_full(wr, 200, "application/json", body).await
         }
         (SimEngine::Nim, "GET", "/v1/health/ready" | "/v1/health/live") => {
-            inner.state().requests.push(record);
+            inner.record(record);
             let body = r#"{"object":"health.response","message":"Service is ready."}"#;
-            write_full(wr, 200, "application/json", body, &[]).await
+            write_full(wr, 200, "application/json", body).await
         }
         (SimEngine::Nim, "GET", "/health" | "/metrics") => {
-            inner.state().requests.push(record);
-            write_full(
-                wr,
-                404,
-                "application/json",
-                r#"{"detail":"Not Found"}"#,
-                &[],
-            )
-            .await
+            inner.record(record);
+            write_full(wr, 404, "application/json", FASTAPI_404).await
         }
         (_, "GET", "/health") => {
-            inner.state().requests.push(record);
-            write_full(wr, 200, "application/json", "", &[]).await
+            inner.record(record);
+            write_full(wr, 200, "application/json", "").await
         }
         (_, "GET", "/v1/models") => {
-            inner.state().requests.push(record);
+            inner.record(record);
             let body = format!(
                 r#"{{"object":"list","data":[{{"id":"{m}","object":"model","created":1,"owned_by":"vllm","root":"{m}","parent":null,"max_model_len":8192,"permission":[]}}]}}"#,
                 m = inner.options.model
             );
-            write_full(wr, 200, "application/json", &body, &[]).await
+            write_full(wr, 200, "application/json", &body).await
         }
         (_, "POST", "/v1/chat/completions") => generate(inner, request, record, true, rd, wr).await,
         (_, "POST", "/v1/completions") => generate(inner, request, record, false, rd, wr).await,
-        _ => {
-            write_full(
-                wr,
-                404,
-                "application/json",
-                r#"{"detail":"Not Found"}"#,
-                &[],
-            )
-            .await
-        }
+        _ => write_full(wr, 404, "application/json", FASTAPI_404).await,
     }
 }
 
@@ -850,19 +720,14 @@ async fn generate(
 ) -> Next {
     let opts = &inner.options;
     let Ok(body) = serde_json::from_slice::<Value>(&request.body) else {
-        inner.state().requests.push(record);
+        inner.record(record);
         let bad = r#"{"error":{"message":"1 validation error:\n  {'type': 'json_invalid', 'loc': 'body.1', 'msg': 'JSON decode error'}","type":"Bad Request","param":"body.1","code":400}}"#;
-        return write_full(wr, 400, "application/json", bad, &[]).await;
+        return write_full(wr, 400, "application/json", bad).await;
     };
     let prompt_tokens = count_prompt(&body, chat);
     record.prompt_tokens = prompt_tokens;
-    let (fault, arrival) = {
-        let mut st = inner.state();
-        st.requests.push(record);
-        let fault = st.script.pop_front().unwrap_or(Fault::None);
-        st.arrivals += 1;
-        (fault, st.arrivals - 1)
-    };
+    let (fault, arrival) = inner.arrive(record);
+    let fault = fault.unwrap_or(Fault::None);
     let engine = opts.engine;
     if engine == SimEngine::TrtLlm {
         let allowed = |k: &str| {
@@ -882,7 +747,7 @@ async fn generate(
                     "CompletionRequest"
                 }
             );
-            return write_full(wr, 400, "application/json", &trtllm_400(&message), &[]).await;
+            return write_full(wr, 400, "application/json", &trtllm_400(&message)).await;
         }
     }
     if let Some(model) = body["model"].as_str()
@@ -892,10 +757,10 @@ async fn generate(
             // trtllm-serve does not check the model name (unverified).
             SimEngine::TrtLlm => {}
             SimEngine::Dynamo | SimEngine::DynamoOld => {
-                return write_full(wr, 404, "application/json", DYNAMO_404, &[]).await;
+                return write_full(wr, 404, "application/json", DYNAMO_404).await;
             }
             SimEngine::Vllm | SimEngine::Nim => {
-                return write_full(wr, 404, "application/json", &not_found_404(model), &[]).await;
+                return write_full(wr, 404, "application/json", &not_found_404(model)).await;
             }
         }
     }
@@ -909,64 +774,49 @@ async fn generate(
             .iter()
             .map(|s| ("retry-after", s.to_string()))
             .collect();
-        return write_full(wr, *status, "application/json", body, &headers).await;
+        return write_full_with(wr, *status, "application/json", body, &headers).await;
     }
     let max_tokens = body["max_completion_tokens"]
         .as_u64()
         .or_else(|| body["max_tokens"].as_u64())
         .unwrap_or(u64::from(opts.natural_tokens));
     if max_tokens == 0 {
-        return write_full(wr, 400, "application/json", INVALID_400, &[]).await;
+        return write_full(wr, 400, "application/json", INVALID_400).await;
     }
     if body["stream"] != Value::Bool(true) {
         let msg = r#"{"error":{"message":"the simulator only streams","type":"BadRequestError","param":"stream","code":400}}"#;
-        return write_full(wr, 400, "application/json", msg, &[]).await;
+        return write_full(wr, 400, "application/json", msg).await;
     }
     let include_usage = body["stream_options"].is_object()
         && body["stream_options"]["include_usage"] != Value::Bool(false);
-    if let Some(max) = opts.max_waiting {
-        let (_, waiting, _) = inner.gauges();
-        if waiting >= max as u64 {
-            let (status, body) = match engine {
-                SimEngine::Dynamo => (529, DYNAMO_529),
-                SimEngine::DynamoOld => (503, DYNAMO_503),
-                _ => (503, BUSY_503),
-            };
-            return write_full(wr, status, "application/json", body, &[]).await;
-        }
+    if inner.queue_full(opts.max_waiting) {
+        let (status, body) = match engine {
+            SimEngine::Dynamo => (529, DYNAMO_529),
+            SimEngine::DynamoOld => (503, DYNAMO_503),
+            _ => (503, BUSY_503),
+        };
+        return write_full(wr, status, "application/json", body).await;
     }
     let id = request
         .header("x-request-id")
         .map_or_else(|| format!("sim-{arrival}"), str::to_owned);
     inner.state().live.insert(&id, prompt_tokens);
     if wr.write_all(http::sse_head(200).as_bytes()).await.is_err() {
-        inner.abort(&id, EnginePhase::Queued);
-        return Next::Close;
+        return inner.aborted(&id, EnginePhase::Queued);
     }
     // Queued: wait for a slot.
     let permit = tokio::select! {
         permit = inner.slots.clone().acquire_owned() => permit,
-        () = closed(rd) => {
-            inner.abort(&id, EnginePhase::Queued);
-            return Next::Close;
-        }
+        () = closed(rd) => return inner.aborted(&id, EnginePhase::Queued),
     };
     // The semaphore is never closed.
     let Ok(permit) = permit else {
-        inner.abort(&id, EnginePhase::Queued);
-        return Next::Close;
+        return inner.aborted(&id, EnginePhase::Queued);
     };
     inner.set_phase(&id, EnginePhase::Prefill);
-    let prefill = match (arrival, opts.first_prefill) {
-        (0, Some(first)) => first,
-        _ => opts.prefill,
-    };
-    tokio::select! {
-        () = tokio::time::sleep(prefill) => {}
-        () = closed(rd) => {
-            inner.abort(&id, EnginePhase::Prefill);
-            return Next::Close;
-        }
+    let prefill = prefill_time(arrival, opts.prefill, opts.first_prefill);
+    if wait(prefill, rd, None).await == Wake::Closed {
+        return inner.aborted(&id, EnginePhase::Prefill);
     }
     inner.set_phase(&id, EnginePhase::Decode);
     let n = u64::from(opts.natural_tokens).min(max_tokens) as u32;
@@ -989,10 +839,7 @@ async fn generate(
         _ => None,
     };
     let mut out = Stream { wr, split };
-    let decode_abort = |inner: &Inner| {
-        inner.abort(&id, EnginePhase::Decode);
-        Next::Close
-    };
+    let decode_abort = |inner: &Inner| inner.aborted(&id, EnginePhase::Decode);
     // Speculative steps: the texts of a step's tokens, sent as one chunk.
     let step = match opts.speculative {
         Some(spec) if engine == SimEngine::Vllm => spec.tokens_per_step.max(1),
@@ -1000,11 +847,8 @@ async fn generate(
     };
     let mut step_text = String::new();
     for i in 0..n {
-        if i > 0 {
-            tokio::select! {
-                () = tokio::time::sleep(opts.token_interval) => {}
-                () = closed(rd) => return decode_abort(inner),
-            }
+        if i > 0 && wait(opts.token_interval, rd, None).await == Wake::Closed {
+            return decode_abort(inner);
         }
         match &fault {
             Fault::ErrorFrame {
@@ -1076,11 +920,7 @@ async fn generate(
             }
             Fault::Truncate { after_tokens } if *after_tokens == i => {
                 inner.state().live.remove(&id);
-                return if out.end().await {
-                    Next::KeepAlive
-                } else {
-                    Next::Close
-                };
+                return Next::keep_alive_if(out.end().await);
             }
             _ => {}
         }
@@ -1116,9 +956,7 @@ async fn generate(
                 if !bytes.is_empty() && !out.send(&bytes).await {
                     return decode_abort(inner);
                 }
-                let mut st = inner.state();
-                st.tokens_sent += 1;
-                st.live.add_token(&id);
+                inner.token_sent(&id);
                 continue;
             }
         }
@@ -1150,11 +988,7 @@ async fn generate(
         if !ok {
             return decode_abort(inner);
         }
-        {
-            let mut st = inner.state();
-            st.tokens_sent += 1;
-            st.live.add_token(&id);
-        }
+        inner.token_sent(&id);
     }
     let mut tail = Vec::new();
     if include_usage && engine == SimEngine::TrtLlm {
@@ -1198,11 +1032,10 @@ async fn generate(
     tail.extend_from_slice(b"data: [DONE]\n\n");
     // The last frames and the end of the body in one write: once it is
     // out, the request is over and a close is no abort.
-    let last = http::last_chunk(&tail);
     let ok = if out.split.is_some() {
         out.send(&tail).await && out.end().await
     } else {
-        out.wr.write_all(&last).await.is_ok()
+        http::write_last(out.wr, &tail).await
     };
     if !ok {
         return decode_abort(inner);
