@@ -230,12 +230,9 @@ fn token_routing() -> Comparison {
     use gateway_policy::{ChatTemplate, HfTokenCounter};
 
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/tokenizers/");
-    let template = ChatTemplate::from_file(
-        format!("{dir}tinyllama.chat_template.jinja"),
-        "<s>",
-        "</s>",
-    )
-    .expect("the fixture template");
+    let template =
+        ChatTemplate::from_file(format!("{dir}tinyllama.chat_template.jinja"), "<s>", "</s>")
+            .expect("the fixture template");
     let counter = HfTokenCounter::from_file(format!("{dir}tinyllama.json"), true)
         .expect("the fixture tokenizer")
         .with_chat_template(template);
