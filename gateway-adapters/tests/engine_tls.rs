@@ -35,7 +35,7 @@ fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
-/// A TLS terminator on `127.0.0.1:0` forwarding each connection to
+/// A TLS terminator on a loopback port forwarding each connection to
 /// `target`; it stops when the guard drops.
 struct TlsProxy {
     addr: SocketAddr,
@@ -45,6 +45,11 @@ struct TlsProxy {
 
 impl TlsProxy {
     async fn start(target: SocketAddr) -> TlsProxy {
+        TlsProxy::start_on("127.0.0.1", target).await
+    }
+
+    /// On `ip:0` (a loopback address).
+    async fn start_on(ip: &str, target: SocketAddr) -> TlsProxy {
         let certs: Vec<CertificateDer<'static>> =
             CertificateDer::pem_file_iter(fixture("server.pem"))
                 .unwrap()
@@ -59,7 +64,7 @@ impl TlsProxy {
             .with_single_cert(certs, key)
             .unwrap();
         let acceptor = TlsAcceptor::from(Arc::new(config));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let listener = TcpListener::bind((ip, 0)).await.unwrap();
         let addr = listener.local_addr().unwrap();
         let stop = CancellationToken::new();
         let handshakes = Arc::new(AtomicU64::new(0));
@@ -208,14 +213,26 @@ async fn an_untrusted_certificate_is_refused_before_the_engine_sees_a_request() 
         (FailureKind::Connect, FailurePhase::BeforeFirstToken),
         "{error}"
     );
+    assert!(
+        format!("{error:?}").contains("UnknownIssuer"),
+        "not an unknown issuer: {error:?}"
+    );
     assert!(matches!(backend.health().await, Health::Unhealthy(_)));
     assert_eq!(proxy.handshakes.load(Ordering::Relaxed), 0);
     assert!(sim.requests().is_empty());
-    // A certificate for another name is refused the same way.
-    let wrong_name = format!("https://127.0.0.2:{}", proxy.addr.port());
+    // A trusted certificate for other names (it names 127.0.0.1 and
+    // localhost, the proxy listens on 127.0.0.2) is refused the same way:
+    // the connection is made, the handshake fails.
+    let other = TlsProxy::start_on("127.0.0.2", sim_addr(&sim.url())).await;
+    let wrong_name = format!("https://127.0.0.2:{}", other.addr.port());
     let backend = vllm::backend(trusted("vllm-tls", wrong_name)).unwrap();
     let error = run(&backend, chat(8)).await.unwrap_err();
     assert_eq!(error.kind(), FailureKind::Connect, "{error}");
+    assert!(
+        format!("{error:?}").contains("NotValidForName"),
+        "not a name mismatch: {error:?}"
+    );
+    assert_eq!(other.handshakes.load(Ordering::Relaxed), 0);
     assert!(sim.requests().is_empty());
 }
 
