@@ -316,16 +316,29 @@ def _content_chunks(raw: bytes) -> tuple[int, str]:
     return count, "".join(text)
 
 
-def _assert_aborted(rv: RealVllm, before: dict, received: int, how: str, slack: int) -> None:
+def _generated(rv: RealVllm) -> float:
+    """vLLM's count of tokens it generated (aborted requests' included)."""
+    return metric(vllm_metrics(rv), "vllm:generation_tokens_total", model_name=REAL_MODEL)
+
+
+def _assert_aborted(rv: RealVllm, before: dict, received: int, how: str, slack: int | None) -> None:
     """`received`: token chunks the client is known to have read; up to
     `slack` more may have been written to the socket by the gateway before
-    the close reached it (delivered, so chargeable)."""
+    the close reached it (delivered, so chargeable). With `slack=None` the
+    client cannot tell what reached its socket; the charge is then bounded
+    by what vLLM generated for the request."""
     # vLLM stops running it within ~2 s.
     t0 = time.monotonic()
     while running_in_vllm(rv) != 0:
         assert time.monotonic() - t0 < 2.0, f"{how}: vllm:num_requests_running still > 0 after 2 s"
         time.sleep(0.02)
     freed_s = time.monotonic() - t0
+    # vLLM's generation counter, once it has stopped moving.
+    generated = _generated(rv)
+    while (again := _generated(rv)) != generated:
+        generated = again
+        time.sleep(0.05)
+    produced = int(generated - before["generated"])
     # The gateway finishes its accounting promptly after the disconnect.
     deadline = time.monotonic() + 5
     while True:
@@ -340,7 +353,8 @@ def _assert_aborted(rv: RealVllm, before: dict, received: int, how: str, slack: 
     log_aborts = _log_aborts(rv)
     log_delta = None if log_aborts is None or before["log"] is None else log_aborts - before["log"]
     print(
-        f"\n{how}: client received {received} content chunks; vLLM running -> 0 after {freed_s:.2f}s; "
+        f"\n{how}: client received {received} content chunks; vLLM generated {produced}, "
+        f"running -> 0 after {freed_s:.2f}s; "
         f"charged completion_tokens {charged}, canceled_tokens +"
         f"{usage['canceled_tokens'] - before['usage']['canceled_tokens']}, reserved_usd {usage['reserved_usd']}; "
         f"gateway_upstream_aborts_total{{backend={REAL_BACKEND}}} +{aborts} "
@@ -350,16 +364,24 @@ def _assert_aborted(rv: RealVllm, before: dict, received: int, how: str, slack: 
     assert usage["reserved_usd"] == 0
     assert usage["requests"] - before["usage"]["requests"] == 1
     assert aborts == 1
-    assert received <= charged <= received + slack, (
-        f"{how}: charged {charged} completion tokens, client received {received} (+ at most {slack} in flight)"
-    )
+    # Never more than the engine produced, never less than the client read.
+    assert received <= charged <= produced, f"{how}: charged {charged}, received {received}, produced {produced}"
+    if slack is not None:
+        assert charged <= received + slack, (
+            f"{how}: charged {charged} completion tokens, client received {received} (+ at most {slack} in flight)"
+        )
     if log_delta is not None:
         assert log_delta == 1
 
 
 def _abort_before(rv: RealVllm) -> dict:
     wait_vllm_idle(rv)
-    return {"usage": admin_usage(rv), "aborts": _abort_counter(gateway_metrics(rv)), "log": _log_aborts(rv)}
+    return {
+        "usage": admin_usage(rv),
+        "aborts": _abort_counter(gateway_metrics(rv)),
+        "log": _log_aborts(rv),
+        "generated": _generated(rv),
+    }
 
 
 def test_sdk_stream_closed_aborts_in_vllm(real_vllm, client):
@@ -384,10 +406,12 @@ def test_sdk_stream_closed_aborts_in_vllm(real_vllm, client):
     # request was still generating when we left is proven afterwards by the
     # abort vLLM counts and logs.
     stream.close()
-    # The SDK (httpx) may have read more from the socket than it handed out:
-    # what reached the client is `received` plus a few. The tight check is
-    # the raw-socket test below.
-    _assert_aborted(real_vllm, before, received, "SDK stream closed", slack=8)
+    # What reached the client's socket is `received` plus whatever the
+    # gateway wrote while the SDK parsed: a few tokens on a quiet machine
+    # (6 of 6 here), 15 more in a loaded CI run where the test process
+    # lagged. So the charge is bounded by what vLLM generated; the exact
+    # check is the raw-socket test below.
+    _assert_aborted(real_vllm, before, received, "SDK stream closed", slack=None)
 
 
 def test_raw_socket_closed_aborts_in_vllm(real_vllm):
