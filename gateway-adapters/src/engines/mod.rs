@@ -30,7 +30,9 @@ pub mod nim;
 pub mod openai;
 mod openai_compat;
 mod pressure_cell;
+
 pub mod prometheus;
+mod scrape;
 pub mod sglang;
 pub mod triton;
 pub mod trtllm;
@@ -44,7 +46,7 @@ pub use openai_compat::{
     Routes, UpstreamConfig, VLLM_METRICS,
 };
 
-use crate::config::BackendConfig;
+use crate::config::{BackendConfig, OnDisconnect};
 
 /// The adapter of a `[[backends]]` entry with engine `vllm`, `trtllm`,
 /// `dynamo`, `nim` or `openai`: its URL, served model, `max_concurrency`,
@@ -96,5 +98,22 @@ fn upstream_config(config: &BackendConfig) -> Result<UpstreamConfig, EngineError
     upstream.max_concurrency = config.max_concurrency.map(std::num::NonZeroU32::get);
     upstream.on_disconnect = config.on_disconnect;
     upstream.ca_file = config.ca_file.clone();
+    Ok(upstream)
+}
+
+/// [`upstream_config`] for an adapter of engine `kind` that only aborts:
+/// another engine, or `on_disconnect = "drain"` (which the config refuses;
+/// a hand-built `BackendConfig` gets the same answer), is an error.
+fn aborting_upstream(
+    config: &BackendConfig,
+    kind: EngineKind,
+) -> Result<UpstreamConfig, EngineError> {
+    if config.engine != kind {
+        return Err(EngineError::UnsupportedEngine(config.engine));
+    }
+    let upstream = upstream_config(config)?;
+    if upstream.on_disconnect != OnDisconnect::Abort {
+        return Err(EngineError::DrainUnsupported(kind));
+    }
     Ok(upstream)
 }

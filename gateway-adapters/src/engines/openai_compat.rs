@@ -5,8 +5,8 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,12 +21,16 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::CancellationToken;
 
 use super::live::{self, HasLive, LiveRequests};
 use super::pressure_cell::{Gauges, PressureCell};
 use super::prometheus;
-use super::upstream::{self, HttpClient, parse_uri, read_limited, retry_after};
+use super::scrape::Scraper;
+use super::upstream::{
+    self, HttpClient, SIDE_CALL_TIMEOUT, deadline_passed, parse_uri, protocol, read_limited,
+    retry_after, total_timeout, transport_error,
+};
 use crate::config::OnDisconnect;
 use crate::openai::types::{
     ChatCompletionRequest, CompletionRequest, CompletionUsage, ErrorCode, ErrorDetail, ModelList,
@@ -38,12 +42,8 @@ use crate::openai::{SseDecoder, SseError, SseEvent, merge_extra, parse_upstream_
 const EVENT_BUFFER: usize = 64;
 /// Most bytes of an error body read.
 const MAX_ERROR_BODY: usize = 64 * 1024;
-/// Most bytes of a metrics page read.
-const MAX_METRICS_BODY: usize = 8 * 1024 * 1024;
 /// Most bytes of a `/v1/models` answer read.
 const MAX_MODELS_BODY: usize = 1024 * 1024;
-/// How long an error body, a health answer or a scrape may take.
-const SIDE_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long to wait for the usage chunk and `[DONE]` after `finish_reason`.
 const FINISH_GRACE: Duration = Duration::from_secs(2);
 /// Longest engine message passed on in an error.
@@ -330,17 +330,8 @@ struct Inner {
     /// `Some(timeout)`: drain on a client's leaving.
     drain: Option<Duration>,
     shared: Arc<Shared>,
-    scraper: Option<ScraperPlan>,
-    scraper_started: OnceLock<()>,
-    /// Stops the scraper when the backend is dropped.
-    _stop_scraper: DropGuard,
-}
-
-#[derive(Clone)]
-struct ScraperPlan {
-    uri: Uri,
-    interval: Duration,
-    stop: CancellationToken,
+    /// The metrics scrape; it stops when the backend is dropped.
+    scraper: Scraper,
 }
 
 /// State shared with the reader tasks and the scraper.
@@ -406,7 +397,6 @@ impl OpenAiCompatBackend {
         };
         let auth = upstream::auth_header(&config)?;
         let client = upstream::client(&config)?;
-        let stop = CancellationToken::new();
         let served_model = upstream::served_model(&config);
         let shared = Arc::new(Shared {
             live: LiveRequests::default(),
@@ -430,20 +420,12 @@ impl OpenAiCompatBackend {
             max_inflight: config.max_inflight,
             drain: config.on_disconnect.drain_timeout(),
             shared,
-            scraper: metrics_uri.map(|uri| ScraperPlan {
-                uri,
-                interval: config.scrape_interval.max(Duration::from_millis(1)),
-                stop: stop.clone(),
-            }),
-            scraper_started: OnceLock::new(),
-            _stop_scraper: stop.drop_guard(),
+            scraper: Scraper::new(metrics_uri, config.scrape_interval),
         };
         let backend = OpenAiCompatBackend {
             inner: Arc::new(inner),
         };
-        if tokio::runtime::Handle::try_current().is_ok() {
-            backend.inner.ensure_scraper();
-        }
+        backend.inner.ensure_scraper();
         Ok(backend)
     }
 
@@ -456,17 +438,11 @@ impl OpenAiCompatBackend {
 
 impl Inner {
     fn ensure_scraper(&self) {
-        let Some(plan) = self.scraper.clone() else {
-            return;
-        };
-        if self.scraper_started.set(()).is_err() {
-            return;
-        }
-        let client = self.client.clone();
-        let shared = self.shared.clone();
-        let model = self.served_model.clone();
-        let names = self.quirks.metrics;
-        tokio::spawn(scrape_loop(client, plan, shared, model, names));
+        let (model, names) = (self.served_model.clone(), self.quirks.metrics);
+        self.scraper
+            .ensure(&self.client, &self.shared, move |text| {
+                engine_gauges(text, &model, &names)
+            });
     }
 
     fn register(
@@ -592,35 +568,6 @@ fn is_cut_body(error: &hyper::Error) -> bool {
         source = e.source();
     }
     false
-}
-
-/// Resolves at `deadline`, never without one.
-async fn deadline_passed(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-fn total_timeout(phase: FailurePhase) -> BackendError {
-    BackendError::new(
-        FailureKind::TotalTimeout,
-        "the request ran past its deadline",
-    )
-    .with_phase(phase)
-}
-
-fn transport_error(
-    error: impl std::error::Error + Send + Sync + 'static,
-    phase: FailurePhase,
-) -> BackendError {
-    BackendError::new(FailureKind::Connect, "the connection to the engine failed")
-        .with_phase(phase)
-        .with_source(error)
-}
-
-fn protocol(message: impl Into<String>, phase: FailurePhase) -> BackendError {
-    BackendError::new(FailureKind::ProtocolViolation, message).with_phase(phase)
 }
 
 #[async_trait::async_trait]
@@ -1444,46 +1391,6 @@ pub(crate) fn engine_gauges(text: &str, model: &str, names: &MetricNames) -> Opt
         gauges.kv_usage = sum / f64::from(n);
     }
     Some(gauges)
-}
-
-async fn scrape_loop(
-    client: HttpClient,
-    plan: ScraperPlan,
-    shared: Arc<Shared>,
-    model: String,
-    names: MetricNames,
-) {
-    let mut tick = tokio::time::interval(plan.interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = plan.stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let Ok(request) = Request::builder()
-            .method(Method::GET)
-            .uri(plan.uri.clone())
-            .body(Full::new(Bytes::new()))
-        else {
-            return;
-        };
-        let scrape = async {
-            let response = client.request(request).await.ok()?;
-            if !response.status().is_success() {
-                return None;
-            }
-            let body = read_limited(response.into_body(), MAX_METRICS_BODY).await?;
-            let text = std::str::from_utf8(&body).ok()?;
-            engine_gauges(text, &model, &names)
-        };
-        let gauges = tokio::select! {
-            () = plan.stop.cancelled() => return,
-            gauges = tokio::time::timeout(SIDE_CALL_TIMEOUT, scrape) => gauges.ok().flatten(),
-        };
-        if let Some(gauges) = gauges {
-            shared.pressure.store(&gauges);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -36,8 +36,8 @@
 //!   served model's `model_name`.
 
 use std::fmt;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -54,7 +54,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::CancellationToken;
 
 use super::live::{self, HasLive, LiveRequests};
 use super::openai_compat::{
@@ -62,15 +62,17 @@ use super::openai_compat::{
 };
 use super::pressure_cell::{Gauges, PressureCell};
 use super::prometheus;
-use super::upstream::{self, HttpClient, parse_uri, read_limited, retry_after};
-use crate::config::{BackendConfig, OnDisconnect};
+use super::scrape::Scraper;
+use super::upstream::{
+    self, HttpClient, SIDE_CALL_TIMEOUT, deadline_passed, parse_uri, protocol, read_limited,
+    retry_after, total_timeout, transport_error,
+};
+use crate::config::BackendConfig;
 use crate::openai::types::{ErrorCode, ErrorDetail};
 use crate::openai::{SseDecoder, SseError, SseEvent, parse_upstream_error};
 
 const EVENT_BUFFER: usize = 64;
 const MAX_ERROR_BODY: usize = 64 * 1024;
-const MAX_METRICS_BODY: usize = 8 * 1024 * 1024;
-const SIDE_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long to wait for `[DONE]` after the final event.
 const FINISH_GRACE: Duration = Duration::from_secs(2);
 const MAX_MESSAGE_CHARS: usize = 512;
@@ -131,16 +133,7 @@ pub fn backend(config: UpstreamConfig) -> Result<SglangBackend, EngineError> {
 /// for an unusable `ca_file`, [`EngineError::DrainUnsupported`] for
 /// `on_disconnect = "drain"`.
 pub fn from_backend_config(config: &BackendConfig) -> Result<SglangBackend, EngineError> {
-    if config.engine != EngineKind::Sglang {
-        return Err(EngineError::UnsupportedEngine(config.engine));
-    }
-    let upstream = super::upstream_config(config)?;
-    if upstream.on_disconnect != OnDisconnect::Abort {
-        // The config refuses it; a hand-built `BackendConfig` gets the
-        // same answer.
-        return Err(EngineError::DrainUnsupported(config.engine));
-    }
-    backend(upstream)
+    backend(super::aborting_upstream(config, EngineKind::Sglang)?)
 }
 
 /// SGLang as a [`Backend`]: native `/generate` for text and token prompts,
@@ -173,9 +166,8 @@ struct Inner {
     max_inflight: u32,
     shared: Arc<Shared>,
     chat: OpenAiCompatBackend,
-    scraper: Option<(Uri, Duration, CancellationToken)>,
-    scraper_started: OnceLock<()>,
-    _stop_scraper: DropGuard,
+    /// The metrics scrape; it stops when the backend is dropped.
+    scraper: Scraper,
 }
 
 /// What the reader tasks, the abort tasks and the scraper share.
@@ -283,7 +275,6 @@ impl SglangBackend {
             abort_timeout: options.abort_timeout,
             pressure: PressureCell::new(config.max_concurrency),
         });
-        let stop = CancellationToken::new();
         let inner = Inner {
             info: BackendInfo {
                 name: config.name,
@@ -300,20 +291,12 @@ impl SglangBackend {
             max_inflight: config.max_inflight,
             shared,
             chat,
-            scraper: Some((
-                metrics_uri,
-                config.scrape_interval.max(Duration::from_millis(1)),
-                stop.clone(),
-            )),
-            scraper_started: OnceLock::new(),
-            _stop_scraper: stop.drop_guard(),
+            scraper: Scraper::new(Some(metrics_uri), config.scrape_interval),
         };
         let backend = SglangBackend {
             inner: Arc::new(inner),
         };
-        if tokio::runtime::Handle::try_current().is_ok() {
-            backend.inner.ensure_scraper();
-        }
+        backend.inner.ensure_scraper();
         Ok(backend)
     }
 
@@ -325,20 +308,11 @@ impl SglangBackend {
 
 impl Inner {
     fn ensure_scraper(&self) {
-        let Some((uri, interval, stop)) = self.scraper.clone() else {
-            return;
-        };
-        if self.scraper_started.set(()).is_err() {
-            return;
-        }
-        tokio::spawn(scrape_loop(
-            self.client.clone(),
-            uri,
-            interval,
-            stop,
-            self.shared.clone(),
-            self.served_model.clone(),
-        ));
+        let model = self.served_model.clone();
+        self.scraper
+            .ensure(&self.client, &self.shared, move |text| {
+                sglang_gauges(text, &model)
+            });
     }
 
     fn register(&self, id: &RequestId, cancel: &CancelHandle) -> LiveGuard {
@@ -513,34 +487,6 @@ impl Inner {
         });
         Ok(TokenStream::new(stream).cancel_on_drop(cancel))
     }
-}
-
-async fn deadline_passed(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-fn total_timeout(phase: FailurePhase) -> BackendError {
-    BackendError::new(
-        FailureKind::TotalTimeout,
-        "the request ran past its deadline",
-    )
-    .with_phase(phase)
-}
-
-fn transport_error(
-    error: impl std::error::Error + Send + Sync + 'static,
-    phase: FailurePhase,
-) -> BackendError {
-    BackendError::new(FailureKind::Connect, "the connection to the engine failed")
-        .with_phase(phase)
-        .with_source(error)
-}
-
-fn protocol(message: impl Into<String>, phase: FailurePhase) -> BackendError {
-    BackendError::new(FailureKind::ProtocolViolation, message).with_phase(phase)
 }
 
 #[async_trait::async_trait]
@@ -1232,47 +1178,6 @@ pub(crate) fn sglang_gauges(text: &str, model: &str) -> Option<Gauges> {
         gauges.kv_usage = kv.0 / f64::from(kv.1);
     }
     seen.then_some(gauges)
-}
-
-async fn scrape_loop(
-    client: HttpClient,
-    uri: Uri,
-    interval: Duration,
-    stop: CancellationToken,
-    shared: Arc<Shared>,
-    model: String,
-) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let Ok(request) = Request::builder()
-            .method(Method::GET)
-            .uri(uri.clone())
-            .body(Full::new(Bytes::new()))
-        else {
-            return;
-        };
-        let scrape = async {
-            let response = client.request(request).await.ok()?;
-            if !response.status().is_success() {
-                return None;
-            }
-            let body = read_limited(response.into_body(), MAX_METRICS_BODY).await?;
-            let text = std::str::from_utf8(&body).ok()?;
-            sglang_gauges(text, &model)
-        };
-        let gauges = tokio::select! {
-            () = stop.cancelled() => return,
-            gauges = tokio::time::timeout(SIDE_CALL_TIMEOUT, scrape) => gauges.ok().flatten(),
-        };
-        if let Some(gauges) = gauges {
-            shared.pressure.store(&gauges);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -63,8 +63,8 @@
 
 use std::fmt;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -79,14 +79,18 @@ use hyper::body::Incoming;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::sync::{CancellationToken, DropGuard};
+use tokio_util::sync::CancellationToken;
 
 use super::live::{self, HasLive, LiveRequests};
 use super::openai_compat::{EngineError, UpstreamConfig, kind_for_status};
 use super::pressure_cell::{Gauges, PressureCell};
 use super::prometheus;
-use super::upstream::{self, HttpClient, parse_uri, read_limited, retry_after};
-use crate::config::{BackendConfig, OnDisconnect};
+use super::scrape::Scraper;
+use super::upstream::{
+    self, HttpClient, SIDE_CALL_TIMEOUT, deadline_passed, parse_uri, protocol, read_limited,
+    retry_after, total_timeout, transport_error,
+};
+use crate::config::BackendConfig;
 use crate::openai::{SseDecoder, SseError, SseEvent, parse_upstream_error};
 
 type HeadFuture = Pin<
@@ -100,8 +104,6 @@ type ClientError = hyper_util::client::legacy::Error;
 
 const EVENT_BUFFER: usize = 64;
 const MAX_ERROR_BODY: usize = 64 * 1024;
-const MAX_METRICS_BODY: usize = 8 * 1024 * 1024;
-const SIDE_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_MESSAGE_CHARS: usize = 512;
 const REPLACEMENT: char = '\u{FFFD}';
 
@@ -160,16 +162,7 @@ pub fn backend(config: UpstreamConfig) -> Result<TritonBackend, EngineError> {
 /// for an unusable `ca_file`, [`EngineError::DrainUnsupported`] for
 /// `on_disconnect = "drain"`.
 pub fn from_backend_config(config: &BackendConfig) -> Result<TritonBackend, EngineError> {
-    if config.engine != EngineKind::Triton {
-        return Err(EngineError::UnsupportedEngine(config.engine));
-    }
-    let upstream = super::upstream_config(config)?;
-    if upstream.on_disconnect != OnDisconnect::Abort {
-        // The config refuses it; a hand-built `BackendConfig` gets the
-        // same answer.
-        return Err(EngineError::DrainUnsupported(config.engine));
-    }
-    backend(upstream)
+    backend(super::aborting_upstream(config, EngineKind::Triton)?)
 }
 
 /// Triton (`generate_stream`) as a [`Backend`].
@@ -198,9 +191,8 @@ struct Inner {
     max_event_bytes: usize,
     max_inflight: u32,
     shared: Arc<Shared>,
-    scraper: Option<(Uri, Duration, CancellationToken)>,
-    scraper_started: OnceLock<()>,
-    _stop_scraper: DropGuard,
+    /// The metrics scrape; it stops when the backend is dropped.
+    scraper: Scraper,
 }
 
 struct Shared {
@@ -254,7 +246,6 @@ impl TritonBackend {
             live: LiveRequests::default(),
             pressure: PressureCell::new(config.max_concurrency),
         });
-        let stop = CancellationToken::new();
         let inner = Inner {
             info: BackendInfo {
                 name: config.name,
@@ -269,22 +260,12 @@ impl TritonBackend {
             max_event_bytes: config.max_event_bytes,
             max_inflight: config.max_inflight,
             shared,
-            scraper: metrics_uri.map(|uri| {
-                (
-                    uri,
-                    config.scrape_interval.max(Duration::from_millis(1)),
-                    stop.clone(),
-                )
-            }),
-            scraper_started: OnceLock::new(),
-            _stop_scraper: stop.drop_guard(),
+            scraper: Scraper::new(metrics_uri, config.scrape_interval),
         };
         let backend = TritonBackend {
             inner: Arc::new(inner),
         };
-        if tokio::runtime::Handle::try_current().is_ok() {
-            backend.inner.ensure_scraper();
-        }
+        backend.inner.ensure_scraper();
         Ok(backend)
     }
 
@@ -296,20 +277,11 @@ impl TritonBackend {
 
 impl Inner {
     fn ensure_scraper(&self) {
-        let Some((uri, interval, stop)) = self.scraper.clone() else {
-            return;
-        };
-        if self.scraper_started.set(()).is_err() {
-            return;
-        }
-        tokio::spawn(scrape_loop(
-            self.client.clone(),
-            uri,
-            interval,
-            stop,
-            self.shared.clone(),
-            [self.served_model.clone(), self.options.trtllm_model.clone()],
-        ));
+        let models = [self.served_model.clone(), self.options.trtllm_model.clone()];
+        self.scraper
+            .ensure(&self.client, &self.shared, move |text| {
+                triton_gauges(text, &models)
+            });
     }
 
     fn register(&self, id: &RequestId, cancel: &CancelHandle) -> LiveGuard {
@@ -433,34 +405,6 @@ impl Inner {
             Err(format!("{path} answered {status}"))
         }
     }
-}
-
-async fn deadline_passed(deadline: Option<Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-fn total_timeout(phase: FailurePhase) -> BackendError {
-    BackendError::new(
-        FailureKind::TotalTimeout,
-        "the request ran past its deadline",
-    )
-    .with_phase(phase)
-}
-
-fn transport_error(
-    error: impl std::error::Error + Send + Sync + 'static,
-    phase: FailurePhase,
-) -> BackendError {
-    BackendError::new(FailureKind::Connect, "the connection to the engine failed")
-        .with_phase(phase)
-        .with_source(error)
-}
-
-fn protocol(message: impl Into<String>, phase: FailurePhase) -> BackendError {
-    BackendError::new(FailureKind::ProtocolViolation, message).with_phase(phase)
 }
 
 /// A kind read from a Triton / TRT-LLM message alone.
@@ -1051,47 +995,6 @@ pub(crate) fn triton_gauges(text: &str, models: &[String]) -> Option<Gauges> {
         gauges.kv_usage = kv.0 / f64::from(kv.1);
     }
     Some(gauges)
-}
-
-async fn scrape_loop(
-    client: HttpClient,
-    uri: Uri,
-    interval: Duration,
-    stop: CancellationToken,
-    shared: Arc<Shared>,
-    models: [String; 2],
-) {
-    let mut tick = tokio::time::interval(interval);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => return,
-            _ = tick.tick() => {}
-        }
-        let Ok(request) = Request::builder()
-            .method(Method::GET)
-            .uri(uri.clone())
-            .body(Full::new(Bytes::new()))
-        else {
-            return;
-        };
-        let scrape = async {
-            let response = client.request(request).await.ok()?;
-            if !response.status().is_success() {
-                return None;
-            }
-            let body = read_limited(response.into_body(), MAX_METRICS_BODY).await?;
-            let text = std::str::from_utf8(&body).ok()?;
-            triton_gauges(text, &models)
-        };
-        let gauges = tokio::select! {
-            () = stop.cancelled() => return,
-            gauges = tokio::time::timeout(SIDE_CALL_TIMEOUT, scrape) => gauges.ok().flatten(),
-        };
-        if let Some(gauges) = gauges {
-            shared.pressure.store(&gauges);
-        }
-    }
 }
 
 #[cfg(test)]

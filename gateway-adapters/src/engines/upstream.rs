@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use gateway_core::http::{HeaderMap, HeaderValue, Uri, header};
+use gateway_core::{BackendError, FailureKind, FailurePhase};
 use http_body_util::{BodyExt, Full, Limited};
 use hyper::body::Incoming;
 use hyper_rustls::HttpsConnector;
@@ -18,8 +19,15 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
+use tokio::time::Instant;
 
 use super::openai_compat::{EngineError, UpstreamConfig};
+
+/// Bound on a metrics scrape's body.
+pub(crate) const MAX_METRICS_BODY: usize = 8 * 1024 * 1024;
+/// Bound on a call beside the stream: a health check, a scrape, an error
+/// body, an abort call.
+pub(crate) const SIDE_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The adapters' HTTP client: pooled HTTP/1.1, plain or TLS by the URL's
 /// scheme.
@@ -136,6 +144,38 @@ pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
     let text = headers.get(header::RETRY_AFTER)?.to_str().ok()?.trim();
     let secs: f64 = text.parse().ok()?;
     (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs.min(3600.0)))
+}
+
+/// Resolves at `deadline`, never without one.
+pub(crate) async fn deadline_passed(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The request ran past its deadline, in `phase`.
+pub(crate) fn total_timeout(phase: FailurePhase) -> BackendError {
+    BackendError::new(
+        FailureKind::TotalTimeout,
+        "the request ran past its deadline",
+    )
+    .with_phase(phase)
+}
+
+/// The connection to the engine failed, in `phase`.
+pub(crate) fn transport_error(
+    error: impl std::error::Error + Send + Sync + 'static,
+    phase: FailurePhase,
+) -> BackendError {
+    BackendError::new(FailureKind::Connect, "the connection to the engine failed")
+        .with_phase(phase)
+        .with_source(error)
+}
+
+/// The engine broke its wire format, in `phase`.
+pub(crate) fn protocol(message: impl Into<String>, phase: FailurePhase) -> BackendError {
+    BackendError::new(FailureKind::ProtocolViolation, message).with_phase(phase)
 }
 
 #[cfg(test)]
