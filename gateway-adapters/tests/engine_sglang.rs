@@ -20,20 +20,17 @@ mod engine_sglang {
     };
     use gateway_core::{
         Backend, BackendError, BackendRequest, ByteBound, CancelHandle, CancelReason, ChatMessage,
-        EngineKind, EnginePhase, EventOrder, FailureKind, FailurePhase, FinishReason,
-        GenerateRequest, Health, Prompt, TokenEvent, TokenStream, Usage,
+        EngineKind, EnginePhase, FailureKind, FailurePhase, FinishReason, GenerateRequest, Health,
+        Prompt, TokenEvent, TokenStream, Usage,
     };
     use serde_json::Value;
     use tokio::time::Instant;
 
+    use crate::support::kit::{ms, run};
     use gateway_sims::sglang::{
         AbortSource, CONTEXT_400, Fault, INTERNAL_EVENT, INVALID_400, QUEUE_FULL_EVENT, SglangSim,
         SimOptions, VALUE_ERROR_EVENT, text_of, token_text,
     };
-
-    fn ms(n: u64) -> Duration {
-        Duration::from_millis(n)
-    }
 
     fn config(sim: &SglangSim) -> UpstreamConfig {
         let mut c = UpstreamConfig::new("sglang-0", sim.url(), "m");
@@ -53,73 +50,6 @@ mod engine_sglang {
         )
         .with_id(id);
         BackendRequest::new(request, Arc::new(ByteBound::default()))
-    }
-
-    #[derive(Debug, Default)]
-    struct Drained {
-        events: Vec<TokenEvent>,
-        error: Option<BackendError>,
-    }
-
-    impl Drained {
-        fn deltas(&self) -> Vec<String> {
-            self.events
-                .iter()
-                .filter_map(|e| match e {
-                    TokenEvent::Delta(d) if !d.text.is_empty() => Some(d.text.clone()),
-                    _ => None,
-                })
-                .collect()
-        }
-        fn text(&self) -> String {
-            self.deltas().concat()
-        }
-        fn tokens(&self) -> u64 {
-            self.events
-                .iter()
-                .map(|e| match e {
-                    TokenEvent::Delta(d) => u64::from(d.tokens),
-                    _ => 0,
-                })
-                .sum()
-        }
-        fn usage(&self) -> Option<Usage> {
-            self.events.iter().find_map(|e| match e {
-                TokenEvent::Usage(u) => Some(*u),
-                _ => None,
-            })
-        }
-        fn finish(&self) -> Option<FinishReason> {
-            self.events.iter().find_map(|e| match e {
-                TokenEvent::Finished(r) => Some(*r),
-                _ => None,
-            })
-        }
-    }
-
-    async fn drain(mut stream: TokenStream) -> Drained {
-        let mut order = EventOrder::new();
-        let mut out = Drained::default();
-        let until = Instant::now() + Duration::from_secs(10);
-        while let Ok(Some(item)) = tokio::time::timeout_at(until, stream.next()).await {
-            match item {
-                Ok(event) => {
-                    order.observe(&event).unwrap();
-                    out.events.push(event);
-                }
-                Err(e) => {
-                    order.observe_error().unwrap();
-                    out.error = Some(e);
-                }
-            }
-        }
-        assert!(order.is_ended(), "stream did not end: {out:?}");
-        out
-    }
-
-    async fn run(backend: &dyn Backend, request: BackendRequest) -> Result<Drained, BackendError> {
-        let stream = backend.start(request, CancelHandle::new()).await?;
-        Ok(drain(stream).await)
     }
 
     // ------------------------------------------------------------ conformance

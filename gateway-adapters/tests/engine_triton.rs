@@ -34,7 +34,7 @@ mod engine_triton {
     use serde_json::Value;
     use tokio::time::Instant;
 
-    use crate::support::kit::{Drained, drain, ms};
+    use crate::support::kit::{ms, run};
     use gateway_sims::triton::{Fault, QUEUE_FULL, SimOptions, TritonSim, text_of, token_text};
 
     fn config(sim: &TritonSim) -> UpstreamConfig {
@@ -60,21 +60,6 @@ mod engine_triton {
         let mut request = BackendRequest::new(request, Arc::new(ByteBound::default()));
         request.served_model = "ensemble".to_owned();
         request
-    }
-
-    fn deltas(d: &Drained) -> Vec<String> {
-        d.events
-            .iter()
-            .filter_map(|e| match e {
-                TokenEvent::Delta(d) if !d.text.is_empty() => Some(d.text.clone()),
-                _ => None,
-            })
-            .collect()
-    }
-
-    async fn run(backend: &dyn Backend, request: BackendRequest) -> Result<Drained, BackendError> {
-        let stream = backend.start(request, CancelHandle::new()).await?;
-        Ok(drain(stream).await)
     }
 
     // ------------------------------------------------------------ conformance
@@ -217,7 +202,7 @@ mod engine_triton {
             let d = run(&b, text("s", 100)).await.unwrap();
             assert!(d.error.is_none(), "{label}: {:?}", d.error);
             let want: Vec<String> = (0..6).map(|i| token_text(i).to_owned()).collect();
-            assert_eq!(deltas(&d), want, "{label}");
+            assert_eq!(d.deltas(), want, "{label}");
             assert_eq!(d.tokens(), 6, "{label}");
             assert_eq!(d.finish(), Some(FinishReason::Stop), "{label}");
             // Prompt: the engine's count (5 words + 1), else the counter's
@@ -258,7 +243,7 @@ mod engine_triton {
             let mut want: Vec<String> = (0..8).map(|i| token_text(i).to_owned()).collect();
             want[3] = "é🙂".to_owned();
             want.remove(4);
-            assert_eq!(deltas(&d), want, "cumulative={cumulative}");
+            assert_eq!(d.deltas(), want, "cumulative={cumulative}");
             assert!(!d.text().contains('\u{FFFD}'));
             assert_eq!(d.tokens(), 8);
             // The held placeholder's token rides on the fixed piece.
@@ -271,7 +256,7 @@ mod engine_triton {
             let d = run(&b, text("raw", 100)).await.unwrap();
             let mut want: Vec<String> = (0..8).map(|i| token_text(i).to_owned()).collect();
             want[2] = "é🙂".to_owned();
-            assert_eq!(deltas(&d), want, "cumulative={cumulative}");
+            assert_eq!(d.deltas(), want, "cumulative={cumulative}");
             assert_eq!(d.finish(), Some(FinishReason::Stop));
         }
     }

@@ -18,18 +18,15 @@ mod engine_vllm {
     };
     use gateway_core::{
         Backend, BackendError, BackendRequest, ByteBound, CancelHandle, CancelReason, ChatMessage,
-        EngineKind, EnginePhase, EventOrder, FailureKind, FailurePhase, FinishReason,
-        GenerateRequest, Health, Prompt, TokenEvent, TokenStream, Usage,
+        EngineKind, EnginePhase, FailureKind, FailurePhase, FinishReason, GenerateRequest, Health,
+        Prompt, TokenEvent, TokenStream, Usage,
     };
     use tokio::time::Instant;
 
+    use crate::support::kit::{chat, ms, run, text};
     use gateway_sims::vllm::{
         BUSY_503, CONTEXT_400, Fault, INVALID_400, SimOptions, SimSpec, VllmSim, text_of,
     };
-
-    fn ms(n: u64) -> Duration {
-        Duration::from_millis(n)
-    }
 
     fn config(sim: &VllmSim) -> UpstreamConfig {
         let mut c = UpstreamConfig::new("vllm-0", sim.url(), "m");
@@ -39,86 +36,6 @@ mod engine_vllm {
 
     fn vllm_backend(sim: &VllmSim) -> OpenAiCompatBackend {
         vllm::backend(config(sim)).unwrap()
-    }
-
-    fn chat(max_tokens: u32) -> BackendRequest {
-        let request = GenerateRequest::new(
-            "m",
-            Prompt::Chat(vec![ChatMessage::user("tell me about the sea")]),
-            max_tokens,
-        );
-        BackendRequest::new(request, Arc::new(ByteBound::default()))
-    }
-
-    fn text_request(max_tokens: u32) -> BackendRequest {
-        let request = GenerateRequest::new("m", Prompt::Text("a b c".into()), max_tokens);
-        BackendRequest::new(request, Arc::new(ByteBound::default()))
-    }
-
-    /// Everything a stream yielded, with the order checked.
-    #[derive(Debug, Default)]
-    struct Drained {
-        events: Vec<TokenEvent>,
-        error: Option<BackendError>,
-    }
-
-    impl Drained {
-        fn text(&self) -> String {
-            self.events
-                .iter()
-                .filter_map(|e| match e {
-                    TokenEvent::Delta(d) => Some(d.text.as_str()),
-                    _ => None,
-                })
-                .collect()
-        }
-        fn tokens(&self) -> u64 {
-            self.events
-                .iter()
-                .map(|e| match e {
-                    TokenEvent::Delta(d) => u64::from(d.tokens),
-                    _ => 0,
-                })
-                .sum()
-        }
-        fn usage(&self) -> Option<Usage> {
-            self.events.iter().find_map(|e| match e {
-                TokenEvent::Usage(u) => Some(*u),
-                _ => None,
-            })
-        }
-        fn finish(&self) -> Option<FinishReason> {
-            self.events.iter().find_map(|e| match e {
-                TokenEvent::Finished(r) => Some(*r),
-                _ => None,
-            })
-        }
-    }
-
-    async fn drain(mut stream: TokenStream) -> Drained {
-        let mut order = EventOrder::new();
-        let mut out = Drained::default();
-        let until = Instant::now() + Duration::from_secs(10);
-        while let Ok(Some(item)) = tokio::time::timeout_at(until, stream.next()).await {
-            match item {
-                Ok(event) => {
-                    order.observe(&event).unwrap();
-                    out.events.push(event);
-                }
-                Err(e) => {
-                    order.observe_error().unwrap();
-                    out.error = Some(e);
-                }
-            }
-        }
-        assert!(order.is_ended(), "stream did not end: {out:?}");
-        out
-    }
-
-    /// Runs `request` and returns the error of `start` or the drained stream.
-    async fn run(backend: &dyn Backend, request: BackendRequest) -> Result<Drained, BackendError> {
-        let stream = backend.start(request, CancelHandle::new()).await?;
-        Ok(drain(stream).await)
     }
 
     // ------------------------------------------------------------ conformance
@@ -310,7 +227,7 @@ mod engine_vllm {
         })
         .await;
         let backend = vllm_backend(&sim);
-        for request in [chat(64), text_request(64)] {
+        for request in [chat(64), text(64)] {
             let d = run(&backend, request).await.unwrap();
             let deltas: Vec<(String, u32)> = d
                 .events

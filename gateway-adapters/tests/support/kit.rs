@@ -50,6 +50,17 @@ pub struct Drained {
 }
 
 impl Drained {
+    /// The texts of the deltas that carry text, in order.
+    pub fn deltas(&self) -> Vec<String> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                TokenEvent::Delta(d) if !d.text.is_empty() => Some(d.text.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The text of the deltas.
     pub fn text(&self) -> String {
         self.events
