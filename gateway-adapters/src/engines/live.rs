@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
-use gateway_core::{CancelHandle, CancelReason, RequestId};
+use gateway_core::{BackendError, CancelHandle, CancelReason, FailureKind, RequestId};
 use tokio_util::sync::CancellationToken;
 
 use super::pressure_cell::PressureCell;
@@ -81,6 +81,21 @@ pub(crate) trait HasLive: Send + Sync + 'static {
     fn live(&self) -> &LiveRequests;
     /// The pressure whose in-flight count follows the registry.
     fn pressure(&self) -> &PressureCell;
+
+    /// Whether a new attempt may start: not when `cancel` has fired, nor
+    /// with `max_inflight` attempts already in flight (then `Overloaded`).
+    fn may_start(&self, cancel: &CancelHandle, max_inflight: u32) -> Result<(), BackendError> {
+        if let Some(reason) = cancel.reason() {
+            return Err(BackendError::canceled(reason));
+        }
+        if self.pressure().inflight.load(Ordering::Relaxed) >= max_inflight {
+            return Err(BackendError::new(
+                FailureKind::Overloaded,
+                "too many requests in flight to this engine",
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Registers an attempt of `id` and counts it in flight until the guard

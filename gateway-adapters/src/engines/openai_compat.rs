@@ -6,7 +6,6 @@
 use std::fmt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -587,15 +586,7 @@ impl Backend for OpenAiCompatBackend {
     ) -> Result<TokenStream, BackendError> {
         let inner = &self.inner;
         inner.ensure_scraper();
-        if let Some(reason) = cancel.reason() {
-            return Err(BackendError::canceled(reason));
-        }
-        if inner.shared.pressure.inflight.load(Ordering::Relaxed) >= inner.max_inflight {
-            return Err(BackendError::new(
-                FailureKind::Overloaded,
-                "too many requests in flight to this engine",
-            ));
-        }
+        inner.shared.may_start(&cancel, inner.max_inflight)?;
         let (uri, body) = inner.upstream_body(&request)?;
         let id = request.request.id.clone();
         let http_request = inner.post(uri, &id, body)?;

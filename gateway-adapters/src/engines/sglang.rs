@@ -37,7 +37,6 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -509,15 +508,7 @@ impl Backend for SglangBackend {
     ) -> Result<TokenStream, BackendError> {
         let inner = &self.inner;
         inner.ensure_scraper();
-        if let Some(reason) = cancel.reason() {
-            return Err(BackendError::canceled(reason));
-        }
-        if inner.shared.pressure.inflight.load(Ordering::Relaxed) >= inner.max_inflight {
-            return Err(BackendError::new(
-                FailureKind::Overloaded,
-                "too many requests in flight to this engine",
-            ));
-        }
+        inner.shared.may_start(&cancel, inner.max_inflight)?;
         if matches!(request.request.prompt, Prompt::Chat(_)) {
             return inner.start_chat(request, cancel).await;
         }

@@ -64,7 +64,6 @@
 use std::fmt;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -853,15 +852,7 @@ impl Backend for TritonBackend {
     ) -> Result<TokenStream, BackendError> {
         let inner = &self.inner;
         inner.ensure_scraper();
-        if let Some(reason) = cancel.reason() {
-            return Err(BackendError::canceled(reason));
-        }
-        if inner.shared.pressure.inflight.load(Ordering::Relaxed) >= inner.max_inflight {
-            return Err(BackendError::new(
-                FailureKind::Overloaded,
-                "too many requests in flight to this engine",
-            ));
-        }
+        inner.shared.may_start(&cancel, inner.max_inflight)?;
         let body = inner.generate_body(&request)?;
         let id = request.request.id.clone();
         let http_request = inner.post(&request.served_model, &id, body)?;
