@@ -65,7 +65,7 @@ async fn baseline_once() -> usize {
             text: " token".to_owned(),
             tokens: 1,
             token_ids: vec![id],
-            logprobs: None,
+            ..Delta::default()
         })));
     }
     items.push(Ok(TokenEvent::Usage(Usage::new(23, u64::from(TOKENS)))));

@@ -8,7 +8,9 @@ mod openai_request {
         ParsedRequest, RequestError, merge_extra, parse_chat, parse_completion,
     };
     use gateway_core::http::StatusCode;
-    use gateway_core::{ChatMessage, Prompt, Role, SamplingParams};
+    use gateway_core::{
+        ChatMessage, ContentPart, MediaKind, MediaPart, Prompt, Role, SamplingParams, ToolCall,
+    };
     use proptest::prelude::*;
     use serde_json::Value;
 
@@ -41,6 +43,7 @@ mod openai_request {
                 stream: false,
                 include_usage: false,
                 extra: None,
+                tools: None,
             }
         );
     }
@@ -54,6 +57,11 @@ mod openai_request {
                 {"role": "developer", "content": [{"type": "text", "text": "rules"}]},
                 {"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
                 {"role": "assistant", "content": null, "tool_calls": []},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{\"x\": 1}"}},
+                    {"id": "c2", "function": {"name": "g", "arguments": {"y": 2}}}
+                ]},
+                {"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:,", "detail": "low"}}, {"type": "text", "text": "what?"}]},
                 {"role": "assistant"},
                 {"role": "tool", "content": "42", "tool_call_id": "t1"},
                 {"role": "user", "content": [], "name": "bob"}
@@ -69,12 +77,50 @@ mod openai_request {
             p.prompt,
             Prompt::Chat(vec![
                 ChatMessage::new(Role::System, "be brief"),
-                ChatMessage::new(Role::System, "rules"),
-                ChatMessage::new(Role::User, "a\nb"),
+                ChatMessage {
+                    parts: vec![ContentPart::Text("rules".into())],
+                    ..ChatMessage::new(Role::System, "rules")
+                },
+                ChatMessage {
+                    parts: vec![ContentPart::Text("a".into()), ContentPart::Text("b".into())],
+                    ..ChatMessage::new(Role::User, "a\nb")
+                },
                 ChatMessage::new(Role::Assistant, ""),
+                ChatMessage {
+                    tool_calls: vec![
+                        ToolCall {
+                            id: "c1".into(),
+                            name: "f".into(),
+                            arguments: "{\"x\": 1}".into(),
+                        },
+                        ToolCall {
+                            id: "c2".into(),
+                            name: "g".into(),
+                            arguments: "{\"y\":2}".into(),
+                        },
+                    ],
+                    ..ChatMessage::new(Role::Assistant, "")
+                },
+                ChatMessage {
+                    parts: vec![
+                        ContentPart::Media(MediaPart {
+                            kind: MediaKind::Image,
+                            json: r#"{"image_url":{"detail":"low","url":"data:,"},"type":"image_url"}"#
+                                .into(),
+                        }),
+                        ContentPart::Text("what?".into()),
+                    ],
+                    ..ChatMessage::new(Role::User, "what?")
+                },
                 ChatMessage::new(Role::Assistant, ""),
-                ChatMessage::new(Role::Tool, "42"),
-                ChatMessage::new(Role::User, ""),
+                ChatMessage {
+                    tool_call_id: Some("t1".into()),
+                    ..ChatMessage::new(Role::Tool, "42")
+                },
+                ChatMessage {
+                    name: Some("bob".into()),
+                    ..ChatMessage::new(Role::User, "")
+                },
             ])
         );
         assert_eq!(
@@ -478,9 +524,44 @@ mod openai_request {
                 "messages[0].content[0]",
             ),
             (
-                r#","messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"image_url","image_url":{"url":"x"}}]}]"#,
-                "unsupported content part type 'image_url': only text is supported",
+                r#","messages":[{"role":"user","content":[{"type":"text","text":"a"},{"type":"image","image":{"url":"x"}}]}]"#,
+                "unsupported content part type 'image': expected text, image_url, input_audio, audio_url or video_url",
                 "messages[0].content[1].type",
+            ),
+            (
+                r#","messages":[{"role":"user","content":[{"type":"image_url","image_url":"x"}]}]"#,
+                "a part of type image_url needs the object image_url",
+                "messages[0].content[0].image_url",
+            ),
+            (
+                r#","messages":[{"role":"user","content":"a","tool_calls":[]}]"#,
+                "only assistant messages may have tool_calls",
+                "messages[0].tool_calls",
+            ),
+            (
+                r#","messages":[{"role":"assistant","content":null,"tool_calls":[{"id":"c1","type":"function","function":{"arguments":"{}"}}]}]"#,
+                "a tool call needs a function name",
+                "messages[0].tool_calls[0].function.name",
+            ),
+            (
+                r#","messages":[{"role":"tool","content":"42"}]"#,
+                "a tool message needs the tool_call_id it answers",
+                "messages[0].tool_call_id",
+            ),
+            (
+                r#","messages":[{"role":"tool","content":"42","tool_call_id":7}]"#,
+                "tool_call_id must be a string",
+                "messages[0].tool_call_id",
+            ),
+            (
+                r#","messages":[{"role":"user","content":"a"}],"tools":{}"#,
+                "tools must be an array",
+                "tools",
+            ),
+            (
+                r#","messages":[{"role":"user","content":"a"}],"tools":[{"type":"function","function":{}}]"#,
+                "a function tool needs a function name",
+                "tools[0].function.name",
             ),
             (
                 r#","messages":[{"role":"user","content":[{"text":"a"}]}]"#,

@@ -48,6 +48,48 @@ pub trait TokenCounter: Send + Sync + Debug + 'static {
         let _ = prompt;
         None
     }
+
+    /// Tokens of a whole request's prompt: [`count_prompt`] when `tools` is
+    /// `None`; with the chat request's tool definitions (`tools`, the JSON
+    /// array as the client sent it), what the engine counts once its chat
+    /// template has rendered them too.
+    ///
+    /// The default adds a generous allowance for the tools' text to
+    /// [`count_prompt`] and calls it an upper bound (templates write tool
+    /// schemas as JSON with some instructions around them); a counter that
+    /// renders the model's template overrides it to be exact.
+    ///
+    /// [`count_prompt`]: TokenCounter::count_prompt
+    fn count_request(&self, prompt: &Prompt, tools: Option<&str>) -> TokenCount {
+        let base = self.count_prompt(prompt);
+        match (tools, prompt) {
+            (Some(tools), Prompt::Chat(_)) => TokenCount::UpperBound(
+                base.value()
+                    .saturating_add(tools_allowance(self.count_text(tools).value())),
+            ),
+            _ => base,
+        }
+    }
+
+    /// The ids of a whole request's prompt, as [`encode_prompt`] and with
+    /// `tools` as [`count_request`]; `None` when not known exactly (the
+    /// default with tools).
+    ///
+    /// [`encode_prompt`]: TokenCounter::encode_prompt
+    /// [`count_request`]: TokenCounter::count_request
+    fn encode_request(&self, prompt: &Prompt, tools: Option<&str>) -> Option<Vec<u32>> {
+        match (tools, prompt) {
+            (Some(_), Prompt::Chat(_)) => None,
+            _ => self.encode_prompt(prompt),
+        }
+    }
+}
+
+/// The bound on what tool definitions of `tokens` tokens (as plain text)
+/// add to a chat prompt: the templates re-serialize the JSON with spaces
+/// after separators and wrap it in instructions.
+pub fn tools_allowance(tokens: u64) -> u64 {
+    tokens.saturating_mul(2).saturating_add(256)
 }
 
 /// A safe upper bound from bytes, for models without a tokenizer file.
@@ -77,7 +119,7 @@ impl Default for ByteBound {
 impl ByteBound {
     fn messages(&self, messages: &[ChatMessage]) -> u64 {
         messages.iter().fold(self.fixed, |acc, m| {
-            acc.saturating_add(m.content.len() as u64)
+            acc.saturating_add(m.text_bytes() as u64)
                 .saturating_add(self.per_message)
         })
     }

@@ -13,19 +13,36 @@ pub struct Started {
     pub cached_tokens: Option<u64>,
 }
 
-/// A piece of generated output.
+/// A piece of generated output: text, and whatever else the model produced
+/// in the same step (reasoning, tool-call fragments, a refusal, the
+/// tokens' log-probabilities).
+///
+/// Every kind of output counts alike: a delta that carries any of it is the
+/// first token when it comes first, and its `tokens` are metered and
+/// charged as delivered. [`has_output`](Self::has_output) says whether there
+/// is anything to show a client; a delta with none only carries tokens.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Delta {
     /// The text, always whole UTF-8 characters (engines hold back a split
     /// character until it completes).
     pub text: String,
+    /// Reasoning ("thinking") text, from an engine's reasoning parser.
+    pub reasoning: String,
+    /// The field the engine named the reasoning with, so a client gets it
+    /// under the same name.
+    pub reasoning_field: ReasoningField,
+    /// Fragments of tool calls (OpenAI's `delta.tool_calls`).
+    pub tool_calls: Vec<ToolCallDelta>,
+    /// Refusal text (OpenAI's `delta.refusal`).
+    pub refusal: String,
     /// How many completion tokens this piece carries (at least 1 unless the
-    /// engine sent text without token accounting).
+    /// engine sent output without token accounting).
     pub tokens: u32,
     /// The token ids, when the engine gives them.
     pub token_ids: Vec<u32>,
-    /// Log-probabilities of the tokens, when requested and given.
-    pub logprobs: Option<Vec<f32>>,
+    /// Log-probabilities of the tokens, when requested and given: one entry
+    /// per token, in order.
+    pub logprobs: Vec<TokenLogprob>,
 }
 
 impl Delta {
@@ -34,10 +51,155 @@ impl Delta {
         Delta {
             text: text.into(),
             tokens,
-            token_ids: Vec::new(),
-            logprobs: None,
+            ..Delta::default()
         }
     }
+
+    /// A piece of `tokens` tokens of reasoning, named `field` on the wire.
+    pub fn reasoning(text: impl Into<String>, field: ReasoningField, tokens: u32) -> Self {
+        Delta {
+            reasoning: text.into(),
+            reasoning_field: field,
+            tokens,
+            ..Delta::default()
+        }
+    }
+
+    /// A piece of `tokens` tokens of one tool call.
+    pub fn tool_call(call: ToolCallDelta, tokens: u32) -> Self {
+        Delta {
+            tool_calls: vec![call],
+            tokens,
+            ..Delta::default()
+        }
+    }
+
+    /// Whether there is anything to show a client: text, reasoning, a
+    /// tool-call fragment, a refusal or logprobs.
+    pub fn has_output(&self) -> bool {
+        !self.text.is_empty()
+            || !self.reasoning.is_empty()
+            || !self.tool_calls.is_empty()
+            || !self.refusal.is_empty()
+            || !self.logprobs.is_empty()
+    }
+
+    /// Whether the piece has output other than text.
+    pub fn has_structured_output(&self) -> bool {
+        !self.reasoning.is_empty()
+            || !self.tool_calls.is_empty()
+            || !self.refusal.is_empty()
+            || !self.logprobs.is_empty()
+    }
+
+    /// Bytes of client-visible output this piece carries (text, reasoning,
+    /// refusal, tool names, ids and arguments), for bounds.
+    pub fn output_bytes(&self) -> usize {
+        let calls: usize = self
+            .tool_calls
+            .iter()
+            .map(|c| {
+                c.arguments.len()
+                    + c.id.as_ref().map_or(0, String::len)
+                    + c.name.as_ref().map_or(0, String::len)
+            })
+            .sum();
+        let logprobs: usize = self.logprobs.iter().map(TokenLogprob::approx_bytes).sum();
+        self.text.len() + self.reasoning.len() + self.refusal.len() + calls + logprobs
+    }
+}
+
+/// Which field an engine streams reasoning in: vLLM 0.32 writes
+/// `reasoning`, SGLang and DeepSeek's API `reasoning_content`, some vLLM
+/// versions both.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum ReasoningField {
+    /// `reasoning`.
+    #[default]
+    Reasoning,
+    /// `reasoning_content`.
+    ReasoningContent,
+    /// Both, with the same text.
+    Both,
+}
+
+impl ReasoningField {
+    /// The field for an engine that sent `reasoning` and/or
+    /// `reasoning_content`; `None` when it sent neither.
+    pub const fn from_presence(reasoning: bool, reasoning_content: bool) -> Option<Self> {
+        match (reasoning, reasoning_content) {
+            (true, true) => Some(ReasoningField::Both),
+            (true, false) => Some(ReasoningField::Reasoning),
+            (false, true) => Some(ReasoningField::ReasoningContent),
+            (false, false) => None,
+        }
+    }
+
+    /// Whether the `reasoning` field is written.
+    pub const fn writes_reasoning(self) -> bool {
+        matches!(self, ReasoningField::Reasoning | ReasoningField::Both)
+    }
+
+    /// Whether the `reasoning_content` field is written.
+    pub const fn writes_reasoning_content(self) -> bool {
+        matches!(
+            self,
+            ReasoningField::ReasoningContent | ReasoningField::Both
+        )
+    }
+}
+
+/// One fragment of a streamed tool call (OpenAI's
+/// `delta.tool_calls[]`): the first fragment of a call carries its id, type
+/// and function name, the following ones pieces of its arguments.
+///
+/// Only one choice is served per request, so the choice index is always 0.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ToolCallDelta {
+    /// Which call of the message this fragment belongs to (0 for the first
+    /// call, 1 for a parallel second call, ...).
+    pub index: u32,
+    /// The call's id, on its first fragment.
+    pub id: Option<String>,
+    /// The call's type (`function`), on its first fragment.
+    pub kind: Option<String>,
+    /// The function's name, on its first fragment.
+    pub name: Option<String>,
+    /// The next piece of the arguments' JSON text (may be empty).
+    pub arguments: String,
+}
+
+/// The log-probability of one generated token, with the most likely
+/// alternatives when asked for (`top_logprobs`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TokenLogprob {
+    /// The token as text.
+    pub token: String,
+    /// Its log-probability.
+    pub logprob: f64,
+    /// The token's UTF-8 bytes, when the engine gives them.
+    pub bytes: Option<Vec<u8>>,
+    /// The most likely tokens at this position, most likely first.
+    pub top_logprobs: Vec<TopLogprob>,
+}
+
+impl TokenLogprob {
+    /// A rough size in bytes, for bounds.
+    fn approx_bytes(&self) -> usize {
+        let top: usize = self.top_logprobs.iter().map(|t| t.token.len() + 24).sum();
+        self.token.len() + 24 + top
+    }
+}
+
+/// One alternative of [`TokenLogprob::top_logprobs`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct TopLogprob {
+    /// The token as text.
+    pub token: String,
+    /// Its log-probability.
+    pub logprob: f64,
+    /// The token's UTF-8 bytes, when the engine gives them.
+    pub bytes: Option<Vec<u8>>,
 }
 
 /// Why generation stopped.

@@ -113,15 +113,19 @@ pub use budget::{
     BudgetGuard, Charge, Ledger, LedgerError, Receipt, Reservation, ReserveRequest, SettleOutcome,
 };
 pub use cancel::{CancelGuard, CancelHandle, CancelReason};
-pub use counter::{ByteBound, TokenCount, TokenCounter};
+pub use counter::{ByteBound, TokenCount, TokenCounter, tools_allowance};
 pub use error::{BackendError, FailureKind, FailurePhase};
-pub use event::{Delta, EventOrder, FinishReason, OrderViolation, Started, TokenEvent};
+pub use event::{
+    Delta, EventOrder, FinishReason, OrderViolation, ReasoningField, Started, TokenEvent,
+    TokenLogprob, ToolCallDelta, TopLogprob,
+};
 pub use meter::UsageMeter;
 pub use money::{Money, PriceError, Pricing};
 pub use phase::{AbortCounts, EnginePhase};
 pub use pressure::Pressure;
 pub use request::{
-    ChatMessage, GenerateRequest, LatencyClass, Prompt, RequestId, Role, SamplingParams, TenantId,
+    ChatMessage, ContentPart, GenerateRequest, LatencyClass, MediaKind, MediaPart, Prompt,
+    RequestId, Role, SamplingParams, TenantId, ToolCall,
 };
 pub use stream::{TokenResult, TokenStream};
 pub use usage::{Usage, UsageError};

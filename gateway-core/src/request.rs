@@ -67,11 +67,12 @@ impl From<&str> for TenantId {
 }
 
 /// The author of a chat message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub enum Role {
     /// Instructions from the application.
     System,
     /// The end user.
+    #[default]
     User,
     /// The model.
     Assistant,
@@ -92,12 +93,27 @@ impl Role {
 }
 
 /// One chat message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// `content` is the message's text: a string content as sent, or the text
+/// parts of a content array joined with `\n` (how vLLM renders an array
+/// for a chat template that takes strings). When the client sent an array,
+/// `parts` keeps every part in order, media included, and engines get the
+/// array.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ChatMessage {
     /// Who wrote it.
     pub role: Role,
     /// Its text.
     pub content: String,
+    /// The content array as sent; empty when the content was a string (or
+    /// absent).
+    pub parts: Vec<ContentPart>,
+    /// The tool calls of an assistant message.
+    pub tool_calls: Vec<ToolCall>,
+    /// The call a `tool` message answers.
+    pub tool_call_id: Option<String>,
+    /// The author's name (`name`), when given.
+    pub name: Option<String>,
 }
 
 impl ChatMessage {
@@ -106,6 +122,7 @@ impl ChatMessage {
         ChatMessage {
             role,
             content: content.into(),
+            ..ChatMessage::default()
         }
     }
     /// A user message.
@@ -116,6 +133,104 @@ impl ChatMessage {
     pub fn system(content: impl Into<String>) -> Self {
         ChatMessage::new(Role::System, content)
     }
+    /// How many media parts of `kind` the content holds.
+    pub fn media_count(&self, kind: MediaKind) -> usize {
+        self.parts
+            .iter()
+            .filter(|p| matches!(p, ContentPart::Media(m) if m.kind == kind))
+            .count()
+    }
+    /// The UTF-8 bytes of what a chat template writes of the message
+    /// as text: its text, tool calls, tool call id and name (media parts
+    /// are counted apart).
+    pub fn text_bytes(&self) -> usize {
+        let calls: usize = self
+            .tool_calls
+            .iter()
+            .map(|c| c.id.len() + c.name.len() + c.arguments.len())
+            .sum();
+        self.content.len()
+            + calls
+            + self.tool_call_id.as_ref().map_or(0, String::len)
+            + self.name.as_ref().map_or(0, String::len)
+    }
+
+    /// The message's size in UTF-8 bytes: [`text_bytes`](Self::text_bytes)
+    /// and the media parts' JSON, for size limits.
+    pub fn byte_len(&self) -> usize {
+        let media: usize = self
+            .parts
+            .iter()
+            .map(|p| match p {
+                ContentPart::Text(_) => 0,
+                ContentPart::Media(m) => m.json.len(),
+            })
+            .sum();
+        self.text_bytes() + media
+    }
+}
+
+/// One part of a chat message's content array.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ContentPart {
+    /// `{"type":"text","text":...}`.
+    Text(String),
+    /// An image, audio clip or video.
+    Media(MediaPart),
+}
+
+/// A media content part, kept as the client's JSON so engines get every
+/// field of it (`detail`, `format`, ...).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MediaPart {
+    /// What it is.
+    pub kind: MediaKind,
+    /// The part's JSON object, as the client wrote it.
+    pub json: Arc<str>,
+}
+
+/// The kind of a media content part.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MediaKind {
+    /// `image_url`.
+    Image,
+    /// `input_audio` (or vLLM's `audio_url`).
+    Audio,
+    /// `video_url`.
+    Video,
+}
+
+impl MediaKind {
+    /// The kind of a part's `type`, `None` for text and unknown types.
+    pub fn from_part_type(kind: &str) -> Option<Self> {
+        match kind {
+            "image_url" => Some(MediaKind::Image),
+            "input_audio" | "audio_url" => Some(MediaKind::Audio),
+            "video_url" => Some(MediaKind::Video),
+            _ => None,
+        }
+    }
+
+    /// A stable name for messages and labels.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            MediaKind::Image => "image",
+            MediaKind::Audio => "audio",
+            MediaKind::Video => "video",
+        }
+    }
+}
+
+/// A tool call an assistant message made (OpenAI's
+/// `{"id","type":"function","function":{"name","arguments"}}`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ToolCall {
+    /// The call's id, which the `tool` message answering it names.
+    pub id: String,
+    /// The function's name.
+    pub name: String,
+    /// The arguments, as the JSON text the model wrote.
+    pub arguments: String,
 }
 
 /// The prompt, in the form the client sent it.
@@ -133,7 +248,7 @@ impl Prompt {
     /// The prompt's size in UTF-8 bytes (4 per token id), for bounds.
     pub fn byte_len(&self) -> usize {
         match self {
-            Prompt::Chat(messages) => messages.iter().map(|m| m.content.len()).sum(),
+            Prompt::Chat(messages) => messages.iter().map(ChatMessage::byte_len).sum(),
             Prompt::Text(text) => text.len(),
             Prompt::Tokens(ids) => ids.len().saturating_mul(4),
         }
@@ -196,6 +311,10 @@ pub struct GenerateRequest {
     /// Request fields the gateway does not interpret, as the text of a JSON
     /// object, passed through to engines that accept extra fields.
     pub extra: Option<Arc<str>>,
+    /// The chat request's `tools` (a JSON array of tool definitions, as the
+    /// client wrote it): sent to the engine, and rendered by the chat
+    /// template when the prompt is counted, as the engine does.
+    pub tools: Option<Arc<str>>,
 }
 
 impl GenerateRequest {
@@ -212,6 +331,7 @@ impl GenerateRequest {
             latency_class: LatencyClass::Interactive,
             deadline: None,
             extra: None,
+            tools: None,
         }
     }
 

@@ -31,6 +31,7 @@ use super::upstream::{
     retry_after, total_timeout, transport_error,
 };
 use crate::config::OnDisconnect;
+use crate::openai::chunk::WireChoice;
 use crate::openai::types::{
     ChatCompletionRequest, CompletionRequest, CompletionUsage, ErrorCode, ErrorDetail, ModelList,
     parse_finish_reason,
@@ -500,6 +501,13 @@ impl Inner {
                 BackendError::new(FailureKind::InvalidRequest, e.to_string()).with_source(e)
             })?;
         }
+        if chat && let Some(tools) = &generate.tools {
+            // As the client wrote them: the engine's template renders them,
+            // and the estimate counted these bytes.
+            merge_extra(&mut body, &format!("{{\"tools\":{tools}}}")).map_err(|e| {
+                BackendError::new(FailureKind::InvalidRequest, e.to_string()).with_source(e)
+            })?;
+        }
         Ok((uri, Bytes::from(body)))
     }
 
@@ -832,7 +840,7 @@ fn kind_for_type(kind: &str, message: &str, param: Option<&str>) -> FailureKind 
 struct Chunk {
     error: Option<serde::de::IgnoredAny>,
     object: Option<String>,
-    choices: Option<Vec<ChunkChoice>>,
+    choices: Option<Vec<WireChoice>>,
     usage: Option<CompletionUsage>,
     /// vLLM's per-request metrics (with `--per-request-spec-decode-metrics`),
     /// on the usage chunk.
@@ -854,26 +862,6 @@ struct ChunkMetrics {
 struct SpecDecoding {
     num_draft_tokens: u64,
     num_accepted_draft_tokens: u64,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct ChunkChoice {
-    index: Option<u32>,
-    delta: Option<ChunkDelta>,
-    text: Option<String>,
-    finish_reason: Option<String>,
-    token_ids: Option<Vec<u32>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(default)]
-struct ChunkDelta {
-    role: Option<String>,
-    content: Option<String>,
-    reasoning_content: Option<serde::de::IgnoredAny>,
-    reasoning: Option<serde::de::IgnoredAny>,
-    tool_calls: Option<serde::de::IgnoredAny>,
 }
 
 /// Whether the stream goes on after an event.
@@ -1212,7 +1200,7 @@ impl Reader {
             let spec = chunk.metrics.and_then(|m| m.speculative_decoding);
             self.usage = Some(upstream_usage(&usage, spec));
         }
-        let Some(choice) = chunk
+        let Some(mut choice) = chunk
             .choices
             .unwrap_or_default()
             .into_iter()
@@ -1224,8 +1212,9 @@ impl Reader {
             // Nothing but usage may follow the finish.
             return Flow::Continue;
         }
-        let (text, tokens) = choice_output(&choice);
-        if self.on_output(text, tokens, out) == Flow::End {
+        if let Some(delta) = choice.take_delta()
+            && self.on_output(delta, out) == Flow::End
+        {
             return Flow::End;
         }
         if let Some(reason) = choice.finish_reason.as_deref() {
@@ -1240,12 +1229,16 @@ impl Reader {
         Flow::Continue
     }
 
-    fn on_output(&mut self, text: String, tokens: u32, out: &mut Vec<TokenResult>) -> Flow {
-        if text.is_empty() {
-            self.pending_tokens = self.pending_tokens.saturating_add(tokens);
+    /// A piece of output: held (its tokens carried to the next piece) when
+    /// there is nothing to show, else sent, unless it would pass the cap.
+    fn on_output(&mut self, mut delta: Delta, out: &mut Vec<TokenResult>) -> Flow {
+        if !delta.has_output() {
+            self.pending_tokens = self.pending_tokens.saturating_add(delta.tokens);
             return Flow::Continue;
         }
-        let tokens = tokens.saturating_add(std::mem::take(&mut self.pending_tokens));
+        let tokens = delta
+            .tokens
+            .saturating_add(std::mem::take(&mut self.pending_tokens));
         if self.delivered.saturating_add(u64::from(tokens)) > self.cap {
             // The engine went past max_tokens: end at the cap.
             out.push(Ok(TokenEvent::Finished(FinishReason::Length)));
@@ -1253,35 +1246,10 @@ impl Reader {
         }
         self.delivered += u64::from(tokens);
         self.any_delta = true;
-        out.push(Ok(TokenEvent::Delta(Delta::text(text, tokens))));
+        delta.tokens = tokens;
+        out.push(Ok(TokenEvent::Delta(delta)));
         Flow::Continue
     }
-}
-
-/// The text and token count of a choice chunk: one token per chunk with
-/// output, `token_ids.len()` when given; the role chunk carries none.
-fn choice_output(choice: &ChunkChoice) -> (String, u32) {
-    let (text, has_output, role_only) = match &choice.delta {
-        Some(delta) => {
-            let has_other = delta.reasoning_content.is_some()
-                || delta.reasoning.is_some()
-                || delta.tool_calls.is_some();
-            let text = delta.content.clone().unwrap_or_default();
-            let has_output = delta.content.is_some() || has_other;
-            (text, has_output, delta.role.is_some() && !has_other)
-        }
-        None => {
-            let text = choice.text.clone().unwrap_or_default();
-            let has_output = choice.text.is_some();
-            (text, has_output, false)
-        }
-    };
-    let tokens = match &choice.token_ids {
-        Some(ids) => u32::try_from(ids.len()).unwrap_or(u32::MAX),
-        None if role_only => u32::from(!text.is_empty()),
-        None => u32::from(has_output),
-    };
-    (text, tokens)
 }
 
 /// The engine's usage: prompt, cached and completion tokens, and the
@@ -1564,32 +1532,5 @@ dynamo_frontend_queued_requests{model=\"m\"} 2\n";
         assert_eq!(base_url("http://h:1/prefix"), "http://h:1/prefix");
         assert!(parse_uri("https://h").is_ok());
         assert!(parse_uri("h:1").is_err());
-    }
-
-    #[test]
-    fn role_chunks_carry_no_token() {
-        let role = ChunkChoice {
-            delta: Some(ChunkDelta {
-                role: Some("assistant".into()),
-                content: Some(String::new()),
-                ..ChunkDelta::default()
-            }),
-            ..ChunkChoice::default()
-        };
-        assert_eq!(choice_output(&role), (String::new(), 0));
-        let token = ChunkChoice {
-            delta: Some(ChunkDelta {
-                content: Some("Hel".into()),
-                ..ChunkDelta::default()
-            }),
-            ..ChunkChoice::default()
-        };
-        assert_eq!(choice_output(&token), ("Hel".into(), 1));
-        let ids = ChunkChoice {
-            text: Some("ab".into()),
-            token_ids: Some(vec![1, 2, 3]),
-            ..ChunkChoice::default()
-        };
-        assert_eq!(choice_output(&ids), ("ab".into(), 3));
     }
 }

@@ -8,9 +8,15 @@
 use std::fmt;
 
 use bytes::{Bytes, BytesMut};
-use gateway_core::{FailureKind, FinishReason, TokenEvent, Usage};
+use gateway_core::{
+    Delta, FailureKind, FinishReason, ReasoningField, TokenEvent, TokenLogprob, Usage,
+};
 
 use super::json::{Sink, escape_into, string_into, u64_into};
+use super::output::{
+    Members, ToolCallParts, chat_delta_fields_into, chat_logprobs_into, gather_tool_call,
+    legacy_logprobs_into, tool_calls_into,
+};
 use super::sse::DONE_FRAME;
 
 /// Which OpenAI API a response belongs to.
@@ -143,6 +149,9 @@ pub struct ChunkEncoder {
     output: bool,
     ended: bool,
     usage: Option<Usage>,
+    /// Completions: characters of text sent, the first `text_offset` of the
+    /// next piece's logprobs.
+    text_chars: u64,
 }
 
 impl ChunkEncoder {
@@ -176,6 +185,7 @@ impl ChunkEncoder {
             output: false,
             ended: false,
             usage: None,
+            text_chars: 0,
         }
     }
 
@@ -205,7 +215,10 @@ impl ChunkEncoder {
         }
         match event {
             TokenEvent::Started(_) => None,
-            TokenEvent::Delta(delta) if delta.text.is_empty() => None,
+            TokenEvent::Delta(delta) if !delta.has_output() => None,
+            TokenEvent::Delta(delta) if delta.has_structured_output() => {
+                Some(self.structured_delta(delta))
+            }
             TokenEvent::Delta(delta) => Some(self.delta(&delta.text)),
             TokenEvent::Usage(usage) => {
                 self.set_usage(*usage);
@@ -231,8 +244,47 @@ impl ChunkEncoder {
         escape_into(&mut self.buf, text);
         self.buf.extend_from_slice(match self.endpoint {
             Endpoint::Chat => CHAT_DELTA_CLOSE,
-            Endpoint::Completion => TEXT_DELTA_CLOSE,
+            Endpoint::Completion => {
+                self.text_chars += text.chars().count() as u64;
+                TEXT_DELTA_CLOSE
+            }
         });
+        self.take()
+    }
+
+    /// The frame of a piece with more than text: chat writes each kind in
+    /// its `delta` field and the logprobs in `choices[0].logprobs.content`;
+    /// completions write the text and the legacy `logprobs` (reasoning and
+    /// tool calls have no place there).
+    pub fn structured_delta(&mut self, delta: &Delta) -> Bytes {
+        self.buf
+            .reserve(self.head.len() + delta.output_bytes() + 2 * FRAME_SLACK);
+        self.role_into_buf();
+        self.buf.extend_from_slice(&self.head);
+        match self.endpoint {
+            Endpoint::Chat => {
+                self.buf.put(b"\"choices\":[{\"index\":0,\"delta\":{");
+                chat_delta_fields_into(&mut self.buf, delta);
+                self.buf.put(b"},\"logprobs\":");
+                if delta.logprobs.is_empty() {
+                    self.buf.put(b"null");
+                } else {
+                    chat_logprobs_into(&mut self.buf, &delta.logprobs);
+                }
+            }
+            Endpoint::Completion => {
+                self.buf.put(b"\"choices\":[{\"text\":");
+                string_into(&mut self.buf, &delta.text);
+                self.buf.put(b",\"index\":0,\"logprobs\":");
+                if delta.logprobs.is_empty() {
+                    self.buf.put(b"null");
+                } else {
+                    legacy_logprobs_into(&mut self.buf, &delta.logprobs, self.text_chars);
+                }
+                self.text_chars += delta.text.chars().count() as u64;
+            }
+        }
+        self.buf.put(b",\"finish_reason\":null}]}\n\n");
         self.take()
     }
 
@@ -342,6 +394,13 @@ pub struct Assembler {
     created: u64,
     model: Box<str>,
     text: String,
+    reasoning: String,
+    reasoning_field: ReasoningField,
+    refusal: String,
+    tool_calls: Vec<ToolCallParts>,
+    logprobs: Vec<TokenLogprob>,
+    /// Bytes of output collected, against `max_text_bytes`.
+    collected: usize,
     max_text_bytes: usize,
     finish: Option<FinishReason>,
     usage: Option<Usage>,
@@ -360,6 +419,12 @@ impl Assembler {
             created,
             model: model.into(),
             text: String::new(),
+            reasoning: String::new(),
+            reasoning_field: ReasoningField::default(),
+            refusal: String::new(),
+            tool_calls: Vec::new(),
+            logprobs: Vec::new(),
+            collected: 0,
             max_text_bytes: Self::DEFAULT_MAX_TEXT_BYTES,
             finish: None,
             usage: None,
@@ -382,12 +447,23 @@ impl Assembler {
         match event {
             TokenEvent::Started(_) => {}
             TokenEvent::Delta(delta) => {
-                if self.text.len().saturating_add(delta.text.len()) > self.max_text_bytes {
+                let collected = self.collected.saturating_add(delta.output_bytes());
+                if collected > self.max_text_bytes {
                     return Err(AssembleError::TextTooLarge {
                         limit: self.max_text_bytes,
                     });
                 }
+                self.collected = collected;
                 self.text.push_str(&delta.text);
+                if !delta.reasoning.is_empty() {
+                    self.reasoning.push_str(&delta.reasoning);
+                    self.reasoning_field = delta.reasoning_field;
+                }
+                self.refusal.push_str(&delta.refusal);
+                for fragment in &delta.tool_calls {
+                    gather_tool_call(&mut self.tool_calls, fragment);
+                }
+                self.logprobs.extend(delta.logprobs.iter().cloned());
             }
             TokenEvent::Usage(usage) => self.usage = Some(*usage),
             TokenEvent::Finished(reason) => self.finish = Some(*reason),
@@ -418,7 +494,7 @@ impl Assembler {
     pub fn body(&self) -> Result<Bytes, AssembleError> {
         let reason = self.finish.ok_or(AssembleError::NotFinished)?;
         let usage = self.usage.ok_or(AssembleError::MissingUsage)?;
-        let mut out = BytesMut::with_capacity(self.text.len() + 384);
+        let mut out = BytesMut::with_capacity(self.collected + 384);
         head_into(
             &mut out,
             &self.id,
@@ -428,16 +504,47 @@ impl Assembler {
         );
         match self.endpoint {
             Endpoint::Chat => {
-                out.put(
-                    b"\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\",\"content\":\"",
-                );
-                escape_into(&mut out, &self.text);
-                out.put(b"\"},\"logprobs\":null,\"finish_reason\":\"");
+                out.put(b"\"choices\":[{\"index\":0,\"message\":{\"role\":\"assistant\"");
+                let mut members = Members {
+                    out: &mut out,
+                    any: true,
+                };
+                members.key(b"\"content\":");
+                if self.text.is_empty()
+                    && (!self.tool_calls.is_empty() || !self.reasoning.is_empty())
+                {
+                    // OpenAI's shape for a message of tool calls (or only
+                    // reasoning): no content at all.
+                    members.out.put(b"null");
+                } else {
+                    string_into(members.out, &self.text);
+                }
+                members.reasoning(&self.reasoning, self.reasoning_field);
+                if !self.refusal.is_empty() {
+                    members.string(b"\"refusal\":", &self.refusal);
+                }
+                if !self.tool_calls.is_empty() {
+                    members.out.put(b",");
+                    tool_calls_into(members.out, &self.tool_calls);
+                }
+                out.put(b"},\"logprobs\":");
+                if self.logprobs.is_empty() {
+                    out.put(b"null");
+                } else {
+                    chat_logprobs_into(&mut out, &self.logprobs);
+                }
+                out.put(b",\"finish_reason\":\"");
             }
             Endpoint::Completion => {
                 out.put(b"\"choices\":[{\"text\":\"");
                 escape_into(&mut out, &self.text);
-                out.put(b"\",\"index\":0,\"logprobs\":null,\"finish_reason\":\"");
+                out.put(b"\",\"index\":0,\"logprobs\":");
+                if self.logprobs.is_empty() {
+                    out.put(b"null");
+                } else {
+                    legacy_logprobs_into(&mut out, &self.logprobs, 0);
+                }
+                out.put(b",\"finish_reason\":\"");
             }
         }
         out.put(reason.as_str().as_bytes());

@@ -97,6 +97,17 @@ pub(crate) fn u64_into(out: &mut impl Sink, mut n: u64) {
     out.put(digits.get(at..).unwrap_or_default());
 }
 
+/// Writes `x` as serde_json does (shortest round-trip form); a value that
+/// is not finite as `-9999.0`, vLLM's stand-in for a log-probability of
+/// minus infinity (JSON has no infinities).
+pub(crate) fn f64_into(out: &mut impl Sink, x: f64) {
+    let x = if x.is_finite() { x } else { -9999.0 };
+    match serde_json::to_string(&x) {
+        Ok(text) => out.put(text.as_bytes()),
+        Err(_) => out.put(b"-9999.0"),
+    }
+}
+
 /// One `"key": value` pair of a top-level object, as raw slices of the
 /// source text (the key with its quotes).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -45,9 +45,11 @@
 //! assert_eq!(out.windows(6).filter(|w| w == b"data: ").count(), 5);
 //! ```
 
+pub(crate) mod chunk;
 mod encode;
 mod error_body;
 mod json;
+mod output;
 mod request;
 mod sse;
 pub mod types;

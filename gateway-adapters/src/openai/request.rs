@@ -7,7 +7,10 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use gateway_core::http::StatusCode;
-use gateway_core::{ChatMessage, GenerateRequest, Prompt, Role, SamplingParams};
+use gateway_core::{
+    ChatMessage, ContentPart, GenerateRequest, MediaKind, MediaPart, Prompt, Role, SamplingParams,
+    ToolCall,
+};
 use serde_json::Value;
 
 use super::json::{self, RawEntry};
@@ -35,6 +38,10 @@ pub struct ParsedRequest {
     /// of a JSON object: keys and values exactly as the client wrote them,
     /// in its order. `None` when there are none.
     pub extra: Option<String>,
+    /// Chat: the `tools` array, as the client wrote it (checked to be an
+    /// array of tool definitions). Sent to the engine and counted in the
+    /// prompt estimate.
+    pub tools: Option<String>,
 }
 
 /// A parsed chat request.
@@ -53,6 +60,7 @@ impl ParsedRequest {
         );
         request.sampling = self.sampling;
         request.extra = self.extra.map(Arc::from);
+        request.tools = self.tools.map(Arc::from);
         request
     }
 }
@@ -194,6 +202,7 @@ struct Known<'a> {
     best_of: Option<&'a str>,
     stream: Option<&'a str>,
     stream_options: Option<&'a str>,
+    tools: Option<&'a str>,
 }
 
 impl<'a> Known<'a> {
@@ -213,6 +222,7 @@ impl<'a> Known<'a> {
             (Api::Completion, "best_of") => &mut self.best_of,
             (_, "stream") => &mut self.stream,
             (_, "stream_options") => &mut self.stream_options,
+            (Api::Chat, "tools") => &mut self.tools,
             _ => return None,
         })
     }
@@ -330,6 +340,7 @@ fn parse(body: &[u8], api: Api) -> Result<ParsedRequest, RequestError> {
             ));
         }
     };
+    let tools = tools(known.tools)?;
     Ok(ParsedRequest {
         model,
         prompt,
@@ -338,6 +349,7 @@ fn parse(body: &[u8], api: Api) -> Result<ParsedRequest, RequestError> {
         stream,
         include_usage,
         extra,
+        tools,
     })
 }
 
@@ -504,48 +516,24 @@ fn chat_message(i: usize, message: Value) -> Result<ChatMessage, RequestError> {
         }
     };
     let param = || format!("messages[{i}].content");
+    let mut parts = Vec::new();
     let content = match message.remove("content") {
         Some(Value::String(text)) => text,
         None | Some(Value::Null) if role == Role::Assistant => String::new(),
         None | Some(Value::Null) => return Err(RequestError::at(param(), "content is required")),
-        Some(Value::Array(parts)) => {
+        Some(Value::Array(items)) => {
             let mut text = String::new();
-            for (j, part) in parts.iter().enumerate() {
-                let part_param = || format!("messages[{i}].content[{j}]");
-                let Value::Object(part) = part else {
-                    return Err(RequestError::at(
-                        part_param(),
-                        "each content part must be an object",
-                    ));
-                };
-                match part.get("type") {
-                    Some(Value::String(kind)) if kind == "text" => {}
-                    Some(Value::String(kind)) => {
-                        return Err(RequestError::at(
-                            format!("messages[{i}].content[{j}].type"),
-                            format!(
-                                "unsupported content part type '{}': only text is supported",
-                                clip(kind)
-                            ),
-                        ));
+            let mut texts = 0;
+            for (j, part) in items.into_iter().enumerate() {
+                let part = content_part(i, j, part)?;
+                if let ContentPart::Text(part_text) = &part {
+                    if texts > 0 {
+                        text.push('\n');
                     }
-                    _ => {
-                        return Err(RequestError::at(
-                            format!("messages[{i}].content[{j}].type"),
-                            "content part type must be a string",
-                        ));
-                    }
+                    texts += 1;
+                    text.push_str(part_text);
                 }
-                let Some(Value::String(part_text)) = part.get("text") else {
-                    return Err(RequestError::at(
-                        format!("messages[{i}].content[{j}].text"),
-                        "text part must have a string text",
-                    ));
-                };
-                if j > 0 {
-                    text.push('\n');
-                }
-                text.push_str(part_text);
+                parts.push(part);
             }
             text
         }
@@ -556,7 +544,198 @@ fn chat_message(i: usize, message: Value) -> Result<ChatMessage, RequestError> {
             ));
         }
     };
-    Ok(ChatMessage::new(role, content))
+    let tool_calls = match message.remove("tool_calls") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(calls)) if role == Role::Assistant => calls
+            .into_iter()
+            .enumerate()
+            .map(|(k, call)| tool_call(i, k, call))
+            .collect::<Result<_, _>>()?,
+        Some(Value::Array(_)) => {
+            return Err(RequestError::at(
+                format!("messages[{i}].tool_calls"),
+                "only assistant messages may have tool_calls",
+            ));
+        }
+        Some(_) => {
+            return Err(RequestError::at(
+                format!("messages[{i}].tool_calls"),
+                "tool_calls must be an array",
+            ));
+        }
+    };
+    let tool_call_id = optional_string(&mut message, i, "tool_call_id")?;
+    if role == Role::Tool && tool_call_id.is_none() {
+        return Err(RequestError::at(
+            format!("messages[{i}].tool_call_id"),
+            "a tool message needs the tool_call_id it answers",
+        ));
+    }
+    let name = optional_string(&mut message, i, "name")?;
+    Ok(ChatMessage {
+        role,
+        content,
+        parts,
+        tool_calls,
+        tool_call_id,
+        name,
+    })
+}
+
+/// An optional string field of message `i`.
+fn optional_string(
+    message: &mut serde_json::Map<String, Value>,
+    i: usize,
+    key: &str,
+) -> Result<Option<String>, RequestError> {
+    match message.remove(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(RequestError::at(
+            format!("messages[{i}].{key}"),
+            format!("{key} must be a string"),
+        )),
+    }
+}
+
+/// Part `j` of message `i`'s content array: text, or a media part of a
+/// known type (kept as JSON for the engine).
+fn content_part(i: usize, j: usize, part: Value) -> Result<ContentPart, RequestError> {
+    let at = |field: &str| format!("messages[{i}].content[{j}]{field}");
+    let Value::Object(part) = part else {
+        return Err(RequestError::at(
+            at(""),
+            "each content part must be an object",
+        ));
+    };
+    let kind = match part.get("type") {
+        Some(Value::String(kind)) => kind.as_str(),
+        _ => {
+            return Err(RequestError::at(
+                at(".type"),
+                "content part type must be a string",
+            ));
+        }
+    };
+    if kind == "text" {
+        return match part.get("text") {
+            Some(Value::String(text)) => Ok(ContentPart::Text(text.clone())),
+            _ => Err(RequestError::at(
+                at(".text"),
+                "text part must have a string text",
+            )),
+        };
+    }
+    let Some(media) = MediaKind::from_part_type(kind) else {
+        return Err(RequestError::at(
+            at(".type"),
+            format!(
+                "unsupported content part type '{}': expected text, image_url, input_audio, audio_url or video_url",
+                clip(kind)
+            ),
+        ));
+    };
+    if !part.get(kind).is_some_and(Value::is_object) {
+        return Err(RequestError::at(
+            at(&format!(".{kind}")),
+            format!("a part of type {kind} needs the object {kind}"),
+        ));
+    }
+    let json = serde_json::to_string(&Value::Object(part))
+        .map_err(|_| RequestError::at(at(""), "content part is not valid JSON"))?;
+    Ok(ContentPart::Media(MediaPart {
+        kind: media,
+        json: Arc::from(json),
+    }))
+}
+
+/// Tool call `k` of assistant message `i`:
+/// `{"id","type":"function","function":{"name","arguments"}}`.
+fn tool_call(i: usize, k: usize, call: Value) -> Result<ToolCall, RequestError> {
+    let at = |field: &str| format!("messages[{i}].tool_calls[{k}]{field}");
+    let Value::Object(mut call) = call else {
+        return Err(RequestError::at(at(""), "each tool call must be an object"));
+    };
+    let id = match call.remove("id") {
+        Some(Value::String(id)) => id,
+        None | Some(Value::Null) => String::new(),
+        Some(_) => return Err(RequestError::at(at(".id"), "id must be a string")),
+    };
+    match call.get("type") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(t)) if t == "function" => {}
+        Some(_) => {
+            return Err(RequestError::at(
+                at(".type"),
+                "tool call type must be \"function\"",
+            ));
+        }
+    }
+    let Some(Value::Object(mut function)) = call.remove("function") else {
+        return Err(RequestError::at(
+            at(".function"),
+            "a tool call needs a function object",
+        ));
+    };
+    let name = match function.remove("name") {
+        Some(Value::String(name)) if !name.is_empty() => name,
+        _ => {
+            return Err(RequestError::at(
+                at(".function.name"),
+                "a tool call needs a function name",
+            ));
+        }
+    };
+    let arguments = match function.remove("arguments") {
+        None | Some(Value::Null) => String::new(),
+        Some(Value::String(arguments)) => arguments,
+        // Some clients send the arguments as an object.
+        Some(other @ Value::Object(_)) => other.to_string(),
+        Some(_) => {
+            return Err(RequestError::at(
+                at(".function.arguments"),
+                "arguments must be a JSON string",
+            ));
+        }
+    };
+    Ok(ToolCall {
+        id,
+        name,
+        arguments,
+    })
+}
+
+/// The `tools` of a chat request, checked: an array of objects, each with
+/// a `type`, and for `function` tools a `function` object with a `name`.
+/// Kept as the client's JSON text.
+fn tools(raw: Option<&str>) -> Result<Option<String>, RequestError> {
+    let list = match value(raw, "tools")? {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Array(list)) => list,
+        Some(_) => return Err(RequestError::at("tools", "tools must be an array")),
+    };
+    for (k, tool) in list.iter().enumerate() {
+        let at = |field: &str| format!("tools[{k}]{field}");
+        let Value::Object(tool) = tool else {
+            return Err(RequestError::at(at(""), "each tool must be an object"));
+        };
+        match tool.get("type") {
+            Some(Value::String(t)) if t == "function" => {}
+            Some(Value::String(_)) => continue,
+            _ => return Err(RequestError::at(at(".type"), "tool type must be a string")),
+        }
+        let name = tool
+            .get("function")
+            .and_then(|f| f.get("name"))
+            .and_then(Value::as_str);
+        if name.is_none_or(str::is_empty) {
+            return Err(RequestError::at(
+                at(".function.name"),
+                "a function tool needs a function name",
+            ));
+        }
+    }
+    Ok(raw.map(str::to_owned))
 }
 
 fn completion_prompt(prompt: Option<Value>) -> Result<Prompt, RequestError> {

@@ -7,7 +7,7 @@
 //! optional request fields, so engines that refuse `null` are not
 //! bothered.
 
-use gateway_core::{FinishReason, GenerateRequest, Prompt, Usage};
+use gateway_core::{ChatMessage, FinishReason, GenerateRequest, Prompt, Usage};
 use serde::{Deserialize, Deserializer, Serialize};
 
 /// Deserializes `null` as the default value.
@@ -46,16 +46,20 @@ pub struct StreamOptions {
     pub include_usage: bool,
 }
 
-/// One content part of a chat message (`{"type":"text","text":...}`).
+/// One content part of a chat message (`{"type":"text","text":...}`, or a
+/// media part such as `{"type":"image_url","image_url":{...}}`).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ContentPart {
-    /// The part type; only `text` is supported by the gateway.
+    /// The part type (`text`, `image_url`, `input_audio`, `video_url`).
     #[serde(rename = "type", deserialize_with = "nullable")]
     pub kind: String,
     /// The text of a `text` part.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub text: Option<String>,
+    /// The other fields of the part (the media object).
+    #[serde(flatten)]
+    pub rest: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The content of a chat message: a string or an array of parts.
@@ -68,6 +72,33 @@ pub enum MessageContent {
     Parts(Vec<ContentPart>),
 }
 
+/// The function of a [`RequestToolCall`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct FunctionCall {
+    /// The function's name.
+    #[serde(deserialize_with = "nullable")]
+    pub name: String,
+    /// Its arguments as JSON text.
+    #[serde(deserialize_with = "nullable")]
+    pub arguments: String,
+}
+
+/// A tool call of an assistant message in a request.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RequestToolCall {
+    /// The call's id.
+    #[serde(deserialize_with = "nullable")]
+    pub id: String,
+    /// `function`.
+    #[serde(rename = "type", deserialize_with = "nullable")]
+    pub kind: String,
+    /// The function called.
+    #[serde(deserialize_with = "nullable")]
+    pub function: FunctionCall,
+}
+
 /// One message of a chat request.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
@@ -77,6 +108,68 @@ pub struct RequestMessage {
     pub role: String,
     /// The content; absent or `null` for an assistant message with tool calls.
     pub content: Option<MessageContent>,
+    /// An assistant message's tool calls.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<RequestToolCall>>,
+    /// The call a `tool` message answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
+    /// The author's name.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+impl RequestMessage {
+    /// The wire form of a contract message: a content array when the
+    /// client sent one (media parts as they came), `content: null` for an
+    /// assistant message with tool calls and no text.
+    pub fn from_message(m: &ChatMessage) -> Self {
+        let content = if !m.parts.is_empty() {
+            Some(MessageContent::Parts(
+                m.parts.iter().map(ContentPart::from_part).collect(),
+            ))
+        } else if m.content.is_empty() && !m.tool_calls.is_empty() {
+            None
+        } else {
+            Some(MessageContent::Text(m.content.clone()))
+        };
+        RequestMessage {
+            role: m.role.as_str().to_owned(),
+            content,
+            tool_calls: (!m.tool_calls.is_empty()).then(|| {
+                m.tool_calls
+                    .iter()
+                    .map(|c| RequestToolCall {
+                        id: c.id.clone(),
+                        kind: "function".to_owned(),
+                        function: FunctionCall {
+                            name: c.name.clone(),
+                            arguments: c.arguments.clone(),
+                        },
+                    })
+                    .collect()
+            }),
+            tool_call_id: m.tool_call_id.clone(),
+            name: m.name.clone(),
+        }
+    }
+}
+
+impl ContentPart {
+    /// The wire form of a contract content part.
+    pub fn from_part(part: &gateway_core::ContentPart) -> Self {
+        match part {
+            gateway_core::ContentPart::Text(text) => ContentPart {
+                kind: "text".to_owned(),
+                text: Some(text.clone()),
+                rest: serde_json::Map::new(),
+            },
+            gateway_core::ContentPart::Media(media) => {
+                // The part was checked to be a JSON object with a type.
+                serde_json::from_str(&media.json).unwrap_or_default()
+            }
+        }
+    }
 }
 
 /// A `POST /v1/chat/completions` request body (the fields the gateway
@@ -129,13 +222,7 @@ impl ChatCompletionRequest {
         };
         Some(ChatCompletionRequest {
             model: model.to_owned(),
-            messages: messages
-                .iter()
-                .map(|m| RequestMessage {
-                    role: m.role.as_str().to_owned(),
-                    content: Some(MessageContent::Text(m.content.clone())),
-                })
-                .collect(),
+            messages: messages.iter().map(RequestMessage::from_message).collect(),
             max_tokens: Some(request.max_tokens),
             max_completion_tokens: None,
             temperature: request.sampling.temperature,

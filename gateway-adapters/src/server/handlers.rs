@@ -182,6 +182,7 @@ async fn generate(
         max_tokens: parsed.max_tokens,
         latency_class: latency_class(headers, tenant.priority),
         extra: parsed.extra.map(Arc::from),
+        tools: parsed.tools.map(Arc::from),
     };
     let (guard, cancel) = gateway.request_cancel();
     let stream = match gateway.generate(&tenant, request, cancel.clone()).await {

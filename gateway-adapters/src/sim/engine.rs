@@ -290,10 +290,9 @@ impl Job {
             }
 
             let mut delta = Delta {
-                text: String::new(),
                 tokens,
                 token_ids: Vec::with_capacity(tokens as usize),
-                logprobs: None,
+                ..Delta::default()
             };
             text_rng.tokens(tokens, &mut delta.text, &mut delta.token_ids);
             let waited = self.send(progress, TokenEvent::Delta(delta)).await?;

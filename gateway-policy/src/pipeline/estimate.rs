@@ -15,10 +15,16 @@ pub(super) struct Estimate {
     pub(super) prefix: Option<Arc<[u32]>>,
 }
 
-/// Counts `prompt` with `counter`; with `want > 0`, also keeps its first
-/// `want` token ids when the prompt is tokens or the counter encodes it
-/// exactly (then the count is their number).
-pub(super) fn estimate(counter: &dyn TokenCounter, prompt: &Prompt, want: usize) -> Estimate {
+/// Counts `prompt` (offered the chat `tools`, if any) with `counter`; with
+/// `want > 0`, also keeps its first `want` token ids when the prompt is
+/// tokens or the counter encodes it exactly (then the count is their
+/// number).
+pub(super) fn estimate(
+    counter: &dyn TokenCounter,
+    prompt: &Prompt,
+    tools: Option<&str>,
+    want: usize,
+) -> Estimate {
     let leading = |ids: &[u32]| Arc::from(&ids[..ids.len().min(want)]);
     if want > 0 {
         if let Prompt::Tokens(ids) = prompt {
@@ -27,7 +33,7 @@ pub(super) fn estimate(counter: &dyn TokenCounter, prompt: &Prompt, want: usize)
                 prefix: Some(leading(ids)),
             };
         }
-        if let Some(ids) = counter.encode_prompt(prompt) {
+        if let Some(ids) = counter.encode_request(prompt, tools) {
             return Estimate {
                 count: TokenCount::Exact(ids.len() as u64),
                 prefix: Some(leading(&ids)),
@@ -35,7 +41,7 @@ pub(super) fn estimate(counter: &dyn TokenCounter, prompt: &Prompt, want: usize)
         }
     }
     Estimate {
-        count: counter.count_prompt(prompt),
+        count: counter.count_request(prompt, tools),
         prefix: None,
     }
 }
@@ -70,21 +76,21 @@ mod tests {
     #[test]
     fn the_prefix_is_kept_only_when_wanted_and_known() {
         let text = Prompt::Text("abcdef".into());
-        let e = estimate(&Bytes, &text, 4);
+        let e = estimate(&Bytes, &text, None, 4);
         assert_eq!(e.count, TokenCount::Exact(6));
         assert_eq!(e.prefix.as_deref(), Some(&[97, 98, 99, 100][..]));
-        let e = estimate(&Bytes, &text, 0);
+        let e = estimate(&Bytes, &text, None, 0);
         assert_eq!((e.count, e.prefix), (TokenCount::Exact(6), None));
-        let e = estimate(&Bytes, &text, 100);
+        let e = estimate(&Bytes, &text, None, 100);
         assert_eq!(e.prefix.map(|p| p.len()), Some(6));
         // Token prompts give their own ids; bounds give none.
         let tokens = Prompt::Tokens(vec![5, 6, 7]);
-        let e = estimate(&ByteBound::default(), &tokens, 2);
+        let e = estimate(&ByteBound::default(), &tokens, None, 2);
         assert_eq!(
             (e.count, e.prefix.as_deref()),
             (TokenCount::Exact(3), Some(&[5, 6][..]))
         );
-        let e = estimate(&ByteBound::default(), &text, 4);
+        let e = estimate(&ByteBound::default(), &text, None, 4);
         assert_eq!(e.prefix, None);
         assert!(!e.count.is_exact());
     }

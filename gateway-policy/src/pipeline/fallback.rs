@@ -20,13 +20,12 @@
 use std::sync::Arc;
 
 use gateway_core::{
-    BudgetGuard, Ledger, LedgerError, Money, Pricing, Prompt, ReserveRequest, TokenCount,
-    UsageMeter,
+    BudgetGuard, Ledger, LedgerError, Money, Pricing, ReserveRequest, TokenCount, UsageMeter,
 };
 
-use super::Gateway;
 use super::attempt::Admitted;
 use super::estimate::Estimate;
+use super::{ClientRequest, Gateway};
 use crate::metrics::FallbackLabels;
 use crate::{ModelSpec, Tenant};
 
@@ -47,10 +46,14 @@ pub(super) fn plans(
     tenant: &Tenant,
     model: &ModelSpec,
     primary: &Estimate,
-    prompt: &Prompt,
-    max_tokens: Option<u32>,
+    request: &ClientRequest,
     want_prefix: usize,
 ) -> Vec<Plan> {
+    let (prompt, tools, max_tokens) = (
+        &request.prompt,
+        request.tools.as_deref(),
+        request.max_tokens,
+    );
     let Some(chain) = gateway.inner.fallbacks.get(&model.name) else {
         return Vec::new();
     };
@@ -69,7 +72,7 @@ pub(super) fn plans(
             } = if Arc::ptr_eq(&f.counter, &model.counter) {
                 primary.clone()
             } else {
-                super::estimate::estimate(&*f.counter, prompt, want_prefix)
+                super::estimate::estimate(&*f.counter, prompt, tools, want_prefix)
             };
             let needed = estimate.value().saturating_add(u64::from(max_tokens));
             if needed > u64::from(f.context_window) {

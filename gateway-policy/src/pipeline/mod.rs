@@ -57,6 +57,9 @@ pub struct ClientRequest {
     pub latency_class: LatencyClass,
     /// Fields passed through to engines, as JSON object text.
     pub extra: Option<Arc<str>>,
+    /// The chat request's `tools` (the JSON array as sent): sent to the
+    /// engine and counted in the prompt estimate.
+    pub tools: Option<Arc<str>>,
 }
 
 impl ClientRequest {
@@ -70,6 +73,7 @@ impl ClientRequest {
             max_tokens: None,
             latency_class: LatencyClass::Interactive,
             extra: None,
+            tools: None,
         }
     }
 }
@@ -765,6 +769,7 @@ impl Gateway {
         let primary = estimate::estimate(
             &*model.counter,
             &request.prompt,
+            request.tools.as_deref(),
             self.inner.router.prefix_tokens(),
         );
         let estimate = primary.count;
@@ -817,8 +822,7 @@ impl Gateway {
             tenant,
             &model,
             &primary,
-            &request.prompt,
-            request.max_tokens,
+            &request,
             self.inner.router.prefix_tokens(),
         );
         let ledger: Arc<dyn Ledger> = self.inner.ledger.clone();
@@ -846,6 +850,7 @@ impl Gateway {
             latency_class: request.latency_class,
             deadline: self.inner.settings.request_timeout.map(|t| arrived + t),
             extra: request.extra,
+            tools: request.tools,
         };
         let admitted = attempt::Admitted {
             tenant: tenant.clone(),
