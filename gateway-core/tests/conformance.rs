@@ -35,6 +35,9 @@ enum Flaw {
     MiscountsUsage,
     /// Never sends Started.
     NoStarted,
+    /// Keeps only the text of each delta (how an adapter that reads text
+    /// alone passes reasoning and tool calls on: tokens without output).
+    TextOnly,
 }
 
 /// A mock behind a flawed wrapper.
@@ -88,6 +91,9 @@ impl Backend for Broken {
                     )))]
                 }
                 (Flaw::NoStarted, Ok(TokenEvent::Started(_))) => vec![],
+                (Flaw::TextOnly, Ok(TokenEvent::Delta(d))) => {
+                    vec![Ok(TokenEvent::Delta(Delta::text(d.text, d.tokens)))]
+                }
                 (_, item) => vec![item],
             };
             futures::stream::iter(items)
@@ -144,7 +150,12 @@ async fn delta_after_finished_is_caught() {
     let (failed, text) = failed_rules(Flaw::DeltaAfterFinished).await;
     assert_eq!(
         failed,
-        vec![Rule::EventOrder, Rule::UsageInvariants, Rule::CompletionCap],
+        vec![
+            Rule::EventOrder,
+            Rule::UsageInvariants,
+            Rule::CompletionCap,
+            Rule::StructuredOutput
+        ],
         "{text}"
     );
     assert!(
@@ -171,9 +182,27 @@ async fn ignoring_the_cap_is_caught() {
 #[tokio::test(start_paused = true)]
 async fn miscounted_usage_is_caught() {
     let (failed, text) = failed_rules(Flaw::MiscountsUsage).await;
-    assert_eq!(failed, vec![Rule::UsageInvariants], "{text}");
+    assert_eq!(
+        failed,
+        vec![Rule::UsageInvariants, Rule::StructuredOutput],
+        "{text}"
+    );
     assert!(
         text.contains("usage says 4 completion tokens, deltas carried 3"),
+        "{text}"
+    );
+    assert!(
+        text.contains("FAIL structured_output: usage says 10 completion tokens, deltas carried 9"),
+        "{text}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn dropping_non_text_output_is_caught() {
+    let (failed, text) = failed_rules(Flaw::TextOnly).await;
+    assert_eq!(failed, vec![Rule::StructuredOutput], "{text}");
+    assert!(
+        text.contains("FAIL structured_output: the first delta must carry the reasoning or tool call that came before any text"),
         "{text}"
     );
 }

@@ -17,8 +17,8 @@ use tokio::time::Instant;
 
 use crate::{
     AbortCounts, Backend, BackendError, BackendRequest, ByteBound, CancelHandle, CancelReason,
-    EnginePhase, EventOrder, FailureKind, FailurePhase, FinishReason, GenerateRequest, Health,
-    OrderViolation, Prompt, RequestId, TokenCounter, TokenEvent, TokenStream,
+    Delta, EnginePhase, EventOrder, FailureKind, FailurePhase, FinishReason, GenerateRequest,
+    Health, OrderViolation, Prompt, RequestId, TokenCounter, TokenEvent, TokenStream,
 };
 
 /// What the engine behind a backend saw.
@@ -48,6 +48,11 @@ pub enum Scenario {
     FailBeforeFirstToken,
     /// Its first request sends at least one token, then fails.
     FailAfterFirstToken,
+    /// Its first request streams output other than text before any text:
+    /// reasoning, then a tool call (a first fragment with the call's id and
+    /// function name, then pieces of its arguments), then finishes.
+    /// Optional: a backend whose engine has no such output skips it.
+    StructuredOutput,
 }
 
 /// A backend set up for one scenario, and the probe into its engine.
@@ -121,11 +126,16 @@ pub enum Rule {
     ErrorAfterFirstToken,
     /// Pressure shows running and waiting work and returns to idle.
     PressureMoves,
+    /// Reasoning and tool calls come as typed deltas that count as output:
+    /// the first of them is the first token, each carries its tokens, the
+    /// usage counts them, and each tool call's first fragment names it.
+    /// Optional (see [`Rule::is_optional`]).
+    StructuredOutput,
 }
 
 impl Rule {
     /// Every rule, in the order they run.
-    pub const ALL: [Rule; 13] = [
+    pub const ALL: [Rule; 14] = [
         Rule::Descriptor,
         Rule::EventOrder,
         Rule::UsageInvariants,
@@ -139,7 +149,14 @@ impl Rule {
         Rule::ErrorBeforeFirstToken,
         Rule::ErrorAfterFirstToken,
         Rule::PressureMoves,
+        Rule::StructuredOutput,
     ];
+
+    /// Whether a target may skip the rule (its engine has no such output):
+    /// [`ConformanceReport::assert_passed`] accepts the skip.
+    pub const fn is_optional(self) -> bool {
+        matches!(self, Rule::StructuredOutput)
+    }
 
     /// The rule's name.
     pub const fn as_str(self) -> &'static str {
@@ -157,6 +174,7 @@ impl Rule {
             Rule::ErrorBeforeFirstToken => "error_before_first_token",
             Rule::ErrorAfterFirstToken => "error_after_first_token",
             Rule::PressureMoves => "pressure_moves",
+            Rule::StructuredOutput => "structured_output",
         }
     }
 
@@ -172,6 +190,7 @@ impl Rule {
             Rule::CancelPrefill => Scenario::LongPrefill,
             Rule::ErrorBeforeFirstToken => Scenario::FailBeforeFirstToken,
             Rule::ErrorAfterFirstToken => Scenario::FailAfterFirstToken,
+            Rule::StructuredOutput => Scenario::StructuredOutput,
         }
     }
 }
@@ -229,9 +248,11 @@ impl ConformanceReport {
             .collect()
     }
 
-    /// Panics, naming each broken or skipped rule, unless all passed.
+    /// Panics, naming each broken or skipped rule, unless all passed
+    /// (skipped [optional](Rule::is_optional) rules aside).
     pub fn assert_passed(&self) {
-        if !self.failed().is_empty() || !self.skipped().is_empty() {
+        let required_skipped = self.skipped().iter().any(|r| !r.is_optional());
+        if !self.failed().is_empty() || required_skipped {
             #[expect(clippy::panic, reason = "a test assertion helper")]
             {
                 panic!("backend does not conform:\n{self}");
@@ -340,6 +361,7 @@ impl Kit<'_> {
             Rule::ErrorBeforeFirstToken => self.error_before().await,
             Rule::ErrorAfterFirstToken => self.error_after().await,
             Rule::PressureMoves => self.pressure_moves().await,
+            Rule::StructuredOutput => self.structured_output().await,
         }
     }
 
@@ -831,6 +853,80 @@ impl Kit<'_> {
             return Err(format!(
                 "failure after a token reported phase {:?}",
                 err.phase()
+            ));
+        }
+        Ok(())
+    }
+
+    async fn structured_output(&mut self) -> Check {
+        let d = self.normal().await?;
+        if let Some(v) = d.violation {
+            return Err(v.to_string());
+        }
+        if let Some(e) = d.error {
+            return Err(format!("the request failed: {e}"));
+        }
+        if d.finish().is_none() {
+            return Err("stream did not end with Finished".to_owned());
+        }
+        let deltas: Vec<&Delta> = d
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                TokenEvent::Delta(delta) => Some(delta),
+                _ => None,
+            })
+            .collect();
+        let Some(first) = deltas.first() else {
+            return Err("no delta came".to_owned());
+        };
+        if !first.has_structured_output() || !first.text.is_empty() {
+            return Err(format!(
+                "the first delta must carry the reasoning or tool call that came before any text, got {first:?}"
+            ));
+        }
+        if !deltas.iter().any(|d| !d.reasoning.is_empty()) {
+            return Err("no delta carried reasoning".to_owned());
+        }
+        if let Some(d) = deltas
+            .iter()
+            .find(|d| d.has_structured_output() && d.tokens == 0)
+        {
+            return Err(format!(
+                "a delta with non-text output carries no token (it is output, and charged): {d:?}"
+            ));
+        }
+        let mut named: Vec<u32> = Vec::new();
+        for call in deltas.iter().flat_map(|d| d.tool_calls.iter()) {
+            if !named.contains(&call.index) {
+                if call.name.is_none() || call.id.is_none() {
+                    return Err(format!(
+                        "the first fragment of tool call {} has no id or name: {call:?}",
+                        call.index
+                    ));
+                }
+                named.push(call.index);
+            } else if call.name.is_some() || call.id.is_some() {
+                return Err(format!(
+                    "tool call {} is named again after its first fragment",
+                    call.index
+                ));
+            }
+        }
+        if named.is_empty() {
+            return Err("no delta carried a tool call".to_owned());
+        }
+        let usage = d.events.iter().find_map(|e| match e {
+            TokenEvent::Usage(u) => Some(*u),
+            _ => None,
+        });
+        if let Some(usage) = usage
+            && usage.completion() != d.delta_tokens()
+        {
+            return Err(format!(
+                "usage says {} completion tokens, deltas carried {}",
+                usage.completion(),
+                d.delta_tokens()
             ));
         }
         Ok(())

@@ -10,8 +10,8 @@ use tokio::time::Instant;
 
 use crate::{
     AbortCounts, Backend, BackendError, BackendInfo, BackendRequest, CancelHandle, Delta,
-    EngineKind, EnginePhase, FailureKind, FailurePhase, FinishReason, Health, Pressure, RequestId,
-    Started, TokenEvent, TokenResult, TokenStream, Usage,
+    EngineKind, EnginePhase, FailureKind, FailurePhase, FinishReason, Health, Pressure,
+    ReasoningField, RequestId, Started, TokenEvent, TokenResult, TokenStream, ToolCallDelta, Usage,
 };
 
 /// One step of a [`Script`].
@@ -25,6 +25,14 @@ pub enum Step {
     Token {
         /// The token's text.
         text: String,
+        /// Time to produce it.
+        delay: Duration,
+    },
+    /// After `delay`, emit `delta` as it is, text or not (phase `Decode`;
+    /// its `tokens` count).
+    Output {
+        /// The piece of output.
+        delta: Delta,
         /// Time to produce it.
         delay: Duration,
     },
@@ -93,6 +101,46 @@ impl Script {
                 };
                 n
             ],
+            ..Script::tokens(&[], delay)
+        }
+    }
+
+    /// What a reasoning model calling a tool streams, one piece every
+    /// `delay`: two pieces of reasoning, a tool call (`get_weather`, its
+    /// arguments in two fragments), then `Usage` and
+    /// `Finished(ToolCalls)`; 9 tokens.
+    pub fn structured(delay: Duration) -> Self {
+        let output = |delta: Delta| Step::Output { delta, delay };
+        let fragment = |arguments: &str| ToolCallDelta {
+            arguments: arguments.to_owned(),
+            ..ToolCallDelta::default()
+        };
+        Script {
+            steps: vec![
+                output(Delta::reasoning(
+                    "The user wants",
+                    ReasoningField::Reasoning,
+                    3,
+                )),
+                output(Delta::reasoning(
+                    " the weather.",
+                    ReasoningField::Reasoning,
+                    2,
+                )),
+                output(Delta::tool_call(
+                    ToolCallDelta {
+                        index: 0,
+                        id: Some("call-0".to_owned()),
+                        kind: Some("function".to_owned()),
+                        name: Some("get_weather".to_owned()),
+                        arguments: String::new(),
+                    },
+                    1,
+                )),
+                output(Delta::tool_call(fragment("{\"city\": "), 2)),
+                output(Delta::tool_call(fragment("\"Paris\"}"), 1)),
+            ],
+            finish: FinishReason::ToolCalls,
             ..Script::tokens(&[], delay)
         }
     }
@@ -470,6 +518,17 @@ impl Run {
                     self.send(Ok(TokenEvent::Delta(Delta::text(text.clone(), 1))))
                         .await?;
                     self.delivered += 1;
+                }
+                Step::Output { delta, delay } => {
+                    let tokens = u64::from(delta.tokens);
+                    if self.delivered.saturating_add(tokens) > cap {
+                        finish = FinishReason::Length;
+                        break;
+                    }
+                    self.enter(EnginePhase::Decode);
+                    self.wait(Some(*delay), deadline).await?;
+                    self.send(Ok(TokenEvent::Delta(delta.clone()))).await?;
+                    self.delivered += tokens;
                 }
                 Step::Stall => self.wait(None, deadline).await?,
                 Step::Fail(kind) => {

@@ -43,6 +43,7 @@ impl MockTarget {
                 handle.push(Script::repeat(16, tick).queued(Duration::from_secs(5)));
             }
             Scenario::FailBeforeFirstToken => handle.push(Script::reject(FailureKind::Overloaded)),
+            Scenario::StructuredOutput => handle.push(Script::structured(Duration::ZERO)),
             Scenario::FailAfterFirstToken => {
                 handle.push(
                     Script::repeat(2, Duration::ZERO).then(Step::Fail(FailureKind::Internal)),
