@@ -322,6 +322,72 @@ async fn first_token_timeout_on_every_backend_is_504() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn reasoning_longer_than_the_first_token_timeout_is_served() {
+    let s = setup(1);
+    // 0.2 s of prefill, then 6 s of reasoning in pieces 1.5 s apart (each
+    // within the 3 s idle timeout), then the answer: the first reasoning
+    // piece is the first token, so the 2 s first-token timeout never fires.
+    let think = |text: &str| Step::Output {
+        delta: Delta::reasoning(text, ReasoningField::Reasoning, 1),
+        delay: Duration::from_millis(1500),
+    };
+    s.mocks[0].push(
+        Script {
+            steps: vec![
+                think("Let"),
+                think(" me"),
+                think(" think"),
+                think("."),
+                Step::Token {
+                    text: "Yes".into(),
+                    delay: Duration::ZERO,
+                },
+                Step::Token {
+                    text: ".".into(),
+                    delay: Duration::ZERO,
+                },
+            ],
+            ..Script::tokens(&[], Duration::ZERO)
+        }
+        .prefill(Duration::from_millis(200)),
+    );
+    let (_g, cancel) = s.gateway.request_cancel();
+    let started = tokio::time::Instant::now();
+    let mut stream = s
+        .gateway
+        .generate(&s.tenant, request("think"), cancel)
+        .await
+        .unwrap();
+    // The head (the first token) came with the first piece of reasoning.
+    assert_eq!(started.elapsed(), Duration::from_millis(1700));
+    let mut reasoning = String::new();
+    let mut text = String::new();
+    let mut names = Vec::new();
+    while let Some(item) = stream.next().await {
+        let event = item.unwrap();
+        if let TokenEvent::Delta(d) = &event {
+            reasoning.push_str(&d.reasoning);
+            text.push_str(&d.text);
+        }
+        names.push(event.name());
+    }
+    assert_eq!(
+        (reasoning.as_str(), text.as_str()),
+        ("Let me think.", "Yes.")
+    );
+    assert_eq!(
+        names,
+        [
+            "Started", "Delta", "Delta", "Delta", "Delta", "Delta", "Delta", "Usage", "Finished"
+        ]
+    );
+    assert_eq!(started.elapsed(), Duration::from_millis(6200));
+    // 12 prompt tokens and 6 completion tokens, reasoning included.
+    let a = settled(&s).await;
+    assert_eq!(a.spent, Money::from_picos(12 * 10 + 6 * 100));
+}
+
+#[tokio::test(start_paused = true)]
 async fn idle_timeout_ends_the_stream_with_a_typed_error() {
     let s = setup(1);
     s.mocks[0].push(Script::repeat(1, Duration::ZERO).then(Step::Stall));
