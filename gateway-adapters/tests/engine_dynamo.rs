@@ -66,6 +66,12 @@ mod engine_dynamo {
                     kind: "internal_server_error".into(),
                     message: "Internal server error".into(),
                 }],
+                structured: |mut o: SimOptions| {
+                    o.reasoning_tokens = 3;
+                    o.tool_call = Some("get_weather".to_owned());
+                    o.natural_tokens = 12;
+                    Some(o)
+                },
             )?;
             let sim = VllmSim::start(o).await;
             Some(Instance {

@@ -63,6 +63,12 @@ mod engine_nim {
                     kind: "InternalServerError".into(),
                     message: "Internal server error".into(),
                 }],
+                structured: |mut o: SimOptions| {
+                    o.reasoning_tokens = 3;
+                    o.tool_call = Some("get_weather".to_owned());
+                    o.natural_tokens = 12;
+                    Some(o)
+                },
             )?;
             let sim = VllmSim::start(o).await;
             Some(Instance {

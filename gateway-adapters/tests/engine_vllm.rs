@@ -18,14 +18,15 @@ mod engine_vllm {
     };
     use gateway_core::{
         Backend, BackendError, BackendRequest, ByteBound, CancelHandle, CancelReason, ChatMessage,
-        EngineKind, EnginePhase, FailureKind, FailurePhase, FinishReason, GenerateRequest, Health,
-        Prompt, TokenEvent, TokenStream, Usage,
+        Delta, EngineKind, EnginePhase, FailureKind, FailurePhase, FinishReason, GenerateRequest,
+        Health, Prompt, ReasoningField, Role, TokenEvent, TokenStream, ToolCall, Usage,
     };
     use tokio::time::Instant;
 
     use crate::support::kit::{chat, ms, run, text};
     use gateway_sims::vllm::{
         BUSY_503, CONTEXT_400, Fault, INVALID_400, SimOptions, SimSpec, VllmSim, text_of,
+        token_text,
     };
 
     fn config(sim: &VllmSim) -> UpstreamConfig {
@@ -63,6 +64,12 @@ mod engine_vllm {
                     kind: "InternalServerError".to_owned(),
                     message: "Internal server error".to_owned(),
                 }],
+                structured: |mut o: SimOptions| {
+                    o.reasoning_tokens = 3;
+                    o.tool_call = Some("get_weather".to_owned());
+                    o.natural_tokens = 12;
+                    Some(o)
+                },
             )?;
             let sim = VllmSim::start(options).await;
             let backend = if self.generic {
@@ -94,6 +101,172 @@ mod engine_vllm {
             conformance::run(&Target { generic: true }, &ConformanceConfig::default()).await;
         println!("{report}");
         report.assert_passed();
+    }
+
+    // ------------------------------------------------- output beyond text
+
+    /// A chat request offered `get_weather`, as the gateway passes it on.
+    fn tool_request(tool_choice: Option<&str>, extra: &str) -> GenerateRequest {
+        let mut request = GenerateRequest::new(
+            "m",
+            Prompt::Chat(vec![
+                ChatMessage::user("Weather in Paris?"),
+                ChatMessage {
+                    tool_calls: vec![ToolCall {
+                        id: "call-1".into(),
+                        name: "get_weather".into(),
+                        arguments: r#"{"city": "Paris"}"#.into(),
+                    }],
+                    ..ChatMessage::new(Role::Assistant, "")
+                },
+                ChatMessage {
+                    tool_call_id: Some("call-1".into()),
+                    ..ChatMessage::new(Role::Tool, "18°C")
+                },
+            ]),
+            20,
+        );
+        request.tools = Some(
+            r#"[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object","properties":{"city":{"type":"string"}}}}}]"#
+                .into(),
+        );
+        let choice = tool_choice.map_or(String::new(), |c| format!(r#""tool_choice":{c},"#));
+        request.extra = Some(format!("{{{choice}{extra}}}").into());
+        request
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reasoning_tool_calls_and_logprobs_come_as_typed_deltas() {
+        let sim = VllmSim::start(SimOptions {
+            reasoning_tokens: 2,
+            natural_tokens: 6,
+            ..SimOptions::default()
+        })
+        .await;
+        let backend = vllm_backend(&sim);
+        let request = tool_request(
+            Some(r#"{"type":"function","function":{"name":"get_weather"}}"#),
+            r#""logprobs":true,"top_logprobs":2"#,
+        );
+        let d = run(
+            &backend,
+            BackendRequest::new(request, Arc::new(ByteBound::default())),
+        )
+        .await
+        .unwrap();
+        // The tools go to the engine as written, the messages with their calls.
+        let sent = sim.generations().pop().unwrap();
+        assert!(
+            sent.body.contains(r#""messages":[{"role":"user","content":"Weather in Paris?"},{"role":"assistant","content":null,"tool_calls":[{"id":"call-1","type":"function","function":{"name":"get_weather","arguments":"{\"city\": \"Paris\"}"}}]},{"role":"tool","content":"18°C","tool_call_id":"call-1"}]"#),
+            "{}",
+            sent.body
+        );
+        assert!(
+            sent.body.ends_with(r#","tool_choice":{"type":"function","function":{"name":"get_weather"}},"logprobs":true,"top_logprobs":2,"tools":[{"type":"function","function":{"name":"get_weather","parameters":{"type":"object","properties":{"city":{"type":"string"}}}}}]}"#),
+            "{}",
+            sent.body
+        );
+        let deltas: Vec<&Delta> = d
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                TokenEvent::Delta(d) => Some(d),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(deltas.len(), 6, "{:?}", d.events);
+        // Two tokens of reasoning, under vLLM's field name.
+        for (i, delta) in deltas[..2].iter().enumerate() {
+            assert_eq!(delta.reasoning, token_text(i as u32));
+            assert_eq!(delta.reasoning_field, ReasoningField::Reasoning);
+            assert_eq!((delta.text.as_str(), delta.tokens), ("", 1));
+        }
+        // Then the named call: its first fragment names it, the rest are
+        // pieces of the arguments.
+        assert_eq!(deltas[2].tool_calls.len(), 1);
+        let first = &deltas[2].tool_calls[0];
+        assert_eq!(
+            (first.index, first.kind.as_deref(), first.name.as_deref()),
+            (0, Some("function"), Some("get_weather"))
+        );
+        assert!(first.id.as_deref().unwrap().starts_with("chatcmpl-tool-"));
+        let arguments: String = deltas[3..]
+            .iter()
+            .map(|d| d.tool_calls[0].arguments.as_str())
+            .collect();
+        assert_eq!(arguments, (3..6).map(token_text).collect::<String>());
+        // One logprob entry per token, with its two alternatives.
+        for (i, delta) in deltas.iter().enumerate() {
+            assert_eq!(delta.logprobs.len(), 1);
+            let lp = &delta.logprobs[0];
+            assert_eq!(lp.logprob, -(i as f64 + 1.0) / 8.0);
+            assert_eq!(lp.bytes.as_deref(), Some(token_text(i as u32).as_bytes()));
+            let tops: Vec<&str> = lp.top_logprobs.iter().map(|t| t.token.as_str()).collect();
+            assert_eq!(tops, [token_text(i as u32), "alt1"]);
+        }
+        // A named call ends with `stop`, as vLLM's does; 6 tokens charged.
+        assert_eq!(d.finish(), Some(FinishReason::Stop));
+        assert_eq!(d.tokens(), 6);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn completion_logprobs_keep_the_engines_order() {
+        let sim = VllmSim::start(SimOptions {
+            natural_tokens: 3,
+            ..SimOptions::default()
+        })
+        .await;
+        let backend = vllm_backend(&sim);
+        let mut request = GenerateRequest::new("m", Prompt::Text("Hi".into()), 10);
+        request.extra = Some(r#"{"logprobs":2}"#.into());
+        let d = run(
+            &backend,
+            BackendRequest::new(request, Arc::new(ByteBound::default())),
+        )
+        .await
+        .unwrap();
+        let entries: Vec<(String, Vec<String>)> = d
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                TokenEvent::Delta(d) => Some(d.logprobs.iter().map(|l| {
+                    (
+                        l.token.clone(),
+                        l.top_logprobs.iter().map(|t| t.token.clone()).collect(),
+                    )
+                })),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let expected: Vec<(String, Vec<String>)> = (0..3)
+            .map(|i| {
+                let t = token_text(i).to_owned();
+                (t.clone(), vec![t, "alt1".into(), "alt2".into()])
+            })
+            .collect();
+        assert_eq!(entries, expected);
+        assert_eq!(d.text(), text_of(3));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_auto_tool_call_finishes_with_tool_calls() {
+        let sim = VllmSim::start(SimOptions {
+            tool_call: Some("get_weather".into()),
+            natural_tokens: 4,
+            ..SimOptions::default()
+        })
+        .await;
+        let backend = vllm_backend(&sim);
+        let d = run(
+            &backend,
+            BackendRequest::new(tool_request(None, ""), Arc::new(ByteBound::default())),
+        )
+        .await
+        .unwrap();
+        assert_eq!(d.finish(), Some(FinishReason::ToolCalls));
+        assert_eq!(d.text(), "");
+        assert_eq!(d.tokens(), 4);
     }
 
     // -------------------------------------------------------- request mapping

@@ -35,6 +35,7 @@
 //! through the official OpenAI SDK.
 
 mod http;
+mod output;
 pub mod sglang;
 pub mod sim;
 mod slots;

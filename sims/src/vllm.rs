@@ -37,6 +37,7 @@ use crate::http::{
     self, FASTAPI_404, HttpRequest, Next, Wake, closed, frame, js, split_inside_chars, wait,
     write_chunk, write_full, write_full_with,
 };
+use crate::output::Output;
 use crate::sim::{Basics, Engine, Sim, SimCore};
 use crate::slots::prefill_time;
 pub use crate::vocab::{VOCABULARY, text_of, token_text};
@@ -267,6 +268,13 @@ pub struct SimOptions {
     pub engine: SimEngine,
     /// Speculative decoding as vLLM streams it (plain vLLM mode only).
     pub speculative: Option<SimSpec>,
+    /// Chat: the first tokens stream as reasoning (`delta.reasoning`), as
+    /// with a reasoning parser.
+    pub reasoning_tokens: u32,
+    /// Chat: every answer (after its reasoning) is an auto tool call of
+    /// this function, finished with `tool_calls`. A request whose
+    /// `tool_choice` names a function gets a call of it either way.
+    pub tool_call: Option<String>,
 }
 
 /// Speculative decoding in the vLLM simulator: each decode step yields
@@ -313,6 +321,8 @@ impl Default for SimOptions {
             script: Vec::new(),
             engine: SimEngine::Vllm,
             speculative: None,
+            reasoning_tokens: 0,
+            tool_call: None,
         }
     }
 }
@@ -820,11 +830,17 @@ async fn generate(
     }
     inner.set_phase(&id, EnginePhase::Decode);
     let n = u64::from(opts.natural_tokens).min(max_tokens) as u32;
-    let finish = if max_tokens <= u64::from(opts.natural_tokens) {
+    let mut output = Output::new(
+        &body,
+        chat,
+        opts.reasoning_tokens,
+        opts.tool_call.as_deref(),
+    );
+    let finish = output.finish(if max_tokens <= u64::from(opts.natural_tokens) {
         "length"
     } else {
         "stop"
-    };
+    });
     let (prefix, object) = if chat {
         ("chatcmpl", "chat.completion.chunk")
     } else {
@@ -840,9 +856,10 @@ async fn generate(
     };
     let mut out = Stream { wr, split };
     let decode_abort = |inner: &Inner| inner.aborted(&id, EnginePhase::Decode);
-    // Speculative steps: the texts of a step's tokens, sent as one chunk.
+    // Speculative steps: the texts of a step's tokens, sent as one chunk
+    // (plain text only).
     let step = match opts.speculative {
-        Some(spec) if engine == SimEngine::Vllm => spec.tokens_per_step.max(1),
+        Some(spec) if engine == SimEngine::Vllm && output.is_plain() => spec.tokens_per_step.max(1),
         _ => 1,
     };
     let mut step_text = String::new();
@@ -962,16 +979,17 @@ async fn generate(
         }
         let merged = std::mem::take(&mut step_text);
         let text = if step > 1 { merged.as_str() } else { text };
+        let logprobs = output.logprobs(i, text);
         let token = if chat {
             let ids = if last { r#","token_ids":null"# } else { "" };
             format!(
-                r#"{head_json}"choices":[{{"index":0,"delta":{{"content":{}}},"logprobs":null,{finish_json}{ids}}}]}}"#,
-                js(text)
+                r#"{head_json}"choices":[{{"index":0,"delta":{},"logprobs":{logprobs},{finish_json}{ids}}}]}}"#,
+                output.chat_delta(i, text, arrival)
             )
         } else {
             let stop = if last { "" } else { r#","stop_reason":null"# };
             format!(
-                r#"{head_json}"choices":[{{"index":0,"text":{},"logprobs":null,{finish_json}{stop}}}]}}"#,
+                r#"{head_json}"choices":[{{"index":0,"text":{},"logprobs":{logprobs},{finish_json}{stop}}}]}}"#,
                 js(text)
             )
         };

@@ -145,7 +145,9 @@ pub async fn wait_pressure(backend: &dyn Backend, ok: impl Fn(&Pressure) -> bool
 /// for any simulator's `SimOptions` (they share these field names): a prompt
 /// 24-token stream by default; a 5 s first prefill, a long decode, or one
 /// slot held for seconds; or the engine's own failure before the first
-/// token (`before`) or after two tokens (`after`), as a fault script.
+/// token (`before`) or after two tokens (`after`), as a fault script; with
+/// `structured: |o| ...`, the options for reasoning and a tool call (only
+/// the vLLM simulator streams them).
 /// `None` for scenarios the simulators do not stage.
 ///
 /// [`Scenario`]: gateway_core::testkit::conformance::Scenario
@@ -155,7 +157,8 @@ macro_rules! scenario_options {
         $scenario:expr,
         $options:ident { $($field:ident: $value:expr,)* ..$base:expr },
         before: $before:expr,
-        after: $after:expr $(,)?
+        after: $after:expr
+        $(, structured: $structured:expr)? $(,)?
     ) => {{
         use gateway_core::testkit::conformance::Scenario;
         let ms = |n: u64| std::time::Duration::from_millis(n);
@@ -194,8 +197,16 @@ macro_rules! scenario_options {
                 o.script = $after;
                 Some(o)
             }
+            Scenario::StructuredOutput => $crate::scenario_options!(@structured o $(, $structured)?),
             // `Scenario` is non-exhaustive: newer scenarios are not staged.
             _ => None,
         }
     }};
+    (@structured $o:ident) => {{
+        let _ = $o;
+        None
+    }};
+    (@structured $o:ident, $structured:expr) => {
+        ($structured)($o)
+    };
 }

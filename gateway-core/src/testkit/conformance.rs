@@ -17,8 +17,9 @@ use tokio::time::Instant;
 
 use crate::{
     AbortCounts, Backend, BackendError, BackendRequest, ByteBound, CancelHandle, CancelReason,
-    Delta, EnginePhase, EventOrder, FailureKind, FailurePhase, FinishReason, GenerateRequest,
-    Health, OrderViolation, Prompt, RequestId, TokenCounter, TokenEvent, TokenStream,
+    ChatMessage, Delta, EnginePhase, EventOrder, FailureKind, FailurePhase, FinishReason,
+    GenerateRequest, Health, OrderViolation, Prompt, RequestId, TokenCounter, TokenEvent,
+    TokenStream,
 };
 
 /// What the engine behind a backend saw.
@@ -859,7 +860,21 @@ impl Kit<'_> {
     }
 
     async fn structured_output(&mut self) -> Check {
-        let d = self.normal().await?;
+        // Reasoning and tool calls are chat output.
+        let mut request = self.request(64);
+        request.request = Arc::new(GenerateRequest::new(
+            self.instance.model.clone(),
+            Prompt::Chat(vec![ChatMessage::user(
+                "conformance check: what is the weather in Paris?",
+            )]),
+            64,
+        ));
+        let mut stream = self.start(request, CancelHandle::new()).await?;
+        let mut order = EventOrder::new();
+        let d = Self::drain(&mut stream, &mut order, self.config.setup_bound).await;
+        if !d.ended {
+            return Err("the request did not end within the setup bound".to_owned());
+        }
         if let Some(v) = d.violation {
             return Err(v.to_string());
         }
