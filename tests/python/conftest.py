@@ -230,7 +230,7 @@ def _real_engine_paths() -> dict[str, str]:
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
-def _real_vllm_config(url: str) -> str:
+def _real_vllm_config(url: str, chat_template: str = "tinyllama.chat_template.jinja", server: str = "") -> str:
     tokenizers = REPO_ROOT / "fixtures" / "tokenizers"
     return f"""\
 # Written by tests/python/conftest.py (real_vllm) for one pytest session.
@@ -240,6 +240,7 @@ admin_key = "{ADMIN_KEY}"
 shutdown_grace_ms = {SHUTDOWN_GRACE_MS}
 first_token_timeout_ms = 60000
 idle_timeout_ms = 30000
+{server}
 
 [[tenants]]
 id = "{TENANT_ID}"
@@ -248,7 +249,7 @@ api_key = "{TENANT_KEY}"
 [[models]]
 name = "{REAL_MODEL}"
 tokenizer = "{tokenizers / 'tinyllama.json'}"
-chat_template = "{tokenizers / 'tinyllama.chat_template.jinja'}"
+chat_template = "{tokenizers / chat_template}"
 add_bos_token = true
 context_window = {REAL_CONTEXT_WINDOW}
 input_usd_per_mtok = {INPUT_USD_PER_MTOK}
@@ -278,6 +279,23 @@ REAL_VLLM_SPEC_FLAGS = [
 ]
 
 
+# A third engine with vLLM's tool-call parser (hermes) and a reasoning parser
+# that requests switch on (deepseek_v3, with a reasoning budget made usable by
+# --reasoning-config), for test_real_vllm_tools.py (docs/real-engine.md,
+# "Tool calls, reasoning, logprobs").
+REAL_VLLM_TOOLS_FLAGS = [
+    "--max-num-seqs",
+    "4",
+    "--enable-auto-tool-choice",
+    "--tool-call-parser",
+    "hermes",
+    "--reasoning-parser",
+    "deepseek_v3",
+    "--reasoning-config",
+    '{"reasoning_start_str":"</s>","reasoning_end_str":"</think>"}',
+]
+
+
 @pytest.fixture(scope="session")
 def real_vllm(tmp_path_factory: pytest.TempPathFactory):
     yield from _real_vllm("REAL_VLLM_URL", REAL_VLLM_FLAGS, tmp_path_factory)
@@ -288,6 +306,13 @@ def real_vllm_spec(tmp_path_factory: pytest.TempPathFactory):
     """Like `real_vllm`, on an engine with speculative decoding
     (`REAL_VLLM_SPEC_URL`)."""
     yield from _real_vllm("REAL_VLLM_SPEC_URL", REAL_VLLM_SPEC_FLAGS, tmp_path_factory)
+
+
+@pytest.fixture(scope="session")
+def real_vllm_tools(tmp_path_factory: pytest.TempPathFactory):
+    """Like `real_vllm`, on the engine with tool-call and reasoning parsers
+    (`REAL_VLLM_TOOLS_URL`)."""
+    yield from _real_vllm("REAL_VLLM_TOOLS_URL", REAL_VLLM_TOOLS_FLAGS, tmp_path_factory)
 
 
 def _real_vllm(env_var: str, flags: list[str], tmp_path_factory: pytest.TempPathFactory):

@@ -362,4 +362,15 @@ mod tests {
         assert_eq!(legacy.logprobs[1].logprob, 0.0);
         assert!(legacy.logprobs[1].top_logprobs.is_empty());
     }
+
+    #[test]
+    fn logprobs_keep_every_digit() {
+        // serde_json's fast float parser is off by one ulp here without
+        // `float_roundtrip` (seen against a real vLLM).
+        let d = delta(
+            r#"{"delta":{"content":"x"},"logprobs":{"content":[{"token":"x","logprob":-9.777124404907227,"top_logprobs":[]}]}}"#,
+        )
+        .unwrap();
+        assert_eq!(d.logprobs[0].logprob.to_string(), "-9.777124404907227");
+    }
 }
