@@ -5,9 +5,15 @@
 //!   `serde_json::to_vec` of the equivalent `serde_json::json!` value, and
 //!   against `serde_json::to_writer` of borrowed serde structs into a
 //!   reused buffer (the alternative to writing the JSON by hand);
+//! - encode through `ChunkEncoder::encode` (the event dispatch that tells
+//!   text from structured output) against `ChunkEncoder::delta` on the text;
 //! - decode: a vLLM-shaped stream of 64 chunks, fed to [`SseDecoder`] in
 //!   1500-byte reads, against splitting the same bytes at `\n\n` in one
-//!   piece and copying each payload out.
+//!   piece and copying each payload out;
+//! - a text chunk read into a `Delta` by [`chunk_delta`] (every kind of
+//!   output typed) against the text-only read the adapters did before
+//!   (reasoning and tool calls skipped as ignored values): what typed output
+//!   costs a plain text stream.
 #![expect(
     clippy::print_stdout,
     reason = "the bench prints each candidate/baseline ratio for the log"
@@ -16,9 +22,10 @@
 use std::hint::black_box;
 
 use bytes::{BufMut, BytesMut};
-use gateway_adapters::openai::{ChunkEncoder, Endpoint, SseDecoder};
+use gateway_adapters::openai::{ChunkEncoder, Endpoint, SseDecoder, chunk_delta};
 use gateway_core::testkit::bench::compare;
-use serde::Serialize;
+use gateway_core::{Delta as TokenDelta, TokenEvent};
+use serde::{Deserialize, Serialize};
 
 const TEXTS: [&str; 8] = [
     "Hello",
@@ -123,6 +130,127 @@ fn encode() {
     println!("{c}");
 }
 
+fn encode_events() {
+    let encoder = || {
+        let mut e = ChunkEncoder::new(Endpoint::Chat, "req-5f3a2b-17", CREATED, MODEL, true);
+        black_box(e.delta("warm-up"));
+        e
+    };
+    let (mut by_text, mut by_event) = (encoder(), encoder());
+    let events: Vec<TokenEvent> = TEXTS
+        .iter()
+        .map(|t| TokenEvent::Delta(TokenDelta::text(*t, 1)))
+        .collect();
+    let (mut i, mut j) = (0usize, 0usize);
+    let c = compare(
+        "encode(event) vs delta(text)",
+        21,
+        20_000,
+        || {
+            i = i.wrapping_add(1);
+            by_text.delta(TEXTS[i % TEXTS.len()]).len()
+        },
+        || {
+            j = j.wrapping_add(1);
+            by_event
+                .encode(&events[j % events.len()])
+                .map_or(0, |b| b.len())
+        },
+    );
+    println!("{c}");
+}
+
+/// The chunk types the OpenAI-compatible adapters read before output beyond
+/// text was typed: text only, the rest skipped.
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct TextChunk {
+    choices: Option<Vec<TextChoice>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct TextChoice {
+    index: Option<u32>,
+    delta: Option<TextDelta>,
+    text: Option<String>,
+    finish_reason: Option<String>,
+    token_ids: Option<Vec<u32>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(default)]
+struct TextDelta {
+    role: Option<String>,
+    content: Option<String>,
+    reasoning_content: Option<serde::de::IgnoredAny>,
+    reasoning: Option<serde::de::IgnoredAny>,
+    tool_calls: Option<serde::de::IgnoredAny>,
+}
+
+/// What the adapters did with a chunk before (`choice_output` of
+/// engines/openai_compat.rs then), text cloned out of the choice included.
+fn text_only_delta(data: &str) -> Option<TokenDelta> {
+    let chunk: TextChunk = serde_json::from_str(data).ok()?;
+    let choice = chunk
+        .choices?
+        .into_iter()
+        .find(|c| c.index.unwrap_or(0) == 0)?;
+    let (text, has_output, role_only) = match &choice.delta {
+        Some(delta) => {
+            let has_other = delta.reasoning_content.is_some()
+                || delta.reasoning.is_some()
+                || delta.tool_calls.is_some();
+            let text = delta.content.clone().unwrap_or_default();
+            let has_output = delta.content.is_some() || has_other;
+            (text, has_output, delta.role.is_some() && !has_other)
+        }
+        None => {
+            let text = choice.text.clone().unwrap_or_default();
+            let has_output = choice.text.is_some();
+            (text, has_output, false)
+        }
+    };
+    let tokens = match &choice.token_ids {
+        Some(ids) => u32::try_from(ids.len()).unwrap_or(u32::MAX),
+        None if role_only => u32::from(!text.is_empty()),
+        None => u32::from(has_output),
+    };
+    black_box(&choice.finish_reason);
+    (tokens > 0).then(|| TokenDelta::text(text, tokens))
+}
+
+fn decode_chunks() {
+    // vLLM's text chunks, as the engine writes them.
+    let frames: Vec<String> = TEXTS
+        .iter()
+        .map(|t| {
+            format!(
+                r#"{{"id":"{ID}","object":"chat.completion.chunk","created":{CREATED},"model":"{MODEL}","choices":[{{"index":0,"delta":{{"content":{}}},"logprobs":null,"finish_reason":null}}]}}"#,
+                serde_json::Value::from(*t)
+            )
+        })
+        .collect();
+    for frame in &frames {
+        assert_eq!(chunk_delta(frame), text_only_delta(frame));
+    }
+    let (mut i, mut j) = (0usize, 0usize);
+    let c = compare(
+        "text chunk to Delta: typed vs text-only",
+        21,
+        20_000,
+        || {
+            i = i.wrapping_add(1);
+            text_only_delta(&frames[i % frames.len()]).map_or(0, |d| d.tokens)
+        },
+        || {
+            j = j.wrapping_add(1);
+            chunk_delta(&frames[j % frames.len()]).map_or(0, |d| d.tokens)
+        },
+    );
+    println!("{c}");
+}
+
 fn stream() -> Vec<u8> {
     let mut encoder = ChunkEncoder::new(Endpoint::Chat, "req-5f3a2b-17", CREATED, MODEL, true);
     let mut bytes = Vec::new();
@@ -173,5 +301,7 @@ fn decode() {
 
 fn main() {
     encode();
+    encode_events();
     decode();
+    decode_chunks();
 }

@@ -1212,7 +1212,7 @@ impl Reader {
             // Nothing but usage may follow the finish.
             return Flow::Continue;
         }
-        if let Some(delta) = choice.take_delta()
+        if let Some(delta) = choice.take_delta(&event.data)
             && self.on_output(delta, out) == Flow::End
         {
             return Flow::End;

@@ -54,6 +54,7 @@ mod request;
 mod sse;
 pub mod types;
 
+pub use chunk::chunk_delta;
 pub use encode::{AssembleError, Assembler, ChunkEncoder, Endpoint};
 pub use error_body::{
     STREAM_ERROR_TYPE, error_body, error_type, models_body, parse_upstream_error,
