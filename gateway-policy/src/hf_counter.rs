@@ -4,7 +4,7 @@ use std::path::Path;
 
 use std::sync::Arc;
 
-use gateway_core::{ByteBound, ChatMessage, Prompt, TokenCount, TokenCounter};
+use gateway_core::{ByteBound, ChatMessage, Prompt, TokenCount, TokenCounter, tools_allowance};
 use tokenizers::Tokenizer;
 
 use crate::ChatTemplate;
@@ -24,9 +24,10 @@ pub struct TokenizerError {
 /// Text prompts count as the engine counts them: the tokenizer's
 /// post-processor adds BOS when `add_special_tokens` is set (as vLLM does
 /// for completions). Chat prompts with the model's [`ChatTemplate`] are
-/// exact too: the template is rendered with the generation prompt and the
-/// text encoded without adding special tokens (the template writes its
-/// own), as vLLM does. Without a template this counter returns an
+/// exact too: the template is rendered with the generation prompt (and
+/// the request's tools, [`count_request`](TokenCounter::count_request))
+/// and the text encoded without adding special tokens (the template
+/// writes its own), as vLLM does. Without a template this counter returns an
 /// [`TokenCount::UpperBound`]: exact content tokens plus [`ByteBound`]'s
 /// allowance for the template's markup.
 #[derive(Debug, Clone)]
@@ -83,15 +84,28 @@ impl HfTokenCounter {
             .map(|e| e.get_ids().to_vec())
     }
 
-    fn chat(&self, messages: &[ChatMessage]) -> TokenCount {
+    /// The ids of `messages` (with the request's `tools`) rendered by the
+    /// template; `None` without a template or when rendering fails.
+    fn chat_ids(&self, messages: &[ChatMessage], tools: Option<&str>) -> Option<Vec<u32>> {
+        let text = self.template.as_ref()?.render(messages, tools, true).ok()?;
+        self.encode_ids(&text, false)
+    }
+
+    fn chat(&self, messages: &[ChatMessage], tools: Option<&str>) -> TokenCount {
         let rendered = self
             .template
             .as_ref()
-            .and_then(|t| t.render(messages, true).ok())
+            .and_then(|t| t.render(messages, tools, true).ok())
             .and_then(|text| self.encode_len(&text, false));
-        match rendered {
-            Some(n) => TokenCount::Exact(n),
-            None => self.chat_bound(messages),
+        match (rendered, tools) {
+            (Some(n), _) => TokenCount::Exact(n),
+            (None, None) => self.chat_bound(messages),
+            // As the trait's default: the tools' tokens, generously.
+            (None, Some(tools)) => TokenCount::UpperBound(
+                self.chat_bound(messages)
+                    .value()
+                    .saturating_add(tools_allowance(self.count_text(tools).value())),
+            ),
         }
     }
 
@@ -117,7 +131,7 @@ impl TokenCounter for HfTokenCounter {
                 Some(n) => TokenCount::Exact(n),
                 None => self.markup.count_prompt(prompt),
             },
-            Prompt::Chat(messages) => self.chat(messages),
+            Prompt::Chat(messages) => self.chat(messages, None),
             Prompt::Tokens(ids) => TokenCount::Exact(ids.len() as u64),
         }
     }
@@ -135,11 +149,26 @@ impl TokenCounter for HfTokenCounter {
     fn encode_prompt(&self, prompt: &Prompt) -> Option<Vec<u32>> {
         match prompt {
             Prompt::Text(text) => self.encode_ids(text, self.add_special_tokens),
-            Prompt::Chat(messages) => {
-                let text = self.template.as_ref()?.render(messages, true).ok()?;
-                self.encode_ids(&text, false)
-            }
+            Prompt::Chat(messages) => self.chat_ids(messages, None),
             Prompt::Tokens(_) => None,
+        }
+    }
+
+    /// Exact for chat with `tools` when the template renders them (as vLLM
+    /// does); without a template, the trait's bound.
+    fn count_request(&self, prompt: &Prompt, tools: Option<&str>) -> TokenCount {
+        match prompt {
+            Prompt::Chat(messages) => self.chat(messages, tools),
+            _ => self.count_prompt(prompt),
+        }
+    }
+
+    /// As [`encode_prompt`](TokenCounter::encode_prompt), chat rendered
+    /// with `tools`.
+    fn encode_request(&self, prompt: &Prompt, tools: Option<&str>) -> Option<Vec<u32>> {
+        match prompt {
+            Prompt::Chat(messages) => self.chat_ids(messages, tools),
+            _ => self.encode_prompt(prompt),
         }
     }
 }
