@@ -12,6 +12,7 @@ Build the binary first: `cargo build -p gateway-examples --bin gateway`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import queue
 import signal
@@ -208,13 +209,15 @@ REAL_ENGINE_START_TIMEOUT_S = 240.0
 @dataclasses.dataclass
 class RealVllm:
     """A real vLLM (`url`, `http://127.0.0.1:PORT`) and a gateway in front
-    of it. `log_path` is the engine's log when it is on this machine under
-    the real-engine cache (None when unknown)."""
+    of it, configured by `config` (its text). `log_path` is the engine's log
+    when it is on this machine under the real-engine cache (None when
+    unknown)."""
 
     url: str
     gateway: Gateway
     log_path: Path | None
     started_here: bool
+    config: str
 
 
 def _real_engine_paths() -> dict[str, str]:
@@ -230,8 +233,17 @@ def _real_engine_paths() -> dict[str, str]:
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
-def _real_vllm_config(url: str, chat_template: str = "tinyllama.chat_template.jinja", server: str = "") -> str:
-    tokenizers = REPO_ROOT / "fixtures" / "tokenizers"
+TOKENIZERS = REPO_ROOT / "fixtures" / "tokenizers"
+# The tool-aware template (fixtures/README.md): renders like TinyLlama's own
+# without tools, and writes the tools and tool calls Hermes-style.
+TOOLS_CHAT_TEMPLATE = TOKENIZERS / "tinyllama.tools.chat_template.jinja"
+
+
+def _real_vllm_config(
+    url: str,
+    chat_template: Path = TOKENIZERS / "tinyllama.chat_template.jinja",
+    tokenizer: Path = TOKENIZERS / "tinyllama.json",
+) -> str:
     return f"""\
 # Written by tests/python/conftest.py (real_vllm) for one pytest session.
 [server]
@@ -240,7 +252,6 @@ admin_key = "{ADMIN_KEY}"
 shutdown_grace_ms = {SHUTDOWN_GRACE_MS}
 first_token_timeout_ms = 60000
 idle_timeout_ms = 30000
-{server}
 
 [[tenants]]
 id = "{TENANT_ID}"
@@ -248,8 +259,8 @@ api_key = "{TENANT_KEY}"
 
 [[models]]
 name = "{REAL_MODEL}"
-tokenizer = "{tokenizers / 'tinyllama.json'}"
-chat_template = "{tokenizers / chat_template}"
+tokenizer = "{tokenizer}"
+chat_template = "{chat_template}"
 add_bos_token = true
 context_window = {REAL_CONTEXT_WINDOW}
 input_usd_per_mtok = {INPUT_USD_PER_MTOK}
@@ -279,10 +290,11 @@ REAL_VLLM_SPEC_FLAGS = [
 ]
 
 
-# A third engine with vLLM's tool-call parser (hermes) and a reasoning parser
+# A third engine with vLLM's tool-call parser (hermes), a reasoning parser
 # that requests switch on (deepseek_v3, with a reasoning budget made usable by
-# --reasoning-config), for test_real_vllm_tools.py (docs/real-engine.md,
-# "Tool calls, reasoning, logprobs").
+# --reasoning-config) and the tool-aware template, for test_real_vllm_tools.py
+# (docs/real-engine.md, "Tool calls, reasoning, logprobs"). scripts/test
+# passes the same flags.
 REAL_VLLM_TOOLS_FLAGS = [
     "--max-num-seqs",
     "4",
@@ -293,6 +305,8 @@ REAL_VLLM_TOOLS_FLAGS = [
     "deepseek_v3",
     "--reasoning-config",
     '{"reasoning_start_str":"</s>","reasoning_end_str":"</think>"}',
+    "--chat-template",
+    str(TOOLS_CHAT_TEMPLATE),
 ]
 
 
@@ -311,11 +325,22 @@ def real_vllm_spec(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def real_vllm_tools(tmp_path_factory: pytest.TempPathFactory):
     """Like `real_vllm`, on the engine with tool-call and reasoning parsers
-    (`REAL_VLLM_TOOLS_URL`)."""
-    yield from _real_vllm("REAL_VLLM_TOOLS_URL", REAL_VLLM_TOOLS_FLAGS, tmp_path_factory)
+    (`REAL_VLLM_TOOLS_URL`). The gateway counts with the model's own
+    tokenizer (it has `<tool_call>` as one token, which the fixture spells in
+    pieces) and the tool-aware template the engine renders."""
+    model_dir = Path(_real_engine_paths()["REAL_ENGINE_MODEL_DIR"])
+    config = functools.partial(
+        _real_vllm_config, chat_template=TOOLS_CHAT_TEMPLATE, tokenizer=model_dir / "tokenizer.json"
+    )
+    yield from _real_vllm("REAL_VLLM_TOOLS_URL", REAL_VLLM_TOOLS_FLAGS, tmp_path_factory, config)
 
 
-def _real_vllm(env_var: str, flags: list[str], tmp_path_factory: pytest.TempPathFactory):
+def _real_vllm(
+    env_var: str,
+    flags: list[str],
+    tmp_path_factory: pytest.TempPathFactory,
+    config=_real_vllm_config,
+):
     url = os.environ.get(env_var, "").rstrip("/")
     started_port: str | None = None
     log_dir: Path | None = None
@@ -349,10 +374,12 @@ def _real_vllm(env_var: str, flags: list[str], tmp_path_factory: pytest.TempPath
     try:
         workdir = tmp_path_factory.mktemp("real-vllm-gateway")
         config_path = workdir / "gateway.toml"
-        config_path.write_text(_real_vllm_config(url), encoding="utf-8")
+        config_path.write_text(config(url), encoding="utf-8")
         run = _run_gateway(["--config", str(config_path)], workdir, config_path)
         gw = next(run)
-        yield RealVllm(url=url, gateway=gw, log_path=log_path, started_here=started_port is not None)
+        yield RealVllm(
+            url=url, gateway=gw, log_path=log_path, started_here=started_port is not None, config=config(url)
+        )
         next(run, None)  # the gateway's teardown (and its checks)
     finally:
         if started_port is not None:

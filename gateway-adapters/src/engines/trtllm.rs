@@ -48,10 +48,15 @@ pub const ROUTES: Routes = Routes {
     metrics: Some("/prometheus/metrics"),
 };
 
-/// The extension fields trtllm-serve accepts on both routes (ENGINES.md
-/// §4.2), the only extra fields sent on completions. `logprobs` and
-/// `suffix` are left out: the 2025 build answers 400 to them.
+/// The fields beyond the gateway's own that trtllm-serve accepts on both
+/// routes (ENGINES.md §4.2): OpenAI's sampling fields and its extensions,
+/// the only extra fields sent on completions. `logprobs` and `suffix` are
+/// left out: the 2025 build answers 400 to them on completions.
 pub const COMPLETION_EXTRA: &[&str] = &[
+    "frequency_penalty",
+    "presence_penalty",
+    "logit_bias",
+    "user",
     "top_k",
     "top_p_min",
     "min_p",
@@ -74,8 +79,16 @@ pub const COMPLETION_EXTRA: &[&str] = &[
 ];
 
 /// The extra fields sent on chat: [`COMPLETION_EXTRA`] plus the chat-only
-/// ones (ENGINES.md §4.2).
+/// ones (ENGINES.md §4.2): logprobs, the tool choice (the tools themselves
+/// are always sent), and the template's.
 pub const CHAT_EXTRA: &[&str] = &[
+    "frequency_penalty",
+    "presence_penalty",
+    "logit_bias",
+    "user",
+    "logprobs",
+    "top_logprobs",
+    "tool_choice",
     "top_k",
     "top_p_min",
     "min_p",
