@@ -34,6 +34,7 @@ fn model(name: &str) -> ModelSpec {
         pricing: pricing(),
         context_window: 4096,
         default_max_tokens: 16,
+        media: gateway_policy::MediaCosts::default(),
         counter: Arc::new(ByteBound::default()),
     }
 }
