@@ -1259,6 +1259,10 @@ impl Reader {
 fn upstream_usage(usage: &CompletionUsage, spec: Option<SpecDecoding>) -> Usage {
     let cached = usage.prompt_tokens_details.map_or(0, |d| d.cached_tokens);
     let spec = spec.unwrap_or_default();
+    let reasoning = usage
+        .completion_tokens_details
+        .and_then(|d| d.reasoning_tokens)
+        .unwrap_or(0);
     Usage::clamped(
         usage.prompt_tokens,
         cached,
@@ -1267,6 +1271,7 @@ fn upstream_usage(usage: &CompletionUsage, spec: Option<SpecDecoding>) -> Usage 
         spec.num_accepted_draft_tokens,
         0,
     )
+    .with_reasoning(reasoning)
 }
 
 fn finish_reason(reason: &str) -> Result<FinishReason, BackendError> {
@@ -1426,6 +1431,11 @@ mod tests {
             upstream_usage(&chunk.usage.unwrap(), spec),
             Usage::new(3, 4)
         );
+        // Reasoning tokens (SGLang, vLLM with a reasoning parser).
+        let data = r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7,"completion_tokens_details":{"reasoning_tokens":3}}}"#;
+        let chunk: Chunk = serde_json::from_str(data).unwrap();
+        let usage = upstream_usage(&chunk.usage.unwrap(), None);
+        assert_eq!(usage, Usage::new(3, 4).with_reasoning(3));
         // Counts that break the usage invariants are clamped, not refused.
         let data = r#"{"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7},"metrics":{"speculative_decoding":{"num_draft_tokens":2,"num_accepted_draft_tokens":9}}}"#;
         let chunk: Chunk = serde_json::from_str(data).unwrap();
