@@ -45,14 +45,12 @@ use gateway_core::http::{HeaderValue, Method, Request, StatusCode, Uri, header};
 use gateway_core::{
     Backend, BackendError, BackendInfo, BackendRequest, CancelHandle, CancelReason, Delta,
     EngineKind, FailureKind, FailurePhase, FinishReason, Health, Pressure, Prompt, RequestId,
-    Started, TokenEvent, TokenResult, TokenStream, Usage,
+    TokenEvent, TokenStream, Usage,
 };
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use http_body_util::Full;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::live::{self, HasLive, LiveRequests};
@@ -61,6 +59,7 @@ use super::openai_compat::{
 };
 use super::pressure_cell::{Gauges, PressureCell};
 use super::prometheus;
+use super::reader::{EVENT_BUFFER, Emit, Flow, Frames, Reader, Settings};
 use super::scrape::Scraper;
 use super::upstream::{
     self, HttpClient, SIDE_CALL_TIMEOUT, deadline_passed, parse_uri, protocol, read_limited,
@@ -68,12 +67,9 @@ use super::upstream::{
 };
 use crate::config::BackendConfig;
 use crate::openai::types::{ErrorCode, ErrorDetail};
-use crate::openai::{SseDecoder, SseError, SseEvent, parse_upstream_error};
+use crate::openai::{SseEvent, parse_upstream_error};
 
-const EVENT_BUFFER: usize = 64;
 const MAX_ERROR_BODY: usize = 64 * 1024;
-/// How long to wait for `[DONE]` after the final event.
-const FINISH_GRACE: Duration = Duration::from_secs(2);
 const MAX_MESSAGE_CHARS: usize = 512;
 
 /// SGLang's OpenAI routes, used for chat prompts (no scrape of its own:
@@ -552,22 +548,27 @@ impl Backend for SglangBackend {
             return Err(error);
         }
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
-        let reader = Reader {
-            cap: u64::from(request.budget.max_completion_tokens),
-            deadline,
-            cancel: cancel.clone(),
-            decoder: SseDecoder::new().with_max_event_bytes(inner.max_event_bytes),
+        let frames = NativeFrames {
+            shared: inner.shared.clone(),
+            abort: Some(guard),
             incremental: inner.options.incremental_streaming_output,
             forwarded: String::new(),
             seen_tokens: 0,
             seen_ids: 0,
-            delivered: 0,
-            pending_tokens: 0,
-            any_delta: false,
-            done: None,
-            shared: inner.shared.clone(),
+            last_meta: None,
         };
-        tokio::spawn(reader.run(response.into_body(), tx, live, guard));
+        let reader = Reader::new(
+            frames,
+            Settings {
+                cap: u64::from(request.budget.max_completion_tokens),
+                deadline,
+                cancel: cancel.clone(),
+                max_event_bytes: inner.max_event_bytes,
+                drain: None,
+                started: true,
+            },
+        );
+        tokio::spawn(reader.run(response.into_body(), tx, live));
         let mut rx = rx;
         let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
         Ok(TokenStream::new(stream).cancel_on_drop(cancel))
@@ -739,24 +740,15 @@ struct MetaInfo {
     spec_proposed_drafts: Option<u64>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Flow {
-    Continue,
-    End,
-}
-
-/// How the engine ended the request, once it did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Done {
-    Finished,
-    Failed,
-}
-
-struct Reader {
-    cap: u64,
-    deadline: Option<Instant>,
-    cancel: CancelHandle,
-    decoder: SseDecoder,
+/// SGLang's native events, for the shared [`Reader`]: cumulative (or
+/// incremental) text turned into exact deltas, each event's tokens from
+/// `completion_tokens`, usage from the final `meta_info`, in-stream errors
+/// and `abort` finishes.
+struct NativeFrames {
+    shared: Arc<Shared>,
+    /// Sends `/abort_request` when dropped, unless the engine ended the
+    /// request itself.
+    abort: Option<AbortGuard>,
     incremental: bool,
     /// The text forwarded so far (cumulative mode).
     forwarded: String,
@@ -764,223 +756,58 @@ struct Reader {
     seen_tokens: u64,
     /// `output_ids.len()` of the last event.
     seen_ids: u64,
-    delivered: u64,
-    pending_tokens: u64,
-    any_delta: bool,
-    done: Option<Done>,
-    shared: Arc<Shared>,
+    /// The final event's `meta_info`.
+    last_meta: Option<MetaInfo>,
 }
 
-impl Reader {
-    fn phase(&self) -> FailurePhase {
-        if self.any_delta {
-            FailurePhase::AfterFirstToken
-        } else {
-            FailurePhase::BeforeFirstToken
+impl NativeFrames {
+    /// The engine ended the request itself: no `/abort_request` for it.
+    fn engine_ended(&mut self) {
+        if let Some(guard) = self.abort.as_mut() {
+            guard.disarm();
         }
     }
+}
 
-    async fn run(
-        mut self,
-        mut body: Incoming,
-        tx: mpsc::Sender<TokenResult>,
-        live: LiveGuard,
-        mut guard: AbortGuard,
-    ) {
-        let mut live = Some(live);
-        let mut out: Vec<TokenResult> = vec![Ok(TokenEvent::Started(Started::default()))];
-        let mut flow = Flow::Continue;
-        let mut finished_at: Option<Instant> = None;
-        loop {
-            if flow == Flow::End {
-                if self.done.is_some() {
-                    guard.disarm();
-                }
-                drop(live.take());
-            }
-            for item in out.drain(..) {
-                let sent = tokio::select! {
-                    biased;
-                    reason = self.cancel.canceled() => Err(Some(reason)),
-                    () = deadline_passed(self.deadline), if flow == Flow::Continue && self.done.is_none() => Err(None),
-                    sent = tx.send(item) => sent.map_err(|_| None),
-                };
-                if let Err(why) = sent {
-                    if self.done.is_some() {
-                        guard.disarm();
-                    }
-                    if flow == Flow::End {
-                        return;
-                    }
-                    drop(body);
-                    drop(guard);
-                    drop(live.take());
-                    if tx.is_closed() {
-                        return;
-                    }
-                    let error = match why {
-                        Some(reason) => BackendError::canceled(reason).with_phase(self.phase()),
-                        None => total_timeout(self.phase()),
-                    };
-                    let _ = tx.send(Err(error)).await;
-                    return;
-                }
-            }
-            if flow == Flow::End {
-                drop(tx);
-                let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                    let mut left = MAX_ERROR_BODY;
-                    while let Some(Ok(frame)) = body.frame().await {
-                        left = left.saturating_sub(frame.data_ref().map_or(0, Bytes::len));
-                        if left == 0 {
-                            break;
-                        }
-                    }
-                })
-                .await;
-                return;
-            }
-            if self.done.is_some() && finished_at.is_none() {
-                finished_at = Some(Instant::now());
-            }
-            let grace = async {
-                match finished_at {
-                    Some(at) => tokio::time::sleep_until(at + FINISH_GRACE).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let frame = tokio::select! {
-                biased;
-                reason = self.cancel.canceled() => {
-                    if self.done.is_some() {
-                        // `Finished` is out; only `[DONE]` was awaited.
-                        guard.disarm();
-                        return;
-                    }
-                    drop(body);
-                    drop(guard);
-                    drop(live.take());
-                    let _ = tx.send(Err(BackendError::canceled(reason).with_phase(self.phase()))).await;
-                    return;
-                }
-                () = deadline_passed(self.deadline), if self.done.is_none() => {
-                    drop(body);
-                    drop(guard);
-                    drop(live.take());
-                    let _ = tx.send(Err(total_timeout(self.phase()))).await;
-                    return;
-                }
-                () = grace => {
-                    flow = Flow::End;
-                    continue;
-                }
-                frame = body.frame() => frame,
-            };
-            flow = match frame {
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => {
-                        self.decoder.push(&data);
-                        self.drain_events(&mut out)
-                    }
-                    Err(_) => Flow::Continue,
-                },
-                Some(Err(e)) => {
-                    if self.done.is_none() {
-                        out.push(Err(transport_error(e, self.phase())));
-                    }
-                    Flow::End
-                }
-                None => {
-                    self.decoder.finish();
-                    match self.drain_events(&mut out) {
-                        Flow::End => Flow::End,
-                        Flow::Continue => {
-                            if self.done.is_none() {
-                                let why = if self.decoder.has_partial() {
-                                    "the engine's stream was cut inside an event"
-                                } else {
-                                    "the engine's stream ended without a finish_reason"
-                                };
-                                out.push(Err(protocol(why, self.phase())));
-                            }
-                            Flow::End
-                        }
-                    }
-                }
-            };
-        }
-    }
-
-    fn drain_events(&mut self, out: &mut Vec<TokenResult>) -> Flow {
-        while let Some(event) = self.decoder.next_event() {
-            if self.on_event(event, out) == Flow::End {
-                return Flow::End;
-            }
-        }
-        Flow::Continue
-    }
-
-    fn fail(&mut self, error: BackendError, out: &mut Vec<TokenResult>) -> Flow {
-        out.push(Err(error));
-        Flow::End
-    }
-
-    fn on_event(&mut self, event: Result<SseEvent, SseError>, out: &mut Vec<TokenResult>) -> Flow {
-        let event = match event {
-            Ok(event) => event,
-            Err(e) => {
-                let error = protocol(
-                    format!("undecodable event from the engine: {e}"),
-                    self.phase(),
-                );
-                return self.fail(error, out);
-            }
-        };
+impl Frames for NativeFrames {
+    fn on_event(&mut self, event: SseEvent, emit: &mut Emit) -> Flow {
         if event.data.is_empty() {
             return Flow::Continue;
         }
         if event.is_done() {
-            if self.done.is_none() {
-                let error = protocol(
-                    "the engine sent [DONE] without a finish_reason",
-                    self.phase(),
-                );
-                return self.fail(error, out);
-            }
-            return Flow::End;
+            return emit.end_marker();
         }
-        if self.done.is_some() {
+        if emit.finished() {
             // Only `[DONE]` may follow the final event.
             return Flow::Continue;
         }
         let value: Value = match serde_json::from_str(&event.data) {
             Ok(value) => value,
-            Err(_) => {
-                let error = protocol("the engine sent malformed JSON", self.phase());
-                return self.fail(error, out);
-            }
+            Err(_) => return emit.fail(protocol("the engine sent malformed JSON", emit.phase())),
         };
         if value.get("error").is_some() {
             let detail = parse_upstream_error(event.data.as_bytes()).unwrap_or_default();
-            let error = event_error(&detail, self.phase());
+            let error = event_error(&detail, emit.phase());
             if error.kind() == FailureKind::Overloaded {
                 self.shared.pressure.mark_overloaded(None);
             }
-            self.done = Some(Done::Failed);
-            return self.fail(error, out);
+            self.engine_ended();
+            return emit.fail(error);
         }
         let chunk: NativeChunk = match serde_json::from_value(value) {
             Ok(chunk) => chunk,
             Err(_) => {
-                let error = protocol("the engine sent an unreadable event", self.phase());
-                return self.fail(error, out);
+                return emit.fail(protocol(
+                    "the engine sent an unreadable event",
+                    emit.phase(),
+                ));
             }
         };
         if chunk.index.unwrap_or(0) != 0 {
             return Flow::Continue;
         }
-        let meta = chunk.meta_info.unwrap_or_default();
-        let finish = match &meta.finish_reason {
+        let mut meta = chunk.meta_info.unwrap_or_default();
+        let finish = match meta.finish_reason.take() {
             None | Some(Value::Null) => None,
             Some(reason) => Some(reason),
         };
@@ -1003,11 +830,10 @@ impl Reader {
             text
         } else {
             if !text.starts_with(self.forwarded.as_str()) {
-                let error = protocol(
+                return emit.fail(protocol(
                     "the engine's cumulative text does not extend the text already sent",
-                    self.phase(),
-                );
-                return self.fail(error, out);
+                    emit.phase(),
+                ));
             }
             // Hold back a trailing U+FFFD until it resolves (not at the end).
             let stable = if finish.is_some() {
@@ -1022,72 +848,48 @@ impl Reader {
             self.forwarded.push_str(&new);
             new
         };
-        if self.on_output(piece, tokens, out) == Flow::End {
+        let delta = Delta::text(piece, u32::try_from(tokens).unwrap_or(u32::MAX));
+        if emit.output(delta) == Flow::End {
             return Flow::End;
         }
         let Some(reason) = finish else {
             return Flow::Continue;
         };
-        match finish_of(reason) {
+        self.engine_ended();
+        match finish_of(&reason) {
             Ok(reason) => {
-                self.done = Some(Done::Finished);
-                self.finish_events(reason, &meta, out);
+                self.last_meta = Some(meta);
+                emit.finish_now(Some(reason));
                 Flow::Continue
             }
             Err(error) => {
-                self.done = Some(Done::Failed);
-                let error = error.with_phase(self.phase());
+                let error = error.with_phase(emit.phase());
                 if error.kind() == FailureKind::Overloaded {
                     self.shared.pressure.mark_overloaded(None);
                 }
-                self.fail(error, out)
+                emit.fail(error)
             }
         }
     }
 
-    fn on_output(&mut self, text: String, tokens: u64, out: &mut Vec<TokenResult>) -> Flow {
-        if text.is_empty() {
-            self.pending_tokens = self.pending_tokens.saturating_add(tokens);
-            return Flow::Continue;
-        }
-        let tokens = tokens.saturating_add(std::mem::take(&mut self.pending_tokens));
-        if self.delivered.saturating_add(tokens) > self.cap {
-            // The engine went past max_new_tokens: end at the cap.
-            out.push(Ok(TokenEvent::Finished(FinishReason::Length)));
-            return Flow::End;
-        }
-        self.delivered += tokens;
-        self.any_delta = true;
-        out.push(Ok(TokenEvent::Delta(Delta::text(
-            text,
-            u32::try_from(tokens).unwrap_or(u32::MAX),
-        ))));
-        Flow::Continue
+    fn reported_completion(&self) -> Option<u64> {
+        self.last_meta.as_ref().and_then(|m| m.completion_tokens)
     }
 
-    fn finish_events(&mut self, reason: FinishReason, meta: &MetaInfo, out: &mut Vec<TokenResult>) {
-        let pending = std::mem::take(&mut self.pending_tokens);
-        let pending = pending.min(self.cap.saturating_sub(self.delivered));
-        if pending > 0 {
-            self.delivered += pending;
-            self.any_delta = true;
-            out.push(Ok(TokenEvent::Delta(Delta::text(
-                String::new(),
-                u32::try_from(pending).unwrap_or(u32::MAX),
-            ))));
-        }
-        if let Some(prompt) = meta.prompt_tokens {
-            let usage = Usage::clamped(
-                prompt,
-                meta.cached_tokens.unwrap_or(0),
-                self.delivered,
-                meta.spec_proposed_drafts.unwrap_or(0),
-                meta.spec_accepted_drafts.unwrap_or(0),
-                0,
-            );
-            out.push(Ok(TokenEvent::Usage(usage)));
-        }
-        out.push(Ok(TokenEvent::Finished(reason)));
+    fn final_usage(&mut self, delivered: u64) -> Option<Usage> {
+        let meta = self.last_meta.as_ref()?;
+        Some(Usage::clamped(
+            meta.prompt_tokens?,
+            meta.cached_tokens.unwrap_or(0),
+            delivered,
+            meta.spec_proposed_drafts.unwrap_or(0),
+            meta.spec_accepted_drafts.unwrap_or(0),
+            0,
+        ))
+    }
+
+    fn on_close(&mut self) {
+        drop(self.abort.take());
     }
 }
 
