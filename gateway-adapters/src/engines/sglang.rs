@@ -28,9 +28,18 @@
 //!   `POST /abort_request {"rid"}` is sent on a spawned task with a short
 //!   timeout (closing alone only aborts 2 s later in SGLang, §3.6); the
 //!   stream's end never waits for it.
+//! - Logprobs on the native route: asked for by the request's extra fields,
+//!   SGLang's own `return_logprob` (+ `top_logprobs_num`) or OpenAI's
+//!   `logprobs` (`true` with `top_logprobs`, or the completions count of
+//!   alternatives), sent as `return_logprob`, `top_logprobs_num` (when
+//!   above 0) and `return_text_in_logprobs` (for the token texts).
+//!   `meta_info.output_token_logprobs` / `output_top_logprobs` (cumulative
+//!   like the text, only the new tokens' entries taken; per event with
+//!   `--incremental-streaming-output`) become each delta's logprobs; no
+//!   token bytes (SGLang gives none).
 //! - Not sent on the native route: the served model name (one model per
-//!   server) and the request's extra fields (`GenerateReqInput` has its own
-//!   field set); a seed goes as `sampling_params.sampling_seed`.
+//!   server) and the request's other extra fields (`GenerateReqInput` has
+//!   its own field set); a seed goes as `sampling_params.sampling_seed`.
 //! - Pressure: `sglang:num_running_reqs`, `sglang:num_queue_reqs`,
 //!   `sglang:token_usage` from `/metrics` (`--enable-metrics`), for the
 //!   served model's `model_name`.
@@ -45,10 +54,11 @@ use gateway_core::http::{HeaderValue, Method, Request, StatusCode, Uri, header};
 use gateway_core::{
     Backend, BackendError, BackendInfo, BackendRequest, CancelHandle, CancelReason, Delta,
     EngineKind, FailureKind, FailurePhase, FinishReason, Health, Pressure, Prompt, RequestId,
-    TokenEvent, TokenStream, Usage,
+    TokenEvent, TokenLogprob, TokenStream, TopLogprob, Usage,
 };
 use http_body_util::Full;
-use serde::Deserialize;
+use serde::de::{IgnoredAny, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -314,8 +324,13 @@ impl Inner {
         live::register(&self.shared, id, cancel, &CancellationToken::new())
     }
 
-    /// The native `/generate` body.
-    fn generate_body(&self, request: &BackendRequest) -> Result<Bytes, BackendError> {
+    /// The native `/generate` body; `logprobs`: the top alternatives per
+    /// token when logprobs are asked for ([`logprob_ask`]).
+    fn generate_body(
+        &self,
+        request: &BackendRequest,
+        logprobs: Option<u64>,
+    ) -> Result<Bytes, BackendError> {
         let generate = request.request.as_ref();
         let mut sampling = Map::new();
         sampling.insert(
@@ -355,6 +370,14 @@ impl Inner {
         body.insert("sampling_params".to_owned(), Value::Object(sampling));
         body.insert("stream".to_owned(), Value::Bool(true));
         body.insert("rid".to_owned(), Value::from(generate.id.as_str()));
+        if let Some(top) = logprobs {
+            body.insert("return_logprob".to_owned(), Value::Bool(true));
+            if top > 0 {
+                body.insert("top_logprobs_num".to_owned(), Value::from(top));
+            }
+            // The token texts: without it SGLang sends only the ids.
+            body.insert("return_text_in_logprobs".to_owned(), Value::Bool(true));
+        }
         serde_json::to_vec(&Value::Object(body))
             .map(Bytes::from)
             .map_err(|e| {
@@ -508,7 +531,8 @@ impl Backend for SglangBackend {
         if matches!(request.request.prompt, Prompt::Chat(_)) {
             return inner.start_chat(request, cancel).await;
         }
-        let body = inner.generate_body(&request)?;
+        let logprobs = logprob_ask(request.request.extra.as_deref());
+        let body = inner.generate_body(&request, logprobs)?;
         let id = request.request.id.clone();
         let http_request = inner.post(&id, body)?;
         let live = inner.register(&id, &cancel);
@@ -552,9 +576,11 @@ impl Backend for SglangBackend {
             shared: inner.shared.clone(),
             abort: Some(guard),
             incremental: inner.options.incremental_streaming_output,
+            logprobs: logprobs.is_some(),
             forwarded: String::new(),
             seen_tokens: 0,
             seen_ids: 0,
+            seen_logprobs: 0,
             last_meta: None,
         };
         let reader = Reader::new(
@@ -611,6 +637,33 @@ impl Backend for SglangBackend {
             Err(_) => Health::Unhealthy("health check timed out".to_owned()),
         }
     }
+}
+
+/// Whether a request asks for logprobs, from its extra fields, and how
+/// many alternatives per token: SGLang's own `return_logprob` (with
+/// `top_logprobs_num`) wins; else OpenAI's `logprobs` — `true` (chat, with
+/// `top_logprobs`) or the completions count of alternatives (`0`: the
+/// tokens' own logprobs only). `None`: not asked (or `false`).
+fn logprob_ask(extra: Option<&str>) -> Option<u64> {
+    let extra = extra.filter(|e| e.contains("logprob"))?;
+    let fields: Map<String, Value> = serde_json::from_str(extra).ok()?;
+    let asked = match (fields.get("return_logprob"), fields.get("logprobs")) {
+        (Some(Value::Bool(asked)), _) | (None | Some(Value::Null), Some(Value::Bool(asked))) => {
+            *asked
+        }
+        (None | Some(Value::Null), Some(Value::Number(n))) => n.as_u64().is_some(),
+        _ => false,
+    };
+    if !asked {
+        return None;
+    }
+    let count = |key: &str| fields.get(key).and_then(Value::as_u64);
+    Some(
+        count("top_logprobs_num")
+            .or_else(|| count("top_logprobs"))
+            .or_else(|| count("logprobs"))
+            .unwrap_or(0),
+    )
 }
 
 /// A kind read from an SGLang message alone (native errors carry no code
@@ -738,24 +791,81 @@ struct MetaInfo {
     spec_accepted_drafts: Option<u64>,
     #[serde(alias = "spec_num_proposed_drafts")]
     spec_proposed_drafts: Option<u64>,
+    /// `[[logprob, token_id, text], ...]` with `return_logprob`.
+    output_token_logprobs: Option<Value>,
+    /// Per token, `null` or its top alternatives as `[logprob, token_id,
+    /// text]`, with `top_logprobs_num`.
+    output_top_logprobs: Option<Value>,
+}
+
+/// Logprob given for a token SGLang sends without one (`null`): OpenAI's
+/// "very unlikely".
+const UNLIKELY: f64 = -9999.0;
+
+/// One `(logprob, token_id, token_text)` entry of SGLang's logprob lists;
+/// the text is `null` unless `return_text_in_logprobs`.
+#[derive(Debug, Default)]
+struct LogprobEntry {
+    logprob: f64,
+    text: String,
+}
+
+impl<'de> Deserialize<'de> for LogprobEntry {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entry;
+        impl<'de> Visitor<'de> for Entry {
+            type Value = LogprobEntry;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a [logprob, token_id, text] entry")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<LogprobEntry, A::Error> {
+                let logprob = seq.next_element::<Option<f64>>()?.flatten();
+                let _id = seq.next_element::<IgnoredAny>()?;
+                let text = seq.next_element::<Option<String>>()?.flatten();
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(LogprobEntry {
+                    logprob: logprob.unwrap_or(UNLIKELY),
+                    text: text.unwrap_or_default(),
+                })
+            }
+        }
+        deserializer.deserialize_seq(Entry)
+    }
+}
+
+/// The entries of a logprob list from index `skip` on (unreadable ones
+/// left out).
+fn entries_from<T: serde::de::DeserializeOwned>(list: Option<Value>, skip: usize) -> Vec<T> {
+    match list {
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .skip(skip)
+            .filter_map(|item| serde_json::from_value(item).ok())
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// SGLang's native events, for the shared [`Reader`]: cumulative (or
 /// incremental) text turned into exact deltas, each event's tokens from
-/// `completion_tokens`, usage from the final `meta_info`, in-stream errors
-/// and `abort` finishes.
+/// `completion_tokens`, the logprobs asked for, usage from the final
+/// `meta_info`, in-stream errors and `abort` finishes.
 struct NativeFrames {
     shared: Arc<Shared>,
     /// Sends `/abort_request` when dropped, unless the engine ended the
     /// request itself.
     abort: Option<AbortGuard>,
     incremental: bool,
+    /// Whether the request asked for logprobs.
+    logprobs: bool,
     /// The text forwarded so far (cumulative mode).
     forwarded: String,
     /// `completion_tokens` of the last event.
     seen_tokens: u64,
     /// `output_ids.len()` of the last event.
     seen_ids: u64,
+    /// Entries of `output_token_logprobs` already forwarded (cumulative mode).
+    seen_logprobs: usize,
     /// The final event's `meta_info`.
     last_meta: Option<MetaInfo>,
 }
@@ -766,6 +876,43 @@ impl NativeFrames {
         if let Some(guard) = self.abort.as_mut() {
             guard.disarm();
         }
+    }
+
+    /// The logprobs of the tokens `meta` adds: SGLang's lists are
+    /// cumulative like the text (only the new entries are taken), or hold
+    /// only the new tokens with `--incremental-streaming-output`.
+    fn new_logprobs(&mut self, meta: &mut MetaInfo) -> Vec<TokenLogprob> {
+        let skip = if self.incremental {
+            0
+        } else {
+            self.seen_logprobs
+        };
+        let tokens: Vec<LogprobEntry> = entries_from(meta.output_token_logprobs.take(), skip);
+        let mut tops: Vec<Option<Vec<LogprobEntry>>> =
+            entries_from(meta.output_top_logprobs.take(), skip);
+        if !self.incremental {
+            self.seen_logprobs += tokens.len();
+        }
+        tokens
+            .into_iter()
+            .enumerate()
+            .map(|(i, entry)| TokenLogprob {
+                token: entry.text,
+                logprob: entry.logprob,
+                bytes: None,
+                top_logprobs: tops
+                    .get_mut(i)
+                    .and_then(Option::take)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|top| TopLogprob {
+                        token: top.text,
+                        logprob: top.logprob,
+                        bytes: None,
+                    })
+                    .collect(),
+            })
+            .collect()
     }
 }
 
@@ -848,7 +995,10 @@ impl Frames for NativeFrames {
             self.forwarded.push_str(&new);
             new
         };
-        let delta = Delta::text(piece, u32::try_from(tokens).unwrap_or(u32::MAX));
+        let mut delta = Delta::text(piece, u32::try_from(tokens).unwrap_or(u32::MAX));
+        if self.logprobs {
+            delta.logprobs = self.new_logprobs(&mut meta);
+        }
         if emit.output(delta) == Flow::End {
             return Flow::End;
         }
@@ -1006,6 +1156,40 @@ sglang:token_usage{engine_type=\"unified\",model_name=\"m\",moe_ep_rank=\"0\",pp
             finish_of(&aborted).err().map(|e| e.kind()),
             Some(FailureKind::Canceled)
         );
+    }
+
+    #[test]
+    fn logprob_asks_read_sglang_then_openai_fields() {
+        let ask = |extra: &str| logprob_ask(Some(extra));
+        assert_eq!(
+            ask(r#"{"return_logprob":true,"top_logprobs_num":3}"#),
+            Some(3)
+        );
+        assert_eq!(ask(r#"{"return_logprob":true}"#), Some(0));
+        assert_eq!(ask(r#"{"return_logprob":false,"logprobs":2}"#), None);
+        assert_eq!(ask(r#"{"logprobs":2}"#), Some(2));
+        assert_eq!(ask(r#"{"logprobs":0}"#), Some(0));
+        assert_eq!(ask(r#"{"logprobs":true,"top_logprobs":5}"#), Some(5));
+        assert_eq!(ask(r#"{"logprobs":false,"top_logprobs":5}"#), None);
+        assert_eq!(ask(r#"{"logprobs":null}"#), None);
+        assert_eq!(ask(r#"{"logprobs":-1}"#), None);
+        assert_eq!(ask(r#"{"top_logprobs_num":2}"#), None);
+        assert_eq!(ask(r#"{"temperature_logprob_like":1}"#), None);
+        assert_eq!(logprob_ask(None), None);
+    }
+
+    #[test]
+    fn logprob_entries_are_read_leniently() {
+        let list = serde_json::json!([[-0.5, 7, "a"], [null, 8, null], [-1.0, 9, "c", "x"], "bad"]);
+        let entries: Vec<LogprobEntry> = entries_from(Some(list.clone()), 0);
+        let read: Vec<(f64, &str)> = entries
+            .iter()
+            .map(|e| (e.logprob, e.text.as_str()))
+            .collect();
+        assert_eq!(read, [(-0.5, "a"), (UNLIKELY, ""), (-1.0, "c")]);
+        let entries: Vec<LogprobEntry> = entries_from(Some(list), 2);
+        assert_eq!(entries.len(), 1);
+        assert!(entries_from::<LogprobEntry>(Some(Value::Null), 0).is_empty());
     }
 
     #[test]
