@@ -33,6 +33,11 @@
 //!   each response carries the difference; without it, one token per
 //!   response (one decoding step). Usage: prompt from `num_input_tokens`,
 //!   else from the request's token counter; completion = tokens delivered.
+//! - Output: text only. The ensemble has no reasoning or tool-call parser,
+//!   and its logprob outputs (`output_log_probs`, with the
+//!   `return_log_probs` input) are bare floats per token, without the
+//!   token texts or alternatives OpenAI logprobs need: they are neither
+//!   asked for nor read.
 //! - Split characters: a trailing U+FFFD of a response is held back; the
 //!   next response with other text replaces it (the engine re-sends the
 //!   character whole); at the end it is passed on as is. In cumulative
