@@ -317,6 +317,15 @@ impl<F: Frames> Reader<F> {
         }
     }
 
+    /// Whether [`stop`](Self::stop) may be ready now: a cancel fired, the
+    /// watched deadline passed, or a drain is under way (its own clock).
+    /// When false, an item may be handed over without waiting on `stop`.
+    fn stop_pending(&self, watch_deadline: bool) -> bool {
+        self.draining_until.is_some()
+            || self.cancel.is_canceled()
+            || (watch_deadline && self.deadline.is_some_and(|d| Instant::now() >= d))
+    }
+
     fn start_drain(&mut self) {
         let timeout = self.drain.as_ref().map_or(Duration::ZERO, |d| d.timeout);
         self.draining_until = Some(Instant::now() + timeout);
@@ -364,6 +373,14 @@ impl<F: Frames> Reader<F> {
             // first, then the item: a stop that wins the race loses no item.
             while let Some(item) = self.emit.out.pop_front() {
                 let watch_deadline = flow == Flow::Continue && !self.emit.finished;
+                // The common case: nothing to stop for and room in the
+                // consumer's buffer. No futures to build, no `select!`.
+                if !self.stop_pending(watch_deadline)
+                    && let Ok(permit) = tx.try_reserve()
+                {
+                    permit.send(item);
+                    continue;
+                }
                 let sent = tokio::select! {
                     biased;
                     stop = self.stop(watch_deadline) => Err(Some(stop)),
