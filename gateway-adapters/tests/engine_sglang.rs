@@ -21,7 +21,7 @@ mod engine_sglang {
     use gateway_core::{
         Backend, BackendError, BackendRequest, ByteBound, CancelHandle, CancelReason, ChatMessage,
         EngineKind, EnginePhase, FailureKind, FailurePhase, FinishReason, GenerateRequest, Health,
-        Prompt, TokenEvent, TokenLogprob, TokenStream, TopLogprob, Usage,
+        Prompt, ReasoningField, TokenEvent, TokenLogprob, TokenStream, TopLogprob, Usage,
     };
     use serde_json::Value;
     use tokio::time::Instant;
@@ -72,6 +72,13 @@ mod engine_sglang {
                     after_tokens: 2,
                     json: INTERNAL_EVENT.to_owned(),
                 }],
+                // Chat goes to SGLang's OpenAI route, with its parsers on.
+                structured: |mut o: SimOptions| {
+                    o.reasoning_tokens = 3;
+                    o.tool_call = Some("get_weather".to_owned());
+                    o.natural_tokens = 12;
+                    Some(o)
+                },
             )?;
             let sim = SglangSim::start(options).await;
             Some(Instance {
@@ -845,5 +852,52 @@ mod engine_sglang {
         }
         entry.engine = EngineKind::Vllm;
         assert!(sglang::from_backend_config(&entry).is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn chat_reasoning_and_tool_calls_keep_sglangs_shapes() {
+        let sim = SglangSim::start(SimOptions {
+            reasoning_tokens: 2,
+            tool_call: Some("get_weather".into()),
+            natural_tokens: 5,
+            ..SimOptions::default()
+        })
+        .await;
+        let request = GenerateRequest::new("m", Prompt::Chat(vec![ChatMessage::user("Hi")]), 20);
+        let d = run(
+            &backend(&sim),
+            BackendRequest::new(request, Arc::new(ByteBound::default())),
+        )
+        .await
+        .unwrap();
+        let deltas: Vec<_> = d
+            .events
+            .iter()
+            .filter_map(|e| match e {
+                TokenEvent::Delta(d) => Some(d),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(deltas.len(), 5, "{:?}", d.events);
+        // SGLang names reasoning `reasoning_content`: the client gets that name.
+        assert!(
+            deltas[..2]
+                .iter()
+                .all(|d| d.reasoning_field == ReasoningField::ReasoningContent && d.tokens == 1)
+        );
+        let first = &deltas[2].tool_calls[0];
+        assert_eq!(
+            (first.name.as_deref(), first.kind.as_deref()),
+            (Some("get_weather"), Some("function"))
+        );
+        assert!(first.id.as_deref().unwrap().starts_with("call_"));
+        // Later fragments carry `"id":null,"name":null`: no id, no name.
+        assert!(
+            deltas[3..]
+                .iter()
+                .all(|d| d.tool_calls[0].id.is_none() && d.tool_calls[0].name.is_none())
+        );
+        assert_eq!(d.finish(), Some(FinishReason::ToolCalls));
+        assert_eq!(d.tokens(), 5);
     }
 }

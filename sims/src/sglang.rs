@@ -150,6 +150,13 @@ pub struct SimOptions {
     pub lagged_probe: bool,
     /// Faults of the arriving generation requests, in order; then none.
     pub script: Vec<Fault>,
+    /// Chat: the first tokens stream as `delta.reasoning_content`, as with
+    /// `--reasoning-parser`.
+    pub reasoning_tokens: u32,
+    /// Chat: the tokens after the reasoning are a call of this function
+    /// (`delta.tool_calls`, as with `--tool-call-parser`), finished with
+    /// `tool_calls`.
+    pub tool_call: Option<String>,
 }
 
 impl Default for SimOptions {
@@ -170,6 +177,8 @@ impl Default for SimOptions {
             kv_capacity_tokens: 100_000,
             lagged_probe: false,
             script: Vec::new(),
+            reasoning_tokens: 0,
+            tool_call: None,
         }
     }
 }
@@ -647,9 +656,9 @@ async fn generate(
         let last = i + 1 == n;
         let event = if chat {
             format!(
-                r#"{}"choices":[{{"index":0,"delta":{{"role":null,"content":{},"reasoning_content":null,"tool_calls":null}},"logprobs":null,"finish_reason":null,"matched_stop":null}}],"usage":null}}"#,
+                r#"{}"choices":[{{"index":0,"delta":{},"logprobs":null,"finish_reason":null,"matched_stop":null}}],"usage":null}}"#,
                 fmt.chat_head(),
-                js(text)
+                chat_delta(opts, i, text, arrival)
             )
         } else if matches!(fault, Fault::NotAPrefix { at_token } if at_token == i) {
             let mut json = fmt.native(&texts, i + 1, "null", "");
@@ -683,6 +692,8 @@ async fn generate(
     let tail = if chat {
         let reason = if finish.contains("length") {
             "length"
+        } else if opts.tool_call.is_some() {
+            "tool_calls"
         } else {
             "stop"
         };
@@ -790,4 +801,30 @@ async fn disconnected(inner: &Arc<Inner>, rid: &str, phase: EnginePhase) -> Next
         () = abort.cancelled() => {}
     }
     Next::Close
+}
+
+/// The chat `delta` of token `i` with `text`, in SGLang's shape (every key
+/// present, `null` when unused): reasoning first, then the tool call, then
+/// content.
+fn chat_delta(opts: &SimOptions, i: u32, text: &str, arrival: u64) -> String {
+    if i < opts.reasoning_tokens {
+        return format!(
+            r#"{{"role":null,"content":null,"reasoning_content":{},"tool_calls":null}}"#,
+            js(text)
+        );
+    }
+    match &opts.tool_call {
+        Some(name) if i == opts.reasoning_tokens => format!(
+            r#"{{"role":null,"content":null,"reasoning_content":null,"tool_calls":[{{"id":"call_{arrival:08x}","index":0,"type":"function","function":{{"name":{},"arguments":""}}}}]}}"#,
+            js(name)
+        ),
+        Some(_) => format!(
+            r#"{{"role":null,"content":null,"reasoning_content":null,"tool_calls":[{{"id":null,"index":0,"type":"function","function":{{"name":null,"arguments":{}}}}}]}}"#,
+            js(text)
+        ),
+        None => format!(
+            r#"{{"role":null,"content":{},"reasoning_content":null,"tool_calls":null}}"#,
+            js(text)
+        ),
+    }
 }
