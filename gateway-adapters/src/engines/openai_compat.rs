@@ -12,8 +12,8 @@ use bytes::Bytes;
 use gateway_core::http::{self, HeaderValue, Method, Request, StatusCode, Uri, header};
 use gateway_core::{
     Backend, BackendError, BackendInfo, BackendRequest, CancelHandle, CancelReason, Delta,
-    EngineKind, FailureKind, FailurePhase, FinishReason, Health, Pressure, Prompt, RequestId,
-    Started, TokenEvent, TokenResult, TokenStream, Usage,
+    EmbedAttempt, Embeddings, EngineKind, FailureKind, FailurePhase, FinishReason, Health,
+    Pressure, Prompt, RequestId, Started, TokenEvent, TokenResult, TokenStream, Usage,
 };
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
@@ -37,6 +37,8 @@ use crate::openai::types::{
     parse_finish_reason,
 };
 use crate::openai::{SseDecoder, SseError, SseEvent, merge_extra, parse_upstream_error};
+
+mod embed;
 
 /// Events buffered between the connection reader and the consumer.
 const EVENT_BUFFER: usize = 64;
@@ -658,6 +660,14 @@ impl Backend for OpenAiCompatBackend {
 
     fn drain_on_client_gone(&self) -> Option<Duration> {
         self.inner.drain
+    }
+
+    async fn embed(
+        &self,
+        request: EmbedAttempt,
+        cancel: CancelHandle,
+    ) -> Result<Embeddings, BackendError> {
+        embed::embed(&self.inner, request, cancel).await
     }
 
     async fn health(&self) -> Health {
