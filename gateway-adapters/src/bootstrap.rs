@@ -280,6 +280,7 @@ pub fn build_gateway_with(
             pricing: m.pricing,
             context_window: m.context_window.get(),
             default_max_tokens: m.default_max_tokens.get(),
+            media: m.media,
             counter: counter(i, m)?,
         });
         let fallbacks: Vec<&str> = m.fallbacks.iter().map(String::as_str).collect();

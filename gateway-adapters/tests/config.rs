@@ -1348,4 +1348,37 @@ affinity_saturation = "high"
             "routing.affinity_saturation: must be at most 100, found 100.5"
         );
     }
+
+    #[test]
+    fn media_costs_per_part() {
+        let config = parse("", "").unwrap();
+        assert_eq!(
+            config.models[0].media,
+            gateway_policy::MediaCosts::default()
+        );
+        let config = parse(
+            "",
+            "image_tokens = 576
+video_tokens = 4096",
+        )
+        .unwrap();
+        assert_eq!(
+            config.models[0].media,
+            gateway_policy::MediaCosts {
+                image: Some(576),
+                audio: None,
+                video: Some(4096),
+            }
+        );
+        assert_eq!(
+            parse(
+                "",
+                "image_tokens = 0
+audio_tokens = \"lots\""
+            )
+            .unwrap_err(),
+            "models[0].image_tokens: must be at least 1, found 0\n\
+             models[0].audio_tokens: expected an integer, found a string"
+        );
+    }
 }

@@ -105,6 +105,7 @@ mod engine_drain {
                 pricing: pricing(),
                 context_window: 4096,
                 default_max_tokens: 16,
+                media: gateway_policy::MediaCosts::default(),
                 counter: Arc::new(ByteBound::default()),
             })
             .backend(Arc::new(backend), MODEL, MODEL, None)

@@ -21,15 +21,15 @@ mod engine_sglang {
     use gateway_core::{
         Backend, BackendError, BackendRequest, ByteBound, CancelHandle, CancelReason, ChatMessage,
         EngineKind, EnginePhase, FailureKind, FailurePhase, FinishReason, GenerateRequest, Health,
-        Prompt, TokenEvent, TokenStream, Usage,
+        Prompt, TokenEvent, TokenLogprob, TokenStream, TopLogprob, Usage,
     };
     use serde_json::Value;
     use tokio::time::Instant;
 
-    use crate::support::kit::{ms, run};
+    use crate::support::kit::{Drained, ms, run};
     use gateway_sims::sglang::{
         AbortSource, CONTEXT_400, Fault, INTERNAL_EVENT, INVALID_400, QUEUE_FULL_EVENT, SglangSim,
-        SimOptions, VALUE_ERROR_EVENT, text_of, token_text,
+        SimOptions, VALUE_ERROR_EVENT, text_of, token_logprob, token_text, top_logprob,
     };
 
     fn config(sim: &SglangSim) -> UpstreamConfig {
@@ -207,6 +207,134 @@ mod engine_sglang {
         let sim = SglangSim::start(SimOptions::default()).await;
         let d = run(&backend(&sim), text("plain", 4)).await.unwrap();
         assert_eq!(d.usage(), Some(Usage::new(6, 4)));
+    }
+
+    // --------------------------------------------------------------- logprobs
+
+    fn asking(id: &str, max_tokens: u32, extra: &str) -> BackendRequest {
+        let mut request = GenerateRequest::new(
+            "m",
+            Prompt::Text("Say hi to the sea".to_owned()),
+            max_tokens,
+        )
+        .with_id(id);
+        request.extra = Some(extra.into());
+        BackendRequest::new(request, Arc::new(ByteBound::default()))
+    }
+
+    /// Every delta's logprobs, in order.
+    fn logprobs(d: &Drained) -> Vec<TokenLogprob> {
+        d.events
+            .iter()
+            .filter_map(|e| match e {
+                TokenEvent::Delta(delta) => Some(delta.logprobs.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    /// The simulator's logprobs of the first `n` tokens, `top` alternatives
+    /// each.
+    fn expected(n: u32, top: u32) -> Vec<TokenLogprob> {
+        (0..n)
+            .map(|i| TokenLogprob {
+                token: token_text(i).to_owned(),
+                logprob: token_logprob(i),
+                bytes: None,
+                top_logprobs: (0..top)
+                    .map(|rank| {
+                        let (_, token, logprob) = top_logprob(i, rank);
+                        TopLogprob {
+                            token,
+                            logprob,
+                            bytes: None,
+                        }
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// The logprob fields of the last `/generate` body.
+    fn asked(sim: &SglangSim) -> [Value; 3] {
+        let sent = sim.generations();
+        let body: Value = serde_json::from_str(&sent[sent.len() - 1].body).unwrap();
+        [
+            "return_logprob",
+            "top_logprobs_num",
+            "return_text_in_logprobs",
+        ]
+        .map(|key| body.get(key).cloned().unwrap_or(Value::Null))
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn logprobs_asked_for_come_with_each_token_from_meta_info() {
+        use serde_json::json;
+        for incremental in [false, true] {
+            let sim = SglangSim::start(SimOptions {
+                natural_tokens: 6,
+                incremental_output: incremental,
+                ..SimOptions::default()
+            })
+            .await;
+            let b = SglangBackend::new(
+                config(&sim),
+                SglangOptions {
+                    incremental_streaming_output: incremental,
+                    ..SglangOptions::default()
+                },
+            )
+            .unwrap();
+            // The completions form: `logprobs: 2` asks for two alternatives.
+            let d = run(&b, asking("lp", 100, r#"{"logprobs":2,"echo":false}"#))
+                .await
+                .unwrap();
+            assert!(d.error.is_none(), "{:?}", d.error);
+            assert_eq!(asked(&sim), [json!(true), json!(2), json!(true)]);
+            assert_eq!(logprobs(&d), expected(6, 2), "incremental={incremental}");
+            // Each delta carries its own tokens' logprobs, only the new ones.
+            for event in &d.events {
+                if let TokenEvent::Delta(delta) = event {
+                    assert_eq!(delta.logprobs.len(), delta.tokens as usize);
+                    assert_eq!(delta.logprobs[0].token, delta.text);
+                }
+            }
+            assert_eq!((d.text(), d.tokens()), (text_of(6), 6));
+            assert_eq!(d.finish(), Some(FinishReason::Stop));
+            // SGLang's own field: the tokens' logprobs, no alternatives.
+            let d = run(&b, asking("native", 3, r#"{"return_logprob":true}"#))
+                .await
+                .unwrap();
+            assert_eq!(asked(&sim), [json!(true), Value::Null, json!(true)]);
+            assert_eq!(logprobs(&d), expected(3, 0));
+            assert_eq!(d.finish(), Some(FinishReason::Length));
+            // The chat form: `logprobs: true` with `top_logprobs`.
+            let d = run(
+                &b,
+                asking("chat-form", 4, r#"{"logprobs":true,"top_logprobs":1}"#),
+            )
+            .await
+            .unwrap();
+            assert_eq!(asked(&sim), [json!(true), json!(1), json!(true)]);
+            assert_eq!(logprobs(&d), expected(4, 1));
+        }
+        // Not asked, or asked not to: none of the fields go, no logprobs come.
+        let sim = SglangSim::start(SimOptions::default()).await;
+        for extra in [
+            r#"{"logprobs":false}"#,
+            r#"{"return_logprob":false,"logprobs":3}"#,
+            r#"{"top_logprobs":2}"#,
+        ] {
+            let d = run(&backend(&sim), asking("no", 4, extra)).await.unwrap();
+            assert_eq!(
+                asked(&sim),
+                [Value::Null, Value::Null, Value::Null],
+                "{extra}"
+            );
+            assert!(logprobs(&d).is_empty());
+            assert_eq!(d.text(), text_of(4));
+        }
     }
 
     // --------------------------------------------------------------- failures

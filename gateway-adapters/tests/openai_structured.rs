@@ -362,3 +362,54 @@ mod openai_structured {
         );
     }
 }
+
+#[cfg(test)]
+mod reasoning_usage {
+    use gateway_adapters::openai::types::{CompletionTokensDetails, CompletionUsage};
+    use gateway_adapters::openai::{Assembler, ChunkEncoder, Endpoint};
+    use gateway_core::{Delta, FinishReason, TokenEvent, Usage};
+    use serde_json::{Value, json};
+
+    #[test]
+    fn reasoning_tokens_reach_the_usage_object() {
+        let usage = Usage::new(3, 5).with_reasoning(2);
+        let mut enc = ChunkEncoder::new(Endpoint::Chat, "r1", 1, "m", true);
+        let _ = enc.encode(&TokenEvent::Delta(Delta::text("a", 5)));
+        let _ = enc.encode(&TokenEvent::Usage(usage));
+        let end = enc
+            .encode(&TokenEvent::Finished(FinishReason::Stop))
+            .unwrap();
+        let text = std::str::from_utf8(&end).unwrap();
+        assert!(
+            text.contains(r#""completion_tokens_details":{"reasoning_tokens":2}}"#),
+            "{text}"
+        );
+        // With speculative counts too, reasoning comes first.
+        let both = usage.with_speculative(4, 3).unwrap();
+        let mut asm = Assembler::new(Endpoint::Chat, "r1", 1, "m");
+        asm.push(&TokenEvent::Delta(Delta::text("a", 5))).unwrap();
+        asm.push(&TokenEvent::Usage(both)).unwrap();
+        asm.push(&TokenEvent::Finished(FinishReason::Stop)).unwrap();
+        let body: Value = serde_json::from_slice(&asm.body().unwrap()).unwrap();
+        assert_eq!(
+            body["usage"]["completion_tokens_details"],
+            json!({"reasoning_tokens": 2, "accepted_prediction_tokens": 3, "rejected_prediction_tokens": 1})
+        );
+        // The serde mapping agrees, both ways.
+        let wire = CompletionUsage::from(&both);
+        assert_eq!(
+            wire.completion_tokens_details,
+            Some(CompletionTokensDetails {
+                reasoning_tokens: Some(2),
+                accepted_prediction_tokens: Some(3),
+                rejected_prediction_tokens: Some(1),
+            })
+        );
+        assert_eq!(wire.to_usage(), both);
+        // No reasoning, no speculation: no details (as before).
+        assert_eq!(
+            CompletionUsage::from(&Usage::new(3, 5)).completion_tokens_details,
+            None
+        );
+    }
+}

@@ -14,12 +14,14 @@ use std::fmt;
 /// | `accepted` | draft tokens the target model accepted |
 /// | `rejected` | draft tokens the target model rejected |
 /// | `canceled` | completion tokens produced (or reserved) but never delivered because the request was canceled |
+/// | `reasoning` | completion tokens the engine counted as reasoning (a part of `completion + canceled`, not on top of it) |
 ///
 /// Invariants, checked by every constructor so no `Usage` breaks them:
 /// - `cached <= prompt`;
 /// - `drafted == accepted + rejected`;
 /// - `accepted <= completion + canceled` (an accepted draft token is a
-///   completion token, delivered or not).
+///   completion token, delivered or not);
+/// - `reasoning <= completion + canceled`.
 ///
 /// Sums ([`Usage::saturating_add`]) keep the invariants.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
@@ -30,6 +32,7 @@ pub struct Usage {
     drafted: u64,
     accepted: u64,
     canceled: u64,
+    reasoning: u64,
 }
 
 /// A count that would break a [`Usage`] invariant.
@@ -60,6 +63,14 @@ pub enum UsageError {
         /// Completion plus canceled tokens.
         produced: u64,
     },
+    /// More reasoning tokens than completion tokens produced.
+    #[error("reasoning tokens ({reasoning}) exceed produced completion tokens ({produced})")]
+    ReasoningAboveProduced {
+        /// Reasoning tokens.
+        reasoning: u64,
+        /// Completion plus canceled tokens.
+        produced: u64,
+    },
 }
 
 impl Usage {
@@ -71,6 +82,7 @@ impl Usage {
         drafted: 0,
         accepted: 0,
         canceled: 0,
+        reasoning: 0,
     };
 
     /// Prompt and completion tokens, nothing cached, no speculation.
@@ -122,6 +134,22 @@ impl Usage {
         Usage { completion, ..self }.checked()
     }
 
+    /// Sets the completion tokens that were reasoning, capped at the
+    /// completion tokens produced (`completion + canceled`): engines report
+    /// it, and a report is recorded rather than refused.
+    #[must_use]
+    pub const fn with_reasoning(self, reasoning: u64) -> Usage {
+        let produced = self.completion.saturating_add(self.canceled);
+        Usage {
+            reasoning: if reasoning < produced {
+                reasoning
+            } else {
+                produced
+            },
+            ..self
+        }
+    }
+
     /// Counts forced into a valid usage: cached is capped at prompt,
     /// accepted at drafted and at completion + canceled. For engine reports
     /// and torn readings that must be recorded rather than refused.
@@ -142,6 +170,7 @@ impl Usage {
                 .min(drafted)
                 .min(completion.saturating_add(canceled)),
             canceled,
+            reasoning: 0,
         }
     }
 
@@ -162,6 +191,12 @@ impl Usage {
         if self.accepted > produced {
             return Err(UsageError::AcceptedAboveProduced {
                 accepted: self.accepted,
+                produced,
+            });
+        }
+        if self.reasoning > produced {
+            return Err(UsageError::ReasoningAboveProduced {
+                reasoning: self.reasoning,
                 produced,
             });
         }
@@ -200,6 +235,10 @@ impl Usage {
     pub const fn canceled(&self) -> u64 {
         self.canceled
     }
+    /// Completion tokens the engine counted as reasoning.
+    pub const fn reasoning(&self) -> u64 {
+        self.reasoning
+    }
     /// `prompt + completion`, as OpenAI's `total_tokens`.
     pub const fn total(&self) -> u64 {
         self.prompt.saturating_add(self.completion)
@@ -215,6 +254,7 @@ impl Usage {
             drafted: self.drafted.saturating_add(other.drafted),
             accepted: self.accepted.saturating_add(other.accepted),
             canceled: self.canceled.saturating_add(other.canceled),
+            reasoning: self.reasoning.saturating_add(other.reasoning),
         }
     }
 }
@@ -293,6 +333,21 @@ mod tests {
         // Lowering completion below accepted is refused.
         let u = Usage::new(5, 4).with_speculative(4, 4).unwrap();
         assert!(u.with_completion(3).is_err());
+        // Reasoning is capped at what was produced, and stays within it.
+        let u = Usage::new(5, 4).with_reasoning(9);
+        assert_eq!(u.reasoning(), 4);
+        assert_eq!(
+            u.with_completion(3),
+            Err(UsageError::ReasoningAboveProduced {
+                reasoning: 4,
+                produced: 3
+            })
+        );
+        assert_eq!(
+            u.saturating_add(Usage::new(1, 2).with_reasoning(1))
+                .reasoning(),
+            5
+        );
     }
 
     fn usage() -> impl Strategy<Value = Usage> {

@@ -79,6 +79,7 @@ fn setup() -> Setup {
             pricing: Pricing::per_million(1.0, None, 2.0).expect("valid prices"),
             context_window: 32_768,
             default_max_tokens: TOKENS,
+            media: gateway_policy::MediaCosts::default(),
             counter: counter.clone(),
         })
         .backend(backend.clone(), MODEL, MODEL, None)

@@ -32,6 +32,7 @@
 //!         pricing: Pricing::per_million(1.0, None, 2.0).unwrap(),
 //!         context_window: 4096,
 //!         default_max_tokens: 64,
+//!         media: gateway_policy::MediaCosts::default(),
 //!         counter: Arc::new(ByteBound::default()),
 //!     })
 //!     .backend(Arc::new(mock), "tiny", "tiny", None)
@@ -88,7 +89,7 @@ pub use limits::{
 #[cfg(feature = "redis")]
 pub use limits::{RedisLimiter, RedisLimiterConfig, RedisLimiterStats};
 pub use metrics::Metrics;
-pub use model::ModelSpec;
+pub use model::{MediaCosts, ModelSpec};
 pub use pipeline::{
     BuildError, ClientRequest, DrainReport, EmbedResponse, Gateway, GatewayBuilder, GatewayStream,
     Settings, UNAUTHENTICATED, UNKNOWN_MODEL,

@@ -35,6 +35,7 @@ fn setup(max_concurrency: Option<u32>, health: HealthConfig) -> Setup {
             pricing: Pricing::default(),
             context_window: 1000,
             default_max_tokens: 8,
+            media: gateway_policy::MediaCosts::default(),
             counter: Arc::new(ByteBound::default()),
         })
         .backend_with(

@@ -222,6 +222,7 @@ fn spec() -> ModelSpec {
         context_window: 100,
         default_max_tokens: 16,
         counter: Arc::new(ByteBound::default()),
+        media: MediaCosts::default(),
     }
 }
 

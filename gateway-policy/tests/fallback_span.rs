@@ -61,6 +61,7 @@ async fn the_span_says_the_request_fell_back() {
         pricing: Pricing::default(),
         context_window: 1000,
         default_max_tokens: 8,
+        media: gateway_policy::MediaCosts::default(),
         counter: Arc::new(ByteBound::default()),
     };
     let (big, big_handle) = MockBackend::new("big-0", "big");

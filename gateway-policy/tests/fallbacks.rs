@@ -55,6 +55,7 @@ fn model(name: &str, input: u64, output: u64) -> ModelSpec {
         pricing: pricing(input, output),
         context_window: 1000,
         default_max_tokens: 16,
+        media: gateway_policy::MediaCosts::default(),
         counter: Arc::new(ByteBound::default()),
     }
 }

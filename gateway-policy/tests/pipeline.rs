@@ -54,6 +54,7 @@ fn setup_with(n: usize, settings: Settings, tenant: Tenant, max_concurrency: Opt
             pricing: pricing(),
             context_window: 1000,
             default_max_tokens: 16,
+            media: gateway_policy::MediaCosts::default(),
             counter: Arc::new(ByteBound::default()),
         });
     let mut mocks = Vec::new();
@@ -759,4 +760,115 @@ async fn overload_answers_halve_a_backends_concurrency() {
         "{m}"
     );
     assert_eq!(s.gateway.backends()[0].pressure().limit, Some(2));
+}
+
+/// One gateway whose model reserves 100 prompt tokens per image and takes
+/// no audio, for `tenant`.
+fn media_setup(tenant: Tenant) -> (Gateway, Arc<Tenant>, MockHandle) {
+    let (mock, handle) = MockBackend::new("mock-0", MODEL);
+    let gateway = Gateway::builder(settings())
+        .tenant(tenant, key_hash("sk-t"))
+        .model(ModelSpec {
+            name: MODEL.into(),
+            pricing: pricing(),
+            context_window: 1000,
+            default_max_tokens: 16,
+            media: MediaCosts {
+                image: Some(100),
+                ..MediaCosts::default()
+            },
+            counter: Arc::new(ByteBound::default()),
+        })
+        .backend(Arc::new(mock), MODEL, MODEL, None)
+        .build()
+        .unwrap();
+    let tenant = gateway.authenticate(Some("sk-t")).unwrap();
+    (gateway, tenant, handle)
+}
+
+/// A chat request: "look" (4 bytes) and `images` images, or one audio clip.
+fn media_request(id: &str, images: usize, audio: bool) -> ClientRequest {
+    let part = |kind: MediaKind, json: &str| {
+        ContentPart::Media(MediaPart {
+            kind,
+            json: json.into(),
+        })
+    };
+    let mut parts = vec![ContentPart::Text("look".into())];
+    parts.extend((0..images).map(|_| {
+        part(
+            MediaKind::Image,
+            r#"{"type":"image_url","image_url":{"url":"data:,"}}"#,
+        )
+    }));
+    if audio {
+        parts.push(part(
+            MediaKind::Audio,
+            r#"{"type":"input_audio","input_audio":{"data":"","format":"wav"}}"#,
+        ));
+    }
+    let message = ChatMessage {
+        parts,
+        ..ChatMessage::user("look")
+    };
+    let mut r = ClientRequest::new(id, MODEL, Prompt::Chat(vec![message]));
+    r.max_tokens = Some(2);
+    r
+}
+
+#[tokio::test(start_paused = true)]
+async fn media_parts_are_reserved_at_their_cost_and_charged_at_the_engines_count() {
+    // ByteBound counts the text 2 + 4 + 32 = 38 tokens; two images add 200.
+    // The reservation: 238 prompt tokens at 10 and 2 completion tokens at
+    // 100 = 2,580 picodollars. A budget of 2,579 cannot hold it.
+    let tenant = |budget: u64| Tenant {
+        budget: Some(Money::from_picos(budget)),
+        ..Tenant::new("team-a")
+    };
+    let (gateway, t, _mock) = media_setup(tenant(2_579));
+    let (_g, cancel) = gateway.request_cancel();
+    let err = gateway
+        .generate(&t, media_request("m1", 2, false), cancel)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::BudgetExceeded);
+
+    // With room for it, the engine's own count is charged: it said 150
+    // prompt tokens (two images of 56 tokens and the text).
+    let (gateway, t, mock) = media_setup(tenant(2_580));
+    mock.push(Script::tokens(&["a", "b"], Duration::ZERO).with_prompt_tokens(150));
+    let (_g, cancel) = gateway.request_cancel();
+    let mut stream = gateway
+        .generate(&t, media_request("m2", 2, false), cancel)
+        .await
+        .unwrap();
+    let (text, _, error) = collect(&mut stream).await;
+    assert_eq!((text.as_str(), error.is_none()), ("ab", true));
+    let mut settled = gateway.account(&t.id).unwrap();
+    for _ in 0..1000 {
+        if settled.reserved == Money::ZERO && gateway.active() == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        settled = gateway.account(&t.id).unwrap();
+    }
+    assert_eq!(settled.reserved, Money::ZERO);
+    assert_eq!(settled.spent, Money::from_picos(150 * 10 + 2 * 100));
+}
+
+#[tokio::test(start_paused = true)]
+async fn media_a_model_takes_none_of_is_refused_before_any_engine() {
+    let (gateway, t, mock) = media_setup(Tenant::new("team-a"));
+    let (_g, cancel) = gateway.request_cancel();
+    let err = gateway
+        .generate(&t, media_request("m3", 1, true), cancel)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::InvalidRequest);
+    assert_eq!(
+        err.message(),
+        "model tiny takes no audio input (its configuration sets no audio_tokens)"
+    );
+    assert_eq!(mock.starts(), 0);
+    assert_eq!(gateway.account(&t.id).unwrap().spent, Money::ZERO);
 }

@@ -334,6 +334,7 @@ fn gateway(limiter: Arc<dyn Limiter>, t: Tenant) -> gateway_policy::Gateway {
             pricing: Pricing::per_million(1.0, None, 2.0).unwrap(),
             context_window: 4096,
             default_max_tokens: 64,
+            media: gateway_policy::MediaCosts::default(),
             counter: Arc::new(ByteBound::default()),
         })
         .backend(Arc::new(mock), "tiny", "tiny", None)

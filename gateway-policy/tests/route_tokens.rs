@@ -58,6 +58,7 @@ fn model(name: &str, counter: Arc<dyn TokenCounter>) -> ModelSpec {
         pricing: Pricing::default(),
         context_window: 2048,
         default_max_tokens: 4,
+        media: gateway_policy::MediaCosts::default(),
         counter,
     }
 }

@@ -54,6 +54,7 @@ async fn the_request_span_carries_gen_ai_attributes() {
             pricing: Pricing::default(),
             context_window: 4096,
             default_max_tokens: 64,
+            media: gateway_policy::MediaCosts::default(),
             counter: Arc::new(ByteBound::default()),
         })
         .backend(Arc::new(mock), "tiny", "tiny-served", None)

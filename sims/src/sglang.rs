@@ -5,6 +5,12 @@
 //!   with **cumulative** `text` and `output_ids` (or incremental with
 //!   `incremental_output`), `meta_info.finish_reason` a dict on the final
 //!   event only, speculative counts on the final event, then `data: [DONE]`.
+//!   With `return_logprob`, `meta_info` carries `output_token_logprobs`
+//!   (`[logprob, token_id, text]` per token, the text `null` unless
+//!   `return_text_in_logprobs`) and, with `top_logprobs_num`,
+//!   `output_top_logprobs` (that many `[logprob, token_id, text]` per
+//!   token): cumulative like the text, only the new tokens' entries with
+//!   `incremental_output` (SGLang's `tokenizer_manager.py`, seen 2026-08).
 //! - `POST /v1/chat/completions`: OpenAI deltas, a separate finish chunk with
 //!   an empty delta and `matched_stop`, a `choices: []` usage chunk,
 //!   `[DONE]`; `rid` read from the body.
@@ -339,10 +345,61 @@ fn count_prompt(body: &Value, chat: bool) -> u64 {
     }
 }
 
+/// The log-probability the simulator gives token `i` of a generation.
+pub fn token_logprob(i: u32) -> f64 {
+    -0.25 * f64::from(i % 4 + 1)
+}
+
+/// The `rank`-th most likely token at position `i` (rank 0 is the token
+/// generated, whose text is the generation's): its id, text and
+/// log-probability.
+pub fn top_logprob(i: u32, rank: u32) -> (u32, String, f64) {
+    if rank == 0 {
+        (1000 + i, token_text(i).to_owned(), token_logprob(i))
+    } else {
+        (
+            2000 + rank,
+            format!("<alt{rank}>"),
+            token_logprob(i) - f64::from(rank),
+        )
+    }
+}
+
+/// What a native request asked of logprobs.
+#[derive(Debug, Clone, Copy)]
+struct Logprobs {
+    top: u32,
+    text: bool,
+}
+
+impl Logprobs {
+    /// From a `/generate` body: `return_logprob`, `top_logprobs_num`,
+    /// `return_text_in_logprobs`.
+    fn of(body: &Value) -> Option<Self> {
+        (body["return_logprob"] == Value::Bool(true)).then(|| Logprobs {
+            top: body["top_logprobs_num"]
+                .as_u64()
+                .map_or(0, |n| u32::try_from(n.min(20)).unwrap_or(20)),
+            text: body["return_text_in_logprobs"] == Value::Bool(true),
+        })
+    }
+
+    /// One `[logprob, token_id, text]` entry.
+    fn entry(self, logprob: f64, id: u32, text: &str) -> Value {
+        let text = if self.text {
+            Value::from(text)
+        } else {
+            Value::Null
+        };
+        Value::Array(vec![Value::from(logprob), Value::from(id), text])
+    }
+}
+
 /// How a stream formats its events.
 struct Format<'a> {
     chat: bool,
     incremental: bool,
+    logprobs: Option<Logprobs>,
     rid: &'a str,
     prompt_tokens: u64,
     cached: u64,
@@ -359,8 +416,58 @@ impl Format<'_> {
         )
     }
 
+    /// The logprob keys of `meta_info` after `k` tokens whose texts are
+    /// `texts`: every token's entries (cumulative), or the last token's
+    /// (incremental; none for an event without new text).
+    fn logprob_meta(&self, texts: &[String], k: u32) -> String {
+        let Some(asked) = self.logprobs else {
+            return String::new();
+        };
+        let positions: Vec<u32> = if self.incremental {
+            let new = texts.last().is_some_and(|t| !t.is_empty());
+            if new && k > 0 { vec![k - 1] } else { vec![] }
+        } else {
+            (0..k).collect()
+        };
+        let text = |i: u32| {
+            texts
+                .get(i as usize)
+                .map_or_else(|| token_text(i), String::as_str)
+                .to_owned()
+        };
+        let tokens: Vec<Value> = positions
+            .iter()
+            .map(|&i| asked.entry(token_logprob(i), 1000 + i, &text(i)))
+            .collect();
+        let mut meta = format!(
+            r#","input_token_logprobs":[],"output_token_logprobs":{}"#,
+            Value::Array(tokens)
+        );
+        if asked.top > 0 {
+            let tops: Vec<Value> = positions
+                .iter()
+                .map(|&i| {
+                    let alternatives = (0..asked.top)
+                        .map(|rank| {
+                            let (id, alt, logprob) = top_logprob(i, rank);
+                            let alt = if rank == 0 { text(i) } else { alt };
+                            asked.entry(logprob, id, &alt)
+                        })
+                        .collect();
+                    Value::Array(alternatives)
+                })
+                .collect();
+            meta.push_str(&format!(
+                r#","input_top_logprobs":[],"output_top_logprobs":{}"#,
+                Value::Array(tops)
+            ));
+        }
+        meta
+    }
+
     /// The native event after `k` tokens whose texts are `texts`.
     fn native(&self, texts: &[String], k: u32, finish: &str, extra: &str) -> String {
+        let extra = format!("{}{extra}", self.logprob_meta(texts, k));
         let (text, ids): (String, Vec<u32>) = if self.incremental {
             let last = k.saturating_sub(1);
             (
@@ -374,7 +481,7 @@ impl Format<'_> {
             r#"{{"text":{},"output_ids":{},"meta_info":{}}}"#,
             js(&text),
             Value::from(ids),
-            self.meta(k, finish, extra)
+            self.meta(k, finish, &extra)
         )
     }
 
@@ -447,6 +554,7 @@ async fn generate(
     let fmt = Format {
         chat,
         incremental: opts.incremental_output,
+        logprobs: if chat { None } else { Logprobs::of(&body) },
         rid: &rid,
         prompt_tokens,
         cached: opts.cached_tokens.min(prompt_tokens),

@@ -244,7 +244,7 @@ pub struct SimOptions {
     pub prefill: Duration,
     /// Prefill time of the first request, if different.
     pub first_prefill: Option<Duration>,
-    /// Time between two tokens.
+    /// Time between two tokens (zero: none, and no timer between them).
     pub token_interval: Duration,
     /// Tokens generated when `max_tokens` allows (then `stop`).
     pub natural_tokens: u32,
@@ -876,7 +876,12 @@ async fn generate(
     };
     let mut step_text = String::new();
     for i in 0..n {
-        if i > 0 && wait(opts.token_interval, rd, None).await == Wake::Closed {
+        // No interval: no timer either (a zero sleep still waits for the
+        // timer's next tick); a closed client then shows as a failed write.
+        if i > 0
+            && !opts.token_interval.is_zero()
+            && wait(opts.token_interval, rd, None).await == Wake::Closed
+        {
             return decode_abort(inner);
         }
         match &fault {

@@ -39,6 +39,7 @@ fn gateway() -> Gateway {
         pricing: Pricing::default(),
         context_window: 4096,
         default_max_tokens: 200,
+        media: gateway_policy::MediaCosts::default(),
         counter: Arc::new(ByteBound::default()),
     })
     .backend(Arc::new(sim), MODEL, MODEL, NonZeroU32::new(8))

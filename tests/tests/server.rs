@@ -34,6 +34,7 @@ fn model(name: &str) -> ModelSpec {
         pricing: pricing(),
         context_window: 4096,
         default_max_tokens: 16,
+        media: gateway_policy::MediaCosts::default(),
         counter: Arc::new(ByteBound::default()),
     }
 }
@@ -814,4 +815,49 @@ async fn streaming_and_metrics_cover_the_contract() {
             .status,
         200
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn media_without_a_configured_cost_is_a_400_naming_it() {
+    let rig = Rig::simple(vec![sim("sim-0", None)]).await;
+    let body = json!({
+        "model": "m",
+        "messages": [{"role": "user", "content": [
+            {"type": "text", "text": "what is this?"},
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}
+        ]}],
+        "max_tokens": 4
+    });
+    let r = post(rig.addr(), KEY_A, body.to_string().as_bytes()).await;
+    assert_error(&r, 400, "invalid_request");
+    assert_eq!(
+        r.json()["error"]["message"],
+        "model m takes no image input (its configuration sets no image_tokens)"
+    );
+    // Tools and tool messages are accepted and served (the sim writes text).
+    let body = json!({
+        "model": "m",
+        "messages": [
+            {"role": "user", "content": "weather?"},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "get_weather", "arguments": "{}"}}
+            ]},
+            {"role": "tool", "tool_call_id": "c1", "content": "sunny"}
+        ],
+        "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}],
+        "tool_choice": "auto",
+        "max_tokens": 3
+    });
+    let r = post(rig.addr(), KEY_A, body.to_string().as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["usage"]["completion_tokens"], 3);
+    // A malformed tool definition is refused with the field named.
+    let body = json!({
+        "model": "m",
+        "messages": [{"role": "user", "content": "hi"}],
+        "tools": [{"type": "function", "function": {"description": "no name"}}]
+    });
+    let r = post(rig.addr(), KEY_A, body.to_string().as_bytes()).await;
+    assert_error(&r, 400, "invalid_request");
+    assert_eq!(r.json()["error"]["param"], "tools[0].function.name");
 }

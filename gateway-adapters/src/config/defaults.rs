@@ -139,6 +139,7 @@ pub(super) fn embedded() -> GatewayConfig {
             default_max_tokens: DEFAULT_MAX_TOKENS,
             fallbacks: Vec::new(),
             admission_queue: ADMISSION_QUEUE,
+            media: gateway_policy::MediaCosts::default(),
         }],
         backends: vec![BackendConfig {
             name: "sim-0".to_owned(),

@@ -80,6 +80,8 @@
 //! default_max_tokens = 256            # 1..=context_window; default min(256, context_window)
 //! fallbacks = []                      # other configured models; default none
 //! admission_queue = 1024              # 0..=1000000; default 1024 requests waiting for capacity (addition)
+//! # image_tokens = 576                # >= 1; prompt tokens reserved per image part; unset: images refused (addition)
+//! # audio_tokens, video_tokens        # the same for input_audio / audio_url and video_url parts (addition)
 //!
 //! [[backends]]                        # at least one
 //! name = "vllm-0"                     # required, unique, [A-Za-z0-9_.-]+
@@ -167,6 +169,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use gateway_core::{EngineKind, LatencyClass, Money, Pricing};
+use gateway_policy::MediaCosts;
 use gateway_policy::health::HealthConfig;
 use gateway_policy::route::AffinityConfig;
 
@@ -318,6 +321,10 @@ pub struct ModelConfig {
     /// waiting for this model's capacity; more get `overloaded`. Default
     /// 1024; 0 never queues.
     pub admission_queue: usize,
+    /// `image_tokens`, `audio_tokens`, `video_tokens` (additions): prompt
+    /// tokens reserved per media part of a chat request; unset, the model
+    /// takes no such input and such requests are refused (400).
+    pub media: MediaCosts,
 }
 
 /// What the gateway does with an upstream generation whose client went

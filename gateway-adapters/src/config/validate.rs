@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use gateway_core::http::Uri;
 use gateway_core::{EngineKind, LatencyClass, Money, Pricing};
+use gateway_policy::MediaCosts;
 
 use super::policy;
 use super::walk::{Check, Problems, Reader, Reported};
@@ -60,6 +61,9 @@ const MODEL_KEYS: &[&str] = &[
     "default_max_tokens",
     "fallbacks",
     "admission_queue",
+    "image_tokens",
+    "audio_tokens",
+    "video_tokens",
 ];
 const BACKEND_KEYS: &[&str] = &[
     "name",
@@ -663,6 +667,12 @@ fn model<'a>(
             n.and_then(|n| usize::try_from(n).ok())
                 .unwrap_or(defaults::ADMISSION_QUEUE)
         });
+    let media = |key: &str, p: &mut Problems| Ok(nonzero_u32(r, key, p)?.map(NonZeroU32::get));
+    let (image, audio, video) = (
+        media("image_tokens", p),
+        media("audio_tokens", p),
+        media("video_tokens", p),
+    );
     if let Ok(name) = name {
         if !names.served.contains(&name) {
             p.push(r.path(), "no backend serves this model");
@@ -680,6 +690,11 @@ fn model<'a>(
         default_max_tokens: default_max_tokens?,
         fallbacks: fallbacks?,
         admission_queue: admission_queue?,
+        media: MediaCosts {
+            image: image?,
+            audio: audio?,
+            video: video?,
+        },
     })
 }
 

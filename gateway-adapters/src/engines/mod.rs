@@ -32,6 +32,7 @@ mod openai_compat;
 mod pressure_cell;
 
 pub mod prometheus;
+mod reader;
 mod scrape;
 pub mod sglang;
 pub mod triton;

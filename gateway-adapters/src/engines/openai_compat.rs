@@ -11,20 +11,19 @@ use std::time::Duration;
 use bytes::Bytes;
 use gateway_core::http::{self, HeaderValue, Method, Request, StatusCode, Uri, header};
 use gateway_core::{
-    Backend, BackendError, BackendInfo, BackendRequest, CancelHandle, CancelReason, Delta,
-    EmbedAttempt, Embeddings, EngineKind, FailureKind, FailurePhase, FinishReason, Health,
-    Pressure, Prompt, RequestId, Started, TokenEvent, TokenResult, TokenStream, Usage,
+    Backend, BackendError, BackendInfo, BackendRequest, CancelHandle, EmbedAttempt, Embeddings,
+    EngineKind, FailureKind, FailurePhase, FinishReason, Health, Pressure, Prompt, RequestId,
+    TokenStream, Usage,
 };
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use http_body_util::Full;
 use serde::Deserialize;
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::live::{self, HasLive, LiveRequests};
 use super::pressure_cell::{Gauges, PressureCell};
 use super::prometheus;
+use super::reader::{Drain, EVENT_BUFFER, Emit, Flow, Frames, Reader, Settings};
 use super::scrape::Scraper;
 use super::upstream::{
     self, HttpClient, SIDE_CALL_TIMEOUT, deadline_passed, parse_uri, protocol, read_limited,
@@ -36,18 +35,14 @@ use crate::openai::types::{
     ChatCompletionRequest, CompletionRequest, CompletionUsage, ErrorCode, ErrorDetail, ModelList,
     parse_finish_reason,
 };
-use crate::openai::{SseDecoder, SseError, SseEvent, merge_extra, parse_upstream_error};
+use crate::openai::{SseDecoder, SseEvent, merge_extra, parse_upstream_error};
 
 mod embed;
 
-/// Events buffered between the connection reader and the consumer.
-const EVENT_BUFFER: usize = 64;
 /// Most bytes of an error body read.
 const MAX_ERROR_BODY: usize = 64 * 1024;
 /// Most bytes of a `/v1/models` answer read.
 const MAX_MODELS_BODY: usize = 1024 * 1024;
-/// How long to wait for the usage chunk and `[DONE]` after `finish_reason`.
-const FINISH_GRACE: Duration = Duration::from_secs(2);
 /// Longest engine message passed on in an error.
 const MAX_MESSAGE_CHARS: usize = 512;
 
@@ -632,22 +627,25 @@ impl Backend for OpenAiCompatBackend {
             return Err(error);
         }
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
-        let reader = Reader {
-            cap: u64::from(request.budget.max_completion_tokens),
-            deadline,
-            cancel: cancel.clone(),
-            decoder: SseDecoder::new().with_max_event_bytes(inner.max_event_bytes),
-            delivered: 0,
-            pending_tokens: 0,
-            any_delta: false,
-            finish: None,
-            usage: None,
+        let frames = ChunkFrames {
             shared: inner.shared.clone(),
             quirks: inner.quirks,
-            drain: inner.drain,
-            draining_until: None,
-            hard_abort,
+            usage: None,
         };
+        let reader = Reader::new(
+            frames,
+            Settings {
+                cap: u64::from(request.budget.max_completion_tokens),
+                deadline,
+                cancel: cancel.clone(),
+                max_event_bytes: inner.max_event_bytes,
+                drain: inner.drain.map(|timeout| Drain {
+                    timeout,
+                    abort: hard_abort,
+                }),
+                started: true,
+            },
+        );
         tokio::spawn(reader.run(response.into_body(), tx, live));
         let mut rx = rx;
         let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
@@ -874,337 +872,52 @@ struct SpecDecoding {
     num_accepted_draft_tokens: u64,
 }
 
-/// Whether the stream goes on after an event.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Flow {
-    Continue,
-    /// The last item was queued: stop reading the engine's work.
-    End,
-}
-
-/// Reads one response body into token events.
-struct Reader {
-    cap: u64,
-    deadline: Option<Instant>,
-    cancel: CancelHandle,
-    decoder: SseDecoder,
-    delivered: u64,
-    /// Tokens of chunks with empty text, carried to the next text.
-    pending_tokens: u32,
-    any_delta: bool,
-    finish: Option<FinishReason>,
-    usage: Option<Usage>,
+/// The OpenAI-style chunks of a streamed answer, for the shared
+/// [`Reader`]: typed deltas (text, reasoning, tool calls, refusal,
+/// logprobs), the usage chunk, in-stream error frames, `[DONE]`.
+struct ChunkFrames {
     shared: Arc<Shared>,
     quirks: Quirks,
-    /// `Some(timeout)`: a `ClientGone` cancel starts a drain instead of
-    /// closing the connection.
-    drain: Option<Duration>,
-    /// While draining: when the drain gives up and closes the connection.
-    draining_until: Option<Instant>,
-    /// Fired by `abort(id)`: stops a drain too.
-    hard_abort: CancellationToken,
+    usage: Option<Usage>,
 }
 
-/// Why the reader must stop waiting (or change mode).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Stop {
-    /// Canceled with this reason: close the connection.
-    Cancel(CancelReason),
-    /// The request's deadline passed.
-    Deadline,
-    /// The client left and this backend drains: keep reading.
-    StartDrain,
-    /// The drain ran out of time: close the connection.
-    DrainTimeout,
-}
-
-impl Reader {
-    /// Resolves when the reader must stop or start draining. While
-    /// draining only `abort(id)` and the drain timeout stop it (the cancel
-    /// stays fired, and the request's deadline no longer applies: nobody
-    /// waits for the answer).
-    async fn stop(&self, watch_deadline: bool) -> Stop {
-        if let Some(until) = self.draining_until {
-            return tokio::select! {
-                biased;
-                () = self.hard_abort.cancelled() => Stop::Cancel(CancelReason::Aborted),
-                () = tokio::time::sleep_until(until) => Stop::DrainTimeout,
-            };
-        }
-        tokio::select! {
-            biased;
-            reason = self.cancel.canceled() => {
-                if reason == CancelReason::ClientGone
-                    && self.drain.is_some()
-                    && !self.hard_abort.is_cancelled()
-                {
-                    Stop::StartDrain
-                } else {
-                    Stop::Cancel(reason)
-                }
-            }
-            () = deadline_passed(self.deadline), if watch_deadline => Stop::Deadline,
-        }
-    }
-
-    fn start_drain(&mut self) {
-        let timeout = self.drain.unwrap_or_default();
-        self.draining_until = Some(Instant::now() + timeout);
-        tracing::debug!(
-            timeout_ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX),
-            "client gone: draining the engine's stream"
-        );
-    }
-
-    /// The error a stop ends the stream with.
-    fn stop_error(&self, stop: Stop) -> BackendError {
-        match stop {
-            Stop::Cancel(reason) => BackendError::canceled(reason).with_phase(self.phase()),
-            Stop::Deadline => total_timeout(self.phase()),
-            Stop::DrainTimeout | Stop::StartDrain => BackendError::new(
-                FailureKind::Canceled,
-                format!(
-                    "client_gone: drained {} completion tokens, then the drain timeout ({} ms) closed the connection",
-                    self.delivered,
-                    self.drain.unwrap_or_default().as_millis()
-                ),
-            )
-            .with_phase(self.phase()),
-        }
-    }
-
-    fn phase(&self) -> FailurePhase {
-        if self.any_delta {
-            FailurePhase::AfterFirstToken
-        } else {
-            FailurePhase::BeforeFirstToken
-        }
-    }
-
-    async fn run(mut self, mut body: Incoming, tx: mpsc::Sender<TokenResult>, live: LiveGuard) {
-        let mut live = Some(live);
-        let mut out: Vec<TokenResult> = vec![Ok(TokenEvent::Started(Started::default()))];
-        let mut flow = Flow::Continue;
-        loop {
-            // Hand over what is ready, still watching for a cancel.
-            if flow == Flow::End {
-                // The engine's part is over: free the connection's slot first.
-                drop(live.take());
-            }
-            // A permit first, then the item: a stop that wins the race
-            // (a drain starting, say) loses no item.
-            while !out.is_empty() {
-                let sent = tokio::select! {
-                    biased;
-                    stop = self.stop(flow == Flow::Continue) => Err(Some(stop)),
-                    permit = tx.reserve() => permit.map_err(|_| None),
-                };
-                let stop = match sent {
-                    Ok(permit) => {
-                        permit.send(out.remove(0));
-                        continue;
-                    }
-                    Err(Some(Stop::StartDrain)) => {
-                        self.start_drain();
-                        continue;
-                    }
-                    Err(Some(stop)) => Some(stop),
-                    // The consumer dropped the stream: close, even a drain.
-                    Err(None) => None,
-                };
-                if flow == Flow::End {
-                    // The engine's part is over: nothing left to close.
-                    return;
-                }
-                drop(body);
-                drop(live.take());
-                let Some(stop) = stop else { return };
-                if tx.is_closed() {
-                    return;
-                }
-                let _ = tx.send(Err(self.stop_error(stop))).await;
-                return;
-            }
-            if flow == Flow::End {
-                drop(tx);
-                // Read the rest (normally just the end of the chunked body)
-                // so the connection can go back to the pool.
-                let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                    let mut left = MAX_ERROR_BODY;
-                    while let Some(Ok(frame)) = body.frame().await {
-                        let len = frame.data_ref().map_or(0, Bytes::len);
-                        left = left.saturating_sub(len);
-                        if left == 0 {
-                            break;
-                        }
-                    }
-                })
-                .await;
-                return;
-            }
-            let grace = async {
-                match self.finish {
-                    Some(_) => tokio::time::sleep(FINISH_GRACE).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let frame = tokio::select! {
-                biased;
-                stop = self.stop(true) => {
-                    if stop == Stop::StartDrain {
-                        self.start_drain();
-                        continue;
-                    }
-                    drop(body);
-                    drop(live.take());
-                    let _ = tx.send(Err(self.stop_error(stop))).await;
-                    return;
-                }
-                () = grace => {
-                    flow = self.end_of_stream(&mut out);
-                    continue;
-                }
-                frame = body.frame() => frame,
-            };
-            flow = match frame {
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => {
-                        self.decoder.push(&data);
-                        self.drain_events(&mut out)
-                    }
-                    Err(_) => Flow::Continue,
-                },
-                Some(Err(e)) => {
-                    if self.quirks.cut_body_is_truncation && is_cut_body(&e) {
-                        out.push(Err(protocol(
-                            "the engine's stream was cut without [DONE] (a failed stream)",
-                            self.phase(),
-                        )));
-                    } else {
-                        out.push(Err(transport_error(e, self.phase())));
-                    }
-                    Flow::End
-                }
-                None => {
-                    self.decoder.finish();
-                    match self.drain_events(&mut out) {
-                        Flow::End => Flow::End,
-                        Flow::Continue => self.end_of_stream(&mut out),
-                    }
-                }
-            };
-        }
-    }
-
-    fn drain_events(&mut self, out: &mut Vec<TokenResult>) -> Flow {
-        while let Some(event) = self.decoder.next_event() {
-            if self.on_event(event, out) == Flow::End {
-                return Flow::End;
-            }
-        }
-        Flow::Continue
-    }
-
+impl ChunkFrames {
     /// The error of an in-stream error frame, with the engine's rules.
-    fn frame_error(&self, detail: &ErrorDetail) -> BackendError {
+    fn frame_error(&self, detail: &ErrorDetail, phase: FailurePhase) -> BackendError {
         match self.quirks.message_rules {
-            [] => frame_error(detail, self.phase()),
-            rules => frame_error_with(detail, self.phase(), rules),
+            [] => frame_error(detail, phase),
+            rules => frame_error_with(detail, phase, rules),
         }
     }
+}
 
-    /// The body ended (or the engine went quiet after `finish_reason`).
-    fn end_of_stream(&mut self, out: &mut Vec<TokenResult>) -> Flow {
-        if self.finish.is_some() {
-            self.finish_events(out);
-        } else {
-            let why = if self.decoder.has_partial() {
-                "the engine's stream was cut inside an event"
-            } else {
-                "the engine's stream ended without a finish_reason"
-            };
-            out.push(Err(protocol(why, self.phase())));
-        }
-        Flow::End
-    }
-
-    fn finish_events(&mut self, out: &mut Vec<TokenResult>) {
-        // Chunks without `token_ids` count one token each, but an engine
-        // can put several tokens in one chunk (vLLM does with speculative
-        // decoding: accepted drafts arrive together). The engine's own
-        // count is the truth: the tokens not yet counted go out as a last
-        // empty delta, so what the client takes (and is charged for)
-        // equals what the engine produced, within the cap.
-        let reported = self.usage.map_or(0, |u| u.completion()).min(self.cap);
-        let uncounted = reported.saturating_sub(self.delivered);
-        let tokens = u64::from(self.pending_tokens).max(uncounted);
-        self.pending_tokens = 0;
-        if tokens > 0 {
-            let tokens = u32::try_from(tokens).unwrap_or(u32::MAX);
-            self.delivered += u64::from(tokens);
-            self.any_delta = true;
-            out.push(Ok(TokenEvent::Delta(Delta::text(String::new(), tokens))));
-        }
-        if let Some(usage) = self.usage.take() {
-            out.push(Ok(TokenEvent::Usage(usage)));
-        }
-        out.push(Ok(TokenEvent::Finished(
-            self.finish.unwrap_or(FinishReason::Stop),
-        )));
-    }
-
-    fn on_event(&mut self, event: Result<SseEvent, SseError>, out: &mut Vec<TokenResult>) -> Flow {
-        let event = match event {
-            Ok(event) => event,
-            Err(e) => {
-                out.push(Err(protocol(
-                    format!("undecodable event from the engine: {e}"),
-                    self.phase(),
-                )));
-                return Flow::End;
-            }
-        };
+impl Frames for ChunkFrames {
+    fn on_event(&mut self, event: SseEvent, emit: &mut Emit) -> Flow {
         if event.event.as_deref() == Some("error") {
             let detail =
                 parse_upstream_error(event.data.as_bytes()).unwrap_or_else(|| ErrorDetail {
                     message: event.data.clone(),
                     ..ErrorDetail::default()
                 });
-            out.push(Err(self.frame_error(&detail)));
-            return Flow::End;
+            return emit.fail(self.frame_error(&detail, emit.phase()));
         }
         if event.data.is_empty() {
             return Flow::Continue;
         }
         if event.is_done() {
-            if self.finish.is_some() {
-                self.finish_events(out);
-            } else {
-                out.push(Err(protocol(
-                    "the engine sent [DONE] without a finish_reason",
-                    self.phase(),
-                )));
-            }
-            return Flow::End;
+            return emit.end_marker();
         }
         let chunk: Chunk = match serde_json::from_str(&event.data) {
             Ok(chunk) => chunk,
-            Err(_) => {
-                out.push(Err(protocol(
-                    "the engine sent malformed JSON",
-                    self.phase(),
-                )));
-                return Flow::End;
-            }
+            Err(_) => return emit.fail(protocol("the engine sent malformed JSON", emit.phase())),
         };
         if chunk.error.is_some() || chunk.object.as_deref() == Some("error") {
             let detail = parse_upstream_error(event.data.as_bytes()).unwrap_or_default();
-            let error = self.frame_error(&detail);
+            let error = self.frame_error(&detail, emit.phase());
             if error.kind() == FailureKind::Overloaded {
                 self.shared.pressure.mark_overloaded(None);
             }
-            out.push(Err(error));
-            return Flow::End;
+            return emit.fail(error);
         }
         if let Some(usage) = chunk.usage {
             let spec = chunk.metrics.and_then(|m| m.speculative_decoding);
@@ -1218,47 +931,41 @@ impl Reader {
         else {
             return Flow::Continue;
         };
-        if self.finish.is_some() {
+        if emit.finish_seen() {
             // Nothing but usage may follow the finish.
             return Flow::Continue;
         }
         if let Some(delta) = choice.take_delta(&event.data)
-            && self.on_output(delta, out) == Flow::End
+            && emit.output(delta) == Flow::End
         {
             return Flow::End;
         }
         if let Some(reason) = choice.finish_reason.as_deref() {
             match finish_reason(reason) {
-                Ok(reason) => self.finish = Some(reason),
-                Err(error) => {
-                    out.push(Err(error.with_phase(self.phase())));
-                    return Flow::End;
-                }
+                Ok(reason) => emit.set_finish(reason),
+                Err(error) => return emit.fail(error.with_phase(emit.phase())),
             }
         }
         Flow::Continue
     }
 
-    /// A piece of output: held (its tokens carried to the next piece) when
-    /// there is nothing to show, else sent, unless it would pass the cap.
-    fn on_output(&mut self, mut delta: Delta, out: &mut Vec<TokenResult>) -> Flow {
-        if !delta.has_output() {
-            self.pending_tokens = self.pending_tokens.saturating_add(delta.tokens);
-            return Flow::Continue;
+    fn reported_completion(&self) -> Option<u64> {
+        self.usage.map(|u| u.completion())
+    }
+
+    fn final_usage(&mut self, _delivered: u64) -> Option<Usage> {
+        self.usage.take()
+    }
+
+    fn body_error(&self, error: hyper::Error, phase: FailurePhase) -> BackendError {
+        if self.quirks.cut_body_is_truncation && is_cut_body(&error) {
+            protocol(
+                "the engine's stream was cut without [DONE] (a failed stream)",
+                phase,
+            )
+        } else {
+            transport_error(error, phase)
         }
-        let tokens = delta
-            .tokens
-            .saturating_add(std::mem::take(&mut self.pending_tokens));
-        if self.delivered.saturating_add(u64::from(tokens)) > self.cap {
-            // The engine went past max_tokens: end at the cap.
-            out.push(Ok(TokenEvent::Finished(FinishReason::Length)));
-            return Flow::End;
-        }
-        self.delivered += u64::from(tokens);
-        self.any_delta = true;
-        delta.tokens = tokens;
-        out.push(Ok(TokenEvent::Delta(delta)));
-        Flow::Continue
     }
 }
 
@@ -1269,6 +976,10 @@ impl Reader {
 fn upstream_usage(usage: &CompletionUsage, spec: Option<SpecDecoding>) -> Usage {
     let cached = usage.prompt_tokens_details.map_or(0, |d| d.cached_tokens);
     let spec = spec.unwrap_or_default();
+    let reasoning = usage
+        .completion_tokens_details
+        .and_then(|d| d.reasoning_tokens)
+        .unwrap_or(0);
     Usage::clamped(
         usage.prompt_tokens,
         cached,
@@ -1277,6 +988,7 @@ fn upstream_usage(usage: &CompletionUsage, spec: Option<SpecDecoding>) -> Usage 
         spec.num_accepted_draft_tokens,
         0,
     )
+    .with_reasoning(reasoning)
 }
 
 fn finish_reason(reason: &str) -> Result<FinishReason, BackendError> {
@@ -1436,6 +1148,11 @@ mod tests {
             upstream_usage(&chunk.usage.unwrap(), spec),
             Usage::new(3, 4)
         );
+        // Reasoning tokens (SGLang, vLLM with a reasoning parser).
+        let data = r#"{"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7,"completion_tokens_details":{"reasoning_tokens":3}}}"#;
+        let chunk: Chunk = serde_json::from_str(data).unwrap();
+        let usage = upstream_usage(&chunk.usage.unwrap(), None);
+        assert_eq!(usage, Usage::new(3, 4).with_reasoning(3));
         // Counts that break the usage invariants are clamped, not refused.
         let data = r#"{"usage":{"prompt_tokens":3,"completion_tokens":4,"total_tokens":7},"metrics":{"speculative_decoding":{"num_draft_tokens":2,"num_accepted_draft_tokens":9}}}"#;
         let chunk: Chunk = serde_json::from_str(data).unwrap();

@@ -28,9 +28,18 @@
 //!   `POST /abort_request {"rid"}` is sent on a spawned task with a short
 //!   timeout (closing alone only aborts 2 s later in SGLang, §3.6); the
 //!   stream's end never waits for it.
+//! - Logprobs on the native route: asked for by the request's extra fields,
+//!   SGLang's own `return_logprob` (+ `top_logprobs_num`) or OpenAI's
+//!   `logprobs` (`true` with `top_logprobs`, or the completions count of
+//!   alternatives), sent as `return_logprob`, `top_logprobs_num` (when
+//!   above 0) and `return_text_in_logprobs` (for the token texts).
+//!   `meta_info.output_token_logprobs` / `output_top_logprobs` (cumulative
+//!   like the text, only the new tokens' entries taken; per event with
+//!   `--incremental-streaming-output`) become each delta's logprobs; no
+//!   token bytes (SGLang gives none).
 //! - Not sent on the native route: the served model name (one model per
-//!   server) and the request's extra fields (`GenerateReqInput` has its own
-//!   field set); a seed goes as `sampling_params.sampling_seed`.
+//!   server) and the request's other extra fields (`GenerateReqInput` has
+//!   its own field set); a seed goes as `sampling_params.sampling_seed`.
 //! - Pressure: `sglang:num_running_reqs`, `sglang:num_queue_reqs`,
 //!   `sglang:token_usage` from `/metrics` (`--enable-metrics`), for the
 //!   served model's `model_name`.
@@ -45,14 +54,13 @@ use gateway_core::http::{HeaderValue, Method, Request, StatusCode, Uri, header};
 use gateway_core::{
     Backend, BackendError, BackendInfo, BackendRequest, CancelHandle, CancelReason, Delta,
     EngineKind, FailureKind, FailurePhase, FinishReason, Health, Pressure, Prompt, RequestId,
-    Started, TokenEvent, TokenResult, TokenStream, Usage,
+    TokenEvent, TokenLogprob, TokenStream, TopLogprob, Usage,
 };
-use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
-use serde::Deserialize;
+use http_body_util::Full;
+use serde::de::{IgnoredAny, SeqAccess, Visitor};
+use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::live::{self, HasLive, LiveRequests};
@@ -61,6 +69,7 @@ use super::openai_compat::{
 };
 use super::pressure_cell::{Gauges, PressureCell};
 use super::prometheus;
+use super::reader::{EVENT_BUFFER, Emit, Flow, Frames, Reader, Settings};
 use super::scrape::Scraper;
 use super::upstream::{
     self, HttpClient, SIDE_CALL_TIMEOUT, deadline_passed, parse_uri, protocol, read_limited,
@@ -68,12 +77,9 @@ use super::upstream::{
 };
 use crate::config::BackendConfig;
 use crate::openai::types::{ErrorCode, ErrorDetail};
-use crate::openai::{SseDecoder, SseError, SseEvent, parse_upstream_error};
+use crate::openai::{SseEvent, parse_upstream_error};
 
-const EVENT_BUFFER: usize = 64;
 const MAX_ERROR_BODY: usize = 64 * 1024;
-/// How long to wait for `[DONE]` after the final event.
-const FINISH_GRACE: Duration = Duration::from_secs(2);
 const MAX_MESSAGE_CHARS: usize = 512;
 
 /// SGLang's OpenAI routes, used for chat prompts (no scrape of its own:
@@ -318,8 +324,13 @@ impl Inner {
         live::register(&self.shared, id, cancel, &CancellationToken::new())
     }
 
-    /// The native `/generate` body.
-    fn generate_body(&self, request: &BackendRequest) -> Result<Bytes, BackendError> {
+    /// The native `/generate` body; `logprobs`: the top alternatives per
+    /// token when logprobs are asked for ([`logprob_ask`]).
+    fn generate_body(
+        &self,
+        request: &BackendRequest,
+        logprobs: Option<u64>,
+    ) -> Result<Bytes, BackendError> {
         let generate = request.request.as_ref();
         let mut sampling = Map::new();
         sampling.insert(
@@ -359,6 +370,14 @@ impl Inner {
         body.insert("sampling_params".to_owned(), Value::Object(sampling));
         body.insert("stream".to_owned(), Value::Bool(true));
         body.insert("rid".to_owned(), Value::from(generate.id.as_str()));
+        if let Some(top) = logprobs {
+            body.insert("return_logprob".to_owned(), Value::Bool(true));
+            if top > 0 {
+                body.insert("top_logprobs_num".to_owned(), Value::from(top));
+            }
+            // The token texts: without it SGLang sends only the ids.
+            body.insert("return_text_in_logprobs".to_owned(), Value::Bool(true));
+        }
         serde_json::to_vec(&Value::Object(body))
             .map(Bytes::from)
             .map_err(|e| {
@@ -512,7 +531,8 @@ impl Backend for SglangBackend {
         if matches!(request.request.prompt, Prompt::Chat(_)) {
             return inner.start_chat(request, cancel).await;
         }
-        let body = inner.generate_body(&request)?;
+        let logprobs = logprob_ask(request.request.extra.as_deref());
+        let body = inner.generate_body(&request, logprobs)?;
         let id = request.request.id.clone();
         let http_request = inner.post(&id, body)?;
         let live = inner.register(&id, &cancel);
@@ -552,22 +572,29 @@ impl Backend for SglangBackend {
             return Err(error);
         }
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
-        let reader = Reader {
-            cap: u64::from(request.budget.max_completion_tokens),
-            deadline,
-            cancel: cancel.clone(),
-            decoder: SseDecoder::new().with_max_event_bytes(inner.max_event_bytes),
+        let frames = NativeFrames {
+            shared: inner.shared.clone(),
+            abort: Some(guard),
             incremental: inner.options.incremental_streaming_output,
+            logprobs: logprobs.is_some(),
             forwarded: String::new(),
             seen_tokens: 0,
             seen_ids: 0,
-            delivered: 0,
-            pending_tokens: 0,
-            any_delta: false,
-            done: None,
-            shared: inner.shared.clone(),
+            seen_logprobs: 0,
+            last_meta: None,
         };
-        tokio::spawn(reader.run(response.into_body(), tx, live, guard));
+        let reader = Reader::new(
+            frames,
+            Settings {
+                cap: u64::from(request.budget.max_completion_tokens),
+                deadline,
+                cancel: cancel.clone(),
+                max_event_bytes: inner.max_event_bytes,
+                drain: None,
+                started: true,
+            },
+        );
+        tokio::spawn(reader.run(response.into_body(), tx, live));
         let mut rx = rx;
         let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
         Ok(TokenStream::new(stream).cancel_on_drop(cancel))
@@ -620,6 +647,33 @@ impl Backend for SglangBackend {
             Err(_) => Health::Unhealthy("health check timed out".to_owned()),
         }
     }
+}
+
+/// Whether a request asks for logprobs, from its extra fields, and how
+/// many alternatives per token: SGLang's own `return_logprob` (with
+/// `top_logprobs_num`) wins; else OpenAI's `logprobs` — `true` (chat, with
+/// `top_logprobs`) or the completions count of alternatives (`0`: the
+/// tokens' own logprobs only). `None`: not asked (or `false`).
+fn logprob_ask(extra: Option<&str>) -> Option<u64> {
+    let extra = extra.filter(|e| e.contains("logprob"))?;
+    let fields: Map<String, Value> = serde_json::from_str(extra).ok()?;
+    let asked = match (fields.get("return_logprob"), fields.get("logprobs")) {
+        (Some(Value::Bool(asked)), _) | (None | Some(Value::Null), Some(Value::Bool(asked))) => {
+            *asked
+        }
+        (None | Some(Value::Null), Some(Value::Number(n))) => n.as_u64().is_some(),
+        _ => false,
+    };
+    if !asked {
+        return None;
+    }
+    let count = |key: &str| fields.get(key).and_then(Value::as_u64);
+    Some(
+        count("top_logprobs_num")
+            .or_else(|| count("top_logprobs"))
+            .or_else(|| count("logprobs"))
+            .unwrap_or(0),
+    )
 }
 
 /// A kind read from an SGLang message alone (native errors carry no code
@@ -747,250 +801,170 @@ struct MetaInfo {
     spec_accepted_drafts: Option<u64>,
     #[serde(alias = "spec_num_proposed_drafts")]
     spec_proposed_drafts: Option<u64>,
+    /// `[[logprob, token_id, text], ...]` with `return_logprob`.
+    output_token_logprobs: Option<Value>,
+    /// Per token, `null` or its top alternatives as `[logprob, token_id,
+    /// text]`, with `top_logprobs_num`.
+    output_top_logprobs: Option<Value>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Flow {
-    Continue,
-    End,
+/// Logprob given for a token SGLang sends without one (`null`): OpenAI's
+/// "very unlikely".
+const UNLIKELY: f64 = -9999.0;
+
+/// One `(logprob, token_id, token_text)` entry of SGLang's logprob lists;
+/// the text is `null` unless `return_text_in_logprobs`.
+#[derive(Debug, Default)]
+struct LogprobEntry {
+    logprob: f64,
+    text: String,
 }
 
-/// How the engine ended the request, once it did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Done {
-    Finished,
-    Failed,
+impl<'de> Deserialize<'de> for LogprobEntry {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Entry;
+        impl<'de> Visitor<'de> for Entry {
+            type Value = LogprobEntry;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a [logprob, token_id, text] entry")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<LogprobEntry, A::Error> {
+                let logprob = seq.next_element::<Option<f64>>()?.flatten();
+                let _id = seq.next_element::<IgnoredAny>()?;
+                let text = seq.next_element::<Option<String>>()?.flatten();
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(LogprobEntry {
+                    logprob: logprob.unwrap_or(UNLIKELY),
+                    text: text.unwrap_or_default(),
+                })
+            }
+        }
+        deserializer.deserialize_seq(Entry)
+    }
 }
 
-struct Reader {
-    cap: u64,
-    deadline: Option<Instant>,
-    cancel: CancelHandle,
-    decoder: SseDecoder,
+/// The entries of a logprob list from index `skip` on (unreadable ones
+/// left out).
+fn entries_from<T: serde::de::DeserializeOwned>(list: Option<Value>, skip: usize) -> Vec<T> {
+    match list {
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .skip(skip)
+            .filter_map(|item| serde_json::from_value(item).ok())
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// SGLang's native events, for the shared [`Reader`]: cumulative (or
+/// incremental) text turned into exact deltas, each event's tokens from
+/// `completion_tokens`, the logprobs asked for, usage from the final
+/// `meta_info`, in-stream errors and `abort` finishes.
+struct NativeFrames {
+    shared: Arc<Shared>,
+    /// Sends `/abort_request` when dropped, unless the engine ended the
+    /// request itself.
+    abort: Option<AbortGuard>,
     incremental: bool,
+    /// Whether the request asked for logprobs.
+    logprobs: bool,
     /// The text forwarded so far (cumulative mode).
     forwarded: String,
     /// `completion_tokens` of the last event.
     seen_tokens: u64,
     /// `output_ids.len()` of the last event.
     seen_ids: u64,
-    delivered: u64,
-    pending_tokens: u64,
-    any_delta: bool,
-    done: Option<Done>,
-    shared: Arc<Shared>,
+    /// Entries of `output_token_logprobs` already forwarded (cumulative mode).
+    seen_logprobs: usize,
+    /// The final event's `meta_info`.
+    last_meta: Option<MetaInfo>,
 }
 
-impl Reader {
-    fn phase(&self) -> FailurePhase {
-        if self.any_delta {
-            FailurePhase::AfterFirstToken
+impl NativeFrames {
+    /// The engine ended the request itself: no `/abort_request` for it.
+    fn engine_ended(&mut self) {
+        if let Some(guard) = self.abort.as_mut() {
+            guard.disarm();
+        }
+    }
+
+    /// The logprobs of the tokens `meta` adds: SGLang's lists are
+    /// cumulative like the text (only the new entries are taken), or hold
+    /// only the new tokens with `--incremental-streaming-output`.
+    fn new_logprobs(&mut self, meta: &mut MetaInfo) -> Vec<TokenLogprob> {
+        let skip = if self.incremental {
+            0
         } else {
-            FailurePhase::BeforeFirstToken
-        }
-    }
-
-    async fn run(
-        mut self,
-        mut body: Incoming,
-        tx: mpsc::Sender<TokenResult>,
-        live: LiveGuard,
-        mut guard: AbortGuard,
-    ) {
-        let mut live = Some(live);
-        let mut out: Vec<TokenResult> = vec![Ok(TokenEvent::Started(Started::default()))];
-        let mut flow = Flow::Continue;
-        let mut finished_at: Option<Instant> = None;
-        loop {
-            if flow == Flow::End {
-                if self.done.is_some() {
-                    guard.disarm();
-                }
-                drop(live.take());
-            }
-            for item in out.drain(..) {
-                let sent = tokio::select! {
-                    biased;
-                    reason = self.cancel.canceled() => Err(Some(reason)),
-                    () = deadline_passed(self.deadline), if flow == Flow::Continue && self.done.is_none() => Err(None),
-                    sent = tx.send(item) => sent.map_err(|_| None),
-                };
-                if let Err(why) = sent {
-                    if self.done.is_some() {
-                        guard.disarm();
-                    }
-                    if flow == Flow::End {
-                        return;
-                    }
-                    drop(body);
-                    drop(guard);
-                    drop(live.take());
-                    if tx.is_closed() {
-                        return;
-                    }
-                    let error = match why {
-                        Some(reason) => BackendError::canceled(reason).with_phase(self.phase()),
-                        None => total_timeout(self.phase()),
-                    };
-                    let _ = tx.send(Err(error)).await;
-                    return;
-                }
-            }
-            if flow == Flow::End {
-                drop(tx);
-                let _ = tokio::time::timeout(Duration::from_secs(1), async {
-                    let mut left = MAX_ERROR_BODY;
-                    while let Some(Ok(frame)) = body.frame().await {
-                        left = left.saturating_sub(frame.data_ref().map_or(0, Bytes::len));
-                        if left == 0 {
-                            break;
-                        }
-                    }
-                })
-                .await;
-                return;
-            }
-            if self.done.is_some() && finished_at.is_none() {
-                finished_at = Some(Instant::now());
-            }
-            let grace = async {
-                match finished_at {
-                    Some(at) => tokio::time::sleep_until(at + FINISH_GRACE).await,
-                    None => std::future::pending().await,
-                }
-            };
-            let frame = tokio::select! {
-                biased;
-                reason = self.cancel.canceled() => {
-                    if self.done.is_some() {
-                        // `Finished` is out; only `[DONE]` was awaited.
-                        guard.disarm();
-                        return;
-                    }
-                    drop(body);
-                    drop(guard);
-                    drop(live.take());
-                    let _ = tx.send(Err(BackendError::canceled(reason).with_phase(self.phase()))).await;
-                    return;
-                }
-                () = deadline_passed(self.deadline), if self.done.is_none() => {
-                    drop(body);
-                    drop(guard);
-                    drop(live.take());
-                    let _ = tx.send(Err(total_timeout(self.phase()))).await;
-                    return;
-                }
-                () = grace => {
-                    flow = Flow::End;
-                    continue;
-                }
-                frame = body.frame() => frame,
-            };
-            flow = match frame {
-                Some(Ok(frame)) => match frame.into_data() {
-                    Ok(data) => {
-                        self.decoder.push(&data);
-                        self.drain_events(&mut out)
-                    }
-                    Err(_) => Flow::Continue,
-                },
-                Some(Err(e)) => {
-                    if self.done.is_none() {
-                        out.push(Err(transport_error(e, self.phase())));
-                    }
-                    Flow::End
-                }
-                None => {
-                    self.decoder.finish();
-                    match self.drain_events(&mut out) {
-                        Flow::End => Flow::End,
-                        Flow::Continue => {
-                            if self.done.is_none() {
-                                let why = if self.decoder.has_partial() {
-                                    "the engine's stream was cut inside an event"
-                                } else {
-                                    "the engine's stream ended without a finish_reason"
-                                };
-                                out.push(Err(protocol(why, self.phase())));
-                            }
-                            Flow::End
-                        }
-                    }
-                }
-            };
-        }
-    }
-
-    fn drain_events(&mut self, out: &mut Vec<TokenResult>) -> Flow {
-        while let Some(event) = self.decoder.next_event() {
-            if self.on_event(event, out) == Flow::End {
-                return Flow::End;
-            }
-        }
-        Flow::Continue
-    }
-
-    fn fail(&mut self, error: BackendError, out: &mut Vec<TokenResult>) -> Flow {
-        out.push(Err(error));
-        Flow::End
-    }
-
-    fn on_event(&mut self, event: Result<SseEvent, SseError>, out: &mut Vec<TokenResult>) -> Flow {
-        let event = match event {
-            Ok(event) => event,
-            Err(e) => {
-                let error = protocol(
-                    format!("undecodable event from the engine: {e}"),
-                    self.phase(),
-                );
-                return self.fail(error, out);
-            }
+            self.seen_logprobs
         };
+        let tokens: Vec<LogprobEntry> = entries_from(meta.output_token_logprobs.take(), skip);
+        let mut tops: Vec<Option<Vec<LogprobEntry>>> =
+            entries_from(meta.output_top_logprobs.take(), skip);
+        if !self.incremental {
+            self.seen_logprobs += tokens.len();
+        }
+        tokens
+            .into_iter()
+            .enumerate()
+            .map(|(i, entry)| TokenLogprob {
+                token: entry.text,
+                logprob: entry.logprob,
+                bytes: None,
+                top_logprobs: tops
+                    .get_mut(i)
+                    .and_then(Option::take)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|top| TopLogprob {
+                        token: top.text,
+                        logprob: top.logprob,
+                        bytes: None,
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+}
+
+impl Frames for NativeFrames {
+    fn on_event(&mut self, event: SseEvent, emit: &mut Emit) -> Flow {
         if event.data.is_empty() {
             return Flow::Continue;
         }
         if event.is_done() {
-            if self.done.is_none() {
-                let error = protocol(
-                    "the engine sent [DONE] without a finish_reason",
-                    self.phase(),
-                );
-                return self.fail(error, out);
-            }
-            return Flow::End;
+            return emit.end_marker();
         }
-        if self.done.is_some() {
+        if emit.finished() {
             // Only `[DONE]` may follow the final event.
             return Flow::Continue;
         }
         let value: Value = match serde_json::from_str(&event.data) {
             Ok(value) => value,
-            Err(_) => {
-                let error = protocol("the engine sent malformed JSON", self.phase());
-                return self.fail(error, out);
-            }
+            Err(_) => return emit.fail(protocol("the engine sent malformed JSON", emit.phase())),
         };
         if value.get("error").is_some() {
             let detail = parse_upstream_error(event.data.as_bytes()).unwrap_or_default();
-            let error = event_error(&detail, self.phase());
+            let error = event_error(&detail, emit.phase());
             if error.kind() == FailureKind::Overloaded {
                 self.shared.pressure.mark_overloaded(None);
             }
-            self.done = Some(Done::Failed);
-            return self.fail(error, out);
+            self.engine_ended();
+            return emit.fail(error);
         }
         let chunk: NativeChunk = match serde_json::from_value(value) {
             Ok(chunk) => chunk,
             Err(_) => {
-                let error = protocol("the engine sent an unreadable event", self.phase());
-                return self.fail(error, out);
+                return emit.fail(protocol(
+                    "the engine sent an unreadable event",
+                    emit.phase(),
+                ));
             }
         };
         if chunk.index.unwrap_or(0) != 0 {
             return Flow::Continue;
         }
-        let meta = chunk.meta_info.unwrap_or_default();
-        let finish = match &meta.finish_reason {
+        let mut meta = chunk.meta_info.unwrap_or_default();
+        let finish = match meta.finish_reason.take() {
             None | Some(Value::Null) => None,
             Some(reason) => Some(reason),
         };
@@ -1013,11 +987,10 @@ impl Reader {
             text
         } else {
             if !text.starts_with(self.forwarded.as_str()) {
-                let error = protocol(
+                return emit.fail(protocol(
                     "the engine's cumulative text does not extend the text already sent",
-                    self.phase(),
-                );
-                return self.fail(error, out);
+                    emit.phase(),
+                ));
             }
             // Hold back a trailing U+FFFD until it resolves (not at the end).
             let stable = if finish.is_some() {
@@ -1032,72 +1005,51 @@ impl Reader {
             self.forwarded.push_str(&new);
             new
         };
-        if self.on_output(piece, tokens, out) == Flow::End {
+        let mut delta = Delta::text(piece, u32::try_from(tokens).unwrap_or(u32::MAX));
+        if self.logprobs {
+            delta.logprobs = self.new_logprobs(&mut meta);
+        }
+        if emit.output(delta) == Flow::End {
             return Flow::End;
         }
         let Some(reason) = finish else {
             return Flow::Continue;
         };
-        match finish_of(reason) {
+        self.engine_ended();
+        match finish_of(&reason) {
             Ok(reason) => {
-                self.done = Some(Done::Finished);
-                self.finish_events(reason, &meta, out);
+                self.last_meta = Some(meta);
+                emit.finish_now(Some(reason));
                 Flow::Continue
             }
             Err(error) => {
-                self.done = Some(Done::Failed);
-                let error = error.with_phase(self.phase());
+                let error = error.with_phase(emit.phase());
                 if error.kind() == FailureKind::Overloaded {
                     self.shared.pressure.mark_overloaded(None);
                 }
-                self.fail(error, out)
+                emit.fail(error)
             }
         }
     }
 
-    fn on_output(&mut self, text: String, tokens: u64, out: &mut Vec<TokenResult>) -> Flow {
-        if text.is_empty() {
-            self.pending_tokens = self.pending_tokens.saturating_add(tokens);
-            return Flow::Continue;
-        }
-        let tokens = tokens.saturating_add(std::mem::take(&mut self.pending_tokens));
-        if self.delivered.saturating_add(tokens) > self.cap {
-            // The engine went past max_new_tokens: end at the cap.
-            out.push(Ok(TokenEvent::Finished(FinishReason::Length)));
-            return Flow::End;
-        }
-        self.delivered += tokens;
-        self.any_delta = true;
-        out.push(Ok(TokenEvent::Delta(Delta::text(
-            text,
-            u32::try_from(tokens).unwrap_or(u32::MAX),
-        ))));
-        Flow::Continue
+    fn reported_completion(&self) -> Option<u64> {
+        self.last_meta.as_ref().and_then(|m| m.completion_tokens)
     }
 
-    fn finish_events(&mut self, reason: FinishReason, meta: &MetaInfo, out: &mut Vec<TokenResult>) {
-        let pending = std::mem::take(&mut self.pending_tokens);
-        let pending = pending.min(self.cap.saturating_sub(self.delivered));
-        if pending > 0 {
-            self.delivered += pending;
-            self.any_delta = true;
-            out.push(Ok(TokenEvent::Delta(Delta::text(
-                String::new(),
-                u32::try_from(pending).unwrap_or(u32::MAX),
-            ))));
-        }
-        if let Some(prompt) = meta.prompt_tokens {
-            let usage = Usage::clamped(
-                prompt,
-                meta.cached_tokens.unwrap_or(0),
-                self.delivered,
-                meta.spec_proposed_drafts.unwrap_or(0),
-                meta.spec_accepted_drafts.unwrap_or(0),
-                0,
-            );
-            out.push(Ok(TokenEvent::Usage(usage)));
-        }
-        out.push(Ok(TokenEvent::Finished(reason)));
+    fn final_usage(&mut self, delivered: u64) -> Option<Usage> {
+        let meta = self.last_meta.as_ref()?;
+        Some(Usage::clamped(
+            meta.prompt_tokens?,
+            meta.cached_tokens.unwrap_or(0),
+            delivered,
+            meta.spec_proposed_drafts.unwrap_or(0),
+            meta.spec_accepted_drafts.unwrap_or(0),
+            0,
+        ))
+    }
+
+    fn on_close(&mut self) {
+        drop(self.abort.take());
     }
 }
 
@@ -1214,6 +1166,40 @@ sglang:token_usage{engine_type=\"unified\",model_name=\"m\",moe_ep_rank=\"0\",pp
             finish_of(&aborted).err().map(|e| e.kind()),
             Some(FailureKind::Canceled)
         );
+    }
+
+    #[test]
+    fn logprob_asks_read_sglang_then_openai_fields() {
+        let ask = |extra: &str| logprob_ask(Some(extra));
+        assert_eq!(
+            ask(r#"{"return_logprob":true,"top_logprobs_num":3}"#),
+            Some(3)
+        );
+        assert_eq!(ask(r#"{"return_logprob":true}"#), Some(0));
+        assert_eq!(ask(r#"{"return_logprob":false,"logprobs":2}"#), None);
+        assert_eq!(ask(r#"{"logprobs":2}"#), Some(2));
+        assert_eq!(ask(r#"{"logprobs":0}"#), Some(0));
+        assert_eq!(ask(r#"{"logprobs":true,"top_logprobs":5}"#), Some(5));
+        assert_eq!(ask(r#"{"logprobs":false,"top_logprobs":5}"#), None);
+        assert_eq!(ask(r#"{"logprobs":null}"#), None);
+        assert_eq!(ask(r#"{"logprobs":-1}"#), None);
+        assert_eq!(ask(r#"{"top_logprobs_num":2}"#), None);
+        assert_eq!(ask(r#"{"temperature_logprob_like":1}"#), None);
+        assert_eq!(logprob_ask(None), None);
+    }
+
+    #[test]
+    fn logprob_entries_are_read_leniently() {
+        let list = serde_json::json!([[-0.5, 7, "a"], [null, 8, null], [-1.0, 9, "c", "x"], "bad"]);
+        let entries: Vec<LogprobEntry> = entries_from(Some(list.clone()), 0);
+        let read: Vec<(f64, &str)> = entries
+            .iter()
+            .map(|e| (e.logprob, e.text.as_str()))
+            .collect();
+        assert_eq!(read, [(-0.5, "a"), (UNLIKELY, ""), (-1.0, "c")]);
+        let entries: Vec<LogprobEntry> = entries_from(Some(list), 2);
+        assert_eq!(entries.len(), 1);
+        assert!(entries_from::<LogprobEntry>(Some(Value::Null), 0).is_empty());
     }
 
     #[test]

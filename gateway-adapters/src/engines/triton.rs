@@ -33,6 +33,11 @@
 //!   each response carries the difference; without it, one token per
 //!   response (one decoding step). Usage: prompt from `num_input_tokens`,
 //!   else from the request's token counter; completion = tokens delivered.
+//! - Output: text only. The ensemble has no reasoning or tool-call parser,
+//!   and its logprob outputs (`output_log_probs`, with the
+//!   `return_log_probs` input) are bare floats per token, without the
+//!   token texts or alternatives OpenAI logprobs need: they are neither
+//!   asked for nor read.
 //! - Split characters: a trailing U+FFFD of a response is held back; the
 //!   next response with other text replaces it (the engine re-sends the
 //!   character whole); at the end it is passed on as is. In cumulative
@@ -70,10 +75,10 @@ use bytes::Bytes;
 use gateway_core::http::{HeaderValue, Method, Request, StatusCode, Uri, header};
 use gateway_core::{
     Backend, BackendError, BackendInfo, BackendRequest, CancelHandle, CancelReason, Delta,
-    EngineKind, FailureKind, FailurePhase, FinishReason, Health, Pressure, Prompt, RequestId,
-    Started, TokenEvent, TokenResult, TokenStream, Usage,
+    EngineKind, FailureKind, FailurePhase, Health, Pressure, Prompt, RequestId, Started,
+    TokenEvent, TokenResult, TokenStream, Usage,
 };
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
@@ -84,13 +89,14 @@ use super::live::{self, HasLive, LiveRequests};
 use super::openai_compat::{EngineError, UpstreamConfig, kind_for_status};
 use super::pressure_cell::{Gauges, PressureCell};
 use super::prometheus;
+use super::reader::{EVENT_BUFFER, Emit, Flow, Frames, Reader, Settings};
 use super::scrape::Scraper;
 use super::upstream::{
     self, HttpClient, SIDE_CALL_TIMEOUT, deadline_passed, parse_uri, protocol, read_limited,
     retry_after, total_timeout, transport_error,
 };
 use crate::config::BackendConfig;
-use crate::openai::{SseDecoder, SseError, SseEvent, parse_upstream_error};
+use crate::openai::{SseEvent, parse_upstream_error};
 
 type HeadFuture = Pin<
     Box<
@@ -101,7 +107,6 @@ type HeadFuture = Pin<
 >;
 type ClientError = hyper_util::client::legacy::Error;
 
-const EVENT_BUFFER: usize = 64;
 const MAX_ERROR_BODY: usize = 64 * 1024;
 const MAX_MESSAGE_CHARS: usize = 512;
 const REPLACEMENT: char = '\u{FFFD}';
@@ -503,23 +508,18 @@ fn text_of(value: Option<&Value>) -> Option<String> {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Flow {
-    Continue,
-    End,
-}
-
 /// Where the response head is.
 enum Head {
     Ready(hyper::Response<Incoming>),
     Pending(HeadFuture),
 }
 
-struct Reader {
-    cap: u64,
-    deadline: Option<Instant>,
-    cancel: CancelHandle,
-    decoder: SseDecoder,
+/// Triton's model responses, for the shared [`Reader`]: step texts (or
+/// cumulative ones) turned into exact deltas with a trailing U+FFFD held
+/// back, tokens from `num_output_tokens`, in-stream errors; the clean end of
+/// the body is the finish (no `[DONE]`, no finish reason).
+struct TritonFrames {
+    shared: Arc<Shared>,
     cumulative: bool,
     /// Cumulative mode: the text forwarded so far, and the last full text.
     forwarded: String,
@@ -530,160 +530,23 @@ struct Reader {
     seen_tokens: u64,
     prompt_tokens: Option<u64>,
     fallback_prompt: u64,
-    delivered: u64,
-    pending_tokens: u64,
-    any_delta: bool,
-    ended: bool,
-    shared: Arc<Shared>,
 }
 
-impl Reader {
-    fn phase(&self) -> FailurePhase {
-        if self.any_delta {
-            FailurePhase::AfterFirstToken
-        } else {
-            FailurePhase::BeforeFirstToken
-        }
+impl TritonFrames {
+    /// Prompt from `num_input_tokens`, else the request's counter;
+    /// completion = the tokens delivered.
+    fn usage(&self, delivered: u64) -> Usage {
+        Usage::new(
+            self.prompt_tokens.unwrap_or(self.fallback_prompt),
+            delivered,
+        )
     }
+}
 
-    async fn send(&self, tx: &mpsc::Sender<TokenResult>, item: TokenResult) -> Result<(), Stop> {
-        tokio::select! {
-            biased;
-            reason = self.cancel.canceled() => Err(Stop::Canceled(reason)),
-            () = deadline_passed(self.deadline), if !self.ended => Err(Stop::Deadline),
-            sent = tx.send(item) => sent.map_err(|_| Stop::Gone),
-        }
-    }
+impl Frames for TritonFrames {
+    const BODY_END_FINISHES: bool = true;
 
-    /// Ends the stream with `stop` (the body, and so the connection, is
-    /// already dropped).
-    async fn stop(&self, tx: &mpsc::Sender<TokenResult>, stop: Stop) {
-        let error = match stop {
-            Stop::Gone => return,
-            Stop::Canceled(reason) => BackendError::canceled(reason).with_phase(self.phase()),
-            Stop::Deadline => total_timeout(self.phase()),
-        };
-        let _ = tx.send(Err(error)).await;
-    }
-
-    async fn run(mut self, head: Head, tx: mpsc::Sender<TokenResult>, live: LiveGuard) {
-        let _live = live;
-        let response = match head {
-            Head::Ready(response) => response,
-            Head::Pending(future) => {
-                let before = FailurePhase::BeforeFirstToken;
-                let result = tokio::select! {
-                    biased;
-                    reason = self.cancel.canceled() => Err(Stop::Canceled(reason)),
-                    () = deadline_passed(self.deadline) => Err(Stop::Deadline),
-                    () = tx.closed() => Err(Stop::Gone),
-                    response = future => Ok(response),
-                };
-                match result {
-                    Err(stop) => return self.stop(&tx, stop).await,
-                    Ok(Err(e)) => {
-                        let _ = tx.send(Err(transport_error(e, before))).await;
-                        return;
-                    }
-                    Ok(Ok(response)) if !response.status().is_success() => {
-                        let error = read_status_error(response, &self.cancel, self.deadline).await;
-                        if let Ok(error) = &error
-                            && error.kind() == FailureKind::Overloaded
-                        {
-                            self.shared.pressure.mark_overloaded(error.retry_after());
-                        }
-                        match error {
-                            Ok(error) => {
-                                let _ = tx.send(Err(error)).await;
-                            }
-                            Err(stop) => self.stop(&tx, stop).await,
-                        }
-                        return;
-                    }
-                    Ok(Ok(response)) => response,
-                }
-            }
-        };
-        let mut body = response.into_body();
-        let mut out: Vec<TokenResult> = Vec::new();
-        loop {
-            for item in out.drain(..) {
-                if let Err(stop) = self.send(&tx, item).await {
-                    drop(body);
-                    self.stop(&tx, stop).await;
-                    return;
-                }
-            }
-            if self.ended {
-                return;
-            }
-            let frame = tokio::select! {
-                biased;
-                reason = self.cancel.canceled() => {
-                    drop(body);
-                    return self.stop(&tx, Stop::Canceled(reason)).await;
-                }
-                () = deadline_passed(self.deadline) => {
-                    drop(body);
-                    return self.stop(&tx, Stop::Deadline).await;
-                }
-                () = tx.closed() => return,
-                frame = body.frame() => frame,
-            };
-            match frame {
-                Some(Ok(frame)) => {
-                    if let Ok(data) = frame.into_data() {
-                        self.decoder.push(&data);
-                        self.drain_events(&mut out);
-                    }
-                }
-                Some(Err(e)) => {
-                    // Cut before the end of the chunked body: truncated.
-                    out.push(Err(transport_error(e, self.phase())));
-                    self.ended = true;
-                }
-                None => {
-                    self.decoder.finish();
-                    if self.drain_events(&mut out) == Flow::Continue {
-                        if self.decoder.has_partial() {
-                            out.push(Err(protocol(
-                                "the engine's stream was cut inside an event",
-                                self.phase(),
-                            )));
-                        } else {
-                            self.finish_events(&mut out);
-                        }
-                        self.ended = true;
-                    }
-                }
-            }
-        }
-    }
-
-    fn drain_events(&mut self, out: &mut Vec<TokenResult>) -> Flow {
-        while !self.ended {
-            let Some(event) = self.decoder.next_event() else {
-                return Flow::Continue;
-            };
-            if self.on_event(event, out) == Flow::End {
-                self.ended = true;
-                return Flow::End;
-            }
-        }
-        Flow::End
-    }
-
-    fn on_event(&mut self, event: Result<SseEvent, SseError>, out: &mut Vec<TokenResult>) -> Flow {
-        let event = match event {
-            Ok(event) => event,
-            Err(e) => {
-                out.push(Err(protocol(
-                    format!("undecodable event from the engine: {e}"),
-                    self.phase(),
-                )));
-                return Flow::End;
-            }
-        };
+    fn on_event(&mut self, event: SseEvent, emit: &mut Emit) -> Flow {
         if event.data.is_empty() {
             return Flow::Continue;
         }
@@ -692,11 +555,7 @@ impl Reader {
             return Flow::Continue;
         }
         let Ok(Value::Object(response)) = serde_json::from_str::<Value>(&event.data) else {
-            out.push(Err(protocol(
-                "the engine sent malformed JSON",
-                self.phase(),
-            )));
-            return Flow::End;
+            return emit.fail(protocol("the engine sent malformed JSON", emit.phase()));
         };
         if let Some(error) = response.get("error") {
             let message = match error {
@@ -704,12 +563,11 @@ impl Reader {
                 other => parse_upstream_error(event.data.as_bytes())
                     .map_or_else(|| other.to_string(), |d| d.message),
             };
-            let error = event_error(&message, self.phase());
+            let error = event_error(&message, emit.phase());
             if error.kind() == FailureKind::Overloaded {
                 self.shared.pressure.mark_overloaded(None);
             }
-            out.push(Err(error));
-            return Flow::End;
+            return emit.fail(error);
         }
         if let Some(n) = count_of(response.get("num_input_tokens")) {
             self.prompt_tokens = Some(n);
@@ -726,11 +584,10 @@ impl Reader {
         let text = text_of(response.get("text_output")).unwrap_or_default();
         let piece = if self.cumulative {
             if !text.starts_with(self.forwarded.as_str()) {
-                out.push(Err(protocol(
+                return emit.fail(protocol(
                     "the engine's cumulative text does not extend the text already sent",
-                    self.phase(),
-                )));
-                return Flow::End;
+                    emit.phase(),
+                ));
             }
             let stable = text.trim_end_matches(REPLACEMENT);
             let new = stable
@@ -751,38 +608,14 @@ impl Reader {
                 text[..stable_len].to_owned()
             }
         };
-        self.on_output(piece, tokens, out)
-    }
-
-    fn on_output(&mut self, text: String, tokens: u64, out: &mut Vec<TokenResult>) -> Flow {
-        if text.is_empty() {
-            self.pending_tokens = self.pending_tokens.saturating_add(tokens);
-            return Flow::Continue;
-        }
-        let tokens = tokens.saturating_add(std::mem::take(&mut self.pending_tokens));
-        if self.delivered.saturating_add(tokens) > self.cap {
-            // The engine went past max_tokens: end at the cap.
-            self.usage(out);
-            out.push(Ok(TokenEvent::Finished(FinishReason::Length)));
-            return Flow::End;
-        }
-        self.delivered += tokens;
-        self.any_delta = true;
-        out.push(Ok(TokenEvent::Delta(Delta::text(
-            text,
+        emit.output(Delta::text(
+            piece,
             u32::try_from(tokens).unwrap_or(u32::MAX),
-        ))));
-        Flow::Continue
+        ))
     }
 
-    fn usage(&self, out: &mut Vec<TokenResult>) {
-        let prompt = self.prompt_tokens.unwrap_or(self.fallback_prompt);
-        out.push(Ok(TokenEvent::Usage(Usage::new(prompt, self.delivered))));
-    }
-
-    /// The clean end of the body: flush what was held, usage, the inferred
-    /// finish.
-    fn finish_events(&mut self, out: &mut Vec<TokenResult>) {
+    /// What was held back goes out as is at the end.
+    fn held(&mut self) -> Delta {
         let rest = if self.cumulative {
             self.last_text
                 .get(self.forwarded.len()..)
@@ -791,24 +624,79 @@ impl Reader {
         } else {
             std::mem::take(&mut self.held)
         };
-        let pending = std::mem::take(&mut self.pending_tokens);
-        let pending = pending.min(self.cap.saturating_sub(self.delivered));
-        if pending > 0 || !rest.is_empty() {
-            self.delivered += pending;
-            self.any_delta = true;
-            out.push(Ok(TokenEvent::Delta(Delta::text(
-                rest,
-                u32::try_from(pending).unwrap_or(u32::MAX),
-            ))));
-        }
-        self.usage(out);
-        let reason = if self.delivered >= self.cap {
-            FinishReason::Length
-        } else {
-            FinishReason::Stop
-        };
-        out.push(Ok(TokenEvent::Finished(reason)));
+        Delta::text(rest, 0)
     }
+
+    fn final_usage(&mut self, delivered: u64) -> Option<Usage> {
+        Some(self.usage(delivered))
+    }
+
+    fn usage_at_cap(&mut self, delivered: u64) -> Option<Usage> {
+        Some(self.usage(delivered))
+    }
+}
+
+/// Waits for the response head if `start` handed out the stream before
+/// it, then reads the body with the shared reader.
+async fn read(
+    head: Head,
+    tx: mpsc::Sender<TokenResult>,
+    live: LiveGuard,
+    reader: Reader<TritonFrames>,
+    cancel: CancelHandle,
+    deadline: Option<Instant>,
+    shared: Arc<Shared>,
+) {
+    let response = match head {
+        Head::Ready(response) => response,
+        Head::Pending(future) => match await_head(future, &tx, &cancel, deadline, &shared).await {
+            Some(response) => response,
+            None => return,
+        },
+    };
+    reader.run(response.into_body(), tx, live).await;
+}
+
+/// The response head, or `None` once the stream was ended (with an error,
+/// unless nobody reads it).
+async fn await_head(
+    future: HeadFuture,
+    tx: &mpsc::Sender<TokenResult>,
+    cancel: &CancelHandle,
+    deadline: Option<Instant>,
+    shared: &Shared,
+) -> Option<hyper::Response<Incoming>> {
+    let before = FailurePhase::BeforeFirstToken;
+    let stopped = |stop: Stop| match stop {
+        Stop::Canceled(reason) => Some(BackendError::canceled(reason).with_phase(before)),
+        Stop::Deadline => Some(total_timeout(before)),
+        Stop::Gone => None,
+    };
+    let result = tokio::select! {
+        biased;
+        reason = cancel.canceled() => Err(Stop::Canceled(reason)),
+        () = deadline_passed(deadline) => Err(Stop::Deadline),
+        () = tx.closed() => Err(Stop::Gone),
+        response = future => Ok(response),
+    };
+    let error = match result {
+        Err(stop) => stopped(stop),
+        Ok(Err(e)) => Some(transport_error(e, before)),
+        Ok(Ok(response)) if response.status().is_success() => return Some(response),
+        Ok(Ok(response)) => match read_status_error(response, cancel, deadline).await {
+            Ok(error) => {
+                if error.kind() == FailureKind::Overloaded {
+                    shared.pressure.mark_overloaded(error.retry_after());
+                }
+                Some(error)
+            }
+            Err(stop) => stopped(stop),
+        },
+    };
+    if let Some(error) = error {
+        let _ = tx.send(Err(error)).await;
+    }
+    None
 }
 
 /// Why the reader stopped early.
@@ -888,11 +776,8 @@ impl Backend for TritonBackend {
             .counter
             .count_prompt(&request.request.prompt)
             .value();
-        let reader = Reader {
-            cap: u64::from(request.budget.max_completion_tokens),
-            deadline,
-            cancel: cancel.clone(),
-            decoder: SseDecoder::new().with_max_event_bytes(inner.max_event_bytes),
+        let frames = TritonFrames {
+            shared: inner.shared.clone(),
             cumulative: inner.options.cumulative_output,
             forwarded: String::new(),
             last_text: String::new(),
@@ -900,16 +785,31 @@ impl Backend for TritonBackend {
             seen_tokens: 0,
             prompt_tokens: None,
             fallback_prompt,
-            delivered: 0,
-            pending_tokens: 0,
-            any_delta: false,
-            ended: false,
-            shared: inner.shared.clone(),
         };
+        let reader = Reader::new(
+            frames,
+            Settings {
+                cap: u64::from(request.budget.max_completion_tokens),
+                deadline,
+                cancel: cancel.clone(),
+                max_event_bytes: inner.max_event_bytes,
+                drain: None,
+                started: false,
+            },
+        );
         // `Started` goes first: the engine holds the request now.
         tx.try_send(Ok(TokenEvent::Started(Started::default())))
             .map_err(|_| BackendError::new(FailureKind::Internal, "event channel full"))?;
-        tokio::spawn(reader.run(head, tx, live));
+        let shared = inner.shared.clone();
+        tokio::spawn(read(
+            head,
+            tx,
+            live,
+            reader,
+            cancel.clone(),
+            deadline,
+            shared,
+        ));
         let mut rx = rx;
         let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
         Ok(TokenStream::new(stream).cancel_on_drop(cancel))

@@ -56,8 +56,9 @@ impl Endpoint {
 
 /// Writes the OpenAI usage object: `prompt_tokens`, `completion_tokens`,
 /// `total_tokens`, `prompt_tokens_details.cached_tokens` (always), and
-/// `completion_tokens_details.{accepted,rejected}_prediction_tokens` when
-/// anything was drafted.
+/// `completion_tokens_details` with `reasoning_tokens` when the engine
+/// counted any and `{accepted,rejected}_prediction_tokens` when anything
+/// was drafted.
 pub(crate) fn usage_into(out: &mut impl Sink, usage: &Usage) {
     out.put(b"{\"prompt_tokens\":");
     u64_into(out, usage.prompt());
@@ -68,11 +69,21 @@ pub(crate) fn usage_into(out: &mut impl Sink, usage: &Usage) {
     out.put(b",\"prompt_tokens_details\":{\"cached_tokens\":");
     u64_into(out, usage.cached());
     out.put(b"}");
-    if usage.drafted() > 0 {
-        out.put(b",\"completion_tokens_details\":{\"accepted_prediction_tokens\":");
-        u64_into(out, usage.accepted());
-        out.put(b",\"rejected_prediction_tokens\":");
-        u64_into(out, usage.rejected());
+    if usage.drafted() > 0 || usage.reasoning() > 0 {
+        out.put(b",\"completion_tokens_details\":{");
+        if usage.reasoning() > 0 {
+            out.put(b"\"reasoning_tokens\":");
+            u64_into(out, usage.reasoning());
+            if usage.drafted() > 0 {
+                out.put(b",");
+            }
+        }
+        if usage.drafted() > 0 {
+            out.put(b"\"accepted_prediction_tokens\":");
+            u64_into(out, usage.accepted());
+            out.put(b",\"rejected_prediction_tokens\":");
+            u64_into(out, usage.rejected());
+        }
         out.put(b"}");
     }
     out.put(b"}");

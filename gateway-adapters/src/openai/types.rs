@@ -367,8 +367,9 @@ pub struct CompletionUsage {
 }
 
 impl From<&Usage> for CompletionUsage {
-    /// The gateway's mapping: cached tokens always present, speculative
-    /// counts only when something was drafted.
+    /// The gateway's mapping: cached tokens always present, reasoning only
+    /// when the engine counted some, speculative counts only when something
+    /// was drafted.
     fn from(usage: &Usage) -> Self {
         CompletionUsage {
             prompt_tokens: usage.prompt(),
@@ -377,10 +378,13 @@ impl From<&Usage> for CompletionUsage {
             prompt_tokens_details: Some(PromptTokensDetails {
                 cached_tokens: usage.cached(),
             }),
-            completion_tokens_details: (usage.drafted() > 0).then_some(CompletionTokensDetails {
-                reasoning_tokens: None,
-                accepted_prediction_tokens: Some(usage.accepted()),
-                rejected_prediction_tokens: Some(usage.rejected()),
+            completion_tokens_details: (usage.drafted() > 0 || usage.reasoning() > 0).then(|| {
+                let drafted = usage.drafted() > 0;
+                CompletionTokensDetails {
+                    reasoning_tokens: (usage.reasoning() > 0).then_some(usage.reasoning()),
+                    accepted_prediction_tokens: drafted.then_some(usage.accepted()),
+                    rejected_prediction_tokens: drafted.then_some(usage.rejected()),
+                }
             }),
         }
     }
@@ -398,6 +402,10 @@ impl CompletionUsage {
                 d.rejected_prediction_tokens.unwrap_or(0),
             )
         });
+        let reasoning = self
+            .completion_tokens_details
+            .and_then(|d| d.reasoning_tokens)
+            .unwrap_or(0);
         Usage::clamped(
             self.prompt_tokens,
             cached,
@@ -406,6 +414,7 @@ impl CompletionUsage {
             accepted,
             0,
         )
+        .with_reasoning(reasoning)
     }
 }
 

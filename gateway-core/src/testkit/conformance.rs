@@ -249,11 +249,16 @@ impl ConformanceReport {
             .collect()
     }
 
-    /// Panics, naming each broken or skipped rule, unless all passed
-    /// (skipped [optional](Rule::is_optional) rules aside).
+    /// Whether the backend conforms: no rule failed, and every rule that
+    /// is not [optional](Rule::is_optional) ran.
+    pub fn passed(&self) -> bool {
+        self.failed().is_empty() && self.skipped().iter().all(|r| r.is_optional())
+    }
+
+    /// Panics, naming each broken or skipped rule, unless
+    /// [`passed`](Self::passed).
     pub fn assert_passed(&self) {
-        let required_skipped = self.skipped().iter().any(|r| !r.is_optional());
-        if !self.failed().is_empty() || required_skipped {
+        if !self.passed() {
             #[expect(clippy::panic, reason = "a test assertion helper")]
             {
                 panic!("backend does not conform:\n{self}");

@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use gateway_core::{Prompt, TokenCount, TokenCounter};
+use gateway_core::{MediaKind, Prompt, TokenCount, TokenCounter};
+
+use crate::MediaCosts;
 
 /// A prompt's count and leading token ids.
 #[derive(Debug, Clone)]
@@ -46,6 +48,36 @@ pub(super) fn estimate(
     }
 }
 
+/// `estimate` with the media parts of `prompt` added at their cost per
+/// part; then the count is a bound (the engine's count is charged). `Err`
+/// names a kind of media the prompt holds and the model takes none of.
+pub(super) fn with_media(
+    mut estimate: Estimate,
+    prompt: &Prompt,
+    costs: &MediaCosts,
+) -> Result<Estimate, MediaKind> {
+    let Prompt::Chat(messages) = prompt else {
+        return Ok(estimate);
+    };
+    let mut extra: u64 = 0;
+    let mut any = false;
+    for kind in [MediaKind::Image, MediaKind::Audio, MediaKind::Video] {
+        let parts: usize = messages.iter().map(|m| m.media_count(kind)).sum();
+        if parts == 0 {
+            continue;
+        }
+        let per_part = costs.per_part(kind).ok_or(kind)?;
+        any = true;
+        extra = extra.saturating_add((parts as u64).saturating_mul(u64::from(per_part)));
+    }
+    if any {
+        estimate.count = TokenCount::UpperBound(estimate.count.value().saturating_add(extra));
+        // The prompt's ids are not known past the first media part.
+        estimate.prefix = None;
+    }
+    Ok(estimate)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,6 +103,47 @@ mod tests {
                 _ => None,
             }
         }
+    }
+
+    #[test]
+    fn media_parts_add_their_cost_or_are_refused() {
+        use gateway_core::{ChatMessage, ContentPart, MediaPart};
+        let image = || {
+            ContentPart::Media(MediaPart {
+                kind: MediaKind::Image,
+                json: r#"{"type":"image_url","image_url":{"url":"data:,"}}"#.into(),
+            })
+        };
+        let prompt = Prompt::Chat(vec![
+            ChatMessage {
+                parts: vec![image(), ContentPart::Text("what?".into()), image()],
+                ..ChatMessage::user("what?")
+            },
+            ChatMessage {
+                parts: vec![image()],
+                ..ChatMessage::user("")
+            },
+        ]);
+        let base = || Estimate {
+            count: TokenCount::Exact(20),
+            prefix: Some(Arc::from(&[1, 2][..])),
+        };
+        let costs = MediaCosts {
+            image: Some(576),
+            ..MediaCosts::default()
+        };
+        let e = with_media(base(), &prompt, &costs).unwrap();
+        assert_eq!(e.count, TokenCount::UpperBound(20 + 3 * 576));
+        assert_eq!(e.prefix, None);
+        assert_eq!(
+            with_media(base(), &prompt, &MediaCosts::default()).unwrap_err(),
+            MediaKind::Image
+        );
+        // No media: unchanged, whatever the costs.
+        let text = Prompt::Chat(vec![ChatMessage::user("hi")]);
+        let e = with_media(base(), &text, &MediaCosts::default()).unwrap();
+        assert_eq!(e.count, TokenCount::Exact(20));
+        assert!(e.prefix.is_some());
     }
 
     #[test]

@@ -65,14 +65,16 @@ pub(super) fn plans(
             if max_tokens == 0 {
                 return None;
             }
-            // Models sharing a counter share the estimate.
+            // Models sharing a counter and media costs share the estimate;
+            // a fallback that takes none of the request's media is skipped.
             let Estimate {
                 count: estimate,
                 prefix,
-            } = if Arc::ptr_eq(&f.counter, &model.counter) {
+            } = if Arc::ptr_eq(&f.counter, &model.counter) && f.media == model.media {
                 primary.clone()
             } else {
-                super::estimate::estimate(&*f.counter, prompt, tools, want_prefix)
+                let own = super::estimate::estimate(&*f.counter, prompt, tools, want_prefix);
+                super::estimate::with_media(own, prompt, &f.media).ok()?
             };
             let needed = estimate.value().saturating_add(u64::from(max_tokens));
             if needed > u64::from(f.context_window) {

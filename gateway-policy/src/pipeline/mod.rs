@@ -774,6 +774,18 @@ impl Gateway {
             request.tools.as_deref(),
             self.inner.router.prefix_tokens(),
         );
+        let primary =
+            estimate::with_media(primary, &request.prompt, &model.media).map_err(|kind| {
+                GatewayError::new(
+                    ErrorCode::InvalidRequest,
+                    format!(
+                        "model {} takes no {} input (its configuration sets no {}_tokens)",
+                        model.name,
+                        kind.as_str(),
+                        kind.as_str()
+                    ),
+                )
+            })?;
         let estimate = primary.count;
         let prompt_tokens = estimate.value();
         let needed = prompt_tokens.saturating_add(u64::from(max_tokens));

@@ -610,7 +610,8 @@ impl Settlement {
                 .min(self.cap.max(delivered));
             let canceled = billed.saturating_sub(delivered);
             let (prompt, cached, drafted, accepted) = self.engine_counts();
-            return Usage::clamped(prompt, cached, billed, drafted, accepted, canceled);
+            return Usage::clamped(prompt, cached, billed, drafted, accepted, canceled)
+                .with_reasoning(self.engine.map_or(0, |u| u.reasoning()));
         }
         let canceled = self.received.saturating_sub(delivered);
         if !self.client.began.load(Ordering::Acquire) {
@@ -618,6 +619,7 @@ impl Settlement {
         }
         let (prompt, cached, drafted, accepted) = self.engine_counts();
         Usage::clamped(prompt, cached, delivered, drafted, accepted, canceled)
+            .with_reasoning(self.engine.map_or(0, |u| u.reasoning()))
     }
 
     /// Prompt, cached, drafted and accepted tokens: the engine's counts,
