@@ -226,6 +226,17 @@ impl Pending {
         if let Some(actual) = answer.prompt_tokens.filter(|a| *a > 0) {
             let ratio = (self.estimate.value() as f64 - actual as f64) / actual as f64;
             metrics.estimate_error.get_or_create(&labels).observe(ratio);
+            let warn_ratio = self.gateway.inner.settings.drift_warn_ratio;
+            if self.estimate.is_exact() && ratio.abs() > warn_ratio {
+                tracing::warn!(
+                    parent: &self.span,
+                    model,
+                    estimated = self.estimate.value(),
+                    actual,
+                    ratio,
+                    "prompt-token estimate of embeddings inputs drifts from the engine's count"
+                );
+            }
         }
         let span = &self.span;
         span.record("backend", backend.name.as_str());
