@@ -7,7 +7,8 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use crate::{
-    BackendError, CancelHandle, GenerateRequest, Pressure, RequestId, TokenCounter, TokenStream,
+    BackendError, CancelHandle, EmbedAttempt, Embeddings, GenerateRequest, Pressure, RequestId,
+    TokenCounter, TokenStream,
 };
 
 /// Which engine a backend speaks to.
@@ -193,6 +194,31 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// provider charges.
     fn drain_on_client_gone(&self) -> Option<Duration> {
         None
+    }
+
+    /// Embeds the request's inputs: one vector per input, in the request's
+    /// `encoding_format` (the gateway converts one that comes back in the
+    /// other), with the engine's prompt-token count when it gives one.
+    ///
+    /// The default answers [`Unsupported`](crate::FailureKind::Unsupported)
+    /// at once: a backend without embeddings needs nothing, and the gateway
+    /// tries the model's other backends.
+    ///
+    /// # Errors
+    /// A [`BackendError`]: `Unsupported` when this backend has no
+    /// embeddings, else as for [`start`](Backend::start) (every failure is
+    /// before anything reached the client).
+    ///
+    /// # Cancel safety
+    /// Dropping the future, or canceling `cancel`, stops the engine's work
+    /// (for an HTTP engine: the connection closes).
+    async fn embed(
+        &self,
+        request: EmbedAttempt,
+        cancel: CancelHandle,
+    ) -> Result<Embeddings, BackendError> {
+        let _ = (request, cancel);
+        Err(BackendError::unsupported("embeddings"))
     }
 }
 

@@ -39,11 +39,14 @@ pub enum FailureKind {
     Canceled,
     /// A bug or unexpected state inside the engine or the gateway.
     Internal,
+    /// The backend does not do what was asked (an embeddings request to an
+    /// engine without embeddings): another backend of the model may.
+    Unsupported,
 }
 
 impl FailureKind {
     /// Every kind, for exhaustive tables in tests.
-    pub const ALL: [FailureKind; 14] = [
+    pub const ALL: [FailureKind; 15] = [
         FailureKind::Connect,
         FailureKind::FirstTokenTimeout,
         FailureKind::IdleTimeout,
@@ -58,6 +61,7 @@ impl FailureKind {
         FailureKind::UpstreamStatus,
         FailureKind::Canceled,
         FailureKind::Internal,
+        FailureKind::Unsupported,
     ];
 
     /// A stable snake_case name, used in metric labels and error codes.
@@ -77,6 +81,7 @@ impl FailureKind {
             FailureKind::UpstreamStatus => "upstream_status",
             FailureKind::Canceled => "canceled",
             FailureKind::Internal => "internal",
+            FailureKind::Unsupported => "unsupported",
         }
     }
 
@@ -94,7 +99,8 @@ impl FailureKind {
             | FailureKind::OutOfMemory
             | FailureKind::ProtocolViolation
             | FailureKind::UpstreamStatus
-            | FailureKind::Internal => true,
+            | FailureKind::Internal
+            | FailureKind::Unsupported => true,
             FailureKind::IdleTimeout
             | FailureKind::TotalTimeout
             | FailureKind::ContextLengthExceeded
@@ -122,7 +128,8 @@ impl FailureKind {
             | FailureKind::InvalidRequest
             | FailureKind::ModelNotFound
             | FailureKind::Unauthorized
-            | FailureKind::Canceled => false,
+            | FailureKind::Canceled
+            | FailureKind::Unsupported => false,
         }
     }
 
@@ -147,6 +154,8 @@ impl FailureKind {
                 Err(_) => S::BAD_REQUEST,
             },
             FailureKind::Internal => S::INTERNAL_SERVER_ERROR,
+            // What the model cannot do is the request's to change.
+            FailureKind::Unsupported => S::BAD_REQUEST,
         }
     }
 }
@@ -210,6 +219,15 @@ impl BackendError {
             engine_phase: None,
             source: None,
         }
+    }
+
+    /// The failure of a backend asked for what it does not do (`what`,
+    /// e.g. `"embeddings"`): [`FailureKind::Unsupported`].
+    pub fn unsupported(what: &str) -> Self {
+        BackendError::new(
+            FailureKind::Unsupported,
+            format!("the engine does not serve {what}"),
+        )
     }
 
     /// The canceled failure, with the reason as its message.
@@ -346,6 +364,7 @@ mod tests {
                 FailureKind::ProtocolViolation,
                 FailureKind::UpstreamStatus,
                 FailureKind::Internal,
+                FailureKind::Unsupported,
             ]
         );
     }
@@ -373,6 +392,7 @@ mod tests {
                 (FailureKind::UpstreamStatus, 502),
                 (FailureKind::Canceled, 499),
                 (FailureKind::Internal, 500),
+                (FailureKind::Unsupported, 400),
             ]
         );
     }

@@ -94,6 +94,7 @@ mod backend;
 mod budget;
 mod cancel;
 mod counter;
+mod embed;
 mod error;
 mod event;
 mod meter;
@@ -114,6 +115,10 @@ pub use budget::{
 };
 pub use cancel::{CancelGuard, CancelHandle, CancelReason};
 pub use counter::{ByteBound, TokenCount, TokenCounter, tools_allowance};
+pub use embed::{
+    EmbedAttempt, EmbedRequest, Embedding, EmbeddingVector, Embeddings, EncodingFormat,
+    base64_decode, base64_encode,
+};
 pub use error::{BackendError, FailureKind, FailurePhase};
 pub use event::{
     Delta, EventOrder, FinishReason, OrderViolation, ReasoningField, Started, TokenEvent,

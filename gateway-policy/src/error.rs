@@ -146,7 +146,7 @@ impl GatewayError {
     /// `upstream_error`, `upstream_timeout` or `overloaded`.
     pub fn from_backend(err: BackendError) -> Self {
         let code = match err.kind() {
-            FailureKind::InvalidRequest => ErrorCode::InvalidRequest,
+            FailureKind::InvalidRequest | FailureKind::Unsupported => ErrorCode::InvalidRequest,
             FailureKind::ContextLengthExceeded => ErrorCode::ContextLengthExceeded,
             FailureKind::FirstTokenTimeout
             | FailureKind::IdleTimeout

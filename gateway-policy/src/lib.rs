@@ -91,8 +91,8 @@ pub use limits::{RedisLimiter, RedisLimiterConfig, RedisLimiterStats};
 pub use metrics::Metrics;
 pub use model::{MediaCosts, ModelSpec};
 pub use pipeline::{
-    BuildError, ClientRequest, DrainReport, Gateway, GatewayBuilder, GatewayStream, Settings,
-    UNAUTHENTICATED, UNKNOWN_MODEL,
+    BuildError, ClientRequest, DrainReport, EmbedResponse, Gateway, GatewayBuilder, GatewayStream,
+    Settings, UNAUTHENTICATED, UNKNOWN_MODEL,
 };
 pub use pool::{BackendSlot, InflightGuard};
 pub use tenant::Tenant;

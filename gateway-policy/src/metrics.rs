@@ -168,6 +168,9 @@ pub struct Metrics {
     /// `gateway_admission_queue_depth{model}`: requests waiting in the
     /// model's fair queue for a backend with capacity.
     pub admission_queue: Family<ModelLabels, Gauge>,
+    /// `gateway_embedding_inputs_total{model}`: inputs embedded (one vector
+    /// each) by successful embeddings requests.
+    pub embedding_inputs: Family<ModelLabels, Counter>,
 }
 
 impl fmt::Debug for Metrics {
@@ -296,8 +299,15 @@ impl Metrics {
             "Requests waiting in a model's fair admission queue",
             admission_queue.clone(),
         );
+        let embedding_inputs = Family::<ModelLabels, Counter>::default();
+        registry.register(
+            "embedding_inputs",
+            "Inputs embedded by successful embeddings requests",
+            embedding_inputs.clone(),
+        );
         Metrics {
             registry,
+            embedding_inputs,
             fallbacks,
             admission_queue,
             circuit_state,
@@ -361,6 +371,7 @@ impl Metrics {
         };
         drop(self.request_duration.get_or_create(&labels));
         drop(self.estimate_error.get_or_create(&labels));
+        drop(self.embedding_inputs.get_or_create(&labels));
     }
 
     /// Creates the series of model `from` falling back to `to` at zero.

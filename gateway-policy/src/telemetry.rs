@@ -12,6 +12,8 @@ pub const REQUEST_SPAN: &str = "gateway.request";
 pub const OPERATION_CHAT: &str = "chat";
 /// `gen_ai.operation.name` for text or token prompts.
 pub const OPERATION_TEXT_COMPLETION: &str = "text_completion";
+/// `gen_ai.operation.name` of an embeddings request.
+pub const OPERATION_EMBEDDINGS: &str = "embeddings";
 
 /// The operation name of a prompt.
 pub fn operation(prompt: &Prompt) -> &'static str {

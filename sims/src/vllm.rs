@@ -20,6 +20,8 @@
 //! ([`Fault`]) are scripted per arriving generation request; with
 //! [`SimOptions::api_key`] the `/v1` routes want `Authorization: Bearer`.
 
+mod embed;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,6 +44,7 @@ use crate::sim::{Basics, Engine, Sim, SimCore};
 use crate::slots::prefill_time;
 pub use crate::vocab::{VOCABULARY, text_of, token_text};
 use crate::vocab::{chat_prompt_tokens, words};
+pub use embed::{MAX_MODEL_LEN, embedding_of, text_ids};
 
 /// vLLM 0.32's admission rejection body (`--max-num-queued-reqs`).
 pub const BUSY_503: &str = r#"{"error":{"message":"The engine is currently busy and cannot accept new requests. Please try again later or on a different instance.","type":"Service Unavailable","param":null,"code":503}}"#;
@@ -275,6 +278,12 @@ pub struct SimOptions {
     /// this function, finished with `tool_calls`. A request whose
     /// `tool_choice` names a function gets a call of it either way.
     pub tool_call: Option<String>,
+    /// `POST /v1/embeddings` is served (as by a pooling model; the
+    /// generation routes stay too). Off: FastAPI's 404 there, as from a
+    /// server of a generative model.
+    pub embeddings: bool,
+    /// The length of the embedding vectors.
+    pub embedding_dims: usize,
 }
 
 /// Speculative decoding in the vLLM simulator: each decode step yields
@@ -323,6 +332,8 @@ impl Default for SimOptions {
             speculative: None,
             reasoning_tokens: 0,
             tool_call: None,
+            embeddings: true,
+            embedding_dims: 8,
         }
     }
 }
@@ -503,6 +514,7 @@ async fn handle(
         }
         (_, "POST", "/v1/chat/completions") => generate(inner, request, record, true, rd, wr).await,
         (_, "POST", "/v1/completions") => generate(inner, request, record, false, rd, wr).await,
+        (_, "POST", "/v1/embeddings") => embed::embeddings(inner, request, record, rd, wr).await,
         _ => write_full(wr, 404, "application/json", FASTAPI_404).await,
     }
 }

@@ -310,6 +310,12 @@ REAL_VLLM_TOOLS_FLAGS = [
 ]
 
 
+# A fourth engine: the same random model served as an EMBEDDING model (vLLM's
+# pooling runner, last-token pooling, normalized), for test_real_vllm_embed.py
+# (docs/real-engine.md, "Embeddings"). scripts/test passes the same flags.
+REAL_VLLM_EMBED_FLAGS = ["--runner", "pooling", "--convert", "embed", "--max-num-seqs", "4"]
+
+
 @pytest.fixture(scope="session")
 def real_vllm(tmp_path_factory: pytest.TempPathFactory):
     yield from _real_vllm("REAL_VLLM_URL", REAL_VLLM_FLAGS, tmp_path_factory)
@@ -333,6 +339,13 @@ def real_vllm_tools(tmp_path_factory: pytest.TempPathFactory):
         _real_vllm_config, chat_template=TOOLS_CHAT_TEMPLATE, tokenizer=model_dir / "tokenizer.json"
     )
     yield from _real_vllm("REAL_VLLM_TOOLS_URL", REAL_VLLM_TOOLS_FLAGS, tmp_path_factory, config)
+
+
+@pytest.fixture(scope="session")
+def real_vllm_embed(tmp_path_factory: pytest.TempPathFactory):
+    """Like `real_vllm`, on the engine serving the model for embeddings
+    (`REAL_VLLM_EMBED_URL`)."""
+    yield from _real_vllm("REAL_VLLM_EMBED_URL", REAL_VLLM_EMBED_FLAGS, tmp_path_factory)
 
 
 def _real_vllm(

@@ -11,8 +11,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use gateway_core::http::{self, HeaderValue, Method, Request, StatusCode, Uri, header};
 use gateway_core::{
-    Backend, BackendError, BackendInfo, BackendRequest, CancelHandle, EngineKind, FailureKind,
-    FailurePhase, FinishReason, Health, Pressure, Prompt, RequestId, TokenStream, Usage,
+    Backend, BackendError, BackendInfo, BackendRequest, CancelHandle, EmbedAttempt, Embeddings,
+    EngineKind, FailureKind, FailurePhase, FinishReason, Health, Pressure, Prompt, RequestId,
+    TokenStream, Usage,
 };
 use http_body_util::Full;
 use serde::Deserialize;
@@ -35,6 +36,8 @@ use crate::openai::types::{
     parse_finish_reason,
 };
 use crate::openai::{SseDecoder, SseEvent, merge_extra, parse_upstream_error};
+
+mod embed;
 
 /// Most bytes of an error body read.
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -655,6 +658,14 @@ impl Backend for OpenAiCompatBackend {
 
     fn drain_on_client_gone(&self) -> Option<Duration> {
         self.inner.drain
+    }
+
+    async fn embed(
+        &self,
+        request: EmbedAttempt,
+        cancel: CancelHandle,
+    ) -> Result<Embeddings, BackendError> {
+        embed::embed(&self.inner, request, cancel).await
     }
 
     async fn health(&self) -> Health {

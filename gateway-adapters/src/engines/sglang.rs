@@ -604,6 +604,16 @@ impl Backend for SglangBackend {
         Ok(self.inner.shared.live.abort(id))
     }
 
+    /// SGLang's OpenAI route `/v1/embeddings` (servers started with
+    /// `--is-embedding`), through the shared OpenAI-compatible client.
+    async fn embed(
+        &self,
+        request: gateway_core::EmbedAttempt,
+        cancel: CancelHandle,
+    ) -> Result<gateway_core::Embeddings, BackendError> {
+        self.inner.chat.embed(request, cancel).await
+    }
+
     async fn health(&self) -> Health {
         let inner = &self.inner;
         inner.ensure_scraper();

@@ -5,6 +5,8 @@
 //!
 //! - [`types`]: serde types of requests, responses, chunks, usage, the
 //!   models list and error bodies, lenient to unknown and `null` keys.
+//! - Embeddings: [`parse_embeddings`] validates a client's
+//!   `/v1/embeddings` body, [`embeddings_body`] writes the answer.
 //! - Requests: [`parse_chat`] and [`parse_completion`] validate a client
 //!   body into a [`ParsedRequest`] (model, [`Prompt`](gateway_core::Prompt),
 //!   [`SamplingParams`](gateway_core::SamplingParams), `max_tokens`,
@@ -46,6 +48,7 @@
 //! ```
 
 pub(crate) mod chunk;
+mod embeddings;
 mod encode;
 mod error_body;
 mod json;
@@ -55,6 +58,10 @@ mod sse;
 pub mod types;
 
 pub use chunk::chunk_delta;
+pub use embeddings::{EmbeddingsParsed, MAX_EMBEDDING_INPUTS, embeddings_body, parse_embeddings};
+pub(crate) use embeddings::{
+    UpstreamBodyError, parse_upstream_embeddings, upstream_embeddings_body,
+};
 pub use encode::{AssembleError, Assembler, ChunkEncoder, Endpoint};
 pub use error_body::{
     STREAM_ERROR_TYPE, error_body, error_type, models_body, parse_upstream_error,

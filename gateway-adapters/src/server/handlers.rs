@@ -7,7 +7,7 @@ use axum::extract::{Path, Request, State};
 use axum::middleware::Next;
 use axum::response::Response;
 use bytes::Bytes;
-use gateway_core::{LatencyClass, RequestId, TenantId};
+use gateway_core::{EmbedRequest, LatencyClass, RequestId, TenantId};
 use gateway_policy::{ClientRequest, ErrorCode, Gateway, Tenant};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
@@ -18,7 +18,8 @@ use super::body::{SseBody, assemble};
 use super::conn::ConnectionKill;
 use super::respond::{error, gateway_error, json, not_found, request_error};
 use crate::openai::{
-    Assembler, ChunkEncoder, Endpoint, models_body, parse_chat, parse_completion, unix_now,
+    Assembler, ChunkEncoder, Endpoint, embeddings_body, models_body, parse_chat, parse_completion,
+    parse_embeddings, unix_now,
 };
 
 /// What every handler shares.
@@ -136,6 +137,72 @@ pub(crate) async fn completion<const CHAT: bool>(
     generate(app, endpoint, &id.0.0, kill.map(|k| k.0), &headers, body).await
 }
 
+/// The tenant of the request's key and the request's body (within
+/// `max_body_bytes`), or the error response (counted).
+async fn authenticated_body(
+    app: &App,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(Arc<Tenant>, Bytes), Response> {
+    let gateway = &app.gateway;
+    let tenant = gateway
+        .authenticate(presented_key(headers))
+        .map_err(|e| gateway_error(&e))?;
+    match read_body(body, headers, app.max_body_bytes).await {
+        Ok(bytes) => Ok((tenant, bytes)),
+        Err(code) => {
+            gateway.record_rejection(Some(&tenant), None, code);
+            let message = match code {
+                ErrorCode::RequestTooLarge => {
+                    format!("request body is larger than {} bytes", app.max_body_bytes)
+                }
+                _ => "could not read the request body".to_owned(),
+            };
+            Err(error(code, &message))
+        }
+    }
+}
+
+/// `POST /v1/embeddings`: the body validated (a 400 names the field), then
+/// [`Gateway::embed`]; OpenAI's list of embeddings with its usage, or the
+/// contract's error.
+pub(crate) async fn embeddings(
+    State(app): State<App>,
+    id: axum::Extension<RequestIdExt>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let gateway = &app.gateway;
+    let (tenant, bytes) = match authenticated_body(&app, &headers, body).await {
+        Ok(read) => read,
+        Err(response) => return response,
+    };
+    let parsed = match parse_embeddings(&bytes) {
+        Ok(p) => p,
+        Err(e) => {
+            gateway.record_rejection(Some(&tenant), None, ErrorCode::InvalidRequest);
+            return request_error(&e);
+        }
+    };
+    let mut request = EmbedRequest::new(parsed.model, parsed.inputs);
+    request.id = RequestId::new(&*id.0.0);
+    request.encoding_format = parsed.encoding_format;
+    request.dimensions = parsed.dimensions;
+    request.latency_class = latency_class(&headers, tenant.priority);
+    request.extra = parsed.extra.map(Arc::from);
+    // Dropped with the handler (the client left): the request is canceled.
+    let (guard, cancel) = gateway.request_cancel();
+    let result = gateway.embed(&tenant, request, cancel).await;
+    guard.disarm();
+    match result {
+        Ok(answer) => json(
+            StatusCode::OK,
+            embeddings_body(&answer.data, &answer.model, answer.usage.prompt()),
+        ),
+        Err(e) => gateway_error(&e),
+    }
+}
+
 async fn generate(
     app: App,
     endpoint: Endpoint,
@@ -145,22 +212,9 @@ async fn generate(
     body: Body,
 ) -> Response {
     let gateway = &app.gateway;
-    let tenant = match gateway.authenticate(presented_key(headers)) {
-        Ok(t) => t,
-        Err(e) => return gateway_error(&e),
-    };
-    let bytes = match read_body(body, headers, app.max_body_bytes).await {
-        Ok(b) => b,
-        Err(code) => {
-            gateway.record_rejection(Some(&tenant), None, code);
-            let message = match code {
-                ErrorCode::RequestTooLarge => {
-                    format!("request body is larger than {} bytes", app.max_body_bytes)
-                }
-                _ => "could not read the request body".to_owned(),
-            };
-            return error(code, &message);
-        }
+    let (tenant, bytes) = match authenticated_body(&app, headers, body).await {
+        Ok(read) => read,
+        Err(response) => return response,
     };
     let parsed = match endpoint {
         Endpoint::Chat => parse_chat(&bytes),

@@ -4,7 +4,7 @@
 //! shutdown, closing a stalled client's connection).
 //!
 //! Routes: `POST /v1/chat/completions`, `POST /v1/completions`,
-//! `GET /v1/models`, `GET /health`, `GET /ready`, `GET /metrics`,
+//! `POST /v1/embeddings`, `GET /v1/models`, `GET /health`, `GET /ready`, `GET /metrics`,
 //! `GET /admin/tenants/{id}/usage`.
 
 mod body;
@@ -37,6 +37,7 @@ pub fn router(gateway: Gateway, options: RouterOptions) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(handlers::completion::<true>))
         .route("/v1/completions", post(handlers::completion::<false>))
+        .route("/v1/embeddings", post(handlers::embeddings))
         .route("/v1/models", get(handlers::models))
         .route("/health", get(handlers::health))
         .route("/ready", get(handlers::ready))

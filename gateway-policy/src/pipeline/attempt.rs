@@ -50,18 +50,75 @@ pub(super) struct Head {
 }
 
 /// How serving a request on one model ended without a first token.
-enum Stop {
+pub(super) enum Stop {
     /// A fault of the request, a cancel: no other model would do better.
     Final(GatewayError),
     /// The model's backends could not start it: a fallback may.
     Unserved(GatewayError),
 }
 
-/// A started attempt: its first events and its place on the backend.
-struct Served {
-    head: Head,
-    inflight: InflightGuard,
-    attempt_cancel: CancelHandle,
+/// A started attempt: what it gave and its place on the backend.
+pub(super) struct Served<T> {
+    pub(super) started: T,
+    pub(super) inflight: InflightGuard,
+}
+
+/// A request [`serve`] routes: what routing and the fair queue know of it,
+/// and one attempt of it on a backend.
+pub(super) trait Job {
+    /// What a successful attempt gives.
+    type Started;
+    /// The model it is served on now.
+    fn model(&self) -> &ModelSpec;
+    /// Who it is for.
+    fn tenant(&self) -> &Tenant;
+    /// What the routing policy sees of it.
+    fn route(&self) -> RouteRequest<'_>;
+    /// Its cost in the model's fair queue (tokens).
+    fn queue_cost(&self) -> u64;
+    /// One attempt on `slot`, under `cancel`.
+    async fn attempt(
+        &self,
+        gateway: &Gateway,
+        slot: Arc<BackendSlot>,
+        cancel: &CancelHandle,
+    ) -> Result<Self::Started, Failed>;
+}
+
+impl Job for Admitted {
+    type Started = (Head, CancelHandle);
+
+    fn model(&self) -> &ModelSpec {
+        &self.model
+    }
+
+    fn tenant(&self) -> &Tenant {
+        &self.tenant
+    }
+
+    fn route(&self) -> RouteRequest<'_> {
+        RouteRequest {
+            model: &self.model.name,
+            prompt: &self.request.prompt,
+            prefix_tokens: self.prefix.as_deref(),
+            class: self.request.latency_class,
+        }
+    }
+
+    fn queue_cost(&self) -> u64 {
+        self.estimate
+            .value()
+            .saturating_add(u64::from(self.request.max_tokens))
+    }
+
+    async fn attempt(
+        &self,
+        gateway: &Gateway,
+        slot: Arc<BackendSlot>,
+        cancel: &CancelHandle,
+    ) -> Result<(Head, CancelHandle), Failed> {
+        attempt(gateway, self, slot, cancel).await
+    }
 }
 
 /// Routes and starts `admitted` on its model, then, if that model's
@@ -82,9 +139,8 @@ pub(super) async fn run(
     loop {
         match serve(gateway, &admitted, &cancel, since).await {
             Ok(Served {
-                head,
+                started: (head, attempt_cancel),
                 inflight,
-                attempt_cancel,
             }) => {
                 return Ok(stream::start(
                     gateway,
@@ -136,24 +192,22 @@ fn chain_error(mut unserved: Vec<(String, GatewayError)>) -> GatewayError {
     }
 }
 
-/// Routes and starts `admitted` on its current model, trying each eligible
+/// Routes and starts `job` on its current model, trying each eligible
 /// backend at most once, waiting for capacity up to the admission wait
 /// counted from `since`.
-async fn serve(
+pub(super) async fn serve<J: Job>(
     gateway: &Gateway,
-    admitted: &Admitted,
+    job: &J,
     cancel: &CancelHandle,
     since: Instant,
-) -> Result<Served, Stop> {
+) -> Result<Served<J::Started>, Stop> {
     let inner = &gateway.inner;
-    let indices: &[usize] = inner
-        .by_model
-        .get(&admitted.model.name)
-        .map_or(&[], Vec::as_slice);
+    let model = job.model();
+    let indices: &[usize] = inner.by_model.get(&model.name).map_or(&[], Vec::as_slice);
     let admission_deadline = since + inner.settings.admission_wait;
     let mut tried: HashSet<usize> = HashSet::new();
     let mut failures: Vec<BackendError> = Vec::new();
-    let queue = inner.queues.get(&admitted.model.name).cloned();
+    let queue = inner.queues.get(&model.name).cloned();
     // A place in the model's fair queue, taken only when the request has to
     // wait (or others already wait: no barging ahead of them).
     let mut ticket: Option<Ticket> = None;
@@ -180,13 +234,7 @@ async fn serve(
             })
             .collect();
         let ranked = if my_turn {
-            let request = RouteRequest {
-                model: &admitted.model.name,
-                prompt: &admitted.request.prompt,
-                prefix_tokens: admitted.prefix.as_deref(),
-                class: admitted.request.latency_class,
-            };
-            inner.router.rank(&request, &candidates)
+            inner.router.rank(&job.route(), &candidates)
         } else {
             Vec::new()
         };
@@ -200,14 +248,8 @@ async fn serve(
                 t.served();
             }
             tried.insert(index);
-            match attempt(gateway, admitted, inflight.slot().clone(), cancel).await {
-                Ok((head, attempt_cancel)) => {
-                    return Ok(Served {
-                        head,
-                        inflight,
-                        attempt_cancel,
-                    });
-                }
+            match job.attempt(gateway, inflight.slot().clone(), cancel).await {
+                Ok(started) => return Ok(Served { started, inflight }),
                 Err(Failed::Canceled(reason)) => {
                     return Err(Stop::Final(GatewayError::new(
                         ErrorCode::Canceled,
@@ -237,15 +279,12 @@ async fn serve(
             return Err(Stop::Unserved(exhausted(&failures)));
         }
         if let (None, Some(q)) = (&ticket, &queue) {
-            let cost = admitted
-                .estimate
-                .value()
-                .saturating_add(u64::from(admitted.request.max_tokens));
+            let tenant = job.tenant();
             let joined = q.join(
-                &admitted.tenant.id,
-                admitted.tenant.weight.get(),
-                cost,
-                admitted.request.latency_class,
+                &tenant.id,
+                tenant.weight.get(),
+                job.queue_cost(),
+                job.route().class,
             );
             match joined {
                 Ok(t) => ticket = Some(t),
@@ -253,7 +292,7 @@ async fn serve(
                     return Err(Stop::Unserved(
                         GatewayError::new(
                             ErrorCode::Overloaded,
-                            format!("model {}: {full}", admitted.model.name),
+                            format!("model {}: {full}", model.name),
                         )
                         .with_retry_after(Duration::from_secs(1)),
                     ));
@@ -276,7 +315,7 @@ async fn serve(
             () = tokio::time::sleep_until(admission_deadline) => {
                 return Err(Stop::Unserved(GatewayError::new(
                     ErrorCode::Overloaded,
-                    format!("no capacity for model {} within the admission wait", admitted.model.name),
+                    format!("no capacity for model {} within the admission wait", model.name),
                 )
                 .with_retry_after(Duration::from_secs(1))));
             }
@@ -301,6 +340,12 @@ fn exhausted(failures: &[BackendError]) -> GatewayError {
             "no backend produced a first token in time",
         );
     }
+    if all(|k| k == FailureKind::Unsupported) {
+        return GatewayError::new(
+            ErrorCode::InvalidRequest,
+            format!("no backend of this model can serve it: {}", last.message()),
+        );
+    }
     if all(|k| matches!(k, FailureKind::Overloaded | FailureKind::OutOfMemory)) {
         let retry_after = failures
             .iter()
@@ -319,8 +364,11 @@ fn exhausted(failures: &[BackendError]) -> GatewayError {
     )
 }
 
-enum Failed {
+/// Why one attempt failed.
+pub(super) enum Failed {
+    /// The request was canceled.
     Canceled(CancelReason),
+    /// The backend failed it.
     Backend(BackendError),
 }
 

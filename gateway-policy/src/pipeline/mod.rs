@@ -2,6 +2,7 @@
 //! with retries before the first token, stream with metering, settle once.
 
 mod attempt;
+mod embed;
 mod estimate;
 mod fallback;
 mod settings;
@@ -22,6 +23,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+pub use embed::EmbedResponse;
 pub use settings::Settings;
 pub use stream::GatewayStream;
 
