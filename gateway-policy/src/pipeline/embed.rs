@@ -13,15 +13,14 @@ use std::sync::Arc;
 
 use gateway_core::{
     BackendError, BudgetGuard, CancelHandle, CancelReason, EmbedAttempt, EmbedRequest, Embedding,
-    Embeddings, FailureKind, Ledger, LedgerError, Money, Prompt, ReserveRequest, TokenCount, Usage,
-    UsageMeter,
+    Embeddings, FailureKind, Ledger, Money, Prompt, ReserveRequest, TokenCount, Usage, UsageMeter,
 };
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use super::attempt::{self, Failed, Job, Served, Stop};
 use super::{ActiveGuard, Gateway, UNKNOWN_MODEL};
-use crate::limits::{AdmitError, LimitKind, LimitPermit};
+use crate::limits::LimitPermit;
 use crate::metrics::ModelLabels;
 use crate::pool::BackendSlot;
 use crate::route::RouteRequest;
@@ -332,18 +331,7 @@ impl Gateway {
         span: tracing::Span,
     ) -> Result<EmbedResponse, GatewayError> {
         let active = ActiveGuard::new(&self.inner.active);
-        let Some(model) = self.inner.models.get(&request.model).cloned() else {
-            return Err(GatewayError::new(
-                ErrorCode::ModelNotFound,
-                format!("model {} does not exist", request.model),
-            ));
-        };
-        if !tenant.may_use(&model.name) {
-            return Err(GatewayError::new(
-                ErrorCode::ModelNotAllowed,
-                format!("model {} is not allowed for this key", model.name),
-            ));
-        }
+        let model = self.model_for(tenant, &request.model)?;
         let invalid = |message: String| GatewayError::new(ErrorCode::InvalidRequest, message);
         if request.inputs.is_empty() {
             return Err(invalid("input must hold at least one item".to_owned()));
@@ -358,23 +346,7 @@ impl Gateway {
             .limiter
             .admit(tenant, total, arrived)
             .await
-            .map_err(|e| match e {
-                AdmitError::Limited(e) => {
-                    let what = match e.kind {
-                        LimitKind::Requests => "requests per minute",
-                        LimitKind::Tokens => "tokens per minute",
-                        LimitKind::Concurrency => "concurrent requests",
-                    };
-                    GatewayError::new(
-                        ErrorCode::RateLimitExceeded,
-                        format!("limit of {what} reached"),
-                    )
-                    .with_retry_after(e.retry_after)
-                }
-                e @ AdmitError::Unavailable(_) => {
-                    GatewayError::new(ErrorCode::Internal, format!("limits: {e}"))
-                }
-            })?;
+            .map_err(super::limit_error)?;
         let reserve = ReserveRequest {
             tenant: tenant.id.clone(),
             request_id: request.id.clone(),
@@ -383,15 +355,7 @@ impl Gateway {
         let ledger: Arc<dyn Ledger> = self.inner.ledger.clone();
         let guard = BudgetGuard::reserve(ledger, &reserve, model.pricing, UsageMeter::new())
             .await
-            .map_err(|e| match e {
-                LedgerError::BudgetExceeded {
-                    needed, available, ..
-                } => GatewayError::new(
-                    ErrorCode::BudgetExceeded,
-                    format!("budget exceeded: this request may cost {needed}, {available} is left"),
-                ),
-                other => GatewayError::new(ErrorCode::Internal, format!("ledger: {other}")),
-            })?;
+            .map_err(super::ledger_error)?;
         let mut pending = Pending {
             guard: Some(guard),
             gateway: self.clone(),

@@ -749,18 +749,7 @@ impl Gateway {
     ) -> Result<GatewayStream, GatewayError> {
         let arrived = Instant::now();
         let active = ActiveGuard::new(&self.inner.active);
-        let Some(model) = self.inner.models.get(&request.model).cloned() else {
-            return Err(GatewayError::new(
-                ErrorCode::ModelNotFound,
-                format!("model {} does not exist", request.model),
-            ));
-        };
-        if !tenant.may_use(&model.name) {
-            return Err(GatewayError::new(
-                ErrorCode::ModelNotAllowed,
-                format!("model {} is not allowed for this key", model.name),
-            ));
-        }
+        let model = self.model_for(tenant, &request.model)?;
         let max_tokens = request.max_tokens.unwrap_or(model.default_max_tokens);
         if max_tokens == 0 {
             return Err(GatewayError::new(
@@ -805,24 +794,7 @@ impl Gateway {
             .limiter
             .admit(tenant, needed, arrived)
             .await
-            .map_err(|e| match e {
-                AdmitError::Limited(e) => {
-                    let what = match e.kind {
-                        LimitKind::Requests => "requests per minute",
-                        LimitKind::Tokens => "tokens per minute",
-                        LimitKind::Concurrency => "concurrent requests",
-                    };
-                    GatewayError::new(
-                        ErrorCode::RateLimitExceeded,
-                        format!("limit of {what} reached"),
-                    )
-                    .with_retry_after(e.retry_after)
-                }
-                // Fail closed, as for an unavailable ledger.
-                e @ AdmitError::Unavailable(_) => {
-                    GatewayError::new(ErrorCode::Internal, format!("limits: {e}"))
-                }
-            })?;
+            .map_err(limit_error)?;
         let meter = UsageMeter::new();
         let reserve = ReserveRequest {
             tenant: tenant.id.clone(),
@@ -843,17 +815,7 @@ impl Gateway {
         let (guard, fallbacks) =
             fallback::reserve(ledger, reserve, model.pricing, meter.clone(), plans)
                 .await
-                .map_err(|e| match e {
-                    LedgerError::BudgetExceeded {
-                        needed, available, ..
-                    } => GatewayError::new(
-                        ErrorCode::BudgetExceeded,
-                        format!(
-                            "budget exceeded: this request may cost {needed}, {available} is left"
-                        ),
-                    ),
-                    other => GatewayError::new(ErrorCode::Internal, format!("ledger: {other}")),
-                })?;
+                .map_err(ledger_error)?;
         let generate = GenerateRequest {
             id: request.id,
             model: model.name.clone(),
@@ -881,5 +843,66 @@ impl Gateway {
             fallbacks,
         };
         attempt::run(self, admitted, cancel).await
+    }
+}
+
+impl Gateway {
+    /// The configured model `name`, if `tenant` may use it; the error a
+    /// client gets otherwise (404 `model_not_found`, 403 `model_not_allowed`).
+    pub(super) fn model_for(
+        &self,
+        tenant: &Tenant,
+        name: &str,
+    ) -> Result<Arc<ModelSpec>, GatewayError> {
+        let Some(model) = self.inner.models.get(name).cloned() else {
+            return Err(GatewayError::new(
+                ErrorCode::ModelNotFound,
+                format!("model {name} does not exist"),
+            ));
+        };
+        if !tenant.may_use(&model.name) {
+            return Err(GatewayError::new(
+                ErrorCode::ModelNotAllowed,
+                format!("model {} is not allowed for this key", model.name),
+            ));
+        }
+        Ok(model)
+    }
+}
+
+/// The client's error for a refused admission: 429 with `Retry-After` for
+/// a limit, 500 when the limiter cannot be reached (fail closed, as for an
+/// unavailable ledger).
+pub(super) fn limit_error(e: AdmitError) -> GatewayError {
+    match e {
+        AdmitError::Limited(e) => {
+            let what = match e.kind {
+                LimitKind::Requests => "requests per minute",
+                LimitKind::Tokens => "tokens per minute",
+                LimitKind::Concurrency => "concurrent requests",
+            };
+            GatewayError::new(
+                ErrorCode::RateLimitExceeded,
+                format!("limit of {what} reached"),
+            )
+            .with_retry_after(e.retry_after)
+        }
+        e @ AdmitError::Unavailable(_) => {
+            GatewayError::new(ErrorCode::Internal, format!("limits: {e}"))
+        }
+    }
+}
+
+/// The client's error for a refused reservation: 429 `budget_exceeded`, or
+/// 500 when the ledger fails.
+pub(super) fn ledger_error(e: LedgerError) -> GatewayError {
+    match e {
+        LedgerError::BudgetExceeded {
+            needed, available, ..
+        } => GatewayError::new(
+            ErrorCode::BudgetExceeded,
+            format!("budget exceeded: this request may cost {needed}, {available} is left"),
+        ),
+        other => GatewayError::new(ErrorCode::Internal, format!("ledger: {other}")),
     }
 }
