@@ -6,9 +6,11 @@
 //! - reading the body under the request's cancel and deadline, and the
 //!   drain that replaces the close when the client leaves and the adapter
 //!   drains ([`Drain`]);
-//! - the bounded hand-over of events to the consumer: a permit is reserved
-//!   inside `select!` and the item sent outside it, so a stop that wins the
-//!   race (a drain starting, say) loses no item;
+//! - the bounded hand-over of events to the consumer: when nothing can stop
+//!   the stream (no cancel, no passed deadline, no drain) and the consumer
+//!   has room, the item goes at once; otherwise a permit is reserved inside
+//!   `select!` and the item sent outside it, so a stop that wins the race (a
+//!   drain starting, say) loses no item;
 //! - the phase (before or after the first delta) of every error;
 //! - the delivered-token accounting against the cap: a piece that would pass
 //!   the cap ends the stream with `Finished(Length)`; the tokens of pieces
