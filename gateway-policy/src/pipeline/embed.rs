@@ -315,9 +315,7 @@ impl Gateway {
             .instrument(span.clone())
             .await;
         if let Err(e) = &result {
-            span.record("outcome", e.code().as_str());
-            span.record("error.type", e.code().as_str());
-            self.record_rejection(Some(tenant), Some(&model_label), e.code());
+            self.refused(&span, tenant, &model_label, e);
         }
         result
     }

@@ -733,11 +733,23 @@ impl Gateway {
             .instrument(span.clone())
             .await;
         if let Err(e) = &result {
-            span.record("outcome", e.code().as_str());
-            span.record("error.type", e.code().as_str());
-            self.record_rejection(Some(tenant), Some(&model_label), e.code());
+            self.refused(&span, tenant, &model_label, e);
         }
         result
+    }
+
+    /// Records a request refused before it started: on its span (outcome
+    /// and error type) and in the request metrics.
+    pub(super) fn refused(
+        &self,
+        span: &tracing::Span,
+        tenant: &Tenant,
+        model: &str,
+        e: &GatewayError,
+    ) {
+        span.record("outcome", e.code().as_str());
+        span.record("error.type", e.code().as_str());
+        self.record_rejection(Some(tenant), Some(model), e.code());
     }
 
     async fn admit_and_start(
