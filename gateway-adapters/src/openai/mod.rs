@@ -20,7 +20,15 @@
 //!   error shapes engines send.
 //! - [`SseDecoder`] decodes an engine's event stream incrementally, for any
 //!   split of the bytes, with bounded memory; [`write_data`] and friends
-//!   write frames.
+//!   write frames; [`chunk_delta`] reads one streamed chunk into a typed
+//!   [`Delta`](gateway_core::Delta) (text, reasoning under the engine's field
+//!   name, tool-call fragments, refusal, logprobs in either shape).
+//! - Output beyond text goes back out in OpenAI's shapes: [`ChunkEncoder`]
+//!   writes `delta.reasoning` / `reasoning_content`, `delta.tool_calls`,
+//!   `delta.refusal` and `choices[].logprobs` (chat's `content[]`, or the
+//!   legacy completions arrays); [`Assembler`] gathers them into
+//!   `message.tool_calls` (with `content: null`), `message.reasoning...` and
+//!   one `logprobs` object.
 //!
 //! # Examples
 //!
