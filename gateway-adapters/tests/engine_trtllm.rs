@@ -135,6 +135,50 @@ mod engine_trtllm {
         );
     }
 
+    /// OpenAI's own sampling fields, chat logprobs, the tool choice and the
+    /// tools reach trtllm-serve (its request model has them); completions
+    /// get the sampling fields but not `logprobs` (the 2025 build's 400).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn openai_fields_trtllm_accepts_are_sent() {
+        let sim = VllmSim::start(options()).await;
+        let backend = backend(&sim);
+        let mut request = GenerateRequest::new("m", Prompt::Chat(vec![ChatMessage::user("Hi")]), 4);
+        request.extra = Some(
+            r#"{"frequency_penalty":0.5,"presence_penalty":0.25,"logit_bias":{"7":-100},"user":"u1","logprobs":true,"top_logprobs":2,"tool_choice":"auto"}"#
+                .into(),
+        );
+        request.tools =
+            Some(r#"[{"type":"function","function":{"name":"f","parameters":{}}}]"#.into());
+        run(
+            &backend,
+            BackendRequest::new(request, Arc::new(ByteBound::default())),
+        )
+        .await
+        .unwrap();
+        let sent = sim.generations().pop().unwrap();
+        assert!(
+            sent.body.ends_with(r#""stream_options":{"include_usage":true},"frequency_penalty":0.5,"logit_bias":{"7":-100},"logprobs":true,"presence_penalty":0.25,"tool_choice":"auto","top_logprobs":2,"user":"u1","tools":[{"type":"function","function":{"name":"f","parameters":{}}}]}"#),
+            "{}",
+            sent.body
+        );
+        let mut request = GenerateRequest::new("m", Prompt::Text("Once".into()), 3);
+        request.extra = Some(r#"{"frequency_penalty":0.5,"user":"u1","logprobs":2}"#.into());
+        run(
+            &backend,
+            BackendRequest::new(request, Arc::new(ByteBound::default())),
+        )
+        .await
+        .unwrap();
+        let sent = sim.generations().pop().unwrap();
+        assert!(
+            sent.body.ends_with(
+                r#""stream_options":{"include_usage":true},"frequency_penalty":0.5,"user":"u1"}"#
+            ),
+            "{}",
+            sent.body
+        );
+    }
+
     /// TV-12: what happens when unknown fields do reach trtllm-serve (the
     /// generic adapter passes everything through): a flat 400.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
