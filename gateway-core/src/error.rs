@@ -1,11 +1,14 @@
 //! One error type for every failure a request can meet, classified by kind and phase.
 //!
-//! Retryability, HTTP status and circuit-breaker counting derive from the
-//! [`FailureKind`] (and the [`FailurePhase`]) in one exhaustive match each, so a
-//! new kind without a mapping does not compile.
+//! Retryability, the client's status and code, and circuit-breaker blame
+//! derive from the [`FailureKind`] (and the [`FailurePhase`]) through the
+//! one [error table](crate::error_table), so a new kind without a row does
+//! not compile.
 
 use std::fmt;
 use std::time::Duration;
+
+use crate::error_table::Blame;
 
 /// The class of a failure: small, `Copy`, safe to use as a metric label.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -85,78 +88,10 @@ impl FailureKind {
         }
     }
 
-    /// Whether another attempt (on this or an interchangeable backend) may
-    /// succeed, provided nothing reached the client yet.
-    ///
-    /// Failures that describe the request itself (invalid, too long, unknown
-    /// model, unauthorized) or the client's choice (canceled) never retry; a
-    /// total timeout has no time left to retry in.
-    pub const fn retryable_before_first_token(self) -> bool {
-        match self {
-            FailureKind::Connect
-            | FailureKind::FirstTokenTimeout
-            | FailureKind::Overloaded
-            | FailureKind::OutOfMemory
-            | FailureKind::ProtocolViolation
-            | FailureKind::UpstreamStatus
-            | FailureKind::Internal
-            | FailureKind::Unsupported => true,
-            FailureKind::IdleTimeout
-            | FailureKind::TotalTimeout
-            | FailureKind::ContextLengthExceeded
-            | FailureKind::InvalidRequest
-            | FailureKind::ModelNotFound
-            | FailureKind::Unauthorized
-            | FailureKind::Canceled => false,
-        }
-    }
-
-    /// Whether this failure says something about the backend's health, and
-    /// so counts towards opening its circuit breaker.
-    pub const fn counts_against_backend(self) -> bool {
-        match self {
-            FailureKind::Connect
-            | FailureKind::FirstTokenTimeout
-            | FailureKind::IdleTimeout
-            | FailureKind::Overloaded
-            | FailureKind::OutOfMemory
-            | FailureKind::ProtocolViolation
-            | FailureKind::UpstreamStatus
-            | FailureKind::Internal => true,
-            FailureKind::TotalTimeout
-            | FailureKind::ContextLengthExceeded
-            | FailureKind::InvalidRequest
-            | FailureKind::ModelNotFound
-            | FailureKind::Unauthorized
-            | FailureKind::Canceled
-            | FailureKind::Unsupported => false,
-        }
-    }
-
-    /// The HTTP status a gateway answers with when this failure ends a
-    /// request before any byte of the response was sent.
-    pub const fn http_status(self) -> http::StatusCode {
-        use http::StatusCode as S;
-        match self {
-            FailureKind::Connect => S::BAD_GATEWAY,
-            FailureKind::FirstTokenTimeout
-            | FailureKind::IdleTimeout
-            | FailureKind::TotalTimeout => S::GATEWAY_TIMEOUT,
-            FailureKind::Overloaded | FailureKind::OutOfMemory => S::SERVICE_UNAVAILABLE,
-            FailureKind::ContextLengthExceeded | FailureKind::InvalidRequest => S::BAD_REQUEST,
-            FailureKind::ModelNotFound => S::NOT_FOUND,
-            FailureKind::Unauthorized => S::UNAUTHORIZED,
-            FailureKind::ProtocolViolation | FailureKind::UpstreamStatus => S::BAD_GATEWAY,
-            // 499 "client closed request": nobody is left to read it, but logs and
-            // metrics see an honest status.
-            FailureKind::Canceled => match S::from_u16(499) {
-                Ok(status) => status,
-                Err(_) => S::BAD_REQUEST,
-            },
-            FailureKind::Internal => S::INTERNAL_SERVER_ERROR,
-            // What the model cannot do is the request's to change.
-            FailureKind::Unsupported => S::BAD_REQUEST,
-        }
+    /// The kind's row of the [error table](crate::error_table): its client
+    /// code, retry rule, blame and fixed client message.
+    pub const fn row(self) -> crate::error_table::FailureRow {
+        crate::error_table::failure_row(self)
     }
 }
 
@@ -192,8 +127,10 @@ impl FailurePhase {
 /// The error of the backend contract: a failure with its kind, phase,
 /// message and retry hint.
 ///
-/// The message is safe to show to a client (it never holds credentials);
-/// diagnostic detail goes into the optional source.
+/// The message is for logs: it may hold an engine's own text, which can
+/// name internals or echo other requests, so a client only ever gets
+/// [`BackendError::client_message`] (the kind's fixed message). Diagnostic
+/// detail goes into the optional source.
 #[derive(Debug, thiserror::Error)]
 #[error("{kind} ({phase}): {message}", phase = phase.as_str())]
 pub struct BackendError {
@@ -203,12 +140,13 @@ pub struct BackendError {
     retry_after: Option<Duration>,
     upstream_status: Option<u16>,
     engine_phase: Option<crate::EnginePhase>,
+    blame: Option<Blame>,
     #[source]
     source: Option<Box<dyn std::error::Error + Send + Sync + 'static>>,
 }
 
 impl BackendError {
-    /// A failure of `kind` before the first token, with a client-safe message.
+    /// A failure of `kind` before the first token, with a message for logs.
     pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
         BackendError {
             kind,
@@ -217,6 +155,7 @@ impl BackendError {
             retry_after: None,
             upstream_status: None,
             engine_phase: None,
+            blame: None,
             source: None,
         }
     }
@@ -293,9 +232,38 @@ impl BackendError {
         self.phase
     }
 
-    /// The client-safe message.
+    /// The full message, for logs (never for clients: see
+    /// [`BackendError::client_message`]).
     pub fn message(&self) -> &str {
         &self.message
+    }
+
+    /// What a client is told: the kind's fixed message from the error
+    /// table, with the engine's HTTP status when there was one.
+    pub fn client_message(&self) -> String {
+        let fixed = self.kind.row().message;
+        match self.upstream_status {
+            Some(status) => format!("{fixed} (engine status {status})"),
+            None => fixed.to_owned(),
+        }
+    }
+
+    /// Puts the blame somewhere other than the kind's row says: the
+    /// pipeline blames the request for a timeout or an out-of-memory
+    /// answer when its prompt is far larger than the backend usually sees.
+    #[must_use]
+    pub fn with_blame(mut self, blame: Blame) -> Self {
+        self.blame = Some(blame);
+        self
+    }
+
+    /// Whose fault the failure is: as set by [`BackendError::with_blame`],
+    /// else the kind's row.
+    pub fn blame(&self) -> Blame {
+        match self.blame {
+            Some(blame) => blame,
+            None => self.kind.row().blame,
+        }
     }
 
     /// When a retry may succeed, if the engine said.
@@ -308,18 +276,16 @@ impl BackendError {
         self.upstream_status
     }
 
-    /// Whether the request may be tried again: only before the first token,
-    /// and only for kinds that are not about the request itself.
+    /// Whether the request may be tried on another backend: only before
+    /// the first token, only for kinds whose row allows it, and never when
+    /// the request is to blame.
     pub fn is_retryable(&self) -> bool {
         match self.phase {
-            FailurePhase::BeforeFirstToken => self.kind.retryable_before_first_token(),
+            FailurePhase::BeforeFirstToken => {
+                self.kind.row().retry && self.blame() != Blame::Request
+            }
             FailurePhase::AfterFirstToken => false,
         }
-    }
-
-    /// The HTTP status for this failure (see [`FailureKind::http_status`]).
-    pub fn http_status(&self) -> http::StatusCode {
-        self.kind.http_status()
     }
 }
 
@@ -370,31 +336,23 @@ mod tests {
     }
 
     #[test]
-    fn status_table() {
-        let table: Vec<(FailureKind, u16)> = FailureKind::ALL
-            .into_iter()
-            .map(|k| (k, k.http_status().as_u16()))
-            .collect();
+    fn blame_override_stops_retries() {
+        let err = BackendError::new(FailureKind::FirstTokenTimeout, "slow");
+        assert_eq!((err.blame(), err.is_retryable()), (Blame::Backend, true));
+        let err = err.with_blame(Blame::Request);
+        assert_eq!((err.blame(), err.is_retryable()), (Blame::Request, false));
+    }
+
+    #[test]
+    fn client_message_is_fixed_per_kind_with_the_engine_status() {
+        let err = BackendError::new(FailureKind::Internal, "engine: secret other-tenant prompt")
+            .with_upstream_status(500);
         assert_eq!(
-            table,
-            vec![
-                (FailureKind::Connect, 502),
-                (FailureKind::FirstTokenTimeout, 504),
-                (FailureKind::IdleTimeout, 504),
-                (FailureKind::TotalTimeout, 504),
-                (FailureKind::Overloaded, 503),
-                (FailureKind::OutOfMemory, 503),
-                (FailureKind::ContextLengthExceeded, 400),
-                (FailureKind::InvalidRequest, 400),
-                (FailureKind::ModelNotFound, 404),
-                (FailureKind::Unauthorized, 401),
-                (FailureKind::ProtocolViolation, 502),
-                (FailureKind::UpstreamStatus, 502),
-                (FailureKind::Canceled, 499),
-                (FailureKind::Internal, 500),
-                (FailureKind::Unsupported, 400),
-            ]
+            err.client_message(),
+            "the engine failed the request (engine status 500)"
         );
+        let err = BackendError::new(FailureKind::Connect, "connection refused to 10.0.0.7:8000");
+        assert_eq!(err.client_message(), "the engine could not be reached");
     }
 
     #[test]

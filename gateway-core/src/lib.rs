@@ -10,7 +10,8 @@
 //! - the [`TokenStream`] yields [`TokenEvent`]s in a fixed order —
 //!   `Started`, `Delta`*, `Usage`?, `Finished` — or ends with a
 //!   [`BackendError`] whose [`FailureKind`] and [`FailurePhase`] decide
-//!   retry, HTTP status and breaker counting ([`EventOrder`] checks it);
+//!   retry, HTTP status and breaker blame through the one
+//!   [`error_table`] ([`EventOrder`] checks the order);
 //! - canceling the handle or dropping the stream stops the engine's work in
 //!   every phase;
 //! - [`Backend::pressure`] is a cheap [`Pressure`] snapshot for routing and
@@ -96,6 +97,7 @@ mod cancel;
 mod counter;
 mod embed;
 mod error;
+pub mod error_table;
 mod event;
 mod meter;
 mod money;
@@ -120,6 +122,7 @@ pub use embed::{
     base64_decode, base64_encode,
 };
 pub use error::{BackendError, FailureKind, FailurePhase};
+pub use error_table::{Blame, ErrorCode};
 pub use event::{
     Delta, EventOrder, FinishReason, OrderViolation, ReasoningField, Started, TokenEvent,
     TokenLogprob, ToolCallDelta, TopLogprob,

@@ -8,7 +8,7 @@
 use std::num::NonZeroU32;
 use std::time::Duration;
 
-use gateway_core::FailureKind;
+use gateway_core::{Blame, FailureKind};
 use tokio::time::Instant;
 
 /// When a breaker opens and how it recovers.
@@ -185,10 +185,16 @@ impl Breaker {
         };
     }
 
-    /// A request failed with `kind`. Kinds about the request itself
-    /// (invalid, too long, canceled) do not count.
-    pub fn on_failure(&mut self, kind: FailureKind, now: Instant) {
-        if !kind.counts_against_backend() {
+    /// A request failed, blaming `blame` (see [`BackendError::blame`]).
+    /// Only the backend's own failures count; a failure of the request
+    /// (invalid, too large, its own deadline) or of nobody (canceled) is
+    /// neutral: it neither counts nor resets the run of failures, so a
+    /// tenant's poison requests can neither open the breaker nor hide a
+    /// failing backend.
+    ///
+    /// [`BackendError::blame`]: gateway_core::BackendError::blame
+    pub fn on_failure(&mut self, blame: Blame, now: Instant) {
+        if blame != Blame::Backend {
             // Not the backend's fault; a probe that ended so frees its place.
             if let BreakerState::HalfOpen { probing, succeeded } = self.state(now) {
                 self.state = BreakerState::HalfOpen {
@@ -268,6 +274,71 @@ impl AdaptiveLimit {
     }
 }
 
+/// The prompt sizes (token estimates) a backend served recently, to tell a
+/// request far larger than usual: a first-token timeout or an out-of-memory
+/// answer of such a request is the request's fault, not the backend's.
+///
+/// It keeps the last [`PromptSizes::WINDOW`] estimates of requests that got
+/// their first token; a prompt is oversized when at least
+/// [`PromptSizes::MIN_SAMPLES`] are known and it is more than
+/// [`PromptSizes::FACTOR`] times their median.
+#[derive(Debug, Clone)]
+pub struct PromptSizes {
+    recent: Vec<u64>,
+    next: usize,
+}
+
+impl Default for PromptSizes {
+    fn default() -> Self {
+        PromptSizes::new()
+    }
+}
+
+impl PromptSizes {
+    /// How many recent sizes are kept.
+    pub const WINDOW: usize = 64;
+    /// How many sizes must be known before any prompt is called oversized.
+    pub const MIN_SAMPLES: usize = 16;
+    /// How many times the median an oversized prompt is (strictly) above.
+    pub const FACTOR: u64 = 8;
+
+    /// No sizes known.
+    pub fn new() -> Self {
+        PromptSizes {
+            recent: Vec::with_capacity(PromptSizes::WINDOW),
+            next: 0,
+        }
+    }
+
+    /// Records the estimate of a request the backend served.
+    pub fn record(&mut self, estimate: u64) {
+        if self.recent.len() < PromptSizes::WINDOW {
+            self.recent.push(estimate);
+        } else if let Some(slot) = self.recent.get_mut(self.next) {
+            *slot = estimate;
+        }
+        self.next = (self.next + 1) % PromptSizes::WINDOW;
+    }
+
+    /// The median of the recent sizes (the lower middle of an even count),
+    /// `None` before [`PromptSizes::MIN_SAMPLES`] are known.
+    pub fn median(&self) -> Option<u64> {
+        if self.recent.len() < PromptSizes::MIN_SAMPLES {
+            return None;
+        }
+        let mut sorted = self.recent.clone();
+        sorted.sort_unstable();
+        sorted.get((sorted.len() - 1) / 2).copied()
+    }
+
+    /// Whether `estimate` is more than [`PromptSizes::FACTOR`] times the
+    /// median (a median of 0 counts as 1).
+    pub fn is_oversized(&self, estimate: u64) -> bool {
+        self.median()
+            .is_some_and(|m| estimate > m.max(1).saturating_mul(PromptSizes::FACTOR))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,24 +354,56 @@ mod tests {
     }
 
     #[test]
+    fn prompt_sizes_call_far_larger_prompts_oversized() {
+        let mut sizes = PromptSizes::new();
+        for _ in 0..PromptSizes::MIN_SAMPLES - 1 {
+            sizes.record(100);
+        }
+        // Too few samples: nothing is oversized yet.
+        assert_eq!(sizes.median(), None);
+        assert!(!sizes.is_oversized(1_000_000));
+        sizes.record(100);
+        assert_eq!(sizes.median(), Some(100));
+        assert!(!sizes.is_oversized(800));
+        assert!(sizes.is_oversized(801));
+        // The window slides: 64 sizes of 1000 push the 100s out.
+        for _ in 0..PromptSizes::WINDOW {
+            sizes.record(1000);
+        }
+        assert_eq!(sizes.median(), Some(1000));
+        assert!(!sizes.is_oversized(801));
+        assert!(!sizes.is_oversized(8000));
+        assert!(sizes.is_oversized(8001));
+        // A median of zero counts as one.
+        let mut zeros = PromptSizes::new();
+        for _ in 0..PromptSizes::MIN_SAMPLES {
+            zeros.record(0);
+        }
+        assert_eq!(
+            (zeros.is_oversized(8), zeros.is_oversized(9)),
+            (false, true)
+        );
+    }
+
+    #[test]
     fn opens_after_consecutive_backend_failures_only() {
         let t0 = Instant::now();
         let mut b = Breaker::new(config());
-        b.on_failure(FailureKind::Connect, t0);
-        b.on_failure(FailureKind::Connect, t0);
+        b.on_failure(FailureKind::Connect.row().blame, t0);
+        b.on_failure(FailureKind::Connect.row().blame, t0);
         // Request faults do not count and do not reset.
-        b.on_failure(FailureKind::InvalidRequest, t0);
-        b.on_failure(FailureKind::Canceled, t0);
+        b.on_failure(FailureKind::InvalidRequest.row().blame, t0);
+        b.on_failure(FailureKind::Canceled.row().blame, t0);
         assert_eq!(b.state(t0), BreakerState::Closed);
         b.on_success(t0);
-        b.on_failure(FailureKind::Overloaded, t0);
-        b.on_failure(FailureKind::OutOfMemory, t0);
+        b.on_failure(FailureKind::Overloaded.row().blame, t0);
+        b.on_failure(FailureKind::OutOfMemory.row().blame, t0);
         assert_eq!(
             b.state(t0),
             BreakerState::Closed,
             "a success resets the count"
         );
-        b.on_failure(FailureKind::FirstTokenTimeout, t0);
+        b.on_failure(FailureKind::FirstTokenTimeout.row().blame, t0);
         assert_eq!(b.state(t0).as_str(), "open");
         assert_eq!(b.admit(t0), Admission::Refused);
         assert!(!b.would_admit(t0 + Duration::from_secs(9)));
@@ -311,7 +414,7 @@ mod tests {
         let t0 = Instant::now();
         let mut b = Breaker::new(config());
         for _ in 0..3 {
-            b.on_failure(FailureKind::Internal, t0);
+            b.on_failure(FailureKind::Internal.row().blame, t0);
         }
         let t1 = t0 + Duration::from_secs(10);
         assert_eq!(b.state(t1).as_str(), "half_open");
@@ -324,11 +427,11 @@ mod tests {
 
         // A failed probe reopens for another period.
         for _ in 0..3 {
-            b.on_failure(FailureKind::Internal, t1);
+            b.on_failure(FailureKind::Internal.row().blame, t1);
         }
         let t2 = t1 + Duration::from_secs(10);
         assert_eq!(b.admit(t2), Admission::Probe);
-        b.on_failure(FailureKind::Connect, t2);
+        b.on_failure(FailureKind::Connect.row().blame, t2);
         assert_eq!(
             b.state(t2),
             BreakerState::Open {
@@ -373,14 +476,14 @@ mod tests {
             ..config()
         });
         let s = Duration::from_secs;
-        b.on_failure(FailureKind::Connect, t0);
-        b.on_failure(FailureKind::Connect, t0 + s(30));
+        b.on_failure(FailureKind::Connect.row().blame, t0);
+        b.on_failure(FailureKind::Connect.row().blame, t0 + s(30));
         // 61 s after the run began: a new run of one.
-        b.on_failure(FailureKind::Connect, t0 + s(61));
-        b.on_failure(FailureKind::Connect, t0 + s(90));
+        b.on_failure(FailureKind::Connect.row().blame, t0 + s(61));
+        b.on_failure(FailureKind::Connect.row().blame, t0 + s(90));
         assert_eq!(b.state(t0 + s(90)), BreakerState::Closed);
         // The third failure within 60 s of t0 + 61 s opens it.
-        b.on_failure(FailureKind::Connect, t0 + s(121));
+        b.on_failure(FailureKind::Connect.row().blame, t0 + s(121));
         assert_eq!(
             b.state(t0 + s(121)),
             BreakerState::Open { until: t0 + s(131) }

@@ -6,11 +6,13 @@ use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use gateway_core::{Backend, FailureKind, Pressure};
+use gateway_core::{Backend, BackendError, Blame, Pressure};
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::health::{AdaptiveLimit, Admission, Breaker, BreakerConfig, BreakerState, HealthConfig};
+use crate::health::{
+    AdaptiveLimit, Admission, Breaker, BreakerConfig, BreakerState, HealthConfig, PromptSizes,
+};
 
 /// One backend as the gateway runs it.
 pub struct BackendSlot {
@@ -28,6 +30,8 @@ pub struct BackendSlot {
     healthy: AtomicBool,
     capacity: Arc<Notify>,
     breaker: Mutex<Breaker>,
+    /// The prompt sizes it served recently (for [`BackendSlot::is_oversized`]).
+    prompts: Mutex<PromptSizes>,
     adaptive: Option<Mutex<AdaptiveLimit>>,
 }
 
@@ -110,6 +114,7 @@ impl BackendSlot {
             healthy: AtomicBool::new(true),
             capacity,
             breaker: Mutex::new(Breaker::new(breaker)),
+            prompts: Mutex::new(PromptSizes::new()),
             adaptive: max_concurrency.map(|m| Mutex::new(AdaptiveLimit::with_bounds(min, m.get()))),
         }
     }
@@ -133,11 +138,28 @@ impl BackendSlot {
         }
     }
 
-    /// Records a failure of kind `kind` here.
-    pub fn record_failure(&self, kind: FailureKind) {
-        lock(&self.breaker).on_failure(kind, Instant::now());
-        if let Some(a) = &self.adaptive {
-            lock(a).on_failure(kind);
+    /// Records the prompt estimate of a request that got its first token
+    /// here.
+    pub fn record_prompt(&self, estimate: u64) {
+        lock(&self.prompts).record(estimate);
+    }
+
+    /// Whether a prompt of `estimate` tokens is far larger than what this
+    /// backend served recently (see [`PromptSizes`]).
+    pub fn is_oversized(&self, estimate: u64) -> bool {
+        lock(&self.prompts).is_oversized(estimate)
+    }
+
+    /// Records a failure here: the breaker counts it if the backend is
+    /// to blame ([`BackendError::blame`]), and only then may an overload
+    /// answer lower the adaptive limit.
+    pub fn record_failure(&self, err: &BackendError) {
+        let blame = err.blame();
+        lock(&self.breaker).on_failure(blame, Instant::now());
+        if blame == Blame::Backend
+            && let Some(a) = &self.adaptive
+        {
+            lock(a).on_failure(err.kind());
         }
     }
 

@@ -415,7 +415,12 @@ async fn every_backend_failing_charges_nothing() {
     }
     let err = embed(&s, request("e3")).await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::UpstreamError);
-    assert!(err.message().contains("2 embeddings for 3 inputs"), "{err}");
+    // The client gets the kind's fixed message (the detail, "2 embeddings
+    // for 3 inputs", goes to the logs).
+    assert_eq!(
+        err.message(),
+        "every backend failed before the first token; last: the engine broke its protocol"
+    );
     // Each settled at zero (the ledger counts them).
     let a = account(&s);
     assert_eq!(
@@ -467,7 +472,7 @@ async fn backends_without_embeddings_are_skipped_or_refuse() {
     );
     assert_eq!(
         err.message(),
-        "no backend of this model can serve it: the engine does not serve embeddings"
+        "no backend of this model can serve it: the engine does not serve this endpoint"
     );
     let a = gateway.account(&tenant.id).unwrap();
     assert_eq!((a.spent, a.reserved), (Money::ZERO, Money::ZERO));

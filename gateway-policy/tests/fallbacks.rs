@@ -344,8 +344,8 @@ async fn fallbacks_are_tried_in_order() {
     assert_eq!(
         err.message(),
         "model big: every backend is overloaded; \
-         fallback mid: every backend failed before the first token; last: rejected by script; \
-         fallback small: every backend failed before the first token; last: rejected by script"
+         fallback mid: every backend failed before the first token; last: the engine could not be reached; \
+         fallback small: every backend failed before the first token; last: the engine could not be reached"
     );
     assert_eq!(s.starts(), [1, 1, 1, 0]);
     let a = settled(&s).await;

@@ -179,15 +179,13 @@ fn json(status: StatusCode, body: Bytes) -> Response {
     response
 }
 
+/// The error of a failure before the first byte: the kind's row of the
+/// error table, as the gateway answers it.
 fn backend_error(err: &BackendError) -> Response {
-    let status = match err.kind() {
-        gateway_core::FailureKind::Overloaded => StatusCode::SERVICE_UNAVAILABLE,
-        gateway_core::FailureKind::ContextLengthExceeded => StatusCode::BAD_REQUEST,
-        _ => StatusCode::BAD_GATEWAY,
-    };
+    let code = err.kind().row().code;
     json(
-        status,
-        gateway_adapters::openai::error_body(status, err.kind().as_str(), err.message(), None),
+        code.status(),
+        gateway_adapters::openai::code_error_body(code, &err.client_message(), None),
     )
 }
 
@@ -210,10 +208,9 @@ async fn assemble(
     match assembler.body() {
         Ok(body) => json(StatusCode::OK, body),
         Err(e) => json(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            gateway_adapters::openai::error_body(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal_error",
+            gateway_core::ErrorCode::Internal.status(),
+            gateway_adapters::openai::code_error_body(
+                gateway_core::ErrorCode::Internal,
                 &e.to_string(),
                 None,
             ),
@@ -265,7 +262,7 @@ impl Stream for SseBody {
                     }
                 }
                 Some(Err(err)) => {
-                    let frame = self.encoder.error(err.kind(), err.message());
+                    let frame = self.encoder.error(err.kind(), &err.client_message());
                     self.end();
                     return Poll::Ready(Some(Ok(frame)));
                 }

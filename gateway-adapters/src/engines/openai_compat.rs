@@ -748,17 +748,62 @@ fn rule_kind(rules: &[MessageRule], status: Option<u16>, message: &str) -> Optio
 
 /// The failure kind of an engine status (HTTP, or the `code` of an error
 /// frame) and its message.
+///
+/// Every 4xx but 401/403 (credentials), 404 (model), 408/499 (the engine's
+/// own timeouts and cancels) and 429 (overload) is the request's fault:
+/// `InvalidRequest` (or `ContextLengthExceeded`). A 500 whose message says
+/// the input was bad ([`says_bad_input`]) is too: engines wrap validation
+/// and grammar errors in 500s (SGLang's `Internal server error: 400: ..`,
+/// a failed grammar compile).
 pub(crate) fn kind_for_status(status: u16, message: &str, param: Option<&str>) -> FailureKind {
     match status {
         400 if is_context_length(message, param) => FailureKind::ContextLengthExceeded,
-        400 | 413 | 422 => FailureKind::InvalidRequest,
         401 | 403 => FailureKind::Unauthorized,
         404 => FailureKind::ModelNotFound,
+        408 | 499 => FailureKind::UpstreamStatus,
         429 | 503 | 529 => FailureKind::Overloaded,
+        400..=499 => FailureKind::InvalidRequest,
         500 if message.to_ascii_lowercase().contains("out of memory") => FailureKind::OutOfMemory,
+        500 if says_bad_input(message) => FailureKind::InvalidRequest,
         500 => FailureKind::Internal,
         _ => FailureKind::UpstreamStatus,
     }
+}
+
+/// Lowercase fragments of an engine's 5xx message (or error `type`) that
+/// mean the request's input was at fault: validation errors passed
+/// through as 500s, and structured-output specs (grammars, JSON schemas,
+/// regexes) the engine could not compile.
+const BAD_INPUT_MARKERS: &[&str] = &[
+    "badrequesterror",
+    "bad request",
+    "validationerror",
+    "validation error",
+    "invalid request",
+    "grammar",
+    "json schema",
+    "jsonschema",
+    "regex",
+    "ebnf",
+];
+
+/// Whether an engine's 5xx message (or error `type`) says the request's
+/// input was bad: one of [`BAD_INPUT_MARKERS`], or a wrapped 4xx
+/// (`Internal server error: 400: ..`, SGLang's handler wrapping an
+/// `HTTPException`) that [`kind_for_status`] calls the request's.
+pub(crate) fn says_bad_input(message: &str) -> bool {
+    let lower = message.to_ascii_lowercase();
+    if BAD_INPUT_MARKERS.iter().any(|m| lower.contains(m)) {
+        return true;
+    }
+    lower
+        .split_once("error: ")
+        .and_then(|(_, rest)| rest.get(..3))
+        .and_then(|code| code.parse::<u16>().ok())
+        .is_some_and(|code| {
+            (400..500).contains(&code)
+                && kind_for_status(code, "", None) == FailureKind::InvalidRequest
+        })
 }
 
 /// The error of a non-2xx answer before the stream.
@@ -779,12 +824,19 @@ pub(crate) fn status_error_with(
 ) -> BackendError {
     let detail = body.and_then(parse_upstream_error);
     let message = detail.as_ref().map_or("", |d| d.message.as_str());
+    // An engine's message rule decides first; else the status, where a 500
+    // whose `type` names a bad request is the request's.
     let kind = rule_kind(rules, Some(status.as_u16()), message).unwrap_or_else(|| {
-        kind_for_status(
+        match kind_for_status(
             status.as_u16(),
             message,
             detail.as_ref().and_then(|d| d.param.as_deref()),
-        )
+        ) {
+            FailureKind::Internal if detail.as_ref().is_some_and(|d| says_bad_input(&d.kind)) => {
+                FailureKind::InvalidRequest
+            }
+            kind => kind,
+        }
     });
     let fallback = format!("the engine answered {status}");
     let mut error = BackendError::new(kind, engine_message(detail.as_ref(), &fallback))
@@ -812,9 +864,16 @@ pub(crate) fn frame_error_with(
         None => None,
     }
     .or_else(|| detail.kind.trim().parse().ok());
-    let kind = rule_kind(rules, code, &detail.message).unwrap_or_else(|| match code {
-        Some(code) => kind_for_status(code, &detail.message, detail.param.as_deref()),
-        None => kind_for_type(&detail.kind, &detail.message, detail.param.as_deref()),
+    let kind = rule_kind(rules, code, &detail.message).unwrap_or_else(|| {
+        let kind = match code {
+            Some(code) => kind_for_status(code, &detail.message, detail.param.as_deref()),
+            None => kind_for_type(&detail.kind, &detail.message, detail.param.as_deref()),
+        };
+        if kind == FailureKind::Internal && says_bad_input(&detail.kind) {
+            FailureKind::InvalidRequest
+        } else {
+            kind
+        }
     });
     BackendError::new(
         kind,
@@ -1120,6 +1179,46 @@ mod tests {
             (500, "CUDA out of memory", None, FailureKind::OutOfMemory),
             (501, "", None, FailureKind::UpstreamStatus),
             (502, "", None, FailureKind::UpstreamStatus),
+            // Every other 4xx is the request's; the engine's own timeouts
+            // and cancels are not.
+            (405, "", None, FailureKind::InvalidRequest),
+            (413, "", None, FailureKind::InvalidRequest),
+            (422, "", None, FailureKind::InvalidRequest),
+            (451, "", None, FailureKind::InvalidRequest),
+            (408, "", None, FailureKind::UpstreamStatus),
+            (499, "", None, FailureKind::UpstreamStatus),
+            // A 500 that says the input was bad is the request's.
+            (
+                500,
+                "Internal server error: 400: Input validation error: `temperature` must be positive",
+                None,
+                FailureKind::InvalidRequest,
+            ),
+            (
+                500,
+                "Failed to compile the grammar: unexpected token at 3",
+                None,
+                FailureKind::InvalidRequest,
+            ),
+            (
+                500,
+                "Invalid JSON schema: 'type' is required",
+                None,
+                FailureKind::InvalidRequest,
+            ),
+            (
+                500,
+                "Internal server error: 503: The request queue is full.",
+                None,
+                FailureKind::Internal,
+            ),
+            (
+                500,
+                "Internal server error: 429: slow down",
+                None,
+                FailureKind::Internal,
+            ),
+            (500, "Internal server error", None, FailureKind::Internal),
         ];
         for (status, message, param, kind) in cases {
             assert_eq!(
@@ -1128,6 +1227,37 @@ mod tests {
                 "{status} {message}"
             );
         }
+    }
+
+    #[test]
+    fn a_500_typed_as_a_bad_request_is_the_requests() {
+        let body = br#"{"object":"error","message":"boom","type":"BadRequestError","param":null,"code":500}"#;
+        let err = status_error(StatusCode::INTERNAL_SERVER_ERROR, Some(body), None);
+        assert_eq!(
+            (err.kind(), err.blame(), err.is_retryable()),
+            (
+                FailureKind::InvalidRequest,
+                gateway_core::Blame::Request,
+                false
+            )
+        );
+        let body =
+            br#"{"object":"error","message":"boom","type":"InternalServerError","code":500}"#;
+        let err = status_error(StatusCode::INTERNAL_SERVER_ERROR, Some(body), None);
+        assert_eq!(
+            (err.kind(), err.blame(), err.is_retryable()),
+            (FailureKind::Internal, gateway_core::Blame::Backend, true)
+        );
+        let frame = ErrorDetail {
+            message: "boom".into(),
+            kind: "ValidationError".into(),
+            code: Some(ErrorCode::Number(500)),
+            param: None,
+        };
+        assert_eq!(
+            frame_error(&frame, FailurePhase::BeforeFirstToken).kind(),
+            FailureKind::InvalidRequest
+        );
     }
 
     #[test]

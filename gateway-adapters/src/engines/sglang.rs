@@ -66,6 +66,7 @@ use tokio_util::sync::CancellationToken;
 use super::live::{self, HasLive, LiveRequests};
 use super::openai_compat::{
     EngineError, HealthCheck, OpenAiCompatBackend, Routes, UpstreamConfig, kind_for_status,
+    says_bad_input,
 };
 use super::pressure_cell::{Gauges, PressureCell};
 use super::prometheus;
@@ -763,6 +764,8 @@ fn event_error(detail: &ErrorDetail, phase: FailurePhase) -> BackendError {
                 FailureKind::Overloaded
             } else if lower.contains("badrequest") || lower.contains("invalid") {
                 kind_for_status(400, &detail.message, detail.param.as_deref())
+            } else if by_message.is_none() && says_bad_input(&detail.message) {
+                FailureKind::InvalidRequest
             } else {
                 by_message.unwrap_or(FailureKind::Internal)
             }

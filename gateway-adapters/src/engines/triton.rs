@@ -86,7 +86,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::live::{self, HasLive, LiveRequests};
-use super::openai_compat::{EngineError, UpstreamConfig, kind_for_status};
+use super::openai_compat::{EngineError, UpstreamConfig, kind_for_status, says_bad_input};
 use super::pressure_cell::{Gauges, PressureCell};
 use super::prometheus;
 use super::reader::{EVENT_BUFFER, Emit, Flow, Frames, Reader, Settings};
@@ -479,6 +479,7 @@ fn status_error(
 /// The error of an in-stream `{"error":"msg"}` response.
 fn event_error(message: &str, phase: FailurePhase) -> BackendError {
     let kind = match message_kind(message) {
+        None if says_bad_input(message) => FailureKind::InvalidRequest,
         Some(FailureKind::ContextLengthExceeded) | None => FailureKind::Internal,
         Some(kind) => kind,
     };

@@ -9,22 +9,22 @@ use serde_json::Value;
 use super::json::{Sink, string_into, u64_into};
 use super::types::{ErrorCode, ErrorDetail};
 
-/// The `type` of a mid-stream failure frame.
-pub const STREAM_ERROR_TYPE: &str = "upstream_error";
+pub use gateway_core::error_table::STREAM_ERROR_TYPE;
 
-/// The OpenAI error `type` for a status: `invalid_request_error` (400,
-/// 404, 413 and other 4xx), `authentication_error` (401),
-/// `permission_error` (403), `rate_limit_error` (429), `upstream_error`
-/// (502, 504), `server_error` (other 5xx).
+/// The OpenAI error `type` for a status, from the error table
+/// ([`gateway_core::error_table::error_type_for_status`]):
+/// `invalid_request_error` (400, 404, 413 and other 4xx),
+/// `authentication_error` (401), `permission_error` (403),
+/// `rate_limit_error` (429), `upstream_error` (502, 504), `server_error`
+/// (other 5xx).
 pub fn error_type(status: StatusCode) -> &'static str {
-    match status.as_u16() {
-        401 => "authentication_error",
-        403 => "permission_error",
-        429 => "rate_limit_error",
-        502 | 504 => "upstream_error",
-        500..=599 => "server_error",
-        _ => "invalid_request_error",
-    }
+    gateway_core::error_table::error_type_for_status(status.as_u16())
+}
+
+/// The body of an error of the contract's `code`: its status's type, its
+/// code, `message` and `param`, as [`error_body`] writes them.
+pub fn code_error_body(code: gateway_core::ErrorCode, message: &str, param: Option<&str>) -> Bytes {
+    error_body(code.status(), code.as_str(), message, param)
 }
 
 /// The body of an error response:
@@ -49,6 +49,8 @@ pub fn error_body(status: StatusCode, code: &str, message: &str, param: Option<&
 
 /// The frame that ends a stream after the first byte:
 /// `data: {"error":{"message":..,"type":"upstream_error","code":"<kind>"}}\n\n`.
+/// `message` must be client-safe: the kind's fixed message
+/// ([`gateway_core::BackendError::client_message`]), never an engine's text.
 pub fn stream_error_frame(kind: FailureKind, message: &str) -> Bytes {
     let mut out = BytesMut::with_capacity(message.len() + 96);
     stream_error_into(&mut out, kind, message);

@@ -72,7 +72,7 @@ pub(crate) use embeddings::{
 };
 pub use encode::{AssembleError, Assembler, ChunkEncoder, Endpoint};
 pub use error_body::{
-    STREAM_ERROR_TYPE, error_body, error_type, models_body, parse_upstream_error,
+    STREAM_ERROR_TYPE, code_error_body, error_body, error_type, models_body, parse_upstream_error,
     stream_error_frame,
 };
 pub use request::{

@@ -76,7 +76,7 @@ pub struct RequestError {
 
 impl RequestError {
     /// The error code of every request error.
-    pub const CODE: &'static str = "invalid_request";
+    pub const CODE: &'static str = gateway_core::ErrorCode::InvalidRequest.as_str();
 
     /// An error about `param`, or about the whole body with `None`.
     pub fn new(message: impl Into<String>, param: Option<&str>) -> Self {
@@ -93,16 +93,15 @@ impl RequestError {
         }
     }
 
-    /// `400 Bad Request`.
+    /// `400 Bad Request` (the `invalid_request` row of the error table).
     pub fn status(&self) -> StatusCode {
-        StatusCode::BAD_REQUEST
+        gateway_core::ErrorCode::InvalidRequest.status()
     }
 
     /// The OpenAI error body for this error.
     pub fn to_body(&self) -> Bytes {
-        super::error_body(
-            self.status(),
-            Self::CODE,
+        super::code_error_body(
+            gateway_core::ErrorCode::InvalidRequest,
             &self.message,
             self.param.as_deref(),
         )

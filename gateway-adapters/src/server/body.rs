@@ -77,7 +77,7 @@ impl Stream for SseBody {
                     }
                 }
                 Some(Err(err)) => {
-                    let frame = self.encoder.error(err.kind(), err.message());
+                    let frame = self.encoder.error(err.kind(), &err.client_message());
                     self.end();
                     return Poll::Ready(Some(Ok(frame)));
                 }

@@ -6,7 +6,7 @@ use bytes::Bytes;
 use gateway_policy::{ErrorCode, GatewayError};
 use http::{HeaderValue, StatusCode, header};
 
-use crate::openai::{RequestError, error_body};
+use crate::openai::{RequestError, code_error_body, error_body};
 
 /// A JSON response.
 pub(crate) fn json(status: StatusCode, body: Bytes) -> Response {
@@ -21,10 +21,7 @@ pub(crate) fn json(status: StatusCode, body: Bytes) -> Response {
 
 /// The error response for a contract error code.
 pub(crate) fn error(code: ErrorCode, message: &str) -> Response {
-    json(
-        code.status(),
-        error_body(code.status(), code.as_str(), message, None),
-    )
+    json(code.status(), code_error_body(code, message, None))
 }
 
 /// The response of a [`GatewayError`], with `Retry-After` when it has one.

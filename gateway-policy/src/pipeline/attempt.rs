@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use gateway_core::{
-    BackendError, BackendRequest, BudgetGuard, CancelHandle, CancelReason, EventOrder, FailureKind,
-    GenerateRequest, RequestBudget, TokenCount, TokenEvent, TokenStream, UsageMeter,
+    BackendError, BackendRequest, Blame, BudgetGuard, CancelHandle, CancelReason, EventOrder,
+    FailureKind, GenerateRequest, RequestBudget, TokenCount, TokenEvent, TokenStream, UsageMeter,
 };
 use tokio::time::Instant;
 
@@ -343,7 +343,10 @@ fn exhausted(failures: &[BackendError]) -> GatewayError {
     if all(|k| k == FailureKind::Unsupported) {
         return GatewayError::new(
             ErrorCode::InvalidRequest,
-            format!("no backend of this model can serve it: {}", last.message()),
+            format!(
+                "no backend of this model can serve it: {}",
+                last.client_message()
+            ),
         );
     }
     if all(|k| matches!(k, FailureKind::Overloaded | FailureKind::OutOfMemory)) {
@@ -359,7 +362,7 @@ fn exhausted(failures: &[BackendError]) -> GatewayError {
         ErrorCode::UpstreamError,
         format!(
             "every backend failed before the first token; last: {}",
-            last.message()
+            last.client_message()
         ),
     )
 }
@@ -402,9 +405,14 @@ async fn attempt(
         reason = cancel.canceled() => Err(Failed::Canceled(reason)),
         head = first_token(&slot, request, attempt_cancel.clone(), deadline, expiry) => head.map_err(Failed::Backend),
     };
+    let result = result.map_err(|failed| match failed {
+        Failed::Backend(err) => Failed::Backend(blamed(err, &slot, admitted.estimate.value())),
+        canceled @ Failed::Canceled(_) => canceled,
+    });
     match result {
         Ok(head) => {
             slot.record_success();
+            slot.record_prompt(admitted.estimate.value());
             metrics
                 .time_to_first_token
                 .get_or_create(&ModelBackendLabels {
@@ -421,11 +429,38 @@ async fn attempt(
             };
             attempt_cancel.cancel(reason);
             if let Failed::Backend(err) = &failed {
+                tracing::warn!(
+                    parent: &admitted.span,
+                    request_id = %admitted.request.id,
+                    backend = %slot.name,
+                    kind = err.kind().as_str(),
+                    blame = err.blame().as_str(),
+                    upstream_status = ?err.upstream_status(),
+                    error = %err,
+                    "backend attempt failed"
+                );
                 metrics.failure(&slot.name, err.kind().as_str());
-                slot.record_failure(err.kind());
+                slot.record_failure(err);
             }
             Err(failed)
         }
+    }
+}
+
+/// `err` with the blame moved to the request when it is a first-token
+/// timeout or an out-of-memory answer of a prompt far larger than `slot`
+/// usually serves ([`BackendSlot::is_oversized`]): the request's size, not
+/// the backend, is the likely cause, so it is neither retried elsewhere nor
+/// counted against the breaker.
+fn blamed(err: BackendError, slot: &BackendSlot, estimate: u64) -> BackendError {
+    let size_sensitive = matches!(
+        err.kind(),
+        FailureKind::FirstTokenTimeout | FailureKind::OutOfMemory
+    );
+    if size_sensitive && slot.is_oversized(estimate) {
+        err.with_blame(Blame::Request)
+    } else {
+        err
     }
 }
 

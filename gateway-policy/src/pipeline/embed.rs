@@ -130,7 +130,15 @@ impl Job for EmbedJob {
                         .inner
                         .metrics
                         .failure(&slot.name, err.kind().as_str());
-                    slot.record_failure(err.kind());
+                    tracing::warn!(
+                        request_id = %self.request.id,
+                        backend = %slot.name,
+                        kind = err.kind().as_str(),
+                        upstream_status = ?err.upstream_status(),
+                        error = %err,
+                        "embeddings attempt failed"
+                    );
+                    slot.record_failure(err);
                 }
             }
         }

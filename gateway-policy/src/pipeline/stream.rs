@@ -372,7 +372,16 @@ impl Pump {
             self.settlement
                 .metrics
                 .failure(&self.settlement.backend, kind.as_str());
-            self.settlement.inflight.slot().record_failure(kind);
+            tracing::warn!(
+                parent: &self.settlement.span,
+                backend = %self.settlement.backend,
+                kind = kind.as_str(),
+                blame = failure.blame().as_str(),
+                upstream_status = ?failure.upstream_status(),
+                error = %failure,
+                "stream failed after its first token"
+            );
+            self.settlement.inflight.slot().record_failure(&failure);
             let failure = failure.with_phase(self.phase());
             return match self.relay(Err(failure)).await {
                 Ok(()) => End::Failed { abort },
