@@ -159,7 +159,7 @@ def test_engines_without_embeddings_answer_400(client: openai.OpenAI, kind: str)
         client.embeddings.create(model=model_of(kind), input=TEXTS)
     assert refused.value.status_code == 400
     assert refused.value.body["code"] == "invalid_request"
-    assert "does not serve embeddings" in refused.value.body["message"]
+    assert refused.value.body["message"] == "no backend of this model can serve it: the engine does not serve this endpoint"
 
 
 def test_refusals_have_the_contracts_codes(gateway: Gateway):  # noqa: F811
