@@ -159,7 +159,8 @@ def test_engines_without_embeddings_answer_400(client: openai.OpenAI, kind: str)
         client.embeddings.create(model=model_of(kind), input=TEXTS)
     assert refused.value.status_code == 400
     assert refused.value.body["code"] == "invalid_request"
-    assert refused.value.body["message"] == "no backend of this model can serve it: the engine does not serve this endpoint"
+    # The fixed message of the kind; engines that answered add their status.
+    assert refused.value.body["message"].startswith("no backend of this model can serve it: the engine does not serve this endpoint")
 
 
 def test_refusals_have_the_contracts_codes(gateway: Gateway):  # noqa: F811
