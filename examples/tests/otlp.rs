@@ -16,6 +16,7 @@ use std::time::Duration;
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, header};
+use gateway_core::RequestId;
 use gateway_tests::{open, request};
 use opentelemetry_proto::tonic::collector::trace::v1::{
     ExportTraceServiceRequest, ExportTraceServiceResponse,
@@ -139,15 +140,19 @@ fn s(v: &str) -> Attr {
 }
 
 /// The attributes a successful chat of `max_tokens` on the sim engine
-/// carries, with the usage and finish reason the client was told.
+/// carries, with the usage and finish reason the client was told: the
+/// gateway's own id (`request_id`, the response's `id` without its
+/// `chatcmpl-`) and the client's `x-request-id` (`client_request_id`).
 fn expected(
     request_id: &str,
+    client_request_id: &str,
     max_tokens: i64,
     usage: &Value,
     finish: &str,
 ) -> Vec<(&'static str, Attr)> {
     vec![
         ("request_id", s(request_id)),
+        ("client_request_id", s(client_request_id)),
         ("tenant", s("demo")),
         ("backend", s("sim-0")),
         ("outcome", s("ok")),
@@ -201,6 +206,7 @@ async fn request_spans_reach_an_otlp_collector_with_gen_ai_attributes() {
         .unwrap()
         .to_owned();
     assert_eq!(plain_finish, "length");
+    let plain_id = plain["id"].as_str().unwrap().to_owned();
 
     // A streaming chat with its usage in the last chunk.
     let mut stream = open(
@@ -213,7 +219,12 @@ async fn request_spans_reach_an_otlp_collector_with_gen_ai_attributes() {
     .await
     .unwrap();
     assert_eq!(stream.status, 200);
+    assert_eq!(
+        stream.header_value("x-request-id").as_deref(),
+        Some("otlp-stream")
+    );
     let (mut stream_usage, mut stream_finish, mut done) = (Value::Null, None, false);
+    let mut stream_id = String::new();
     for _ in 0..1000 {
         let Some(event) = tokio::time::timeout(Duration::from_secs(10), stream.next_event())
             .await
@@ -227,6 +238,7 @@ async fn request_spans_reach_an_otlp_collector_with_gen_ai_attributes() {
             continue;
         }
         let chunk: Value = serde_json::from_str(&event).unwrap();
+        chunk["id"].as_str().unwrap().clone_into(&mut stream_id);
         if let Some(reason) = chunk["choices"][0]["finish_reason"].as_str() {
             stream_finish = Some(reason.to_owned());
         }
@@ -278,8 +290,8 @@ async fn request_spans_reach_an_otlp_collector_with_gen_ai_attributes() {
         assert_eq!(span.trace_id.len(), 16);
         assert!(span.end_time_unix_nano >= span.start_time_unix_nano);
         let attrs = attributes(&span.attributes);
-        let Some(Attr::Str(id)) = attrs.get("request_id").cloned() else {
-            panic!("no request_id: {attrs:?}");
+        let Some(Attr::Str(id)) = attrs.get("client_request_id").cloned() else {
+            panic!("no client_request_id: {attrs:?}");
         };
         by_id.insert(id, attrs);
     }
@@ -288,12 +300,21 @@ async fn request_spans_reach_an_otlp_collector_with_gen_ai_attributes() {
         by_id.keys().collect::<Vec<_>>(),
         ["otlp-plain", "otlp-stream"]
     );
-    for (id, max_tokens, usage, finish) in [
-        ("otlp-plain", 6, &plain["usage"], plain_finish.as_str()),
-        ("otlp-stream", 9, &stream_usage, "length"),
+    for (id, response_id, max_tokens, usage, finish) in [
+        (
+            "otlp-plain",
+            &plain_id,
+            6,
+            &plain["usage"],
+            plain_finish.as_str(),
+        ),
+        ("otlp-stream", &stream_id, 9, &stream_usage, "length"),
     ] {
         let attrs = &by_id[id];
-        for (key, value) in expected(id, max_tokens, usage, finish) {
+        // The gateway's id: fresh, and what the response's `id` names.
+        let gateway_id = response_id.strip_prefix("chatcmpl-").unwrap();
+        assert!(RequestId::new(gateway_id).is_generated(), "{response_id}");
+        for (key, value) in expected(gateway_id, id, max_tokens, usage, finish) {
             assert_eq!(attrs.get(key), Some(&value), "{id}: {key} in {attrs:?}");
         }
         // Only the span's own fields: no location, thread or timing extras,
@@ -301,7 +322,14 @@ async fn request_spans_reach_an_otlp_collector_with_gen_ai_attributes() {
         for key in attrs.keys() {
             assert!(
                 key.starts_with("gen_ai.")
-                    || ["request_id", "tenant", "backend", "outcome"].contains(&key.as_str()),
+                    || [
+                        "request_id",
+                        "client_request_id",
+                        "tenant",
+                        "backend",
+                        "outcome"
+                    ]
+                    .contains(&key.as_str()),
                 "{id}: unexpected attribute {key}"
             );
         }

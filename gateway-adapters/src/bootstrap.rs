@@ -51,6 +51,11 @@ pub fn router_options(config: &GatewayConfig) -> RouterOptions {
             .admin_key
             .as_ref()
             .map(|TenantKey::Sha256(h)| *h),
+        metrics_key_sha256: config
+            .server
+            .metrics_key
+            .as_ref()
+            .map(|TenantKey::Sha256(h)| *h),
         max_body_bytes: config.server.max_body_bytes.get(),
     }
 }
@@ -253,7 +258,9 @@ pub fn build_gateway_with(
     mut custom: impl FnMut(&crate::config::BackendConfig) -> Option<Arc<dyn Backend>>,
 ) -> Result<Gateway, BootstrapError> {
     let ledger = ledger(config)?;
-    let mut builder = Gateway::builder(settings(config)).affinity(config.routing);
+    let mut builder = Gateway::builder(settings(config))
+        .affinity(config.routing)
+        .metrics_tenant_labels(config.server.metrics_tenant_labels);
     if let Some(ledger) = ledger {
         builder = builder.ledger(ledger);
     }
@@ -270,6 +277,7 @@ pub fn build_gateway_with(
             max_concurrency: t.max_concurrency,
             weight: t.weight,
             priority: t.priority,
+            allow_priority_raise: t.allow_priority_raise,
             models: t.models.as_ref().map(|m| m.iter().cloned().collect()),
         };
         builder = builder.tenant(tenant, hash);

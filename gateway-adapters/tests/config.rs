@@ -402,6 +402,75 @@ backends = [{ name = "b", engine = "sim", model = "m" }, "b2"]
     }
 
     #[test]
+    fn exposure_keys() {
+        // Defaults: /metrics open, tenant labels on, x-priority only lowers.
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(config.server.metrics_key, None);
+        assert!(config.server.metrics_tenant_labels);
+        assert!(!config.tenants[0].allow_priority_raise);
+
+        let sha = TenantKey::from_plaintext("mk-1").to_hex();
+        let raise = MINIMAL.replace(
+            "api_key = \"sk-t\"",
+            "api_key = \"sk-t\"\nallow_priority_raise = true",
+        );
+        for key in [
+            "metrics_key = \"mk-1\"".to_owned(),
+            format!("metrics_key_sha256 = \"{sha}\""),
+        ] {
+            let text = format!("[server]\n{key}\nmetrics_tenant_labels = false\n{raise}");
+            let config = parse(&text).unwrap();
+            assert_eq!(
+                config.server.metrics_key,
+                Some(TenantKey::from_plaintext("mk-1"))
+            );
+            assert!(config.server.metrics_key.unwrap().matches("mk-1"));
+            assert!(!config.server.metrics_tenant_labels);
+            assert!(config.tenants[0].allow_priority_raise);
+        }
+
+        let text = format!(
+            "[server]\nmetrics_key = \"mk-1\"\nmetrics_key_sha256 = \"{sha}\"\n\
+             metrics_tenant_labels = \"no\"\n{}",
+            MINIMAL.replace(
+                "api_key = \"sk-t\"",
+                "api_key = \"sk-t\"\nallow_priority_raise = 1"
+            )
+        );
+        assert_problems(
+            &text,
+            &[
+                (
+                    "server",
+                    "metrics_key and metrics_key_sha256 are mutually exclusive; set one",
+                ),
+                (
+                    "server.metrics_tenant_labels",
+                    "expected a boolean, found a string",
+                ),
+                (
+                    "tenants[0].allow_priority_raise",
+                    "expected a boolean, found an integer",
+                ),
+            ],
+        );
+        assert_problems(
+            &format!("[server]\nmetrics_key = \"m k\"\n{MINIMAL}"),
+            &[(
+                "server.metrics_key",
+                "must be printable ASCII without spaces",
+            )],
+        );
+        assert_problems(
+            &format!("[server]\nmetrics_key_sha256 = \"abc\"\n{MINIMAL}"),
+            &[(
+                "server.metrics_key_sha256",
+                "must be 64 hexadecimal digits (the SHA-256 of the key)",
+            )],
+        );
+    }
+
+    #[test]
     fn ledger_variants() {
         let with = |ledger: &str| format!("[ledger]\n{ledger}\n{MINIMAL}");
         assert_eq!(

@@ -42,8 +42,12 @@ impl EncodingFormat {
 /// An embeddings request as the client sent it, defaults filled in.
 #[derive(Debug, Clone, PartialEq)]
 pub struct EmbedRequest {
-    /// Its id.
+    /// The gateway's id of the request (sent to the engine; see
+    /// [`RequestId::generate`]).
     pub id: RequestId,
+    /// The client's own id (its `x-request-id`), for correlation only: on
+    /// the request span as `client_request_id`; adapters never send it.
+    pub client_id: Option<Arc<str>>,
     /// The public model name.
     pub model: String,
     /// The inputs, in order: [`Prompt::Text`] or [`Prompt::Tokens`] each
@@ -69,10 +73,11 @@ pub struct EmbedRequest {
 impl EmbedRequest {
     /// A request for `model` embedding `inputs`, with defaults: floats, no
     /// `dimensions`, tenant `default`, interactive, no deadline, no extra
-    /// fields, the id `embd-0`.
+    /// fields, a [`RequestId::generate`]d id.
     pub fn new(model: impl Into<String>, inputs: Vec<Prompt>) -> Self {
         EmbedRequest {
-            id: RequestId::new("embd-0"),
+            id: RequestId::generate(),
+            client_id: None,
             model: model.into(),
             inputs,
             encoding_format: EncodingFormat::Float,

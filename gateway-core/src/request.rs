@@ -5,15 +5,62 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
-/// A request id: echoed to clients as `x-request-id`, sent to engines that
-/// take one (SGLang `rid`), used to abort a request explicitly.
+/// A request id: the gateway's own name of a request, sent to engines that
+/// take one (vLLM's `x-request-id` header, SGLang's `rid`), used to abort a
+/// request explicitly and to key its ledger hold.
+///
+/// The HTTP server gives every request a fresh [`RequestId::generate`]; a
+/// client's `x-request-id` is never used as one (it is kept for correlation
+/// only), so one client cannot name, and abort, another's generation.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RequestId(Arc<str>);
+
+/// The prefix of a generated id.
+const GENERATED_PREFIX: &str = "gw-";
 
 impl RequestId {
     /// Wraps an id.
     pub fn new(id: impl Into<Arc<str>>) -> Self {
         RequestId(id.into())
+    }
+
+    /// A new id, unique and unguessable: `gw-` and 128 bits from the
+    /// operating system's random source as 32 lowercase hex digits.
+    ///
+    /// Should the OS source fail (it does not on a running Linux), the bits
+    /// come from SipHash keyed with std's per-process random keys over a
+    /// counter and the clock, still unique within the process; a warning is
+    /// logged once.
+    ///
+    /// ```
+    /// use gateway_core::RequestId;
+    ///
+    /// let a = RequestId::generate();
+    /// let b = RequestId::generate();
+    /// assert_ne!(a, b);
+    /// assert!(a.as_str().starts_with("gw-"));
+    /// assert_eq!(a.as_str().len(), 3 + 32);
+    /// assert!(a.as_str()[3..].bytes().all(|c| c.is_ascii_hexdigit()));
+    /// ```
+    pub fn generate() -> Self {
+        let mut bytes = [0u8; 16];
+        if getrandom::fill(&mut bytes).is_err() {
+            bytes = fallback_bits();
+        }
+        let mut id = String::with_capacity(GENERATED_PREFIX.len() + 32);
+        id.push_str(GENERATED_PREFIX);
+        for b in bytes {
+            id.push(hex_digit(b >> 4));
+            id.push(hex_digit(b & 0x0f));
+        }
+        RequestId(id.into())
+    }
+
+    /// Whether the id has the shape of a [`RequestId::generate`]d one.
+    pub fn is_generated(&self) -> bool {
+        self.0.strip_prefix(GENERATED_PREFIX).is_some_and(|hex| {
+            hex.len() == 32 && hex.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+        })
     }
     /// The id as text.
     pub fn as_str(&self) -> &str {
@@ -322,7 +369,7 @@ impl GenerateRequest {
     /// interactive, no deadline, no sampling overrides.
     pub fn new(model: impl Into<String>, prompt: Prompt, max_tokens: u32) -> Self {
         GenerateRequest {
-            id: RequestId::new(next_request_id()),
+            id: RequestId::generate(),
             model: model.into(),
             prompt,
             sampling: SamplingParams::default(),
@@ -364,24 +411,33 @@ impl GenerateRequest {
     }
 }
 
-/// Process-unique ids: a random-ish per-process prefix and a counter.
-fn next_request_id() -> String {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!("req-{:x}-{n}", process_tag())
+fn hex_digit(nibble: u8) -> char {
+    char::from(b"0123456789abcdef"[usize::from(nibble & 0x0f)])
 }
 
-fn process_tag() -> u32 {
-    use std::sync::OnceLock;
-    static TAG: OnceLock<u32> = OnceLock::new();
-    *TAG.get_or_init(|| {
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        nanos ^ std::process::id().rotate_left(16)
-    })
+/// 128 bits when the OS source failed: SipHash under std's random
+/// per-process keys, over a process-wide counter and the clock.
+fn fallback_bits() -> [u8; 16] {
+    use std::hash::{BuildHasher, Hasher};
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    static WARNED: AtomicBool = AtomicBool::new(false);
+    if !WARNED.swap(true, Ordering::Relaxed) {
+        tracing::warn!("the OS random source failed; request ids fall back to keyed SipHash");
+    }
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let mut out = [0u8; 16];
+    for (half, chunk) in out.chunks_mut(8).enumerate() {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(n);
+        h.write_u128(nanos);
+        h.write_usize(half);
+        chunk.copy_from_slice(&h.finish().to_le_bytes());
+    }
+    out
 }
 
 #[cfg(test)]
@@ -393,7 +449,48 @@ mod tests {
         let a = GenerateRequest::new("m", Prompt::Text("hi".into()), 4);
         let b = GenerateRequest::new("m", Prompt::Text("hi".into()), 4);
         assert_ne!(a.id, b.id);
-        assert!(a.id.as_str().starts_with("req-"));
+        assert!(a.id.is_generated(), "{}", a.id);
+    }
+
+    /// 100,000 ids: all distinct, all well-formed, and no two consecutive
+    /// ones a small step apart (a counter, or a counter under a fixed
+    /// permutation's low bits, would be).
+    #[test]
+    fn generated_ids_are_unique_and_not_sequential() {
+        let n = 100_000;
+        let ids: Vec<RequestId> = (0..n).map(|_| RequestId::generate()).collect();
+        assert!(ids.iter().all(RequestId::is_generated));
+        let distinct: std::collections::HashSet<&str> = ids.iter().map(RequestId::as_str).collect();
+        assert_eq!(distinct.len(), n);
+        let value = |id: &RequestId| u128::from_str_radix(&id.as_str()[3..], 16).unwrap_or(0);
+        let close = ids
+            .windows(2)
+            .filter(|w| value(&w[0]).abs_diff(value(&w[1])) < 1 << 64)
+            .count();
+        assert_eq!(close, 0);
+        // Every hex position takes many values: the bits are spread, not
+        // a fixed prefix with a changing tail.
+        for pos in 3..35 {
+            let seen: std::collections::HashSet<u8> = ids
+                .iter()
+                .take(1000)
+                .map(|id| id.as_str().as_bytes()[pos])
+                .collect();
+            assert_eq!(seen.len(), 16, "position {pos}");
+        }
+    }
+
+    #[test]
+    fn fallback_bits_differ() {
+        assert_ne!(fallback_bits(), fallback_bits());
+    }
+
+    #[test]
+    fn is_generated_checks_the_shape() {
+        assert!(!RequestId::new("gw-123").is_generated());
+        assert!(!RequestId::new("my-id").is_generated());
+        assert!(!RequestId::new(format!("gw-{}", "A".repeat(32))).is_generated());
+        assert!(RequestId::new(format!("gw-{}", "a".repeat(32))).is_generated());
     }
 
     #[test]

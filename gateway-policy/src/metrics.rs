@@ -1,6 +1,13 @@
 //! The gateway's Prometheus metrics (the contract's minimum set, and a few
 //! more). Label values come only from configuration (tenant ids, model and
 //! backend names) or fixed enums, never from request content.
+//!
+//! Three families carry a `tenant` label (`gateway_requests_total`,
+//! `gateway_tokens_total`, `gateway_spend_usd_total`). A registry made
+//! with [`Metrics::with_tenant_labels`]`(false)` writes [`ALL_TENANTS`]
+//! there instead of the tenant's id, so a scrape tells nothing about who
+//! uses the gateway or what each tenant spends; `unauthenticated` (requests
+//! refused before a tenant was known) stays as it is.
 
 use std::fmt;
 use std::sync::atomic::AtomicU64;
@@ -12,6 +19,9 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+/// The `tenant` label of every tenant when tenant labels are off.
+pub const ALL_TENANTS: &str = "all";
 
 /// Labels `tenant, model, outcome`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -171,6 +181,8 @@ pub struct Metrics {
     /// `gateway_embedding_inputs_total{model}`: inputs embedded (one vector
     /// each) by successful embeddings requests.
     pub embedding_inputs: Family<ModelLabels, Counter>,
+    /// Whether `tenant` labels name the tenant (else [`ALL_TENANTS`]).
+    tenant_labels: bool,
 }
 
 impl fmt::Debug for Metrics {
@@ -186,8 +198,29 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    /// A registry with every metric registered, all at zero.
+    /// A registry with every metric registered, all at zero; `tenant`
+    /// labels name the tenant.
     pub fn new() -> Self {
+        Metrics::with_tenant_labels(true)
+    }
+
+    /// [`Metrics::new`], with `tenant` labels naming the tenant (`true`) or
+    /// reading [`ALL_TENANTS`] for every tenant (`false`).
+    ///
+    /// ```
+    /// use gateway_core::Usage;
+    /// use gateway_policy::Metrics;
+    ///
+    /// let m = Metrics::with_tenant_labels(false);
+    /// m.register_tenant("team-a");
+    /// m.request("team-a", "m", "ok");
+    /// m.spend("team-b", 0.25);
+    /// let text = m.encode();
+    /// assert!(!text.contains("team-"));
+    /// assert!(text.contains(r#"gateway_requests_total{tenant="all",model="m",outcome="ok"} 1"#));
+    /// assert!(text.contains(r#"gateway_spend_usd_total{tenant="all"} 0.25"#));
+    /// ```
+    pub fn with_tenant_labels(tenant_labels: bool) -> Self {
         let mut registry = Registry::with_prefix("gateway");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
@@ -306,6 +339,7 @@ impl Metrics {
             embedding_inputs.clone(),
         );
         Metrics {
+            tenant_labels,
             registry,
             embedding_inputs,
             fallbacks,
@@ -382,18 +416,37 @@ impl Metrics {
         }));
     }
 
+    /// The `tenant` label value of `tenant`: its id, or [`ALL_TENANTS`]
+    /// when tenant labels are off (`unauthenticated` stays).
+    pub fn tenant_label<'a>(&self, tenant: &'a str) -> &'a str {
+        if self.tenant_labels || tenant == crate::pipeline::UNAUTHENTICATED {
+            tenant
+        } else {
+            ALL_TENANTS
+        }
+    }
+
     /// Creates a tenant's spend series at zero.
     pub fn register_tenant(&self, tenant: &str) {
         drop(self.spend_usd.get_or_create(&TenantLabels {
-            tenant: tenant.to_owned(),
+            tenant: self.tenant_label(tenant).to_owned(),
         }));
+    }
+
+    /// Adds money charged to `tenant`, in USD.
+    pub fn spend(&self, tenant: &str, usd: f64) {
+        self.spend_usd
+            .get_or_create(&TenantLabels {
+                tenant: self.tenant_label(tenant).to_owned(),
+            })
+            .inc_by(usd);
     }
 
     /// Counts one request's outcome.
     pub fn request(&self, tenant: &str, model: &str, outcome: &'static str) {
         self.requests
             .get_or_create(&RequestLabels {
-                tenant: tenant.to_owned(),
+                tenant: self.tenant_label(tenant).to_owned(),
                 model: model.to_owned(),
                 outcome,
             })
@@ -414,7 +467,7 @@ impl Metrics {
         for (kind, n) in kinds {
             self.tokens
                 .get_or_create(&TokenLabels {
-                    tenant: tenant.to_owned(),
+                    tenant: self.tenant_label(tenant).to_owned(),
                     model: model.to_owned(),
                     kind,
                 })

@@ -23,7 +23,10 @@ pub fn operation(prompt: &Prompt) -> &'static str {
     }
 }
 
-/// A new request span. Fields known later (backend, usage, finish reason,
+/// A new request span. `request_id` is the gateway's own id (the one
+/// engines see); `client_request_id` (empty unless recorded) is the
+/// client's `x-request-id`, kept for correlation only. Fields known later
+/// (backend, usage, finish reason,
 /// outcome, error type, and `fallback_from`: the requested model, set when
 /// the request moved to one of its fallbacks) start empty and are recorded
 /// when known.
@@ -37,6 +40,7 @@ pub fn request_span(
     tracing::info_span!(
         "gateway.request",
         request_id = request_id,
+        client_request_id = Empty,
         tenant = tenant,
         gen_ai.operation.name = operation,
         gen_ai.request.model = model,

@@ -23,6 +23,10 @@ pub struct Tenant {
     /// The class of its requests that do not name one (the server's
     /// `x-priority` header): batch waits behind interactive work.
     pub priority: LatencyClass,
+    /// Whether a request may ask for a class above `priority` (a batch
+    /// tenant's `x-priority: interactive`); without it such a request runs
+    /// in `priority`. See [`Tenant::class_for`].
+    pub allow_priority_raise: bool,
     /// Models it may use; `None` means all.
     pub models: Option<HashSet<String>>,
 }
@@ -38,12 +42,77 @@ impl Tenant {
             max_concurrency: None,
             weight: NonZeroU32::MIN,
             priority: LatencyClass::Interactive,
+            allow_priority_raise: false,
             models: None,
+        }
+    }
+
+    /// The class a request runs in when it asked for `asked` (`None`: it
+    /// named none). A request may always lower its class (interactive to
+    /// batch); it may raise it above the tenant's `priority` only when
+    /// `allow_priority_raise` is set, else it runs in `priority`.
+    ///
+    /// ```
+    /// use gateway_core::LatencyClass::{Batch, Interactive};
+    /// use gateway_policy::Tenant;
+    ///
+    /// let mut t = Tenant::new("nightly");
+    /// t.priority = Batch;
+    /// assert_eq!(t.class_for(Some(Interactive)), Batch);
+    /// t.allow_priority_raise = true;
+    /// assert_eq!(t.class_for(Some(Interactive)), Interactive);
+    /// ```
+    pub fn class_for(&self, asked: Option<LatencyClass>) -> LatencyClass {
+        match (self.priority, asked) {
+            (own, None) => own,
+            (LatencyClass::Batch, Some(LatencyClass::Interactive))
+                if !self.allow_priority_raise =>
+            {
+                LatencyClass::Batch
+            }
+            (_, Some(asked)) => asked,
         }
     }
 
     /// Whether it may use `model`.
     pub fn may_use(&self, model: &str) -> bool {
         self.models.as_ref().is_none_or(|m| m.contains(model))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use LatencyClass::{Batch, Interactive};
+
+    #[test]
+    fn a_request_may_lower_its_class_and_raise_it_only_when_allowed() {
+        let mut t = Tenant::new("t");
+        // Interactive tenant: anything asked goes.
+        for (asked, runs) in [
+            (None, Interactive),
+            (Some(Interactive), Interactive),
+            (Some(Batch), Batch),
+        ] {
+            assert_eq!(t.class_for(asked), runs, "{asked:?}");
+        }
+        // Batch tenant: interactive is refused, quietly.
+        t.priority = Batch;
+        for (asked, runs) in [
+            (None, Batch),
+            (Some(Interactive), Batch),
+            (Some(Batch), Batch),
+        ] {
+            assert_eq!(t.class_for(asked), runs, "{asked:?}");
+        }
+        // Batch tenant allowed to raise.
+        t.allow_priority_raise = true;
+        for (asked, runs) in [
+            (None, Batch),
+            (Some(Interactive), Interactive),
+            (Some(Batch), Batch),
+        ] {
+            assert_eq!(t.class_for(asked), runs, "{asked:?}");
+        }
     }
 }

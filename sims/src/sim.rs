@@ -68,14 +68,15 @@ pub struct Basics<'a, F> {
 }
 
 /// One request a simulator received (SGLang, Triton; vLLM's
-/// [`crate::vllm::Recorded`] has the headers and the prompt tokens
-/// instead of the time).
+/// [`crate::vllm::Recorded`] has the prompt tokens instead of the time).
 #[derive(Debug, Clone)]
 pub struct Recorded {
     /// Method.
     pub method: String,
     /// Path.
     pub path: String,
+    /// Headers, names lowercased, values trimmed.
+    pub headers: Vec<(String, String)>,
     /// The body as sent.
     pub body: String,
     /// When it arrived.
@@ -88,6 +89,7 @@ impl Recorded {
         Recorded {
             method: request.method.clone(),
             path: request.path.clone(),
+            headers: request.headers.clone(),
             body: String::from_utf8_lossy(&request.body).into_owned(),
             at: Instant::now(),
         }

@@ -104,6 +104,7 @@ impl Rig {
         let options = RouterOptions {
             admin_key_sha256: Some(key_hash(ADMIN)),
             max_body_bytes: 4096,
+            ..RouterOptions::default()
         };
         Rig {
             server: Server::start(gateway, options).await.unwrap(),
@@ -442,12 +443,15 @@ fn spawn_stream(
     })
 }
 
+/// Waits until a request is in `phase` at the engine. The engine sees the
+/// gateway's id, not the client's `x-request-id` (`id`, named in the message).
 async fn wait_phase(sim: &SimBackend, id: &str, phase: EnginePhase) {
     let until = Instant::now() + Duration::from_secs(5);
-    while sim.phase(&RequestId::new(id)) != Some(phase) {
+    while !sim.live().iter().any(|(_, p)| *p == phase) {
         assert!(Instant::now() < until, "{id} never reached {phase}");
         sleep(Duration::from_millis(2)).await;
     }
+    assert!(sim.phase(&RequestId::new(id)).is_none());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -88,6 +88,8 @@ pub(super) fn server() -> ServerConfig {
     ServerConfig {
         listen: LISTEN,
         admin_key: None,
+        metrics_key: None,
+        metrics_tenant_labels: true,
         max_body_bytes: MAX_BODY_BYTES,
         stream_buffer_events: STREAM_BUFFER_EVENTS,
         first_token_timeout: Duration::from_millis(STREAM_TIMEOUT_MS),
@@ -120,6 +122,7 @@ pub(super) fn embedded() -> GatewayConfig {
             max_concurrency: None,
             weight: NonZeroU32::MIN,
             priority: LatencyClass::Interactive,
+            allow_priority_raise: false,
             models: None,
         }],
         models: vec![ModelConfig {

@@ -27,6 +27,8 @@
 //! [server]                            # optional table
 //! listen = "127.0.0.1:8080"           # IP:PORT; default 127.0.0.1:8080
 //! admin_key = "admin-secret"          # optional; absent = /admin/* answers 404
+//! metrics_key = "metrics-secret"      # optional, or metrics_key_sha256 (64 hex); absent = /metrics open (addition)
+//! metrics_tenant_labels = true        # default true; false: every tenant label reads "all" (addition)
 //! max_body_bytes = 1048576            # >= 1; default 1 MiB
 //! stream_buffer_events = 64           # >= 1; default 64
 //! first_token_timeout_ms = 30000      # > 0; default 30000
@@ -64,6 +66,7 @@
 //! max_concurrency = 32                # optional, >= 1
 //! weight = 1                          # >= 1; default 1
 //! priority = "interactive"            # interactive (default) | batch: requests without x-priority (addition)
+//! allow_priority_raise = false        # default false: x-priority may only lower the class (addition)
 //! models = ["tiny-llama"]             # optional allow-list of configured models
 //!
 //! [[models]]                          # at least one; each served by a backend
@@ -208,6 +211,14 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// `admin_key`, hashed; `None` means the `/admin/*` routes answer 404.
     pub admin_key: Option<TenantKey>,
+    /// `metrics_key` (hashed here) or `metrics_key_sha256` (an addition to
+    /// the contract): the bearer key `GET /metrics` requires; `None` leaves
+    /// it open.
+    pub metrics_key: Option<TenantKey>,
+    /// `metrics_tenant_labels` (an addition to the contract): whether
+    /// metrics carry the tenant's id in their `tenant` label; off, every
+    /// such label reads `all`. Default true.
+    pub metrics_tenant_labels: bool,
     /// `max_body_bytes`: larger request bodies get 413. Default 1 MiB.
     pub max_body_bytes: NonZeroUsize,
     /// `stream_buffer_events`: events queued towards one slow client.
@@ -272,6 +283,11 @@ pub struct TenantConfig {
     /// `priority`: the class of requests without an `x-priority` header
     /// (an addition to the contract). Default interactive.
     pub priority: LatencyClass,
+    /// `allow_priority_raise` (an addition to the contract): whether an
+    /// `x-priority` above `priority` is honored (a batch tenant's
+    /// `interactive`); lowering is always allowed. Default false: the
+    /// request runs in `priority`.
+    pub allow_priority_raise: bool,
     /// `models`: the allow-list (each a configured model), or `None` for
     /// every model.
     pub models: Option<Vec<String>>,

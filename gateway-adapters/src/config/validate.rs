@@ -24,6 +24,9 @@ const TOP_KEYS: &[&str] = &[
 const SERVER_KEYS: &[&str] = &[
     "listen",
     "admin_key",
+    "metrics_key",
+    "metrics_key_sha256",
+    "metrics_tenant_labels",
     "max_body_bytes",
     "stream_buffer_events",
     "first_token_timeout_ms",
@@ -45,6 +48,7 @@ const TENANT_KEYS: &[&str] = &[
     "max_concurrency",
     "weight",
     "priority",
+    "allow_priority_raise",
     "models",
 ];
 const MODEL_KEYS: &[&str] = &[
@@ -337,6 +341,10 @@ fn server(top: &Reader<'_>, p: &mut Problems) -> Check<ServerConfig> {
         Err(e) => Err(e),
     };
     let admin_key = secret(&r, "admin_key", p);
+    let metrics_key = metrics_key(&r, p);
+    let metrics_tenant_labels = r
+        .boolean("metrics_tenant_labels", p)
+        .map(|b| b.unwrap_or(true));
     let max_body_bytes = nonzero_usize(&r, "max_body_bytes", defaults::MAX_BODY_BYTES, p);
     let stream_buffer_events = nonzero_usize(
         &r,
@@ -368,6 +376,8 @@ fn server(top: &Reader<'_>, p: &mut Problems) -> Check<ServerConfig> {
     Ok(ServerConfig {
         listen: listen?,
         admin_key: admin_key?.map(TenantKey::from_plaintext),
+        metrics_key: metrics_key?,
+        metrics_tenant_labels: metrics_tenant_labels?,
         max_body_bytes: max_body_bytes?,
         stream_buffer_events: stream_buffer_events?,
         first_token_timeout: first_token_timeout?,
@@ -377,6 +387,32 @@ fn server(top: &Reader<'_>, p: &mut Problems) -> Check<ServerConfig> {
         admission_wait: admission_wait?,
         request_timeout: request_timeout?.map(Duration::from_millis),
         estimate_drift_warn_ratio: drift?,
+    })
+}
+
+/// `server.metrics_key` or `server.metrics_key_sha256` (at most one).
+fn metrics_key(r: &Reader<'_>, p: &mut Problems) -> Check<Option<TenantKey>> {
+    let plain = secret(r, "metrics_key", p);
+    let hashed = r.string("metrics_key_sha256", p).and_then(|hex| {
+        hex.map(|hex| {
+            TenantKey::from_sha256_hex(hex).ok_or_else(|| {
+                p.report(
+                    r.key_path("metrics_key_sha256"),
+                    "must be 64 hexadecimal digits (the SHA-256 of the key)",
+                )
+            })
+        })
+        .transpose()
+    });
+    if r.has("metrics_key") && r.has("metrics_key_sha256") {
+        return Err(p.report(
+            r.path(),
+            "metrics_key and metrics_key_sha256 are mutually exclusive; set one",
+        ));
+    }
+    Ok(match (plain?, hashed?) {
+        (Some(k), _) => Some(TenantKey::from_plaintext(k)),
+        (None, hashed) => hashed,
     })
 }
 
@@ -505,6 +541,9 @@ fn tenant<'a>(
         )),
         Err(e) => Err(e),
     };
+    let allow_priority_raise = r
+        .boolean("allow_priority_raise", p)
+        .map(|b| b.unwrap_or(false));
     let models = allow_list(r, model_names, p);
     Ok(TenantConfig {
         id: id?.to_owned(),
@@ -515,6 +554,7 @@ fn tenant<'a>(
         max_concurrency: max_concurrency?,
         weight: weight?,
         priority: priority?,
+        allow_priority_raise: allow_priority_raise?,
         models: models?,
     })
 }

@@ -27,12 +27,27 @@ use crate::openai::{
 pub(crate) struct App {
     pub(crate) gateway: Gateway,
     pub(crate) admin_key_sha256: Option<[u8; 32]>,
+    pub(crate) metrics_key_sha256: Option<[u8; 32]>,
     pub(crate) max_body_bytes: usize,
 }
 
-/// The request's id: the client's `x-request-id` if usable, else new.
+/// The request's ids: the gateway's own (always fresh, the one engines
+/// see) and the client's `x-request-id` if usable (correlation only).
 #[derive(Debug, Clone)]
-pub(crate) struct RequestIdExt(pub(crate) Arc<str>);
+pub(crate) struct RequestIds {
+    /// [`RequestId::generate`]d for this request.
+    pub(crate) gateway: RequestId,
+    /// The client's `x-request-id`, when printable ASCII of 1..=128 bytes.
+    pub(crate) client: Option<Arc<str>>,
+}
+
+impl RequestIds {
+    /// What the response's `x-request-id` says: the client's id, else the
+    /// gateway's.
+    fn echoed(&self) -> &str {
+        self.client.as_deref().unwrap_or(self.gateway.as_str())
+    }
+}
 
 const REQUEST_ID: &str = "x-request-id";
 
@@ -42,35 +57,21 @@ fn usable_id(value: &HeaderValue) -> Option<&str> {
     ok.then_some(s)
 }
 
-fn new_request_id() -> String {
-    use gateway_core::rng::{Rng, SplitMix64};
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let seed = *SEED.get_or_init(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64)
-            ^ u64::from(std::process::id()).rotate_left(32)
-    });
-    // SplitMix64's output is a bijection of its state: distinct inputs,
-    // distinct ids.
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    format!(
-        "req-{:016x}",
-        SplitMix64::new(seed.wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15))).next_u64()
-    )
-}
-
-/// Echoes or assigns `x-request-id` on every response.
+/// Gives every request a fresh gateway id, keeps the client's
+/// `x-request-id` beside it, and echoes the client's id (or the gateway's
+/// when there is none) on every response.
 pub(crate) async fn request_id(mut request: Request, next: Next) -> Response {
-    let id: Arc<str> = match request.headers().get(REQUEST_ID).and_then(usable_id) {
-        Some(id) => id.into(),
-        None => new_request_id().into(),
+    let ids = RequestIds {
+        gateway: RequestId::generate(),
+        client: request
+            .headers()
+            .get(REQUEST_ID)
+            .and_then(usable_id)
+            .map(Arc::from),
     };
-    request.extensions_mut().insert(RequestIdExt(id.clone()));
+    request.extensions_mut().insert(ids.clone());
     let mut response = next.run(request).await;
-    if let Ok(v) = HeaderValue::from_str(&id) {
+    if let Ok(v) = HeaderValue::from_str(ids.echoed()) {
         response.headers_mut().insert(REQUEST_ID, v);
     }
     response
@@ -96,14 +97,27 @@ fn presented_key(headers: &HeaderMap) -> Option<&str> {
         .map(str::trim)
 }
 
-/// `x-priority: batch` marks a request as batch work, `x-priority:
-/// interactive` as interactive; without either the tenant's `priority`.
-fn latency_class(headers: &HeaderMap, default: LatencyClass) -> LatencyClass {
-    match headers.get("x-priority").and_then(|v| v.to_str().ok()) {
-        Some(v) if v.eq_ignore_ascii_case("batch") => LatencyClass::Batch,
-        Some(v) if v.eq_ignore_ascii_case("interactive") => LatencyClass::Interactive,
-        _ => default,
+/// The class a request runs in: its `x-priority` (`batch` or
+/// `interactive`, any case; other values are ignored) as the tenant allows
+/// it ([`Tenant::class_for`]): lowering is always allowed, raising above
+/// the tenant's `priority` only with `allow_priority_raise`; a refused raise
+/// runs in the tenant's class (logged at debug), it is not an error.
+fn latency_class(headers: &HeaderMap, tenant: &Tenant) -> LatencyClass {
+    let asked = match headers.get("x-priority").and_then(|v| v.to_str().ok()) {
+        Some(v) if v.eq_ignore_ascii_case("batch") => Some(LatencyClass::Batch),
+        Some(v) if v.eq_ignore_ascii_case("interactive") => Some(LatencyClass::Interactive),
+        _ => None,
+    };
+    let class = tenant.class_for(asked);
+    if asked.is_some_and(|asked| asked != class) {
+        tracing::debug!(
+            tenant = tenant.id.as_str(),
+            asked = asked.map_or("", LatencyClass::as_str),
+            class = class.as_str(),
+            "x-priority above the tenant's class ignored"
+        );
     }
+    class
 }
 
 async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, ErrorCode> {
@@ -124,7 +138,7 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
 /// `POST /v1/chat/completions` (`CHAT`) or `POST /v1/completions`.
 pub(crate) async fn completion<const CHAT: bool>(
     State(app): State<App>,
-    id: axum::Extension<RequestIdExt>,
+    axum::Extension(ids): axum::Extension<RequestIds>,
     kill: Option<axum::Extension<ConnectionKill>>,
     headers: HeaderMap,
     body: Body,
@@ -134,7 +148,7 @@ pub(crate) async fn completion<const CHAT: bool>(
     } else {
         Endpoint::Completion
     };
-    generate(app, endpoint, &id.0.0, kill.map(|k| k.0), &headers, body).await
+    generate(app, endpoint, ids, kill.map(|k| k.0), &headers, body).await
 }
 
 /// The tenant of the request's key and the request's body (within
@@ -168,7 +182,7 @@ async fn authenticated_body(
 /// contract's error.
 pub(crate) async fn embeddings(
     State(app): State<App>,
-    id: axum::Extension<RequestIdExt>,
+    axum::Extension(ids): axum::Extension<RequestIds>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
@@ -185,10 +199,11 @@ pub(crate) async fn embeddings(
         }
     };
     let mut request = EmbedRequest::new(parsed.model, parsed.inputs);
-    request.id = RequestId::new(&*id.0.0);
+    request.id = ids.gateway;
+    request.client_id = ids.client;
     request.encoding_format = parsed.encoding_format;
     request.dimensions = parsed.dimensions;
-    request.latency_class = latency_class(&headers, tenant.priority);
+    request.latency_class = latency_class(&headers, &tenant);
     request.extra = parsed.extra.map(Arc::from);
     // Dropped with the handler (the client left): the request is canceled.
     let (guard, cancel) = gateway.request_cancel();
@@ -206,7 +221,7 @@ pub(crate) async fn embeddings(
 async fn generate(
     app: App,
     endpoint: Endpoint,
-    id: &str,
+    ids: RequestIds,
     kill: Option<ConnectionKill>,
     headers: &HeaderMap,
     body: Body,
@@ -228,13 +243,18 @@ async fn generate(
         }
     };
     let (stream_mode, include_usage) = (parsed.stream, parsed.include_usage);
+    // The response's `id` (`chatcmpl-gw-...`) is the gateway's id: unique,
+    // and the same in every chunk of a stream.
+    let response_id = ids.gateway.clone();
+    let id = response_id.as_str();
     let request = ClientRequest {
-        id: RequestId::new(id),
+        id: ids.gateway,
+        client_id: ids.client,
         model: parsed.model,
         prompt: parsed.prompt,
         sampling: parsed.sampling,
         max_tokens: parsed.max_tokens,
-        latency_class: latency_class(headers, tenant.priority),
+        latency_class: latency_class(headers, &tenant),
         extra: parsed.extra.map(Arc::from),
         tools: parsed.tools.map(Arc::from),
     };
@@ -321,7 +341,20 @@ pub(crate) async fn ready(State(app): State<App>) -> Response {
     }
 }
 
-pub(crate) async fn metrics(State(app): State<App>) -> Response {
+/// `GET /metrics`: open, or with `metrics_key_sha256` set only for a
+/// request presenting that key (`Authorization: Bearer` or `api-key`;
+/// digests compared in constant time), else 401 `invalid_api_key`.
+pub(crate) async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
+    if let Some(stored) = app.metrics_key_sha256 {
+        let presented = presented_key(&headers).map(gateway_policy::key_hash);
+        if !presented.is_some_and(|p| bool::from(p.ct_eq(&stored))) {
+            let mut response = error(ErrorCode::InvalidApiKey, "metrics key required");
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            return response;
+        }
+    }
     let mut response = Response::new(Body::from(app.gateway.render_metrics()));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -392,7 +425,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_header_overrides_the_tenants_priority() {
+    fn the_header_lowers_the_class_and_raises_it_only_when_allowed() {
+        use LatencyClass::{Batch, Interactive};
         let with = |value: Option<&'static str>| {
             let mut headers = HeaderMap::new();
             if let Some(v) = value {
@@ -400,16 +434,29 @@ mod tests {
             }
             headers
         };
-        for default in [LatencyClass::Interactive, LatencyClass::Batch] {
-            assert_eq!(latency_class(&with(None), default), default);
-            assert_eq!(latency_class(&with(Some("whatever")), default), default);
+        let tenant = |priority, allow_priority_raise| Tenant {
+            priority,
+            allow_priority_raise,
+            ..Tenant::new("t")
+        };
+        // (tenant's class, raise allowed, header) -> class run in.
+        let cases = [
+            (Interactive, false, None, Interactive),
+            (Interactive, false, Some("whatever"), Interactive),
+            (Interactive, false, Some("Batch"), Batch),
+            (Interactive, false, Some("INTERACTIVE"), Interactive),
+            (Batch, false, None, Batch),
+            (Batch, false, Some("whatever"), Batch),
+            (Batch, false, Some("batch"), Batch),
+            (Batch, false, Some("interactive"), Batch),
+            (Batch, true, Some("interactive"), Interactive),
+            (Batch, true, None, Batch),
+        ];
+        for (priority, allow, header, runs) in cases {
             assert_eq!(
-                latency_class(&with(Some("Batch")), default),
-                LatencyClass::Batch
-            );
-            assert_eq!(
-                latency_class(&with(Some("INTERACTIVE")), default),
-                LatencyClass::Interactive
+                latency_class(&with(header), &tenant(priority, allow)),
+                runs,
+                "{priority:?} allow={allow} {header:?}"
             );
         }
     }

@@ -23,6 +23,9 @@ pub use conn::{ConnectionKill, serve};
 pub struct RouterOptions {
     /// SHA-256 of the admin key; `None` hides the admin routes (404).
     pub admin_key_sha256: Option<[u8; 32]>,
+    /// SHA-256 of the key `GET /metrics` requires (`Authorization: Bearer`
+    /// or `api-key`; else 401 `invalid_api_key`); `None` leaves it open.
+    pub metrics_key_sha256: Option<[u8; 32]>,
     /// Largest request body; larger ones get 413.
     pub max_body_bytes: usize,
 }
@@ -32,6 +35,7 @@ pub fn router(gateway: Gateway, options: RouterOptions) -> Router {
     let app = handlers::App {
         gateway,
         admin_key_sha256: options.admin_key_sha256,
+        metrics_key_sha256: options.metrics_key_sha256,
         max_body_bytes: options.max_body_bytes.max(1),
     };
     Router::new()

@@ -121,6 +121,12 @@ impl SimBackend {
         self.shared.phase_of(id)
     }
 
+    /// Every live request (queued or running) with its phase, in the order
+    /// the requests reached the engine.
+    pub fn live(&self) -> Vec<(RequestId, EnginePhase)> {
+        self.shared.live()
+    }
+
     /// Counters since the engine was built.
     pub fn stats(&self) -> SimStats {
         self.shared.stats()

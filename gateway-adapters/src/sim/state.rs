@@ -197,6 +197,18 @@ impl Shared {
             .map(|l| l.phase)
     }
 
+    /// Every live request's id and phase, in arrival order.
+    pub(crate) fn live(&self) -> Vec<(RequestId, EnginePhase)> {
+        let s = lock(&self.state);
+        let mut live: Vec<(u64, RequestId, EnginePhase)> = s
+            .live
+            .iter()
+            .flat_map(|(id, v)| v.iter().map(|l| (l.serial, id.clone(), l.phase)))
+            .collect();
+        live.sort_by_key(|(serial, _, _)| *serial);
+        live.into_iter().map(|(_, id, phase)| (id, phase)).collect()
+    }
+
     /// The cancel handles of the live requests with `id`.
     pub(crate) fn cancel_handles(&self, id: &RequestId) -> Vec<CancelHandle> {
         lock(&self.state)

@@ -213,12 +213,7 @@ impl Pending {
         let metrics = &self.gateway.inner.metrics;
         metrics.request(tenant, model, "ok");
         metrics.tokens(tenant, model, &usage);
-        metrics
-            .spend_usd
-            .get_or_create(&crate::metrics::TenantLabels {
-                tenant: tenant.to_owned(),
-            })
-            .inc_by(receipt.charged.usd());
+        metrics.spend(tenant, receipt.charged.usd());
         let labels = ModelLabels {
             model: model.to_owned(),
         };
@@ -318,6 +313,9 @@ impl Gateway {
             crate::telemetry::OPERATION_EMBEDDINGS,
             None,
         );
+        if let Some(client_id) = &request.client_id {
+            span.record("client_request_id", &**client_id);
+        }
         let result = self
             .embed_inner(tenant, request, cancel, arrived, span.clone())
             .instrument(span.clone())

@@ -45,8 +45,14 @@ pub const UNKNOWN_MODEL: &str = "unknown";
 /// A request as a client sends it, before the gateway fills defaults.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ClientRequest {
-    /// Its id (echoed as `x-request-id`).
+    /// The gateway's id of the request: sent to engines, keys its ledger
+    /// hold, names it in aborts. The HTTP server always makes a fresh
+    /// [`RequestId::generate`]; a client never chooses it.
     pub id: RequestId,
+    /// The client's own id (its `x-request-id`), for correlation only:
+    /// recorded on the request span as `client_request_id`, never sent to
+    /// an engine.
+    pub client_id: Option<Arc<str>>,
     /// The public model name.
     pub model: String,
     /// The prompt.
@@ -69,6 +75,7 @@ impl ClientRequest {
     pub fn new(id: impl Into<RequestId>, model: impl Into<String>, prompt: Prompt) -> Self {
         ClientRequest {
             id: id.into(),
+            client_id: None,
             model: model.into(),
             prompt,
             sampling: SamplingParams::default(),
@@ -99,6 +106,7 @@ pub struct GatewayBuilder {
     fallbacks: Vec<(String, Vec<String>)>,
     queues: Vec<(String, usize)>,
     affinity: AffinityConfig,
+    metrics_tenant_labels: bool,
 }
 
 /// A backend added to a builder.
@@ -196,6 +204,15 @@ impl GatewayBuilder {
     #[must_use]
     pub fn admission_queue(mut self, model: &str, capacity: usize) -> Self {
         self.queues.push((model.to_owned(), capacity));
+        self
+    }
+
+    /// Whether metrics name tenants in their `tenant` label (the default),
+    /// or read [`crate::metrics::ALL_TENANTS`] there for every tenant (see
+    /// [`Metrics::with_tenant_labels`]).
+    #[must_use]
+    pub fn metrics_tenant_labels(mut self, on: bool) -> Self {
+        self.metrics_tenant_labels = on;
         self
     }
 
@@ -330,7 +347,7 @@ impl GatewayBuilder {
                 (m.clone(), Arc::new(FairQueue::new(size)))
             })
             .collect();
-        let metrics = Metrics::new();
+        let metrics = Metrics::with_tenant_labels(self.metrics_tenant_labels);
         for slot in &pool {
             metrics.register_backend(&slot.name, &slot.model);
         }
@@ -489,6 +506,7 @@ impl Gateway {
             fallbacks: Vec::new(),
             queues: Vec::new(),
             affinity: AffinityConfig::default(),
+            metrics_tenant_labels: true,
         }
     }
 
@@ -728,6 +746,9 @@ impl Gateway {
             crate::telemetry::operation(&request.prompt),
             request.max_tokens,
         );
+        if let Some(client_id) = &request.client_id {
+            span.record("client_request_id", &**client_id);
+        }
         let result = self
             .admit_and_start(tenant, request, cancel, span.clone())
             .instrument(span.clone())

@@ -687,12 +687,7 @@ impl Drop for Settlement {
         span.record("outcome", self.outcome());
         metrics.request(tenant, model, self.outcome());
         metrics.tokens(tenant, model, &usage);
-        metrics
-            .spend_usd
-            .get_or_create(&crate::metrics::TenantLabels {
-                tenant: tenant.to_owned(),
-            })
-            .inc_by(receipt.charged.usd());
+        metrics.spend(tenant, receipt.charged.usd());
         let labels = ModelLabels {
             model: model.to_owned(),
         };
