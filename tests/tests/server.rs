@@ -104,6 +104,7 @@ impl Rig {
         let options = RouterOptions {
             admin_key_sha256: Some(key_hash(ADMIN)),
             max_body_bytes: 4096,
+            ..RouterOptions::default()
         };
         Rig {
             server: Server::start(gateway, options).await.unwrap(),
