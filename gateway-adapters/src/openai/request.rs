@@ -415,7 +415,8 @@ fn parse(body: &[u8], api: Api, limits: &BodyLimits) -> Result<ParsedRequest, Re
 
 /// Refuses an extra field that changes the prompt or nests too deep.
 fn check_extra(key: &str, value: &str, limits: &BodyLimits) -> Result<(), RequestError> {
-    if PROMPT_FIELDS.contains(&key) {
+    // `null` is the field's absence.
+    if PROMPT_FIELDS.contains(&key) && value != "null" {
         return Err(RequestError::at(
             key,
             format!(
