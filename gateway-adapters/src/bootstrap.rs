@@ -8,6 +8,7 @@ use gateway_core::{Backend, ByteBound, EngineKind, TenantId, TokenCounter};
 use gateway_policy::{Gateway, ModelSpec, Settings, Tenant};
 
 use crate::config::{GatewayConfig, LedgerConfig, ModelConfig, TenantKey};
+use crate::openai::pass_through::{ModelFields, PassThrough};
 use crate::server::RouterOptions;
 use crate::sim::SimBackend;
 
@@ -57,7 +58,27 @@ pub fn router_options(config: &GatewayConfig) -> RouterOptions {
             .as_ref()
             .map(|TenantKey::Sha256(h)| *h),
         max_body_bytes: config.server.max_body_bytes.get(),
+        pass_through: pass_through(config),
     }
+}
+
+/// The pass-through policy of `config`: the server's caps and
+/// `unknown_fields`, and per model the fields of the engines that may
+/// serve it (its backends' and its fallbacks').
+pub fn pass_through(config: &GatewayConfig) -> PassThrough {
+    let server = &config.server;
+    let mut policy = PassThrough::new(server.body_limits, server.unknown_fields);
+    for model in &config.models {
+        let serving = |name: &str| name == model.name || model.fallbacks.iter().any(|f| f == name);
+        let engines = config
+            .backends
+            .iter()
+            .filter(|b| serving(&b.model))
+            .map(|b| crate::engines::fields(b.engine));
+        let fields = ModelFields::new(engines).with_unknown(model.unknown_fields);
+        policy = policy.with_model(model.name.clone(), fields);
+    }
+    policy
 }
 
 fn counter(index: usize, model: &ModelConfig) -> Result<Arc<dyn TokenCounter>, BootstrapError> {

@@ -196,11 +196,11 @@ mod openai_request {
 
         // Completions keep different fields: max_completion_tokens is not theirs.
         let p = completion(
-            r#"{"model":"m","prompt":"p","echo":true,"max_completion_tokens":3,"best_of":1,"suffix":null}"#,
+            r#"{"model":"m","prompt":"p","logit_bias":{},"max_completion_tokens":3,"best_of":1,"suffix":null}"#,
         );
         assert_eq!(
             p.extra.as_deref(),
-            Some(r#"{"echo":true,"max_completion_tokens":3,"suffix":null}"#)
+            Some(r#"{"logit_bias":{},"max_completion_tokens":3,"suffix":null}"#)
         );
         assert_eq!(p.max_tokens, None);
     }

@@ -183,6 +183,13 @@ pub struct Metrics {
     pub embedding_inputs: Family<ModelLabels, Counter>,
     /// Whether `tenant` labels name the tenant (else [`ALL_TENANTS`]).
     tenant_labels: bool,
+    /// `gateway_estimate_drift_tokens_total{model}`: prompt tokens the
+    /// engines counted beyond the reserved estimate (not charged).
+    pub estimate_drift_tokens: Family<ModelLabels, Counter>,
+    /// `gateway_prompt_overrun_total{model,backend}`: requests whose
+    /// engine-counted prompt exceeded the reserved estimate (charged at the
+    /// estimate).
+    pub prompt_overruns: Family<ModelBackendLabels, Counter>,
 }
 
 impl fmt::Debug for Metrics {
@@ -338,10 +345,24 @@ impl Metrics {
             "Inputs embedded by successful embeddings requests",
             embedding_inputs.clone(),
         );
+        let estimate_drift_tokens = Family::<ModelLabels, Counter>::default();
+        registry.register(
+            "estimate_drift_tokens",
+            "Prompt tokens engines counted beyond the reserved estimate (not charged)",
+            estimate_drift_tokens.clone(),
+        );
+        let prompt_overruns = Family::<ModelBackendLabels, Counter>::default();
+        registry.register(
+            "prompt_overrun",
+            "Requests whose engine-counted prompt exceeded the reserved estimate",
+            prompt_overruns.clone(),
+        );
         Metrics {
             tenant_labels,
             registry,
             embedding_inputs,
+            estimate_drift_tokens,
+            prompt_overruns,
             fallbacks,
             admission_queue,
             circuit_state,
@@ -392,10 +413,33 @@ impl Metrics {
                 kind: kind.as_str(),
             }));
         }
-        drop(self.time_to_first_token.get_or_create(&ModelBackendLabels {
+        let model_backend = ModelBackendLabels {
             model: model.to_owned(),
             backend: backend.to_owned(),
-        }));
+        };
+        drop(self.prompt_overruns.get_or_create(&model_backend));
+        drop(self.time_to_first_token.get_or_create(&model_backend));
+    }
+
+    /// Records an engine's prompt count `actual` above the reserved
+    /// `estimate` for `model` on `backend`: the excess in
+    /// `gateway_estimate_drift_tokens_total`, one in
+    /// `gateway_prompt_overrun_total`. Nothing when `actual <= estimate`.
+    pub fn prompt_overrun(&self, model: &str, backend: &str, estimate: u64, actual: u64) {
+        let Some(excess) = actual.checked_sub(estimate).filter(|e| *e > 0) else {
+            return;
+        };
+        self.estimate_drift_tokens
+            .get_or_create(&ModelLabels {
+                model: model.to_owned(),
+            })
+            .inc_by(excess);
+        self.prompt_overruns
+            .get_or_create(&ModelBackendLabels {
+                model: model.to_owned(),
+                backend: backend.to_owned(),
+            })
+            .inc();
     }
 
     /// Creates a model's series at zero.
@@ -406,6 +450,7 @@ impl Metrics {
         drop(self.request_duration.get_or_create(&labels));
         drop(self.estimate_error.get_or_create(&labels));
         drop(self.embedding_inputs.get_or_create(&labels));
+        drop(self.estimate_drift_tokens.get_or_create(&labels));
     }
 
     /// Creates the series of model `from` falling back to `to` at zero.

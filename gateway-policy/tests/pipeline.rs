@@ -872,3 +872,59 @@ async fn media_a_model_takes_none_of_is_refused_before_any_engine() {
     assert_eq!(mock.starts(), 0);
     assert_eq!(gateway.account(&t.id).unwrap().spent, Money::ZERO);
 }
+
+#[tokio::test(start_paused = true)]
+async fn an_engine_prompt_count_above_the_estimate_is_charged_at_the_estimate() {
+    // A reservation is 12 prompt tokens at 10 and 8 completion tokens at
+    // 100 = 920 picodollars; the budget holds the first request's charge
+    // (420) and then exactly one more reservation.
+    let tenant = Tenant {
+        budget: Some(Money::from_picos(420 + 920)),
+        ..Tenant::new("team-a")
+    };
+    let s = setup_with(1, settings(), tenant, None);
+    // The engine claims a prompt of 5,000 tokens (say, a pass-through field
+    // it rendered into the prompt), far above the 12 reserved.
+    s.mocks[0].push(Script::tokens(&["a", "b", "c"], Duration::ZERO).with_prompt_tokens(5_000));
+    let (_g, cancel) = s.gateway.request_cancel();
+    let mut stream = s
+        .gateway
+        .generate(&s.tenant, request("over"), cancel)
+        .await
+        .unwrap();
+    let (text, _, error) = collect(&mut stream).await;
+    assert_eq!((text.as_str(), error.is_none()), ("abc", true));
+    let a = settled(&s).await;
+    // Charged at the estimate: 12 x 10 + 3 x 100, never the 5,000 tokens
+    // (which would have been 50,300, far past the budget).
+    assert_eq!(a.spent, Money::from_picos(420));
+    assert_eq!((a.requests, a.usage), (1, Usage::new(12, 3)));
+    assert_eq!(a.reserved, Money::ZERO);
+    let metrics = s.gateway.render_metrics();
+    for line in [
+        r#"gateway_estimate_drift_tokens_total{model="tiny"} 4988"#,
+        r#"gateway_prompt_overrun_total{model="tiny",backend="mock-0"} 1"#,
+    ] {
+        assert!(metrics.contains(line), "{line} missing from {metrics}");
+    }
+
+    // A count at or below the estimate is charged as the engine counted it
+    // and is no overrun; the ledger's total is the sum of both charges (and
+    // the second reservation fits only because the first charge held).
+    s.mocks[0].push(Script::tokens(&["a"], Duration::ZERO).with_prompt_tokens(7));
+    let (_g, cancel) = s.gateway.request_cancel();
+    let mut stream = s
+        .gateway
+        .generate(&s.tenant, request("under"), cancel)
+        .await
+        .unwrap();
+    let (_, _, error) = collect(&mut stream).await;
+    assert!(error.is_none());
+    let a = settled(&s).await;
+    assert_eq!(a.spent, Money::from_picos(420 + 7 * 10 + 100));
+    assert_eq!((a.requests, a.usage), (2, Usage::new(19, 4)));
+    assert_eq!(a.reserved, Money::ZERO);
+    let metrics = s.gateway.render_metrics();
+    assert!(metrics.contains(r#"gateway_estimate_drift_tokens_total{model="tiny"} 4988"#));
+    assert!(metrics.contains(r#"gateway_prompt_overrun_total{model="tiny",backend="mock-0"} 1"#));
+}

@@ -4,6 +4,10 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
+use crate::openai::pass_through::{
+    BodyLimits, DEFAULT_MAX_EXTRA_BYTES, DEFAULT_MAX_EXTRA_DEPTH, DEFAULT_MAX_JSON_DEPTH,
+    UnknownFields,
+};
 use gateway_core::{EngineKind, LatencyClass, Money, Pricing};
 use gateway_policy::health::HealthConfig;
 use gateway_policy::route::AffinityConfig;
@@ -62,6 +66,14 @@ pub(super) const SHUTDOWN_GRACE_MS: u64 = 10_000;
 pub(super) const ADMISSION_WAIT_MS: u64 = 5_000;
 /// Default `server.estimate_drift_warn_ratio` (the pipeline's).
 pub(super) const ESTIMATE_DRIFT_WARN_RATIO: f64 = 0.02;
+/// Default `server.unknown_fields`.
+pub(super) const UNKNOWN_FIELDS: UnknownFields = UnknownFields::Reject;
+/// Default `server.max_extra_bytes`.
+pub(super) const MAX_EXTRA_BYTES: NonZeroUsize = nonzero_usize(DEFAULT_MAX_EXTRA_BYTES);
+/// Default `server.max_extra_depth`.
+pub(super) const MAX_EXTRA_DEPTH: usize = DEFAULT_MAX_EXTRA_DEPTH;
+/// Default `server.max_json_depth`.
+pub(super) const MAX_JSON_DEPTH: usize = DEFAULT_MAX_JSON_DEPTH;
 /// Default `models[].admission_queue` (the pipeline's).
 pub(super) const ADMISSION_QUEUE: usize = 1024;
 /// Default `models[].default_max_tokens` (lowered to the context window).
@@ -99,6 +111,8 @@ pub(super) fn server() -> ServerConfig {
         admission_wait: Duration::from_millis(ADMISSION_WAIT_MS),
         request_timeout: None,
         estimate_drift_warn_ratio: ESTIMATE_DRIFT_WARN_RATIO,
+        unknown_fields: UNKNOWN_FIELDS,
+        body_limits: BodyLimits::default(),
     }
 }
 
@@ -143,6 +157,7 @@ pub(super) fn embedded() -> GatewayConfig {
             fallbacks: Vec::new(),
             admission_queue: ADMISSION_QUEUE,
             media: gateway_policy::MediaCosts::default(),
+            unknown_fields: None,
         }],
         backends: vec![BackendConfig {
             name: "sim-0".to_owned(),

@@ -37,7 +37,11 @@
 //! shutdown_grace_ms = 10000           # >= 0; default 10000
 //! admission_wait_ms = 5000            # >= 0; default 5000 (addition to the contract)
 //! request_timeout_ms = 600000         # >= 1; default none: total time per request (addition)
-//! estimate_drift_warn_ratio = 0.02    # 0..=100; default 0.02: warn when an exact prompt count misses the engine's by more (addition)
+//! estimate_drift_warn_ratio = 0.02    # 0..=100; default 0.02: warn when an exact prompt count misses (or the engine's count passes the estimate) by more (addition)
+//! unknown_fields = "reject"           # reject (default) | drop: extra request fields the model's engines do not forward (addition)
+//! max_extra_bytes = 65536             # >= 1; default 65536: all extra request fields together, as written (addition)
+//! max_extra_depth = 32                # 1..=128; default 32: JSON nesting of one extra field (addition)
+//! max_json_depth = 64                 # 2..=128; default 64: JSON nesting of a whole request body (addition)
 //!
 //! [health]                            # optional table (addition): every backend's breaker and adaptive limit
 //! failures_to_open = 5                # 1..=10000; default 5 consecutive failures open the breaker
@@ -85,6 +89,7 @@
 //! admission_queue = 1024              # 0..=1000000; default 1024 requests waiting for capacity (addition)
 //! # image_tokens = 576                # >= 1; prompt tokens reserved per image part; unset: images refused (addition)
 //! # audio_tokens, video_tokens        # the same for input_audio / audio_url and video_url parts (addition)
+//! # unknown_fields = "drop"           # reject | drop; default: server.unknown_fields (addition)
 //!
 //! [[backends]]                        # at least one
 //! name = "vllm-0"                     # required, unique, [A-Za-z0-9_.-]+
@@ -176,6 +181,7 @@ use gateway_policy::MediaCosts;
 use gateway_policy::health::HealthConfig;
 use gateway_policy::route::AffinityConfig;
 
+pub use crate::openai::pass_through::{BodyLimits, UnknownFields};
 use crate::sim::{SimConfig, Speculative};
 
 pub use defaults::{DEMO_ADMIN_KEY, DEMO_API_KEY, EMBEDDED_DEFAULT_TOML};
@@ -248,6 +254,14 @@ pub struct ServerConfig {
     /// prompt-token estimate off by more than this fraction of the engine's
     /// count logs a warning. Default 0.02.
     pub estimate_drift_warn_ratio: f64,
+    /// `unknown_fields` (addition): what happens to a request's extra field
+    /// that the model's engines do not forward: `reject` (default, a 400
+    /// naming the field) or `drop`. A model's own `unknown_fields` wins.
+    pub unknown_fields: UnknownFields,
+    /// `max_extra_bytes`, `max_extra_depth`, `max_json_depth` (additions):
+    /// caps on the extra fields' total size and nesting, and on the whole
+    /// body's nesting. Defaults 65536, 32, 64.
+    pub body_limits: BodyLimits,
 }
 
 /// `[ledger]`: where budgets and rate-limit counters live.
@@ -341,6 +355,9 @@ pub struct ModelConfig {
     /// tokens reserved per media part of a chat request; unset, the model
     /// takes no such input and such requests are refused (400).
     pub media: MediaCosts,
+    /// `unknown_fields` (addition): this model's `reject` or `drop` of
+    /// extra fields its engines do not forward; `None`: the server's.
+    pub unknown_fields: Option<UnknownFields>,
 }
 
 /// What the gateway does with an upstream generation whose client went

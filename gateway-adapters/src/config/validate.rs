@@ -16,6 +16,7 @@ use super::{
     BackendConfig, ConfigErrors, ConfigProblem, GatewayConfig, LedgerConfig, ModelConfig,
     OnDisconnect, ServerConfig, SimSettings, TenantConfig, TenantKey, defaults,
 };
+use crate::openai::pass_through::{BodyLimits, MAX_JSON_DEPTH_LIMIT, UnknownFields};
 use crate::sim::Speculative;
 
 const TOP_KEYS: &[&str] = &[
@@ -36,6 +37,10 @@ const SERVER_KEYS: &[&str] = &[
     "admission_wait_ms",
     "request_timeout_ms",
     "estimate_drift_warn_ratio",
+    "unknown_fields",
+    "max_extra_bytes",
+    "max_extra_depth",
+    "max_json_depth",
 ];
 const LEDGER_KEYS: &[&str] = &["kind", "url"];
 const TENANT_KEYS: &[&str] = &[
@@ -65,6 +70,7 @@ const MODEL_KEYS: &[&str] = &[
     "default_max_tokens",
     "fallbacks",
     "admission_queue",
+    "unknown_fields",
     "image_tokens",
     "audio_tokens",
     "video_tokens",
@@ -373,6 +379,8 @@ fn server(top: &Reader<'_>, p: &mut Problems) -> Check<ServerConfig> {
     let drift = r
         .number("estimate_drift_warn_ratio", 0.0, MAX_DRIFT_RATIO, p)
         .map(|d| d.unwrap_or(defaults::ESTIMATE_DRIFT_WARN_RATIO));
+    let unknown_fields = unknown_fields(&r, p).map(|u| u.unwrap_or(defaults::UNKNOWN_FIELDS));
+    let body_limits = body_limits(&r, p);
     Ok(ServerConfig {
         listen: listen?,
         admin_key: admin_key?.map(TenantKey::from_plaintext),
@@ -387,6 +395,39 @@ fn server(top: &Reader<'_>, p: &mut Problems) -> Check<ServerConfig> {
         admission_wait: admission_wait?,
         request_timeout: request_timeout?.map(Duration::from_millis),
         estimate_drift_warn_ratio: drift?,
+        unknown_fields: unknown_fields?,
+        body_limits: body_limits?,
+    })
+}
+
+/// `unknown_fields` of `[server]` or a model: `reject` or `drop`.
+fn unknown_fields(r: &Reader<'_>, p: &mut Problems) -> Check<Option<UnknownFields>> {
+    match r.string("unknown_fields", p) {
+        Ok(None) => Ok(None),
+        Ok(Some("reject")) => Ok(Some(UnknownFields::Reject)),
+        Ok(Some("drop")) => Ok(Some(UnknownFields::Drop)),
+        Ok(Some(other)) => Err(p.report(
+            r.key_path("unknown_fields"),
+            format!("unknown value {other:?} (expected \"reject\" or \"drop\")"),
+        )),
+        Err(e) => Err(e),
+    }
+}
+
+/// `max_extra_bytes`, `max_extra_depth` and `max_json_depth` of `[server]`.
+fn body_limits(r: &Reader<'_>, p: &mut Problems) -> Check<BodyLimits> {
+    let max_depth = i64::try_from(MAX_JSON_DEPTH_LIMIT).unwrap_or(i64::MAX);
+    let bytes = nonzero_usize(r, "max_extra_bytes", defaults::MAX_EXTRA_BYTES, p);
+    let depth = |key: &str, min: i64, default: usize, p: &mut Problems| {
+        r.integer(key, min, max_depth, p)
+            .map(|n| n.and_then(|n| usize::try_from(n).ok()).unwrap_or(default))
+    };
+    let extra_depth = depth("max_extra_depth", 1, defaults::MAX_EXTRA_DEPTH, p);
+    let json_depth = depth("max_json_depth", 2, defaults::MAX_JSON_DEPTH, p);
+    Ok(BodyLimits {
+        max_extra_bytes: bytes?.get(),
+        max_extra_depth: extra_depth?,
+        max_json_depth: json_depth?,
     })
 }
 
@@ -713,6 +754,7 @@ fn model<'a>(
         media("audio_tokens", p),
         media("video_tokens", p),
     );
+    let unknown = unknown_fields(r, p);
     if let Ok(name) = name {
         if !names.served.contains(&name) {
             p.push(r.path(), "no backend serves this model");
@@ -735,6 +777,7 @@ fn model<'a>(
             audio: audio?,
             video: video?,
         },
+        unknown_fields: unknown?,
     })
 }
 

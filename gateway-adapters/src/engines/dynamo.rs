@@ -24,9 +24,32 @@
 
 use gateway_core::EngineKind;
 
+use crate::openai::pass_through::EngineFields;
+
 use super::openai_compat::{
     EngineError, ExtraFields, HealthCheck, MetricNames, OpenAiCompatBackend, Quirks, Routes,
     UpstreamConfig,
+};
+
+/// Dynamo's extras (ENGINES.md §7.2): the `nvext` object (its
+/// prompt-replacing keys `token_data` and `use_raw_prompt` are refused by
+/// the gateway) and the newest builds' top-level sampling fields, on both
+/// routes besides OpenAI's fields.
+pub const EXTRA: &[&str] = &[
+    "nvext",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "ignore_eos",
+    "min_tokens",
+    "stop_token_ids",
+];
+
+/// The fields Dynamo gets: OpenAI's and [`EXTRA`].
+pub const FIELDS: EngineFields = EngineFields {
+    openai: true,
+    chat: EXTRA,
+    completions: EXTRA,
 };
 
 /// Dynamo's default routes.

@@ -48,6 +48,23 @@ pub use openai_compat::{
 };
 
 use crate::config::{BackendConfig, OnDisconnect};
+use crate::openai::pass_through::EngineFields;
+
+/// The extra fields an engine of `kind` forwards (each engine module's
+/// `FIELDS`; the in-process sim's for `sim`).
+pub fn fields(kind: EngineKind) -> EngineFields {
+    match kind {
+        EngineKind::Vllm => vllm::FIELDS,
+        EngineKind::Sglang => sglang::FIELDS,
+        EngineKind::TrtLlm => trtllm::FIELDS,
+        EngineKind::Triton => triton::FIELDS,
+        EngineKind::Nim => nim::FIELDS,
+        EngineKind::Dynamo => dynamo::FIELDS,
+        EngineKind::Sim => crate::sim::FIELDS,
+        // A host's own backend (or a kind added later): OpenAI's fields.
+        _ => openai::FIELDS,
+    }
+}
 
 /// The adapter of a `[[backends]]` entry with engine `vllm`, `trtllm`,
 /// `dynamo`, `nim` or `openai`: its URL, served model, `max_concurrency`,

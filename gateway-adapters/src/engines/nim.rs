@@ -19,9 +19,39 @@
 
 use gateway_core::EngineKind;
 
+use crate::openai::pass_through::EngineFields;
+
 use super::openai_compat::{
     EngineError, ExtraFields, HealthCheck, MetricNames, OpenAiCompatBackend, Quirks, Routes,
     UpstreamConfig,
+};
+
+/// NIM's extras (ENGINES.md §6): 1.x's `nvext` (prompt-replacing keys
+/// refused by the gateway) and, for 2.x (vLLM underneath), vLLM's
+/// sampling extras at the top level.
+pub const EXTRA: &[&str] = &[
+    "nvext",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "length_penalty",
+    "ignore_eos",
+    "min_tokens",
+    "stop_token_ids",
+    "skip_special_tokens",
+    "include_stop_str_in_output",
+    "structured_outputs",
+    "guided_json",
+    "guided_regex",
+    "guided_choice",
+    "guided_grammar",
+];
+
+/// The fields NIM gets: OpenAI's and [`EXTRA`].
+pub const FIELDS: EngineFields = EngineFields {
+    openai: true,
+    chat: EXTRA,
+    completions: EXTRA,
 };
 
 /// NIM's routes.

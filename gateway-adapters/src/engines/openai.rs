@@ -5,7 +5,17 @@
 
 use gateway_core::EngineKind;
 
+use crate::openai::pass_through::EngineFields;
+
 use super::openai_compat::{EngineError, HealthCheck, OpenAiCompatBackend, Routes, UpstreamConfig};
+
+/// The fields a generic OpenAI-compatible server gets: OpenAI's documented
+/// fields only (what else it takes is unknown).
+pub const FIELDS: EngineFields = EngineFields {
+    openai: true,
+    chat: &[],
+    completions: &[],
+};
 
 /// The routes of a generic OpenAI-compatible server.
 pub const ROUTES: Routes = Routes {

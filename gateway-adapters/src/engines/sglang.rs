@@ -77,8 +77,78 @@ use super::upstream::{
     retry_after, total_timeout, transport_error,
 };
 use crate::config::BackendConfig;
+use crate::openai::pass_through::EngineFields;
 use crate::openai::types::{ErrorCode, ErrorDetail};
 use crate::openai::{SseEvent, parse_upstream_error};
+
+/// SGLang's extras on its OpenAI chat route (ENGINES.md §3.2), besides
+/// OpenAI's fields. Left out: `rid` (the gateway's), the prompt fields
+/// (`chat_template_kwargs`, `continue_final_message`, `session_params`),
+/// `bootstrap_*` (disaggregation internals) and `return_hidden_states`
+/// (an answer the gateway does not pass on).
+pub const CHAT_EXTRA: &[&str] = &[
+    "top_k",
+    "min_p",
+    "min_tokens",
+    "regex",
+    "ebnf",
+    "repetition_penalty",
+    "stop_token_ids",
+    "no_stop_trim",
+    "ignore_eos",
+    "skip_special_tokens",
+    "lora_path",
+    "separate_reasoning",
+    "stream_reasoning",
+];
+
+/// What the native `/generate` route takes of a completions request's
+/// extra fields: only the logprob asks it reads (OpenAI's `logprobs`,
+/// SGLang's `return_logprob` and `top_logprobs_num`); `GenerateReqInput`
+/// has its own field set, so nothing else is sent.
+pub const COMPLETION_EXTRA: &[&str] = &["logprobs", "return_logprob", "top_logprobs_num"];
+
+/// The fields SGLang gets: chat, OpenAI's and [`CHAT_EXTRA`]; completions,
+/// [`COMPLETION_EXTRA`] only.
+pub const FIELDS: EngineFields = EngineFields {
+    openai: false,
+    chat: SGLANG_CHAT_FIELDS,
+    completions: COMPLETION_EXTRA,
+};
+
+/// OpenAI's chat fields ([`OPENAI_CHAT`]) and [`CHAT_EXTRA`].
+///
+/// [`OPENAI_CHAT`]: crate::openai::pass_through::OPENAI_CHAT
+const SGLANG_CHAT_FIELDS: &[&str] = &[
+    "frequency_penalty",
+    "presence_penalty",
+    "logit_bias",
+    "logprobs",
+    "top_logprobs",
+    "user",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "reasoning_effort",
+    "metadata",
+    "store",
+    "service_tier",
+    "prompt_cache_key",
+    "safety_identifier",
+    "top_k",
+    "min_p",
+    "min_tokens",
+    "regex",
+    "ebnf",
+    "repetition_penalty",
+    "stop_token_ids",
+    "no_stop_trim",
+    "ignore_eos",
+    "skip_special_tokens",
+    "lora_path",
+    "separate_reasoning",
+    "stream_reasoning",
+];
 
 const MAX_ERROR_BODY: usize = 64 * 1024;
 const MAX_MESSAGE_CHARS: usize = 512;
@@ -1169,6 +1239,13 @@ sglang:token_usage{engine_type=\"unified\",model_name=\"m\",moe_ep_rank=\"0\",pp
             finish_of(&aborted).err().map(|e| e.kind()),
             Some(FailureKind::Canceled)
         );
+    }
+
+    #[test]
+    fn chat_fields_are_openai_and_sglang_extras() {
+        use crate::openai::pass_through::OPENAI_CHAT;
+        let expected: Vec<&str> = OPENAI_CHAT.iter().chain(CHAT_EXTRA).copied().collect();
+        assert_eq!(SGLANG_CHAT_FIELDS, expected.as_slice());
     }
 
     #[test]

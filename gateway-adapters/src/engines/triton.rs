@@ -96,7 +96,16 @@ use super::upstream::{
     retry_after, total_timeout, transport_error,
 };
 use crate::config::BackendConfig;
+use crate::openai::pass_through::EngineFields;
 use crate::openai::{SseEvent, parse_upstream_error};
+
+/// The fields Triton gets: none. Its request is keyed by the model's input
+/// tensors, and an unknown tensor is a 400, so no extra field is sent.
+pub const FIELDS: EngineFields = EngineFields {
+    openai: false,
+    chat: &[],
+    completions: &[],
+};
 
 type HeadFuture = Pin<
     Box<

@@ -34,6 +34,8 @@
 
 use gateway_core::{EngineKind, FailureKind};
 
+use crate::openai::pass_through::EngineFields;
+
 use super::openai_compat::{
     EngineError, ExtraFields, HealthCheck, MessageRule, MetricNames, OpenAiCompatBackend, Quirks,
     Routes, UpstreamConfig,
@@ -115,6 +117,16 @@ pub const CHAT_EXTRA: &[&str] = &[
     "prompt_token_ids",
     "cache_salt",
 ];
+
+/// The fields trtllm-serve gets: exactly [`CHAT_EXTRA`] and
+/// [`COMPLETION_EXTRA`] (it refuses any other field, OpenAI's included).
+/// Of them, the prompt fields (`chat_template`, `documents`, ...) never
+/// get this far: the gateway refuses them.
+pub const FIELDS: EngineFields = EngineFields {
+    openai: false,
+    chat: CHAT_EXTRA,
+    completions: COMPLETION_EXTRA,
+};
 
 /// Kinds read from trtllm-serve's 400 messages (every pre-stream exception
 /// is a 400). The context-length texts are the executor's argument checks

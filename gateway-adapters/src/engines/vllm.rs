@@ -16,7 +16,55 @@
 
 use gateway_core::EngineKind;
 
+use crate::openai::pass_through::EngineFields;
+
 use super::openai_compat::{EngineError, HealthCheck, OpenAiCompatBackend, Routes, UpstreamConfig};
+
+/// vLLM's sampling and output extras (ENGINES.md §2.2,
+/// `chat_completion/protocol.py`, `completion/protocol.py`), forwarded on
+/// both routes besides OpenAI's fields. Left out: the fields that change
+/// the prompt ([`PROMPT_FIELDS`]), `prompt_logprobs` (scores the whole
+/// prompt, an answer the gateway does not pass on), `priority` (the
+/// engine's queue order is the gateway's to set), `request_id` (the
+/// engine's request id is the gateway's), `logits_processors` (names code
+/// to load) and `kv_transfer_params` (disaggregation internals).
+///
+/// [`PROMPT_FIELDS`]: crate::openai::pass_through::PROMPT_FIELDS
+pub const EXTRA: &[&str] = &[
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "length_penalty",
+    "use_beam_search",
+    "stop_token_ids",
+    "include_stop_str_in_output",
+    "ignore_eos",
+    "min_tokens",
+    "skip_special_tokens",
+    "spaces_between_special_tokens",
+    "truncate_prompt_tokens",
+    "allowed_token_ids",
+    "bad_words",
+    "structured_outputs",
+    "guided_json",
+    "guided_regex",
+    "guided_choice",
+    "guided_grammar",
+    "guided_decoding_backend",
+    "guided_whitespace_pattern",
+    "return_tokens_as_token_ids",
+    "return_token_ids",
+    "cache_salt",
+    "vllm_xargs",
+    "thinking_token_budget",
+];
+
+/// The fields vLLM gets: OpenAI's and [`EXTRA`].
+pub const FIELDS: EngineFields = EngineFields {
+    openai: true,
+    chat: EXTRA,
+    completions: EXTRA,
+};
 
 /// vLLM's routes.
 pub const ROUTES: Routes = Routes {

@@ -177,7 +177,7 @@ pub(crate) fn object_entries(text: &str) -> Option<Vec<RawEntry<'_>>> {
     }
 }
 
-fn skip_ws(bytes: &[u8], mut at: usize) -> usize {
+pub(crate) fn skip_ws(bytes: &[u8], mut at: usize) -> usize {
     while matches!(bytes.get(at), Some(b' ' | b'\t' | b'\n' | b'\r')) {
         at += 1;
     }
@@ -185,7 +185,7 @@ fn skip_ws(bytes: &[u8], mut at: usize) -> usize {
 }
 
 /// `at` is on an opening quote; returns the index just past the closing one.
-fn skip_string(bytes: &[u8], at: usize) -> Option<usize> {
+pub(crate) fn skip_string(bytes: &[u8], at: usize) -> Option<usize> {
     let mut i = at + 1;
     loop {
         match bytes.get(i)? {

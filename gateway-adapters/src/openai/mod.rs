@@ -61,6 +61,7 @@ mod encode;
 mod error_body;
 mod json;
 mod output;
+pub mod pass_through;
 mod request;
 mod sse;
 pub mod types;
@@ -77,7 +78,7 @@ pub use error_body::{
 };
 pub use request::{
     ChatParsed, CompletionParsed, MAX_STOP_SEQUENCES, ParsedRequest, RequestError, merge_extra,
-    parse_chat, parse_completion,
+    parse_chat, parse_chat_with, parse_completion, parse_completion_with,
 };
 pub use sse::{
     DONE, DONE_FRAME, Events, SseDecoder, SseError, SseEvent, write_comment, write_data,

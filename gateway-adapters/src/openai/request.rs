@@ -14,6 +14,7 @@ use gateway_core::{
 use serde_json::Value;
 
 use super::json::{self, RawEntry};
+use super::pass_through::{BodyLimits, NVEXT_PROMPT_FIELDS, PROMPT_FIELDS, too_deep};
 
 /// Most stop sequences a request may carry (as OpenAI).
 pub const MAX_STOP_SEQUENCES: usize = 4;
@@ -125,7 +126,21 @@ impl std::error::Error for RequestError {}
 /// A [`RequestError`] for malformed JSON, a field of the wrong type or a
 /// value out of range (the message and `param` say which).
 pub fn parse_chat(body: &[u8]) -> Result<ChatParsed, RequestError> {
-    parse(body, Api::Chat)
+    parse(body, Api::Chat, &BodyLimits::default())
+}
+
+/// [`parse_chat`] with the caps `limits` (the default caps in
+/// [`parse_chat`]).
+///
+/// # Errors
+/// As [`parse_chat`]; also a body nested deeper than
+/// `limits.max_json_depth` (`param`: the top-level field holding it), an
+/// extra field nested deeper than `limits.max_extra_depth` (`param`: the
+/// field), extra fields larger than `limits.max_extra_bytes` together
+/// (`param`: the largest of them), and a field of
+/// [`PROMPT_FIELDS`](super::pass_through::PROMPT_FIELDS).
+pub fn parse_chat_with(body: &[u8], limits: &BodyLimits) -> Result<ChatParsed, RequestError> {
+    parse(body, Api::Chat, limits)
 }
 
 /// Parses and validates a `POST /v1/completions` body.
@@ -133,7 +148,18 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatParsed, RequestError> {
 /// # Errors
 /// As [`parse_chat`].
 pub fn parse_completion(body: &[u8]) -> Result<CompletionParsed, RequestError> {
-    parse(body, Api::Completion)
+    parse(body, Api::Completion, &BodyLimits::default())
+}
+
+/// [`parse_completion`] with the caps `limits`.
+///
+/// # Errors
+/// As [`parse_chat_with`].
+pub fn parse_completion_with(
+    body: &[u8],
+    limits: &BodyLimits,
+) -> Result<CompletionParsed, RequestError> {
+    parse(body, Api::Completion, limits)
 }
 
 /// Adds the fields of `extra` (the text of a JSON object, as
@@ -173,7 +199,7 @@ pub fn merge_extra(body: &mut Vec<u8>, extra: &str) -> Result<(), RequestError> 
     Ok(())
 }
 
-fn push_entry(out: &mut Vec<u8>, entry: &RawEntry<'_>) {
+pub(crate) fn push_entry(out: &mut Vec<u8>, entry: &RawEntry<'_>) {
     out.extend_from_slice(entry.key.as_bytes());
     out.push(b':');
     out.extend_from_slice(entry.value.as_bytes());
@@ -227,9 +253,25 @@ impl<'a> Known<'a> {
     }
 }
 
-fn parse(body: &[u8], api: Api) -> Result<ParsedRequest, RequestError> {
+fn parse(body: &[u8], api: Api, limits: &BodyLimits) -> Result<ParsedRequest, RequestError> {
     let text = std::str::from_utf8(body)
         .map_err(|_| RequestError::new("request body is not valid UTF-8", None))?;
+    // Before serde_json, whose own recursion limit (128) gives a less
+    // helpful error.
+    if let Some(key) = too_deep(text, limits.max_json_depth) {
+        let key = key.and_then(|k| {
+            RawEntry { key: k, value: "" }
+                .key_text()
+                .map(Cow::into_owned)
+        });
+        return Err(RequestError::new(
+            format!(
+                "the request body nests deeper than {} levels",
+                limits.max_json_depth
+            ),
+            key.as_deref().map(clip).as_deref(),
+        ));
+    }
     if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(text) {
         return Err(RequestError::new(format!("malformed JSON: {e}"), None));
     }
@@ -239,6 +281,7 @@ fn parse(body: &[u8], api: Api) -> Result<ParsedRequest, RequestError> {
     let mut known = Known::default();
     let mut seen: HashSet<Cow<'_, str>> = HashSet::with_capacity(entries.len());
     let mut extra = Vec::new();
+    let mut largest: Option<(&RawEntry<'_>, usize)> = None;
     for entry in &entries {
         let key = entry
             .key_text()
@@ -252,11 +295,28 @@ fn parse(body: &[u8], api: Api) -> Result<ParsedRequest, RequestError> {
         match known.slot(api, &key) {
             Some(slot) => *slot = Some(entry.value),
             None => {
+                check_extra(&key, entry.value, limits)?;
                 extra.push(if extra.is_empty() { b'{' } else { b',' });
                 push_entry(&mut extra, entry);
+                let size = entry.key.len() + 1 + entry.value.len();
+                if largest.is_none_or(|(_, s)| size > s) {
+                    largest = Some((entry, size));
+                }
             }
         }
         seen.insert(key);
+    }
+    // The braces around the pairs are not counted.
+    if extra.len().saturating_sub(1) > limits.max_extra_bytes {
+        let param = largest.and_then(|(e, _)| e.key_text().map(|k| clip(&k).into_owned()));
+        return Err(RequestError::new(
+            format!(
+                "the extra fields take {} bytes, more than the limit of {}",
+                extra.len().saturating_sub(1),
+                limits.max_extra_bytes
+            ),
+            param.as_deref(),
+        ));
     }
     let extra = if extra.is_empty() {
         None
@@ -350,6 +410,42 @@ fn parse(body: &[u8], api: Api) -> Result<ParsedRequest, RequestError> {
         extra,
         tools,
     })
+}
+
+/// Refuses an extra field that changes the prompt or nests too deep.
+fn check_extra(key: &str, value: &str, limits: &BodyLimits) -> Result<(), RequestError> {
+    // `null` is the field's absence.
+    if PROMPT_FIELDS.contains(&key) && value != "null" {
+        return Err(RequestError::at(
+            key,
+            format!(
+                "field '{key}' changes the prompt the engine counts, which the gateway cannot count beforehand; it is not accepted"
+            ),
+        ));
+    }
+    if too_deep(value, limits.max_extra_depth).is_some() {
+        let key = clip(key);
+        return Err(RequestError::at(
+            key.as_ref(),
+            format!(
+                "field '{key}' nests deeper than {} levels",
+                limits.max_extra_depth
+            ),
+        ));
+    }
+    if key == "nvext" {
+        if let Ok(Value::Object(nvext)) = serde_json::from_str::<Value>(value) {
+            if let Some(inner) = NVEXT_PROMPT_FIELDS.iter().find(|k| nvext.contains_key(**k)) {
+                return Err(RequestError::at(
+                    format!("nvext.{inner}"),
+                    format!(
+                        "field 'nvext.{inner}' changes the prompt the engine counts, which the gateway cannot count beforehand; it is not accepted"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// The value of a known field, parsed; numbers too large for `f64` are
@@ -782,7 +878,7 @@ fn token_ids(ids: &[Value]) -> Result<Vec<u32>, RequestError> {
 }
 
 /// At most 64 characters of client text, for error messages.
-fn clip(s: &str) -> Cow<'_, str> {
+pub(crate) fn clip(s: &str) -> Cow<'_, str> {
     match s.char_indices().nth(64) {
         Some((end, _)) => Cow::Owned(format!("{}...", s.get(..end).unwrap_or_default())),
         None => Cow::Borrowed(s),

@@ -17,9 +17,10 @@ use tokio_util::sync::CancellationToken;
 use super::body::{SseBody, assemble};
 use super::conn::ConnectionKill;
 use super::respond::{error, gateway_error, json, not_found, request_error};
+use crate::openai::pass_through::PassThrough;
 use crate::openai::{
-    Assembler, ChunkEncoder, Endpoint, embeddings_body, models_body, parse_chat, parse_completion,
-    parse_embeddings, unix_now,
+    Assembler, ChunkEncoder, Endpoint, embeddings_body, models_body, parse_chat_with,
+    parse_completion_with, parse_embeddings, unix_now,
 };
 
 /// What every handler shares.
@@ -29,6 +30,7 @@ pub(crate) struct App {
     pub(crate) admin_key_sha256: Option<[u8; 32]>,
     pub(crate) metrics_key_sha256: Option<[u8; 32]>,
     pub(crate) max_body_bytes: usize,
+    pub(crate) pass_through: Arc<PassThrough>,
 }
 
 /// The request's ids: the gateway's own (always fresh, the one engines
@@ -231,10 +233,22 @@ async fn generate(
         Ok(read) => read,
         Err(response) => return response,
     };
+    let policy = &app.pass_through;
     let parsed = match endpoint {
-        Endpoint::Chat => parse_chat(&bytes),
-        Endpoint::Completion => parse_completion(&bytes),
+        Endpoint::Chat => parse_chat_with(&bytes, &policy.limits),
+        Endpoint::Completion => parse_completion_with(&bytes, &policy.limits),
     };
+    let parsed = parsed.and_then(|mut parsed| {
+        let dropped = policy.apply(endpoint, &mut parsed)?;
+        if !dropped.is_empty() {
+            tracing::debug!(
+                model = parsed.model.as_str(),
+                fields = ?dropped,
+                "extra fields the model's engines do not take were dropped"
+            );
+        }
+        Ok(parsed)
+    });
     let parsed = match parsed {
         Ok(p) => p,
         Err(e) => {

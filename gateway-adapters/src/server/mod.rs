@@ -16,10 +16,12 @@ use axum::Router;
 use axum::routing::{get, post};
 use gateway_policy::Gateway;
 
+use crate::openai::pass_through::PassThrough;
+
 pub use conn::{ConnectionKill, serve};
 
 /// Options of the router.
-#[derive(Debug, Clone, Copy, Default)]
+#[derive(Debug, Clone, Default)]
 pub struct RouterOptions {
     /// SHA-256 of the admin key; `None` hides the admin routes (404).
     pub admin_key_sha256: Option<[u8; 32]>,
@@ -28,6 +30,10 @@ pub struct RouterOptions {
     pub metrics_key_sha256: Option<[u8; 32]>,
     /// Largest request body; larger ones get 413.
     pub max_body_bytes: usize,
+    /// The caps on chat and completions bodies and which extra fields
+    /// reach each model's engines (the default: default caps, every extra
+    /// field passed).
+    pub pass_through: PassThrough,
 }
 
 /// The gateway's routes, ready to serve or to nest in a host's router.
@@ -37,6 +43,7 @@ pub fn router(gateway: Gateway, options: RouterOptions) -> Router {
         admin_key_sha256: options.admin_key_sha256,
         metrics_key_sha256: options.metrics_key_sha256,
         max_body_bytes: options.max_body_bytes.max(1),
+        pass_through: std::sync::Arc::new(options.pass_through),
     };
     Router::new()
         .route("/v1/chat/completions", post(handlers::completion::<true>))

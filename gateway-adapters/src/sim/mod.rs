@@ -57,6 +57,24 @@ use gateway_core::{
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+/// The extra fields the sim takes (and ignores): OpenAI's, and the common
+/// sampling extras of the engines it stands in for.
+pub const FIELDS: crate::openai::pass_through::EngineFields =
+    crate::openai::pass_through::EngineFields {
+        openai: true,
+        chat: SIM_EXTRA,
+        completions: SIM_EXTRA,
+    };
+
+const SIM_EXTRA: &[&str] = &[
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "ignore_eos",
+    "min_tokens",
+    "stop_token_ids",
+];
+
 pub use config::{SimConfig, Speculative};
 pub use fault::{Fault, FaultPlan, FaultRule, FaultTrigger};
 pub use state::SimStats;

@@ -203,7 +203,12 @@ impl Pending {
     /// request's metrics.
     fn settle(mut self, answer: &Embeddings, backend: &BackendSlot) -> (Usage, Money) {
         self.recorded = true;
-        let prompt = answer.prompt_tokens.unwrap_or(self.estimate.value());
+        // Never above the estimate the reservation was made for; an engine
+        // count above it is drift, recorded below.
+        let estimated = self.estimate.value();
+        let prompt = answer
+            .prompt_tokens
+            .map_or(estimated, |actual| actual.min(estimated));
         let usage = Usage::new(prompt, 0);
         let Some(guard) = self.guard.take() else {
             return (usage, Money::ZERO);
@@ -225,6 +230,20 @@ impl Pending {
             .embedding_inputs
             .get_or_create(&labels)
             .inc_by(answer.data.len() as u64);
+        if let Some(actual) = answer.prompt_tokens.filter(|a| *a > estimated) {
+            metrics.prompt_overrun(model, &backend.name, estimated, actual);
+            let ratio = (actual - estimated) as f64 / estimated.max(1) as f64;
+            if ratio > self.gateway.inner.settings.drift_warn_ratio {
+                tracing::warn!(
+                    parent: &self.span,
+                    model,
+                    backend = backend.name.as_str(),
+                    estimated,
+                    actual,
+                    "the engine counted more embeddings input tokens than were reserved; charged at the estimate"
+                );
+            }
+        }
         if let Some(actual) = answer.prompt_tokens.filter(|a| *a > 0) {
             let ratio = (self.estimate.value() as f64 - actual as f64) / actual as f64;
             metrics.estimate_error.get_or_create(&labels).observe(ratio);

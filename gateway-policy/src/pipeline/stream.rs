@@ -596,7 +596,7 @@ impl Settlement {
     /// report none: prompt from `Started` or the estimate, completion tokens
     /// received.
     fn counted(&self) -> Usage {
-        let prompt = self.started.prompt_tokens.unwrap_or(self.estimate.value());
+        let prompt = self.charged_prompt(self.started.prompt_tokens);
         let cached = self.started.cached_tokens.unwrap_or(0);
         Usage::clamped(prompt, cached, self.received, 0, 0, 0)
     }
@@ -631,14 +631,28 @@ impl Settlement {
             .with_reasoning(self.engine.map_or(0, |u| u.reasoning()))
     }
 
-    /// Prompt, cached, drafted and accepted tokens: the engine's counts,
-    /// else `Started`'s, else the estimate.
-    fn engine_counts(&self) -> (u64, u64, u64, u64) {
-        let prompt = self
-            .engine
+    /// The engine's prompt count: its usage's, else `Started`'s.
+    fn engine_prompt(&self) -> Option<u64> {
+        self.engine
             .map(|u| u.prompt())
             .or(self.started.prompt_tokens)
-            .unwrap_or(self.estimate.value());
+    }
+
+    /// The prompt tokens charged for an engine count `actual`: never more
+    /// than the estimate the reservation was made for (what a tenant did
+    /// not reserve, it is not charged: an engine count above the estimate
+    /// is drift, recorded in [`Drop`]); the estimate when the engine gave
+    /// no count.
+    fn charged_prompt(&self, actual: Option<u64>) -> u64 {
+        let reserved = self.estimate.value();
+        actual.map_or(reserved, |actual| actual.min(reserved))
+    }
+
+    /// Prompt, cached, drafted and accepted tokens: the engine's counts,
+    /// else `Started`'s, else the estimate; the prompt at most the
+    /// estimate ([`charged_prompt`](Self::charged_prompt)).
+    fn engine_counts(&self) -> (u64, u64, u64, u64) {
+        let prompt = self.charged_prompt(self.engine_prompt());
         let cached = self
             .engine
             .map(|u| u.cached())
@@ -695,10 +709,22 @@ impl Drop for Settlement {
             .request_duration
             .get_or_create(&labels)
             .observe(self.arrived.elapsed().as_secs_f64());
-        let actual = self
-            .engine
-            .map(|u| u.prompt())
-            .or(self.started.prompt_tokens);
+        let actual = self.engine_prompt();
+        if let Some(actual) = actual.filter(|a| *a > self.estimate.value()) {
+            let estimated = self.estimate.value();
+            metrics.prompt_overrun(model, &self.backend, estimated, actual);
+            let ratio = (actual - estimated) as f64 / estimated.max(1) as f64;
+            if ratio > self.drift_warn_ratio {
+                tracing::warn!(
+                    model,
+                    backend = self.backend.as_str(),
+                    estimated,
+                    actual,
+                    exact = self.estimate.is_exact(),
+                    "the engine counted more prompt tokens than were reserved; charged at the estimate"
+                );
+            }
+        }
         if let Some(actual) = actual.filter(|a| *a > 0) {
             let ratio = (self.estimate.value() as f64 - actual as f64) / actual as f64;
             metrics.estimate_error.get_or_create(&labels).observe(ratio);
