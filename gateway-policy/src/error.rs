@@ -36,11 +36,14 @@ pub enum ErrorCode {
     Canceled,
     /// A bug or unexpected state in the gateway.
     Internal,
+    /// The budget ledger cannot be reached (Redis down or too slow, or its
+    /// settle journal full): admission fails closed, retry later.
+    LedgerUnavailable,
 }
 
 impl ErrorCode {
     /// Every code.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::InvalidRequest,
         ErrorCode::ContextLengthExceeded,
         ErrorCode::InvalidApiKey,
@@ -54,6 +57,7 @@ impl ErrorCode {
         ErrorCode::UpstreamTimeout,
         ErrorCode::Canceled,
         ErrorCode::Internal,
+        ErrorCode::LedgerUnavailable,
     ];
 
     /// The `code` of the error body (also the `outcome` metric label).
@@ -72,6 +76,7 @@ impl ErrorCode {
             ErrorCode::UpstreamTimeout => "upstream_timeout",
             ErrorCode::Canceled => "canceled",
             ErrorCode::Internal => "internal_error",
+            ErrorCode::LedgerUnavailable => "ledger_unavailable",
         }
     }
 
@@ -91,6 +96,7 @@ impl ErrorCode {
             ErrorCode::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             ErrorCode::Canceled => FailureKind::Canceled.http_status(),
             ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            ErrorCode::LedgerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -108,6 +114,7 @@ impl ErrorCode {
             ErrorCode::Overloaded => "overloaded_error",
             ErrorCode::Canceled => "canceled",
             ErrorCode::Internal => "server_error",
+            ErrorCode::LedgerUnavailable => "service_unavailable_error",
         }
     }
 }
@@ -217,6 +224,7 @@ mod tests {
                 ("upstream_timeout", 504),
                 ("canceled", 499),
                 ("internal_error", 500),
+                ("ledger_unavailable", 503),
             ]
         );
     }
