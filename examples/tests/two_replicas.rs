@@ -198,9 +198,20 @@ async fn two_replicas_share_one_budget() {
     assert_eq!(Money::from_usd(budget.usd()).unwrap(), budget);
 
     let tenant = format!("race-{uniq}");
-    let ledger = format!("[ledger]\nkind = \"redis\"\nurl = \"{url}\"");
-    let text = config(&ledger, &tenant, &format!("budget_usd = {}", budget.usd()));
-    let replicas = [start(&dir.0, "one", &text), start(&dir.0, "two", &text)];
+    // Each replica with its own settle journal; short holds, renewed.
+    let journals = ["one", "two"].map(|name| dir.0.join(format!("{name}-journal")));
+    let text = |journal: &Path| {
+        let ledger = format!(
+            "[ledger]\nkind = \"redis\"\nurl = \"{url}\"\nhold_ttl_ms = 3000\n\
+             journal_dir = \"{}\"\njournal_max_entries = 1000",
+            journal.display()
+        );
+        config(&ledger, &tenant, &format!("budget_usd = {}", budget.usd()))
+    };
+    let replicas = [
+        start(&dir.0, "one", &text(&journals[0])),
+        start(&dir.0, "two", &text(&journals[1])),
+    ];
     let addrs: Vec<SocketAddr> = replicas.iter().map(|r| r.addr).collect();
 
     // Watch the spend on both replicas while the requests run.
@@ -295,6 +306,16 @@ async fn two_replicas_share_one_budget() {
         assert_eq!(u["completion_tokens"].as_u64(), Some(16 * FITS), "{u}");
     }
     assert_eq!(views[0], views[1]);
+    // Every settle reached Redis: both journals are empty files.
+    for journal in &journals {
+        let file = journal.join("ledger.journal");
+        assert_eq!(
+            std::fs::metadata(&file).unwrap().len(),
+            0,
+            "{}",
+            file.display()
+        );
+    }
 }
 
 /// A scratch directory for the replicas' configs and a name no other run

@@ -187,17 +187,23 @@ fn ledger(
     config: &GatewayConfig,
 ) -> Result<Option<Arc<dyn gateway_policy::AccountLedger>>, BootstrapError> {
     use gateway_policy::{RedisLedger, RedisLedgerConfig};
-    let LedgerConfig::Redis { url } = &config.ledger else {
+    let LedgerConfig::Redis { url, settings } = &config.ledger else {
         return Ok(None);
     };
+    let mut redis = RedisLedgerConfig::new(url.as_str())
+        .hold_ttl(std::time::Duration::from_millis(settings.hold_ttl_ms))
+        .settled_ttl(std::time::Duration::from_millis(settings.settled_ttl_ms))
+        .journal_max_entries(usize::try_from(settings.journal_max_entries).unwrap_or(usize::MAX));
+    if let Some(dir) = &settings.journal_dir {
+        redis = redis.journal_dir(dir);
+    }
     // Blocks for at most the connect/response timeouts (2 s each): start-up.
-    let ledger =
-        RedisLedger::connect_blocking(RedisLedgerConfig::new(url.as_str())).map_err(|e| {
-            problem(
-                "ledger.url".into(),
-                format!("cannot use the redis ledger: {e}"),
-            )
-        })?;
+    let ledger = RedisLedger::connect_blocking(redis).map_err(|e| {
+        problem(
+            "ledger.url".into(),
+            format!("cannot use the redis ledger: {e}"),
+        )
+    })?;
     for (i, t) in config.tenants.iter().enumerate() {
         ledger
             .open_blocking(&TenantId::new(t.id.as_str()), t.budget)
@@ -234,7 +240,7 @@ fn limiter(
     config: &GatewayConfig,
 ) -> Result<Option<Arc<dyn gateway_policy::Limiter>>, BootstrapError> {
     use gateway_policy::{RedisLedgerConfig, RedisLimiter, RedisLimiterConfig};
-    let LedgerConfig::Redis { url } = &config.ledger else {
+    let LedgerConfig::Redis { url, .. } = &config.ledger else {
         return Ok(None);
     };
     let limits = RedisLimiterConfig::from_ledger(&RedisLedgerConfig::new(url.as_str()));

@@ -12,7 +12,8 @@ mod config {
 
     use gateway_adapters::config::{
         BackendConfig, ConfigErrors, ConfigProblem, DEMO_ADMIN_KEY, DEMO_API_KEY,
-        EMBEDDED_DEFAULT_TOML, GatewayConfig, LedgerConfig, OnDisconnect, SimSettings, TenantKey,
+        EMBEDDED_DEFAULT_TOML, GatewayConfig, LedgerConfig, OnDisconnect, RedisLedgerSettings,
+        SimSettings, TenantKey,
     };
     use gateway_adapters::sim::{SimConfig, Speculative};
     use gateway_core::{EngineKind, LatencyClass, Money, Pricing};
@@ -480,8 +481,39 @@ backends = [{ name = "b", engine = "sim", model = "m" }, "b2"]
             .unwrap()
             .ledger,
             LedgerConfig::Redis {
-                url: "rediss://user:pw@cache:6380/0".to_owned()
+                url: "rediss://user:pw@cache:6380/0".to_owned(),
+                settings: RedisLedgerSettings::default(),
             }
+        );
+        assert_eq!(
+            parse(&with(
+                "kind = \"redis\"\nurl = \"redis://cache\"\nhold_ttl_ms = 5000\n\
+                 settled_ttl_ms = 60000\njournal_dir = \"/var/lib/gw\"\njournal_max_entries = 10"
+            ))
+            .unwrap()
+            .ledger,
+            LedgerConfig::Redis {
+                url: "redis://cache".to_owned(),
+                settings: RedisLedgerSettings {
+                    hold_ttl_ms: 5000,
+                    settled_ttl_ms: 60_000,
+                    journal_dir: Some("/var/lib/gw".to_owned()),
+                    journal_max_entries: 10,
+                },
+            }
+        );
+        assert_problems(
+            &with("kind = \"memory\"\njournal_dir = \"/tmp/j\""),
+            &[("ledger.journal_dir", "not allowed with kind = \"memory\"")],
+        );
+        assert_problems(
+            &with(
+                "kind = \"redis\"\nurl = \"redis://cache\"\nhold_ttl_ms = 10\njournal_max_entries = 0",
+            ),
+            &[
+                ("ledger.hold_ttl_ms", "must be at least 1000, found 10"),
+                ("ledger.journal_max_entries", "must be at least 1, found 0"),
+            ],
         );
         assert_eq!(parse(&with("")).unwrap().ledger, LedgerConfig::Memory);
         assert_problems(

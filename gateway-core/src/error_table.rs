@@ -69,6 +69,9 @@ pub enum ErrorCode {
     Canceled,
     /// A bug or unexpected state in the gateway.
     Internal,
+    /// The budget ledger cannot be reached (Redis down or too slow, or its
+    /// settle journal full): admission fails closed, retry later.
+    LedgerUnavailable,
 }
 
 /// What the client sees of an [`ErrorCode`].
@@ -84,7 +87,7 @@ pub struct CodeRow {
 
 impl ErrorCode {
     /// Every code, in table order.
-    pub const ALL: [ErrorCode; 13] = [
+    pub const ALL: [ErrorCode; 14] = [
         ErrorCode::InvalidRequest,
         ErrorCode::ContextLengthExceeded,
         ErrorCode::InvalidApiKey,
@@ -98,6 +101,7 @@ impl ErrorCode {
         ErrorCode::UpstreamTimeout,
         ErrorCode::Canceled,
         ErrorCode::Internal,
+        ErrorCode::LedgerUnavailable,
     ];
 
     /// The code's row of the table.
@@ -125,6 +129,7 @@ impl ErrorCode {
             // logs and metrics see an honest status.
             ErrorCode::Canceled => row(499, "canceled"),
             ErrorCode::Internal => row(500, "internal_error"),
+            ErrorCode::LedgerUnavailable => row(503, "ledger_unavailable"),
         }
     }
 
@@ -354,6 +359,12 @@ mod tests {
                 ),
                 (C::Canceled, 499, "invalid_request_error", "canceled"),
                 (C::Internal, 500, "server_error", "internal_error"),
+                (
+                    C::LedgerUnavailable,
+                    503,
+                    "server_error",
+                    "ledger_unavailable"
+                ),
             ]
         );
         for c in ErrorCode::ALL {

@@ -126,6 +126,11 @@ impl OwnServer {
         panic!("redis-server on port {port} did not answer");
     }
 
+    /// Its process id (to pause it with `SIGSTOP` and resume it).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Its URL.
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)

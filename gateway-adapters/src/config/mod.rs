@@ -60,6 +60,10 @@
 //! [ledger]                            # optional table
 //! kind = "memory"                     # memory (default) | redis
 //! # url = "redis://127.0.0.1:6379"    # required with redis, not allowed with memory
+//! # hold_ttl_ms = 60000               # redis only; 1000..=86400000; default 60000: a hold not renewed for this long expires (live holds are renewed every third of it)
+//! # settled_ttl_ms = 3600000          # redis only; 1000..=604800000; default 3600000: how long a settled marker keeps a replayed settle a no-op
+//! # journal_dir = "/var/lib/gateway/ledger"  # redis only; default none (journal in memory): settles not yet in Redis, fsynced, replayed at start; one directory per replica
+//! # journal_max_entries = 65536       # redis only; 1..=10000000; default 65536: live holds + settles waiting for Redis; beyond it requests get 503 ledger_unavailable
 //!
 //! [[tenants]]                         # at least one
 //! id = "team-a"                       # required, unique, [A-Za-z0-9_.-]+
@@ -274,7 +278,36 @@ pub enum LedgerConfig {
     Redis {
         /// `url`: a `redis://` or `rediss://` URL.
         url: String,
+        /// The hold TTL, the settled-marker TTL and the settle journal.
+        settings: RedisLedgerSettings,
     },
+}
+
+/// The `[ledger]` keys of `kind = "redis"` beyond `url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RedisLedgerSettings {
+    /// `hold_ttl_ms` (default 60000): a hold not renewed for this long
+    /// expires; live holds are renewed every third of it.
+    pub hold_ttl_ms: u64,
+    /// `settled_ttl_ms` (default 3600000): how long a settled marker lives.
+    pub settled_ttl_ms: u64,
+    /// `journal_dir` (default none: in memory): where settles wait for
+    /// Redis, fsynced; one directory per replica.
+    pub journal_dir: Option<String>,
+    /// `journal_max_entries` (default 65536): live holds plus settles
+    /// waiting for Redis; beyond it requests are refused (503).
+    pub journal_max_entries: u64,
+}
+
+impl Default for RedisLedgerSettings {
+    fn default() -> Self {
+        RedisLedgerSettings {
+            hold_ttl_ms: 60_000,
+            settled_ttl_ms: 3_600_000,
+            journal_dir: None,
+            journal_max_entries: 65_536,
+        }
+    }
 }
 
 /// One `[[tenants]]` entry.

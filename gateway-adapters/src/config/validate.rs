@@ -14,7 +14,8 @@ use super::policy;
 use super::walk::{Check, Problems, Reader, Reported};
 use super::{
     BackendConfig, ConfigErrors, ConfigProblem, GatewayConfig, LedgerConfig, ModelConfig,
-    OnDisconnect, ServerConfig, SimSettings, TenantConfig, TenantKey, defaults,
+    OnDisconnect, RedisLedgerSettings, ServerConfig, SimSettings, TenantConfig, TenantKey,
+    defaults,
 };
 use crate::openai::pass_through::{BodyLimits, MAX_JSON_DEPTH_LIMIT, UnknownFields};
 use crate::sim::Speculative;
@@ -42,7 +43,22 @@ const SERVER_KEYS: &[&str] = &[
     "max_extra_depth",
     "max_json_depth",
 ];
-const LEDGER_KEYS: &[&str] = &["kind", "url"];
+const LEDGER_KEYS: &[&str] = &[
+    "kind",
+    "url",
+    "hold_ttl_ms",
+    "settled_ttl_ms",
+    "journal_dir",
+    "journal_max_entries",
+];
+/// The `[ledger]` keys only `kind = "redis"` takes.
+const REDIS_ONLY_KEYS: &[&str] = &[
+    "url",
+    "hold_ttl_ms",
+    "settled_ttl_ms",
+    "journal_dir",
+    "journal_max_entries",
+];
 const TENANT_KEYS: &[&str] = &[
     "id",
     "api_key",
@@ -465,13 +481,10 @@ fn ledger(top: &Reader<'_>, p: &mut Problems) -> Check<LedgerConfig> {
     let r = Reader::open(table, "ledger", LEDGER_KEYS, p);
     let kind = r.string("kind", p)?.unwrap_or("memory");
     match kind {
-        "memory" => {
-            if r.has("url") {
-                Err(p.report(r.key_path("url"), "not allowed with kind = \"memory\""))
-            } else {
-                Ok(LedgerConfig::Memory)
-            }
-        }
+        "memory" => match REDIS_ONLY_KEYS.iter().find(|k| r.has(k)) {
+            Some(key) => Err(p.report(r.key_path(key), "not allowed with kind = \"memory\"")),
+            None => Ok(LedgerConfig::Memory),
+        },
         "redis" => {
             let Some(url) = r.string("url", p)? else {
                 return Err(p.report(r.key_path("url"), "required with kind = \"redis\""));
@@ -480,9 +493,11 @@ fn ledger(top: &Reader<'_>, p: &mut Problems) -> Check<LedgerConfig> {
                 matches!(uri.scheme_str(), Some("redis" | "rediss"))
                     && uri.host().is_some_and(|h| !h.is_empty())
             });
+            let settings = redis_ledger_settings(&r, p);
             if valid {
                 Ok(LedgerConfig::Redis {
                     url: url.to_owned(),
+                    settings: settings?,
                 })
             } else {
                 Err(p.report(
@@ -496,6 +511,24 @@ fn ledger(top: &Reader<'_>, p: &mut Problems) -> Check<LedgerConfig> {
             format!("unknown ledger kind {other:?} (expected \"memory\" or \"redis\")"),
         )),
     }
+}
+
+/// The `[ledger]` keys of `kind = "redis"` beyond `url`.
+fn redis_ledger_settings(r: &Reader<'_>, p: &mut Problems) -> Check<RedisLedgerSettings> {
+    let d = RedisLedgerSettings::default();
+    let hold = r.integer("hold_ttl_ms", 1000, 86_400_000, p);
+    let settled = r.integer("settled_ttl_ms", 1000, 604_800_000, p);
+    let dir = r.non_empty("journal_dir", p);
+    let max = r.integer("journal_max_entries", 1, 10_000_000, p);
+    let (hold, settled, dir, max) = (hold?, settled?, dir?, max?);
+    let ms =
+        |v: Option<i64>, default: u64| v.and_then(|n| u64::try_from(n).ok()).unwrap_or(default);
+    Ok(RedisLedgerSettings {
+        hold_ttl_ms: ms(hold, d.hold_ttl_ms),
+        settled_ttl_ms: ms(settled, d.settled_ttl_ms),
+        journal_dir: dir.map(str::to_owned),
+        journal_max_entries: ms(max, d.journal_max_entries),
+    })
 }
 
 /// `[[tenants]]`: the valid ones (all of them when nothing was reported).

@@ -4,6 +4,8 @@
 
 use gateway_core::{Ledger, Money, TenantId, Usage};
 
+#[cfg(feature = "redis")]
+mod journal;
 mod memory;
 #[cfg(feature = "redis")]
 mod redis;

@@ -11,56 +11,77 @@
 //! | `P{T}:account` | hash | `budget` (absent: unlimited), `spent`, `reserved` (picodollars, decimal integers), `requests`, `prompt`, `cached`, `completion`, `canceled`, `drafted`, `accepted`, `expired_holds`, `late_settles`, `version` |
 //! | `P{T}:holds` | hash | hold id -> amount held (picodollars) |
 //! | `P{T}:expiry` | sorted set | hold id, scored by its expiry (Redis server time, ms) |
-//! | `P{T}:settled:<hold id>` | string with a TTL | marks a hold settled or released (idempotency) |
+//! | `P{T}:settled:<hold id>` | string with a TTL | marks a hold settled or released (idempotency); lives [`RedisLedgerConfig::settled_ttl`] (default 1 hour) |
 //! | `Pinstances` | integer | a counter each ledger instance increments once to name its holds |
 //!
-//! A hold id is `<instance>.<ticket>.<request id>`: unique per reservation
-//! even when a client reuses an `x-request-id`.
+//! A hold id is `<instance>.<ticket>.<nonce>`: the instance number, this
+//! ledger's ticket, and a 128-bit random nonce drawn once per ledger from
+//! the OS. It is the gateway's own, never the client's `x-request-id`, and
+//! unique even when a Redis that lost its data hands out an instance number
+//! again.
 //!
 //! # Scripts
 //!
-//! Reserve, settle, read and open are Lua scripts run with `EVALSHA` (and
-//! `SCRIPT LOAD` + `EVALSHA` again when Redis answers `NOSCRIPT`), so each
-//! is atomic. Money is kept as decimal integer strings and added, subtracted
-//! and compared exactly in two base-10^9 limbs inside the scripts (Lua
-//! numbers are doubles); token counters use `HINCRBY`. No float is ever
-//! stored.
+//! Reserve, settle, renew, read and open are Lua scripts run with `EVALSHA`
+//! (and `SCRIPT LOAD` + `EVALSHA` again when Redis answers `NOSCRIPT`), so
+//! each is atomic. Money is kept as decimal integer strings and added,
+//! subtracted and compared exactly in two base-10^9 limbs inside the
+//! scripts (Lua numbers are doubles); token counters use `HINCRBY`. No float
+//! is ever stored.
 //!
-//! # Expiry
+//! # Expiry and renewal
 //!
 //! A hold is an entry of `P{T}:holds` plus its expiry in `P{T}:expiry`,
 //! not a key with a TTL: a key that Redis expires by itself takes its amount
 //! with it, and the tenant's `reserved` total would keep it forever. Instead
 //! every reserve (and every periodic read) first releases the holds whose
 //! expiry passed, subtracting exactly their amounts from `reserved`, so
-//! `reserved` is always the sum of the live holds. A replica that crashed
-//! leaves holds that come back to the budget once their TTL passes.
+//! `reserved` is always the sum of the live holds. While its request lives
+//! a hold is renewed: every third of [`RedisLedgerConfig::hold_ttl`] the
+//! ledger pushes the expiry of all its live holds forward (one script call
+//! per tenant). A replica that crashed stops renewing, and its holds come
+//! back to the budget within one TTL.
 //!
 //! # Settling
 //!
-//! [`Ledger::settle`] is synchronous: it puts the settlement on a bounded
-//! queue for a background task, which runs the settle script (retrying
-//! with backoff while Redis is unreachable, up to
-//! [`RedisLedgerConfig::settle_retry_for`]). When the queue is full the
-//! settlement is dropped (logged, counted in
-//! [`RedisLedgerStats::settles_dropped`]) and its hold expires after its
-//! TTL: the money returns but the request is not charged. Settling is
-//! idempotent per hold (a settled marker with a TTL), so a retry after a
-//! lost reply never charges twice.
+//! [`Ledger::settle`] is synchronous: it hands the settlement to a
+//! background task, which appends it to the journal (`journal.rs`: a file
+//! under [`RedisLedgerConfig::journal_dir`], fsynced, or memory when no
+//! directory is set) and then runs the settle script, many at once on the
+//! multiplexed connection (pipelined; one slow reply holds up no other).
+//! A settle that fails is retried with backoff until Redis takes it; it is
+//! never dropped. Entries left at a crash are replayed at the next start.
+//! Settling is idempotent per hold (the settled marker), so a replay or a
+//! retry after a lost reply never charges twice.
+//!
+//! The journal is bounded: a reserve is refused (fail closed) when the
+//! live holds plus the settlements not yet in Redis reach
+//! [`RedisLedgerConfig::journal_max_entries`]. While Redis cannot be
+//! reached a reserve fails at once ([`LedgerError::Unavailable`]) instead
+//! of waiting for a timeout; the background tasks probe Redis and lift
+//! this as soon as it answers.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
-use std::sync::Mutex;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use gateway_core::{
-    Charge, Ledger, LedgerError, Money, Reservation, ReserveRequest, TenantId, Usage,
+    Charge, Ledger, LedgerError, Money, Reservation, ReserveRequest, SettleOutcome, TenantId, Usage,
 };
 use redis::{RedisError, Script, ScriptInvocation};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
+use super::journal::{FILE_NAME as JOURNAL_FILE, Journal};
 use super::{AccountLedger, TenantAccount};
 use crate::redis_shared::{
-    Background, Connection, Counter, Worker, incr_instance, lock, millis, retry,
+    Background, Connection, Counter, Worker, incr_instance, lock, millis, retryable,
 };
 
 /// How a [`RedisLedger`] connects and keeps its holds.
@@ -71,19 +92,26 @@ pub struct RedisLedgerConfig {
     /// Prefix of every key (default `gateway:`); ledgers with different
     /// prefixes share nothing.
     pub prefix: String,
-    /// How long a hold lives without being settled (default 10 minutes).
-    /// Longer than any request may run: a request still running past it
-    /// loses its hold, and its late settle is charged only what is left.
+    /// How long a hold lives without being renewed (default 60 s). Live
+    /// holds are renewed every third of it, so only the holds of a replica
+    /// that stopped (crashed, or cut off from Redis for longer than this)
+    /// expire.
     pub hold_ttl: Duration,
-    /// How long a settled marker lives (default 24 hours): a settle of the
-    /// same hold retried within it is a no-op.
+    /// How long a settled marker lives after its settle (default 1 hour):
+    /// a settle of the same hold replayed or retried within it is a no-op.
+    /// Keep it above the longest a replica may stay down with journal
+    /// entries whose done record was not written.
     pub settled_ttl: Duration,
-    /// Settlements waiting for Redis (default 8192); beyond it settlements
-    /// are dropped and their holds expire.
-    pub settle_queue: usize,
-    /// How long a settlement is retried while Redis is unreachable
-    /// (default 60 s).
-    pub settle_retry_for: Duration,
+    /// Where the settle journal is kept (`None`, the default: in memory
+    /// only, lost with the process). One directory per replica.
+    pub journal_dir: Option<PathBuf>,
+    /// The most holds plus settlements not yet in Redis (default 65536):
+    /// beyond it reserves are refused until Redis takes the backlog.
+    pub journal_max_entries: usize,
+    /// How long a shutdown flush waits for Redis to take the journal
+    /// (default 10 s); what is left stays in the journal file for the next
+    /// start.
+    pub flush_timeout: Duration,
     /// How often the cached account view is re-read from Redis (default
     /// 1 s); it also follows every reply of this ledger's own scripts.
     pub refresh_interval: Duration,
@@ -99,10 +127,11 @@ impl RedisLedgerConfig {
         RedisLedgerConfig {
             url: url.into(),
             prefix: "gateway:".into(),
-            hold_ttl: Duration::from_secs(600),
-            settled_ttl: Duration::from_secs(24 * 3600),
-            settle_queue: 8192,
-            settle_retry_for: Duration::from_secs(60),
+            hold_ttl: Duration::from_secs(60),
+            settled_ttl: Duration::from_secs(3600),
+            journal_dir: None,
+            journal_max_entries: 65_536,
+            flush_timeout: Duration::from_secs(10),
             refresh_interval: Duration::from_secs(1),
             connect_timeout: Duration::from_secs(2),
             response_timeout: Duration::from_secs(2),
@@ -122,26 +151,61 @@ impl RedisLedgerConfig {
         self.hold_ttl = ttl;
         self
     }
+
+    /// With another settled-marker TTL.
+    #[must_use]
+    pub fn settled_ttl(mut self, ttl: Duration) -> Self {
+        self.settled_ttl = ttl;
+        self
+    }
+
+    /// With a journal file in `dir`.
+    #[must_use]
+    pub fn journal_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.journal_dir = Some(dir.into());
+        self
+    }
+
+    /// With another journal bound.
+    #[must_use]
+    pub fn journal_max_entries(mut self, n: usize) -> Self {
+        self.journal_max_entries = n;
+        self
+    }
+
+    /// With another reply timeout.
+    #[must_use]
+    pub fn response_timeout(mut self, t: Duration) -> Self {
+        self.response_timeout = t;
+        self
+    }
 }
 
 /// Counters of a [`RedisLedger`]'s settlements since it started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RedisLedgerStats {
-    /// Settlements put on the queue.
+    /// Settlements handed to the ledger.
     pub settles_queued: u64,
     /// Settlements applied in Redis.
     pub settles_applied: u64,
     /// Settlements Redis had already seen (a no-op).
     pub settles_duplicate: u64,
-    /// Settlements dropped because the queue was full or closed: their
-    /// holds expire after the TTL, the requests are not charged.
-    pub settles_dropped: u64,
-    /// Settlements given up after errors: same effect as dropped.
-    pub settles_failed: u64,
-    /// Attempts retried after a connection error.
+    /// Settlements and releases waiting for Redis now (in the journal).
+    pub journal_pending: u64,
+    /// Entries found in the journal at start, replayed.
+    pub replayed: u64,
+    /// Journal writes that failed (their entries stay pending in memory).
+    pub journal_errors: u64,
+    /// Attempts retried after an error.
     pub settle_retries: u64,
     /// Holds released because their reserve failed or was abandoned.
     pub releases: u64,
+    /// Hold renewals applied (one per live hold per renewal).
+    pub holds_renewed: u64,
+    /// Reserves refused at once because Redis could not be reached.
+    pub refused_unavailable: u64,
+    /// Reserves refused because the journal was full.
+    pub refused_journal_full: u64,
 }
 
 /// A tenant's account in Redis with the Redis ledger's own counters.
@@ -296,6 +360,20 @@ purge(KEYS[1], KEYS[2], KEYS[3], now_ms())
 return state(KEYS[1])
 ";
 
+/// KEYS: account, holds, expiry. ARGV: hold TTL (ms), hold ids...
+/// Pushes the expiry of each hold still held forward; returns how many.
+const RENEW: &str = r"
+local at = now_ms() + tonumber(ARGV[1])
+local n = 0
+for i = 2, #ARGV do
+  if redis.call('HEXISTS', KEYS[2], ARGV[i]) == 1 then
+    redis.call('ZADD', KEYS[3], at, ARGV[i])
+    n = n + 1
+  end
+end
+return n
+";
+
 /// KEYS: account. ARGV: budget ('' for none). Returns the state.
 const OPEN: &str = r"
 if ARGV[1] == '' then
@@ -312,6 +390,7 @@ struct Scripts {
     reserve: Script,
     settle: Script,
     read: Script,
+    renew: Script,
     open: Script,
 }
 
@@ -324,6 +403,7 @@ impl Scripts {
             reserve: with(RESERVE),
             settle: with(SETTLE),
             read: with(READ),
+            renew: with(RENEW),
             open: with(OPEN),
         }
     }
@@ -417,14 +497,17 @@ struct Counters {
     queued: Counter,
     applied: Counter,
     duplicate: Counter,
-    dropped: Counter,
-    failed: Counter,
+    replayed: Counter,
+    journal_errors: Counter,
     retries: Counter,
     releases: Counter,
+    renewed: Counter,
+    refused_unavailable: Counter,
+    refused_full: Counter,
 }
 
-/// What the background task runs.
-#[derive(Debug)]
+/// What the settle task runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Op {
     /// Release the hold and charge.
     Settle {
@@ -437,17 +520,124 @@ enum Op {
     Release { tenant: TenantId, hold: String },
 }
 
+fn hex(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex(s: &str) -> Option<String> {
+    if s.len() % 2 != 0 {
+        return None;
+    }
+    let bytes: Option<Vec<u8>> = (0..s.len())
+        .step_by(2)
+        .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect();
+    String::from_utf8(bytes?).ok()
+}
+
+impl Op {
+    /// The journal payload: `s|r <tenant hex> <hold hex>`, then for a
+    /// settle the cost (picodollars), the six token counts and `s`/`a`
+    /// (settled or abandoned).
+    fn encode(&self) -> String {
+        match self {
+            Op::Release { tenant, hold } => {
+                format!("r {} {}", hex(tenant.as_str()), hex(hold))
+            }
+            Op::Settle {
+                tenant,
+                hold,
+                charge,
+            } => {
+                let u = charge.usage;
+                let outcome = match charge.outcome {
+                    SettleOutcome::Settled => "s",
+                    SettleOutcome::Abandoned => "a",
+                };
+                format!(
+                    "s {} {} {} {} {} {} {} {} {} {outcome}",
+                    hex(tenant.as_str()),
+                    hex(hold),
+                    charge.cost.picos(),
+                    u.prompt(),
+                    u.cached(),
+                    u.completion(),
+                    u.drafted(),
+                    u.accepted(),
+                    u.canceled(),
+                )
+            }
+        }
+    }
+
+    /// The op of a journal payload; `None` when it is not one.
+    fn decode(payload: &str) -> Option<Op> {
+        let parts: Vec<&str> = payload.split(' ').collect();
+        let tenant = TenantId::new(unhex(parts.get(1)?)?);
+        let hold = unhex(parts.get(2)?)?;
+        match (parts.first().copied()?, parts.len()) {
+            ("r", 3) => Some(Op::Release { tenant, hold }),
+            ("s", 11) => {
+                let n = |i: usize| parts.get(i).and_then(|p| p.parse::<u64>().ok());
+                let outcome = match parts.get(10).copied()? {
+                    "s" => SettleOutcome::Settled,
+                    "a" => SettleOutcome::Abandoned,
+                    _ => return None,
+                };
+                Some(Op::Settle {
+                    tenant,
+                    hold,
+                    charge: Charge {
+                        cost: Money::from_picos(n(3)?),
+                        usage: Usage::clamped(n(4)?, n(5)?, n(6)?, n(7)?, n(8)?, n(9)?),
+                        outcome,
+                    },
+                })
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A message to the settle task.
+#[derive(Debug)]
+enum Msg {
+    Op(Op),
+    /// Answer once every op handed over before it is applied.
+    Flush(oneshot::Sender<()>),
+}
+
+/// What the settle task starts with: its queue, the journal and the entries
+/// replayed from it.
+struct SettleStart {
+    rx: mpsc::Receiver<Msg>,
+    journal: Journal,
+    replayed: Vec<(u64, Op)>,
+}
+
 /// What the background tasks share with the ledger.
 struct Core {
     config: RedisLedgerConfig,
     conn: Connection,
     instance: u64,
+    /// 128 random bits, hex: the last part of this ledger's hold ids.
+    nonce: String,
     scripts: Scripts,
     /// A synchronous connection for [`RedisLedger::open_blocking`].
     blocking: Mutex<Option<redis::Connection>>,
     cache: Mutex<HashMap<TenantId, Cached>>,
     budgets: Mutex<HashMap<TenantId, Option<Money>>>,
     counters: Counters,
+    /// Live holds by ticket: renewed until settled.
+    live: Mutex<HashMap<u64, (TenantId, String)>>,
+    /// Settlements and releases handed over and not applied in Redis yet.
+    pending: AtomicUsize,
+    /// Reserves running now.
+    reserving: AtomicUsize,
+    /// Redis did not answer the last attempt: reserves fail at once.
+    down: AtomicBool,
+    /// When live holds were last renewed.
+    last_renew: Mutex<Option<Instant>>,
 }
 
 impl fmt::Debug for Core {
@@ -463,9 +653,46 @@ fn unavailable(e: &RedisError) -> LedgerError {
     LedgerError::Unavailable(format!("redis: {e}"))
 }
 
+/// Whether the error says Redis cannot be reached now (not that the
+/// operation is wrong).
+fn unreachable(e: &RedisError) -> bool {
+    retryable(e) || e.is_timeout() || e.is_io_error() || e.is_connection_dropped()
+}
+
+/// 128 bits from the OS, hex.
+fn nonce() -> Result<String, LedgerError> {
+    let mut bytes = [0u8; 16];
+    getrandom::fill(&mut bytes)
+        .map_err(|e| LedgerError::Unavailable(format!("no OS randomness: {e}")))?;
+    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// The settle queue's room: twice the journal bound, at least 1024.
+fn config_room(config: &RedisLedgerConfig) -> usize {
+    config.journal_max_entries.saturating_mul(2).max(1024)
+}
+
+/// The most settle scripts in flight at once.
+const IN_FLIGHT: usize = 256;
+/// The most hold ids in one renew call.
+const RENEW_CHUNK: usize = 512;
+
 impl Core {
     fn keys(&self, tenant: &TenantId) -> Keys {
         Keys::new(&self.config.prefix, tenant)
+    }
+
+    fn hold_id(&self, ticket: u64) -> String {
+        format!("{}.{ticket}.{}", self.instance, self.nonce)
+    }
+
+    /// Records whether Redis answered.
+    fn note<T>(&self, result: &Result<T, RedisError>) {
+        match result {
+            Ok(_) => self.down.store(false, Ordering::Relaxed),
+            Err(e) if unreachable(e) => self.down.store(true, Ordering::Relaxed),
+            Err(_) => {}
+        }
     }
 
     /// Keeps the newer of the cached and the given state. A periodic read
@@ -495,7 +722,7 @@ impl Core {
 
     async fn read(&self, tenant: &TenantId) -> Result<State, RedisError> {
         let keys = self.keys(tenant);
-        let values: Vec<Option<String>> = self
+        let result: Result<Vec<Option<String>>, RedisError> = self
             .conn
             .invoke(
                 self.scripts
@@ -504,8 +731,9 @@ impl Core {
                     .key(&keys.holds)
                     .key(&keys.expiry),
             )
-            .await?;
-        let state = State::parse(&values);
+            .await;
+        self.note(&result);
+        let state = State::parse(&result?);
         self.remember(tenant, state, true);
         Ok(state)
     }
@@ -522,7 +750,7 @@ impl Core {
         };
         let keys = self.keys(tenant);
         let usage = charge.map_or(Usage::ZERO, |c| c.usage);
-        let (applied, values): (i64, Vec<Option<String>>) = self
+        let result: Result<(i64, Vec<Option<String>>), RedisError> = self
             .conn
             .invoke(
                 keys.hold_call(&self.scripts.settle, hold)
@@ -540,64 +768,256 @@ impl Core {
                         "release"
                     }),
             )
-            .await?;
+            .await;
+        self.note(&result);
+        let (applied, values) = result?;
         self.remember(tenant, State::parse(&values), false);
         Ok(applied == 1)
     }
 
-    /// Runs a settle or release until it is applied, retrying with backoff
-    /// (20 ms doubling to 2 s) while Redis cannot be reached, for up to
-    /// [`RedisLedgerConfig::settle_retry_for`].
-    async fn apply(&self, op: Op) {
-        let result = retry(
-            self.config.settle_retry_for,
-            Duration::from_secs(2),
-            || self.settle_once(&op),
-            |e| {
-                self.counters.retries.bump();
-                tracing::debug!(error = %e, "redis ledger: settle failed, retrying");
-            },
-        )
+    /// Counts what an applied (or already applied) op did.
+    fn count(&self, op: &Op, applied: bool) {
+        match (op, applied) {
+            (Op::Release { .. }, true) => self.counters.releases.bump(),
+            (Op::Settle { .. }, true) => self.counters.applied.bump(),
+            (_, false) => self.counters.duplicate.bump(),
+        }
+    }
+
+    /// How often the refresher runs: the refresh interval, or a third of
+    /// the hold TTL when that is shorter (renewal must keep up).
+    fn tick(&self) -> Duration {
+        self.config
+            .refresh_interval
+            .min(self.config.hold_ttl / 3)
+            .max(Duration::from_millis(10))
+    }
+
+    /// Pushes the expiry of every live hold forward, one script call per
+    /// tenant and chunk, all in flight at once.
+    async fn renew(&self) -> Result<(), RedisError> {
+        let mut by_tenant: HashMap<TenantId, Vec<String>> = HashMap::new();
+        for (tenant, hold) in lock(&self.live).values() {
+            by_tenant
+                .entry(tenant.clone())
+                .or_default()
+                .push(hold.clone());
+        }
+        let ttl = millis(self.config.hold_ttl);
+        let mut calls = Vec::new();
+        for (tenant, holds) in &by_tenant {
+            let keys = self.keys(tenant);
+            for chunk in holds.chunks(RENEW_CHUNK) {
+                let mut call = self.scripts.renew.key(&keys.account);
+                call.key(&keys.holds).key(&keys.expiry).arg(ttl);
+                for hold in chunk {
+                    call.arg(hold);
+                }
+                calls.push(async move { self.conn.invoke::<u64>(&call).await });
+            }
+        }
+        for result in futures::future::join_all(calls).await {
+            self.note(&result);
+            self.counters.renewed.add(result?);
+        }
+        Ok(())
+    }
+
+    /// Waits until the op queue answers a flush.
+    async fn probe(&self) -> Result<(), RedisError> {
+        let result: Result<String, RedisError> = async {
+            let mut conn = self.conn.manager().await?;
+            redis::cmd("PING").query_async(&mut conn).await
+        }
         .await;
-        match result {
-            Ok(true) => {
-                if matches!(op, Op::Release { .. }) {
-                    self.counters.releases.bump();
-                } else {
-                    self.counters.applied.bump();
+        self.note(&result);
+        result.map(|_| ())
+    }
+}
+
+/// The settle task: appends what it is handed to the journal (one fsync per
+/// batch), runs up to [`IN_FLIGHT`] settle scripts at once, retries those
+/// that fail after a backoff (20 ms doubling to 1 s) and never gives one
+/// up, records the applied ones as done, and answers flushes. It ends when
+/// the ledger is gone and everything is applied, or, with a journal file,
+/// as soon as the ledger is gone (the file keeps the rest).
+async fn settle_loop(core: Arc<Core>, start: SettleStart, stop: CancellationToken) {
+    let SettleStart {
+        mut rx,
+        journal,
+        replayed,
+    } = start;
+    let mut journal = Some(journal);
+    let durable = journal.as_ref().is_some_and(Journal::durable);
+    let mut ready: VecDeque<(u64, Op)> = replayed.into();
+    let mut unapplied: BTreeSet<u64> = ready.iter().map(|(s, _)| *s).collect();
+    let mut last_seq = unapplied.last().copied().unwrap_or(0);
+    let mut flushes: Vec<(u64, oneshot::Sender<()>)> = Vec::new();
+    let mut in_flight = FuturesUnordered::new();
+    let mut done: Vec<u64> = Vec::new();
+    let mut backoff = Duration::from_millis(20);
+    let mut resume = Instant::now();
+    let mut buf = Vec::new();
+    let mut open = true;
+    let mut stopped_at: Option<Instant> = None;
+    loop {
+        while in_flight.len() < IN_FLIGHT && Instant::now() >= resume {
+            let Some((seq, op)) = ready.pop_front() else {
+                break;
+            };
+            let core = core.clone();
+            in_flight.push(async move {
+                let result = core.settle_once(&op).await;
+                (seq, op, result)
+            });
+        }
+        if !done.is_empty() {
+            let seqs = std::mem::take(&mut done);
+            (journal, _) = run_journal(journal, &core, move |j| ((), j.done(&seqs))).await;
+        }
+        let first = unapplied.first().copied();
+        let (answered, waiting): (Vec<_>, Vec<_>) = flushes
+            .drain(..)
+            .partition(|(upto, _)| first.is_none_or(|f| f > *upto));
+        flushes = waiting;
+        for (_, tx) in answered {
+            let _ = tx.send(());
+        }
+        if journal.is_none() || (!open && ready.is_empty() && in_flight.is_empty()) {
+            return;
+        }
+        if stopped_at.is_some_and(|at| durable || at.elapsed() > core.config.flush_timeout) {
+            if !unapplied.is_empty() {
+                tracing::warn!(
+                    left = unapplied.len(),
+                    durable,
+                    "redis ledger: stopped with settlements not in redis"
+                );
+            }
+            return;
+        }
+        tokio::select! {
+            n = rx.recv_many(&mut buf, 1024), if open => {
+                if n == 0 {
+                    open = false;
+                    continue;
+                }
+                let mut ops = Vec::with_capacity(n);
+                let mut waiting = Vec::new();
+                for msg in buf.drain(..) {
+                    match msg {
+                        Msg::Op(op) => ops.push(op),
+                        Msg::Flush(tx) => waiting.push(tx),
+                    }
+                }
+                let payloads: Vec<String> = ops.iter().map(Op::encode).collect();
+                let seqs;
+                (journal, seqs) = run_journal(journal, &core, |j| j.append(payloads)).await;
+                for (seq, op) in seqs.unwrap_or_default().into_iter().zip(ops) {
+                    unapplied.insert(seq);
+                    last_seq = last_seq.max(seq);
+                    ready.push_back((seq, op));
+                }
+                flushes.extend(waiting.into_iter().map(|tx| (last_seq, tx)));
+            }
+            Some((seq, op, result)) = in_flight.next(), if !in_flight.is_empty() => {
+                match result {
+                    Ok(applied) => {
+                        core.count(&op, applied);
+                        core.pending.fetch_sub(1, Ordering::Relaxed);
+                        unapplied.remove(&seq);
+                        done.push(seq);
+                        backoff = Duration::from_millis(20);
+                    }
+                    Err(e) => {
+                        core.counters.retries.bump();
+                        tracing::debug!(error = %e, "redis ledger: settle failed, retrying");
+                        ready.push_front((seq, op));
+                        resume = Instant::now() + backoff;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                    }
                 }
             }
-            Ok(false) => self.counters.duplicate.bump(),
-            Err(e) => {
-                self.counters.failed.bump();
-                tracing::error!(
-                    error = %e,
-                    op = ?op,
-                    "redis ledger: settlement given up; its hold expires after the TTL"
-                );
+            () = tokio::time::sleep_until(resume), if !ready.is_empty() && in_flight.len() < IN_FLIGHT => {}
+            () = stop.cancelled(), if stopped_at.is_none() => {
+                stopped_at = Some(Instant::now());
             }
         }
     }
 }
 
-/// The background tasks: the queue's runs settlements, up to 64 at once;
-/// the refresher re-reads the accounts this ledger knows every
-/// [`RedisLedgerConfig::refresh_interval`], releasing expired holds on the
-/// way. The refresher's first pass, right away, also makes the multiplexed
+/// Runs `f` on the journal (on the blocking pool when it is a file) and
+/// counts and logs its I/O error; the journal comes back `None` when the
+/// blocking task did not come back (the runtime is shutting down).
+async fn run_journal<F, R>(
+    journal: Option<Journal>,
+    core: &Core,
+    f: F,
+) -> (Option<Journal>, Option<R>)
+where
+    F: FnOnce(&mut Journal) -> (R, std::io::Result<()>) + Send + 'static,
+    R: Send + 'static,
+{
+    let Some(mut journal) = journal else {
+        return (None, None);
+    };
+    let (out, result) = if journal.durable() {
+        let joined = tokio::task::spawn_blocking(move || {
+            let out = f(&mut journal);
+            (journal, out)
+        })
+        .await;
+        match joined {
+            Ok((j, out)) => {
+                journal = j;
+                out
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "redis ledger: the journal task was lost");
+                return (None, None);
+            }
+        }
+    } else {
+        f(&mut journal)
+    };
+    if let Err(e) = result {
+        core.counters.journal_errors.bump();
+        tracing::error!(error = %e, "redis ledger: journal write failed; entries kept in memory");
+    }
+    (Some(journal), Some(out))
+}
+
+/// The refresher: every [`Core::tick`], a probe while Redis is down, the
+/// renewal of live holds when a third of the hold TTL has passed, and a
+/// re-read of the accounts this ledger knows (releasing expired holds on
+/// the way). Its first pass, right away, also makes the multiplexed
 /// connection, so the first requests do not wait for it.
 impl Worker for Core {
-    type Op = Op;
+    type Op = std::convert::Infallible;
     const REFRESH_AT_START: bool = true;
 
-    fn run(&self, op: Op) -> impl Future<Output = ()> + Send {
-        self.apply(op)
+    async fn run(&self, op: Self::Op) {
+        match op {}
     }
 
     fn refresh_every(&self) -> Duration {
-        self.config.refresh_interval
+        self.tick()
     }
 
     async fn refresh(&self) {
+        if self.down.load(Ordering::Relaxed) && self.probe().await.is_err() {
+            return;
+        }
+        let due = lock(&self.last_renew).is_none_or(|at| at.elapsed() >= self.config.hold_ttl / 3);
+        if due {
+            match self.renew().await {
+                Ok(()) => *lock(&self.last_renew) = Some(Instant::now()),
+                Err(e) => {
+                    tracing::warn!(error = %e, "redis ledger: renewing holds failed");
+                    return;
+                }
+            }
+        }
         let tenants: Vec<TenantId> = lock(&self.cache).keys().cloned().collect();
         for tenant in tenants {
             if let Err(e) = self.read(&tenant).await {
@@ -611,8 +1031,8 @@ impl Worker for Core {
 /// Budgets in Redis, shared by every replica that uses the same Redis and
 /// key prefix: reserve and settle are atomic Lua scripts, so concurrent
 /// requests on any number of replicas can never together overspend a
-/// budget. Keys, scripts and expiry: `docs/operations.md`, "The Redis
-/// ledger".
+/// budget. Keys, scripts, renewal and the journal: `docs/operations.md`,
+/// "The Redis ledger".
 ///
 /// [`AccountLedger::account`] (the admin view) answers from a cache that
 /// follows this ledger's own replies and is re-read every
@@ -622,9 +1042,20 @@ impl Worker for Core {
 /// Needs a Tokio runtime for its background tasks; they start when the
 /// ledger is made inside one, or on its first reserve.
 pub struct RedisLedger {
-    /// The core, the settlement queue and the background tasks (stopped
-    /// when the ledger is dropped).
+    /// The core and the refresher (stopped when the ledger is dropped).
     background: Background<Core>,
+    /// The settle task's queue.
+    tx: mpsc::Sender<Msg>,
+    /// What the settle task starts with, until it starts.
+    settle_start: Mutex<Option<SettleStart>>,
+    /// Stops the settle task when the ledger is dropped.
+    stop: CancellationToken,
+}
+
+impl Drop for RedisLedger {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
 }
 
 impl fmt::Debug for RedisLedger {
@@ -639,11 +1070,12 @@ impl fmt::Debug for RedisLedger {
 
 impl RedisLedger {
     /// Connects to Redis (a multiplexed connection that reconnects by
-    /// itself) and starts the background tasks.
+    /// itself), opens the journal and starts the background tasks; entries
+    /// left in the journal by an earlier run are replayed.
     ///
     /// # Errors
-    /// [`LedgerError::Unavailable`] if the URL is invalid or Redis cannot
-    /// be reached.
+    /// [`LedgerError::Unavailable`] if the URL is invalid, Redis cannot be
+    /// reached, or the journal cannot be opened.
     pub async fn connect(config: RedisLedgerConfig) -> Result<RedisLedger, LedgerError> {
         let conn = RedisLedger::connection(&config)?;
         let mut manager = conn.manager().await.map_err(|e| unavailable(&e))?;
@@ -651,7 +1083,7 @@ impl RedisLedger {
             .query_async(&mut manager)
             .await
             .map_err(|e| unavailable(&e))?;
-        let ledger = RedisLedger::from_core(config, conn, instance, None);
+        let ledger = RedisLedger::from_core(config, conn, instance, None)?;
         ledger.ensure_started();
         Ok(ledger)
     }
@@ -663,15 +1095,15 @@ impl RedisLedger {
     /// else on the first reserve.
     ///
     /// # Errors
-    /// [`LedgerError::Unavailable`] if the URL is invalid or Redis cannot
-    /// be reached.
+    /// [`LedgerError::Unavailable`] if the URL is invalid, Redis cannot be
+    /// reached, or the journal cannot be opened.
     pub fn connect_blocking(config: RedisLedgerConfig) -> Result<RedisLedger, LedgerError> {
         let conn = RedisLedger::connection(&config)?;
         let mut blocking = conn.blocking().map_err(|e| unavailable(&e))?;
         let instance: u64 = incr_instance(&config.prefix)
             .query(&mut blocking)
             .map_err(|e| unavailable(&e))?;
-        let ledger = RedisLedger::from_core(config, conn, instance, Some(blocking));
+        let ledger = RedisLedger::from_core(config, conn, instance, Some(blocking))?;
         ledger.ensure_started();
         Ok(ledger)
     }
@@ -687,21 +1119,74 @@ impl RedisLedger {
         conn: Connection,
         instance: u64,
         blocking: Option<redis::Connection>,
-    ) -> RedisLedger {
-        let queue = config.settle_queue;
+    ) -> Result<RedisLedger, LedgerError> {
+        let (journal, replayed) = match &config.journal_dir {
+            None => (Journal::in_memory(), Vec::new()),
+            Some(dir) => {
+                let (journal, old, skipped) = Journal::open(dir).map_err(|e| {
+                    LedgerError::Unavailable(format!(
+                        "journal {}: {e}",
+                        dir.join(JOURNAL_FILE).display()
+                    ))
+                })?;
+                if skipped > 0 {
+                    tracing::warn!(
+                        skipped,
+                        dir = %dir.display(),
+                        "redis ledger: journal lines torn or corrupt, skipped"
+                    );
+                }
+                let mut replayed = Vec::with_capacity(old.len());
+                for (seq, payload) in old {
+                    match Op::decode(&payload) {
+                        Some(op) => replayed.push((seq, op)),
+                        None => tracing::error!(
+                            seq,
+                            payload,
+                            "redis ledger: journal entry not understood, skipped"
+                        ),
+                    }
+                }
+                (journal, replayed)
+            }
+        };
         let core = Core {
             config,
             conn,
             instance,
+            nonce: nonce()?,
             scripts: Scripts::new(),
             blocking: Mutex::new(blocking),
             cache: Mutex::new(HashMap::new()),
             budgets: Mutex::new(HashMap::new()),
             counters: Counters::default(),
+            live: Mutex::new(HashMap::new()),
+            pending: AtomicUsize::new(replayed.len()),
+            reserving: AtomicUsize::new(0),
+            down: AtomicBool::new(false),
+            last_renew: Mutex::new(None),
         };
-        RedisLedger {
-            background: Background::new(core, queue),
+        core.counters.replayed.add(replayed.len() as u64);
+        if !replayed.is_empty() {
+            tracing::info!(
+                entries = replayed.len(),
+                "redis ledger: replaying settlements from the journal"
+            );
         }
+        // Room for every op the journal bound admits, twice over: a send
+        // is never refused for room (see `enqueue`).
+        let room = config_room(&core.config);
+        let (tx, rx) = mpsc::channel(room);
+        Ok(RedisLedger {
+            background: Background::new(core, 1),
+            tx,
+            settle_start: Mutex::new(Some(SettleStart {
+                rx,
+                journal,
+                replayed,
+            })),
+            stop: CancellationToken::new(),
+        })
     }
 
     fn core(&self) -> &Core {
@@ -712,6 +1197,20 @@ impl RedisLedger {
     /// runtime is current.
     fn ensure_started(&self) {
         self.background.ensure_started();
+        let mut slot = lock(&self.settle_start);
+        if slot.is_none() {
+            return;
+        }
+        let Ok(handle) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if let Some(start) = slot.take() {
+            handle.spawn(settle_loop(
+                self.background.core.clone(),
+                start,
+                self.stop.clone(),
+            ));
+        }
     }
 
     /// The configuration.
@@ -794,42 +1293,91 @@ impl RedisLedger {
             .map_err(|e| unavailable(&e))
     }
 
-    /// Waits until every settlement queued before this call was applied in
-    /// Redis (or given up).
+    /// Waits until every settlement handed over before this call is
+    /// applied in Redis (however long Redis takes to come back).
     pub async fn flush(&self) {
-        self.background.flush().await;
+        self.ensure_started();
+        let (done, wait) = oneshot::channel();
+        if self.tx.send(Msg::Flush(done)).await.is_ok() {
+            let _ = wait.await;
+        }
     }
 
     /// Settlement counters since this ledger started.
     pub fn stats(&self) -> RedisLedgerStats {
-        let c = &self.core().counters;
+        let core = self.core();
+        let c = &core.counters;
         RedisLedgerStats {
             settles_queued: c.queued.get(),
             settles_applied: c.applied.get(),
             settles_duplicate: c.duplicate.get(),
-            settles_dropped: c.dropped.get(),
-            settles_failed: c.failed.get(),
+            journal_pending: core.pending.load(Ordering::Relaxed) as u64,
+            replayed: c.replayed.get(),
+            journal_errors: c.journal_errors.get(),
             settle_retries: c.retries.get(),
             releases: c.releases.get(),
+            holds_renewed: c.renewed.get(),
+            refused_unavailable: c.refused_unavailable.get(),
+            refused_journal_full: c.refused_full.get(),
         }
     }
 
-    fn hold_id(&self, ticket: u64, request: &str) -> String {
-        format!("{}.{ticket}.{request}", self.core().instance)
-    }
-
-    fn enqueue(&self, op: Op) -> bool {
-        match self.background.sender().try_send(op) {
-            Ok(()) => true,
-            Err(why) => {
-                self.core().counters.dropped.bump();
-                tracing::warn!(
-                    reason = why,
-                    "redis ledger: settlement dropped; its hold expires after the TTL"
-                );
-                false
+    /// Hands `op` to the settle task. It is not refused: the journal bound
+    /// is enforced when holds are made.
+    fn enqueue(&self, op: Op) {
+        let core = self.core();
+        core.pending.fetch_add(1, Ordering::Relaxed);
+        self.ensure_started();
+        match self.tx.try_send(Msg::Op(op)) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(msg)) => {
+                // Beyond what admission allows (settles of forged or
+                // repeated reservations): wait for room rather than drop.
+                tracing::warn!("redis ledger: settle queue full, waiting for room");
+                let tx = self.tx.clone();
+                if let Ok(handle) = tokio::runtime::Handle::try_current() {
+                    handle.spawn(async move {
+                        let _ = tx.send(msg).await;
+                    });
+                } else {
+                    core.pending.fetch_sub(1, Ordering::Relaxed);
+                    tracing::error!(msg = ?msg, "redis ledger: settlement lost, no runtime");
+                }
+            }
+            Err(mpsc::error::TrySendError::Closed(msg)) => {
+                // Only when the runtime is gone: nothing can reach Redis now.
+                core.pending.fetch_sub(1, Ordering::Relaxed);
+                tracing::error!(msg = ?msg, "redis ledger: settlement lost, the runtime is gone");
             }
         }
+    }
+
+    /// Counts a reserve in, refusing it when the live holds plus the
+    /// settlements not yet in Redis fill the journal bound.
+    fn admit(&self) -> Result<Reserving<'_>, LedgerError> {
+        let core = self.core();
+        let running = core.reserving.fetch_add(1, Ordering::AcqRel);
+        let slot = Reserving(&core.reserving);
+        let live = lock(&core.live).len();
+        let pending = core.pending.load(Ordering::Acquire);
+        if running + live + pending >= core.config.journal_max_entries {
+            core.counters.refused_full.bump();
+            return Err(LedgerError::Unavailable(format!(
+                "journal full: {live} holds and {pending} settlements wait for redis \
+                 (journal_max_entries = {})",
+                core.config.journal_max_entries
+            )));
+        }
+        Ok(slot)
+    }
+}
+
+/// A reserve counted in [`Core::reserving`] until dropped.
+struct Reserving<'a>(&'a AtomicUsize);
+
+impl Drop for Reserving<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
@@ -856,8 +1404,15 @@ impl Ledger for RedisLedger {
     async fn reserve(&self, request: &ReserveRequest) -> Result<Reservation, LedgerError> {
         self.ensure_started();
         let core = self.core();
+        if core.down.load(Ordering::Relaxed) {
+            core.counters.refused_unavailable.bump();
+            return Err(LedgerError::Unavailable(
+                "redis: unreachable (probing in the background)".into(),
+            ));
+        }
+        let _slot = self.admit()?;
         let ticket = self.background.next_ticket();
-        let hold = self.hold_id(ticket, request.request_id.as_str());
+        let hold = core.hold_id(ticket);
         let tenant = &request.tenant;
         let keys = core.keys(tenant);
         // Until the script answers, a drop or an error releases the hold
@@ -867,7 +1422,7 @@ impl Ledger for RedisLedger {
             tenant,
             hold: Some(hold.clone()),
         };
-        let (code, available, values): (i64, String, Vec<Option<String>>) = core
+        let result: Result<(i64, String, Vec<Option<String>>), RedisError> = core
             .conn
             .invoke(
                 keys.hold_call(&core.scripts.reserve, &hold)
@@ -875,12 +1430,14 @@ impl Ledger for RedisLedger {
                     .arg(millis(core.config.hold_ttl))
                     .arg(core.budget_arg(tenant)),
             )
-            .await
-            .map_err(|e| unavailable(&e))?;
+            .await;
+        core.note(&result);
+        let (code, available, values) = result.map_err(|e| unavailable(&e))?;
         core.remember(tenant, State::parse(&values), false);
         match code {
             1 => {
                 release.hold = None;
+                lock(&core.live).insert(ticket, (tenant.clone(), hold));
                 Ok(Reservation::new(
                     tenant.clone(),
                     request.request_id.clone(),
@@ -903,21 +1460,36 @@ impl Ledger for RedisLedger {
     }
 
     fn settle(&self, reservation: Reservation, charge: Charge) {
-        let hold = self.hold_id(reservation.ticket(), reservation.request_id().as_str());
-        if self.enqueue(Op::Settle {
+        let core = self.core();
+        let ticket = reservation.ticket();
+        let hold = lock(&core.live)
+            .remove(&ticket)
+            .map_or_else(|| core.hold_id(ticket), |(_, hold)| hold);
+        core.counters.queued.bump();
+        self.enqueue(Op::Settle {
             tenant: reservation.tenant().clone(),
             hold,
             charge,
-        }) {
-            self.core().counters.queued.bump();
-        }
+        });
     }
 }
 
 #[async_trait::async_trait]
 impl AccountLedger for RedisLedger {
+    /// Waits for Redis to take every settlement, up to
+    /// [`RedisLedgerConfig::flush_timeout`]; what is left stays in the
+    /// journal (replayed at the next start when it is a file).
     async fn flush(&self) {
-        RedisLedger::flush(self).await;
+        let limit = self.config().flush_timeout;
+        if tokio::time::timeout(limit, RedisLedger::flush(self))
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                pending = self.core().pending.load(Ordering::Relaxed),
+                "redis ledger: redis did not take every settlement before the flush timeout"
+            );
+        }
     }
 
     fn account(&self, tenant: &TenantId) -> Option<TenantAccount> {
@@ -979,6 +1551,33 @@ mod tests {
         assert_eq!(s.account.account.usage.accepted(), 2);
         assert_eq!(s.account.late_settles, 1);
         assert_eq!(FIELDS.len(), values.len());
+    }
+
+    #[test]
+    fn journal_payloads_round_trip_exactly() {
+        let ops = [
+            Op::Settle {
+                tenant: TenantId::new("a b\nc"),
+                hold: "3.7.00ff".into(),
+                charge: Charge {
+                    cost: Money::from_picos(u64::MAX),
+                    usage: Usage::clamped(10, 4, 6, 5, 3, 2),
+                    outcome: SettleOutcome::Abandoned,
+                },
+            },
+            Op::Release {
+                tenant: TenantId::new("t"),
+                hold: "1.1.ab".into(),
+            },
+        ];
+        for op in ops {
+            let payload = op.encode();
+            assert!(!payload.contains('\n'), "{payload}");
+            assert_eq!(Op::decode(&payload), Some(op));
+        }
+        assert_eq!(Op::decode("s 74 31"), None);
+        assert_eq!(Op::decode("x 74 31"), None);
+        assert_eq!(Op::decode("r 7 31"), None);
     }
 
     #[test]

@@ -926,8 +926,13 @@ pub(super) fn limit_error(e: AdmitError) -> GatewayError {
     }
 }
 
-/// The client's error for a refused reservation: 429 `budget_exceeded`, or
-/// 500 when the ledger fails.
+/// When a client refused because the ledger is unavailable may retry.
+const LEDGER_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The client's error for a refused reservation: 429 `budget_exceeded`;
+/// 503 `ledger_unavailable` with `Retry-After` when the ledger's store
+/// cannot be reached (or its journal is full): admission fails closed; 500
+/// for anything else.
 pub(super) fn ledger_error(e: LedgerError) -> GatewayError {
     match e {
         LedgerError::BudgetExceeded {
@@ -936,6 +941,10 @@ pub(super) fn ledger_error(e: LedgerError) -> GatewayError {
             ErrorCode::BudgetExceeded,
             format!("budget exceeded: this request may cost {needed}, {available} is left"),
         ),
+        e @ LedgerError::Unavailable(_) => {
+            GatewayError::new(ErrorCode::LedgerUnavailable, format!("ledger: {e}"))
+                .with_retry_after(LEDGER_RETRY_AFTER)
+        }
         other => GatewayError::new(ErrorCode::Internal, format!("ledger: {other}")),
     }
 }

@@ -1,12 +1,15 @@
 //! A handle's bounded queue of background operations, the task that runs
 //! them, and the periodic refresher.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
@@ -134,25 +137,49 @@ impl<W: Worker> Background<W> {
     }
 }
 
-/// The task that runs the queued operations, up to 64 at once, and answers
-/// a flush once the operations before it are done.
+/// The most operations a queue's task runs at once.
+const IN_FLIGHT: usize = 64;
+
+/// The task that runs the queued operations, up to [`IN_FLIGHT`] at once,
+/// each starting as soon as a slot frees (no batch waits for its slowest
+/// operation), and answers a flush once the operations queued before it
+/// are done.
 async fn drain<W: Worker>(core: Arc<W>, mut rx: mpsc::Receiver<Msg<W::Op>>) {
-    let mut batch = Vec::with_capacity(64);
+    let mut in_flight = FuturesUnordered::new();
+    let mut started = 0u64;
+    let mut running: BTreeSet<u64> = BTreeSet::new();
+    let mut flushes: Vec<(u64, oneshot::Sender<()>)> = Vec::new();
+    let mut open = true;
     loop {
-        if rx.recv_many(&mut batch, 64).await == 0 {
+        let first = running.first().copied();
+        let (answered, waiting): (Vec<_>, Vec<_>) = flushes
+            .drain(..)
+            .partition(|(upto, _)| first.is_none_or(|f| f > *upto));
+        flushes = waiting;
+        for (_, done) in answered {
+            let _ = done.send(());
+        }
+        if !open && in_flight.is_empty() {
             return;
         }
-        let mut flushes = Vec::new();
-        let mut work = Vec::with_capacity(batch.len());
-        for msg in batch.drain(..) {
-            match msg {
-                Msg::Flush(done) => flushes.push(done),
-                Msg::Op(op) => work.push(core.run(op)),
+        tokio::select! {
+            msg = rx.recv(), if open && in_flight.len() < IN_FLIGHT => match msg {
+                None => open = false,
+                Some(Msg::Flush(done)) => flushes.push((started, done)),
+                Some(Msg::Op(op)) => {
+                    started += 1;
+                    let seq = started;
+                    running.insert(seq);
+                    let core = core.clone();
+                    in_flight.push(async move {
+                        core.run(op).await;
+                        seq
+                    });
+                }
+            },
+            Some(seq) = in_flight.next(), if !in_flight.is_empty() => {
+                running.remove(&seq);
             }
-        }
-        futures::future::join_all(work).await;
-        for done in flushes {
-            let _ = done.send(());
         }
     }
 }
@@ -224,6 +251,22 @@ mod tests {
         sender.try_send(5).unwrap();
         tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(*lock(&core.ran), vec![10, 20, 30, 5]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_operation_holds_up_no_other() {
+        let bg = Background::new(Record::default(), 8);
+        bg.ensure_started();
+        bg.sender().try_send(5000).unwrap();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        for op in [10, 20] {
+            bg.sender().try_send(op).unwrap();
+        }
+        // Queued after the slow one, done long before it.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(*lock(&bg.core.ran), vec![10, 20]);
+        bg.flush().await;
+        assert_eq!(*lock(&bg.core.ran), vec![10, 20, 5000]);
     }
 
     #[test]
