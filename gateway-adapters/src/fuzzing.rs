@@ -150,3 +150,80 @@ pub fn retry_after(value: &[u8]) -> Option<std::time::Duration> {
     headers.insert(header::RETRY_AFTER, value);
     crate::engines::upstream::retry_after(&headers)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use gateway_core::{FinishReason, TokenEvent};
+
+    fn summary(read: &Read) -> Vec<String> {
+        read.events
+            .iter()
+            .map(|item| match item {
+                Ok(TokenEvent::Started(_)) => "started".to_owned(),
+                Ok(TokenEvent::Delta(d)) => format!("delta {:?} {}", d.text, d.tokens),
+                Ok(TokenEvent::Usage(u)) => format!("usage {} {}", u.prompt(), u.completion()),
+                Ok(TokenEvent::Finished(r)) => format!("finished {r:?}"),
+                Err(e) => format!("error {:?}", e.kind()),
+            })
+            .collect()
+    }
+
+    /// The drive the fuzz targets use gives what a live SGLang stream gives
+    /// (ENGINES.md TV-07), for any split.
+    #[test]
+    fn read_stream_drives_the_engines_frames() {
+        let body = concat!(
+            "data: {\"text\":\"Hel\",\"output_ids\":[1],\"meta_info\":{\"finish_reason\":null,\"prompt_tokens\":4,\"completion_tokens\":1}}\n\n",
+            "data: {\"text\":\"Hello wo\",\"output_ids\":[1,2],\"meta_info\":{\"finish_reason\":null,\"prompt_tokens\":4,\"completion_tokens\":2}}\n\n",
+            "data: {\"text\":\"Hello world!\",\"output_ids\":[1,2,3],\"meta_info\":{\"finish_reason\":{\"type\":\"stop\"},\"prompt_tokens\":4,\"completion_tokens\":3}}\n\n",
+            "data: [DONE]\n\n"
+        )
+        .as_bytes();
+        let engine = Engine::Sglang {
+            incremental: false,
+            logprobs: false,
+        };
+        let whole = read_stream(engine, 8, 1 << 20, &[body], false).unwrap();
+        assert_eq!(
+            summary(&whole),
+            [
+                "started",
+                "delta \"Hel\" 1",
+                "delta \"lo wo\" 1",
+                "delta \"rld!\" 1",
+                "usage 4 3",
+                "finished Stop"
+            ]
+        );
+        let reads: Vec<&[u8]> = body.chunks(7).collect();
+        let split = read_stream(engine, 8, 1 << 20, &reads, false).unwrap();
+        assert_eq!(summary(&split), summary(&whole));
+        assert!(split.held <= body.len());
+        // At cap 2 the third piece would pass it.
+        let capped = read_stream(engine, 2, 1 << 20, &[body], false).unwrap();
+        assert_eq!(
+            capped.events.last().unwrap().as_ref().unwrap(),
+            &TokenEvent::Finished(FinishReason::Length)
+        );
+    }
+
+    #[test]
+    fn scrape_and_retry_after_wrappers_read_real_values() {
+        let text = "vllm:num_requests_running{model_name=\"m\"} 2\nvllm:kv_cache_usage_perc{model_name=\"m\"} 7\n";
+        let pressures = scrape_pressures(text, "m");
+        let vllm = pressures[0].unwrap();
+        assert_eq!((vllm.running, vllm.kv_usage), (2, 1.0));
+        assert_eq!(
+            retry_after(b" 2.5 "),
+            Some(std::time::Duration::from_millis(2500))
+        );
+        assert_eq!(retry_after(b"Wed, 21 Oct 2015 07:28:00 GMT"), None);
+        assert_eq!(
+            object_entries(r#"{"a":1, "b" : [2]}"#).unwrap(),
+            [("\"a\"", "1"), ("\"b\"", "[2]")]
+        );
+        assert_eq!(key_text(r#""\u0041""#).as_deref(), Some("A"));
+        assert_eq!(json_string("q\"\n"), r#""q\"\n""#);
+    }
+}
