@@ -62,6 +62,9 @@ pub mod bootstrap;
 pub mod config;
 #[cfg(feature = "engines")]
 pub mod engines;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod openai;
 #[cfg(feature = "server")]
 pub mod server;

@@ -28,16 +28,16 @@ pub mod dynamo;
 mod live;
 pub mod nim;
 pub mod openai;
-mod openai_compat;
-mod pressure_cell;
+pub(crate) mod openai_compat;
+pub(crate) mod pressure_cell;
 
 pub mod prometheus;
-mod reader;
+pub(crate) mod reader;
 mod scrape;
 pub mod sglang;
 pub mod triton;
 pub mod trtllm;
-mod upstream;
+pub(crate) mod upstream;
 pub mod vllm;
 
 use gateway_core::EngineKind;

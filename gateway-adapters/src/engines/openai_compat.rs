@@ -1133,6 +1133,28 @@ pub(crate) fn engine_gauges(text: &str, model: &str, names: &MetricNames) -> Opt
     Some(gauges)
 }
 
+/// For the fuzz targets: `chunks` read as the streamed answer of an engine
+/// with `quirks`, through the shared reader (see
+/// [`read_chunks`](super::reader::read_chunks)).
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_read(
+    quirks: Quirks,
+    cap: u64,
+    max_event_bytes: usize,
+    chunks: &[&[u8]],
+    end: super::reader::BodyEnd,
+) -> (Vec<gateway_core::TokenResult>, usize) {
+    let frames = ChunkFrames {
+        shared: Arc::new(Shared {
+            live: LiveRequests::default(),
+            pressure: PressureCell::new(None),
+        }),
+        quirks,
+        usage: None,
+    };
+    super::reader::read_chunks(frames, cap, max_event_bytes, chunks, end)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -140,8 +140,13 @@ impl Emit {
         Flow::Continue
     }
 
-    /// Ends the stream with `error`.
+    /// Ends the stream with `error`; once `Finished` is queued nothing may
+    /// follow it, so the error is dropped and the stream just ends.
     pub(crate) fn fail(&mut self, error: BackendError) -> Flow {
+        if self.finished {
+            tracing::debug!(error = %error, "engine error after the finish: dropped");
+            return Flow::End;
+        }
         self.out.push_back(Err(error));
         Flow::End
     }
@@ -580,6 +585,68 @@ impl<F: Frames> Reader<F> {
     }
 }
 
+/// How a body given to [`read_chunks`] ends.
+#[cfg(feature = "fuzzing")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BodyEnd {
+    /// The body ends cleanly after the last chunk.
+    Clean,
+    /// The engine goes quiet after the last chunk: the grace after its
+    /// finish runs out (a clean end if it gave no finish, as in
+    /// [`Reader::run`], where the grace only starts at the finish).
+    Quiet,
+}
+
+/// For the fuzz targets: the synchronous part of [`Reader::run`] over
+/// `chunks` (each one transport read), without I/O, cancel or clock. Returns
+/// the events in order and the most bytes the SSE decoder held after any
+/// read.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn read_chunks<F: Frames>(
+    frames: F,
+    cap: u64,
+    max_event_bytes: usize,
+    chunks: &[&[u8]],
+    end: BodyEnd,
+) -> (Vec<TokenResult>, usize) {
+    let mut reader = Reader::new(
+        frames,
+        Settings {
+            cap,
+            deadline: None,
+            cancel: CancelHandle::new(),
+            max_event_bytes,
+            drain: None,
+            started: true,
+        },
+    );
+    let mut events = Vec::new();
+    let mut held = 0;
+    let mut flow = Flow::Continue;
+    for chunk in chunks {
+        reader.decoder.push(chunk);
+        flow = reader.drain_events();
+        held = held.max(reader.decoder.buffered());
+        events.extend(reader.emit.out.drain(..));
+        if flow == Flow::End {
+            break;
+        }
+    }
+    if flow == Flow::Continue {
+        if end == BodyEnd::Quiet && reader.emit.finish_seen() {
+            reader.grace_over();
+        } else {
+            reader.decoder.finish();
+            if reader.drain_events() == Flow::Continue {
+                reader.body_end();
+            }
+            held = held.max(reader.decoder.buffered());
+        }
+    }
+    events.extend(reader.emit.out.drain(..));
+    (events, held)
+}
+
 /// Reads the rest of `body` (normally just the end of the chunked body),
 /// bounded in bytes and time, so the connection can go back to the pool.
 async fn tail(mut body: Incoming) {
@@ -755,6 +822,45 @@ mod tests {
             events(&out),
             ["delta \"a\" 1", "delta \"\u{FFFD}\" 1", "finished Stop"]
         );
+    }
+
+    /// Frames that end the stream at `data: end` (as SGLang's final event
+    /// does) and then wait for `[DONE]`.
+    struct EndsEarly;
+
+    impl Frames for EndsEarly {
+        fn on_event(&mut self, event: SseEvent, emit: &mut Emit) -> Flow {
+            if event.is_done() {
+                return emit.end_marker();
+            }
+            if event.data == "end" {
+                emit.finish_now(Some(FinishReason::Stop));
+                return Flow::Continue;
+            }
+            emit.output(Delta::text(event.data, 1))
+        }
+
+        fn final_usage(&mut self, _delivered: u64) -> Option<Usage> {
+            None
+        }
+    }
+
+    /// Found by the `engine_sglang` fuzz target: an undecodable event (bad
+    /// UTF-8, or too large) after the final event put an error after
+    /// `Finished`, which the stream contract forbids.
+    #[test]
+    fn nothing_follows_finished_even_an_undecodable_event() {
+        for wire in [
+            &b"data: a\n\ndata: end\n\ndata: \xff\n\ndata: [DONE]\n\n"[..],
+            &b"data: a\n\ndata: end\n\ndata: 0123456789012345678901234567890123456789\n\n"[..],
+        ] {
+            let mut r = reader(EndsEarly, 10);
+            r.decoder = SseDecoder::new().with_max_event_bytes(32);
+            r.decoder.push(wire);
+            assert_eq!(r.drain_events(), Flow::End);
+            let out: Vec<TokenResult> = r.emit.out.drain(..).collect();
+            assert_eq!(events(&out), ["delta \"a\" 1", "finished Stop"]);
+        }
     }
 
     #[test]

@@ -1206,6 +1206,53 @@ pub(crate) fn sglang_gauges(text: &str, model: &str) -> Option<Gauges> {
     seen.then_some(gauges)
 }
 
+/// For the fuzz targets: `chunks` read as SGLang's native `/generate`
+/// stream (`incremental`: `--incremental-streaming-output`; `logprobs`: the
+/// request asked for them), through the shared reader. No `/abort_request`
+/// is armed.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_read(
+    incremental: bool,
+    logprobs: bool,
+    cap: u64,
+    max_event_bytes: usize,
+    chunks: &[&[u8]],
+    end: super::reader::BodyEnd,
+) -> Option<(Vec<gateway_core::TokenResult>, usize)> {
+    static SHARED: std::sync::OnceLock<Option<Arc<Shared>>> = std::sync::OnceLock::new();
+    let shared = SHARED
+        .get_or_init(|| {
+            let config = UpstreamConfig::new("fuzz", "http://127.0.0.1:9", "m");
+            Some(Arc::new(Shared {
+                live: LiveRequests::default(),
+                client: upstream::client(&config).ok()?,
+                abort_uri: parse_uri("http://127.0.0.1:9/abort_request").ok()?,
+                auth: None,
+                abort_timeout: Duration::from_secs(1),
+                pressure: PressureCell::new(None),
+            }))
+        })
+        .clone()?;
+    let frames = NativeFrames {
+        shared,
+        abort: None,
+        incremental,
+        logprobs,
+        forwarded: String::new(),
+        seen_tokens: 0,
+        seen_ids: 0,
+        seen_logprobs: 0,
+        last_meta: None,
+    };
+    Some(super::reader::read_chunks(
+        frames,
+        cap,
+        max_event_bytes,
+        chunks,
+        end,
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

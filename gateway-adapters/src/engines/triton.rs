@@ -898,6 +898,32 @@ pub(crate) fn triton_gauges(text: &str, models: &[String]) -> Option<Gauges> {
     Some(gauges)
 }
 
+/// For the fuzz targets: `chunks` read as Triton's `generate_stream` body
+/// (`cumulative`: `cumulative_output` mode), through the shared reader.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_read(
+    cumulative: bool,
+    cap: u64,
+    max_event_bytes: usize,
+    chunks: &[&[u8]],
+    end: super::reader::BodyEnd,
+) -> (Vec<TokenResult>, usize) {
+    let frames = TritonFrames {
+        shared: Arc::new(Shared {
+            live: LiveRequests::default(),
+            pressure: PressureCell::new(None),
+        }),
+        cumulative,
+        forwarded: String::new(),
+        last_text: String::new(),
+        held: String::new(),
+        seen_tokens: 0,
+        prompt_tokens: None,
+        fallback_prompt: 7,
+    };
+    super::reader::read_chunks(frames, cap, max_event_bytes, chunks, end)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

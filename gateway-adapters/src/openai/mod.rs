@@ -59,7 +59,7 @@ pub(crate) mod chunk;
 mod embeddings;
 mod encode;
 mod error_body;
-mod json;
+pub(crate) mod json;
 mod output;
 pub mod pass_through;
 mod request;

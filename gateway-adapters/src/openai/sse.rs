@@ -254,6 +254,15 @@ impl SseDecoder {
         self.buf.len() > self.pos || self.has_data || self.name.is_some()
     }
 
+    /// The bytes held now: pushed and not yet parsed, plus the current
+    /// event's data and name (for the fuzz targets' memory bound).
+    #[cfg(feature = "fuzzing")]
+    pub(crate) fn buffered(&self) -> usize {
+        self.buf.len().saturating_sub(self.pos)
+            + self.data.len()
+            + self.name.as_ref().map_or(0, Vec::len)
+    }
+
     /// An iterator over the complete events available now.
     pub fn events(&mut self) -> Events<'_> {
         Events { decoder: self }
