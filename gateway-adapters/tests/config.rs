@@ -1483,3 +1483,67 @@ audio_tokens = \"lots\""
         );
     }
 }
+
+/// The pass-through keys (additions): `server.unknown_fields`,
+/// `max_extra_bytes`, `max_extra_depth`, `max_json_depth`,
+/// `models[].unknown_fields`.
+#[cfg(test)]
+mod pass_through_keys {
+    use std::path::Path;
+
+    use gateway_adapters::config::{BodyLimits, GatewayConfig, UnknownFields};
+
+    fn parse(server: &str, model_extra: &str) -> Result<GatewayConfig, String> {
+        let text = format!(
+            "[server]\n{server}\n[[tenants]]\nid = \"t\"\napi_key = \"sk-t\"\n\
+             [[backends]]\nname = \"b\"\nengine = \"sim\"\nmodel = \"m\"\n\
+             [[models]]\nname = \"m\"\ncontext_window = 4096\n\
+             input_usd_per_mtok = 1.0\noutput_usd_per_mtok = 2.0\n{model_extra}\n"
+        );
+        GatewayConfig::parse(&text, Path::new("/nonexistent")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_keys_and_problems() {
+        let config = parse("", "").unwrap();
+        assert_eq!(config.server.unknown_fields, UnknownFields::Reject);
+        assert_eq!(
+            config.server.body_limits,
+            BodyLimits {
+                max_extra_bytes: 65536,
+                max_extra_depth: 32,
+                max_json_depth: 64,
+            }
+        );
+        assert_eq!(config.models[0].unknown_fields, None);
+
+        let config = parse(
+            "unknown_fields = \"drop\"\nmax_extra_bytes = 10\nmax_extra_depth = 1\nmax_json_depth = 128",
+            "unknown_fields = \"reject\"",
+        )
+        .unwrap();
+        assert_eq!(config.server.unknown_fields, UnknownFields::Drop);
+        assert_eq!(
+            config.server.body_limits,
+            BodyLimits {
+                max_extra_bytes: 10,
+                max_extra_depth: 1,
+                max_json_depth: 128,
+            }
+        );
+        assert_eq!(config.models[0].unknown_fields, Some(UnknownFields::Reject));
+
+        assert_eq!(
+            parse(
+                "unknown_fields = \"ignore\"\nmax_extra_bytes = 0\nmax_extra_depth = 129\nmax_json_depth = 1",
+                "unknown_fields = 1",
+            )
+            .unwrap_err(),
+            "server.unknown_fields: unknown value \"ignore\" (expected \"reject\" or \"drop\")\n\
+             server.max_extra_bytes: must be at least 1, found 0\n\
+             server.max_extra_depth: must be at most 128, found 129\n\
+             server.max_json_depth: must be at least 2, found 1\n\
+             models[0].unknown_fields: expected a string, found an integer"
+        );
+    }
+}
