@@ -62,6 +62,16 @@ pub(super) const SHUTDOWN_GRACE_MS: u64 = 10_000;
 pub(super) const ADMISSION_WAIT_MS: u64 = 5_000;
 /// Default `server.estimate_drift_warn_ratio` (the pipeline's).
 pub(super) const ESTIMATE_DRIFT_WARN_RATIO: f64 = 0.02;
+/// Default `server.header_read_timeout_ms`.
+pub(super) const HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+/// Default `server.keep_alive_timeout_ms`.
+pub(super) const KEEP_ALIVE_TIMEOUT_MS: u64 = 60_000;
+/// Default `server.body_read_timeout_ms`.
+pub(super) const BODY_READ_TIMEOUT_MS: u64 = 30_000;
+/// Default `server.max_header_bytes`: 32 KiB.
+pub(super) const MAX_HEADER_BYTES: usize = 32 * 1024;
+/// Default `server.max_connections`.
+pub(super) const MAX_CONNECTIONS: NonZeroUsize = nonzero_usize(10_000);
 /// Default `models[].admission_queue` (the pipeline's).
 pub(super) const ADMISSION_QUEUE: usize = 1024;
 /// Default `models[].default_max_tokens` (lowered to the context window).
@@ -97,6 +107,12 @@ pub(super) fn server() -> ServerConfig {
         admission_wait: Duration::from_millis(ADMISSION_WAIT_MS),
         request_timeout: None,
         estimate_drift_warn_ratio: ESTIMATE_DRIFT_WARN_RATIO,
+        header_read_timeout: Duration::from_millis(HEADER_READ_TIMEOUT_MS),
+        keep_alive_timeout: Duration::from_millis(KEEP_ALIVE_TIMEOUT_MS),
+        body_read_timeout: Duration::from_millis(BODY_READ_TIMEOUT_MS),
+        max_header_bytes: MAX_HEADER_BYTES,
+        max_connections: MAX_CONNECTIONS,
+        ready_drain: Duration::ZERO,
     }
 }
 
@@ -118,6 +134,7 @@ pub(super) fn embedded() -> GatewayConfig {
             requests_per_minute: None,
             tokens_per_minute: None,
             max_concurrency: None,
+            max_connections: None,
             weight: NonZeroU32::MIN,
             priority: LatencyClass::Interactive,
             models: None,
