@@ -8,7 +8,7 @@ use gateway_core::{Backend, ByteBound, EngineKind, TenantId, TokenCounter};
 use gateway_policy::{Gateway, ModelSpec, Settings, Tenant};
 
 use crate::config::{GatewayConfig, LedgerConfig, ModelConfig, TenantKey};
-use crate::server::RouterOptions;
+use crate::server::{RouterOptions, ServeOptions};
 use crate::sim::SimBackend;
 
 /// Why a valid config could still not be turned into a gateway.
@@ -53,6 +53,25 @@ pub fn router_options(config: &GatewayConfig) -> RouterOptions {
             .map(|TenantKey::Sha256(h)| *h),
         max_body_bytes: config.server.max_body_bytes.get(),
     }
+}
+
+/// The connection options of `config` (the edge limits of `[server]` and
+/// `tenants[].max_connections`), with `grace` for the connections still
+/// open after shutdown.
+pub fn serve_options(config: &GatewayConfig, grace: std::time::Duration) -> ServeOptions {
+    let s = &config.server;
+    let mut options = ServeOptions::with_grace(grace);
+    options.header_read_timeout = s.header_read_timeout;
+    options.keep_alive_timeout = s.keep_alive_timeout;
+    options.body_read_timeout = s.body_read_timeout;
+    options.max_header_bytes = s.max_header_bytes;
+    options.max_connections = s.max_connections.get();
+    for tenant in &config.tenants {
+        if let (Some(max), TenantKey::Sha256(key)) = (tenant.max_connections, tenant.key) {
+            options.tenant_connections.insert(key, &tenant.id, max);
+        }
+    }
+    options
 }
 
 fn counter(index: usize, model: &ModelConfig) -> Result<Arc<dyn TokenCounter>, BootstrapError> {
