@@ -9,7 +9,7 @@ use gateway_policy::{Gateway, ModelSpec, Settings, Tenant};
 
 use crate::config::{GatewayConfig, LedgerConfig, ModelConfig, TenantKey};
 use crate::openai::pass_through::{ModelFields, PassThrough};
-use crate::server::RouterOptions;
+use crate::server::{RouterOptions, ServeOptions};
 use crate::sim::SimBackend;
 
 /// Why a valid config could still not be turned into a gateway.
@@ -79,6 +79,25 @@ pub fn pass_through(config: &GatewayConfig) -> PassThrough {
         policy = policy.with_model(model.name.clone(), fields);
     }
     policy
+}
+
+/// The connection options of `config` (the edge limits of `[server]` and
+/// `tenants[].max_connections`), with `grace` for the connections still
+/// open after shutdown.
+pub fn serve_options(config: &GatewayConfig, grace: std::time::Duration) -> ServeOptions {
+    let s = &config.server;
+    let mut options = ServeOptions::with_grace(grace);
+    options.header_read_timeout = s.header_read_timeout;
+    options.keep_alive_timeout = s.keep_alive_timeout;
+    options.body_read_timeout = s.body_read_timeout;
+    options.max_header_bytes = s.max_header_bytes;
+    options.max_connections = s.max_connections.get();
+    for tenant in &config.tenants {
+        if let (Some(max), TenantKey::Sha256(key)) = (tenant.max_connections, tenant.key) {
+            options.tenant_connections.insert(key, &tenant.id, max);
+        }
+    }
+    options
 }
 
 fn counter(index: usize, model: &ModelConfig) -> Result<Arc<dyn TokenCounter>, BootstrapError> {

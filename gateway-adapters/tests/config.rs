@@ -1544,6 +1544,104 @@ mod pass_through_keys {
              server.max_extra_depth: must be at most 128, found 129\n\
              server.max_json_depth: must be at least 2, found 1\n\
              models[0].unknown_fields: expected a string, found an integer"
+/// The edge limits of `[server]` and `tenants[].max_connections`.
+#[cfg(test)]
+mod edge_limits {
+    use std::num::{NonZeroU32, NonZeroUsize};
+    use std::path::Path;
+    use std::time::Duration;
+
+    use gateway_adapters::config::GatewayConfig;
+
+    const TENANT_MODEL_BACKEND: &str = r#"
+[[tenants]]
+id = "t"
+api_key = "sk-t"
+TENANT_EXTRA
+
+[[models]]
+name = "m"
+context_window = 4096
+input_usd_per_mtok = 1.0
+output_usd_per_mtok = 2.0
+
+[[backends]]
+name = "b"
+engine = "sim"
+model = "m"
+"#;
+
+    fn parse(server: &str, tenant: &str) -> Result<GatewayConfig, String> {
+        let text = format!(
+            "[server]\n{server}\n{}",
+            TENANT_MODEL_BACKEND.replace("TENANT_EXTRA", tenant)
+        );
+        GatewayConfig::parse(&text, Path::new(".")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults() {
+        let config = parse("", "").unwrap();
+        let s = &config.server;
+        assert_eq!(s.header_read_timeout, Duration::from_secs(10));
+        assert_eq!(s.keep_alive_timeout, Duration::from_secs(60));
+        assert_eq!(s.body_read_timeout, Duration::from_secs(30));
+        assert_eq!(s.max_header_bytes, 32 * 1024);
+        assert_eq!(s.max_connections, NonZeroUsize::new(10_000).unwrap());
+        assert_eq!(s.ready_drain, Duration::ZERO);
+        assert_eq!(config.tenants[0].max_connections, None);
+        assert_eq!(
+            GatewayConfig::embedded_default().server.max_connections,
+            s.max_connections
+        );
+    }
+
+    #[test]
+    fn every_key_is_read() {
+        let config = parse(
+            "header_read_timeout_ms = 1500\nkeep_alive_timeout_ms = 2500\n\
+             body_read_timeout_ms = 3500\nmax_header_bytes = 8192\n\
+             max_connections = 77\nready_drain_ms = 4500",
+            "max_connections = 3",
+        )
+        .unwrap();
+        let s = &config.server;
+        assert_eq!(s.header_read_timeout, Duration::from_millis(1500));
+        assert_eq!(s.keep_alive_timeout, Duration::from_millis(2500));
+        assert_eq!(s.body_read_timeout, Duration::from_millis(3500));
+        assert_eq!(s.max_header_bytes, 8192);
+        assert_eq!(s.max_connections.get(), 77);
+        assert_eq!(s.ready_drain, Duration::from_millis(4500));
+        assert_eq!(config.tenants[0].max_connections, NonZeroU32::new(3));
+        // Zero drain is allowed.
+        assert_eq!(
+            parse("ready_drain_ms = 0", "").unwrap().server.ready_drain,
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn out_of_range_values_are_reported_by_key_path() {
+        assert_eq!(
+            parse(
+                "header_read_timeout_ms = 0\nkeep_alive_timeout_ms = 3600001\n\
+                 body_read_timeout_ms = \"soon\"\nmax_header_bytes = 1023\n\
+                 max_connections = 0\nready_drain_ms = -1",
+                "max_connections = 0",
+            )
+            .unwrap_err(),
+            "server.header_read_timeout_ms: must be at least 1, found 0\n\
+             server.keep_alive_timeout_ms: must be at most 3600000, found 3600001\n\
+             server.body_read_timeout_ms: expected an integer, found a string\n\
+             server.max_header_bytes: must be at least 1024, found 1023\n\
+             server.max_connections: must be at least 1, found 0\n\
+             server.ready_drain_ms: must be at least 0, found -1\n\
+             tenants[0].max_connections: must be at least 1, found 0"
+        );
+        assert_eq!(
+            parse("max_header_bytes = 262145\nmax_connections = 1000001", "").unwrap_err(),
+            "server.max_header_bytes: must be at most 262144, found 262145\n\
+             server.max_connections: must be at most 1000000, found 1000001"
         );
     }
 }

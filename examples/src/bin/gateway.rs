@@ -7,8 +7,11 @@
 //! gateway [--config FILE] --listen ADDR   override the listen address (e.g. 127.0.0.1:0)
 //! ```
 //!
-//! SIGINT/SIGTERM: stop accepting, let streams finish for `shutdown_grace_ms`,
-//! abort the rest at their engines, settle every reservation, exit 0.
+//! SIGINT/SIGTERM: first `/ready` answers 503 for `ready_drain_ms` (the
+//! listener still serves, so a load balancer takes the replica out; a second
+//! signal skips the rest of it), then stop accepting, let streams finish for
+//! `shutdown_grace_ms`, abort the rest at their engines, settle every
+//! reservation, exit 0.
 //!
 //! Built with the feature `otlp`, it exports one span per request over
 //! OTLP/HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) is
@@ -21,9 +24,9 @@ mod otlp;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use gateway_adapters::bootstrap::{build_gateway, router_options};
+use gateway_adapters::bootstrap::{build_gateway, router_options, serve_options};
 use gateway_adapters::config::{DEMO_API_KEY, GatewayConfig};
-use gateway_adapters::server::{router, serve};
+use gateway_adapters::server::{router, serve_with};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::Layer as _;
@@ -210,6 +213,11 @@ async fn run(config: GatewayConfig) -> Result<(), String> {
     }
 
     let stop = CancellationToken::new();
+    let grace = config.server.shutdown_grace;
+    let connections_grace = grace + gateway.settings().abort_wait + Duration::from_secs(2);
+    let options = serve_options(&config, connections_grace);
+    let not_ready = options.not_ready.clone();
+    let ready_drain = config.server.ready_drain;
     let health = {
         let gateway = gateway.clone();
         let stop = stop.clone();
@@ -226,21 +234,25 @@ async fn run(config: GatewayConfig) -> Result<(), String> {
         let stop = stop.clone();
         tokio::spawn(async move {
             wait_for_signal().await;
+            not_ready.cancel();
+            if !ready_drain.is_zero() {
+                println!("not ready: /ready answers 503 for {ready_drain:?}");
+                tokio::select! {
+                    () = tokio::time::sleep(ready_drain) => {}
+                    () = wait_for_signal() => {}
+                }
+            }
             stop.cancel();
         })
     };
-    let grace = config.server.shutdown_grace;
     let app = router(gateway.clone(), router_options(&config));
     let drain = async {
         stop.cancelled().await;
         println!("shutting down: draining for up to {grace:?}");
         gateway.drain(grace).await
     };
-    let connections_grace = grace + gateway.settings().abort_wait + Duration::from_secs(2);
-    let (served, report) = tokio::join!(
-        serve(listener, app, stop.cancelled(), connections_grace),
-        drain
-    );
+    let (served, report) =
+        tokio::join!(serve_with(listener, app, stop.cancelled(), options), drain);
     health.abort();
     signals.abort();
     served.map_err(|e| e.to_string())?;

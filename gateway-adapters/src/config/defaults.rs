@@ -74,6 +74,16 @@ pub(super) const MAX_EXTRA_BYTES: NonZeroUsize = nonzero_usize(DEFAULT_MAX_EXTRA
 pub(super) const MAX_EXTRA_DEPTH: usize = DEFAULT_MAX_EXTRA_DEPTH;
 /// Default `server.max_json_depth`.
 pub(super) const MAX_JSON_DEPTH: usize = DEFAULT_MAX_JSON_DEPTH;
+/// Default `server.header_read_timeout_ms`.
+pub(super) const HEADER_READ_TIMEOUT_MS: u64 = 10_000;
+/// Default `server.keep_alive_timeout_ms`.
+pub(super) const KEEP_ALIVE_TIMEOUT_MS: u64 = 60_000;
+/// Default `server.body_read_timeout_ms`.
+pub(super) const BODY_READ_TIMEOUT_MS: u64 = 30_000;
+/// Default `server.max_header_bytes`: 32 KiB.
+pub(super) const MAX_HEADER_BYTES: usize = 32 * 1024;
+/// Default `server.max_connections`.
+pub(super) const MAX_CONNECTIONS: NonZeroUsize = nonzero_usize(10_000);
 /// Default `models[].admission_queue` (the pipeline's).
 pub(super) const ADMISSION_QUEUE: usize = 1024;
 /// Default `models[].default_max_tokens` (lowered to the context window).
@@ -113,6 +123,12 @@ pub(super) fn server() -> ServerConfig {
         estimate_drift_warn_ratio: ESTIMATE_DRIFT_WARN_RATIO,
         unknown_fields: UNKNOWN_FIELDS,
         body_limits: BodyLimits::default(),
+        header_read_timeout: Duration::from_millis(HEADER_READ_TIMEOUT_MS),
+        keep_alive_timeout: Duration::from_millis(KEEP_ALIVE_TIMEOUT_MS),
+        body_read_timeout: Duration::from_millis(BODY_READ_TIMEOUT_MS),
+        max_header_bytes: MAX_HEADER_BYTES,
+        max_connections: MAX_CONNECTIONS,
+        ready_drain: Duration::ZERO,
     }
 }
 
@@ -134,6 +150,7 @@ pub(super) fn embedded() -> GatewayConfig {
             requests_per_minute: None,
             tokens_per_minute: None,
             max_concurrency: None,
+            max_connections: None,
             weight: NonZeroU32::MIN,
             priority: LatencyClass::Interactive,
             allow_priority_raise: false,

@@ -42,6 +42,12 @@
 //! max_extra_bytes = 65536             # >= 1; default 65536: all extra request fields together, as written (addition)
 //! max_extra_depth = 32                # 1..=128; default 32: JSON nesting of one extra field (addition)
 //! max_json_depth = 64                 # 2..=128; default 64: JSON nesting of a whole request body (addition)
+//! header_read_timeout_ms = 10000      # 1..=3600000; default 10000: a request head must arrive within this (addition)
+//! keep_alive_timeout_ms = 60000       # 1..=3600000; default 60000: an idle kept-alive connection is closed after this (addition)
+//! body_read_timeout_ms = 30000        # 1..=3600000; default 30000: a request body must arrive within this, else 408 (addition)
+//! max_header_bytes = 32768            # 1024..=262144; default 32768: a larger request head gets a JSON 431 (addition)
+//! max_connections = 10000             # 1..=1000000; default 10000 client connections; more get a fast 503 (addition)
+//! ready_drain_ms = 0                  # 0..=600000; default 0: /ready answers 503 this long after SIGTERM before the listener closes (addition)
 //!
 //! [health]                            # optional table (addition): every backend's breaker and adaptive limit
 //! failures_to_open = 5                # 1..=10000; default 5 consecutive failures open the breaker
@@ -72,6 +78,7 @@
 //! requests_per_minute = 600           # optional, >= 1
 //! tokens_per_minute = 200000          # optional, >= 1
 //! max_concurrency = 32                # optional, >= 1
+//! max_connections = 100               # optional, >= 1: open client connections of this tenant (addition)
 //! weight = 1                          # >= 1; default 1
 //! priority = "interactive"            # interactive (default) | batch: requests without x-priority (addition)
 //! allow_priority_raise = false        # default false: x-priority may only lower the class (addition)
@@ -266,6 +273,31 @@ pub struct ServerConfig {
     /// caps on the extra fields' total size and nesting, and on the whole
     /// body's nesting. Defaults 65536, 32, 64.
     pub body_limits: BodyLimits,
+    /// `header_read_timeout_ms` (an addition to the contract): a new
+    /// connection's first request head, and any later head from its first
+    /// byte, must arrive within this; else the connection is closed.
+    /// Default 10 s; never zero.
+    pub header_read_timeout: Duration,
+    /// `keep_alive_timeout_ms` (an addition to the contract): a kept-alive
+    /// connection with no request in flight and no new byte for this long
+    /// is closed. Default 60 s; never zero.
+    pub keep_alive_timeout: Duration,
+    /// `body_read_timeout_ms` (an addition to the contract): the whole
+    /// request body must arrive within this, counted from the end of its
+    /// head; else 408 `request_timeout` and the connection is closed.
+    /// Default 30 s; never zero.
+    pub body_read_timeout: Duration,
+    /// `max_header_bytes` (an addition to the contract): the largest request
+    /// head (request line and headers); a larger one gets a JSON 431
+    /// `headers_too_large` and the connection is closed. Default 32 KiB.
+    pub max_header_bytes: usize,
+    /// `max_connections` (an addition to the contract): client connections
+    /// open at once; more get a fast 503 `overloaded`. Default 10000.
+    pub max_connections: NonZeroUsize,
+    /// `ready_drain_ms` (an addition to the contract): after SIGTERM or
+    /// SIGINT, `/ready` answers 503 this long while the listener still
+    /// serves, before the shutdown proper. Default zero.
+    pub ready_drain: Duration,
 }
 
 /// `[ledger]`: where budgets and rate-limit counters live.
@@ -325,6 +357,11 @@ pub struct TenantConfig {
     pub tokens_per_minute: Option<NonZeroU64>,
     /// `max_concurrency`: requests in flight at once, if limited.
     pub max_concurrency: Option<NonZeroU32>,
+    /// `max_connections` (an addition to the contract): client connections
+    /// attributed to this tenant (by the API key of their requests) open at
+    /// once, if limited; a request that would open one more gets 429
+    /// `too_many_connections` and its connection is closed.
+    pub max_connections: Option<NonZeroU32>,
     /// `weight`: share of contended capacity. Default 1.
     pub weight: NonZeroU32,
     /// `priority`: the class of requests without an `x-priority` header

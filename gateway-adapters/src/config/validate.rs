@@ -42,6 +42,12 @@ const SERVER_KEYS: &[&str] = &[
     "max_extra_bytes",
     "max_extra_depth",
     "max_json_depth",
+    "header_read_timeout_ms",
+    "keep_alive_timeout_ms",
+    "body_read_timeout_ms",
+    "max_header_bytes",
+    "max_connections",
+    "ready_drain_ms",
 ];
 const LEDGER_KEYS: &[&str] = &[
     "kind",
@@ -67,6 +73,7 @@ const TENANT_KEYS: &[&str] = &[
     "requests_per_minute",
     "tokens_per_minute",
     "max_concurrency",
+    "max_connections",
     "weight",
     "priority",
     "allow_priority_raise",
@@ -137,6 +144,14 @@ const MAX_PRICE_PER_MTOK: f64 = 1e6;
 const MAX_BUDGET_USD: f64 = 1e7;
 /// Highest `server.estimate_drift_warn_ratio` (a count off by 100 times).
 const MAX_DRIFT_RATIO: f64 = 100.0;
+/// Highest edge timeout (`server.header_read_timeout_ms` and the like): an hour.
+const MAX_EDGE_TIMEOUT_MS: i64 = 3_600_000;
+/// Highest `server.ready_drain_ms`: ten minutes.
+const MAX_READY_DRAIN_MS: i64 = 600_000;
+/// `server.max_header_bytes` range.
+const HEADER_BYTES: (i64, i64) = (1024, 256 * 1024);
+/// Highest `server.max_connections`.
+const MAX_CONNECTIONS: i64 = 1_000_000;
 /// Highest `models[].admission_queue`.
 const MAX_ADMISSION_QUEUE: i64 = 1_000_000;
 /// Default natural completion range of a sim backend.
@@ -322,6 +337,21 @@ fn millis(
     ))
 }
 
+/// Milliseconds in `min..=max`, or `default_ms`.
+fn bounded_millis(
+    r: &Reader<'_>,
+    key: &str,
+    min: i64,
+    max: i64,
+    default_ms: u64,
+    p: &mut Problems,
+) -> Check<Duration> {
+    let n = r.integer(key, min, max, p)?;
+    Ok(Duration::from_millis(
+        n.and_then(|n| u64::try_from(n).ok()).unwrap_or(default_ms),
+    ))
+}
+
 /// A `usize` of at least 1, or `default`.
 fn nonzero_usize(
     r: &Reader<'_>,
@@ -397,6 +427,44 @@ fn server(top: &Reader<'_>, p: &mut Problems) -> Check<ServerConfig> {
         .map(|d| d.unwrap_or(defaults::ESTIMATE_DRIFT_WARN_RATIO));
     let unknown_fields = unknown_fields(&r, p).map(|u| u.unwrap_or(defaults::UNKNOWN_FIELDS));
     let body_limits = body_limits(&r, p);
+    let header_read_timeout = bounded_millis(
+        &r,
+        "header_read_timeout_ms",
+        1,
+        MAX_EDGE_TIMEOUT_MS,
+        defaults::HEADER_READ_TIMEOUT_MS,
+        p,
+    );
+    let keep_alive_timeout = bounded_millis(
+        &r,
+        "keep_alive_timeout_ms",
+        1,
+        MAX_EDGE_TIMEOUT_MS,
+        defaults::KEEP_ALIVE_TIMEOUT_MS,
+        p,
+    );
+    let body_read_timeout = bounded_millis(
+        &r,
+        "body_read_timeout_ms",
+        1,
+        MAX_EDGE_TIMEOUT_MS,
+        defaults::BODY_READ_TIMEOUT_MS,
+        p,
+    );
+    let max_header_bytes = r
+        .integer("max_header_bytes", HEADER_BYTES.0, HEADER_BYTES.1, p)
+        .map(|n| {
+            n.and_then(|n| usize::try_from(n).ok())
+                .unwrap_or(defaults::MAX_HEADER_BYTES)
+        });
+    let max_connections = r
+        .integer("max_connections", 1, MAX_CONNECTIONS, p)
+        .map(|n| {
+            n.and_then(|n| usize::try_from(n).ok())
+                .and_then(NonZeroUsize::new)
+                .unwrap_or(defaults::MAX_CONNECTIONS)
+        });
+    let ready_drain = bounded_millis(&r, "ready_drain_ms", 0, MAX_READY_DRAIN_MS, 0, p);
     Ok(ServerConfig {
         listen: listen?,
         admin_key: admin_key?.map(TenantKey::from_plaintext),
@@ -413,6 +481,12 @@ fn server(top: &Reader<'_>, p: &mut Problems) -> Check<ServerConfig> {
         estimate_drift_warn_ratio: drift?,
         unknown_fields: unknown_fields?,
         body_limits: body_limits?,
+        header_read_timeout: header_read_timeout?,
+        keep_alive_timeout: keep_alive_timeout?,
+        body_read_timeout: body_read_timeout?,
+        max_header_bytes: max_header_bytes?,
+        max_connections: max_connections?,
+        ready_drain: ready_drain?,
     })
 }
 
@@ -605,6 +679,7 @@ fn tenant<'a>(
     let requests_per_minute = nonzero_u32(r, "requests_per_minute", p);
     let tokens_per_minute = nonzero_u64(r, "tokens_per_minute", p);
     let max_concurrency = nonzero_u32(r, "max_concurrency", p);
+    let max_connections = nonzero_u32(r, "max_connections", p);
     let weight = nonzero_u32(r, "weight", p).map(|w| w.unwrap_or(NonZeroU32::MIN));
     let priority = match r.string("priority", p) {
         Ok(None | Some("interactive")) => Ok(LatencyClass::Interactive),
@@ -626,6 +701,7 @@ fn tenant<'a>(
         requests_per_minute: requests_per_minute?,
         tokens_per_minute: tokens_per_minute?,
         max_concurrency: max_concurrency?,
+        max_connections: max_connections?,
         weight: weight?,
         priority: priority?,
         allow_priority_raise: allow_priority_raise?,

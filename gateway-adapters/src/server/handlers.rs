@@ -80,7 +80,7 @@ pub(crate) async fn request_id(mut request: Request, next: Next) -> Response {
 }
 
 /// The key from `Authorization: Bearer <key>` or `api-key: <key>`.
-fn presented_key(headers: &HeaderMap) -> Option<&str> {
+pub(crate) fn presented_key(headers: &HeaderMap) -> Option<&str> {
     if let Some(v) = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())

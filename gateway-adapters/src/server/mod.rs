@@ -6,9 +6,17 @@
 //! Routes: `POST /v1/chat/completions`, `POST /v1/completions`,
 //! `POST /v1/embeddings`, `GET /v1/models`, `GET /health`, `GET /ready`, `GET /metrics`,
 //! `GET /admin/tenants/{id}/usage`.
+//!
+//! [`serve_with`] adds the edge limits of [`ServeOptions`]: a cap on
+//! connections (a fast 503 beyond it), header-read, keep-alive and body-read
+//! timeouts, a request-head size limit answered with a JSON 431, per-tenant
+//! connection caps (429 `too_many_connections`) and a readiness phase before
+//! a shutdown (`/ready` answers 503).
 
 mod body;
 mod conn;
+mod edge;
+mod edge_io;
 mod handlers;
 mod respond;
 
@@ -18,7 +26,8 @@ use gateway_policy::Gateway;
 
 use crate::openai::pass_through::PassThrough;
 
-pub use conn::{ConnectionKill, serve};
+pub use conn::{ConnectionKill, serve, serve_with};
+pub use edge::{ServeOptions, TenantConnectionCaps};
 
 /// Options of the router.
 #[derive(Debug, Clone, Default)]

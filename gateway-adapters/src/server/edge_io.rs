@@ -1,0 +1,307 @@
+//! The socket and body wrappers that drive the edge limits: [`EdgeIo`]
+//! tells a connection's [`EdgeClock`] when bytes arrive and turns hyper's
+//! own empty answers to unreadable request heads (431, 414, 400) into
+//! OpenAI-shaped JSON; [`TimedBody`] ends a request body that does not
+//! arrive in time.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll, ready};
+
+use bytes::Bytes;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::Notify;
+use tokio::time::{Instant, Sleep};
+
+use super::edge::{EdgeClock, parse_error_response};
+
+/// A connection's clock, shared by its socket, its requests and its
+/// watcher.
+#[derive(Debug)]
+pub(crate) struct ConnState {
+    clock: Mutex<EdgeClock>,
+    changed: Notify,
+}
+
+impl ConnState {
+    pub(crate) fn new(clock: EdgeClock) -> Arc<Self> {
+        Arc::new(ConnState {
+            clock: Mutex::new(clock),
+            changed: Notify::new(),
+        })
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut EdgeClock) -> T) -> T {
+        f(&mut self.clock.lock().unwrap_or_else(PoisonError::into_inner))
+    }
+
+    fn read(&self) {
+        if self.with(|c| c.on_read(Instant::now())) {
+            self.changed.notify_one();
+        }
+    }
+
+    /// A request head is complete; the request is in flight until the
+    /// guard is dropped (with its response body).
+    pub(crate) fn request(self: &Arc<Self>) -> InFlight {
+        self.with(EdgeClock::on_request);
+        self.changed.notify_one();
+        InFlight(self.clone())
+    }
+
+    /// Resolves when the connection is past its header-read or keep-alive
+    /// deadline.
+    pub(crate) async fn expired(&self) {
+        loop {
+            // A change while this runs leaves a permit: never missed.
+            let changed = self.changed.notified();
+            match self.with(|c| c.deadline()) {
+                Some(deadline) => {
+                    if self.with(|c| c.expired(Instant::now())) {
+                        return;
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep_until(deadline) => {}
+                        () = changed => {}
+                    }
+                }
+                None => changed.await,
+            }
+        }
+    }
+}
+
+/// A request in flight (see [`ConnState::request`]).
+#[derive(Debug)]
+pub(crate) struct InFlight(Arc<ConnState>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.with(|c| c.on_response_end(Instant::now()));
+        self.0.changed.notify_one();
+    }
+}
+
+/// A response body that keeps its request in flight until it is dropped;
+/// otherwise the body it wraps, size hint included.
+#[derive(Debug)]
+pub(crate) struct InFlightBody {
+    inner: axum::body::Body,
+    _in_flight: InFlight,
+}
+
+impl InFlightBody {
+    pub(crate) fn new(inner: axum::body::Body, in_flight: InFlight) -> Self {
+        InFlightBody {
+            inner,
+            _in_flight: in_flight,
+        }
+    }
+}
+
+impl Body for InFlightBody {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A client socket as hyper sees it.
+#[derive(Debug)]
+pub(crate) struct EdgeIo {
+    inner: TcpStream,
+    state: Arc<ConnState>,
+    max_header_bytes: usize,
+    /// Our answer in place of hyper's, and how much of it is written.
+    replacement: Option<(Bytes, usize)>,
+}
+
+impl EdgeIo {
+    pub(crate) fn new(inner: TcpStream, state: Arc<ConnState>, max_header_bytes: usize) -> Self {
+        EdgeIo {
+            inner,
+            state,
+            max_header_bytes,
+            replacement: None,
+        }
+    }
+
+    /// Writes what is left of the replacement.
+    fn poll_replacement(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        if let Some((bytes, written)) = &mut self.replacement {
+            while *written < bytes.len() {
+                let rest = bytes.slice(*written..);
+                let n = ready!(Pin::new(&mut self.inner).poll_write(cx, &rest))?;
+                if n == 0 {
+                    return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into()));
+                }
+                *written += n;
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+/// The status of `buf` if it is hyper's own answer to an unreadable
+/// request head: a response head with an empty body and no content type
+/// (every response of the router has one).
+fn hyper_parse_error_status(buf: &[u8]) -> Option<u16> {
+    let rest = buf.strip_prefix(b"HTTP/1.1 ")?;
+    let status = std::str::from_utf8(rest.get(..3)?).ok()?.parse().ok()?;
+    if !matches!(status, 400 | 414 | 431) {
+        return None;
+    }
+    let head_end = buf.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = buf.get(..head_end + 2)?.to_ascii_lowercase();
+    let has = |needle: &[u8]| head.windows(needle.len()).any(|w| w == needle);
+    (has(b"\r\ncontent-length: 0\r\n") && !has(b"\r\ncontent-type:")).then_some(status)
+}
+
+impl AsyncRead for EdgeIo {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.inner).poll_read(cx, buf))?;
+        if buf.filled().len() > before {
+            self.state.read();
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for EdgeIo {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.replacement.is_none() {
+            if let Some(status) = hyper_parse_error_status(buf) {
+                self.replacement =
+                    parse_error_response(status, self.max_header_bytes).map(|b| (b, 0));
+            }
+        }
+        if self.replacement.is_some() {
+            // Hyper's bytes are swallowed: ours go out instead, and the
+            // connection ends after them.
+            ready!(self.poll_replacement(cx))?;
+            return Poll::Ready(Ok(buf.len()));
+        }
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        ready!(self.poll_replacement(cx))?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        ready!(self.poll_replacement(cx))?;
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The error of a body that did not arrive within `body_read_timeout`.
+#[derive(Debug)]
+pub(crate) struct BodyTimeout;
+
+impl std::fmt::Display for BodyTimeout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the request body did not arrive in time")
+    }
+}
+
+impl std::error::Error for BodyTimeout {}
+
+/// A request body that fails with [`BodyTimeout`] (and sets its flag) once
+/// its deadline passes before its end.
+#[derive(Debug)]
+pub(crate) struct TimedBody {
+    inner: Incoming,
+    deadline: Pin<Box<Sleep>>,
+    timed_out: Arc<AtomicBool>,
+}
+
+impl TimedBody {
+    pub(crate) fn new(inner: Incoming, deadline: Instant, timed_out: Arc<AtomicBool>) -> Self {
+        TimedBody {
+            inner,
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            timed_out,
+        }
+    }
+}
+
+impl Body for TimedBody {
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        if self.timed_out.load(Ordering::Acquire) {
+            return Poll::Ready(Some(Err(Box::new(BodyTimeout))));
+        }
+        if let Poll::Ready(frame) = Pin::new(&mut self.inner).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        if self.deadline.as_mut().poll(cx).is_ready() {
+            self.timed_out.store(true, Ordering::Release);
+            return Poll::Ready(Some(Err(Box::new(BodyTimeout))));
+        }
+        Poll::Pending
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_hypers_empty_error_answers_are_replaced() {
+        let hyper431 = b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 0\r\ndate: Mon, 07 Dec 2026 08:00:00 GMT\r\n\r\n";
+        assert_eq!(hyper_parse_error_status(hyper431), Some(431));
+        let hyper400 = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n";
+        assert_eq!(hyper_parse_error_status(hyper400), Some(400));
+        let ours = b"HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: 0\r\n\r\n";
+        assert_eq!(hyper_parse_error_status(ours), None);
+        let with_body =
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-length: 10\r\n\r\n";
+        assert_eq!(hyper_parse_error_status(with_body), None);
+        assert_eq!(
+            hyper_parse_error_status(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n"),
+            None
+        );
+        assert_eq!(hyper_parse_error_status(b"data: HTTP/1.1 431"), None);
+        assert_eq!(hyper_parse_error_status(b"HTTP/1.1 43"), None);
+    }
+}
