@@ -2,6 +2,7 @@
 //! with retries before the first token, stream with metering, settle once.
 
 mod attempt;
+mod cap;
 mod embed;
 mod estimate;
 mod fallback;
