@@ -62,6 +62,16 @@ pub(super) const SHUTDOWN_GRACE_MS: u64 = 10_000;
 pub(super) const ADMISSION_WAIT_MS: u64 = 5_000;
 /// Default `server.estimate_drift_warn_ratio` (the pipeline's).
 pub(super) const ESTIMATE_DRIFT_WARN_RATIO: f64 = 0.02;
+/// Default `server.tokenizer_queue` (the pipeline's).
+pub(super) const TOKENIZER_QUEUE: usize = gateway_policy::DEFAULT_QUEUE;
+/// Default `server.tokenizer_inline_bytes` (the pipeline's).
+pub(super) const TOKENIZER_INLINE_BYTES: usize = gateway_policy::DEFAULT_INLINE_BYTES;
+
+/// Default `server.tokenizer_threads`: the CPU cores (the pipeline's).
+pub(super) fn tokenizer_threads() -> usize {
+    gateway_policy::TokenizerPool::default().threads()
+}
+
 /// Default `models[].admission_queue` (the pipeline's).
 pub(super) const ADMISSION_QUEUE: usize = 1024;
 /// Default `models[].default_max_tokens` (lowered to the context window).
@@ -97,6 +107,9 @@ pub(super) fn server() -> ServerConfig {
         admission_wait: Duration::from_millis(ADMISSION_WAIT_MS),
         request_timeout: None,
         estimate_drift_warn_ratio: ESTIMATE_DRIFT_WARN_RATIO,
+        tokenizer_threads: tokenizer_threads(),
+        tokenizer_queue: TOKENIZER_QUEUE,
+        tokenizer_inline_bytes: TOKENIZER_INLINE_BYTES,
     }
 }
 

@@ -36,6 +36,9 @@
 //! admission_wait_ms = 5000            # >= 0; default 5000 (addition to the contract)
 //! request_timeout_ms = 600000         # >= 1; default none: total time per request (addition)
 //! estimate_drift_warn_ratio = 0.02    # 0..=100; default 0.02: warn when an exact prompt count misses the engine's by more (addition)
+//! tokenizer_threads = 2               # 0..=1024; default: the CPU cores; prompts tokenized at once off the runtime; 0 = inline (addition)
+//! tokenizer_queue = 256               # 0..=1000000; default 256 prompts waiting for a tokenizer thread; beyond: 503 overloaded (addition)
+//! tokenizer_inline_bytes = 16384      # 0..=1073741824; default 16384: smaller prompts are tokenized inline (addition)
 //!
 //! [health]                            # optional table (addition): every backend's breaker and adaptive limit
 //! failures_to_open = 5                # 1..=10000; default 5 consecutive failures open the breaker
@@ -237,6 +240,18 @@ pub struct ServerConfig {
     /// prompt-token estimate off by more than this fraction of the engine's
     /// count logs a warning. Default 0.02.
     pub estimate_drift_warn_ratio: f64,
+    /// `tokenizer_threads` (an addition to the contract): prompts
+    /// tokenized at once on blocking threads, off the async runtime.
+    /// Default: the CPU cores; 0 tokenizes inline on the runtime.
+    pub tokenizer_threads: usize,
+    /// `tokenizer_queue` (an addition): prompts that may wait for a
+    /// tokenizer thread (at most the admission wait); beyond, 503
+    /// `overloaded` at once. Default 256.
+    pub tokenizer_queue: usize,
+    /// `tokenizer_inline_bytes` (an addition): prompts smaller than this
+    /// are tokenized inline, where the hand-over costs more than the work.
+    /// Default 16384.
+    pub tokenizer_inline_bytes: usize,
 }
 
 /// `[ledger]`: where budgets and rate-limit counters live.

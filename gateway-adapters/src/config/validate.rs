@@ -33,6 +33,9 @@ const SERVER_KEYS: &[&str] = &[
     "admission_wait_ms",
     "request_timeout_ms",
     "estimate_drift_warn_ratio",
+    "tokenizer_threads",
+    "tokenizer_queue",
+    "tokenizer_inline_bytes",
 ];
 const LEDGER_KEYS: &[&str] = &["kind", "url"];
 const TENANT_KEYS: &[&str] = &[
@@ -113,6 +116,10 @@ const MAX_BUDGET_USD: f64 = 1e7;
 const MAX_DRIFT_RATIO: f64 = 100.0;
 /// Highest `models[].admission_queue`.
 const MAX_ADMISSION_QUEUE: i64 = 1_000_000;
+/// Highest `server.tokenizer_threads`.
+const MAX_TOKENIZER_THREADS: i64 = 1024;
+/// Highest `server.tokenizer_inline_bytes` (1 GiB: everything inline).
+const MAX_TOKENIZER_INLINE_BYTES: i64 = 1 << 30;
 /// Default natural completion range of a sim backend.
 const NATURAL_TOKENS: (u32, u32) = (16, 128);
 
@@ -365,6 +372,28 @@ fn server(top: &Reader<'_>, p: &mut Problems) -> Check<ServerConfig> {
     let drift = r
         .number("estimate_drift_warn_ratio", 0.0, MAX_DRIFT_RATIO, p)
         .map(|d| d.unwrap_or(defaults::ESTIMATE_DRIFT_WARN_RATIO));
+    let count = |key: &str, max: i64, default: usize, p: &mut Problems| {
+        r.integer(key, 0, max, p)
+            .map(|n| n.and_then(|n| usize::try_from(n).ok()).unwrap_or(default))
+    };
+    let tokenizer_threads = count(
+        "tokenizer_threads",
+        MAX_TOKENIZER_THREADS,
+        defaults::tokenizer_threads(),
+        p,
+    );
+    let tokenizer_queue = count(
+        "tokenizer_queue",
+        MAX_ADMISSION_QUEUE,
+        defaults::TOKENIZER_QUEUE,
+        p,
+    );
+    let tokenizer_inline_bytes = count(
+        "tokenizer_inline_bytes",
+        MAX_TOKENIZER_INLINE_BYTES,
+        defaults::TOKENIZER_INLINE_BYTES,
+        p,
+    );
     Ok(ServerConfig {
         listen: listen?,
         admin_key: admin_key?.map(TenantKey::from_plaintext),
@@ -377,6 +406,9 @@ fn server(top: &Reader<'_>, p: &mut Problems) -> Check<ServerConfig> {
         admission_wait: admission_wait?,
         request_timeout: request_timeout?.map(Duration::from_millis),
         estimate_drift_warn_ratio: drift?,
+        tokenizer_threads: tokenizer_threads?,
+        tokenizer_queue: tokenizer_queue?,
+        tokenizer_inline_bytes: tokenizer_inline_bytes?,
     })
 }
 
