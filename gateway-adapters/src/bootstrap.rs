@@ -2,10 +2,11 @@
 //! built per engine, models with their token counters, tenants with their
 //! keys and limits.
 
+use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use gateway_core::{Backend, ByteBound, EngineKind, TenantId, TokenCounter};
-use gateway_policy::{Gateway, ModelSpec, Settings, Tenant};
+use gateway_policy::{Gateway, ModelSpec, Settings, Tenant, TokenizerPool};
 
 use crate::config::{GatewayConfig, LedgerConfig, ModelConfig, TenantKey};
 use crate::openai::pass_through::{ModelFields, PassThrough};
@@ -41,6 +42,15 @@ pub fn settings(config: &GatewayConfig) -> Settings {
         request_timeout: s.request_timeout,
         drift_warn_ratio: s.estimate_drift_warn_ratio,
         ..Settings::default()
+    }
+}
+
+/// The tokenizer pool of `config` (`tokenizer_threads = 0`: inline).
+pub fn tokenizer_pool(config: &GatewayConfig) -> TokenizerPool {
+    let s = &config.server;
+    match NonZeroUsize::new(s.tokenizer_threads) {
+        Some(threads) => TokenizerPool::new(threads, s.tokenizer_queue, s.tokenizer_inline_bytes),
+        None => TokenizerPool::inline(),
     }
 }
 
@@ -306,7 +316,8 @@ pub fn build_gateway_with(
     let ledger = ledger(config)?;
     let mut builder = Gateway::builder(settings(config))
         .affinity(config.routing)
-        .metrics_tenant_labels(config.server.metrics_tenant_labels);
+        .metrics_tenant_labels(config.server.metrics_tenant_labels)
+        .tokenizer_pool(tokenizer_pool(config));
     if let Some(ledger) = ledger {
         builder = builder.ledger(ledger);
     }

@@ -72,6 +72,7 @@ mod redis_shared;
 pub mod route;
 pub mod telemetry;
 mod tenant;
+mod tokenizer_pool;
 
 pub use auth::{Authenticator, StaticKeys, key_hash};
 #[cfg(feature = "tokenizers")]
@@ -96,3 +97,4 @@ pub use pipeline::{
 };
 pub use pool::{BackendSlot, InflightGuard};
 pub use tenant::Tenant;
+pub use tokenizer_pool::{DEFAULT_INLINE_BYTES, DEFAULT_QUEUE, PoolError, TokenizerPool};

@@ -229,6 +229,15 @@ pub enum Fault {
         /// Tokens sent first.
         after_tokens: u32,
     },
+    /// A runaway engine: ignores `max_tokens` and streams `chunks` chunks
+    /// of `tokens_per_chunk` tokens' text each, every chunk with
+    /// `"token_ids":[]` (no count the gateway could trust), then `stop`.
+    Runaway {
+        /// Chunks sent.
+        chunks: u32,
+        /// Tokens of text in each chunk.
+        tokens_per_chunk: u32,
+    },
 }
 
 /// How the simulator behaves.
@@ -841,18 +850,30 @@ async fn generate(
         return inner.aborted(&id, EnginePhase::Prefill);
     }
     inner.set_phase(&id, EnginePhase::Decode);
-    let n = u64::from(opts.natural_tokens).min(max_tokens) as u32;
+    let runaway = match fault {
+        Fault::Runaway {
+            chunks,
+            tokens_per_chunk,
+        } => Some((chunks, tokens_per_chunk.max(1))),
+        _ => None,
+    };
+    let n = match runaway {
+        Some((chunks, _)) => chunks,
+        None => u64::from(opts.natural_tokens).min(max_tokens) as u32,
+    };
     let mut output = Output::new(
         &body,
         chat,
         opts.reasoning_tokens,
         opts.tool_call.as_deref(),
     );
-    let finish = output.finish(if max_tokens <= u64::from(opts.natural_tokens) {
-        "length"
-    } else {
-        "stop"
-    });
+    let finish = output.finish(
+        if runaway.is_none() && max_tokens <= u64::from(opts.natural_tokens) {
+            "length"
+        } else {
+            "stop"
+        },
+    );
     let (prefix, object) = if chat {
         ("chatcmpl", "chat.completion.chunk")
     } else {
@@ -994,19 +1015,37 @@ async fn generate(
                 continue;
             }
         }
-        let merged = std::mem::take(&mut step_text);
-        let text = if step > 1 { merged.as_str() } else { text };
+        let merged = match runaway {
+            Some((_, per)) => (i * per..(i + 1) * per).map(token_text).collect(),
+            None => std::mem::take(&mut step_text),
+        };
+        let text = if step > 1 || runaway.is_some() {
+            merged.as_str()
+        } else {
+            text
+        };
         let logprobs = output.logprobs(i, text);
         let token = if chat {
-            let ids = if last { r#","token_ids":null"# } else { "" };
+            let ids = if runaway.is_some() {
+                r#","token_ids":[]"#
+            } else if last {
+                r#","token_ids":null"#
+            } else {
+                ""
+            };
             format!(
                 r#"{head_json}"choices":[{{"index":0,"delta":{},"logprobs":{logprobs},{finish_json}{ids}}}]}}"#,
                 output.chat_delta(i, text, arrival)
             )
         } else {
             let stop = if last { "" } else { r#","stop_reason":null"# };
+            let ids = if runaway.is_some() {
+                r#","token_ids":[]"#
+            } else {
+                ""
+            };
             format!(
-                r#"{head_json}"choices":[{{"index":0,"text":{},"logprobs":{logprobs},{finish_json}{stop}}}]}}"#,
+                r#"{head_json}"choices":[{{"index":0,"text":{},"logprobs":{logprobs},{finish_json}{stop}{ids}}}]}}"#,
                 js(text)
             )
         };

@@ -84,6 +84,16 @@ pub(super) const BODY_READ_TIMEOUT_MS: u64 = 30_000;
 pub(super) const MAX_HEADER_BYTES: usize = 32 * 1024;
 /// Default `server.max_connections`.
 pub(super) const MAX_CONNECTIONS: NonZeroUsize = nonzero_usize(10_000);
+/// Default `server.tokenizer_queue` (the pipeline's).
+pub(super) const TOKENIZER_QUEUE: usize = gateway_policy::DEFAULT_QUEUE;
+/// Default `server.tokenizer_inline_bytes` (the pipeline's).
+pub(super) const TOKENIZER_INLINE_BYTES: usize = gateway_policy::DEFAULT_INLINE_BYTES;
+
+/// Default `server.tokenizer_threads`: the CPU cores (the pipeline's).
+pub(super) fn tokenizer_threads() -> usize {
+    gateway_policy::TokenizerPool::default().threads()
+}
+
 /// Default `models[].admission_queue` (the pipeline's).
 pub(super) const ADMISSION_QUEUE: usize = 1024;
 /// Default `models[].default_max_tokens` (lowered to the context window).
@@ -129,6 +139,9 @@ pub(super) fn server() -> ServerConfig {
         max_header_bytes: MAX_HEADER_BYTES,
         max_connections: MAX_CONNECTIONS,
         ready_drain: Duration::ZERO,
+        tokenizer_threads: tokenizer_threads(),
+        tokenizer_queue: TOKENIZER_QUEUE,
+        tokenizer_inline_bytes: TOKENIZER_INLINE_BYTES,
     }
 }
 

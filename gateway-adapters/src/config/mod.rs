@@ -48,6 +48,9 @@
 //! max_header_bytes = 32768            # 1024..=262144; default 32768: a larger request head gets a JSON 431 (addition)
 //! max_connections = 10000             # 1..=1000000; default 10000 client connections; more get a fast 503 (addition)
 //! ready_drain_ms = 0                  # 0..=600000; default 0: /ready answers 503 this long after SIGTERM before the listener closes (addition)
+//! tokenizer_threads = 2               # 0..=1024; default: the CPU cores; prompts tokenized at once off the runtime; 0 = inline (addition)
+//! tokenizer_queue = 256               # 0..=1000000; default 256 prompts waiting for a tokenizer thread; beyond: 503 overloaded (addition)
+//! tokenizer_inline_bytes = 16384      # 0..=1073741824; default 16384: smaller prompts are tokenized inline (addition)
 //!
 //! [health]                            # optional table (addition): every backend's breaker and adaptive limit
 //! failures_to_open = 5                # 1..=10000; default 5 consecutive failures open the breaker
@@ -298,6 +301,18 @@ pub struct ServerConfig {
     /// SIGINT, `/ready` answers 503 this long while the listener still
     /// serves, before the shutdown proper. Default zero.
     pub ready_drain: Duration,
+    /// `tokenizer_threads` (an addition to the contract): prompts
+    /// tokenized at once on blocking threads, off the async runtime.
+    /// Default: the CPU cores; 0 tokenizes inline on the runtime.
+    pub tokenizer_threads: usize,
+    /// `tokenizer_queue` (an addition): prompts that may wait for a
+    /// tokenizer thread (at most the admission wait); beyond, 503
+    /// `overloaded` at once. Default 256.
+    pub tokenizer_queue: usize,
+    /// `tokenizer_inline_bytes` (an addition): prompts smaller than this
+    /// are tokenized inline, where the hand-over costs more than the work.
+    /// Default 16384.
+    pub tokenizer_inline_bytes: usize,
 }
 
 /// `[ledger]`: where budgets and rate-limit counters live.

@@ -48,6 +48,9 @@ const SERVER_KEYS: &[&str] = &[
     "max_header_bytes",
     "max_connections",
     "ready_drain_ms",
+    "tokenizer_threads",
+    "tokenizer_queue",
+    "tokenizer_inline_bytes",
 ];
 const LEDGER_KEYS: &[&str] = &[
     "kind",
@@ -154,6 +157,10 @@ const HEADER_BYTES: (i64, i64) = (1024, 256 * 1024);
 const MAX_CONNECTIONS: i64 = 1_000_000;
 /// Highest `models[].admission_queue`.
 const MAX_ADMISSION_QUEUE: i64 = 1_000_000;
+/// Highest `server.tokenizer_threads`.
+const MAX_TOKENIZER_THREADS: i64 = 1024;
+/// Highest `server.tokenizer_inline_bytes` (1 GiB: everything inline).
+const MAX_TOKENIZER_INLINE_BYTES: i64 = 1 << 30;
 /// Default natural completion range of a sim backend.
 const NATURAL_TOKENS: (u32, u32) = (16, 128);
 
@@ -465,6 +472,28 @@ fn server(top: &Reader<'_>, p: &mut Problems) -> Check<ServerConfig> {
                 .unwrap_or(defaults::MAX_CONNECTIONS)
         });
     let ready_drain = bounded_millis(&r, "ready_drain_ms", 0, MAX_READY_DRAIN_MS, 0, p);
+    let count = |key: &str, max: i64, default: usize, p: &mut Problems| {
+        r.integer(key, 0, max, p)
+            .map(|n| n.and_then(|n| usize::try_from(n).ok()).unwrap_or(default))
+    };
+    let tokenizer_threads = count(
+        "tokenizer_threads",
+        MAX_TOKENIZER_THREADS,
+        defaults::tokenizer_threads(),
+        p,
+    );
+    let tokenizer_queue = count(
+        "tokenizer_queue",
+        MAX_ADMISSION_QUEUE,
+        defaults::TOKENIZER_QUEUE,
+        p,
+    );
+    let tokenizer_inline_bytes = count(
+        "tokenizer_inline_bytes",
+        MAX_TOKENIZER_INLINE_BYTES,
+        defaults::TOKENIZER_INLINE_BYTES,
+        p,
+    );
     Ok(ServerConfig {
         listen: listen?,
         admin_key: admin_key?.map(TenantKey::from_plaintext),
@@ -487,6 +516,9 @@ fn server(top: &Reader<'_>, p: &mut Problems) -> Check<ServerConfig> {
         max_header_bytes: max_header_bytes?,
         max_connections: max_connections?,
         ready_drain: ready_drain?,
+        tokenizer_threads: tokenizer_threads?,
+        tokenizer_queue: tokenizer_queue?,
+        tokenizer_inline_bytes: tokenizer_inline_bytes?,
     })
 }
 

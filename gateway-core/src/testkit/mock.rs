@@ -56,6 +56,9 @@ pub struct Script {
     pub finish: FinishReason,
     /// Whether to send a `Usage` event before `Finished`.
     pub usage: bool,
+    /// A faulty engine: play every step whatever the request's
+    /// `max_tokens` (by default the mock stops at the cap).
+    pub ignore_max_tokens: bool,
 }
 
 impl Default for Script {
@@ -79,6 +82,7 @@ impl Script {
                 .collect(),
             finish: FinishReason::Stop,
             usage: true,
+            ignore_max_tokens: false,
         }
     }
 
@@ -168,6 +172,13 @@ impl Script {
     #[must_use]
     pub fn then(mut self, step: Step) -> Self {
         self.steps.push(step);
+        self
+    }
+
+    /// A faulty engine that streams past `max_tokens`.
+    #[must_use]
+    pub fn ignoring_max_tokens(mut self) -> Self {
+        self.ignore_max_tokens = true;
         self
     }
 
@@ -489,7 +500,11 @@ impl Run {
                 .count_prompt(&request.request.prompt)
                 .value()
         });
-        let cap = u64::from(request.budget.max_completion_tokens);
+        let cap = if script.ignore_max_tokens {
+            u64::MAX
+        } else {
+            u64::from(request.budget.max_completion_tokens)
+        };
         let deadline = request.budget.deadline;
         self.send(Ok(TokenEvent::Started(Started {
             prompt_tokens: Some(prompt),

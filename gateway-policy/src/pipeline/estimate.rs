@@ -8,6 +8,15 @@ use gateway_core::{MediaKind, Prompt, TokenCount, TokenCounter};
 
 use crate::MediaCosts;
 
+/// The bytes a tokenizer reads for `prompt` (token ids count 4 each).
+pub(super) fn prompt_bytes(prompt: &Prompt) -> usize {
+    match prompt {
+        Prompt::Text(text) => text.len(),
+        Prompt::Tokens(ids) => ids.len().saturating_mul(4),
+        Prompt::Chat(messages) => messages.iter().map(|m| m.text_bytes()).sum(),
+    }
+}
+
 /// A prompt's count and leading token ids.
 #[derive(Debug, Clone)]
 pub(super) struct Estimate {

@@ -40,27 +40,27 @@ pub(super) struct Plan {
     pub(super) worst: Money,
 }
 
-/// The usable fallbacks of `model` for this request, in order.
+/// The usable fallbacks of `model` for this request, in order. `primary`
+/// is the model's estimate with its media costs; `own` holds, for each
+/// fallback of the chain in order, the prompt's estimate by its counter
+/// before media costs (counted in the tokenizer pool beforehand).
 pub(super) fn plans(
     gateway: &Gateway,
     tenant: &Tenant,
     model: &ModelSpec,
     primary: &Estimate,
+    own: &[Option<Estimate>],
     request: &ClientRequest,
-    want_prefix: usize,
 ) -> Vec<Plan> {
-    let (prompt, tools, max_tokens) = (
-        &request.prompt,
-        request.tools.as_deref(),
-        request.max_tokens,
-    );
+    let (prompt, max_tokens) = (&request.prompt, request.max_tokens);
     let Some(chain) = gateway.inner.fallbacks.get(&model.name) else {
         return Vec::new();
     };
     chain
         .iter()
-        .filter(|f| tenant.may_use(&f.name))
-        .filter_map(|f| {
+        .zip(own.iter().map(Some).chain(std::iter::repeat(None)))
+        .filter(|(f, _)| tenant.may_use(&f.name))
+        .filter_map(|(f, own)| {
             let max_tokens = max_tokens.unwrap_or(f.default_max_tokens);
             if max_tokens == 0 {
                 return None;
@@ -73,7 +73,7 @@ pub(super) fn plans(
             } = if Arc::ptr_eq(&f.counter, &model.counter) && f.media == model.media {
                 primary.clone()
             } else {
-                let own = super::estimate::estimate(&*f.counter, prompt, tools, want_prefix);
+                let own = own.cloned().flatten()?;
                 super::estimate::with_media(own, prompt, &f.media).ok()?
             };
             let needed = estimate.value().saturating_add(u64::from(max_tokens));

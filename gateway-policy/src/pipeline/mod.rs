@@ -2,6 +2,7 @@
 //! with retries before the first token, stream with metering, settle once.
 
 mod attempt;
+mod cap;
 mod embed;
 mod estimate;
 mod fallback;
@@ -35,6 +36,7 @@ use crate::limits::{AdmitError, LimitKind, Limiter, TenantLimiter};
 use crate::metrics::{BackendLabels, Metrics};
 use crate::pool::BackendSlot;
 use crate::route::{AffinityConfig, PrefixAffinity, RoutePolicy};
+use crate::tokenizer_pool::{PoolError, TokenizerPool};
 use crate::{ErrorCode, GatewayError, ModelSpec, Tenant};
 
 /// Tenant label used before a tenant is known.
@@ -107,6 +109,7 @@ pub struct GatewayBuilder {
     queues: Vec<(String, usize)>,
     affinity: AffinityConfig,
     metrics_tenant_labels: bool,
+    tokenizer: TokenizerPool,
 }
 
 /// A backend added to a builder.
@@ -137,6 +140,15 @@ impl GatewayBuilder {
         let tenant = Arc::new(tenant);
         self.keys.insert_hash(key_sha256, tenant.clone());
         self.tenants.push(tenant);
+        self
+    }
+
+    /// Where prompts are tokenized (default: [`TokenizerPool::default`],
+    /// one thread per core; [`TokenizerPool::inline`] counts on the
+    /// runtime).
+    #[must_use]
+    pub fn tokenizer_pool(mut self, pool: TokenizerPool) -> Self {
+        self.tokenizer = pool;
         self
     }
 
@@ -381,6 +393,7 @@ impl GatewayBuilder {
                 metrics: Arc::new(metrics),
                 shutdown: CancelHandle::new(),
                 active: Arc::new(Active::default()),
+                tokenizer: self.tokenizer,
             }),
         })
     }
@@ -459,6 +472,7 @@ struct Inner {
     metrics: Arc<Metrics>,
     shutdown: CancelHandle,
     active: Arc<Active>,
+    tokenizer: TokenizerPool,
 }
 
 /// The gateway pipeline. Cheap to clone; clones share everything.
@@ -507,6 +521,7 @@ impl Gateway {
             queues: Vec::new(),
             affinity: AffinityConfig::default(),
             metrics_tenant_labels: true,
+            tokenizer: TokenizerPool::default(),
         }
     }
 
@@ -776,7 +791,7 @@ impl Gateway {
     async fn admit_and_start(
         &self,
         tenant: &Arc<Tenant>,
-        request: ClientRequest,
+        mut request: ClientRequest,
         cancel: CancelHandle,
         span: tracing::Span,
     ) -> Result<GatewayStream, GatewayError> {
@@ -790,12 +805,54 @@ impl Gateway {
                 "max_tokens must be at least 1",
             ));
         }
-        let primary = estimate::estimate(
-            &*model.counter,
-            &request.prompt,
-            request.tools.as_deref(),
-            self.inner.router.prefix_tokens(),
-        );
+        let want_prefix = self.inner.router.prefix_tokens();
+        let chain = self
+            .inner
+            .fallbacks
+            .get(&model.name)
+            .cloned()
+            .unwrap_or_default();
+        // Tokenization (and the chat template) is CPU work: it runs in the
+        // tokenizer pool, the prompt moved there and back.
+        let bytes = estimate::prompt_bytes(&request.prompt)
+            .saturating_add(request.tools.as_deref().map_or(0, str::len));
+        let prompt = std::mem::replace(&mut request.prompt, Prompt::Tokens(Vec::new()));
+        let tools = request.tools.take();
+        let job = {
+            let (model, tenant) = (model.clone(), tenant.clone());
+            move || {
+                let tools_ref = tools.as_deref();
+                let primary = estimate::estimate(&*model.counter, &prompt, tools_ref, want_prefix);
+                // Each usable fallback's own count (before media costs);
+                // those sharing the model's counter share its count.
+                let own: Vec<Option<estimate::Estimate>> = chain
+                    .iter()
+                    .map(|f| {
+                        if !tenant.may_use(&f.name) {
+                            None
+                        } else if Arc::ptr_eq(&f.counter, &model.counter) {
+                            Some(primary.clone())
+                        } else {
+                            Some(estimate::estimate(
+                                &*f.counter,
+                                &prompt,
+                                tools_ref,
+                                want_prefix,
+                            ))
+                        }
+                    })
+                    .collect();
+                (prompt, tools, primary, own)
+            }
+        };
+        let (prompt, tools, primary, own) = self
+            .inner
+            .tokenizer
+            .run(bytes, self.inner.settings.admission_wait, job)
+            .await
+            .map_err(pool_error)?;
+        request.prompt = prompt;
+        request.tools = tools;
         let primary =
             estimate::with_media(primary, &request.prompt, &model.media).map_err(|kind| {
                 GatewayError::new(
@@ -836,14 +893,7 @@ impl Gateway {
                 .pricing
                 .worst_case(prompt_tokens, u64::from(max_tokens)),
         };
-        let plans = fallback::plans(
-            self,
-            tenant,
-            &model,
-            &primary,
-            &request,
-            self.inner.router.prefix_tokens(),
-        );
+        let plans = fallback::plans(self, tenant, &model, &primary, &own, &request);
         let ledger: Arc<dyn Ledger> = self.inner.ledger.clone();
         let (guard, fallbacks) =
             fallback::reserve(ledger, reserve, model.pricing, meter.clone(), plans)
@@ -906,6 +956,20 @@ impl Gateway {
 /// The client's error for a refused admission: 429 with `Retry-After` for
 /// a limit, 500 when the limiter cannot be reached (fail closed, as for an
 /// unavailable ledger).
+/// The client's error when the tokenizer pool cannot count a prompt: 503
+/// `overloaded` (retry in a second) when it is full or busy past the
+/// admission wait, 500 when the tokenizer panicked.
+pub(super) fn pool_error(e: PoolError) -> GatewayError {
+    match e {
+        PoolError::Full | PoolError::TimedOut => GatewayError::new(
+            ErrorCode::Overloaded,
+            format!("the gateway is busy tokenizing other prompts: {e}"),
+        )
+        .with_retry_after(Duration::from_secs(1)),
+        PoolError::Panicked => GatewayError::new(ErrorCode::Internal, e.to_string()),
+    }
+}
+
 pub(super) fn limit_error(e: AdmitError) -> GatewayError {
     match e {
         AdmitError::Limited(e) => {

@@ -19,6 +19,7 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 use tracing::Instrument;
 
 use super::attempt::{Admitted, Head};
+use super::cap::{Admit, OutputCap};
 use super::{ActiveGuard, Gateway};
 use crate::limits::LimitPermit;
 use crate::metrics::{AbortLabels, BackendLabels, DrainLabels, Metrics, ModelLabels};
@@ -68,6 +69,7 @@ pub(super) fn start(
     let request_id = admitted.request.id.to_string();
     let model = admitted.model.name.clone();
     let meter = admitted.meter.clone();
+    let output_cap = OutputCap::new(cap, admitted.model.counter.clone());
     let settlement = Settlement {
         guard: Some(admitted.guard),
         meter: admitted.meter,
@@ -76,6 +78,7 @@ pub(super) fn start(
         engine: None,
         received: 0,
         drained: false,
+        capped: false,
         cap,
         tenant: admitted.tenant,
         model: admitted.model,
@@ -94,6 +97,7 @@ pub(super) fn start(
         stream: head.stream,
         head: head.events,
         order: head.order,
+        output_cap,
         tx,
         client: client.clone(),
         settlement,
@@ -222,6 +226,19 @@ enum End {
     Canceled(CancelReason),
     /// The client stopped reading.
     Stalled,
+    /// The gateway's cap was reached: `Finished(Length)` is in the buffer
+    /// and the engine must be aborted.
+    Capped,
+}
+
+/// What relaying one event did.
+enum Relayed {
+    /// More may follow.
+    More,
+    /// It was `Finished`.
+    Finished,
+    /// The cap was reached: `Usage` and `Finished(Length)` were relayed.
+    Capped,
 }
 
 /// Why a relay to the client failed.
@@ -245,6 +262,8 @@ struct Pump {
     stream: TokenStream,
     head: Vec<TokenEvent>,
     order: gateway_core::EventOrder,
+    /// The gateway's own count of the output against `max_tokens`.
+    output_cap: OutputCap,
     tx: mpsc::Sender<TokenResult>,
     client: Arc<Client>,
     settlement: Settlement,
@@ -272,6 +291,13 @@ impl Pump {
             End::Failed { abort } => {
                 self.await_client().await;
                 abort.then_some(CancelReason::Timeout)
+            }
+            End::Capped => {
+                // The engine went past the cap: stop it at once, then let
+                // the client take the end.
+                self.abort_upstream(CancelReason::Budget).await;
+                self.await_client().await;
+                None
             }
             End::Canceled(reason) => {
                 // Tell a client that is still there why the stream ends.
@@ -318,8 +344,9 @@ impl Pump {
         let head = std::mem::take(&mut self.head);
         for event in head {
             match self.relay_event(event).await {
-                Ok(false) => {}
-                Ok(true) => return End::Finished,
+                Ok(Relayed::More) => {}
+                Ok(Relayed::Finished) => return End::Finished,
+                Ok(Relayed::Capped) => return End::Capped,
                 Err(blocked) => return blocked.into(),
             }
         }
@@ -357,8 +384,9 @@ impl Pump {
                         format!("backend broke the event order: {v}"),
                     ),
                     Ok(()) => match self.relay_event(event).await {
-                        Ok(false) => continue,
-                        Ok(true) => return End::Finished,
+                        Ok(Relayed::More) => continue,
+                        Ok(Relayed::Finished) => return End::Finished,
+                        Ok(Relayed::Capped) => return End::Capped,
                         Err(blocked) => return blocked.into(),
                     },
                 },
@@ -390,17 +418,46 @@ impl Pump {
         }
     }
 
-    /// Relays one checked event; `true` when it was `Finished`. An engine
-    /// that gave no counts still gets the client a `Usage` (what the
-    /// gateway counted) before the end.
-    async fn relay_event(&mut self, event: TokenEvent) -> Result<bool, Blocked> {
+    /// Relays one checked event. An engine that gave no counts still gets
+    /// the client a `Usage` (what the gateway counted) before the end. A
+    /// delta is counted against the cap first (see [`super::cap`]); one
+    /// that reaches past it is cut, and the stream ends there with the
+    /// gateway's `Usage` and `Finished(Length)`.
+    async fn relay_event(&mut self, event: TokenEvent) -> Result<Relayed, Blocked> {
+        let event = match event {
+            TokenEvent::Delta(delta) => match self.output_cap.admit(delta) {
+                Admit::Pass(delta) => TokenEvent::Delta(delta),
+                Admit::Cut(piece) => {
+                    if let Some(delta) = piece {
+                        self.relay(Ok(TokenEvent::Delta(delta))).await?;
+                    }
+                    self.settlement.capped = true;
+                    tracing::warn!(
+                        parent: &self.settlement.span,
+                        cap = self.settlement.cap,
+                        backend = self.settlement.backend.as_str(),
+                        "the engine went past max_tokens: output cut and the engine aborted"
+                    );
+                    let usage = self.settlement.at_cap();
+                    self.relay(Ok(TokenEvent::Usage(usage))).await?;
+                    self.relay(Ok(TokenEvent::Finished(gateway_core::FinishReason::Length)))
+                        .await?;
+                    return Ok(Relayed::Capped);
+                }
+            },
+            other => other,
+        };
         let terminal = matches!(event, TokenEvent::Finished(_));
         if terminal && self.settlement.engine.is_none() {
             let usage = self.settlement.counted();
             self.relay(Ok(TokenEvent::Usage(usage))).await?;
         }
         self.relay(Ok(event)).await?;
-        Ok(terminal)
+        Ok(if terminal {
+            Relayed::Finished
+        } else {
+            Relayed::More
+        })
     }
 
     /// Puts one item in the client's buffer, waiting while it is full;
@@ -519,9 +576,12 @@ impl Pump {
         let confirmed = loop {
             match tokio::time::timeout_at(until, self.stream.next()).await {
                 Err(_) | Ok(None) => break None,
-                Ok(Some(Ok(TokenEvent::Delta(d)))) => {
+                // Past the cap, what the engine still sends is its own
+                // fault: not charged.
+                Ok(Some(Ok(TokenEvent::Delta(d)))) if !self.settlement.capped => {
                     self.settlement.received += u64::from(d.tokens)
                 }
+                Ok(Some(Ok(TokenEvent::Delta(_)))) => {}
                 Ok(Some(Ok(TokenEvent::Finished(_)))) => break None,
                 Ok(Some(Ok(_))) => {}
                 Ok(Some(Err(err))) if err.kind() == FailureKind::Canceled => break Some(err),
@@ -562,6 +622,8 @@ struct Settlement {
     /// The client left and the stream was drained: the provider bills
     /// everything it produced.
     drained: bool,
+    /// The engine went past the cap; the stream ended at it.
+    capped: bool,
     /// The request's completion cap (reserved for): a drained charge never
     /// goes past it.
     cap: u64,
@@ -599,6 +661,15 @@ impl Settlement {
         let prompt = self.charged_prompt(self.started.prompt_tokens);
         let cached = self.started.cached_tokens.unwrap_or(0);
         Usage::clamped(prompt, cached, self.received, 0, 0, 0)
+    }
+
+    /// The usage the client gets when the stream ends at the cap: the
+    /// engine's (or `Started`'s, or the estimated) prompt counts and the
+    /// completion tokens relayed.
+    fn at_cap(&self) -> Usage {
+        let (prompt, cached, drafted, accepted) = self.engine_counts();
+        Usage::clamped(prompt, cached, self.received, drafted, accepted, 0)
+            .with_reasoning(self.engine.map_or(0, |u| u.reasoning()))
     }
 
     /// What the tenant is charged for: prompt tokens once the response
