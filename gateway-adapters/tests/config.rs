@@ -1544,6 +1544,10 @@ mod pass_through_keys {
              server.max_extra_depth: must be at most 128, found 129\n\
              server.max_json_depth: must be at least 2, found 1\n\
              models[0].unknown_fields: expected a string, found an integer"
+        );
+    }
+}
+
 /// The edge limits of `[server]` and `tenants[].max_connections`.
 #[cfg(test)]
 mod edge_limits {

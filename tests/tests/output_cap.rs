@@ -108,10 +108,13 @@ impl Rig {
         }
     }
 
-    fn tokens(&self, text: &str) -> u64 {
-        let n = self.counter.count_text(text);
-        assert!(n.is_exact());
-        n.value()
+    /// The tokens of `piece` as a continuation of earlier output (after a
+    /// newline, less the newline's own), as the gateway counts a chunk.
+    fn tokens(&self, piece: &str) -> u64 {
+        let lead = self.counter.count_text("\n");
+        let n = self.counter.count_text(&format!("\n{piece}"));
+        assert!(n.is_exact() && lead.is_exact());
+        n.value() - lead.value()
     }
 }
 
@@ -170,9 +173,10 @@ async fn a_streaming_client_gets_exactly_max_tokens_from_a_runaway_engine() {
     }
     let ended = Instant::now();
     assert_eq!(finish.as_deref(), Some("length"));
-    // "Hello wor" (2 tokens by TinyLlama), then "ld, é" (4) cut to "ld,"
-    // (3): the cap lands on a token boundary.
-    assert_eq!(text, "Hello world,");
+    // "Hello wor" (2 tokens by TinyLlama), then "ld, é" (3 as the
+    // continuation it is: `ld`, `,`, `▁é`): exactly the cap of 5, and the
+    // engine's next chunk is cut to nothing.
+    assert_eq!(text, "Hello world, é");
     assert_eq!(counted, 5, "{text:?}");
     let usage = usage.unwrap();
     assert_eq!(usage["completion_tokens"], 5);
@@ -205,7 +209,7 @@ async fn a_non_streaming_client_gets_exactly_max_tokens_from_a_runaway_engine() 
     assert_eq!(v["choices"][0]["finish_reason"], "length");
     assert_eq!(v["usage"]["completion_tokens"], 5);
     let content = v["choices"][0]["message"]["content"].as_str().unwrap();
-    assert_eq!(content, "Hello world,");
+    assert_eq!(content, "Hello world, é");
     let prompt = v["usage"]["prompt_tokens"].as_u64().unwrap();
     rig.aborted(1, started).await;
     let a = rig.settled().await;

@@ -83,7 +83,7 @@ use crate::openai::{SseEvent, parse_upstream_error};
 
 /// SGLang's extras on its OpenAI chat route (ENGINES.md §3.2), besides
 /// OpenAI's fields. Left out: `rid` (the gateway's), the prompt fields
-/// (`chat_template_kwargs`, `continue_final_message`, `session_params`),
+/// (`continue_final_message`, `session_params`),
 /// `bootstrap_*` (disaggregation internals) and `return_hidden_states`
 /// (an answer the gateway does not pass on).
 pub const CHAT_EXTRA: &[&str] = &[
@@ -100,6 +100,9 @@ pub const CHAT_EXTRA: &[&str] = &[
     "lora_path",
     "separate_reasoning",
     "stream_reasoning",
+    // Reasoning switches (`enable_thinking`); charged at most at the
+    // estimate, as on vLLM.
+    "chat_template_kwargs",
 ];
 
 /// What the native `/generate` route takes of a completions request's
@@ -148,6 +151,7 @@ const SGLANG_CHAT_FIELDS: &[&str] = &[
     "lora_path",
     "separate_reasoning",
     "stream_reasoning",
+    "chat_template_kwargs",
 ];
 
 const MAX_ERROR_BODY: usize = 64 * 1024;

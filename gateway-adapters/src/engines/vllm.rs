@@ -57,6 +57,10 @@ pub const EXTRA: &[&str] = &[
     "cache_salt",
     "vllm_xargs",
     "thinking_token_budget",
+    // The template variables reasoning models are switched with
+    // (`enable_thinking`, `thinking`). Not in the estimate: what they add
+    // to the prompt is charged at most at the estimate (drift).
+    "chat_template_kwargs",
 ];
 
 /// The fields vLLM gets: OpenAI's and [`EXTRA`].

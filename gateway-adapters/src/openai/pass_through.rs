@@ -112,9 +112,7 @@ pub const OPENAI_COMPLETIONS: &[&str] = &[
 /// Fields that change what the engine counts as prompt, refused on every
 /// engine with a 400 naming the field: the estimate could not count them.
 ///
-/// - `chat_template`, `chat_template_kwargs`: another template, or
-///   variables that switch parts of the model's template (system text,
-///   thinking markup) on or off;
+/// - `chat_template`: another template;
 /// - `documents`: rendered into the prompt by the template;
 /// - `add_generation_prompt`, `continue_final_message`,
 ///   `add_special_tokens`: change the prompt's markup and special tokens;
@@ -130,7 +128,6 @@ pub const OPENAI_COMPLETIONS: &[&str] = &[
 /// - `session_params`: SGLang continues an earlier session's prompt.
 pub const PROMPT_FIELDS: &[&str] = &[
     "chat_template",
-    "chat_template_kwargs",
     "documents",
     "add_generation_prompt",
     "continue_final_message",

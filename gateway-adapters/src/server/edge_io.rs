@@ -210,6 +210,32 @@ impl AsyncWrite for EdgeIo {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
+    // Vectored like the socket: without it hyper flattens every response
+    // into its own write buffer, which takes up to ~400 KB of a stream a
+    // client does not read before the gateway's buffer sees the stall.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        if self.replacement.is_none() {
+            let first = bufs.iter().find(|b| !b.is_empty());
+            if let Some(status) = first.and_then(|b| hyper_parse_error_status(b)) {
+                self.replacement =
+                    parse_error_response(status, self.max_header_bytes).map(|b| (b, 0));
+            }
+        }
+        if self.replacement.is_some() {
+            ready!(self.poll_replacement(cx))?;
+            return Poll::Ready(Ok(bufs.iter().map(|b| b.len()).sum()));
+        }
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         ready!(self.poll_replacement(cx))?;
         Pin::new(&mut self.inner).poll_flush(cx)

@@ -37,15 +37,19 @@ pub(super) struct OutputCap {
     cap: u64,
     counted: u64,
     counter: Arc<dyn TokenCounter>,
+    /// [`LEAD`]'s own tokens, when the counter counts exactly.
+    lead: Option<u64>,
 }
 
 impl OutputCap {
     /// A cap of `cap` tokens, counting text with `counter` when it counts
     /// exactly.
     pub(super) fn new(cap: u64, counter: Arc<dyn TokenCounter>) -> Self {
+        let lead = counter.count_text(LEAD);
         OutputCap {
             cap,
             counted: 0,
+            lead: lead.is_exact().then(|| lead.value()),
             counter,
         }
     }
@@ -95,11 +99,7 @@ impl OutputCap {
             if field.is_empty() {
                 continue;
             }
-            let n = self.counter.count_text(field);
-            if !n.is_exact() {
-                return None;
-            }
-            total = total.saturating_add(n.value());
+            total = total.saturating_add(piece_tokens(self.counter.as_ref(), self.lead, field)?);
         }
         Some(total)
     }
@@ -117,9 +117,10 @@ impl OutputCap {
         let total_chars: u64 = fields(delta).map(|f| f.chars().count() as u64).sum();
         let exact = self.exact_text_tokens(delta).is_some();
         let counter = &self.counter;
+        let lead = self.lead;
         let measure = |s: &str| -> u64 {
             if exact {
-                counter.count_text(s).value()
+                piece_tokens(counter.as_ref(), lead, s).unwrap_or(0)
             } else {
                 proportional(s, tokens, total_chars)
             }
@@ -161,6 +162,25 @@ impl OutputCap {
         delta.tokens = u32::try_from(kept).unwrap_or(u32::MAX);
         kept
     }
+}
+
+/// What a piece is counted after: a character that no tokenizer merges
+/// with the text after it.
+const LEAD: &str = "\n";
+
+/// The tokens of `piece` as the continuation of earlier output, when the
+/// counter counts exactly: counted on its own, a piece would be a fresh
+/// start, and a SentencePiece tokenizer (Llama's) prepends a word marker to
+/// it, so the one-token piece `" world"` would count two. Counted after
+/// [`LEAD`] and less [`LEAD`]'s own tokens, it counts as it does inside the
+/// text the engine generated.
+fn piece_tokens(counter: &dyn TokenCounter, lead: Option<u64>, piece: &str) -> Option<u64> {
+    let lead = lead?;
+    let mut led = String::with_capacity(LEAD.len() + piece.len());
+    led.push_str(LEAD);
+    led.push_str(piece);
+    let both = counter.count_text(&led);
+    both.is_exact().then(|| both.value().saturating_sub(lead))
 }
 
 /// The delta's output text fields, in the order they are cut.
