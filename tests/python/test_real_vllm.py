@@ -253,7 +253,13 @@ def test_prompt_estimate_equals_vllm_count(real_vllm, client, case):
     assert r.usage.prompt_tokens == engine_count
     assert r.usage.completion_tokens == 1
 
+    # The estimate is observed when the request settles, which happens just
+    # after the response ends: wait for it (bounded), then check it exactly.
+    deadline = time.monotonic() + 5
     after_m = estimate_hist(gateway_metrics(real_vllm))
+    while after_m["count"] == before_m["count"] and time.monotonic() < deadline:
+        time.sleep(0.02)
+        after_m = estimate_hist(gateway_metrics(real_vllm))
     after_u = admin_usage(real_vllm)
     # One observation, and it is in the bucket of 0 with a ratio of exactly 0:
     # the gateway's estimate equals vLLM's prompt_tokens.
