@@ -307,7 +307,7 @@ mod engine_vllm {
         assert_eq!(sent.path, "/v1/chat/completions");
         assert_eq!(
             sent.body,
-            r#"{"model":"served-m","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Hi"}],"max_tokens":7,"temperature":0.5,"stop":["\n\n"],"stream":true,"stream_options":{"include_usage":true},"top_k":20,"vllm_xargs":{"a":[1,"é"]}}"#
+            r#"{"model":"served-m","messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Hi"}],"max_tokens":7,"temperature":0.5,"stop":["\n\n"],"stream":true,"stream_options":{"include_usage":true},"return_token_ids":true,"top_k":20,"vllm_xargs":{"a":[1,"é"]}}"#
         );
         assert_eq!(sent.header("authorization"), Some("Bearer sk-test"));
         assert_eq!(sent.header("x-request-id"), Some("req-map-1"));
@@ -341,7 +341,7 @@ mod engine_vllm {
         assert_eq!(sent[0].path, "/v1/completions");
         assert_eq!(
             sent[0].body,
-            r#"{"model":"m","prompt":"Once upon","max_tokens":5,"stream":true,"stream_options":{"include_usage":true}}"#
+            r#"{"model":"m","prompt":"Once upon","max_tokens":5,"stream":true,"stream_options":{"include_usage":true},"return_token_ids":true}"#
         );
         assert!(
             sent[1]
@@ -381,12 +381,13 @@ mod engine_vllm {
         assert_eq!(d.usage(), Some(Usage::new(4, 9).with_cached(3).unwrap()));
     }
 
-    /// vLLM streams a speculative step's accepted drafts in one chunk
-    /// without token ids; its usage (and, with
-    /// `--per-request-spec-decode-metrics`, its draft counts) tell the
-    /// truth. The tokens beyond one per chunk come as a last empty delta
-    /// before the usage, so what is delivered (and charged) is the
-    /// engine's count.
+    /// vLLM streams a speculative step's accepted drafts in one chunk. The
+    /// vLLM adapter asks for `return_token_ids`, so each chunk is counted
+    /// by its ids; an engine that gives none (the generic OpenAI adapter
+    /// does not ask) is counted one token per chunk, and the tokens its
+    /// usage reports beyond that come as a last empty delta before the
+    /// usage. Either way what is delivered (and charged) is the engine's
+    /// count.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn speculative_chunks_are_counted_to_the_engines_usage() {
         let spec = SimSpec {
@@ -399,39 +400,44 @@ mod engine_vllm {
             ..SimOptions::default()
         })
         .await;
-        let backend = vllm_backend(&sim);
-        for request in [chat(64), text(64)] {
-            let d = run(&backend, request).await.unwrap();
-            let deltas: Vec<(String, u32)> = d
-                .events
-                .iter()
-                .filter_map(|e| match e {
-                    TokenEvent::Delta(d) => Some((d.text.clone(), d.tokens)),
-                    _ => None,
-                })
-                .collect();
-            // Four steps (3 + 3 + 3 + 1 tokens), one token counted each,
-            // then the six the chunks did not show.
-            assert_eq!(
-                deltas,
-                vec![
-                    (text_of(3), 1),
-                    (text_of(6)[text_of(3).len()..].to_owned(), 1),
-                    (text_of(9)[text_of(6).len()..].to_owned(), 1),
-                    (text_of(10)[text_of(9).len()..].to_owned(), 1),
-                    (String::new(), 6),
-                ]
-            );
-            assert_eq!(spec.counts(10), (4, 12, 6));
-            let prompt = sim.generations().last().unwrap().prompt_tokens;
-            assert_eq!(
-                d.usage(),
-                Some(Usage::new(prompt, 10).with_speculative(12, 6).unwrap())
-            );
-            assert_eq!((d.tokens(), d.finish()), (10, Some(FinishReason::Stop)));
+        let steps = || {
+            vec![
+                text_of(3),
+                text_of(6)[text_of(3).len()..].to_owned(),
+                text_of(9)[text_of(6).len()..].to_owned(),
+                text_of(10)[text_of(9).len()..].to_owned(),
+            ]
+        };
+        // Four steps (3 + 3 + 3 + 1 tokens): by ids, each its own count;
+        // without ids one counted each, then the six the chunks did not
+        // show.
+        let by_ids: Vec<(String, u32)> = steps().into_iter().zip([3, 3, 3, 1]).collect();
+        let mut by_chunks: Vec<(String, u32)> = steps().into_iter().zip([1, 1, 1, 1]).collect();
+        by_chunks.push((String::new(), 6));
+        let generic = gateway_adapters::engines::openai::backend(config(&sim)).unwrap();
+        for (backend, expected) in [(vllm_backend(&sim), by_ids), (generic, by_chunks)] {
+            for request in [chat(64), text(64)] {
+                let d = run(&backend, request).await.unwrap();
+                let deltas: Vec<(String, u32)> = d
+                    .events
+                    .iter()
+                    .filter_map(|e| match e {
+                        TokenEvent::Delta(d) => Some((d.text.clone(), d.tokens)),
+                        _ => None,
+                    })
+                    .collect();
+                assert_eq!(deltas, expected);
+                assert_eq!(spec.counts(10), (4, 12, 6));
+                let prompt = sim.generations().last().unwrap().prompt_tokens;
+                assert_eq!(
+                    d.usage(),
+                    Some(Usage::new(prompt, 10).with_speculative(12, 6).unwrap())
+                );
+                assert_eq!((d.tokens(), d.finish()), (10, Some(FinishReason::Stop)));
+            }
         }
         // Capped at max_tokens: 4 tokens, two steps (3 + 1).
-        let d = run(&backend, chat(4)).await.unwrap();
+        let d = run(&vllm_backend(&sim), chat(4)).await.unwrap();
         assert_eq!((d.text(), d.tokens()), (text_of(4), 4));
         assert_eq!(d.usage().map(|u| (u.drafted(), u.accepted())), Some((6, 2)));
     }

@@ -201,7 +201,9 @@ async fn zero_token_chunks_are_counted_from_their_text_and_cut_at_a_token_bounda
     });
     let (got, ended) = run(&s, request("c3", Some(10))).await;
     assert!(got.error.is_none(), "{:?}", got.error);
-    // 4 + 4 words, then the third chunk cut to two words.
+    // 4 + 4 words (by then the text is more than the slack ahead of the
+    // engine's count, and is what counts), then the third chunk cut to two
+    // words.
     assert_eq!(got.text, "a b c d a b c d a b ");
     assert_eq!(got.tokens, 10);
     assert_eq!(got.finish, Some(FinishReason::Length));

@@ -42,7 +42,7 @@ use crate::http::{
 use crate::output::Output;
 use crate::sim::{Basics, Engine, Sim, SimCore};
 use crate::slots::prefill_time;
-pub use crate::vocab::{VOCABULARY, text_of, token_text};
+pub use crate::vocab::{VOCABULARY, text_of, token_id, token_text};
 use crate::vocab::{chat_prompt_tokens, words};
 pub use embed::{MAX_MODEL_LEN, embedding_of, text_ids};
 
@@ -896,6 +896,10 @@ async fn generate(
         _ => 1,
     };
     let mut step_text = String::new();
+    // vLLM 0.32 with `"return_token_ids": true`: each chunk's ids, and the
+    // prompt's in the first chunk (§2.2).
+    let return_ids = engine == SimEngine::Vllm && body["return_token_ids"] == Value::Bool(true);
+    let mut step_ids: Vec<u32> = Vec::new();
     for i in 0..n {
         // No interval: no timer either (a zero sleep still waits for the
         // timer's next tick); a closed client then shows as a failed write.
@@ -1000,10 +1004,16 @@ async fn generate(
                     .then(|| (prompt_tokens, opts.cached_tokens.min(prompt_tokens))),
             });
         } else if chat && i == 0 {
+            let prompt_ids = if return_ids {
+                id_list((0..prompt_tokens).map(|_| 1))
+            } else {
+                "null".to_owned()
+            };
             bytes.extend(frame(&format!(
-                r#"{head_json}"choices":[{{"index":0,"delta":{{"role":"assistant","content":""}},"logprobs":null,"finish_reason":null}}],"prompt_token_ids":null}}"#
+                r#"{head_json}"choices":[{{"index":0,"delta":{{"role":"assistant","content":""}},"logprobs":null,"finish_reason":null}}],"prompt_token_ids":{prompt_ids}}}"#
             )));
         }
+        step_ids.push(token_id(i));
         if step > 1 {
             step_text.push_str(text);
             if !last && (i + 1) % step != 0 {
@@ -1025,25 +1035,23 @@ async fn generate(
             text
         };
         let logprobs = output.logprobs(i, text);
+        let step_ids = std::mem::take(&mut step_ids);
+        let ids = if runaway.is_some() {
+            r#","token_ids":[]"#.to_owned()
+        } else if return_ids {
+            format!(r#","token_ids":{}"#, id_list(step_ids.into_iter()))
+        } else if chat && last {
+            r#","token_ids":null"#.to_owned()
+        } else {
+            String::new()
+        };
         let token = if chat {
-            let ids = if runaway.is_some() {
-                r#","token_ids":[]"#
-            } else if last {
-                r#","token_ids":null"#
-            } else {
-                ""
-            };
             format!(
                 r#"{head_json}"choices":[{{"index":0,"delta":{},"logprobs":{logprobs},{finish_json}{ids}}}]}}"#,
                 output.chat_delta(i, text, arrival)
             )
         } else {
             let stop = if last { "" } else { r#","stop_reason":null"# };
-            let ids = if runaway.is_some() {
-                r#","token_ids":[]"#
-            } else {
-                ""
-            };
             format!(
                 r#"{head_json}"choices":[{{"index":0,"text":{},"logprobs":{logprobs},{finish_json}{stop}{ids}}}]}}"#,
                 js(text)
@@ -1121,4 +1129,17 @@ async fn generate(
     }
     drop(permit);
     Next::KeepAlive
+}
+
+/// A JSON list of token ids.
+fn id_list(ids: impl Iterator<Item = u32>) -> String {
+    let mut out = String::from("[");
+    for (k, id) in ids.enumerate() {
+        if k > 0 {
+            out.push(',');
+        }
+        out.push_str(&id.to_string());
+    }
+    out.push(']');
+    out
 }

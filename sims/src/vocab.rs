@@ -13,6 +13,11 @@ pub fn token_text(i: u32) -> &'static str {
     VOCABULARY[i as usize % VOCABULARY.len()]
 }
 
+/// The id of token `i` (its place in [`VOCABULARY`], plus 100).
+pub fn token_id(i: u32) -> u32 {
+    (i as usize % VOCABULARY.len()) as u32 + 100
+}
+
 /// The text of the first `n` tokens.
 pub fn text_of(n: u32) -> String {
     (0..n).map(token_text).collect()

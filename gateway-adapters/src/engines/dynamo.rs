@@ -77,6 +77,7 @@ pub const QUIRKS: Quirks = Quirks {
     metrics: METRICS,
     message_rules: &[],
     cut_body_is_truncation: false,
+    ask_token_ids: None,
 };
 
 /// A Dynamo frontend backend.

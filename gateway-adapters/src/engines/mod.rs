@@ -79,7 +79,7 @@ pub fn fields(kind: EngineKind) -> EngineFields {
 pub fn from_backend_config(config: &BackendConfig) -> Result<OpenAiCompatBackend, EngineError> {
     let (routes, quirks) = match config.engine {
         EngineKind::Vllm => (vllm::ROUTES, Quirks::VLLM),
-        EngineKind::OpenAi => (openai::ROUTES, Quirks::VLLM),
+        EngineKind::OpenAi => (openai::ROUTES, Quirks::OPENAI),
         EngineKind::TrtLlm => (trtllm::ROUTES, trtllm::QUIRKS),
         EngineKind::Dynamo => (dynamo::ROUTES, dynamo::QUIRKS),
         EngineKind::Nim => (nim::ROUTES, nim::QUIRKS),

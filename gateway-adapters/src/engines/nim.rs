@@ -91,6 +91,7 @@ pub const QUIRKS: Quirks = Quirks {
     metrics: METRICS,
     message_rules: &[],
     cut_body_is_truncation: false,
+    ask_token_ids: None,
 };
 
 /// A NIM backend (the key, if any, is `config.api_key`).

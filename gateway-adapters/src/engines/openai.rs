@@ -7,7 +7,9 @@ use gateway_core::EngineKind;
 
 use crate::openai::pass_through::EngineFields;
 
-use super::openai_compat::{EngineError, HealthCheck, OpenAiCompatBackend, Routes, UpstreamConfig};
+use super::openai_compat::{
+    EngineError, HealthCheck, OpenAiCompatBackend, Quirks, Routes, UpstreamConfig,
+};
 
 /// The fields a generic OpenAI-compatible server gets: OpenAI's documented
 /// fields only (what else it takes is unknown).
@@ -31,5 +33,5 @@ pub const ROUTES: Routes = Routes {
 /// # Errors
 /// [`EngineError::InvalidUrl`] for a URL that is not `http://host...`.
 pub fn backend(config: UpstreamConfig) -> Result<OpenAiCompatBackend, EngineError> {
-    OpenAiCompatBackend::new(ROUTES, config)
+    OpenAiCompatBackend::with_quirks(ROUTES, Quirks::OPENAI, config)
 }

@@ -249,16 +249,30 @@ pub struct Quirks {
     /// the chunked body) is the engine's way to fail a stream: then it is
     /// a `ProtocolViolation` (a truncated stream) instead of `Connect`.
     pub cut_body_is_truncation: bool,
+    /// The request field that, set to `true`, makes the engine send each
+    /// chunk's token ids (vLLM's `return_token_ids`): the gateway then
+    /// counts the output exactly instead of re-tokenizing its text, which
+    /// does not always give back the generated tokens.
+    pub ask_token_ids: Option<&'static str>,
 }
 
 impl Quirks {
     /// vLLM's behaviour: extras passed through, vLLM gauges, no message
-    /// rules, a cut body is a transport failure.
+    /// rules, a cut body is a transport failure, token ids asked for with
+    /// `return_token_ids`.
     pub const VLLM: Quirks = Quirks {
         extra: ExtraFields::PassThrough,
         metrics: VLLM_METRICS,
         message_rules: &[],
         cut_body_is_truncation: false,
+        ask_token_ids: Some("return_token_ids"),
+    };
+
+    /// Any OpenAI-compatible server: as [`VLLM`](Self::VLLM), but nothing
+    /// beyond OpenAI's fields is added to a request.
+    pub const OPENAI: Quirks = Quirks {
+        ask_token_ids: None,
+        ..Quirks::VLLM
     };
 }
 
@@ -481,6 +495,10 @@ impl Inner {
                 "the request could not be encoded for the engine",
             ));
         };
+        if let Some(field) = self.quirks.ask_token_ids {
+            // Before the extras, so that this value wins over a client's.
+            ask_true(&mut body, field);
+        }
         if let Some(extra) = &generate.extra {
             let filtered;
             let extra = match self.quirks.extra {
@@ -540,6 +558,17 @@ impl Inner {
             builder = builder.header(header::AUTHORIZATION, auth.clone());
         }
         builder.body(Full::new(Bytes::new()))
+    }
+}
+
+/// Adds `"field":true` to the JSON object `body` (serde's output: `{...}`
+/// with at least one member).
+fn ask_true(body: &mut Vec<u8>, field: &str) {
+    if body.last() == Some(&b'}') {
+        body.pop();
+        body.extend_from_slice(b",\"");
+        body.extend_from_slice(field.as_bytes());
+        body.extend_from_slice(b"\":true}");
     }
 }
 

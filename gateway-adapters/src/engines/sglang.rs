@@ -65,7 +65,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::live::{self, HasLive, LiveRequests};
 use super::openai_compat::{
-    EngineError, HealthCheck, OpenAiCompatBackend, Routes, UpstreamConfig, kind_for_status,
+    EngineError, HealthCheck, OpenAiCompatBackend, Quirks, Routes, UpstreamConfig, kind_for_status,
     says_bad_input,
 };
 use super::pressure_cell::{Gauges, PressureCell};
@@ -344,7 +344,7 @@ impl SglangBackend {
         let auth = upstream::auth_header(&config)?;
         let mut chat_config = config.clone();
         chat_config.metrics_url = None;
-        let chat = OpenAiCompatBackend::new(OPENAI_ROUTES, chat_config)?;
+        let chat = OpenAiCompatBackend::with_quirks(OPENAI_ROUTES, Quirks::OPENAI, chat_config)?;
         let client = upstream::client(&config)?;
         let served_model = upstream::served_model(&config);
         let shared = Arc::new(Shared {

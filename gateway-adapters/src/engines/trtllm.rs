@@ -179,6 +179,7 @@ pub const QUIRKS: Quirks = Quirks {
     metrics: METRICS,
     message_rules: MESSAGE_RULES,
     cut_body_is_truncation: true,
+    ask_token_ids: None,
 };
 
 /// A trtllm-serve backend.
