@@ -985,6 +985,10 @@ pub(super) fn pool_error(e: PoolError) -> GatewayError {
     }
 }
 
+/// The client's error for a limiter's refusal: 429 `rate_limit_exceeded` with
+/// the limit's `Retry-After`; 503 `limiter_unavailable` with `Retry-After`
+/// when the limiter cannot decide (its Redis unreachable): admission fails
+/// closed.
 pub(super) fn limit_error(e: AdmitError) -> GatewayError {
     match e {
         AdmitError::Limited(e) => {
@@ -1000,10 +1004,16 @@ pub(super) fn limit_error(e: AdmitError) -> GatewayError {
             .with_retry_after(e.retry_after)
         }
         e @ AdmitError::Unavailable(_) => {
-            GatewayError::new(ErrorCode::Internal, format!("limits: {e}"))
+            GatewayError::new(ErrorCode::LimiterUnavailable, format!("limits: {e}"))
+                .with_retry_after(LIMITER_RETRY_AFTER)
         }
     }
 }
+
+/// When a client refused because the limiter cannot decide may retry: the
+/// Redis limiter tries Redis again once a second
+/// (`RedisLimiter::PROBE_EVERY`).
+const LIMITER_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// When a client refused because the ledger is unavailable may retry.
 const LEDGER_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
