@@ -89,7 +89,7 @@ pub use limits::{
 };
 #[cfg(feature = "redis")]
 pub use limits::{RedisLimiter, RedisLimiterConfig, RedisLimiterStats};
-pub use metrics::Metrics;
+pub use metrics::{EdgeReason, EdgeRejections, Metrics};
 pub use model::{MediaCosts, ModelSpec};
 pub use pipeline::{
     BuildError, ClientRequest, DrainReport, EmbedResponse, Gateway, GatewayBuilder, GatewayStream,
