@@ -3,9 +3,11 @@
 //! request still succeeds (descriptors and memory bounded), the connection
 //! cap's fast 503, the per-tenant connection cap's 429, the JSON 431, the
 //! body-read timeout's 408, the keep-alive idle close, and the readiness
-//! phase of SIGTERM.
+//! phase of SIGTERM; each of the edge's own answers and closes counted
+//! exactly in `gateway_edge_rejections_total{reason}` on `/metrics`.
 #![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -209,6 +211,42 @@ async fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
     .is_ok()
 }
 
+/// `gateway_edge_rejections_total` by reason, from the binary's
+/// `/metrics` (every reason is exported from the start).
+async fn edge_rejections(addr: SocketAddr) -> BTreeMap<String, u64> {
+    let r = request(addr, "GET", "/metrics", &[], b"").await.unwrap();
+    assert_eq!(r.status, 200);
+    String::from_utf8(r.body)
+        .unwrap()
+        .lines()
+        .filter_map(|l| {
+            let rest = l.strip_prefix("gateway_edge_rejections_total{reason=\"")?;
+            let (reason, value) = rest.split_once("\"} ")?;
+            Some((reason.to_owned(), value.parse().unwrap()))
+        })
+        .collect()
+}
+
+/// Every reason at zero but those of `counts`.
+fn rejections(counts: &[(&str, u64)]) -> BTreeMap<String, u64> {
+    [
+        "header_timeout",
+        "body_timeout",
+        "headers_too_large",
+        "uri_too_long",
+        "malformed_request",
+        "too_many_connections",
+        "connection_cap",
+        "connection_cap_closed",
+    ]
+    .into_iter()
+    .map(|reason| {
+        let n = counts.iter().find(|(r, _)| *r == reason).map_or(0, |c| c.1);
+        (reason.to_owned(), n)
+    })
+    .collect()
+}
+
 fn chat(stream: bool, max_tokens: u32) -> Vec<u8> {
     format!(
         r#"{{"model":"m","stream":{stream},"max_tokens":{max_tokens},"messages":[{{"role":"user","content":"hi"}}]}}"#
@@ -311,6 +349,12 @@ async fn slow_header_sockets_are_cut_while_a_request_still_succeeds() {
         closed.push(r.unwrap().expect("the server closed the slow socket"));
     }
     assert_eq!(closed.len(), SLOW_SOCKETS);
+    // Each one counted as a header-read timeout (the kept-alive clients of
+    // `request` close their own connections: not counted).
+    assert_eq!(
+        edge_rejections(addr).await,
+        rejections(&[("header_timeout", SLOW_SOCKETS as u64)])
+    );
     sampling.store(false, Ordering::Relaxed);
     let (fds_peak, rss_peak) = sampler.join().unwrap();
     let (min, max) = (
@@ -389,6 +433,14 @@ async fn beyond_the_connection_cap_a_fast_503_then_recovery() {
         .await
         .unwrap();
     assert_eq!(read_response(&mut over).await.unwrap().status, 503);
+    // Two 503s at the cap; the connections the client closed itself are
+    // not counted (and none reached the 10 s header timeout).
+    drop((over, five));
+    sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        edge_rejections(gw.addr).await,
+        rejections(&[("connection_cap", 2)])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -428,6 +480,7 @@ async fn a_tenant_over_its_connection_cap_gets_429_and_a_closed_connection() {
         get(&mut other, "/v1/models", "sk-t").await.unwrap().status,
         429
     );
+    let mut refused = 2;
     // Once one of t's connections closes, t may open another.
     drop(held.pop());
     let deadline = Instant::now() + Duration::from_secs(2);
@@ -438,12 +491,18 @@ async fn a_tenant_over_its_connection_cap_gets_429_and_a_closed_connection() {
             break;
         }
         assert_eq!(status, 429);
+        refused += 1;
         assert!(
             Instant::now() < deadline,
             "the closed connection still counts"
         );
         sleep(Duration::from_millis(50)).await;
     }
+    // Every 429 counted, nothing else.
+    assert_eq!(
+        edge_rejections(gw.addr).await,
+        rejections(&[("too_many_connections", refused)])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -483,6 +542,10 @@ async fn an_oversized_head_gets_a_json_431() {
     let r = read_response(&mut s).await.unwrap();
     assert_eq!(r.status, 400);
     assert_eq!(r.json()["error"]["code"], "invalid_request");
+    assert_eq!(
+        edge_rejections(gw.addr).await,
+        rejections(&[("headers_too_large", 2), ("malformed_request", 1)])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -539,6 +602,10 @@ async fn a_trickled_body_gets_408_at_the_body_read_timeout() {
     .await
     .unwrap();
     assert_eq!(ok.status, 200);
+    assert_eq!(
+        edge_rejections(gw.addr).await,
+        rejections(&[("body_timeout", 1)])
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -562,6 +629,8 @@ async fn an_idle_kept_alive_connection_is_closed_at_the_keep_alive_timeout() {
         idle >= Duration::from_millis(900) && idle < Duration::from_millis(2000),
         "{idle:?}"
     );
+    // A keep-alive close is no rejection.
+    assert_eq!(edge_rejections(gw.addr).await, rejections(&[]));
     // A fresh connection that sends nothing has the (longer) header-read
     // timeout.
     let mut fresh = TcpStream::connect(gw.addr).await.unwrap();
@@ -571,6 +640,10 @@ async fn an_idle_kept_alive_connection_is_closed_at_the_keep_alive_timeout() {
     assert!(
         waited >= Duration::from_millis(4900) && waited < Duration::from_millis(6500),
         "{waited:?}"
+    );
+    assert_eq!(
+        edge_rejections(gw.addr).await,
+        rejections(&[("header_timeout", 1)])
     );
 }
 

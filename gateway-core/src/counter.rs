@@ -49,39 +49,88 @@ pub trait TokenCounter: Send + Sync + Debug + 'static {
         None
     }
 
-    /// Tokens of a whole request's prompt: [`count_prompt`] when `tools` is
-    /// `None`; with the chat request's tool definitions (`tools`, the JSON
-    /// array as the client sent it), what the engine counts once its chat
+    /// Tokens of a whole request's prompt: [`count_prompt`] when `inputs`
+    /// is empty; with the chat request's tool definitions and template
+    /// variables ([`ChatInputs`]), what the engine counts once its chat
     /// template has rendered them too.
     ///
-    /// The default adds a generous allowance for the tools' text to
-    /// [`count_prompt`] and calls it an upper bound (templates write tool
-    /// schemas as JSON with some instructions around them); a counter that
-    /// renders the model's template overrides it to be exact.
+    /// The default adds generous allowances for them to [`count_prompt`]
+    /// and calls it an upper bound (templates write tool schemas as JSON
+    /// with some instructions around them, and may print a template
+    /// variable or switch a block on with it); a counter that renders the
+    /// model's template overrides it to be exact.
     ///
     /// [`count_prompt`]: TokenCounter::count_prompt
-    fn count_request(&self, prompt: &Prompt, tools: Option<&str>) -> TokenCount {
+    fn count_request(&self, prompt: &Prompt, inputs: ChatInputs<'_>) -> TokenCount {
         let base = self.count_prompt(prompt);
-        match (tools, prompt) {
-            (Some(tools), Prompt::Chat(_)) => TokenCount::UpperBound(
-                base.value()
-                    .saturating_add(tools_allowance(self.count_text(tools).value())),
-            ),
-            _ => base,
+        if !matches!(prompt, Prompt::Chat(_)) {
+            return base;
+        }
+        let mut total = base.value();
+        let mut exact = base.is_exact();
+        if let Some(tools) = inputs.tools {
+            total = total.saturating_add(tools_allowance(self.count_text(tools).value()));
+            exact = false;
+        }
+        if let Some(extra) = inputs.template_kwargs_text() {
+            total = total.saturating_add(tools_allowance(self.count_text(extra).value()));
+            exact = false;
+        }
+        if exact {
+            TokenCount::Exact(total)
+        } else {
+            TokenCount::UpperBound(total)
         }
     }
 
     /// The ids of a whole request's prompt, as [`encode_prompt`] and with
-    /// `tools` as [`count_request`]; `None` when not known exactly (the
-    /// default with tools).
+    /// `inputs` as [`count_request`]; `None` when not known exactly (the
+    /// default with tools or template variables).
     ///
     /// [`encode_prompt`]: TokenCounter::encode_prompt
     /// [`count_request`]: TokenCounter::count_request
-    fn encode_request(&self, prompt: &Prompt, tools: Option<&str>) -> Option<Vec<u32>> {
-        match (tools, prompt) {
-            (Some(_), Prompt::Chat(_)) => None,
+    fn encode_request(&self, prompt: &Prompt, inputs: ChatInputs<'_>) -> Option<Vec<u32>> {
+        match prompt {
+            Prompt::Chat(_) if !inputs.is_empty() => None,
             _ => self.encode_prompt(prompt),
         }
+    }
+}
+
+/// What a chat request hands its model's chat template besides the
+/// messages: the engine renders these into the prompt too.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChatInputs<'a> {
+    /// The request's `tools`: the JSON array as the client sent it.
+    pub tools: Option<&'a str>,
+    /// The request's pass-through fields, the text of a JSON object
+    /// ([`GenerateRequest::extra`](crate::GenerateRequest::extra)). Only
+    /// its `chat_template_kwargs` matter here: vLLM, SGLang and
+    /// trtllm-serve add that object's keys to the template's variables.
+    pub extra: Option<&'a str>,
+}
+
+/// The top-level key whose value the engines add to the chat template's
+/// variables.
+pub const CHAT_TEMPLATE_KWARGS: &str = "chat_template_kwargs";
+
+impl<'a> ChatInputs<'a> {
+    /// Inputs with `tools` only.
+    pub const fn tools(tools: Option<&'a str>) -> Self {
+        ChatInputs { tools, extra: None }
+    }
+
+    /// `extra` when it may hold [`CHAT_TEMPLATE_KWARGS`], else `None`: a
+    /// substring check, no parse. A key can only spell the name otherwise
+    /// with `\u` escapes, so text holding `\u` may hold it too.
+    pub fn template_kwargs_text(&self) -> Option<&'a str> {
+        self.extra
+            .filter(|e| e.contains(CHAT_TEMPLATE_KWARGS) || e.contains("\\u"))
+    }
+
+    /// Whether nothing here can change the rendered prompt.
+    pub fn is_empty(&self) -> bool {
+        self.tools.is_none() && self.template_kwargs_text().is_none()
     }
 }
 
@@ -165,5 +214,49 @@ mod tests {
         assert_eq!(b.count_text("日"), TokenCount::UpperBound(4));
         assert!(!b.count_text("x").is_exact());
         assert_eq!(TokenCount::Exact(3).value(), 3);
+    }
+
+    /// The default bounds tools and template variables with an allowance
+    /// each; extras without `chat_template_kwargs` change nothing.
+    #[test]
+    fn the_default_bounds_tools_and_template_variables() {
+        let b = ByteBound::default();
+        let chat = Prompt::Chat(vec![ChatMessage::user("hi")]);
+        let base = 2 + 2 + 32;
+        let extra = r#"{"chat_template_kwargs":{"enable_thinking":false}}"#;
+        let inputs = ChatInputs {
+            tools: None,
+            extra: Some(extra),
+        };
+        assert_eq!(inputs.template_kwargs_text(), Some(extra));
+        assert_eq!(
+            b.count_request(&chat, inputs),
+            TokenCount::UpperBound(base + (extra.len() as u64 + 1) * 2 + 256)
+        );
+        let both = ChatInputs {
+            tools: Some("[]"),
+            ..inputs
+        };
+        assert_eq!(
+            b.count_request(&chat, both),
+            TokenCount::UpperBound(base + 3 * 2 + 256 + (extra.len() as u64 + 1) * 2 + 256)
+        );
+        let plain = ChatInputs {
+            tools: None,
+            extra: Some(r#"{"top_k":20}"#),
+        };
+        assert!(plain.is_empty());
+        assert_eq!(b.count_request(&chat, plain), TokenCount::UpperBound(base));
+        // An escaped key may spell the name: not skipped.
+        let escaped = ChatInputs {
+            tools: None,
+            extra: Some(r#"{"chat\u005ftemplate_kwargs":{}}"#),
+        };
+        assert!(!escaped.is_empty());
+        // Text prompts have no template.
+        let text = Prompt::Text("abc".into());
+        assert_eq!(b.count_request(&text, inputs), TokenCount::UpperBound(5));
+        let tokens = Prompt::Tokens(vec![1, 2]);
+        assert_eq!(b.count_request(&tokens, inputs), TokenCount::Exact(2));
     }
 }

@@ -72,6 +72,10 @@ pub enum ErrorCode {
     /// The budget ledger cannot be reached (Redis down or too slow, or its
     /// settle journal full): admission fails closed, retry later.
     LedgerUnavailable,
+    /// The shared rate and concurrency limits cannot be checked (the
+    /// limiter's Redis down or too slow): admission fails closed, retry
+    /// later.
+    LimiterUnavailable,
 }
 
 /// What the client sees of an [`ErrorCode`].
@@ -87,7 +91,7 @@ pub struct CodeRow {
 
 impl ErrorCode {
     /// Every code, in table order.
-    pub const ALL: [ErrorCode; 14] = [
+    pub const ALL: [ErrorCode; 15] = [
         ErrorCode::InvalidRequest,
         ErrorCode::ContextLengthExceeded,
         ErrorCode::InvalidApiKey,
@@ -102,6 +106,7 @@ impl ErrorCode {
         ErrorCode::Canceled,
         ErrorCode::Internal,
         ErrorCode::LedgerUnavailable,
+        ErrorCode::LimiterUnavailable,
     ];
 
     /// The code's row of the table.
@@ -130,6 +135,7 @@ impl ErrorCode {
             ErrorCode::Canceled => row(499, "canceled"),
             ErrorCode::Internal => row(500, "internal_error"),
             ErrorCode::LedgerUnavailable => row(503, "ledger_unavailable"),
+            ErrorCode::LimiterUnavailable => row(503, "limiter_unavailable"),
         }
     }
 
@@ -364,6 +370,12 @@ mod tests {
                     503,
                     "server_error",
                     "ledger_unavailable"
+                ),
+                (
+                    C::LimiterUnavailable,
+                    503,
+                    "server_error",
+                    "limiter_unavailable"
                 ),
             ]
         );

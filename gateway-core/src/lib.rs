@@ -116,7 +116,9 @@ pub use budget::{
     BudgetGuard, Charge, Ledger, LedgerError, Receipt, Reservation, ReserveRequest, SettleOutcome,
 };
 pub use cancel::{CancelGuard, CancelHandle, CancelReason};
-pub use counter::{ByteBound, TokenCount, TokenCounter, tools_allowance};
+pub use counter::{
+    ByteBound, CHAT_TEMPLATE_KWARGS, ChatInputs, TokenCount, TokenCounter, tools_allowance,
+};
 pub use embed::{
     EmbedAttempt, EmbedRequest, Embedding, EmbeddingVector, Embeddings, EncodingFormat,
     base64_decode, base64_encode,

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use gateway_core::{ChatMessage, Role, ToolCall};
+use gateway_core::{CHAT_TEMPLATE_KWARGS, ChatInputs, ChatMessage, Role, ToolCall};
 use minijinja::value::ValueKind;
 use minijinja::{Environment, Error, ErrorKind, Value, context};
 
@@ -122,24 +122,123 @@ impl ChatTemplate {
         tools: Option<&str>,
         add_generation_prompt: bool,
     ) -> Result<String, TemplateError> {
+        self.render_request(messages, ChatInputs::tools(tools), add_generation_prompt)
+    }
+
+    /// As [`render`](ChatTemplate::render), with the request's template
+    /// variables too: the keys of the `chat_template_kwargs` object in
+    /// `inputs.extra` are added to the template's variables, as vLLM,
+    /// SGLang and trtllm-serve hand them to `apply_chat_template(...,
+    /// **chat_template_kwargs)` (a variable the template does not use
+    /// changes nothing, as vLLM drops it). Read only when `inputs.extra`
+    /// may hold the key ([`ChatInputs::template_kwargs_text`]); an absent
+    /// or `null` value is no variables.
+    ///
+    /// # Errors
+    /// As [`render`](ChatTemplate::render); also when `inputs.extra` is not
+    /// a JSON object, its `chat_template_kwargs` is not an object, or
+    /// names one of [`RESERVED_TEMPLATE_KWARGS`] (they are not plain
+    /// variables: the engine's rendering would differ from this one).
+    pub fn render_request(
+        &self,
+        messages: &[ChatMessage],
+        inputs: ChatInputs<'_>,
+        add_generation_prompt: bool,
+    ) -> Result<String, TemplateError> {
         let messages = messages
             .iter()
             .map(message_value)
             .collect::<Result<Vec<Value>, _>>()?;
-        let tools = match tools {
+        let tools = match inputs.tools {
             Some(text) => tools_value(text)?,
             None => Value::from(()),
         };
+        let kwargs = match inputs.template_kwargs_text() {
+            Some(extra) => template_kwargs(extra)?,
+            None => Vec::new(),
+        };
         let template = self.env.get_template(NAME)?;
-        Ok(template.render(context! {
+        let own = context! {
             messages => messages,
             tools => tools,
             documents => (),
             add_generation_prompt => add_generation_prompt,
             bos_token => self.bos_token.as_str(),
             eos_token => self.eos_token.as_str(),
-        })?)
+        };
+        if kwargs.is_empty() {
+            return Ok(template.render(own)?);
+        }
+        // None of the kwargs is one of the variables above (they are
+        // reserved), so the two sets of keys do not overlap.
+        let mut vars: Vec<(Value, Value)> = Vec::with_capacity(6 + kwargs.len());
+        for key in own.try_iter()? {
+            let value = own.get_item(&key)?;
+            vars.push((key, value));
+        }
+        vars.extend(kwargs);
+        Ok(template.render(Value::from_iter(vars))?)
     }
+}
+
+/// Keys of `chat_template_kwargs` that are not plain template variables:
+/// `apply_chat_template`'s own parameters (another template, the
+/// conversation, tools, documents, the generation prompt, tokenization
+/// switches) and the special tokens it passes itself. A request naming one
+/// is rendered by the engine in a way this template cannot follow, so its
+/// count falls back to a bound.
+pub const RESERVED_TEMPLATE_KWARGS: &[&str] = &[
+    "messages",
+    "conversation",
+    "tools",
+    "documents",
+    "chat_template",
+    "add_generation_prompt",
+    "continue_final_message",
+    "tokenize",
+    "padding",
+    "truncation",
+    "max_length",
+    "return_tensors",
+    "return_dict",
+    "return_assistant_tokens_mask",
+    "tokenizer_kwargs",
+    "processor_kwargs",
+    "bos_token",
+    "eos_token",
+    "unk_token",
+    "pad_token",
+    "sep_token",
+    "cls_token",
+    "mask_token",
+    "additional_special_tokens",
+];
+
+/// The variables of the `chat_template_kwargs` object in the request's
+/// pass-through fields `extra` (the text of a JSON object), in the
+/// client's order, read as Python's `json.loads` reads them.
+fn template_kwargs(extra: &str) -> Result<Vec<(Value, Value)>, TemplateError> {
+    let bad = |why: String| TemplateError(format!("{CHAT_TEMPLATE_KWARGS}: {why}"));
+    let fields = pyjson::parse(extra).map_err(|e| bad(e.to_string()))?;
+    if fields.kind() != ValueKind::Map {
+        return Err(bad("the extra fields are not an object".into()));
+    }
+    let kwargs = fields.get_attr(CHAT_TEMPLATE_KWARGS)?;
+    match kwargs.kind() {
+        ValueKind::Undefined | ValueKind::None => return Ok(Vec::new()),
+        ValueKind::Map => {}
+        _ => return Err(bad("not an object".into())),
+    }
+    let mut vars = Vec::new();
+    for key in kwargs.try_iter()? {
+        let name = key.as_str().unwrap_or_default();
+        if RESERVED_TEMPLATE_KWARGS.contains(&name) {
+            return Err(bad(format!("{name} is not a template variable")));
+        }
+        let value = kwargs.get_item(&key)?;
+        vars.push((key, value));
+    }
+    Ok(vars)
 }
 
 /// A message as vLLM hands it to the template (its keys in vLLM's order).

@@ -4,7 +4,9 @@ use std::path::Path;
 
 use std::sync::Arc;
 
-use gateway_core::{ByteBound, ChatMessage, Prompt, TokenCount, TokenCounter, tools_allowance};
+use gateway_core::{
+    ByteBound, ChatInputs, ChatMessage, Prompt, TokenCount, TokenCounter, tools_allowance,
+};
 use tokenizers::Tokenizer;
 
 use crate::ChatTemplate;
@@ -25,7 +27,8 @@ pub struct TokenizerError {
 /// post-processor adds BOS when `add_special_tokens` is set (as vLLM does
 /// for completions). Chat prompts with the model's [`ChatTemplate`] are
 /// exact too: the template is rendered with the generation prompt (and
-/// the request's tools, [`count_request`](TokenCounter::count_request))
+/// the request's tools and `chat_template_kwargs`,
+/// [`count_request`](TokenCounter::count_request))
 /// and the text encoded without adding special tokens (the template
 /// writes its own), as vLLM does. Without a template this counter returns an
 /// [`TokenCount::UpperBound`]: exact content tokens plus [`ByteBound`]'s
@@ -84,29 +87,37 @@ impl HfTokenCounter {
             .map(|e| e.get_ids().to_vec())
     }
 
-    /// The ids of `messages` (with the request's `tools`) rendered by the
-    /// template; `None` without a template or when rendering fails.
-    fn chat_ids(&self, messages: &[ChatMessage], tools: Option<&str>) -> Option<Vec<u32>> {
-        let text = self.template.as_ref()?.render(messages, tools, true).ok()?;
+    /// The ids of `messages` (with the request's tools and template
+    /// variables) rendered by the template; `None` without a template or
+    /// when rendering fails.
+    fn chat_ids(&self, messages: &[ChatMessage], inputs: ChatInputs<'_>) -> Option<Vec<u32>> {
+        let text = self
+            .template
+            .as_ref()?
+            .render_request(messages, inputs, true)
+            .ok()?;
         self.encode_ids(&text, false)
     }
 
-    fn chat(&self, messages: &[ChatMessage], tools: Option<&str>) -> TokenCount {
+    fn chat(&self, messages: &[ChatMessage], inputs: ChatInputs<'_>) -> TokenCount {
         let rendered = self
             .template
             .as_ref()
-            .and_then(|t| t.render(messages, tools, true).ok())
+            .and_then(|t| t.render_request(messages, inputs, true).ok())
             .and_then(|text| self.encode_len(&text, false));
-        match (rendered, tools) {
-            (Some(n), _) => TokenCount::Exact(n),
-            (None, None) => self.chat_bound(messages),
-            // As the trait's default: the tools' tokens, generously.
-            (None, Some(tools)) => TokenCount::UpperBound(
-                self.chat_bound(messages)
-                    .value()
-                    .saturating_add(tools_allowance(self.count_text(tools).value())),
-            ),
+        if let Some(n) = rendered {
+            return TokenCount::Exact(n);
         }
+        // As the trait's default: the tools' and the template variables'
+        // tokens, generously.
+        let mut total = self.chat_bound(messages).value();
+        for text in [inputs.tools, inputs.template_kwargs_text()]
+            .into_iter()
+            .flatten()
+        {
+            total = total.saturating_add(tools_allowance(self.count_text(text).value()));
+        }
+        TokenCount::UpperBound(total)
     }
 
     fn chat_bound(&self, messages: &[ChatMessage]) -> TokenCount {
@@ -131,7 +142,7 @@ impl TokenCounter for HfTokenCounter {
                 Some(n) => TokenCount::Exact(n),
                 None => self.markup.count_prompt(prompt),
             },
-            Prompt::Chat(messages) => self.chat(messages, None),
+            Prompt::Chat(messages) => self.chat(messages, ChatInputs::default()),
             Prompt::Tokens(ids) => TokenCount::Exact(ids.len() as u64),
         }
     }
@@ -149,25 +160,25 @@ impl TokenCounter for HfTokenCounter {
     fn encode_prompt(&self, prompt: &Prompt) -> Option<Vec<u32>> {
         match prompt {
             Prompt::Text(text) => self.encode_ids(text, self.add_special_tokens),
-            Prompt::Chat(messages) => self.chat_ids(messages, None),
+            Prompt::Chat(messages) => self.chat_ids(messages, ChatInputs::default()),
             Prompt::Tokens(_) => None,
         }
     }
 
-    /// Exact for chat with `tools` when the template renders them (as vLLM
-    /// does); without a template, the trait's bound.
-    fn count_request(&self, prompt: &Prompt, tools: Option<&str>) -> TokenCount {
+    /// Exact for chat with tools and template variables when the template
+    /// renders them (as vLLM does); without a template, the trait's bound.
+    fn count_request(&self, prompt: &Prompt, inputs: ChatInputs<'_>) -> TokenCount {
         match prompt {
-            Prompt::Chat(messages) => self.chat(messages, tools),
+            Prompt::Chat(messages) => self.chat(messages, inputs),
             _ => self.count_prompt(prompt),
         }
     }
 
     /// As [`encode_prompt`](TokenCounter::encode_prompt), chat rendered
-    /// with `tools`.
-    fn encode_request(&self, prompt: &Prompt, tools: Option<&str>) -> Option<Vec<u32>> {
+    /// with `inputs`.
+    fn encode_request(&self, prompt: &Prompt, inputs: ChatInputs<'_>) -> Option<Vec<u32>> {
         match prompt {
-            Prompt::Chat(messages) => self.chat_ids(messages, tools),
+            Prompt::Chat(messages) => self.chat_ids(messages, inputs),
             _ => self.encode_prompt(prompt),
         }
     }

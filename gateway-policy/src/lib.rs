@@ -76,7 +76,7 @@ mod tokenizer_pool;
 
 pub use auth::{Authenticator, StaticKeys, key_hash};
 #[cfg(feature = "tokenizers")]
-pub use chat_template::{ChatTemplate, TemplateError};
+pub use chat_template::{ChatTemplate, RESERVED_TEMPLATE_KWARGS, TemplateError};
 pub use error::{ErrorCode, GatewayError};
 #[cfg(feature = "tokenizers")]
 pub use hf_counter::{HfTokenCounter, TokenizerError};
@@ -89,7 +89,7 @@ pub use limits::{
 };
 #[cfg(feature = "redis")]
 pub use limits::{RedisLimiter, RedisLimiterConfig, RedisLimiterStats};
-pub use metrics::Metrics;
+pub use metrics::{EdgeReason, EdgeRejections, Metrics};
 pub use model::{MediaCosts, ModelSpec};
 pub use pipeline::{
     BuildError, ClientRequest, DrainReport, EmbedResponse, Gateway, GatewayBuilder, GatewayStream,

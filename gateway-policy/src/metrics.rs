@@ -115,6 +115,94 @@ pub struct FailureLabels {
     pub kind: &'static str,
 }
 
+/// Label `reason` of an answer the HTTP edge gave itself.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EdgeLabels {
+    /// [`EdgeReason::as_str`].
+    pub reason: &'static str,
+}
+
+/// Why the HTTP edge (the accept loop, before the router) answered or
+/// closed a connection itself: the `reason` of
+/// `gateway_edge_rejections_total`. A fixed set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EdgeReason {
+    /// A request head not complete within `header_read_timeout`: the
+    /// connection closed without an answer.
+    HeaderTimeout,
+    /// A request body not complete within `body_read_timeout`: 408
+    /// `request_timeout`.
+    BodyTimeout,
+    /// A request head above `max_header_bytes`: 431 `headers_too_large`.
+    HeadersTooLarge,
+    /// A request URI too long for the parser: 414 `uri_too_long`.
+    UriTooLong,
+    /// A request head that is not HTTP: 400 `invalid_request`.
+    MalformedRequest,
+    /// A tenant at its `max_connections`: 429 `too_many_connections`.
+    TooManyConnections,
+    /// A connection beyond `server.max_connections`: 503 `overloaded`.
+    ConnectionCap,
+    /// A connection beyond `server.max_connections` and the 256 answered
+    /// ones: closed at once without an answer.
+    ConnectionCapClosed,
+}
+
+impl EdgeReason {
+    /// Every reason, in label order.
+    pub const ALL: [EdgeReason; 8] = [
+        EdgeReason::HeaderTimeout,
+        EdgeReason::BodyTimeout,
+        EdgeReason::HeadersTooLarge,
+        EdgeReason::UriTooLong,
+        EdgeReason::MalformedRequest,
+        EdgeReason::TooManyConnections,
+        EdgeReason::ConnectionCap,
+        EdgeReason::ConnectionCapClosed,
+    ];
+
+    /// The label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            EdgeReason::HeaderTimeout => "header_timeout",
+            EdgeReason::BodyTimeout => "body_timeout",
+            EdgeReason::HeadersTooLarge => "headers_too_large",
+            EdgeReason::UriTooLong => "uri_too_long",
+            EdgeReason::MalformedRequest => "malformed_request",
+            EdgeReason::TooManyConnections => "too_many_connections",
+            EdgeReason::ConnectionCap => "connection_cap",
+            EdgeReason::ConnectionCapClosed => "connection_cap_closed",
+        }
+    }
+}
+
+/// `gateway_edge_rejections_total{reason}`: what the HTTP edge answered or
+/// closed itself. A handle: clones count into the same series, so the
+/// accept loop gets a clone of the gateway's ([`Metrics::edge_rejections`]);
+/// one made with `default()` counts into a family no registry exports.
+#[derive(Clone, Debug, Default)]
+pub struct EdgeRejections(Family<EdgeLabels, Counter>);
+
+impl EdgeRejections {
+    /// Counts one.
+    pub fn count(&self, reason: EdgeReason) {
+        self.0
+            .get_or_create(&EdgeLabels {
+                reason: reason.as_str(),
+            })
+            .inc();
+    }
+
+    /// The count so far.
+    pub fn get(&self, reason: EdgeReason) -> u64 {
+        self.0
+            .get_or_create(&EdgeLabels {
+                reason: reason.as_str(),
+            })
+            .get()
+    }
+}
+
 fn latency_histogram() -> Histogram {
     // 1 ms .. ~33 s
     Histogram::new(exponential_buckets(0.001, 2.0, 16))
@@ -190,6 +278,10 @@ pub struct Metrics {
     /// engine-counted prompt exceeded the reserved estimate (charged at the
     /// estimate).
     pub prompt_overruns: Family<ModelBackendLabels, Counter>,
+    /// `gateway_edge_rejections_total{reason}`: connections and requests
+    /// the HTTP edge answered or closed itself (every reason at zero from
+    /// the start).
+    pub edge_rejections: EdgeRejections,
 }
 
 impl fmt::Debug for Metrics {
@@ -357,9 +449,21 @@ impl Metrics {
             "Requests whose engine-counted prompt exceeded the reserved estimate",
             prompt_overruns.clone(),
         );
+        let edge_rejections = EdgeRejections::default();
+        registry.register(
+            "edge_rejections",
+            "Connections and requests the HTTP edge answered or closed itself, by reason",
+            edge_rejections.0.clone(),
+        );
+        for reason in EdgeReason::ALL {
+            drop(edge_rejections.0.get_or_create(&EdgeLabels {
+                reason: reason.as_str(),
+            }));
+        }
         Metrics {
             tenant_labels,
             registry,
+            edge_rejections,
             embedding_inputs,
             estimate_drift_tokens,
             prompt_overruns,

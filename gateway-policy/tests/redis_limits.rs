@@ -3,7 +3,8 @@
 //! `Retry-After` from the script within its exact bound, concurrency leases
 //! that return on drop, after their TTL when their holder crashed, stay
 //! while their holder lives, and come back after a Redis restart; and a
-//! Redis that cannot be reached refuses (fails closed).
+//! Redis that cannot be reached refuses (fails closed: 503
+//! `limiter_unavailable`, at once after the first failure).
 //!
 //! Redis comes from `GATEWAY_TEST_REDIS_URL` (`scripts/test` starts one);
 //! see `gateway_tests::redis` for what happens without it.
@@ -313,6 +314,9 @@ async fn after_a_redis_restart_admits_resume_and_live_leases_are_put_back() {
     }
     println!("after the restart: {:?}", one.stats());
     assert_eq!(restored, 1);
+    // `two` marked Redis down at its failed admit: it asks again once
+    // PROBE_EVERY has passed since.
+    tokio::time::sleep(RedisLimiter::PROBE_EVERY).await;
     assert_eq!(
         refused(admit(&two, &t, 0).await).kind,
         LimitKind::Concurrency
@@ -323,11 +327,14 @@ async fn after_a_redis_restart_admits_resume_and_live_leases_are_put_back() {
 }
 
 /// A gateway over a mock backend with `limiter` and one tenant `t`.
-fn gateway(limiter: Arc<dyn Limiter>, t: Tenant) -> gateway_policy::Gateway {
+fn gateway(
+    limiter: Arc<dyn Limiter>,
+    t: Tenant,
+) -> (gateway_policy::Gateway, gateway_core::testkit::MockHandle) {
     use gateway_core::testkit::MockBackend;
     use gateway_core::{ByteBound, Pricing};
-    let (mock, _handle) = MockBackend::new("mock-0", "tiny");
-    gateway_policy::Gateway::builder(gateway_policy::Settings::default())
+    let (mock, handle) = MockBackend::new("mock-0", "tiny");
+    let gateway = gateway_policy::Gateway::builder(gateway_policy::Settings::default())
         .tenant(t, gateway_policy::key_hash("sk-t"))
         .model(gateway_policy::ModelSpec {
             name: "tiny".into(),
@@ -340,34 +347,87 @@ fn gateway(limiter: Arc<dyn Limiter>, t: Tenant) -> gateway_policy::Gateway {
         .backend(Arc::new(mock), "tiny", "tiny", None)
         .limiter(limiter)
         .build()
-        .unwrap()
+        .unwrap();
+    (gateway, handle)
 }
 
+/// A limiter whose Redis is a closed loopback port: every request of a
+/// limited tenant is a 503 `limiter_unavailable` with `Retry-After: 1`; the
+/// first waits for the refused connection, the next ones are answered at
+/// once (the limiter marked Redis down), and after `PROBE_EVERY` one
+/// request tries Redis again. Nothing leaks: no request active, nothing
+/// reserved or spent in the budget, no lease held, no engine started.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_gateway_fails_closed_when_the_limiter_cannot_reach_redis() {
-    use gateway_core::Prompt;
+async fn the_gateway_fails_closed_with_503_when_the_limiter_cannot_reach_redis() {
+    use gateway_core::{Money, Prompt};
     use gateway_policy::{ClientRequest, ErrorCode};
     let url = format!("redis://127.0.0.1:{}", free_port());
     let limiter = Arc::new(RedisLimiter::new(RedisLimiterConfig::new(url)).unwrap());
-    let gateway = gateway(limiter, tenant(Some(10), None, None));
-    let tenant = gateway.authenticate(Some("sk-t")).unwrap();
-    let (_guard, cancel) = gateway.request_cancel();
-    let request = ClientRequest::new("r-1", "tiny", Prompt::Text("hi".into()));
-    let Err(err) = gateway.generate(&tenant, request, cancel).await else {
-        panic!("admitted without its limiter");
+    let t = Tenant {
+        budget: Some(Money::from_picos(1_000_000_000)),
+        ..tenant(Some(10), None, Some(2))
     };
-    println!(
-        "with the limiter's redis down: {} {}",
-        err.code().status(),
-        err
+    let (gateway, mock) = gateway(limiter.clone(), t);
+    let tenant = gateway.authenticate(Some("sk-t")).unwrap();
+    let refuse = |id: &'static str| {
+        let gateway = &gateway;
+        let tenant = &tenant;
+        async move {
+            let (_guard, cancel) = gateway.request_cancel();
+            let request = ClientRequest::new(id, "tiny", Prompt::Text("hi".into()));
+            let started = Instant::now();
+            let Err(err) = gateway.generate(tenant, request, cancel).await else {
+                panic!("admitted without its limiter");
+            };
+            let waited = started.elapsed();
+            println!(
+                "{id} with the limiter's redis down: {} {err} after {waited:?}",
+                err.code().status()
+            );
+            assert_eq!(err.code(), ErrorCode::LimiterUnavailable);
+            assert_eq!(
+                (
+                    err.code().status().as_u16(),
+                    err.code().error_type(),
+                    err.code().as_str()
+                ),
+                (503, "server_error", "limiter_unavailable")
+            );
+            assert!(
+                err.message()
+                    .starts_with("limits: limiter unavailable: redis: "),
+                "{}",
+                err.message()
+            );
+            assert_eq!(err.retry_after(), Some(Duration::from_secs(1)));
+            waited
+        }
+    };
+    let first = refuse("r-1").await;
+    assert!(first < Duration::from_secs(5), "{first:?}");
+    for id in ["r-2", "r-3", "r-4"] {
+        let waited = refuse(id).await;
+        assert!(waited < Duration::from_millis(50), "{id}: {waited:?}");
+    }
+    let stats = limiter.stats();
+    assert_eq!(
+        (stats.admitted, stats.refused, stats.unavailable),
+        (0, 0, 4)
     );
-    assert_eq!(err.code(), ErrorCode::Internal);
-    assert_eq!(err.code().status().as_u16(), 500);
-    assert!(
-        err.message()
-            .starts_with("limits: limiter unavailable: redis: "),
-        "{}",
-        err.message()
+    // After PROBE_EVERY one request asks Redis again (still refused).
+    tokio::time::sleep(RedisLimiter::PROBE_EVERY + Duration::from_millis(50)).await;
+    refuse("r-5").await;
+    assert_eq!(limiter.stats().unavailable, 5);
+
+    assert_eq!(gateway.active(), 0);
+    assert_eq!(limiter.leases(), 0);
+    assert_eq!(mock.starts(), 0);
+    let account = gateway.account(&tenant.id).unwrap();
+    assert_eq!(
+        (account.reserved, account.spent, account.requests),
+        (Money::ZERO, Money::ZERO, 0)
     );
-    assert_eq!(err.retry_after(), None);
+    let metrics = gateway.render_metrics();
+    let line = r#"gateway_requests_total{tenant="t",model="tiny",outcome="limiter_unavailable"} 5"#;
+    assert!(metrics.contains(line), "{line} missing from {metrics}");
 }

@@ -13,7 +13,8 @@
 use std::sync::LazyLock;
 
 use gateway_core::{
-    ChatMessage, ContentPart, Prompt, Role, TokenCount, TokenCounter, ToolCall, tools_allowance,
+    ChatInputs, ChatMessage, ContentPart, Prompt, Role, TokenCount, TokenCounter, ToolCall,
+    tools_allowance,
 };
 use gateway_policy::{ChatTemplate, HfTokenCounter};
 
@@ -148,8 +149,11 @@ fn check(
         .unwrap();
     assert_eq!(rendered, text);
     let prompt = Prompt::Chat(messages.to_vec());
-    assert_eq!(c.count_request(&prompt, tools), TokenCount::Exact(count));
-    let ids = c.encode_request(&prompt, tools).unwrap();
+    assert_eq!(
+        c.count_request(&prompt, ChatInputs::tools(tools)),
+        TokenCount::Exact(count)
+    );
+    let ids = c.encode_request(&prompt, ChatInputs::tools(tools)).unwrap();
     assert_eq!(ids.len() as u64, count);
     assert_eq!(
         (ids[..4].to_vec(), ids[ids.len() - 4..].to_vec()),
@@ -211,7 +215,7 @@ fn without_tools_it_renders_as_the_plain_template() {
         let prompt = Prompt::Chat(messages);
         assert_eq!(counter().count_prompt(&prompt), TokenCount::Exact(count));
         assert_eq!(
-            counter().count_request(&prompt, None),
+            counter().count_request(&prompt, ChatInputs::default()),
             TokenCount::Exact(count)
         );
     }
@@ -295,10 +299,13 @@ fn without_a_template_tools_are_only_bounded() {
     };
     let tools_tokens = bare.count_text(TOOLS).value();
     assert_eq!(
-        bare.count_request(&prompt, Some(TOOLS)),
+        bare.count_request(&prompt, ChatInputs::tools(Some(TOOLS))),
         TokenCount::UpperBound(without + tools_allowance(tools_tokens))
     );
-    assert_eq!(bare.encode_request(&prompt, Some(TOOLS)), None);
+    assert_eq!(
+        bare.encode_request(&prompt, ChatInputs::tools(Some(TOOLS))),
+        None
+    );
     // The bound holds: above the exact count.
     assert!(without + tools_allowance(tools_tokens) > 635);
 }

@@ -215,7 +215,9 @@ async fn run(config: GatewayConfig) -> Result<(), String> {
     let stop = CancellationToken::new();
     let grace = config.server.shutdown_grace;
     let connections_grace = grace + gateway.settings().abort_wait + Duration::from_secs(2);
-    let options = serve_options(&config, connections_grace);
+    let mut options = serve_options(&config, connections_grace);
+    // The edge's own answers are counted on the gateway's /metrics.
+    options.edge_rejections = gateway.metrics().edge_rejections.clone();
     let not_ready = options.not_ready.clone();
     let ready_drain = config.server.ready_drain;
     let health = {

@@ -100,8 +100,8 @@ pub const CHAT_EXTRA: &[&str] = &[
     "lora_path",
     "separate_reasoning",
     "stream_reasoning",
-    // Reasoning switches (`enable_thinking`); charged at most at the
-    // estimate, as on vLLM.
+    // Reasoning switches (`enable_thinking`): template variables, counted
+    // by the estimate as on vLLM.
     "chat_template_kwargs",
 ];
 

@@ -58,8 +58,8 @@ pub const EXTRA: &[&str] = &[
     "vllm_xargs",
     "thinking_token_budget",
     // The template variables reasoning models are switched with
-    // (`enable_thinking`, `thinking`). Not in the estimate: what they add
-    // to the prompt is charged at most at the estimate (drift).
+    // (`enable_thinking`, `thinking`): the estimate renders them with the
+    // model's chat template, as vLLM does (exact with a template).
     "chat_template_kwargs",
 ];
 

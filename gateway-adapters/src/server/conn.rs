@@ -33,6 +33,7 @@ use super::edge_io::{ConnState, EdgeIo, InFlightBody, TimedBody};
 use super::handlers::presented_key;
 use super::respond::json;
 use crate::openai::error_body;
+use gateway_policy::EdgeReason;
 
 /// Closes one client connection when canceled (inserted into each request's
 /// extensions).
@@ -116,9 +117,14 @@ pub async fn serve_with(
                 permit,
             ));
         } else if let Ok(permit) = refusals.clone().try_acquire_owned() {
+            options.edge_rejections.count(EdgeReason::ConnectionCap);
             connections.spawn(refuse(stream, refusal.clone(), permit));
+        } else {
+            // The stream is dropped here: closed at once.
+            options
+                .edge_rejections
+                .count(EdgeReason::ConnectionCapClosed);
         }
-        // Else the stream is dropped here: closed at once.
     }
     stop.cancel();
     let _ = tokio::time::timeout(grace, async {
@@ -172,6 +178,7 @@ async fn connection(
     ));
     let kill = CancellationToken::new();
     let max_header_bytes = options.max_header_bytes;
+    let rejections = options.edge_rejections.clone();
     let shared = Arc::new(Connection {
         options,
         state: state.clone(),
@@ -186,21 +193,28 @@ async fn connection(
     if max_header_bytes >= HYPER_MAX_BUF {
         builder.max_buf_size(max_header_bytes + 8192);
     }
-    let io = EdgeIo::new(stream, state.clone(), max_header_bytes);
+    let io = EdgeIo::new(stream, state.clone(), max_header_bytes, rejections.clone());
     let conn = builder.serve_connection(TokioIo::new(io), TowerToHyperService::new(service));
     tokio::pin!(conn);
     let expired = state.expired();
     tokio::pin!(expired);
+    // A close at the deadline while a head is awaited is a header-read
+    // timeout; one while idle is the keep-alive's ordinary end.
+    let timed_out = || {
+        if state.reading_head() {
+            rejections.count(EdgeReason::HeaderTimeout);
+        }
+    };
     tokio::select! {
         _ = conn.as_mut() => return,
         () = kill.cancelled() => return,
-        () = &mut expired => return,
+        () = &mut expired => return timed_out(),
         () = stop.cancelled() => conn.as_mut().graceful_shutdown(),
     }
     tokio::select! {
         _ = conn.as_mut() => {}
         () = kill.cancelled() => {}
-        () = &mut expired => {}
+        () = &mut expired => timed_out(),
     }
 }
 
@@ -230,6 +244,7 @@ async fn handle(
                 Err(never) => match never {},
             };
             if timed_out.load(Ordering::Acquire) {
+                conn.options.edge_rejections.count(EdgeReason::BodyTimeout);
                 body_timeout(conn.options.body_read_timeout)
             } else {
                 response
@@ -284,6 +299,9 @@ fn edge_answer(
         max_connections = tenant.max(),
         "tenant at its connection cap: connection refused"
     );
+    conn.options
+        .edge_rejections
+        .count(EdgeReason::TooManyConnections);
     let status = StatusCode::TOO_MANY_REQUESTS;
     let message = format!(
         "too many open connections for this API key (at most {})",

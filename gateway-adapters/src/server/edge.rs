@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use gateway_policy::{EdgeReason, EdgeRejections};
 use http::StatusCode;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -49,6 +50,11 @@ pub struct ServeOptions {
     /// /ready` answers 503 and every response carries `Connection: close`,
     /// while requests are still served.
     pub not_ready: CancellationToken,
+    /// Where the edge counts its own answers and closes
+    /// (`gateway_edge_rejections_total{reason}`): give it a clone of the
+    /// gateway's ([`Metrics::edge_rejections`](gateway_policy::Metrics::edge_rejections))
+    /// to export them on `/metrics`. Default: counted, not exported.
+    pub edge_rejections: EdgeRejections,
 }
 
 impl Default for ServeOptions {
@@ -62,6 +68,7 @@ impl Default for ServeOptions {
             max_connections: 10_000,
             tenant_connections: TenantConnectionCaps::default(),
             not_ready: CancellationToken::new(),
+            edge_rejections: EdgeRejections::default(),
         }
     }
 }
@@ -229,6 +236,12 @@ impl EdgeClock {
         }
     }
 
+    /// Whether a request head is being read (or awaited): an expiry now is
+    /// a header-read timeout, not a keep-alive close.
+    pub(crate) fn reading_head(&self) -> bool {
+        matches!(self.phase, Phase::Head { .. })
+    }
+
     /// Whether the connection is to be closed at `now`.
     pub(crate) fn expired(&self, now: Instant) -> bool {
         self.deadline().is_some_and(|d| now >= d)
@@ -264,31 +277,34 @@ pub(crate) fn at_capacity_response() -> Bytes {
 }
 
 /// The JSON answer replacing hyper's own empty answer to an unreadable
-/// request head, by its status.
-pub(crate) fn parse_error_response(status: u16, max_header_bytes: usize) -> Option<Bytes> {
-    let (status, code, message) = match status {
+/// request head, by its status, and the reason it is counted under.
+pub(crate) fn parse_error_response(
+    status: u16,
+    max_header_bytes: usize,
+) -> Option<(Bytes, EdgeReason)> {
+    let (status, code, message, reason) = match status {
         431 => (
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "headers_too_large",
             format!("the request head is larger than {max_header_bytes} bytes"),
+            EdgeReason::HeadersTooLarge,
         ),
         414 => (
             StatusCode::URI_TOO_LONG,
             "uri_too_long",
             "the request URI is too long".to_owned(),
+            EdgeReason::UriTooLong,
         ),
         400 => (
             StatusCode::BAD_REQUEST,
             "invalid_request",
             "malformed HTTP request".to_owned(),
+            EdgeReason::MalformedRequest,
         ),
         _ => return None,
     };
-    Some(closing_response(
-        status,
-        "",
-        &error_body(status, code, &message, None),
-    ))
+    let answer = closing_response(status, "", &error_body(status, code, &message, None));
+    Some((answer, reason))
 }
 
 /// The body of `GET /ready` during the readiness phase of a shutdown.
@@ -374,7 +390,7 @@ mod tests {
 
     #[test]
     fn parse_errors_become_json() {
-        let Some(r) = parse_error_response(431, 8192) else {
+        let Some((r, reason)) = parse_error_response(431, 8192) else {
             unreachable!("431 is known")
         };
         let text = String::from_utf8_lossy(&r);
@@ -386,8 +402,10 @@ mod tests {
                 body.len()
             )
         );
-        assert!(parse_error_response(400, 1).is_some());
-        assert!(parse_error_response(414, 1).is_some());
-        assert!(parse_error_response(500, 1).is_none());
+        assert_eq!(reason, EdgeReason::HeadersTooLarge);
+        let reason = |status| parse_error_response(status, 1).map(|(_, r)| r);
+        assert_eq!(reason(400), Some(EdgeReason::MalformedRequest));
+        assert_eq!(reason(414), Some(EdgeReason::UriTooLong));
+        assert_eq!(reason(500), None);
     }
 }

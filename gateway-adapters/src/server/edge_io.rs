@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll, ready};
 
 use bytes::Bytes;
+use gateway_policy::EdgeRejections;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
@@ -51,6 +52,12 @@ impl ConnState {
         self.with(EdgeClock::on_request);
         self.changed.notify_one();
         InFlight(self.clone())
+    }
+
+    /// Whether a request head is being read or awaited (then an expiry is
+    /// a header-read timeout).
+    pub(crate) fn reading_head(&self) -> bool {
+        self.with(|c| c.reading_head())
     }
 
     /// Resolves when the connection is past its header-read or keep-alive
@@ -131,15 +138,31 @@ pub(crate) struct EdgeIo {
     max_header_bytes: usize,
     /// Our answer in place of hyper's, and how much of it is written.
     replacement: Option<(Bytes, usize)>,
+    /// Counts each replaced answer by its reason.
+    rejections: EdgeRejections,
 }
 
 impl EdgeIo {
-    pub(crate) fn new(inner: TcpStream, state: Arc<ConnState>, max_header_bytes: usize) -> Self {
+    pub(crate) fn new(
+        inner: TcpStream,
+        state: Arc<ConnState>,
+        max_header_bytes: usize,
+        rejections: EdgeRejections,
+    ) -> Self {
         EdgeIo {
             inner,
             state,
             max_header_bytes,
             replacement: None,
+            rejections,
+        }
+    }
+
+    /// Replaces hyper's answer of `status` with ours, counted once.
+    fn replace(&mut self, status: u16) {
+        if let Some((answer, reason)) = parse_error_response(status, self.max_header_bytes) {
+            self.rejections.count(reason);
+            self.replacement = Some((answer, 0));
         }
     }
 
@@ -197,8 +220,7 @@ impl AsyncWrite for EdgeIo {
     ) -> Poll<std::io::Result<usize>> {
         if self.replacement.is_none() {
             if let Some(status) = hyper_parse_error_status(buf) {
-                self.replacement =
-                    parse_error_response(status, self.max_header_bytes).map(|b| (b, 0));
+                self.replace(status);
             }
         }
         if self.replacement.is_some() {
@@ -221,8 +243,7 @@ impl AsyncWrite for EdgeIo {
         if self.replacement.is_none() {
             let first = bufs.iter().find(|b| !b.is_empty());
             if let Some(status) = first.and_then(|b| hyper_parse_error_status(b)) {
-                self.replacement =
-                    parse_error_response(status, self.max_header_bytes).map(|b| (b, 0));
+                self.replace(status);
             }
         }
         if self.replacement.is_some() {

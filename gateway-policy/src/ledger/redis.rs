@@ -81,7 +81,7 @@ use tokio_util::sync::CancellationToken;
 use super::journal::{FILE_NAME as JOURNAL_FILE, Journal};
 use super::{AccountLedger, TenantAccount};
 use crate::redis_shared::{
-    Background, Connection, Counter, Worker, incr_instance, lock, millis, retryable,
+    Background, Connection, Counter, Worker, incr_instance, lock, millis, unreachable,
 };
 
 /// How a [`RedisLedger`] connects and keeps its holds.
@@ -651,12 +651,6 @@ impl fmt::Debug for Core {
 
 fn unavailable(e: &RedisError) -> LedgerError {
     LedgerError::Unavailable(format!("redis: {e}"))
-}
-
-/// Whether the error says Redis cannot be reached now (not that the
-/// operation is wrong).
-fn unreachable(e: &RedisError) -> bool {
-    retryable(e) || e.is_timeout() || e.is_io_error() || e.is_connection_dropped()
 }
 
 /// 128 bits from the OS, hex.

@@ -49,8 +49,9 @@ pub enum AdmitError {
     #[error(transparent)]
     Limited(#[from] LimitError),
     /// The limiter could not decide: its store (Redis) is unreachable or
-    /// answered with an error. The request is refused (the gateway fails
-    /// closed, as it does when the ledger is unavailable).
+    /// answered with an error. The request is refused: 503
+    /// `limiter_unavailable` with `Retry-After` (the gateway fails closed,
+    /// as it does when the ledger is unavailable).
     #[error("limiter unavailable: {0}")]
     Unavailable(String),
 }

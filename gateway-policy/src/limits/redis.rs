@@ -46,9 +46,20 @@
 //! tokens bucket, and takes from all of them only if all admit: a refusal
 //! consumes nothing, as in memory. A reply lost after the script ran (a
 //! timeout) leaves its bucket tokens taken; its lease is released.
+//!
+//! # Failing fast
+//!
+//! An admit that finds Redis unreachable (connection refused, a timeout, a
+//! dropped connection) marks it down: for the next
+//! [`RedisLimiter::PROBE_EVERY`] every admit fails at once, without asking
+//! Redis; after that one admit at a time tries Redis again (the others
+//! still fail at once) until one gets an answer. So a Redis that is gone
+//! or hangs costs one connect or reply timeout per second, not one per
+//! request.
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -61,6 +72,7 @@ use super::{AdmitError, LimitError, LimitKind, LimitPermit, Limiter};
 use crate::Tenant;
 use crate::redis_shared::{
     Background, Connection, Counter, Sender, Worker, incr_instance, lock, millis, retry,
+    unreachable,
 };
 
 /// How a [`RedisLimiter`] connects and keeps its leases.
@@ -295,6 +307,10 @@ struct Core {
     /// refresher.
     leases: Mutex<HashMap<String, TenantId>>,
     counters: Counters,
+    /// When an admit last found Redis unreachable; `None` while it answers.
+    down_since: Mutex<Option<Instant>>,
+    /// An admit is trying Redis while it is marked down.
+    probing: AtomicBool,
 }
 
 impl fmt::Debug for Core {
@@ -305,7 +321,48 @@ impl fmt::Debug for Core {
     }
 }
 
+/// Clears [`Core::probing`] when the admit that probes ends, however it
+/// ends (answered, failed or dropped).
+struct Probe<'a>(Option<&'a AtomicBool>);
+
+impl Drop for Probe<'_> {
+    fn drop(&mut self) {
+        if let Some(probing) = self.0 {
+            probing.store(false, Ordering::Release);
+        }
+    }
+}
+
 impl Core {
+    /// While Redis is marked down: `Err` at once, except for one admit at
+    /// a time once [`RedisLimiter::PROBE_EVERY`] has passed since the last
+    /// failure (it gets a [`Probe`] and tries Redis).
+    fn gate(&self) -> Result<Probe<'_>, AdmitError> {
+        let Some(since) = *lock(&self.down_since) else {
+            return Ok(Probe(None));
+        };
+        if since.elapsed() >= RedisLimiter::PROBE_EVERY
+            && self
+                .probing
+                .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Ok(Probe(Some(&self.probing)));
+        }
+        Err(AdmitError::Unavailable(
+            "redis: unreachable (the last attempt failed; retrying every second)".into(),
+        ))
+    }
+
+    /// Records whether Redis answered an admit.
+    fn note<T>(&self, result: &Result<T, RedisError>) {
+        match result {
+            Ok(_) => *lock(&self.down_since) = None,
+            Err(e) if unreachable(e) => *lock(&self.down_since) = Some(Instant::now()),
+            Err(_) => {}
+        }
+    }
+
     /// Connects if not yet connected, and the instance number.
     async fn instance(&self) -> Result<u64, RedisError> {
         let mut conn = self.conn.manager().await?;
@@ -421,9 +478,12 @@ impl Worker for Core {
 /// `docs/operations.md`, "Limits shared by replicas".
 ///
 /// When Redis cannot be reached, [`Limiter::admit`] fails with
-/// [`AdmitError::Unavailable`] for tenants that have a limit: the gateway
-/// fails closed, as it does when the Redis ledger is unavailable. Tenants
-/// without any limit are admitted without asking Redis.
+/// [`AdmitError::Unavailable`] for tenants that have a limit (at once for
+/// [`PROBE_EVERY`](RedisLimiter::PROBE_EVERY) after a failure, see the
+/// module's "Failing fast"): the gateway fails closed with 503
+/// `limiter_unavailable`, as it does with 503 `ledger_unavailable` when the
+/// Redis ledger is unavailable. Tenants without any limit are admitted
+/// without asking Redis.
 ///
 /// Needs a Tokio runtime for its background tasks (lease release and
 /// refresh); they start on the first admit.
@@ -469,6 +529,11 @@ impl RedisLimiter {
     /// larger limits count as this.
     pub const MAX_PER_MINUTE: u64 = 150_000_000_000;
 
+    /// After an admit found Redis unreachable, admits fail at once for this
+    /// long; then one admit at a time tries Redis again. Also the
+    /// `Retry-After` of the gateway's 503 `limiter_unavailable`.
+    pub const PROBE_EVERY: Duration = Duration::from_secs(1);
+
     /// A limiter on `config`'s Redis. Nothing is connected yet: the
     /// connection (multiplexed, reconnecting by itself) is made on the
     /// first admit, so this needs no runtime.
@@ -486,6 +551,8 @@ impl RedisLimiter {
             scripts: Scripts::new(),
             leases: Mutex::new(HashMap::new()),
             counters: Counters::default(),
+            down_since: Mutex::new(None),
+            probing: AtomicBool::new(false),
         };
         Ok(RedisLimiter {
             background: Background::new(core, queue),
@@ -553,9 +620,9 @@ impl RedisLimiter {
         tenant: &Tenant,
         tokens: u64,
         release: &mut ReleaseOnDrop<'_>,
-    ) -> Result<(i64, i64, u64), AdmitError> {
+    ) -> Result<(i64, i64, u64), RedisError> {
         let core = self.core();
-        let instance = core.instance().await.map_err(|e| unavailable(&e))?;
+        let instance = core.instance().await?;
         let ticket = self.background.next_ticket();
         let lease = format!("{instance}.{ticket}");
         if tenant.max_concurrency.is_some() {
@@ -579,8 +646,7 @@ impl RedisLimiter {
                     .arg(&lease)
                     .arg(millis(core.config.lease_ttl)),
             )
-            .await
-            .map_err(|e| unavailable(&e))?;
+            .await?;
         Ok((code, kind, wait))
     }
 }
@@ -653,20 +719,29 @@ impl Limiter for RedisLimiter {
             return Ok(LimitPermit::new(()));
         }
         self.ensure_started();
+        let core = self.core();
+        let _probe = match core.gate() {
+            Ok(probe) => probe,
+            Err(e) => {
+                core.counters.unavailable.bump();
+                return Err(e);
+            }
+        };
         // Until the script answers, a drop or an error releases the lease
         // (the script may have run): cancel safe.
-        let core = self.core();
         let mut release = ReleaseOnDrop {
             core,
             tx: self.background.sender(),
             tenant: &tenant.id,
             lease: None,
         };
-        let (code, kind, wait) = match self.run_admit(tenant, tokens, &mut release).await {
+        let reply = self.run_admit(tenant, tokens, &mut release).await;
+        core.note(&reply);
+        let (code, kind, wait) = match reply {
             Ok(reply) => reply,
             Err(e) => {
                 core.counters.unavailable.bump();
-                return Err(e);
+                return Err(unavailable(&e));
             }
         };
         if code != 1 {

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use gateway_core::{MediaKind, Prompt, TokenCount, TokenCounter};
+use gateway_core::{ChatInputs, MediaKind, Prompt, TokenCount, TokenCounter};
 
 use crate::MediaCosts;
 
@@ -26,14 +26,15 @@ pub(super) struct Estimate {
     pub(super) prefix: Option<Arc<[u32]>>,
 }
 
-/// Counts `prompt` (offered the chat `tools`, if any) with `counter`; with
+/// Counts `prompt` (with the chat request's tools and template variables,
+/// `inputs`) with `counter`; with
 /// `want > 0`, also keeps its first `want` token ids when the prompt is
 /// tokens or the counter encodes it exactly (then the count is their
 /// number).
 pub(super) fn estimate(
     counter: &dyn TokenCounter,
     prompt: &Prompt,
-    tools: Option<&str>,
+    inputs: ChatInputs<'_>,
     want: usize,
 ) -> Estimate {
     let leading = |ids: &[u32]| Arc::from(&ids[..ids.len().min(want)]);
@@ -44,7 +45,7 @@ pub(super) fn estimate(
                 prefix: Some(leading(ids)),
             };
         }
-        if let Some(ids) = counter.encode_request(prompt, tools) {
+        if let Some(ids) = counter.encode_request(prompt, inputs) {
             return Estimate {
                 count: TokenCount::Exact(ids.len() as u64),
                 prefix: Some(leading(&ids)),
@@ -52,7 +53,7 @@ pub(super) fn estimate(
         }
     }
     Estimate {
-        count: counter.count_request(prompt, tools),
+        count: counter.count_request(prompt, inputs),
         prefix: None,
     }
 }
@@ -158,21 +159,21 @@ mod tests {
     #[test]
     fn the_prefix_is_kept_only_when_wanted_and_known() {
         let text = Prompt::Text("abcdef".into());
-        let e = estimate(&Bytes, &text, None, 4);
+        let e = estimate(&Bytes, &text, ChatInputs::default(), 4);
         assert_eq!(e.count, TokenCount::Exact(6));
         assert_eq!(e.prefix.as_deref(), Some(&[97, 98, 99, 100][..]));
-        let e = estimate(&Bytes, &text, None, 0);
+        let e = estimate(&Bytes, &text, ChatInputs::default(), 0);
         assert_eq!((e.count, e.prefix), (TokenCount::Exact(6), None));
-        let e = estimate(&Bytes, &text, None, 100);
+        let e = estimate(&Bytes, &text, ChatInputs::default(), 100);
         assert_eq!(e.prefix.map(|p| p.len()), Some(6));
         // Token prompts give their own ids; bounds give none.
         let tokens = Prompt::Tokens(vec![5, 6, 7]);
-        let e = estimate(&ByteBound::default(), &tokens, None, 2);
+        let e = estimate(&ByteBound::default(), &tokens, ChatInputs::default(), 2);
         assert_eq!(
             (e.count, e.prefix.as_deref()),
             (TokenCount::Exact(3), Some(&[5, 6][..]))
         );
-        let e = estimate(&ByteBound::default(), &text, None, 4);
+        let e = estimate(&ByteBound::default(), &text, ChatInputs::default(), 4);
         assert_eq!(e.prefix, None);
         assert!(!e.count.is_exact());
     }

@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use gateway_core::{
-    Backend, CancelGuard, CancelHandle, CancelReason, GenerateRequest, LatencyClass, Ledger,
-    LedgerError, Prompt, RequestId, ReserveRequest, SamplingParams, TenantId, UsageMeter,
+    Backend, CancelGuard, CancelHandle, CancelReason, ChatInputs, GenerateRequest, LatencyClass,
+    Ledger, LedgerError, Prompt, RequestId, ReserveRequest, SamplingParams, TenantId, UsageMeter,
 };
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -814,15 +814,30 @@ impl Gateway {
             .unwrap_or_default();
         // Tokenization (and the chat template) is CPU work: it runs in the
         // tokenizer pool, the prompt moved there and back.
+        // The pass-through fields go along only when they may hold
+        // `chat_template_kwargs` (a substring check): the template renders
+        // those as variables.
+        let extra = request.extra.clone().filter(|e| {
+            ChatInputs {
+                tools: None,
+                extra: Some(e),
+            }
+            .template_kwargs_text()
+            .is_some()
+        });
         let bytes = estimate::prompt_bytes(&request.prompt)
-            .saturating_add(request.tools.as_deref().map_or(0, str::len));
+            .saturating_add(request.tools.as_deref().map_or(0, str::len))
+            .saturating_add(extra.as_deref().map_or(0, str::len));
         let prompt = std::mem::replace(&mut request.prompt, Prompt::Tokens(Vec::new()));
         let tools = request.tools.take();
         let job = {
             let (model, tenant) = (model.clone(), tenant.clone());
             move || {
-                let tools_ref = tools.as_deref();
-                let primary = estimate::estimate(&*model.counter, &prompt, tools_ref, want_prefix);
+                let inputs = ChatInputs {
+                    tools: tools.as_deref(),
+                    extra: extra.as_deref(),
+                };
+                let primary = estimate::estimate(&*model.counter, &prompt, inputs, want_prefix);
                 // Each usable fallback's own count (before media costs);
                 // those sharing the model's counter share its count.
                 let own: Vec<Option<estimate::Estimate>> = chain
@@ -836,7 +851,7 @@ impl Gateway {
                             Some(estimate::estimate(
                                 &*f.counter,
                                 &prompt,
-                                tools_ref,
+                                inputs,
                                 want_prefix,
                             ))
                         }
@@ -970,6 +985,10 @@ pub(super) fn pool_error(e: PoolError) -> GatewayError {
     }
 }
 
+/// The client's error for a limiter's refusal: 429 `rate_limit_exceeded` with
+/// the limit's `Retry-After`; 503 `limiter_unavailable` with `Retry-After`
+/// when the limiter cannot decide (its Redis unreachable): admission fails
+/// closed.
 pub(super) fn limit_error(e: AdmitError) -> GatewayError {
     match e {
         AdmitError::Limited(e) => {
@@ -985,10 +1004,16 @@ pub(super) fn limit_error(e: AdmitError) -> GatewayError {
             .with_retry_after(e.retry_after)
         }
         e @ AdmitError::Unavailable(_) => {
-            GatewayError::new(ErrorCode::Internal, format!("limits: {e}"))
+            GatewayError::new(ErrorCode::LimiterUnavailable, format!("limits: {e}"))
+                .with_retry_after(LIMITER_RETRY_AFTER)
         }
     }
 }
+
+/// When a client refused because the limiter cannot decide may retry: the
+/// Redis limiter tries Redis again once a second
+/// (`RedisLimiter::PROBE_EVERY`).
+const LIMITER_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// When a client refused because the ledger is unavailable may retry.
 const LEDGER_RETRY_AFTER: std::time::Duration = std::time::Duration::from_secs(1);

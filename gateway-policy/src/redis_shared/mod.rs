@@ -39,6 +39,12 @@ pub(crate) fn retryable(e: &RedisError) -> bool {
     !matches!(e.retry_method(), RetryMethod::NoRetry)
 }
 
+/// Whether the error says Redis cannot be reached now (not that the
+/// operation is wrong).
+pub(crate) fn unreachable(e: &RedisError) -> bool {
+    retryable(e) || e.is_timeout() || e.is_io_error() || e.is_connection_dropped()
+}
+
 /// Runs `attempt` until it answers or fails for good. An error about
 /// reaching Redis ([`retryable`]) is retried after a backoff of 20 ms,
 /// doubling up to `max_backoff`, as long as the first attempt started less
