@@ -395,7 +395,9 @@ async fn slow_header_sockets_are_cut_while_a_request_still_succeeds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn beyond_the_connection_cap_a_fast_503_then_recovery() {
-    let gw = Gateway::start("max_connections = 20", "");
+    // The idle sockets must outlive the test however slow a loaded
+    // machine makes it: a header timeout far above its length.
+    let gw = Gateway::start("max_connections = 20\nheader_read_timeout_ms = 120000", "");
     let mut idle = Vec::new();
     for _ in 0..20 {
         idle.push(TcpStream::connect(gw.addr).await.unwrap());

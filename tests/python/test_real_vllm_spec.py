@@ -124,18 +124,6 @@ def test_warm_up(real_vllm_spec: RealVllm, spec_direct: openai.OpenAI) -> None:
     assert done.usage.completion_tokens == 8
 
 
-# Known regression (issue 10, output cap): the gateway counts chunks without
-# token ids by their text, and with speculative decoding its count reaches
-# `max_tokens` before vLLM's own, so it ends the stream with its own usage (no
-# draft counts) and aborts an engine that honoured the cap. Seen failing on
-# every run; remove the mark with the fix (pytest reports XPASS meanwhile).
-CAP_MISCOUNTS_SPEC_CHUNKS = pytest.mark.xfail(
-    strict=False,
-    reason="output cap counts speculative chunks by text and ends the stream early (issue 10 note)",
-)
-
-
-@CAP_MISCOUNTS_SPEC_CHUNKS
 def test_non_streamed_draft_counts_match_vllm_everywhere(
     real_vllm_spec: RealVllm, spec_client: openai.OpenAI, spec_direct: openai.OpenAI
 ) -> None:
@@ -182,7 +170,6 @@ def test_non_streamed_draft_counts_match_vllm_everywhere(
     assert reference.choices[0].message.content == done.choices[0].message.content
 
 
-@CAP_MISCOUNTS_SPEC_CHUNKS
 def test_streamed_draft_counts_reach_the_usage_chunk(real_vllm_spec: RealVllm, spec_client: openai.OpenAI) -> None:
     engine_before = spec_counters(real_vllm_spec)
     gateway_before = gateway_spec(real_vllm_spec)
