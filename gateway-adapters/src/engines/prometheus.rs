@@ -39,8 +39,9 @@ pub fn line_name(line: &str) -> Option<&str> {
         return None;
     }
     // A byte search: the three ends are ASCII, so it cannot stop inside a
-    // multi-byte character, and it does not decode characters on the way
-    // (every sample line is read this way by each engine's gauges).
+    // multi-byte character. (About as fast as a char search in a normal
+    // build; under the fuzzer's instrumentation the char search cost several
+    // traced comparisons per character, half the `prometheus` target's time.)
     let end = line
         .bytes()
         .position(|b| matches!(b, b'{' | b' ' | b'\t'))
