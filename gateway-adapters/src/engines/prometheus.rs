@@ -38,7 +38,14 @@ pub fn line_name(line: &str) -> Option<&str> {
     if line.is_empty() || line.starts_with('#') {
         return None;
     }
-    let end = line.find(['{', ' ', '\t']).unwrap_or(line.len());
+    // A byte search: the three ends are ASCII, so it cannot stop inside a
+    // multi-byte character. (About as fast as a char search in a normal
+    // build; under the fuzzer's instrumentation the char search cost several
+    // traced comparisons per character, half the `prometheus` target's time.)
+    let end = line
+        .bytes()
+        .position(|b| matches!(b, b'{' | b' ' | b'\t'))
+        .unwrap_or(line.len());
     line.get(..end).filter(|n| !n.is_empty())
 }
 
@@ -174,5 +181,40 @@ inf_metric +Inf\n";
         );
         assert_eq!(line_name("# TYPE x gauge"), None);
         assert_eq!(line_name("   "), None);
+    }
+
+    /// The name as the character search read it before the byte search.
+    fn line_name_by_chars(line: &str) -> Option<&str> {
+        let line = line.trim_start();
+        if line.is_empty() || line.starts_with('#') {
+            return None;
+        }
+        let end = line.find(['{', ' ', '\t']).unwrap_or(line.len());
+        line.get(..end).filter(|n| !n.is_empty())
+    }
+
+    #[test]
+    fn names_end_at_ascii_delimiters_only() {
+        let cases = [
+            ("\u{3000}\tgpu_温度{a=\"x\"} 1", Some("gpu_温度")),
+            ("na\u{a0}me 1", Some("na\u{a0}me")),
+            ("é\tx 1", Some("é")),
+            ("ü", Some("ü")),
+            ("{a=\"x\"} 1", None),
+            ("\u{2028}# comment", None),
+        ];
+        for (line, name) in cases {
+            assert_eq!(line_name(line), name, "{line:?}");
+            assert_eq!(line_name_by_chars(line), name, "{line:?}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn byte_search_reads_the_names_the_char_search_did(
+            line in "[ \t\u{a0}\u{3000}#{}a-cé温]{0,12}"
+        ) {
+            proptest::prop_assert_eq!(line_name(&line), line_name_by_chars(&line));
+        }
     }
 }
