@@ -105,6 +105,18 @@ impl OutputCap {
         self.charged
     }
 
+    /// Whether the engine's own count is still within the cap: then a cut
+    /// was the gateway's text count's, and the engine, asked for at most
+    /// the cap, stops there by itself.
+    pub(super) fn engine_within_cap(&self) -> bool {
+        self.engine <= self.cap
+    }
+
+    /// The engine's own count so far.
+    pub(super) fn engine_count(&self) -> u64 {
+        self.engine
+    }
+
     /// Counts `delta`; cuts it when it would pass the cap.
     pub(super) fn admit(&mut self, mut delta: Delta) -> Admit {
         let count = self.count(&delta);

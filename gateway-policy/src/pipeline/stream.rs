@@ -292,6 +292,18 @@ impl Pump {
                 self.await_client().await;
                 abort.then_some(CancelReason::Timeout)
             }
+            End::Capped if self.output_cap.engine_within_cap() => {
+                // Cut by the gateway's count of the text while the engine,
+                // by its own, is within the cap it was asked for: it stops
+                // there by itself. The client's stream ends now; the
+                // engine's rest is read and dropped, which keeps the
+                // connection for the next request.
+                self.await_client().await;
+                let (closed, _) = mpsc::channel(1);
+                drop(std::mem::replace(&mut self.tx, closed));
+                self.run_out_upstream().await;
+                None
+            }
             End::Capped => {
                 // The engine went past the cap: stop it at once, then let
                 // the client take the end.
@@ -432,12 +444,22 @@ impl Pump {
                         self.relay(Ok(TokenEvent::Delta(delta))).await?;
                     }
                     self.settlement.capped = true;
-                    tracing::warn!(
-                        parent: &self.settlement.span,
-                        cap = self.settlement.cap,
-                        backend = self.settlement.backend.as_str(),
-                        "the engine went past max_tokens: output cut and the engine aborted"
-                    );
+                    if self.output_cap.engine_within_cap() {
+                        tracing::debug!(
+                            parent: &self.settlement.span,
+                            cap = self.settlement.cap,
+                            backend = self.settlement.backend.as_str(),
+                            "the output's text passed max_tokens by the tokenizer: output cut; \
+                             the engine, within it by its own count, runs to its end"
+                        );
+                    } else {
+                        tracing::warn!(
+                            parent: &self.settlement.span,
+                            cap = self.settlement.cap,
+                            backend = self.settlement.backend.as_str(),
+                            "the engine went past max_tokens: output cut and the engine aborted"
+                        );
+                    }
                     let usage = self.settlement.at_cap();
                     self.relay(Ok(TokenEvent::Usage(usage))).await?;
                     self.relay(Ok(TokenEvent::Finished(gateway_core::FinishReason::Length)))
@@ -565,6 +587,37 @@ impl Pump {
                 outcome,
             })
             .inc();
+    }
+
+    /// After a cut by the gateway's text count: reads the engine's rest and
+    /// drops it (not charged), until it finishes; aborts it if its own
+    /// count passes the cap, it goes quiet for the idle timeout, or the
+    /// gateway shuts down.
+    async fn run_out_upstream(&mut self) {
+        let cap = self.settlement.cap;
+        let mut engine = self.output_cap.engine_count();
+        let shutdown = self.shutdown.token().clone();
+        loop {
+            let next = tokio::select! {
+                biased;
+                () = shutdown.cancelled() => break,
+                next = tokio::time::timeout(self.idle, self.stream.next()) => next,
+            };
+            match next {
+                Ok(Some(Ok(TokenEvent::Delta(d)))) => {
+                    engine += u64::from(d.tokens)
+                        .max(d.token_ids.len() as u64)
+                        .max(u64::from(d.has_output()));
+                    if engine > cap {
+                        break;
+                    }
+                }
+                Ok(Some(Ok(TokenEvent::Finished(_))) | Some(Err(_)) | None) => return,
+                Ok(Some(Ok(_))) => {}
+                Err(_) => break,
+            }
+        }
+        self.abort_upstream(CancelReason::Budget).await;
     }
 
     /// Cancels the attempt and reads the backend until it confirms the
