@@ -10,7 +10,8 @@ use gateway_core::{
 use tokenizers::Tokenizer;
 
 use crate::ChatTemplate;
-use crate::segment_cache::{DEFAULT_TOKENIZER_CACHE_BYTES, SegmentEncoder, TokenizerCacheStats};
+use crate::DEFAULT_TOKENIZER_CACHE_BYTES;
+use crate::segment_cache::{SegmentEncoder, TokenizerCacheStats};
 
 /// Rendered chat prompts from this size on are encoded piece by piece
 /// through the segment cache (with a scope); shorter ones at once, which

@@ -99,6 +99,8 @@ pub use pipeline::{
 };
 pub use pool::{BackendSlot, InflightGuard};
 #[cfg(feature = "tokenizers")]
-pub use segment_cache::{DEFAULT_TOKENIZER_CACHE_BYTES, TokenizerCacheStats};
+pub use segment_cache::TokenizerCacheStats;
 pub use tenant::Tenant;
-pub use tokenizer_pool::{DEFAULT_INLINE_BYTES, DEFAULT_QUEUE, PoolError, TokenizerPool};
+pub use tokenizer_pool::{
+    DEFAULT_INLINE_BYTES, DEFAULT_QUEUE, DEFAULT_TOKENIZER_CACHE_BYTES, PoolError, TokenizerPool,
+};

@@ -38,9 +38,6 @@ use xxhash_rust::xxh3::Xxh3;
 /// about as much.
 pub(crate) const MIN_CACHED_BYTES: usize = 256;
 
-/// The cache's default bound on its bytes, per model.
-pub const DEFAULT_TOKENIZER_CACHE_BYTES: usize = 32 << 20;
-
 /// What an entry costs besides its text and ids: the maps' slots, the
 /// boxes' headers, the `Arc`'s counts.
 const ENTRY_OVERHEAD: usize = 96;
