@@ -110,14 +110,21 @@ pub fn serve_options(config: &GatewayConfig, grace: std::time::Duration) -> Serv
     options
 }
 
-fn counter(index: usize, model: &ModelConfig) -> Result<Arc<dyn TokenCounter>, BootstrapError> {
+/// The counter of `models[index]`; its tokenizer's segment cache bounded
+/// to `cache_bytes`.
+fn counter(
+    index: usize,
+    model: &ModelConfig,
+    cache_bytes: usize,
+) -> Result<Arc<dyn TokenCounter>, BootstrapError> {
     let Some(path) = &model.tokenizer else {
         return Ok(Arc::new(ByteBound::default()));
     };
     #[cfg(feature = "tokenizers")]
     {
         let mut counter = gateway_policy::HfTokenCounter::from_file(path, model.add_bos_token)
-            .map_err(|e| problem(format!("models[{index}].tokenizer"), e.to_string()))?;
+            .map_err(|e| problem(format!("models[{index}].tokenizer"), e.to_string()))?
+            .with_tokenizer_cache_bytes(cache_bytes);
         if let Some(template) = &model.chat_template {
             let template = gateway_policy::ChatTemplate::from_file(
                 template,
@@ -131,7 +138,7 @@ fn counter(index: usize, model: &ModelConfig) -> Result<Arc<dyn TokenCounter>, B
     }
     #[cfg(not(feature = "tokenizers"))]
     {
-        let _ = path;
+        let _ = (path, cache_bytes);
         Err(problem(
             format!("models[{index}].tokenizer"),
             "this build has no tokenizer support (feature `tokenizers`)",
@@ -346,7 +353,7 @@ pub fn build_gateway_with(
             context_window: m.context_window.get(),
             default_max_tokens: m.default_max_tokens.get(),
             media: m.media,
-            counter: counter(i, m)?,
+            counter: counter(i, m, config.server.tokenizer_cache_bytes)?,
         });
         let fallbacks: Vec<&str> = m.fallbacks.iter().map(String::as_str).collect();
         builder = builder

@@ -1648,4 +1648,24 @@ model = "m"
              server.max_connections: must be at most 1000000, found 1000001"
         );
     }
+
+    #[test]
+    fn tokenizer_cache_bytes_defaults_to_32_mib_and_may_be_zero() {
+        assert_eq!(
+            parse("", "").unwrap().server.tokenizer_cache_bytes,
+            32 << 20
+        );
+        assert_eq!(
+            GatewayConfig::embedded_default()
+                .server
+                .tokenizer_cache_bytes,
+            32 << 20
+        );
+        let off = parse("tokenizer_cache_bytes = 0", "").unwrap();
+        assert_eq!(off.server.tokenizer_cache_bytes, 0);
+        assert_eq!(
+            parse("tokenizer_cache_bytes = 68719476737", "").unwrap_err(),
+            "server.tokenizer_cache_bytes: must be at most 68719476736, found 68719476737"
+        );
+    }
 }

@@ -108,6 +108,12 @@ pub struct ChatInputs<'a> {
     /// its `chat_template_kwargs` matter here: vLLM, SGLang and
     /// trtllm-serve add that object's keys to the template's variables.
     pub extra: Option<&'a str>,
+    /// Cached tokenizations are reused only within one scope (the
+    /// pipeline sets the tenant's id): a counter that caches the
+    /// tokenization of text it has seen keeps each scope's entries apart,
+    /// so one scope's text is never served to, nor timed by, another.
+    /// `None`: nothing is cached. It never changes the rendered prompt.
+    pub scope: Option<&'a str>,
 }
 
 /// The top-level key whose value the engines add to the chat template's
@@ -117,7 +123,17 @@ pub const CHAT_TEMPLATE_KWARGS: &str = "chat_template_kwargs";
 impl<'a> ChatInputs<'a> {
     /// Inputs with `tools` only.
     pub const fn tools(tools: Option<&'a str>) -> Self {
-        ChatInputs { tools, extra: None }
+        ChatInputs {
+            tools,
+            extra: None,
+            scope: None,
+        }
+    }
+
+    /// These inputs with `scope` (see [`ChatInputs::scope`]).
+    #[must_use]
+    pub const fn with_scope(self, scope: Option<&'a str>) -> Self {
+        ChatInputs { scope, ..self }
     }
 
     /// `extra` when it may hold [`CHAT_TEMPLATE_KWARGS`], else `None`: a
@@ -227,6 +243,7 @@ mod tests {
         let inputs = ChatInputs {
             tools: None,
             extra: Some(extra),
+            scope: None,
         };
         assert_eq!(inputs.template_kwargs_text(), Some(extra));
         assert_eq!(
@@ -244,6 +261,7 @@ mod tests {
         let plain = ChatInputs {
             tools: None,
             extra: Some(r#"{"top_k":20}"#),
+            scope: Some("tenant"),
         };
         assert!(plain.is_empty());
         assert_eq!(b.count_request(&chat, plain), TokenCount::UpperBound(base));
@@ -251,6 +269,7 @@ mod tests {
         let escaped = ChatInputs {
             tools: None,
             extra: Some(r#"{"chat\u005ftemplate_kwargs":{}}"#),
+            scope: None,
         };
         assert!(!escaped.is_empty());
         // Text prompts have no template.

@@ -10,6 +10,13 @@ use gateway_core::{
 use tokenizers::Tokenizer;
 
 use crate::ChatTemplate;
+use crate::DEFAULT_TOKENIZER_CACHE_BYTES;
+use crate::segment_cache::{SegmentEncoder, TokenizerCacheStats};
+
+/// Rendered chat prompts from this size on are encoded piece by piece
+/// through the segment cache (with a scope); shorter ones at once, which
+/// costs less than the split and the lookups.
+const SEGMENTED_MIN_BYTES: usize = 2048;
 
 /// A tokenizer file that could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -33,12 +40,22 @@ pub struct TokenizerError {
 /// writes its own), as vLLM does. Without a template this counter returns an
 /// [`TokenCount::UpperBound`]: exact content tokens plus [`ByteBound`]'s
 /// allowance for the template's markup.
+///
+/// Long rendered chat prompts are encoded piece by piece, split on the
+/// tokenizer's added tokens (the template's `</s>`, `<|eot_id|>`…), and
+/// the long pieces' ids kept in a bounded cache, per
+/// [`ChatInputs::scope`] (the tenant): a shared system prompt is
+/// tokenized once, not with every request. The ids are the same as the
+/// whole text's, exactly; a tokenizer for which that is not certain is
+/// never encoded so (see [`with_tokenizer_cache_bytes`](Self::with_tokenizer_cache_bytes)).
+/// Clones share the cache.
 #[derive(Debug, Clone)]
 pub struct HfTokenCounter {
     tokenizer: Tokenizer,
     add_special_tokens: bool,
     markup: ByteBound,
     template: Option<Arc<ChatTemplate>>,
+    segments: Option<Arc<SegmentEncoder>>,
 }
 
 impl HfTokenCounter {
@@ -56,12 +73,37 @@ impl HfTokenCounter {
             path: path.display().to_string(),
             reason: e.to_string(),
         })?;
+        let segments = SegmentEncoder::new(&tokenizer, DEFAULT_TOKENIZER_CACHE_BYTES).map(Arc::new);
         Ok(HfTokenCounter {
             tokenizer,
             add_special_tokens,
             markup: ByteBound::default(),
             template: None,
+            segments,
         })
+    }
+
+    /// Bounds the tokenizer's segment cache to `bytes` (text, ids and a
+    /// fixed overhead per entry; default
+    /// [`DEFAULT_TOKENIZER_CACHE_BYTES`](crate::DEFAULT_TOKENIZER_CACHE_BYTES));
+    /// 0 turns it off: every prompt is encoded whole. Pieces of at least
+    /// 256 bytes, and none larger than an eighth of the bound, are kept.
+    ///
+    /// The cache is used only when piecewise encoding is the whole text's
+    /// for this tokenizer: every added token matched as written (not
+    /// `normalized`, no `lstrip`, `rstrip` or `single_word`), no truncation
+    /// or padding configured, and sample texts agreeing. See
+    /// [`tokenizer_cache_stats`](Self::tokenizer_cache_stats).
+    #[must_use]
+    pub fn with_tokenizer_cache_bytes(mut self, bytes: usize) -> Self {
+        self.segments = SegmentEncoder::new(&self.tokenizer, bytes).map(Arc::new);
+        self
+    }
+
+    /// The segment cache's hits, misses and size; `None` when there is no
+    /// cache (turned off, or not exact for this tokenizer).
+    pub fn tokenizer_cache_stats(&self) -> Option<TokenizerCacheStats> {
+        self.segments.as_ref().map(|s| s.stats())
     }
 
     /// Counts chat prompts exactly by rendering them with `template`.
@@ -96,7 +138,19 @@ impl HfTokenCounter {
             .as_ref()?
             .render_request(messages, inputs, true)
             .ok()?;
-        self.encode_ids(&text, false)
+        self.rendered_ids(&text, inputs.scope)
+    }
+
+    /// The ids of a rendered chat prompt (no special tokens added: the
+    /// template wrote them): a long one through the segment cache of
+    /// `scope`, if any.
+    fn rendered_ids(&self, text: &str, scope: Option<&str>) -> Option<Vec<u32>> {
+        match (&self.segments, scope) {
+            (Some(segments), Some(scope)) if text.len() >= SEGMENTED_MIN_BYTES => {
+                segments.encode(&self.tokenizer, text, Some(scope))
+            }
+            _ => self.encode_ids(text, false),
+        }
     }
 
     fn chat(&self, messages: &[ChatMessage], inputs: ChatInputs<'_>) -> TokenCount {
@@ -104,9 +158,9 @@ impl HfTokenCounter {
             .template
             .as_ref()
             .and_then(|t| t.render_request(messages, inputs, true).ok())
-            .and_then(|text| self.encode_len(&text, false));
-        if let Some(n) = rendered {
-            return TokenCount::Exact(n);
+            .and_then(|text| self.rendered_ids(&text, inputs.scope));
+        if let Some(ids) = rendered {
+            return TokenCount::Exact(ids.len() as u64);
         }
         // As the trait's default: the tools' and the template variables'
         // tokens, generously.

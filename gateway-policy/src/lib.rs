@@ -70,6 +70,8 @@ mod pool;
 #[cfg(feature = "redis")]
 mod redis_shared;
 pub mod route;
+#[cfg(feature = "tokenizers")]
+mod segment_cache;
 pub mod telemetry;
 mod tenant;
 mod tokenizer_pool;
@@ -96,5 +98,9 @@ pub use pipeline::{
     Settings, UNAUTHENTICATED, UNKNOWN_MODEL,
 };
 pub use pool::{BackendSlot, InflightGuard};
+#[cfg(feature = "tokenizers")]
+pub use segment_cache::TokenizerCacheStats;
 pub use tenant::Tenant;
-pub use tokenizer_pool::{DEFAULT_INLINE_BYTES, DEFAULT_QUEUE, PoolError, TokenizerPool};
+pub use tokenizer_pool::{
+    DEFAULT_INLINE_BYTES, DEFAULT_QUEUE, DEFAULT_TOKENIZER_CACHE_BYTES, PoolError, TokenizerPool,
+};

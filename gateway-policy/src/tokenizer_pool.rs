@@ -26,6 +26,10 @@ use tokio::sync::Semaphore;
 /// Default [`TokenizerPool::inline_bytes`]: prompts this small are counted
 /// inline (measured: see docs/performance.md).
 pub const DEFAULT_INLINE_BYTES: usize = 16 * 1024;
+
+/// The default bound on the bytes of a model's tokenizer segment cache
+/// (`HfTokenCounter::with_tokenizer_cache_bytes`, feature `tokenizers`).
+pub const DEFAULT_TOKENIZER_CACHE_BYTES: usize = 32 << 20;
 /// Default [`TokenizerPool::queue`]: jobs that may wait for a thread.
 pub const DEFAULT_QUEUE: usize = 256;
 

@@ -77,12 +77,17 @@ fn with_extra(extra: &str) -> ChatInputs<'_> {
     ChatInputs {
         tools: None,
         extra: Some(extra),
+        scope: None,
     }
 }
 
 /// The prompt's count with `extra` as its pass-through fields.
 fn count(extra: Option<&str>) -> TokenCount {
-    let inputs = ChatInputs { tools: None, extra };
+    let inputs = ChatInputs {
+        tools: None,
+        extra,
+        scope: None,
+    };
     counter().count_request(&Prompt::Chat(messages()), inputs)
 }
 

@@ -88,6 +88,8 @@ pub(super) const MAX_CONNECTIONS: NonZeroUsize = nonzero_usize(10_000);
 pub(super) const TOKENIZER_QUEUE: usize = gateway_policy::DEFAULT_QUEUE;
 /// Default `server.tokenizer_inline_bytes` (the pipeline's).
 pub(super) const TOKENIZER_INLINE_BYTES: usize = gateway_policy::DEFAULT_INLINE_BYTES;
+/// Default `server.tokenizer_cache_bytes` (the counter's).
+pub(super) const TOKENIZER_CACHE_BYTES: usize = gateway_policy::DEFAULT_TOKENIZER_CACHE_BYTES;
 
 /// Default `server.tokenizer_threads`: the CPU cores (the pipeline's).
 pub(super) fn tokenizer_threads() -> usize {
@@ -142,6 +144,7 @@ pub(super) fn server() -> ServerConfig {
         tokenizer_threads: tokenizer_threads(),
         tokenizer_queue: TOKENIZER_QUEUE,
         tokenizer_inline_bytes: TOKENIZER_INLINE_BYTES,
+        tokenizer_cache_bytes: TOKENIZER_CACHE_BYTES,
     }
 }
 

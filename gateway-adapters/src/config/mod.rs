@@ -51,6 +51,7 @@
 //! tokenizer_threads = 2               # 0..=1024; default: the CPU cores; prompts tokenized at once off the runtime; 0 = inline (addition)
 //! tokenizer_queue = 256               # 0..=1000000; default 256 prompts waiting for a tokenizer thread; beyond: 503 overloaded (addition)
 //! tokenizer_inline_bytes = 16384      # 0..=1073741824; default 16384: smaller prompts are tokenized inline (addition)
+//! tokenizer_cache_bytes = 33554432    # 0..=68719476736; default 32 MiB per model: long chat prompts' pieces cached per tenant; 0 = off (addition)
 //!
 //! [health]                            # optional table (addition): every backend's breaker and adaptive limit
 //! failures_to_open = 5                # 1..=10000; default 5 consecutive failures open the breaker
@@ -313,6 +314,12 @@ pub struct ServerConfig {
     /// are tokenized inline, where the hand-over costs more than the work.
     /// Default 16384.
     pub tokenizer_inline_bytes: usize,
+    /// `tokenizer_cache_bytes` (an addition): the bound on each model's
+    /// tokenizer segment cache (a model with `tokenizer` and
+    /// `chat_template`): the ids of long pieces of rendered chat prompts,
+    /// kept per tenant, so a shared system prompt is not tokenized with
+    /// every request. Exact. Default 32 MiB; 0 turns it off.
+    pub tokenizer_cache_bytes: usize,
 }
 
 /// `[ledger]`: where budgets and rate-limit counters live.

@@ -51,6 +51,7 @@ const SERVER_KEYS: &[&str] = &[
     "tokenizer_threads",
     "tokenizer_queue",
     "tokenizer_inline_bytes",
+    "tokenizer_cache_bytes",
 ];
 const LEDGER_KEYS: &[&str] = &[
     "kind",
@@ -161,6 +162,8 @@ const MAX_ADMISSION_QUEUE: i64 = 1_000_000;
 const MAX_TOKENIZER_THREADS: i64 = 1024;
 /// Highest `server.tokenizer_inline_bytes` (1 GiB: everything inline).
 const MAX_TOKENIZER_INLINE_BYTES: i64 = 1 << 30;
+/// Highest `server.tokenizer_cache_bytes` (64 GiB).
+const MAX_TOKENIZER_CACHE_BYTES: i64 = 1 << 36;
 /// Default natural completion range of a sim backend.
 const NATURAL_TOKENS: (u32, u32) = (16, 128);
 
@@ -494,6 +497,12 @@ fn server(top: &Reader<'_>, p: &mut Problems) -> Check<ServerConfig> {
         defaults::TOKENIZER_INLINE_BYTES,
         p,
     );
+    let tokenizer_cache_bytes = count(
+        "tokenizer_cache_bytes",
+        MAX_TOKENIZER_CACHE_BYTES,
+        defaults::TOKENIZER_CACHE_BYTES,
+        p,
+    );
     Ok(ServerConfig {
         listen: listen?,
         admin_key: admin_key?.map(TenantKey::from_plaintext),
@@ -519,6 +528,7 @@ fn server(top: &Reader<'_>, p: &mut Problems) -> Check<ServerConfig> {
         tokenizer_threads: tokenizer_threads?,
         tokenizer_queue: tokenizer_queue?,
         tokenizer_inline_bytes: tokenizer_inline_bytes?,
+        tokenizer_cache_bytes: tokenizer_cache_bytes?,
     })
 }
 

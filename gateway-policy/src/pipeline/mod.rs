@@ -821,6 +821,7 @@ impl Gateway {
             ChatInputs {
                 tools: None,
                 extra: Some(e),
+                scope: None,
             }
             .template_kwargs_text()
             .is_some()
@@ -836,6 +837,8 @@ impl Gateway {
                 let inputs = ChatInputs {
                     tools: tools.as_deref(),
                     extra: extra.as_deref(),
+                    // Cached tokenizations stay within the tenant.
+                    scope: Some(tenant.id.as_str()),
                 };
                 let primary = estimate::estimate(&*model.counter, &prompt, inputs, want_prefix);
                 // Each usable fallback's own count (before media costs);

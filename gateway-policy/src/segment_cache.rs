@@ -1,0 +1,580 @@
+//! The tokenizer's segment cache: a long prompt's tokenization in pieces,
+//! the pieces seen recently (a shared system prompt) not tokenized again.
+//!
+//! A Hugging Face tokenizer first splits its input on the added tokens
+//! (`AddedVocabulary::extract_and_normalize`: an Aho-Corasick automaton,
+//! leftmost-longest, over the added tokens' contents), then normalizes,
+//! pre-tokenizes and tokenizes each remaining piece on its own. So a
+//! text's ids are the concatenation, piece by piece, of each added token's
+//! id and each text piece's ids. A piece's ids depend on its text and on
+//! one fact about its place: whether it starts the input (Metaspace's
+//! `prepend_scheme: first` prepends `▁` only at offset 0; no other
+//! normalizer, pre-tokenizer or model reads the offset). So the first piece
+//! is encoded alone and every other one after an added token (`LEAD`), its
+//! one id dropped: both as in the whole text, exactly.
+//!
+//! [`SegmentEncoder::new`] takes the segmented path only where that holds
+//! (every added token matched on the raw text, with no stripping or word
+//! rule; no truncation, padding, or `encode_special_tokens`) and checks it
+//! on sample texts; otherwise the counter encodes the whole text.
+//!
+//! The cache maps (scope, first-or-not, piece text) to the piece's ids;
+//! a hit compares the stored text (the 128-bit hash only finds it). Its
+//! bytes are bounded: two generations, each at most half the bound; a
+//! full young generation becomes the old one (the old one dropped), a hit
+//! in the old one moves the entry back to the young one.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
+use tokenizers::Tokenizer;
+use xxhash_rust::xxh3::Xxh3;
+
+/// Pieces shorter than this are encoded each time: the lookup would cost
+/// about as much.
+pub(crate) const MIN_CACHED_BYTES: usize = 256;
+
+/// What an entry costs besides its text and ids: the maps' slots, the
+/// boxes' headers, the `Arc`'s counts.
+const ENTRY_OVERHEAD: usize = 96;
+
+/// The segment cache's counters ([`HfTokenCounter::tokenizer_cache_stats`](crate::HfTokenCounter::tokenizer_cache_stats)).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TokenizerCacheStats {
+    /// Pieces found in the cache.
+    pub hits: u64,
+    /// Pieces long enough to cache and not found (then encoded and
+    /// stored, if they fit).
+    pub misses: u64,
+    /// Entries held now.
+    pub entries: usize,
+    /// Their bytes (text, ids and a fixed overhead each), at most the bound.
+    pub bytes: usize,
+}
+
+/// Encodes a text piece by piece (split on the added tokens), with the
+/// long pieces' ids cached per scope.
+pub(crate) struct SegmentEncoder {
+    /// The added tokens' contents, leftmost-longest.
+    splitter: AhoCorasick,
+    /// The id of each of `splitter`'s patterns.
+    ids: Vec<u32>,
+    /// An added token put before a piece that does not start the text, and
+    /// its id.
+    lead: String,
+    lead_id: u32,
+    cache: Cache,
+}
+
+impl fmt::Debug for SegmentEncoder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SegmentEncoder")
+            .field("added_tokens", &self.ids.len())
+            .field("lead", &self.lead)
+            .field("stats", &self.cache.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl SegmentEncoder {
+    /// The encoder for `tokenizer`, its cache bounded to `bound` bytes;
+    /// `None` when piecewise encoding is not provably the whole text's
+    /// (see the module's documentation) or `bound` is 0.
+    pub(crate) fn new(tokenizer: &Tokenizer, bound: usize) -> Option<Self> {
+        if bound == 0
+            || tokenizer.get_truncation().is_some()
+            || tokenizer.get_padding().is_some()
+            || tokenizer.get_encode_special_tokens()
+        {
+            return None;
+        }
+        let mut added: Vec<(u32, String)> = Vec::new();
+        for (id, token) in tokenizer.get_added_tokens_decoder() {
+            if token.normalized
+                || token.lstrip
+                || token.rstrip
+                || token.single_word
+                || token.content.is_empty()
+                // The tokenizer matches the content to this id.
+                || tokenizer.token_to_id(&token.content) != Some(id)
+            {
+                return None;
+            }
+            added.push((id, token.content));
+        }
+        added.sort_unstable();
+        let mut contents: Vec<&str> = added.iter().map(|(_, c)| c.as_str()).collect();
+        contents.sort_unstable();
+        if contents.windows(2).any(|w| w[0] == w[1]) {
+            return None;
+        }
+        // A lead no other added token extends: after it, the automaton
+        // resumes exactly where the piece starts.
+        let (lead_id, lead) = added
+            .iter()
+            .find(|(_, c)| {
+                !added
+                    .iter()
+                    .any(|(_, other)| other.len() > c.len() && other.starts_with(c.as_str()))
+            })?
+            .clone();
+        let splitter = AhoCorasickBuilder::new()
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(added.iter().map(|(_, c)| c))
+            .ok()?;
+        let encoder = SegmentEncoder {
+            splitter,
+            ids: added.iter().map(|(id, _)| *id).collect(),
+            lead,
+            lead_id,
+            cache: Cache::new(bound),
+        };
+        encoder.agrees(tokenizer).then_some(encoder)
+    }
+
+    /// Whether pieces give the whole text's ids on sample texts with added
+    /// tokens at the start, the middle and the end, spaces and `▁` at
+    /// the pieces' edges, and no added token at all: a check of the
+    /// reasoning above against this tokenizer's components.
+    fn agrees(&self, tokenizer: &Tokenizer) -> bool {
+        let lead = self.lead.as_str();
+        let samples = [
+            format!("Hello world{lead} how are you?\n {lead}  x"),
+            format!("{lead}Hello{lead}{lead} world ▁ é🙂 {lead}"),
+            format!(" leading space\n{lead}\n trailing "),
+            format!("▁x{lead}▁y{lead}\n\n\t12345 "),
+            "no added token at all, just text".to_owned(),
+        ];
+        samples.iter().all(|text| {
+            let whole = tokenizer.encode_fast(text.as_str(), false).ok();
+            let pieces = self.encode(tokenizer, text, None);
+            whole.is_some() && whole.map(|e| e.get_ids().to_vec()) == pieces
+        })
+    }
+
+    /// The ids of `text` (without special tokens added), the long pieces'
+    /// from the cache of `scope` when there, the others encoded (and the
+    /// long ones stored); `None` if the tokenizer fails. `scope` `None`:
+    /// nothing is looked up nor stored.
+    pub(crate) fn encode(
+        &self,
+        tokenizer: &Tokenizer,
+        text: &str,
+        scope: Option<&str>,
+    ) -> Option<Vec<u32>> {
+        if text.is_empty() {
+            return Some(tokenizer.encode_fast(text, false).ok()?.get_ids().to_vec());
+        }
+        let mut out = Vec::with_capacity(text.len() / 3);
+        let mut start = 0;
+        for m in self.splitter.find_iter(text) {
+            if m.start() > start {
+                self.piece(
+                    tokenizer,
+                    &text[start..m.start()],
+                    start == 0,
+                    scope,
+                    &mut out,
+                )?;
+            }
+            out.push(self.ids[m.pattern().as_usize()]);
+            start = m.end();
+        }
+        if start < text.len() {
+            self.piece(tokenizer, &text[start..], start == 0, scope, &mut out)?;
+        }
+        Some(out)
+    }
+
+    /// Appends the ids of `piece` (no added token in it) to `out`, as in
+    /// a text where it starts at offset 0 if `first`, else after an added
+    /// token.
+    fn piece(
+        &self,
+        tokenizer: &Tokenizer,
+        piece: &str,
+        first: bool,
+        scope: Option<&str>,
+        out: &mut Vec<u32>,
+    ) -> Option<()> {
+        let scope = scope.filter(|_| piece.len() >= MIN_CACHED_BYTES);
+        let key = scope.map(|scope| Key {
+            scope,
+            first,
+            text: piece,
+        });
+        if let Some(key) = &key {
+            if let Some(ids) = self.cache.get(key) {
+                out.extend_from_slice(&ids);
+                return Some(());
+            }
+        }
+        let ids = self.encode_piece(tokenizer, piece, first)?;
+        out.extend_from_slice(&ids);
+        if let Some(key) = &key {
+            self.cache.insert(key, ids);
+        }
+        Some(())
+    }
+
+    fn encode_piece(&self, tokenizer: &Tokenizer, piece: &str, first: bool) -> Option<Vec<u32>> {
+        if first {
+            return Some(tokenizer.encode_fast(piece, false).ok()?.get_ids().to_vec());
+        }
+        let mut text = String::with_capacity(self.lead.len() + piece.len());
+        text.push_str(&self.lead);
+        text.push_str(piece);
+        let encoding = tokenizer.encode_fast(text.as_str(), false).ok()?;
+        match encoding.get_ids() {
+            [lead, rest @ ..] if *lead == self.lead_id => Some(rest.to_vec()),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn stats(&self) -> TokenizerCacheStats {
+        self.cache.stats()
+    }
+}
+
+/// What an entry is found by.
+struct Key<'a> {
+    scope: &'a str,
+    first: bool,
+    text: &'a str,
+}
+
+impl Key<'_> {
+    fn hash(&self) -> u128 {
+        let mut h = Xxh3::new();
+        h.update(&(self.scope.len() as u64).to_le_bytes());
+        h.update(self.scope.as_bytes());
+        h.update(&[u8::from(self.first)]);
+        h.update(self.text.as_bytes());
+        h.digest128()
+    }
+}
+
+struct Entry {
+    scope: Box<str>,
+    first: bool,
+    text: Box<str>,
+    ids: Arc<[u32]>,
+}
+
+impl Entry {
+    fn matches(&self, key: &Key<'_>) -> bool {
+        self.first == key.first && *self.scope == *key.scope && *self.text == *key.text
+    }
+
+    fn bytes(&self) -> usize {
+        entry_bytes(self.scope.len(), self.text.len(), self.ids.len())
+    }
+}
+
+fn entry_bytes(scope: usize, text: usize, ids: usize) -> usize {
+    scope
+        .saturating_add(text)
+        .saturating_add(ids.saturating_mul(4))
+        .saturating_add(ENTRY_OVERHEAD)
+}
+
+/// The keys are already hashes: the map takes their low 64 bits.
+#[derive(Default)]
+struct Prehashed(u64);
+
+impl Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes.iter().take(8) {
+            self.0 = (self.0 << 8) | u64::from(b);
+        }
+    }
+
+    fn write_u128(&mut self, n: u128) {
+        // The low half of the 128-bit hash.
+        self.0 = n as u64;
+    }
+}
+
+type Map = HashMap<u128, Entry, BuildHasherDefault<Prehashed>>;
+
+#[derive(Default)]
+struct Generations {
+    young: Map,
+    young_bytes: usize,
+    old: Map,
+    old_bytes: usize,
+}
+
+struct Cache {
+    /// Each generation holds at most this many bytes.
+    half: usize,
+    /// Larger entries are not stored: one would flush much of the rest.
+    max_entry: usize,
+    maps: Mutex<Generations>,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+impl Cache {
+    fn new(bound: usize) -> Self {
+        Cache {
+            half: bound / 2,
+            max_entry: bound / 8,
+            maps: Mutex::new(Generations::default()),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        }
+    }
+
+    /// The lock, held only to look up or store (never while encoding); a
+    /// panic while it was held left the maps consistent.
+    fn lock(&self) -> MutexGuard<'_, Generations> {
+        self.maps
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn get(&self, key: &Key<'_>) -> Option<Arc<[u32]>> {
+        let hash = key.hash();
+        let found = {
+            let mut g = self.lock();
+            if let Some(e) = g.young.get(&hash).filter(|e| e.matches(key)) {
+                Some(Arc::clone(&e.ids))
+            } else if g.old.get(&hash).is_some_and(|e| e.matches(key)) {
+                // Promoted: it stays while it is used.
+                let g = &mut *g;
+                g.old.remove(&hash).map(|entry| {
+                    let ids = Arc::clone(&entry.ids);
+                    g.old_bytes -= entry.bytes();
+                    Self::put(g, self.half, hash, entry);
+                    ids
+                })
+            } else {
+                None
+            }
+        };
+        let counter = if found.is_some() {
+            &self.hits
+        } else {
+            &self.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    fn insert(&self, key: &Key<'_>, ids: Vec<u32>) {
+        let bytes = entry_bytes(key.scope.len(), key.text.len(), ids.len());
+        if bytes > self.max_entry {
+            return;
+        }
+        // Built before the lock is taken.
+        let entry = Entry {
+            scope: key.scope.into(),
+            first: key.first,
+            text: key.text.into(),
+            ids: ids.into(),
+        };
+        let hash = key.hash();
+        Self::put(&mut self.lock(), self.half, hash, entry);
+    }
+
+    /// Stores `entry` in the young generation, first making the young one
+    /// old if it would pass `half`.
+    fn put(g: &mut Generations, half: usize, hash: u128, entry: Entry) {
+        let bytes = entry.bytes();
+        if let Some(previous) = g.young.remove(&hash) {
+            g.young_bytes -= previous.bytes();
+        }
+        if g.young_bytes + bytes > half {
+            g.old = std::mem::take(&mut g.young);
+            g.old_bytes = std::mem::take(&mut g.young_bytes);
+        }
+        // Not in both: the old one's copy (a collision's, or the same
+        // text stored twice by racing misses) goes.
+        if let Some(previous) = g.old.remove(&hash) {
+            g.old_bytes -= previous.bytes();
+        }
+        g.young_bytes += bytes;
+        g.young.insert(hash, entry);
+    }
+
+    fn stats(&self) -> TokenizerCacheStats {
+        let g = self.lock();
+        TokenizerCacheStats {
+            hits: self.hits.load(Ordering::Relaxed),
+            misses: self.misses.load(Ordering::Relaxed),
+            entries: g.young.len() + g.old.len(),
+            bytes: g.young_bytes + g.old_bytes,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::LazyLock;
+
+    /// The real TinyLlama tokenizer: Metaspace `prepend_scheme: first`, no
+    /// normalizer, `<unk>`, `<s>`, `</s>` added.
+    fn tinyllama() -> &'static Tokenizer {
+        static T: LazyLock<Tokenizer> = LazyLock::new(|| {
+            let path = concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../fixtures/tokenizers/tinyllama.json"
+            );
+            Tokenizer::from_file(path).unwrap()
+        });
+        &T
+    }
+
+    fn whole(text: &str) -> Vec<u32> {
+        tinyllama()
+            .encode_fast(text, false)
+            .unwrap()
+            .get_ids()
+            .to_vec()
+    }
+
+    #[test]
+    fn tinyllama_takes_the_segmented_path_and_a_tokenizer_that_strips_does_not() {
+        let enc = SegmentEncoder::new(tinyllama(), 1 << 20).unwrap();
+        assert_eq!((enc.lead.as_str(), enc.ids.len()), ("<unk>", 3));
+        assert!(SegmentEncoder::new(tinyllama(), 0).is_none());
+        let mut stripping = tinyllama().clone();
+        stripping.add_special_tokens(&[tokenizers::AddedToken::from("<|x|>", true).rstrip(true)]);
+        assert!(SegmentEncoder::new(&stripping, 1 << 20).is_none());
+        let mut normalized = tinyllama().clone();
+        normalized.add_tokens(&[tokenizers::AddedToken::from("hello", false)]);
+        assert!(SegmentEncoder::new(&normalized, 1 << 20).is_none());
+    }
+
+    #[test]
+    fn pieces_after_an_added_token_and_at_the_start_differ_and_both_are_exact() {
+        let enc = SegmentEncoder::new(tinyllama(), 1 << 20).unwrap();
+        let long = "Hello world, ".repeat(40);
+        for text in [
+            format!("{long}</s>{long}"),
+            format!("</s>{long}<s>{long}</s>"),
+            format!(" {long}</s> {long}"),
+            format!("▁{long}</s>▁{long}"),
+        ] {
+            let cold = enc.encode(tinyllama(), &text, Some("t")).unwrap();
+            let warm = enc.encode(tinyllama(), &text, Some("t")).unwrap();
+            assert_eq!(cold, whole(&text), "{text:?}");
+            assert_eq!(warm, cold, "{text:?}");
+        }
+        // The same long text first and after `</s>`: two entries, each
+        // with its own ids (▁Hello against Hello).
+        assert_ne!(whole(&long), whole(&format!("</s>{long}"))[1..]);
+        assert!(enc.stats().hits >= 4, "{:?}", enc.stats());
+    }
+
+    fn piece() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec![
+            "a",
+            "b",
+            "hello",
+            " ",
+            "  ",
+            "\n",
+            "\t",
+            "▁",
+            "</s>",
+            "<s>",
+            "<unk>",
+            "</",
+            "s>",
+            "<",
+            "é",
+            "🙂",
+            "12",
+            ".",
+            "x".repeat(300).leak(),
+        ])
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Any text from pieces that stress the pieces' edges: added
+        /// tokens next to each other, half tokens, spaces and `▁` around
+        /// them, long pieces (cached) and short ones; cold and warm.
+        #[test]
+        fn segmented_ids_are_the_whole_texts(parts in prop::collection::vec(piece(), 0..40)) {
+            static ENC: LazyLock<SegmentEncoder> =
+                LazyLock::new(|| SegmentEncoder::new(tinyllama(), 4 << 20).unwrap());
+            let text: String = parts.concat();
+            let expected = whole(&text);
+            prop_assert_eq!(&ENC.encode(tinyllama(), &text, Some("p")).unwrap(), &expected);
+            prop_assert_eq!(&ENC.encode(tinyllama(), &text, Some("p")).unwrap(), &expected);
+            prop_assert_eq!(&ENC.encode(tinyllama(), &text, None).unwrap(), &expected);
+        }
+    }
+
+    fn key<'a>(scope: &'a str, text: &'a str) -> Key<'a> {
+        Key {
+            scope,
+            first: false,
+            text,
+        }
+    }
+
+    #[test]
+    fn the_cache_keeps_scopes_and_first_apart_and_stays_under_its_bound() {
+        let cache = Cache::new(1 << 20);
+        let text = "x".repeat(300);
+        cache.insert(&key("a", &text), vec![1, 2, 3]);
+        assert_eq!(cache.get(&key("a", &text)).as_deref(), Some(&[1, 2, 3][..]));
+        assert!(cache.get(&key("b", &text)).is_none());
+        let first = Key {
+            first: true,
+            ..key("a", &text)
+        };
+        assert!(cache.get(&first).is_none());
+        // A scope whose bytes run on into the text is another key.
+        assert!(cache.get(&key("ax", &text[1..])).is_none());
+        let s = cache.stats();
+        assert_eq!((s.hits, s.misses, s.entries), (1, 3, 1));
+
+        for i in 0..10_000 {
+            let text = format!("{i:>400}");
+            cache.insert(&key("a", &text), vec![7; 100]);
+            assert!(cache.stats().bytes <= 1 << 20);
+        }
+        let s = cache.stats();
+        assert!(s.entries > 100, "{s:?}");
+        assert!(s.bytes <= 1 << 20 && s.bytes > (1 << 20) / 4, "{s:?}");
+        // The recent entries are there, the first long gone.
+        assert!(cache.get(&key("a", &format!("{:>400}", 9_999))).is_some());
+        assert!(cache.get(&key("a", &format!("{:>400}", 0))).is_none());
+    }
+
+    #[test]
+    fn a_hit_in_the_old_generation_survives_the_next_turnover() {
+        let cache = Cache::new(64 << 10);
+        let hot = "h".repeat(1000);
+        cache.insert(&key("a", &hot), vec![1; 10]);
+        for i in 0..2_000 {
+            let text = format!("{i:>1000}");
+            cache.insert(&key("a", &text), vec![2; 10]);
+            assert!(cache.get(&key("a", &hot)).is_some(), "lost after {i}");
+        }
+        assert!(cache.stats().bytes <= 64 << 10);
+    }
+
+    #[test]
+    fn an_entry_over_an_eighth_of_the_bound_is_not_stored() {
+        let cache = Cache::new(8 << 10);
+        let text = "y".repeat(2000);
+        cache.insert(&key("a", &text), vec![0; 10]);
+        assert_eq!(cache.stats().entries, 0);
+    }
+}
