@@ -275,6 +275,9 @@ pub(crate) struct Reader<F> {
     draining_until: Option<Instant>,
     /// When the grace after the engine's finish ends.
     grace_until: Option<Instant>,
+    /// The engine went past the cap: the stream ended at it, and the
+    /// connection is closed (the engine's abort), not read to its end.
+    past_cap: bool,
 }
 
 impl<F: Frames> Reader<F> {
@@ -294,6 +297,7 @@ impl<F: Frames> Reader<F> {
             drain: settings.drain,
             draining_until: None,
             grace_until: None,
+            past_cap: false,
         }
     }
 
@@ -423,7 +427,13 @@ impl<F: Frames> Reader<F> {
             }
             if flow == Flow::End {
                 drop(tx);
-                tail(body).await;
+                if self.past_cap {
+                    // An engine that ignores its cap would stream on.
+                    drop(body);
+                    self.frames.on_close();
+                } else {
+                    tail(body).await;
+                }
                 return;
             }
             if self.grace_until.is_none() && (self.emit.finish.is_some() || self.emit.finished) {
@@ -509,6 +519,7 @@ impl<F: Frames> Reader<F> {
     /// A piece would have passed the cap: the stream ends at it.
     fn at_cap(&mut self) {
         self.emit.capped = false;
+        self.past_cap = true;
         if let Some(usage) = self.frames.usage_at_cap(self.emit.delivered) {
             self.emit.out.push_back(Ok(TokenEvent::Usage(usage)));
         }
