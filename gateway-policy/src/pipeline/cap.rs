@@ -180,11 +180,14 @@ impl OutputCap {
             text: n as u64,
             estimated: false,
         };
+        // The adapter may have added to a piece the tokens of output-less
+        // pieces before it (a parser's held tokens): never below that.
+        let claimed = delta.tokens as usize;
         if !delta.token_ids.is_empty() {
-            return exact(delta.token_ids.len());
+            return exact(delta.token_ids.len().max(claimed));
         }
         if !delta.logprobs.is_empty() {
-            return exact(delta.logprobs.len());
+            return exact(delta.logprobs.len().max(claimed));
         }
         let at_least_one = u64::from(delta.has_output());
         if self.lead.is_some()
@@ -482,6 +485,22 @@ mod tests {
         let cut = c.admit(Delta::text("g h i j", 1));
         assert_eq!(cut, Admit::Cut(Some(Delta::text("", 2))));
         assert_eq!(c.counted(), 4);
+    }
+
+    #[test]
+    fn held_tokens_merged_into_a_piece_with_ids_are_counted() {
+        // vLLM's reasoning parser sends `</think>` as `{"delta":{}}` with
+        // its id; the adapter adds that token to the next piece, whose ids
+        // are its own one.
+        let mut c = words(12);
+        let d = Delta {
+            token_ids: vec![26051],
+            ..Delta::text(" notify", 2)
+        };
+        let Admit::Pass(d) = c.admit(d) else {
+            panic!("passes")
+        };
+        assert_eq!((d.tokens, c.counted()), (2, 2));
     }
 
     #[test]
