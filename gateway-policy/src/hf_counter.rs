@@ -56,6 +56,41 @@ pub struct HfTokenCounter {
     markup: ByteBound,
     template: Option<Arc<ChatTemplate>>,
     segments: Option<Arc<SegmentEncoder>>,
+    /// Counts of short texts (streamed output pieces, which the output cap
+    /// counts one by one and which repeat), shared by clones.
+    short: Arc<ShortCounts>,
+}
+
+/// The counts of texts of at most [`ShortCounts::MAX_BYTES`] bytes, at most
+/// [`ShortCounts::MAX_ENTRIES`] of them (emptied when full): a lookup costs
+/// a hash of a few bytes where an encode costs microseconds.
+#[derive(Debug, Default)]
+struct ShortCounts {
+    counts: std::sync::Mutex<std::collections::HashMap<Box<str>, u64>>,
+}
+
+impl ShortCounts {
+    const MAX_BYTES: usize = 48;
+    const MAX_ENTRIES: usize = 1 << 16;
+
+    fn get(&self, text: &str) -> Option<u64> {
+        let counts = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        counts.get(text).copied()
+    }
+
+    fn put(&self, text: &str, n: u64) {
+        let mut counts = self
+            .counts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if counts.len() >= Self::MAX_ENTRIES {
+            counts.clear();
+        }
+        counts.insert(text.into(), n);
+    }
 }
 
 impl HfTokenCounter {
@@ -80,6 +115,7 @@ impl HfTokenCounter {
             markup: ByteBound::default(),
             template: None,
             segments,
+            short: Arc::default(),
         })
     }
 
@@ -202,8 +238,17 @@ impl TokenCounter for HfTokenCounter {
     }
 
     fn count_text(&self, text: &str) -> TokenCount {
+        let short = text.len() <= ShortCounts::MAX_BYTES;
+        if short && let Some(n) = self.short.get(text) {
+            return TokenCount::Exact(n);
+        }
         match self.encode_len(text, false) {
-            Some(n) => TokenCount::Exact(n),
+            Some(n) => {
+                if short {
+                    self.short.put(text, n);
+                }
+                TokenCount::Exact(n)
+            }
             None => self.markup.count_text(text),
         }
     }

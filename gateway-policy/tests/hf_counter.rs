@@ -74,6 +74,19 @@ proptest! {
         prop_assert!(exact_text <= ByteBound::default().count_text(&text).value());
     }
 
+    /// Short texts (output pieces) are counted from a shared memo: asked
+    /// twice, and through a clone, a text counts what its encoding has,
+    /// without special tokens.
+    #[test]
+    fn short_text_counts_are_the_encodings_cold_and_warm(text in "[a-z é\n🙂]{0,60}") {
+        let c = counter();
+        let ids = c.encode_prompt(&Prompt::Text(text.clone())).unwrap();
+        let expected = TokenCount::Exact(ids.len() as u64 - 1);
+        prop_assert_eq!(c.count_text(&text), expected);
+        prop_assert_eq!(c.count_text(&text), expected);
+        prop_assert_eq!(c.clone().count_text(&text), expected);
+    }
+
     /// The ids routing hashes are the ones the count is made of.
     #[test]
     fn encoded_ids_are_the_exact_count(text in any::<String>()) {
