@@ -100,7 +100,7 @@ async fn the_metrics_key_and_the_label_switch_come_from_the_config() {
     // The request settles (and is counted) just after its response ends:
     // read until it shows, within a bound.
     let settled = r#"gateway_requests_total{tenant="all",model="m",outcome="ok"} 1"#;
-    let until = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let until = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
     let text = loop {
         let r = request(
             addr,
@@ -113,7 +113,7 @@ async fn the_metrics_key_and_the_label_switch_come_from_the_config() {
         .unwrap();
         assert_eq!(r.status, 200);
         let text = String::from_utf8(r.body).unwrap();
-        if text.lines().any(|l| l == settled) || std::time::Instant::now() > until {
+        if text.lines().any(|l| l == settled) || tokio::time::Instant::now() > until {
             break text;
         }
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;

@@ -231,6 +231,9 @@ fn main() {
         threshold(&counter).await;
         run_mode("inline", TokenizerPool::inline(), counter.clone(), n).await;
         let pool = TokenizerPool::new(NonZeroUsize::new(2).unwrap(), 256, 16 << 10);
-        run_mode("pool", pool, counter.clone(), n).await;
+        run_mode("pool, 2 threads", pool, counter.clone(), n).await;
+        // One core left to the runtime on this 2-core machine.
+        let pool = TokenizerPool::new(NonZeroUsize::new(1).unwrap(), 256, 16 << 10);
+        run_mode("pool, 1 thread", pool, counter.clone(), n).await;
     });
 }
