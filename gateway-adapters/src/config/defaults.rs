@@ -91,7 +91,8 @@ pub(super) const TOKENIZER_INLINE_BYTES: usize = gateway_policy::DEFAULT_INLINE_
 /// Default `server.tokenizer_cache_bytes` (the counter's).
 pub(super) const TOKENIZER_CACHE_BYTES: usize = gateway_policy::DEFAULT_TOKENIZER_CACHE_BYTES;
 
-/// Default `server.tokenizer_threads`: the CPU cores (the pipeline's).
+/// Default `server.tokenizer_threads`: the CPU cores less one, at least
+/// one (the pipeline's).
 pub(super) fn tokenizer_threads() -> usize {
     gateway_policy::TokenizerPool::default().threads()
 }

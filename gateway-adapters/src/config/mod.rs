@@ -48,7 +48,7 @@
 //! max_header_bytes = 32768            # 1024..=262144; default 32768: a larger request head gets a JSON 431 (addition)
 //! max_connections = 10000             # 1..=1000000; default 10000 client connections; more get a fast 503 (addition)
 //! ready_drain_ms = 0                  # 0..=600000; default 0: /ready answers 503 this long after SIGTERM before the listener closes (addition)
-//! tokenizer_threads = 2               # 0..=1024; default: the CPU cores; prompts tokenized at once off the runtime; 0 = inline (addition)
+//! tokenizer_threads = 2               # 0..=1024; default: the CPU cores less one (at least 1); prompts tokenized at once off the runtime; 0 = inline (addition)
 //! tokenizer_queue = 256               # 0..=1000000; default 256 prompts waiting for a tokenizer thread; beyond: 503 overloaded (addition)
 //! tokenizer_inline_bytes = 16384      # 0..=1073741824; default 16384: smaller prompts are tokenized inline (addition)
 //! tokenizer_cache_bytes = 33554432    # 0..=68719476736; default 32 MiB per model: long chat prompts' pieces cached per tenant; 0 = off (addition)

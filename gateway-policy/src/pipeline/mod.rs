@@ -144,7 +144,7 @@ impl GatewayBuilder {
     }
 
     /// Where prompts are tokenized (default: [`TokenizerPool::default`],
-    /// one thread per core; [`TokenizerPool::inline`] counts on the
+    /// one thread per core but one; [`TokenizerPool::inline`] counts on the
     /// runtime).
     #[must_use]
     pub fn tokenizer_pool(mut self, pool: TokenizerPool) -> Self {
