@@ -35,7 +35,26 @@ engine = "sim"
 model = "m"
 "#;
 
-fn start() -> (Child, SocketAddr, std::path::PathBuf) {
+/// The gateway process, killed when dropped unless [`Running::take`]n: a
+/// failed assertion must not leave it running.
+struct Running(Option<Child>);
+
+impl Running {
+    fn take(mut self) -> Child {
+        self.0.take().unwrap()
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn start() -> (Running, SocketAddr, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!("gateway-exposure-bin-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("gateway.toml");
@@ -57,12 +76,12 @@ fn start() -> (Child, SocketAddr, std::path::PathBuf) {
         .unwrap()
         .parse()
         .unwrap();
-    (child, addr, dir)
+    (Running(Some(child)), addr, dir)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_metrics_key_and_the_label_switch_come_from_the_config() {
-    let (mut child, addr, dir) = start();
+    let (child, addr, dir) = start();
     let r = request(addr, "GET", "/metrics", &[], b"").await.unwrap();
     assert_eq!(r.status, 401);
     assert_eq!(
@@ -130,6 +149,7 @@ async fn the_metrics_key_and_the_label_switch_come_from_the_config() {
         "{text}"
     );
 
+    let mut child = child.take();
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()

@@ -77,6 +77,9 @@ pub(super) struct OutputCap {
     /// Whether the engine's count is within the slack of the text's: then
     /// it is what is charged, and the text may pass the cap by the slack.
     trust_engine: bool,
+    /// Whether the piece that was cut took the engine's own count past
+    /// the cap.
+    engine_past_cap: bool,
     counter: Arc<dyn TokenCounter>,
     /// [`LEAD`]'s own tokens, when the counter counts exactly.
     lead: Option<u64>,
@@ -94,6 +97,7 @@ impl OutputCap {
             text: 0,
             charged: 0,
             trust_engine: true,
+            engine_past_cap: false,
             lead: lead.is_exact().then(|| lead.value()),
             counter,
         }
@@ -109,7 +113,7 @@ impl OutputCap {
     /// was the gateway's text count's, and the engine, asked for at most
     /// the cap, stops there by itself.
     pub(super) fn engine_within_cap(&self) -> bool {
-        self.engine <= self.cap
+        !self.engine_past_cap
     }
 
     /// The engine's own count so far.
@@ -138,6 +142,7 @@ impl OutputCap {
             delta.tokens = self.charge();
             return Admit::Pass(delta);
         }
+        self.engine_past_cap = engine_after > self.cap;
         let engine_room = self.cap.saturating_sub(self.engine);
         let text_room = limit.saturating_sub(self.text);
         let kept = if engine_room == 0 || text_room == 0 {
@@ -469,6 +474,8 @@ mod tests {
         let cut = c.admit(Delta::text("g h i j k l", 1));
         assert_eq!(cut, Admit::Cut(Some(Delta::text("g h i j ", 4))));
         assert_eq!(c.counted(), 10);
+        // Cut by the text; the engine, by its own count, is within the cap.
+        assert!(c.engine_within_cap());
         // At the cap, anything more is dropped.
         assert_eq!(c.admit(Delta::text("m", 1)), Admit::Cut(None));
     }
@@ -518,6 +525,8 @@ mod tests {
             panic!("cut")
         };
         assert_eq!((d.token_ids, d.tokens, c.counted()), (vec![4], 1, 4));
+        // The engine itself went past the cap: it is aborted.
+        assert!(!c.engine_within_cap());
     }
 
     #[test]
