@@ -135,9 +135,12 @@ async fn settled(s: &Setup) -> TenantAccount {
 }
 
 async fn run(s: &Setup, req: ClientRequest) -> (Got, Instant) {
-    let (_g, cancel) = s.gateway.request_cancel();
+    let (guard, cancel) = s.gateway.request_cancel();
     let mut stream = s.gateway.generate(&s.tenant, req, cancel).await.unwrap();
     let got = collect(&mut stream).await;
+    // As the server does once the response is out: the request is not
+    // canceled by its end.
+    guard.disarm();
     (got, Instant::now())
 }
 
@@ -209,7 +212,15 @@ async fn zero_token_chunks_are_counted_from_their_text_and_cut_at_a_token_bounda
     assert_eq!(got.finish, Some(FinishReason::Length));
     // The prompt "0123456789" is one word.
     assert_eq!(got.usage, Some(Usage::new(1, 10)));
-    assert!(abort_seen(&s, ended).await < Duration::from_millis(10));
+    // Cut by the text at the third chunk while the engine's own count (one
+    // per chunk with output) was 3: the client's stream ends there; the
+    // engine runs on until its own count passes the cap (eight chunks, 10 ms
+    // apart) and is aborted then.
+    let took = abort_seen(&s, ended).await;
+    assert!(
+        took >= Duration::from_millis(70) && took < Duration::from_millis(100),
+        "{took:?}"
+    );
     let a = settled(&s).await;
     assert_eq!(a.usage, Usage::new(1, 10));
     assert_eq!(a.spent, Money::from_picos(10 + 10 * 100));
@@ -245,6 +256,36 @@ async fn an_engine_that_stops_at_the_cap_is_not_aborted() {
     assert_eq!(got.usage, Some(Usage::new(12, 8)));
     let a = settled(&s).await;
     assert_eq!(a.spent, Money::from_picos(12 * 10 + 8 * 100));
+    assert_eq!(s.mock.aborts(), AbortCounts::default());
+    assert_eq!(s.mock.completed(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cut_by_the_text_runs_an_engine_within_its_cap_to_its_end() {
+    let s = setup(Arc::new(Words));
+    // Pieces of two words the engine counts as one token each: by the text
+    // it sends twice its max_tokens, by its own count it honours them (a
+    // tokenizer that disagrees with the engine's).
+    let chunk = Step::Output {
+        delta: Delta::text("a b ", 1),
+        delay: Duration::from_millis(10),
+    };
+    s.mock.push(Script {
+        steps: vec![chunk; 40],
+        ..Script::default()
+    });
+    let (got, _) = run(&s, request("c6", Some(10))).await;
+    assert!(got.error.is_none(), "{:?}", got.error);
+    // Trusted within the slack (4) for four pieces, then counted by the
+    // text: ten words, the cap, and the client's stream ends there.
+    assert_eq!(got.text, "a b ".repeat(5));
+    assert_eq!((got.tokens, got.finish), (10, Some(FinishReason::Length)));
+    assert_eq!(got.usage, Some(Usage::new(1, 10)));
+    let a = settled(&s).await;
+    assert_eq!(a.usage, Usage::new(1, 10));
+    assert_eq!(a.spent, Money::from_picos(10 + 10 * 100));
+    // The engine ran to its own end (ten pieces) instead of being cut off:
+    // no abort, its connection is kept.
     assert_eq!(s.mock.aborts(), AbortCounts::default());
     assert_eq!(s.mock.completed(), 1);
 }
