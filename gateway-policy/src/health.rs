@@ -109,6 +109,9 @@ pub struct Breaker {
     consecutive_failures: u32,
     /// When the current run of failures began.
     run_started: Option<Instant>,
+    /// When the last counted failure happened: failures of requests that
+    /// started before it belong to the same incident.
+    last_counted: Option<Instant>,
 }
 
 impl Breaker {
@@ -119,6 +122,7 @@ impl Breaker {
             state: BreakerState::Closed,
             consecutive_failures: 0,
             run_started: None,
+            last_counted: None,
         }
     }
 
@@ -185,16 +189,26 @@ impl Breaker {
         };
     }
 
-    /// A request failed, blaming `blame` (see [`BackendError::blame`]).
+    /// A request that was sent at `started` failed, blaming `blame` (see
+    /// [`BackendError::blame`]).
+    ///
     /// Only the backend's own failures count; a failure of the request
     /// (invalid, too large, its own deadline) or of nobody (canceled) is
     /// neutral: it neither counts nor resets the run of failures, so a
     /// tenant's poison requests can neither open the breaker nor hide a
     /// failing backend.
     ///
+    /// The breaker counts incidents, not requests: a failure of a request
+    /// sent before the last counted failure is neutral too, since it was
+    /// in flight when the backend last failed and most likely ended with
+    /// it (an engine that restarts ends all its streams at once). Sixteen
+    /// streams cut together count once; a backend that keeps failing
+    /// fails the requests sent after each failure, and those count.
+    ///
     /// [`BackendError::blame`]: gateway_core::BackendError::blame
-    pub fn on_failure(&mut self, blame: Blame, now: Instant) {
-        if blame != Blame::Backend {
+    pub fn on_failure(&mut self, blame: Blame, started: Instant, now: Instant) {
+        let same_incident = self.last_counted.is_some_and(|last| started < last);
+        if blame != Blame::Backend || same_incident {
             // Not the backend's fault; a probe that ended so frees its place.
             if let BreakerState::HalfOpen { probing, succeeded } = self.state(now) {
                 self.state = BreakerState::HalfOpen {
@@ -214,6 +228,7 @@ impl Breaker {
             self.run_started = Some(now);
         }
         self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+        self.last_counted = Some(now);
         let reopen = match self.state(now) {
             BreakerState::HalfOpen { .. } => true,
             BreakerState::Closed => self.consecutive_failures >= self.config.failures_to_open,
@@ -389,21 +404,21 @@ mod tests {
     fn opens_after_consecutive_backend_failures_only() {
         let t0 = Instant::now();
         let mut b = Breaker::new(config());
-        b.on_failure(FailureKind::Connect.row().blame, t0);
-        b.on_failure(FailureKind::Connect.row().blame, t0);
+        b.on_failure(FailureKind::Connect.row().blame, t0, t0);
+        b.on_failure(FailureKind::Connect.row().blame, t0, t0);
         // Request faults do not count and do not reset.
-        b.on_failure(FailureKind::InvalidRequest.row().blame, t0);
-        b.on_failure(FailureKind::Canceled.row().blame, t0);
+        b.on_failure(FailureKind::InvalidRequest.row().blame, t0, t0);
+        b.on_failure(FailureKind::Canceled.row().blame, t0, t0);
         assert_eq!(b.state(t0), BreakerState::Closed);
         b.on_success(t0);
-        b.on_failure(FailureKind::Overloaded.row().blame, t0);
-        b.on_failure(FailureKind::OutOfMemory.row().blame, t0);
+        b.on_failure(FailureKind::Overloaded.row().blame, t0, t0);
+        b.on_failure(FailureKind::OutOfMemory.row().blame, t0, t0);
         assert_eq!(
             b.state(t0),
             BreakerState::Closed,
             "a success resets the count"
         );
-        b.on_failure(FailureKind::FirstTokenTimeout.row().blame, t0);
+        b.on_failure(FailureKind::FirstTokenTimeout.row().blame, t0, t0);
         assert_eq!(b.state(t0).as_str(), "open");
         assert_eq!(b.admit(t0), Admission::Refused);
         assert!(!b.would_admit(t0 + Duration::from_secs(9)));
@@ -414,7 +429,7 @@ mod tests {
         let t0 = Instant::now();
         let mut b = Breaker::new(config());
         for _ in 0..3 {
-            b.on_failure(FailureKind::Internal.row().blame, t0);
+            b.on_failure(FailureKind::Internal.row().blame, t0, t0);
         }
         let t1 = t0 + Duration::from_secs(10);
         assert_eq!(b.state(t1).as_str(), "half_open");
@@ -427,15 +442,65 @@ mod tests {
 
         // A failed probe reopens for another period.
         for _ in 0..3 {
-            b.on_failure(FailureKind::Internal.row().blame, t1);
+            b.on_failure(FailureKind::Internal.row().blame, t1, t1);
         }
         let t2 = t1 + Duration::from_secs(10);
         assert_eq!(b.admit(t2), Admission::Probe);
-        b.on_failure(FailureKind::Connect.row().blame, t2);
+        b.on_failure(FailureKind::Connect.row().blame, t2, t2);
         assert_eq!(
             b.state(t2),
             BreakerState::Open {
                 until: t2 + Duration::from_secs(10)
+            }
+        );
+    }
+
+    #[test]
+    fn requests_in_flight_at_a_failure_fail_with_it() {
+        let t0 = Instant::now();
+        let ms = Duration::from_millis;
+        let backend = FailureKind::ProtocolViolation.row().blame;
+        let mut b = Breaker::new(config());
+        // Sixteen streams sent at t0 are all cut at t0 + 5 ms (an engine
+        // restart): the first counts, the other fifteen are the same
+        // incident.
+        for _ in 0..16 {
+            b.on_failure(backend, t0, t0 + ms(5));
+        }
+        assert_eq!(b.state(t0 + ms(5)), BreakerState::Closed);
+        // Requests sent after that failure and failing count, one each:
+        // the second and third incidents open it (3 to open).
+        b.on_failure(backend, t0 + ms(6), t0 + ms(7));
+        assert_eq!(b.state(t0 + ms(7)), BreakerState::Closed);
+        // One sent before the last counted failure (t0 + 7 ms) is neutral.
+        b.on_failure(backend, t0 + ms(6), t0 + ms(8));
+        assert_eq!(b.state(t0 + ms(8)), BreakerState::Closed);
+        b.on_failure(backend, t0 + ms(7), t0 + ms(9));
+        assert_eq!(
+            b.state(t0 + ms(9)),
+            BreakerState::Open {
+                until: t0 + ms(9) + Duration::from_secs(10)
+            }
+        );
+        // A neutral failure of an older request frees a probe's place but
+        // does not reopen the half-open breaker.
+        let t1 = t0 + ms(9) + Duration::from_secs(10);
+        assert_eq!(b.admit(t1), Admission::Probe);
+        b.on_failure(backend, t0 + ms(8), t1);
+        assert_eq!(
+            b.state(t1),
+            BreakerState::HalfOpen {
+                probing: 0,
+                succeeded: 0
+            }
+        );
+        // The probe, sent after the last counted failure, reopens it.
+        assert_eq!(b.admit(t1), Admission::Probe);
+        b.on_failure(backend, t1, t1);
+        assert_eq!(
+            b.state(t1),
+            BreakerState::Open {
+                until: t1 + Duration::from_secs(10)
             }
         );
     }
@@ -476,14 +541,14 @@ mod tests {
             ..config()
         });
         let s = Duration::from_secs;
-        b.on_failure(FailureKind::Connect.row().blame, t0);
-        b.on_failure(FailureKind::Connect.row().blame, t0 + s(30));
+        b.on_failure(FailureKind::Connect.row().blame, t0, t0);
+        b.on_failure(FailureKind::Connect.row().blame, t0 + s(30), t0 + s(30));
         // 61 s after the run began: a new run of one.
-        b.on_failure(FailureKind::Connect.row().blame, t0 + s(61));
-        b.on_failure(FailureKind::Connect.row().blame, t0 + s(90));
+        b.on_failure(FailureKind::Connect.row().blame, t0 + s(61), t0 + s(61));
+        b.on_failure(FailureKind::Connect.row().blame, t0 + s(90), t0 + s(90));
         assert_eq!(b.state(t0 + s(90)), BreakerState::Closed);
         // The third failure within 60 s of t0 + 61 s opens it.
-        b.on_failure(FailureKind::Connect.row().blame, t0 + s(121));
+        b.on_failure(FailureKind::Connect.row().blame, t0 + s(121), t0 + s(121));
         assert_eq!(
             b.state(t0 + s(121)),
             BreakerState::Open { until: t0 + s(131) }

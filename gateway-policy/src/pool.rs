@@ -150,12 +150,14 @@ impl BackendSlot {
         lock(&self.prompts).is_oversized(estimate)
     }
 
-    /// Records a failure here: the breaker counts it if the backend is
-    /// to blame ([`BackendError::blame`]), and only then may an overload
-    /// answer lower the adaptive limit.
-    pub fn record_failure(&self, err: &BackendError) {
+    /// Records a failure of a request sent here at `started`: the breaker
+    /// counts it if the backend is to blame ([`BackendError::blame`]) and
+    /// the request was sent after the last failure it counted
+    /// ([`Breaker::on_failure`]), and only a failure the backend is to
+    /// blame may lower the adaptive limit on an overload answer.
+    pub fn record_failure(&self, err: &BackendError, started: Instant) {
         let blame = err.blame();
-        lock(&self.breaker).on_failure(blame, Instant::now());
+        lock(&self.breaker).on_failure(blame, started, Instant::now());
         if blame == Blame::Backend
             && let Some(a) = &self.adaptive
         {
@@ -198,7 +200,10 @@ impl BackendSlot {
             })
             .ok()?;
         // From here the guard gives the slot back, whatever the breaker says.
-        let guard = InflightGuard { slot: self.clone() };
+        let guard = InflightGuard {
+            slot: self.clone(),
+            acquired: Instant::now(),
+        };
         match lock(&self.breaker).admit(Instant::now()) {
             Admission::Allowed | Admission::Probe => Some(guard),
             Admission::Refused => None,
@@ -215,12 +220,18 @@ impl BackendSlot {
 /// place and wakes requests waiting for capacity.
 pub struct InflightGuard {
     slot: Arc<BackendSlot>,
+    acquired: Instant,
 }
 
 impl InflightGuard {
     /// The backend this request is on.
     pub fn slot(&self) -> &Arc<BackendSlot> {
         &self.slot
+    }
+
+    /// When the request took its place (about when it was sent).
+    pub fn acquired(&self) -> Instant {
+        self.acquired
     }
 }
 

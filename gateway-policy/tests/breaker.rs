@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use gateway_core::testkit::{MockBackend, MockHandle, Script};
+use gateway_core::testkit::{MockBackend, MockHandle, Script, Step};
 use gateway_core::*;
 use gateway_policy::health::{BreakerConfig, HealthConfig};
 use gateway_policy::*;
@@ -204,4 +204,63 @@ async fn the_adaptive_limit_halves_to_its_floor_and_grows_back() {
         m.contains(r#"gateway_backend_limit{backend="mock-0"} 2"#),
         "{m}"
     );
+}
+
+/// Runs one request to its end: `ok`, the code of its error before the
+/// first token, or the kind of its failure after it.
+async fn run_to_end(s: &Setup, id: String) -> &'static str {
+    let (_g, cancel) = s.gateway.request_cancel();
+    let request = ClientRequest::new(id, MODEL, Prompt::Text("hello".into()));
+    match s.gateway.generate(&s.tenant, request, cancel).await {
+        Ok(mut stream) => {
+            while let Some(item) = stream.next().await {
+                if let Err(e) = item {
+                    return e.kind().as_str();
+                }
+            }
+            "ok"
+        }
+        Err(e) => e.code().as_str(),
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn streams_cut_together_are_one_incident() {
+    // The default breaker: five consecutive failures open it for 10 s.
+    let s = setup(None, HealthConfig::default());
+    // Sixteen streams in flight are all cut at once after their first
+    // token (an engine that restarts), the only backend of the model.
+    let cut = Script::tokens(&["a"], Duration::ZERO)
+        .then(Step::Token {
+            text: "b".into(),
+            delay: Duration::from_millis(100),
+        })
+        .then(Step::Fail(FailureKind::ProtocolViolation));
+    for _ in 0..16 {
+        s.mock.push(cut.clone());
+    }
+    let outcomes =
+        futures::future::join_all((0..16).map(|i| run_to_end(&s, format!("cut{i}")))).await;
+    assert_eq!(outcomes, vec!["protocol_violation"; 16]);
+    let m = s.gateway.render_metrics();
+    assert!(
+        m.contains(
+            r#"gateway_backend_failures_total{backend="mock-0",kind="protocol_violation"} 16"#
+        ),
+        "{m}"
+    );
+    // One incident, not sixteen failures: the breaker stays closed and the
+    // next request is served.
+    assert_eq!(s.gateway.backends()[0].breaker_state().as_str(), "closed");
+    assert_eq!(run_to_end(&s, "after".into()).await, "ok");
+    // Requests sent after a failure that fail count, one each: five
+    // failures in a row open it.
+    s.mock.set_default(Script::reject(FailureKind::Connect));
+    let mut states = Vec::new();
+    for i in 0..5 {
+        tokio::time::advance(Duration::from_millis(1)).await;
+        assert_eq!(run_to_end(&s, format!("dead{i}")).await, "upstream_error");
+        states.push(s.gateway.backends()[0].breaker_state().as_str());
+    }
+    assert_eq!(states, ["closed", "closed", "closed", "closed", "open"]);
 }

@@ -382,6 +382,7 @@ async fn attempt(
     slot: Arc<BackendSlot>,
     cancel: &CancelHandle,
 ) -> Result<(Head, CancelHandle), Failed> {
+    let started = Instant::now();
     let settings = &gateway.inner.settings;
     let metrics = &gateway.inner.metrics;
     let attempt_cancel = cancel.child();
@@ -440,7 +441,7 @@ async fn attempt(
                     "backend attempt failed"
                 );
                 metrics.failure(&slot.name, err.kind().as_str());
-                slot.record_failure(err);
+                slot.record_failure(err, started);
             }
             Err(failed)
         }

@@ -82,6 +82,7 @@ impl Job for EmbedJob {
         slot: Arc<BackendSlot>,
         cancel: &CancelHandle,
     ) -> Result<Embeddings, Failed> {
+        let started = Instant::now();
         let settings = &gateway.inner.settings;
         let attempt_cancel = cancel.child();
         let request = EmbedAttempt {
@@ -138,7 +139,7 @@ impl Job for EmbedJob {
                         error = %err,
                         "embeddings attempt failed"
                     );
-                    slot.record_failure(err);
+                    slot.record_failure(err, started);
                 }
             }
         }

@@ -421,7 +421,10 @@ impl Pump {
                 error = %failure,
                 "stream failed after its first token"
             );
-            self.settlement.inflight.slot().record_failure(&failure);
+            let inflight = &self.settlement.inflight;
+            inflight
+                .slot()
+                .record_failure(&failure, inflight.acquired());
             let failure = failure.with_phase(self.phase());
             return match self.relay(Err(failure)).await {
                 Ok(()) => End::Failed { abort },
