@@ -25,7 +25,9 @@ impl RequestId {
     }
 
     /// A new id, unique and unguessable: `gw-` and 128 bits from the
-    /// operating system's random source as 32 lowercase hex digits.
+    /// operating system's random source as 32 lowercase hex digits. The
+    /// bits are read from the OS 4 KiB at a time per thread (one system
+    /// call per 256 ids), each handed out once.
     ///
     /// Should the OS source fail (it does not on a running Linux), the bits
     /// come from SipHash keyed with std's per-process random keys over a
@@ -43,10 +45,7 @@ impl RequestId {
     /// assert!(a.as_str()[3..].bytes().all(|c| c.is_ascii_hexdigit()));
     /// ```
     pub fn generate() -> Self {
-        let mut bytes = [0u8; 16];
-        if getrandom::fill(&mut bytes).is_err() {
-            bytes = fallback_bits();
-        }
+        let bytes = random_bits().unwrap_or_else(fallback_bits);
         let mut id = String::with_capacity(GENERATED_PREFIX.len() + 32);
         id.push_str(GENERATED_PREFIX);
         for b in bytes {
@@ -417,6 +416,32 @@ fn hex_digit(nibble: u8) -> char {
 
 /// 128 bits when the OS source failed: SipHash under std's random
 /// per-process keys, over a process-wide counter and the clock.
+/// 16 bytes from the OS random source, read ahead 4 KiB at a time per
+/// thread; `None` when the source fails.
+fn random_bits() -> Option<[u8; 16]> {
+    use std::cell::RefCell;
+    const AHEAD: usize = 4096;
+    thread_local! {
+        // The bytes read ahead and how many of them are used.
+        static POOL: RefCell<(Box<[u8; AHEAD]>, usize)> =
+            RefCell::new((Box::new([0; AHEAD]), AHEAD));
+    }
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        let (bytes, used) = &mut *pool;
+        if *used == AHEAD {
+            getrandom::fill(&mut bytes[..]).ok()?;
+            *used = 0;
+        }
+        let mut out = [0u8; 16];
+        out.copy_from_slice(&bytes[*used..*used + 16]);
+        // Handed out once: zeroed behind.
+        bytes[*used..*used + 16].fill(0);
+        *used += 16;
+        Some(out)
+    })
+}
+
 fn fallback_bits() -> [u8; 16] {
     use std::hash::{BuildHasher, Hasher};
     use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

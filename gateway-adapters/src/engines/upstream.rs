@@ -73,6 +73,14 @@ pub(crate) fn served_model(config: &UpstreamConfig) -> String {
     }
 }
 
+/// The most an upstream connection's read buffer grows to (hyper's
+/// default is ~400 KiB). An engine that streams faster than its client
+/// reads fills the buffer to this bound before the gateway stops reading
+/// it, and a pooled connection keeps its buffer: 1,000 such streams held
+/// ~135 KB each with the default. Body chunks are handed on as they come,
+/// so only a response head must fit.
+const UPSTREAM_MAX_BUF: usize = 16 * 1024;
+
 /// The pooled client of `config`: `TCP_NODELAY`, its connect timeout and
 /// idle pool; TLS 1.2/1.3 for `https` URLs, trusting the Mozilla roots and
 /// the certificates in `config.ca_file`.
@@ -92,6 +100,7 @@ pub(crate) fn client(config: &UpstreamConfig) -> Result<HttpClient, EngineError>
         .enable_http1()
         .wrap_connector(http);
     Ok(Client::builder(TokioExecutor::new())
+        .http1_max_buf_size(UPSTREAM_MAX_BUF)
         .pool_max_idle_per_host(config.pool_max_idle)
         .pool_idle_timeout(Duration::from_secs(30))
         .pool_timer(TokioTimer::new())
