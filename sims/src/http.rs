@@ -201,12 +201,17 @@ pub(crate) enum Wake {
 }
 
 /// Sleeps `time` unless the client closes `rd` first or `abort` (if any)
-/// fires.
+/// fires. A zero `time` is no wait at all: `Ready` at once, without a timer
+/// (a zero sleep would still wait for the timer's next tick, about 1 ms) and
+/// without looking at the socket (a close then shows at the next write).
 pub(crate) async fn wait(
     time: Duration,
     rd: &mut OwnedReadHalf,
     abort: Option<&CancellationToken>,
 ) -> Wake {
+    if time.is_zero() {
+        return Wake::Ready;
+    }
     let aborted = async {
         match abort {
             Some(abort) => abort.cancelled().await,
@@ -344,4 +349,44 @@ pub(crate) fn split_inside_chars(bytes: &[u8]) -> Option<[&[u8]; 3]> {
     let (a, rest) = bytes.split_at(at);
     let (b, c) = rest.split_at(at2 - at);
     Some([a, b, c])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A zero wait returns at once. A zero `sleep` would wait for the
+    /// timer's next tick (about 1 ms of real time each, so 500 of them at
+    /// least ~0.5 s), which paused time does not show: this runs in real
+    /// time with a wide bound.
+    #[tokio::test]
+    async fn a_zero_wait_takes_no_timer_tick() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (mut rd, _wr) = server.into_split();
+        let t0 = tokio::time::Instant::now();
+        for _ in 0..500 {
+            assert_eq!(wait(Duration::ZERO, &mut rd, None).await, Wake::Ready);
+        }
+        let zero = t0.elapsed();
+        assert!(
+            zero < Duration::from_millis(250),
+            "500 zero waits took {zero:?}"
+        );
+        // A real wait still waits, and still sees a close.
+        let t1 = tokio::time::Instant::now();
+        assert_eq!(
+            wait(Duration::from_millis(5), &mut rd, None).await,
+            Wake::Ready
+        );
+        assert!(t1.elapsed() >= Duration::from_millis(5));
+        drop(client);
+        assert_eq!(
+            wait(Duration::from_secs(10), &mut rd, None).await,
+            Wake::Closed
+        );
+    }
 }
