@@ -1,5 +1,6 @@
 //! The backends and their gateway-side state: in-flight counts against a
-//! concurrency limit, health, and a shared signal when capacity frees up.
+//! concurrency limit, health, and a wake-up of the model's next waiter when
+//! a place frees up.
 
 use std::fmt;
 use std::num::NonZeroU32;
@@ -7,9 +8,9 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use gateway_core::{Backend, BackendError, Blame, Pressure};
-use tokio::sync::Notify;
 use tokio::time::Instant;
 
+use crate::admission::FairQueue;
 use crate::health::{
     AdaptiveLimit, Admission, Breaker, BreakerConfig, BreakerState, HealthConfig, PromptSizes,
 };
@@ -28,7 +29,8 @@ pub struct BackendSlot {
     pub max_concurrency: Option<NonZeroU32>,
     inflight: AtomicU32,
     healthy: AtomicBool,
-    capacity: Arc<Notify>,
+    /// The model's admission queue, whose next waiter a freed place wakes.
+    queue: Arc<FairQueue>,
     breaker: Mutex<Breaker>,
     /// The prompt sizes it served recently (for [`BackendSlot::is_oversized`]).
     prompts: Mutex<PromptSizes>,
@@ -52,20 +54,21 @@ impl fmt::Debug for BackendSlot {
 
 impl BackendSlot {
     /// A slot for `backend` serving public `model` as `served_model`;
-    /// `capacity` is notified whenever a request leaves any backend.
+    /// `queue` is the model's admission queue, whose next waiter is woken
+    /// whenever a request leaves this backend.
     pub fn new(
         backend: Arc<dyn Backend>,
         model: String,
         served_model: String,
         max_concurrency: Option<NonZeroU32>,
-        capacity: Arc<Notify>,
+        queue: Arc<FairQueue>,
     ) -> Self {
         BackendSlot::with_breaker(
             backend,
             model,
             served_model,
             max_concurrency,
-            capacity,
+            queue,
             BreakerConfig::default(),
         )
     }
@@ -76,7 +79,7 @@ impl BackendSlot {
         model: String,
         served_model: String,
         max_concurrency: Option<NonZeroU32>,
-        capacity: Arc<Notify>,
+        queue: Arc<FairQueue>,
         breaker: BreakerConfig,
     ) -> Self {
         BackendSlot::with_health(
@@ -84,7 +87,7 @@ impl BackendSlot {
             model,
             served_model,
             max_concurrency,
-            capacity,
+            queue,
             HealthConfig {
                 breaker,
                 ..HealthConfig::default()
@@ -99,7 +102,7 @@ impl BackendSlot {
         model: String,
         served_model: String,
         max_concurrency: Option<NonZeroU32>,
-        capacity: Arc<Notify>,
+        queue: Arc<FairQueue>,
         health: HealthConfig,
     ) -> Self {
         let breaker = health.breaker;
@@ -112,7 +115,7 @@ impl BackendSlot {
             max_concurrency,
             inflight: AtomicU32::new(0),
             healthy: AtomicBool::new(true),
-            capacity,
+            queue,
             breaker: Mutex::new(Breaker::new(breaker)),
             prompts: Mutex::new(PromptSizes::new()),
             adaptive: max_concurrency.map(|m| Mutex::new(AdaptiveLimit::with_bounds(min, m.get()))),
@@ -217,7 +220,7 @@ impl BackendSlot {
 }
 
 /// A request's place in a backend's in-flight count; dropping it frees the
-/// place and wakes requests waiting for capacity.
+/// place and wakes the model's next waiting request.
 pub struct InflightGuard {
     slot: Arc<BackendSlot>,
     acquired: Instant,
@@ -246,6 +249,6 @@ impl fmt::Debug for InflightGuard {
 impl Drop for InflightGuard {
     fn drop(&mut self) {
         self.slot.inflight.fetch_sub(1, Ordering::AcqRel);
-        self.slot.capacity.notify_waiters();
+        self.slot.queue.wake_next();
     }
 }

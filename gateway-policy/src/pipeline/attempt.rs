@@ -212,9 +212,6 @@ pub(super) async fn serve<J: Job>(
     // wait (or others already wait: no barging ahead of them).
     let mut ticket: Option<Ticket> = None;
     loop {
-        // Register for capacity and queue news before looking, so none is missed.
-        let capacity = inner.capacity.notified();
-        let turn = queue.as_ref().map(|q| q.changed());
         let my_turn = match (&ticket, &queue) {
             (Some(t), _) => t.is_next(),
             (None, Some(q)) => q.is_empty(),
@@ -301,9 +298,12 @@ pub(super) async fn serve<J: Job>(
             // Joined: look again at once; this request may be next.
             continue;
         }
-        let turn = async {
-            match turn {
-                Some(turn) => turn.await,
+        // Only the waiter whose turn it is is woken, when it becomes next
+        // and when a backend of the model frees a place; a wake-up that
+        // came since the look above is kept, so none is missed.
+        let woken = async {
+            match &ticket {
+                Some(ticket) => ticket.woken().await,
                 None => futures::future::pending().await,
             }
         };
@@ -319,8 +319,7 @@ pub(super) async fn serve<J: Job>(
                 )
                 .with_retry_after(Duration::from_secs(1))));
             }
-            () = capacity => {}
-            () = turn => {}
+            () = woken => {}
         }
     }
 }

@@ -278,7 +278,25 @@ impl GatewayBuilder {
                 return Err(BuildError(format!("model {name} added twice")));
             }
         }
-        let capacity = Arc::new(Notify::new());
+        let mut sizes: HashMap<String, usize> = HashMap::new();
+        for (model, size) in self.queues {
+            if !models.contains_key(&model) {
+                return Err(BuildError(format!(
+                    "admission queue of unknown model {model}"
+                )));
+            }
+            sizes.insert(model, size);
+        }
+        let queues: HashMap<String, Arc<FairQueue>> = models
+            .keys()
+            .map(|m| {
+                let size = sizes
+                    .get(m)
+                    .copied()
+                    .unwrap_or(self.settings.admission_queue);
+                (m.clone(), Arc::new(FairQueue::new(size)))
+            })
+            .collect();
         let mut pool = Vec::new();
         let mut by_model: HashMap<String, Vec<usize>> = HashMap::new();
         for PendingBackend {
@@ -305,13 +323,9 @@ impl GatewayBuilder {
                 )));
             }
             by_model.entry(model.clone()).or_default().push(pool.len());
+            let queue = queues[&model].clone();
             pool.push(Arc::new(BackendSlot::with_health(
-                backend,
-                model,
-                served,
-                max,
-                capacity.clone(),
-                health,
+                backend, model, served, max, queue, health,
             )));
         }
         if let Some(name) = models.keys().find(|m| !by_model.contains_key(*m)) {
@@ -340,25 +354,6 @@ impl GatewayBuilder {
             self.affinity,
         ));
         let fallbacks = fallback_chains(&models, self.fallbacks)?;
-        let mut sizes: HashMap<String, usize> = HashMap::new();
-        for (model, size) in self.queues {
-            if !models.contains_key(&model) {
-                return Err(BuildError(format!(
-                    "admission queue of unknown model {model}"
-                )));
-            }
-            sizes.insert(model, size);
-        }
-        let queues = models
-            .keys()
-            .map(|m| {
-                let size = sizes
-                    .get(m)
-                    .copied()
-                    .unwrap_or(self.settings.admission_queue);
-                (m.clone(), Arc::new(FairQueue::new(size)))
-            })
-            .collect();
         let metrics = Metrics::with_tenant_labels(self.metrics_tenant_labels);
         for slot in &pool {
             metrics.register_backend(&slot.name, &slot.model);
@@ -389,7 +384,6 @@ impl GatewayBuilder {
                 queues,
                 fallbacks,
                 by_model,
-                capacity,
                 metrics: Arc::new(metrics),
                 shutdown: CancelHandle::new(),
                 active: Arc::new(Active::default()),
@@ -468,7 +462,6 @@ struct Inner {
     queues: HashMap<String, Arc<FairQueue>>,
     /// Each model's fallbacks, in order (models without any are absent).
     fallbacks: HashMap<String, Vec<Arc<ModelSpec>>>,
-    capacity: Arc<Notify>,
     metrics: Arc<Metrics>,
     shutdown: CancelHandle,
     active: Arc<Active>,
