@@ -342,16 +342,25 @@ CANCEL_MAX_TOKENS = 1800  # ~10 s at the mocker's speed: still running when cut
 CANCEL_AFTER_CHUNKS = 6
 
 
-def _cancel_lines(rd: RealDynamo, request_id: str) -> int | None:
-    """The mocker's log lines saying it got the cancellation of the request
-    the gateway sent as `request_id` (None without the log)."""
+def _worker_log(rd: RealDynamo, request_id: str) -> dict[str, int] | None:
+    """How the mocker's log ends the request the gateway sent as
+    `request_id`: lines saying it got the frontend's kill, that it could not
+    publish a response (the frontend had dropped the stream), that the
+    request completed (None without the log)."""
     if rd.mocker_log is None:
         return None
-    count = 0
+    seen = {"kill": 0, "publish_failed": 0, "completed": 0}
     for line in rd.mocker_log.read_text(encoding="utf-8", errors="replace").splitlines():
-        if '"request cancellation received"' in line and f'"x_request_id":"{request_id}"' in line:
-            count += 1
-    return count
+        if f'"x_request_id":"{request_id}"' not in line:
+            continue
+        message = json.loads(line).get("message", "")
+        if message == "request cancellation received":
+            seen["kill"] += 1
+        elif message.startswith("Failed to publish response"):
+            seen["publish_failed"] += 1
+        elif message == "request completed":
+            seen["completed"] += 1
+    return seen
 
 
 def _cancel_before(rd: RealDynamo) -> dict:
@@ -403,20 +412,32 @@ def _assert_canceled(rd: RealDynamo, before: dict, request_id: str, received: in
         if wk is None
         else metric(wk, "dynamo_component_cancellation_total", dynamo_endpoint="generate") - before["worker_cancels"]
     )
-    log_lines = _cancel_lines(rd, request_id)
+    # The request ends in the worker's log (bounded wait for the line).
+    log = _worker_log(rd, request_id)
+    t2 = time.monotonic()
+    while log is not None and log["completed"] == 0 and time.monotonic() - t2 < 2.0:
+        time.sleep(0.05)
+        log = _worker_log(rd, request_id)
     print(
         f"\n{how}: client received {received} content chunks; frontend produced {produced}, idle after "
         f"{freed_s:.2f}s; disconnected_clients +{metric(fe, 'dynamo_frontend_disconnected_clients') - before['disconnected']}, "
         f"requests_total{{error_type=cancelled}} +{requests_with_error(fe, 'cancelled') - before['cancelled']}; "
-        f"mocker dynamo_component_cancellation_total +{worker_cancels}, 'request cancellation received' lines "
-        f"for {request_id}: {log_lines}; gateway charged {charged}, aborts +{aborts}"
+        f"mocker dynamo_component_cancellation_total +{worker_cancels}, its log for {request_id}: {log}; "
+        f"gateway charged {charged}, aborts +{aborts}"
     )
     assert metric(fe, "dynamo_frontend_disconnected_clients") - before["disconnected"] == 1
     assert requests_with_error(fe, "cancelled") - before["cancelled"] == 1
-    if worker_cancels is not None:
-        assert worker_cancels == 1
-    if log_lines is not None:
-        assert log_lines == 1
+    # The worker stops the request at once (it would run ~10 s): mostly on
+    # the frontend's kill; sometimes, a race inside Dynamo, it finds the
+    # response stream gone first and ends the request there (no kill
+    # counted). Either way its running gauge is back to 0 above.
+    if log is not None:
+        assert log["completed"] == 1, log
+        assert log["kill"] + log["publish_failed"] >= 1, log
+        if worker_cancels is not None:
+            assert worker_cancels == log["kill"]
+    elif worker_cancels is not None:
+        assert worker_cancels <= 1
     assert aborts == 1
     assert usage["reserved_usd"] == 0
     assert usage["requests"] - before["usage"]["requests"] == 1
@@ -574,10 +595,12 @@ def test_backend_pressure_follows_the_frontend_gauges(real_dynamo, client):
     assert max(s[1] for s in seen) > 0
     if real_dynamo.worker_metrics_url is not None:
         assert max(s[4] for s in seen) == MOCKER_MAX_NUM_SEQS
-        # Where the frontend and the mocker agree (no request between the
-        # two reads), the derivation is the worker's own running count.
+        # Between the frontend's and the mocker's reads a request may move
+        # on; most polls agree, and some of them while requests queue: the
+        # derivation is then the worker's own running count.
         steady = [s for s in seen if s[2] - s[3] == s[4] and s[3] == s[5]]
-        assert len(steady) >= len(seen) // 2, seen
+        assert len(steady) >= len(seen) // 3, seen
+        assert any(s[4] == MOCKER_MAX_NUM_SEQS and s[5] > 0 for s in steady), seen
 
 
 # --- overload: the frontend's busy threshold ----------------------------------
