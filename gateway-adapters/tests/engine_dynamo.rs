@@ -23,9 +23,9 @@ mod engine_dynamo {
         FailurePhase, FinishReason, GenerateRequest, Health, Prompt,
     };
 
-    use crate::support::kit::{chat, ms, run, wait_pressure, with_id};
+    use crate::support::kit::{chat, ms, run, text, wait_pressure, with_id};
     use gateway_sims::vllm::{
-        DYNAMO_503, DYNAMO_529, Fault, SimEngine, SimOptions, VllmSim, text_of,
+        DYNAMO_503, DYNAMO_529, Fault, SimEngine, SimOptions, VllmSim, text_of, token_text,
     };
 
     fn options() -> SimOptions {
@@ -375,13 +375,26 @@ mod engine_dynamo {
         wait_pressure(&backend, |p| p.queued_and_running() == 0).await;
     }
 
+    /// Readiness is the served model in `/v1/models`: a real 1.6.1
+    /// frontend answers `/health` 200 "healthy" while no worker serves the
+    /// model (requests then get an empty 404).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn health_is_get_health_and_config_builds_dynamo() {
+    async fn health_is_the_model_in_v1_models_and_config_builds_dynamo() {
         use gateway_adapters::config::{BackendConfig, OnDisconnect};
         let sim = VllmSim::start(options()).await;
         assert_eq!(backend(&sim).health().await, Health::Healthy);
         let paths: Vec<String> = sim.requests().into_iter().map(|r| r.path).collect();
-        assert_eq!(paths, vec!["/health"]);
+        assert_eq!(paths, vec!["/v1/models"]);
+        // A frontend whose workers serve another model only.
+        let other = VllmSim::start(SimOptions {
+            model: "other".into(),
+            ..options()
+        })
+        .await;
+        assert_eq!(
+            backend(&other).health().await,
+            Health::Unhealthy("the engine does not list model `m`".into())
+        );
         let entry = BackendConfig {
             name: "d0".into(),
             engine: EngineKind::Dynamo,
@@ -398,5 +411,97 @@ mod engine_dynamo {
         let built = engines::from_backend_config(&entry).unwrap();
         assert_eq!(built.info().engine, EngineKind::Dynamo);
         assert_eq!(run(&built, chat(3)).await.unwrap().tokens(), 3);
+    }
+
+    // ------------------------------------------------- the 1.6.1 wire
+
+    /// ai-dynamo 1.6.1's chat stream has no role-only chunk and sends the
+    /// finish reason in a chunk of its own with an empty delta; its usage
+    /// chunk always has `prompt_tokens_details`. The adapter reads every
+    /// token once, the finish and the engine's usage.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dynamo_chat_stream_is_read_exactly() {
+        let sim = VllmSim::start(SimOptions {
+            natural_tokens: 16,
+            cached_tokens: 2,
+            ..options()
+        })
+        .await;
+        let backend = backend(&sim);
+        let d = run(&backend, chat(5)).await.unwrap();
+        assert!(d.error.is_none(), "{:?}", d.error);
+        assert_eq!(
+            d.deltas(),
+            (0..5).map(|i| token_text(i).to_owned()).collect::<Vec<_>>()
+        );
+        assert_eq!(d.tokens(), 5);
+        assert_eq!(d.finish(), Some(FinishReason::Length));
+        let usage = d.usage().unwrap();
+        let prompt = sim.generations().pop().unwrap().prompt_tokens;
+        assert_eq!(
+            (usage.prompt(), usage.cached(), usage.completion()),
+            (prompt, 2, 5)
+        );
+        // A natural end: `stop` in the finish chunk.
+        let d = run(&backend, chat(64)).await.unwrap();
+        assert_eq!((d.tokens(), d.finish()), (16, Some(FinishReason::Stop)));
+        assert_eq!(d.text(), text_of(16));
+    }
+
+    /// Completions: the finish chunk's empty `text` is no token, and
+    /// `"usage":null` on every chunk is no usage.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn dynamo_completion_stream_is_read_exactly() {
+        let sim = VllmSim::start(SimOptions {
+            natural_tokens: 16,
+            ..options()
+        })
+        .await;
+        let backend = backend(&sim);
+        let d = run(&backend, text(7)).await.unwrap();
+        assert!(d.error.is_none(), "{:?}", d.error);
+        assert_eq!(
+            d.deltas(),
+            (0..7).map(|i| token_text(i).to_owned()).collect::<Vec<_>>()
+        );
+        assert_eq!(d.tokens(), 7);
+        assert_eq!(d.finish(), Some(FinishReason::Length));
+        let usage = d.usage().unwrap();
+        assert_eq!(
+            (usage.prompt(), usage.cached(), usage.completion()),
+            (3, 0, 7)
+        );
+        let sent = sim.generations().pop().unwrap();
+        assert_eq!(sent.path, "/v1/completions");
+        // A natural end: 16 tokens, then the finish chunk with `"text":""`
+        // (one more token if it were read as vLLM's last chunk).
+        let d = run(&backend, text(64)).await.unwrap();
+        assert_eq!((d.tokens(), d.finish()), (16, Some(FinishReason::Stop)));
+        assert_eq!(d.usage().unwrap().completion(), 16);
+        assert_eq!(d.text(), text_of(16));
+    }
+
+    /// The frontend refuses an unknown `nvext` key with a 400 that names
+    /// it: a typed `InvalidRequest` before the first token, the engine's
+    /// message kept, the backend's pressure not marked.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn unknown_nvext_key_is_invalid_request() {
+        let sim = VllmSim::start(options()).await;
+        let backend = backend(&sim);
+        let mut request =
+            GenerateRequest::new("m", Prompt::Chat(vec![ChatMessage::user("Hi")]), 100);
+        request.extra = Some(r#"{"nvext":{"greed_sampling":true,"bogus":1}}"#.into());
+        let request = BackendRequest::new(request, Arc::new(ByteBound::default()));
+        let e = run(&backend, request).await.unwrap_err();
+        assert_eq!(
+            (e.kind(), e.phase(), e.upstream_status()),
+            (
+                FailureKind::InvalidRequest,
+                FailurePhase::BeforeFirstToken,
+                Some(400)
+            )
+        );
+        assert!(e.message().contains("unknown field `bogus`"), "{e}");
+        assert!(!backend.pressure().overloaded);
     }
 }

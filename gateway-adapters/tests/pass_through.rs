@@ -214,6 +214,16 @@ fn each_engine_forwards_openai_fields_and_its_own_extras_and_refuses_the_rest() 
     assert!(applied(&reject(&[EngineKind::Nim]), Endpoint::Chat, &nvext).is_ok());
     let e = applied(&reject(&[EngineKind::Vllm]), Endpoint::Chat, &nvext).unwrap_err();
     assert_eq!(e.param.as_deref(), Some("nvext"));
+    // ai-dynamo 1.6.1 answers `safety_identifier` with a 400: the gateway
+    // names it instead (vLLM takes it); its other OpenAI fields pass.
+    let safety = chat(r#","safety_identifier":"s""#);
+    let e = applied(&reject(&[EngineKind::Dynamo]), Endpoint::Chat, &safety).unwrap_err();
+    assert_eq!(e.param.as_deref(), Some("safety_identifier"));
+    assert!(applied(&reject(&[EngineKind::Vllm]), Endpoint::Chat, &safety).is_ok());
+    let openai = chat(
+        r#","metadata":{"a":"b"},"store":false,"service_tier":"auto","prompt_cache_key":"k","reasoning_effort":"low","parallel_tool_calls":true,"user":"u""#,
+    );
+    assert!(applied(&reject(&[EngineKind::Dynamo]), Endpoint::Chat, &openai).is_ok());
     // trtllm-serve: its own list, without parallel_tool_calls.
     let parallel = chat(r#","top_k":2,"parallel_tool_calls":false"#);
     let e = applied(&reject(&[EngineKind::TrtLlm]), Endpoint::Chat, &parallel).unwrap_err();

@@ -84,9 +84,19 @@ pub enum SimEngine {
     /// (`trtllm_*`), JSON `[]` at `/metrics`.
     TrtLlm,
     /// Dynamo frontend, 2026 (§7, `error.rs@43a0bb22fbd0`, `disconnect.rs`
-    /// seen 2026-08): flat error bodies, queue-full **529**, error frame
+    /// seen 2026-08), with what a real ai-dynamo 1.6.1 frontend did
+    /// (docs/real-engine-dynamo.md): flat error bodies, queue-full **529**
+    /// (`"type":"Overloaded"`, no `Retry-After`), error frame
     /// `{"error":{message,type,code}}` + `[DONE]`, `/health` JSON,
-    /// `dynamo_frontend_*` gauges labelled `model` at `/metrics`.
+    /// `dynamo_frontend_*` gauges labelled `model` at `/metrics`. Strict
+    /// validation: an unknown top-level field is a 400 `Validation:
+    /// Unsupported parameter(s)`, an unknown `nvext` key a 400 listing the
+    /// allowed ones. Chat streams have no role-only chunk (the first
+    /// content delta carries `"role":"assistant"`); on both routes the
+    /// finish reason comes in a chunk of its own (an empty `delta`, an
+    /// empty `text`), after the last token; completions chunks carry
+    /// `"usage":null`; the usage chunk always has
+    /// `prompt_tokens_details.cached_tokens`.
     Dynamo,
     /// An older Dynamo (`disconnect.rs@02acc07eff50`,
     /// `busy_threshold.rs@c54c6d44158a`): queue-full 503, mid-stream
@@ -106,9 +116,10 @@ pub fn trtllm_400(message: &str) -> String {
     )
 }
 
-/// Dynamo's overload answer (TV-18).
+/// Dynamo's overload answer (TV-18; the `type` as ai-dynamo 1.6.1 sends
+/// it).
 pub const DYNAMO_529: &str =
-    r#"{"message":"Service temporarily overloaded","type":"UnknownError","code":529}"#;
+    r#"{"message":"Service temporarily overloaded","type":"Overloaded","code":529}"#;
 
 /// An older Dynamo's busy answer (503).
 pub const DYNAMO_503: &str =
@@ -169,6 +180,149 @@ const TRTLLM_CHAT: &[&str] = &[
     "cache_salt",
 ];
 const TRTLLM_COMPLETION: &[&str] = &["prompt", "echo", "best_of"];
+
+/// Top-level fields a Dynamo 1.6.1 frontend accepted on both routes (each
+/// sent to a real one; others, e.g. `priority`, `request_id`,
+/// `return_token_ids`, `vllm_xargs`, `verbosity`, were refused).
+const DYNAMO_COMMON: &[&str] = &[
+    "model",
+    "max_tokens",
+    "stream",
+    "stream_options",
+    "temperature",
+    "top_p",
+    "n",
+    "stop",
+    "seed",
+    "frequency_penalty",
+    "presence_penalty",
+    "logit_bias",
+    "logprobs",
+    "user",
+    "metadata",
+    "nvext",
+    "top_k",
+    "min_p",
+    "repetition_penalty",
+    "ignore_eos",
+    "min_tokens",
+    "stop_token_ids",
+    "include_stop_str_in_output",
+    "skip_special_tokens",
+    "guided_json",
+    "cache_salt",
+];
+/// Chat-only fields Dynamo 1.6.1 accepted (`safety_identifier`,
+/// `documents`, `chat_template`, `add_special_tokens` were refused).
+const DYNAMO_CHAT: &[&str] = &[
+    "messages",
+    "max_completion_tokens",
+    "top_logprobs",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "response_format",
+    "reasoning_effort",
+    "store",
+    "service_tier",
+    "prompt_cache_key",
+    "modalities",
+    "prediction",
+    "audio",
+    "web_search_options",
+    "chat_template_kwargs",
+    "add_generation_prompt",
+    "continue_final_message",
+    "mm_processor_kwargs",
+];
+const DYNAMO_COMPLETION: &[&str] = &["prompt", "best_of", "echo", "suffix"];
+
+/// The keys of Dynamo 1.6.1's `nvext` object, in the order its 400 lists
+/// them.
+pub const DYNAMO_NVEXT_KEYS: &[&str] = &[
+    "greed_sampling",
+    "use_raw_prompt",
+    "annotations",
+    "backend_instance_id",
+    "token_data",
+    "max_thinking_tokens",
+    "cache_salt",
+    "extra_fields",
+    "metadata_upload",
+    "prefill_worker_id",
+    "decode_worker_id",
+    "dp_rank",
+    "prefill_dp_rank",
+    "agent_hints",
+    "request_timestamp_ms",
+    "routing_constraints",
+    "router",
+];
+
+/// Dynamo's 400 for top-level fields it does not know, named in the order
+/// of the body.
+pub fn dynamo_unsupported_400(fields: &[&str]) -> String {
+    let names: Vec<String> = fields.iter().map(|f| format!("`{f}`")).collect();
+    format!(
+        r#"{{"message":{},"type":"Bad Request","code":400}}"#,
+        js(&format!(
+            "Validation: Unsupported parameter(s): {}",
+            names.join(", ")
+        ))
+    )
+}
+
+/// Dynamo's 400 for an unknown `nvext` key (serde's message, with the
+/// column just after the key in the body).
+pub fn dynamo_nvext_400(key: &str, column: usize) -> String {
+    let expected: Vec<String> = DYNAMO_NVEXT_KEYS.iter().map(|k| format!("`{k}`")).collect();
+    format!(
+        r#"{{"message":{},"type":"Bad Request","code":400}}"#,
+        js(&format!(
+            "Failed to deserialize the JSON body into the target type: unknown field `{key}`, expected one of {} at line 1 column {column}",
+            expected.join(", ")
+        ))
+    )
+}
+
+/// Dynamo's refusal of `body` (`raw` as sent), if it has one: the first
+/// unknown `nvext` key (serde stops there, before the field check), else
+/// the unknown top-level fields.
+fn dynamo_refusal(body: &Value, raw: &str, chat: bool) -> Option<String> {
+    // Where `"key"` ends in the raw body (from `from` on).
+    let end_of = |key: &str, from: usize| {
+        let quoted = format!("\"{key}\"");
+        raw[from..].find(&quoted).map(|i| from + i + quoted.len())
+    };
+    if let Some(nvext) = body["nvext"].as_object() {
+        let start = end_of("nvext", 0).unwrap_or(0);
+        let first_unknown = nvext
+            .keys()
+            .filter(|k| !DYNAMO_NVEXT_KEYS.contains(&k.as_str()))
+            .map(|k| (end_of(k, start).unwrap_or(usize::MAX), k))
+            .min();
+        if let Some((column, key)) = first_unknown {
+            return Some(dynamo_nvext_400(key, column));
+        }
+    }
+    let allowed = |k: &str| {
+        DYNAMO_COMMON.contains(&k)
+            || (chat && DYNAMO_CHAT.contains(&k))
+            || (!chat && DYNAMO_COMPLETION.contains(&k))
+    };
+    let mut unknown: Vec<(usize, &str)> = body
+        .as_object()?
+        .keys()
+        .filter(|k| !allowed(k.as_str()))
+        .map(|k| (end_of(k, 0).unwrap_or(usize::MAX), k.as_str()))
+        .collect();
+    if unknown.is_empty() {
+        return None;
+    }
+    unknown.sort_unstable();
+    let names: Vec<&str> = unknown.into_iter().map(|(_, k)| k).collect();
+    Some(dynamo_unsupported_400(&names))
+}
 
 /// What a scripted request does differently.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -513,6 +667,14 @@ async fn handle(
             inner.record(record);
             write_full(wr, 200, "application/json", "").await
         }
+        (SimEngine::Dynamo, "GET", "/v1/models") => {
+            inner.record(record);
+            let body = format!(
+                r#"{{"object":"list","data":[{{"id":{},"object":"model","created":1,"owned_by":"nvidia","context_window":0}}]}}"#,
+                js(&inner.options.model)
+            );
+            write_full(wr, 200, "application/json", &body).await
+        }
         (_, "GET", "/v1/models") => {
             inner.record(record);
             let body = format!(
@@ -592,6 +754,10 @@ trtllm_request_success_total{{engine_type=\"trtllm\",finished_reason=\"stop\",mo
 # TYPE dynamo_frontend_inflight_requests gauge\n\
 dynamo_frontend_inflight_requests{{model=\"{m}\"}} {inflight}\n\
 dynamo_frontend_inflight_requests{{model=\"other\"}} 9\n\
+dynamo_frontend_inflight_requests{{model=\"unknown_model\"}} 0\n\
+# HELP dynamo_frontend_active_requests Number of active requests\n\
+# TYPE dynamo_frontend_active_requests gauge\n\
+dynamo_frontend_active_requests{{model=\"{m}\"}} {inflight}\n\
 # HELP dynamo_frontend_queued_requests Number of requests in HTTP processing queue\n\
 # TYPE dynamo_frontend_queued_requests gauge\n\
 dynamo_frontend_queued_requests{{model=\"{m}\"}} {waiting}\n\
@@ -780,6 +946,11 @@ async fn generate(
             );
             return write_full(wr, 400, "application/json", &trtllm_400(&message)).await;
         }
+    }
+    if engine == SimEngine::Dynamo
+        && let Some(refusal) = dynamo_refusal(&body, &String::from_utf8_lossy(&request.body), chat)
+    {
+        return write_full(wr, 400, "application/json", &refusal).await;
     }
     if let Some(model) = body["model"].as_str()
         && model != opts.model
@@ -986,7 +1157,9 @@ async fn generate(
         let split_here = matches!(fault, Fault::SplitUtf8 { at_token } if at_token == i);
         let text = if split_here { "é🙂" } else { token_text(i) };
         let last = i + 1 == n;
-        let finish_json = if last {
+        // Dynamo: the finish reason comes in a chunk of its own, below.
+        let dynamo = engine == SimEngine::Dynamo;
+        let finish_json = if last && !dynamo {
             format!(r#""finish_reason":"{finish}","stop_reason":null"#)
         } else {
             r#""finish_reason":null"#.to_owned()
@@ -1003,7 +1176,7 @@ async fn generate(
                 usage: include_usage
                     .then(|| (prompt_tokens, opts.cached_tokens.min(prompt_tokens))),
             });
-        } else if chat && i == 0 {
+        } else if chat && i == 0 && !dynamo {
             let prompt_ids = if return_ids {
                 id_list((0..prompt_tokens).map(|_| 1))
             } else {
@@ -1038,6 +1211,8 @@ async fn generate(
         let step_ids = std::mem::take(&mut step_ids);
         let ids = if runaway.is_some() {
             r#","token_ids":[]"#.to_owned()
+        } else if dynamo {
+            String::new()
         } else if return_ids {
             format!(r#","token_ids":{}"#, id_list(step_ids.into_iter()))
         } else if chat && last {
@@ -1045,10 +1220,30 @@ async fn generate(
         } else {
             String::new()
         };
-        let token = if chat {
+        let token = if chat && dynamo {
+            let mut delta = output.chat_delta(i, text, arrival);
+            if i == 0 {
+                // No role-only chunk: the role rides on the first delta.
+                delta.pop();
+                delta.push_str(r#","role":"assistant"}"#);
+            }
+            format!(
+                r#"{head_json}"choices":[{{"index":0,"delta":{delta},{finish_json},"logprobs":{logprobs}}}]}}"#
+            )
+        } else if chat {
             format!(
                 r#"{head_json}"choices":[{{"index":0,"delta":{},"logprobs":{logprobs},{finish_json}{ids}}}]}}"#,
                 output.chat_delta(i, text, arrival)
+            )
+        } else if dynamo {
+            let logprobs = if logprobs == "null" {
+                String::new()
+            } else {
+                format!(r#","logprobs":{logprobs}"#)
+            };
+            format!(
+                r#"{head_json}"choices":[{{"text":{},"index":0{logprobs}}}],"system_fingerprint":null,"usage":null}}"#,
+                js(text)
             )
         } else {
             let stop = if last { "" } else { r#","stop_reason":null"# };
@@ -1059,6 +1254,17 @@ async fn generate(
         };
         if engine != SimEngine::TrtLlm {
             bytes.extend(frame(&token));
+        }
+        if last && dynamo {
+            bytes.extend(frame(&if chat {
+                format!(
+                    r#"{head_json}"choices":[{{"index":0,"delta":{{}},"finish_reason":"{finish}","logprobs":null}}]}}"#
+                )
+            } else {
+                format!(
+                    r#"{head_json}"choices":[{{"text":"","index":0,"finish_reason":"{finish}"}}],"system_fingerprint":null,"usage":null}}"#
+                )
+            }));
         }
         // TV-06: cut after the first byte of `é`, then after the first two
         // bytes of `🙂`.
@@ -1083,7 +1289,16 @@ async fn generate(
         )));
     } else if include_usage {
         let cached = opts.cached_tokens.min(prompt_tokens);
-        let details = if opts.prompt_tokens_details {
+        let details = if engine == SimEngine::Dynamo {
+            // Always there, 0 without a prefix hit.
+            if chat {
+                format!(r#","prompt_tokens_details":{{"cached_tokens":{cached}}}"#)
+            } else {
+                format!(
+                    r#","prompt_tokens_details":{{"audio_tokens":null,"cached_tokens":{cached}}}"#
+                )
+            }
+        } else if opts.prompt_tokens_details {
             if chat {
                 format!(
                     r#","prompt_tokens_details":{{"cached_tokens":{cached},"created_cache_tokens":0}}"#
@@ -1142,4 +1357,204 @@ fn id_list(ids: impl Iterator<Item = u32>) -> String {
     }
     out.push(']');
     out
+}
+
+#[cfg(test)]
+mod dynamo_tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpStream;
+
+    use super::*;
+
+    /// POSTs `body` to `path` of `sim` and returns the status and the body
+    /// (de-chunked).
+    async fn post(sim: &VllmSim, path: &str, body: &str) -> (u16, String) {
+        let addr = sim.url().trim_start_matches("http://").to_owned();
+        let mut s = TcpStream::connect(&addr).await.unwrap();
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        );
+        s.write_all(head.as_bytes()).await.unwrap();
+        s.write_all(body.as_bytes()).await.unwrap();
+        let mut raw = Vec::new();
+        let mut buf = [0u8; 8192];
+        let until = Instant::now() + Duration::from_secs(5);
+        loop {
+            let n = tokio::time::timeout_at(until, s.read(&mut buf))
+                .await
+                .expect("the simulator answered in time")
+                .unwrap();
+            raw.extend_from_slice(&buf[..n]);
+            let text = String::from_utf8_lossy(&raw);
+            let Some(split) = text.find("\r\n\r\n") else {
+                continue;
+            };
+            let (head, rest) = (&text[..split], &text[split + 4..]);
+            let status: u16 = head[9..12].parse().unwrap();
+            let length = head.lines().find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length: ")
+                    .map(|v| v.trim().parse::<usize>().unwrap())
+            });
+            match length {
+                Some(len) if rest.len() >= len => return (status, rest[..len].to_owned()),
+                Some(_) => {}
+                None if rest.ends_with("0\r\n\r\n") => return (status, dechunk(rest)),
+                None => {}
+            }
+            assert!(n > 0, "closed early: {text}");
+        }
+    }
+
+    fn dechunk(mut rest: &str) -> String {
+        let mut out = String::new();
+        loop {
+            let line_end = rest.find("\r\n").unwrap();
+            let size = usize::from_str_radix(&rest[..line_end], 16).unwrap();
+            if size == 0 {
+                return out;
+            }
+            out.push_str(&rest[line_end + 2..line_end + 2 + size]);
+            rest = &rest[line_end + 2 + size + 2..];
+        }
+    }
+
+    async fn sim(model: &str) -> Arc<VllmSim> {
+        VllmSim::start(SimOptions {
+            engine: SimEngine::Dynamo,
+            model: model.to_owned(),
+            natural_tokens: 16,
+            ..SimOptions::default()
+        })
+        .await
+    }
+
+    /// A chat stream as ai-dynamo 1.6.1 writes it: the role on the first
+    /// content delta (no role-only chunk), the finish reason in a chunk of
+    /// its own with an empty delta, then the usage chunk with
+    /// `prompt_tokens_details`, then `[DONE]`.
+    #[tokio::test]
+    async fn chat_stream_has_no_role_chunk_and_a_finish_chunk_of_its_own() {
+        let sim = sim("tiny").await;
+        let (status, body) = post(
+            &sim,
+            "/v1/chat/completions",
+            r#"{"model":"tiny","messages":[{"role":"user","content":"Hi"}],"max_tokens":2,"stream":true,"stream_options":{"include_usage":true}}"#,
+        )
+        .await;
+        assert_eq!(status, 200);
+        let head =
+            r#"{"id":"chatcmpl-0","object":"chat.completion.chunk","created":1,"model":"tiny","#;
+        let expected = [
+            format!(
+                r#"{head}"choices":[{{"index":0,"delta":{{"content":{},"role":"assistant"}},"finish_reason":null,"logprobs":null}}]}}"#,
+                js(token_text(0))
+            ),
+            format!(
+                r#"{head}"choices":[{{"index":0,"delta":{{"content":{}}},"finish_reason":null,"logprobs":null}}]}}"#,
+                js(token_text(1))
+            ),
+            format!(
+                r#"{head}"choices":[{{"index":0,"delta":{{}},"finish_reason":"length","logprobs":null}}]}}"#
+            ),
+            format!(
+                r#"{head}"choices":[],"usage":{{"prompt_tokens":4,"total_tokens":6,"completion_tokens":2,"prompt_tokens_details":{{"cached_tokens":0}}}}}}"#
+            ),
+            "[DONE]".to_owned(),
+        ];
+        let expected: String = expected.iter().map(|d| format!("data: {d}\n\n")).collect();
+        assert_eq!(body, expected);
+    }
+
+    /// Completions: every chunk with `"usage":null`, the finish reason in
+    /// a chunk with an empty text, the usage chunk with
+    /// `prompt_tokens_details{audio_tokens,cached_tokens}`.
+    #[tokio::test]
+    async fn completion_stream_ends_with_an_empty_text_finish_chunk() {
+        let sim = sim("tiny").await;
+        let (status, body) = post(
+            &sim,
+            "/v1/completions",
+            r#"{"model":"tiny","prompt":"Hello world","max_tokens":20,"stream":true,"stream_options":{"include_usage":true}}"#,
+        )
+        .await;
+        assert_eq!(status, 200);
+        let head = r#"{"id":"cmpl-0","object":"text_completion","created":1,"model":"tiny","#;
+        let mut expected: Vec<String> = (0..16)
+            .map(|i| {
+                format!(
+                    r#"{head}"choices":[{{"text":{},"index":0}}],"system_fingerprint":null,"usage":null}}"#,
+                    js(token_text(i))
+                )
+            })
+            .collect();
+        expected.push(format!(
+            r#"{head}"choices":[{{"text":"","index":0,"finish_reason":"stop"}}],"system_fingerprint":null,"usage":null}}"#
+        ));
+        expected.push(format!(
+            r#"{head}"choices":[],"usage":{{"prompt_tokens":3,"total_tokens":19,"completion_tokens":16,"prompt_tokens_details":{{"audio_tokens":null,"cached_tokens":0}}}}}}"#
+        ));
+        expected.push("[DONE]".to_owned());
+        let expected: String = expected.iter().map(|d| format!("data: {d}\n\n")).collect();
+        assert_eq!(body, expected);
+    }
+
+    /// Strict validation, as ai-dynamo 1.6.1 answers it: unknown top-level
+    /// fields (named in body order), and an unknown `nvext` key (serde's
+    /// message, checked first); known fields and keys pass.
+    #[tokio::test]
+    async fn unknown_fields_and_nvext_keys_are_400() {
+        let sim = sim("tiny-llama").await;
+        let chat = |extra: &str| {
+            format!(
+                r#"{{"model":"tiny-llama","messages":[{{"role":"user","content":"Hi"}}],"max_tokens":2{extra}}}"#
+            )
+        };
+        let (status, body) = post(
+            &sim,
+            "/v1/chat/completions",
+            &chat(r#","zeta":1,"safety_identifier":"s","stream":true"#),
+        )
+        .await;
+        assert_eq!(status, 400);
+        assert_eq!(
+            body,
+            r#"{"message":"Validation: Unsupported parameter(s): `zeta`, `safety_identifier`","type":"Bad Request","code":400}"#
+        );
+        // The same bytes as the real frontend's answer (column 97).
+        let (status, body) = post(
+            &sim,
+            "/v1/chat/completions",
+            &chat(r#","nvext":{"bogus":1}"#),
+        )
+        .await;
+        assert_eq!(status, 400);
+        assert_eq!(
+            body,
+            "{\"message\":\"Failed to deserialize the JSON body into the target type: unknown field `bogus`, expected one of `greed_sampling`, `use_raw_prompt`, `annotations`, `backend_instance_id`, `token_data`, `max_thinking_tokens`, `cache_salt`, `extra_fields`, `metadata_upload`, `prefill_worker_id`, `decode_worker_id`, `dp_rank`, `prefill_dp_rank`, `agent_hints`, `request_timestamp_ms`, `routing_constraints`, `router` at line 1 column 97\",\"type\":\"Bad Request\",\"code\":400}"
+        );
+        let (status, body) = post(
+            &sim,
+            "/v1/completions",
+            r#"{"model":"tiny-llama","prompt":"Hi","max_tokens":2,"messages":[]}"#,
+        )
+        .await;
+        assert_eq!(
+            (status, body.as_str()),
+            (
+                400,
+                r#"{"message":"Validation: Unsupported parameter(s): `messages`","type":"Bad Request","code":400}"#
+            )
+        );
+        let (status, _) = post(
+            &sim,
+            "/v1/chat/completions",
+            &chat(
+                r#","stream":true,"nvext":{"greed_sampling":true,"extra_fields":["timing"]},"top_k":3,"ignore_eos":true,"metadata":{"a":"b"}"#,
+            ),
+        )
+        .await;
+        assert_eq!(status, 200);
+    }
 }

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
 import os
 import queue
 import signal
@@ -397,3 +398,156 @@ def _real_vllm(
     finally:
         if started_port is not None:
             subprocess.run(["bash", str(REAL_ENGINE_DIR / "stop.sh"), started_port], check=False)
+
+
+# ---------------------------------------------------------------------------
+# A REAL NVIDIA Dynamo (ai-dynamo 1.6.1: its OpenAI-compatible frontend and
+# one GPU-free mocker worker serving "tiny-llama"; docs/real-engine-dynamo.md)
+# behind the `gateway` binary, for test_real_dynamo.py.
+#
+# The engine: `REAL_DYNAMO_URL` (http://127.0.0.1:PORT, as scripts/test
+# exports it) if set; else, under CI, a failure (never a skip); else one
+# started here with scripts/real-engine/dynamo/ (setup.sh, then start.sh PORT)
+# and stopped at the end of the session.
+
+REAL_DYNAMO_DIR = REAL_ENGINE_DIR / "dynamo"
+REAL_DYNAMO_BACKEND = "dynamo-0"
+
+
+@dataclasses.dataclass
+class RealDynamo:
+    """A real Dynamo frontend (`url`, `http://127.0.0.1:PORT`) with its
+    mocker worker, and a gateway in front of it configured by `config`.
+    `worker_metrics_url` is the mocker's own /metrics and the logs are the
+    frontend's and the mocker's, when known (the instance runs on this
+    machine under the real-engine cache); None otherwise."""
+
+    url: str
+    gateway: Gateway
+    worker_metrics_url: str | None
+    frontend_log: Path | None
+    mocker_log: Path | None
+    started_here: bool
+    config: str
+
+
+def _dynamo_tokenizer(workdir: Path) -> Path:
+    """The fixture tokenizer as ai-dynamo 1.6.1 applies it (checked against
+    its token ids, docs/real-engine-dynamo.md): text that follows a special
+    token such as `</s>` also gets the `▁` prefix, as with the Metaspace
+    scheme `always`. The fixture says `first`, so a chat prompt counts one
+    token less per message with it than Dynamo does."""
+    data = json.loads((TOKENIZERS / "tinyllama.json").read_text(encoding="utf-8"))
+    pre = data["pre_tokenizer"]
+    assert (pre["type"], pre["prepend_scheme"]) == ("Metaspace", "first"), pre
+    pre["prepend_scheme"] = "always"
+    path = workdir / "tinyllama.dynamo.json"
+    path.write_text(json.dumps(data, ensure_ascii=False), encoding="utf-8")
+    return path
+
+
+def _real_dynamo_config(url: str, tokenizer: Path) -> str:
+    # Dynamo encodes a text prompt without BOS (add_bos_token = false).
+    return f"""\
+# Written by tests/python/conftest.py (real_dynamo) for one pytest session.
+[server]
+listen = "127.0.0.1:0"
+admin_key = "{ADMIN_KEY}"
+shutdown_grace_ms = {SHUTDOWN_GRACE_MS}
+first_token_timeout_ms = 60000
+idle_timeout_ms = 30000
+
+[[tenants]]
+id = "{TENANT_ID}"
+api_key = "{TENANT_KEY}"
+
+[[models]]
+name = "{REAL_MODEL}"
+tokenizer = "{tokenizer}"
+chat_template = "{TOKENIZERS / 'tinyllama.chat_template.jinja'}"
+add_bos_token = false
+context_window = {REAL_CONTEXT_WINDOW}
+input_usd_per_mtok = {INPUT_USD_PER_MTOK}
+cached_input_usd_per_mtok = {CACHED_INPUT_USD_PER_MTOK}
+output_usd_per_mtok = {OUTPUT_USD_PER_MTOK}
+default_max_tokens = 64
+
+[[backends]]
+name = "{REAL_DYNAMO_BACKEND}"
+engine = "dynamo"
+url = "{url}"
+model = "{REAL_MODEL}"
+served_model = "{REAL_MODEL}"
+"""
+
+
+def _key_values(text: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+@pytest.fixture(scope="session")
+def real_dynamo(tmp_path_factory: pytest.TempPathFactory):
+    url = os.environ.get("REAL_DYNAMO_URL", "").rstrip("/")
+    worker_metrics_url = os.environ.get("REAL_DYNAMO_WORKER_METRICS_URL") or None
+    home = Path(os.environ.get("REAL_ENGINE_HOME", Path.home() / ".cache" / "gateway-real-engine")) / "dynamo"
+    started_port: str | None = None
+    if url:
+        pass
+    elif os.environ.get("CI"):
+        pytest.fail("REAL_DYNAMO_URL is not set: under CI the real-Dynamo suite must run (scripts/test starts it)")
+    else:
+        paths = _key_values(
+            subprocess.run(
+                ["bash", str(REAL_DYNAMO_DIR / "setup.sh")],
+                check=True,
+                stdout=subprocess.PIPE,
+                text=True,
+                timeout=1800,
+            ).stdout
+        )
+        home = Path(paths["REAL_DYNAMO_HOME"])
+        started_port = subprocess.run(
+            [str(REAL_ENGINE_DIR / "free-port")], check=True, stdout=subprocess.PIPE, text=True
+        ).stdout.strip()
+        try:
+            started = _key_values(
+                subprocess.run(
+                    ["bash", str(REAL_DYNAMO_DIR / "start.sh"), started_port],
+                    check=True,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                    timeout=REAL_ENGINE_START_TIMEOUT_S,
+                ).stdout
+            )
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+            subprocess.run(["bash", str(REAL_DYNAMO_DIR / "stop.sh"), started_port], check=False)
+            pytest.fail(f"could not start the real Dynamo on port {started_port}: {e}")
+        url = started["REAL_DYNAMO_URL"]
+        worker_metrics_url = started["REAL_DYNAMO_WORKER_METRICS_URL"]
+
+    port = url.rsplit(":", 1)[-1]
+    written = home / "run" / f"dynamo-{port}.worker-metrics"
+    if worker_metrics_url is None and written.is_file():
+        worker_metrics_url = written.read_text(encoding="utf-8").strip() or None
+    logs = [home / "logs" / f"dynamo-{port}.{part}.log" for part in ("frontend", "mocker")]
+    frontend_log, mocker_log = (log if log.is_file() else None for log in logs)
+    try:
+        workdir = tmp_path_factory.mktemp("real-dynamo-gateway")
+        config = _real_dynamo_config(url, _dynamo_tokenizer(workdir))
+        config_path = workdir / "gateway.toml"
+        config_path.write_text(config, encoding="utf-8")
+        run = _run_gateway(["--config", str(config_path)], workdir, config_path)
+        gw = next(run)
+        yield RealDynamo(
+            url=url,
+            gateway=gw,
+            worker_metrics_url=worker_metrics_url,
+            frontend_log=frontend_log,
+            mocker_log=mocker_log,
+            started_here=started_port is not None,
+            config=config,
+        )
+        next(run, None)  # the gateway's teardown (and its checks)
+    finally:
+        if started_port is not None:
+            subprocess.run(["bash", str(REAL_DYNAMO_DIR / "stop.sh"), started_port], check=False)

@@ -14,7 +14,7 @@
 //! - [`trtllm`]: TensorRT-LLM's `trtllm-serve` (extras filtered to what it
 //!   accepts, `/prometheus/metrics`);
 //! - [`dynamo`]: NVIDIA Dynamo's frontend (`nvext` passed through,
-//!   `dynamo_frontend_*` gauges);
+//!   `/v1/models` as readiness, `dynamo_frontend_*` gauges);
 //! - [`nim`]: NVIDIA NIM for LLMs (`/v1/health/ready`, `/v1/metrics`, an
 //!   API key required);
 //! - [`openai`]: any OpenAI-compatible server (`/v1/models` as health).

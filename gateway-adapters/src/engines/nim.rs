@@ -92,6 +92,7 @@ pub const QUIRKS: Quirks = Quirks {
     message_rules: &[],
     cut_body_is_truncation: false,
     ask_token_ids: None,
+    finish_chunk_is_marker: false,
 };
 
 /// A NIM backend (the key, if any, is `config.api_key`).

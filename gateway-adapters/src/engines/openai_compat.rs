@@ -254,6 +254,12 @@ pub struct Quirks {
     /// counts the output exactly instead of re-tokenizing its text, which
     /// does not always give back the generated tokens.
     pub ask_token_ids: Option<&'static str>,
+    /// Whether a chunk with a finish reason and no output (an empty
+    /// `delta`, `"text":""`) only marks the end. Dynamo's frontend sends
+    /// the finish reason in a chunk of its own after the last token; vLLM
+    /// puts it on the last token's chunk, whose text may be empty (an end
+    /// token that decodes to nothing), and that chunk is a token.
+    pub finish_chunk_is_marker: bool,
 }
 
 impl Quirks {
@@ -266,6 +272,7 @@ impl Quirks {
         message_rules: &[],
         cut_body_is_truncation: false,
         ask_token_ids: Some("return_token_ids"),
+        finish_chunk_is_marker: false,
     };
 
     /// Any OpenAI-compatible server: as [`VLLM`](Self::VLLM), but nothing
@@ -1024,6 +1031,10 @@ impl Frames for ChunkFrames {
             return Flow::Continue;
         }
         if let Some(delta) = choice.take_delta(&event.data)
+            && !(self.quirks.finish_chunk_is_marker
+                && choice.finish_reason.is_some()
+                && !delta.has_output()
+                && delta.token_ids.is_empty())
             && emit.output(delta) == Flow::End
         {
             return Flow::End;

@@ -180,6 +180,7 @@ pub const QUIRKS: Quirks = Quirks {
     message_rules: MESSAGE_RULES,
     cut_body_is_truncation: true,
     ask_token_ids: None,
+    finish_chunk_is_marker: false,
 };
 
 /// A trtllm-serve backend.
