@@ -283,11 +283,19 @@ mod engine_triton {
         use FailureKind as K;
         use FailurePhase::{AfterFirstToken as Post, BeforeFirstToken as Pre};
         let cases: Vec<(Fault, FailureKind, FailurePhase)> = vec![
+            // A model's error before its first token: 400 whatever its
+            // code, SSE-framed (tritonserver 2.51); typed by its message.
             (
-                http(400, "in ensemble 'ensemble', unexpected shape", true),
-                K::InvalidRequest,
+                http(400, "Encountered an error in forwardAsync", true),
+                K::Internal,
                 Pre,
             ),
+            (
+                http(400, "CUDA out of memory. Tried to allocate", true),
+                K::OutOfMemory,
+                Pre,
+            ),
+            // The frontend's refusal (JSON) is the request's fault.
             (
                 http(400, "in ensemble 'ensemble', unexpected shape", false),
                 K::InvalidRequest,
@@ -369,20 +377,126 @@ mod engine_triton {
         }
         assert_eq!(b.pressure().inflight, 0);
 
-        // A model that does not declare the count inputs refuses them.
+        // A model that does not declare the count inputs takes them as
+        // request parameters (tritonserver 2.51): no counts come back, one
+        // token per response, the prompt from the request's counter.
         let sim = TritonSim::start(SimOptions {
             token_count_outputs: false,
             ..SimOptions::default()
         })
         .await;
-        let e = run(&backend(&sim), text("u", 4)).await.unwrap_err();
-        assert_eq!(e.kind(), FailureKind::InvalidRequest);
-        assert!(e.message().contains("unexpected inference input"), "{e}");
+        let d = run(&backend(&sim), text("u", 4)).await.unwrap();
+        assert!(d.error.is_none(), "{:?}", d.error);
+        assert_eq!(d.text(), text_of(4));
+        assert_eq!(d.usage(), Some(Usage::new(19, 4)));
         // An unknown model is 404.
         let mut request = text("nf", 4);
         request.served_model = "nope".to_owned();
         let e = run(&backend(&sim), request).await.unwrap_err();
         assert_eq!(e.kind(), FailureKind::ModelNotFound);
+    }
+
+    /// A model's error before its first token is a 400 with the error
+    /// SSE-framed, whatever its code: typed by its message (the backend's
+    /// fault, retried elsewhere), not as the request's.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_model_error_before_the_first_token_is_not_the_requests_fault() {
+        let sim = TritonSim::start(SimOptions {
+            script: vec![event(0, "the model is unavailable")],
+            ..SimOptions::default()
+        })
+        .await;
+        let e = run(&backend(&sim), text("e0", 8)).await.unwrap_err();
+        assert_eq!(
+            (
+                e.kind(),
+                e.phase(),
+                e.is_retryable(),
+                e.upstream_status(),
+                e.message()
+            ),
+            (
+                FailureKind::Internal,
+                FailurePhase::BeforeFirstToken,
+                true,
+                Some(400),
+                "engine: the model is unavailable"
+            )
+        );
+    }
+
+    /// The simulator's refusals are tritonserver 2.51's: status, content
+    /// type and body.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_simulator_refuses_like_tritonserver() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let sim = TritonSim::start(SimOptions::default()).await;
+        let addr = sim.url().trim_start_matches("http://").to_owned();
+        let post = |body: &'static str| {
+            let addr = addr.clone();
+            async move {
+                let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+                let request = format!(
+                    "POST /v2/models/ensemble/generate_stream HTTP/1.1\r\nhost: x\r\n\
+                     content-type: application/json\r\ncontent-length: {}\r\n\
+                     connection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                s.write_all(request.as_bytes()).await.unwrap();
+                // Read until the connection closes or stays quiet (the
+                // simulator keeps it alive).
+                let mut raw = Vec::new();
+                let mut buf = [0u8; 4096];
+                while let Ok(Ok(n)) = tokio::time::timeout(ms(200), s.read(&mut buf)).await {
+                    if n == 0 {
+                        break;
+                    }
+                    raw.extend_from_slice(&buf[..n]);
+                }
+                let out = String::from_utf8(raw).unwrap();
+                let status: u16 = out[9..12].parse().unwrap();
+                let json = out.contains("content-type: application/json");
+                let body = out.split("\r\n\r\n").nth(1).unwrap_or_default().to_owned();
+                (status, json, body)
+            }
+        };
+        let cases = [
+            (
+                "{bad",
+                500,
+                r#"{"error":"failed to parse the request JSON buffer: Invalid value. at 0"}"#,
+            ),
+            (
+                "[]",
+                500,
+                r#"{"error":"attempt to get members for non-object"}"#,
+            ),
+            (
+                r#"{"text_input":"hi","max_tokens":"x"}"#,
+                500,
+                r#"{"error":"Unable to parse 'data': attempt to access JSON non-signed-integer as signed-integer"}"#,
+            ),
+            (
+                r#"{"text_input":"hi","max_tokens":2,"stream":true,"foo":[1]}"#,
+                400,
+                r#"{"error":"parameter 'foo' has invalid type. It should be either 'int', 'bool', or 'string'."}"#,
+            ),
+            (
+                r#"{"text_input":"hi"}"#,
+                400,
+                r#"{"error":"[request id: <id_unknown>] expected number of inputs between 2 and 14 but got 1 inputs for model 'ensemble'. Got input(s) ['text_input'], but missing required input(s) ['max_tokens']. Please provide all required input(s)."}"#,
+            ),
+        ];
+        for (body, status, want) in cases {
+            let (got, json, text) = post(body).await;
+            assert_eq!((got, json), (status, true), "{body}");
+            assert!(text.contains(want), "{body}: {text}");
+        }
+        // An undeclared scalar is a parameter: accepted.
+        let (got, _, text) =
+            post(r#"{"text_input":"hi","max_tokens":2,"stream":true,"foo":1.5,"return_num_output_tokens":true}"#).await;
+        assert_eq!(got, 200, "{text}");
+        assert!(text.contains(r#""num_output_tokens":1"#), "{text}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,18 +3,27 @@
 //! TV-15..TV-17; `triton-inference-server/server:src/http_server.cc@e1db8a603d86`).
 //!
 //! - `POST /v2/models/{model}/generate_stream`: flat JSON keyed by input
-//!   tensor names (`text_input`, `max_tokens`, `stream`, ...). Unknown
-//!   inputs are refused like Triton (400 "unexpected inference input"),
-//!   `return_num_*_tokens` too unless `token_count_outputs`.
+//!   tensor names (`text_input`, `max_tokens`, `stream`, ...). A key that
+//!   is not a declared input (`return_num_*_tokens` too unless
+//!   `token_count_outputs`) is a request parameter, as in tritonserver
+//!   2.51: a number, bool or string is accepted and ignored, an array,
+//!   object or null is a 400 "parameter 'X' has invalid type". Malformed
+//!   JSON, a body that is not an object and a `max_tokens` that is not an
+//!   integer are 500s, a missing `max_tokens` a 400, all JSON.
 //! - The response head goes out with the **first** model response (no
 //!   bytes while queued or in prefill), then one `data: {json}\n\n` per
 //!   step with `text_output` (the step's text, or the text so far with
-//!   `cumulative_output`), `num_input_tokens`/`num_output_tokens` (so far)
-//!   when asked; **no `[DONE]`**: the chunked body just ends.
+//!   `cumulative_output`), `num_input_tokens` and `num_output_tokens` (the
+//!   tokens of that response, as the TRT-LLM backend counts) when asked;
+//!   **no `[DONE]`**: the chunked body just ends.
 //! - Errors: a scripted first response with any status (SSE-framed or
-//!   JSON `{"error":"msg"}`), an in-stream `data: {"error":"msg"}` after N
-//!   tokens, a full queue (`max_queued`) answered at once with
-//!   `503 {"error":"Exceeds maximum queue size"}`, unknown model 404.
+//!   JSON `{"error":"msg"}`); a model error after N tokens: after the
+//!   first token an in-stream `data: {"error":"msg"}` in the 200 stream,
+//!   before it (N = 0) a **400** SSE-framed `data: {"error":"msg"}` (real
+//!   Triton answers 400 to every model error before the first response,
+//!   whatever its code); a full queue (`max_queued`) answered at once with
+//!   `503 {"error":"Exceeds maximum queue size"}` as plain JSON; unknown
+//!   model 404.
 //! - Split characters: as U+FFFD in one response fixed by the next
 //!   (`é🙂` re-sent whole), or as a raw byte split across writes.
 //! - A client's close is noticed in every phase; like the TRT-LLM backend
@@ -82,8 +91,9 @@ pub enum Fault {
         /// `text/event-stream` with `data: {...}` (else `application/json`).
         sse: bool,
     },
-    /// After `after_tokens` tokens (0: as the first response, status 200),
-    /// `data: {"error": message}`, then the body ends.
+    /// After `after_tokens` tokens, `data: {"error": message}`, then the
+    /// body ends; with 0, as Triton answers a model's error before its
+    /// first response: status 400, SSE-framed.
     ErrorEvent {
         /// Tokens sent first.
         after_tokens: u32,
@@ -313,7 +323,7 @@ async fn write_last(wr: &mut OwnedWriteHalf, tail: &[u8]) -> Next {
     Next::keep_alive_if(http::write_last(wr, tail).await)
 }
 
-/// One model response after `k` tokens.
+/// One model response carrying `tokens` tokens.
 struct Format<'a> {
     id: Option<&'a str>,
     model: &'a str,
@@ -323,7 +333,7 @@ struct Format<'a> {
 }
 
 impl Format<'_> {
-    fn response(&self, texts: &[String], k: u32) -> String {
+    fn response(&self, texts: &[String], tokens: u32) -> String {
         let text = if self.cumulative {
             texts.concat()
         } else {
@@ -337,7 +347,8 @@ impl Format<'_> {
         out.insert("model_version".into(), Value::from("1"));
         if self.counts {
             out.insert("num_input_tokens".into(), Value::from(self.prompt_tokens));
-            out.insert("num_output_tokens".into(), Value::from(k));
+            // The tokens of this response (one per step), not a total.
+            out.insert("num_output_tokens".into(), Value::from(tokens));
         }
         out.insert("text_output".into(), Value::from(text));
         Value::Object(out).to_string()
@@ -379,20 +390,28 @@ async fn generate(
     let opts = &inner.options;
     let (fault, arrival) = inner.arrive(record);
     let fault = fault.unwrap_or(Fault::None);
-    let Ok(Value::Object(body)) = serde_json::from_slice::<Value>(&request.body) else {
-        let message = "failed to parse the request JSON buffer: Invalid value. at 0";
-        return write_full(wr, 400, "application/json", &error_json(message)).await;
+    let body = match serde_json::from_slice::<Value>(&request.body) {
+        Ok(Value::Object(body)) => body,
+        Ok(_) => {
+            let message = "attempt to get members for non-object";
+            return write_full(wr, 500, "application/json", &error_json(message)).await;
+        }
+        Err(_) => {
+            let message = "failed to parse the request JSON buffer: Invalid value. at 0";
+            return write_full(wr, 500, "application/json", &error_json(message)).await;
+        }
     };
     let counts = opts.token_count_outputs;
-    for key in body.keys() {
-        let known = INPUTS.contains(&key.as_str())
-            || key == "id"
-            || key == "parameters"
-            || (counts && (key == "return_num_input_tokens" || key == "return_num_output_tokens"));
-        if !known {
+    let declared = |key: &str| {
+        INPUTS.contains(&key)
+            || (counts && (key == "return_num_input_tokens" || key == "return_num_output_tokens"))
+    };
+    for (key, value) in &body {
+        // Not an input: a request parameter, which must be a scalar.
+        let parameter = !declared(key) && key != "id" && key != "parameters";
+        if parameter && !matches!(value, Value::Bool(_) | Value::Number(_) | Value::String(_)) {
             let message = format!(
-                "[request id: <id_unknown>] unexpected inference input '{key}' for model '{}'",
-                opts.model
+                "parameter '{key}' has invalid type. It should be either 'int', 'bool', or 'string'."
             );
             return write_full(wr, 400, "application/json", &error_json(&message)).await;
         }
@@ -410,9 +429,23 @@ async fn generate(
             write_full(wr, *status, "application/json", &error_json(message)).await
         };
     }
-    let Some(max_tokens) = body.get("max_tokens").and_then(Value::as_u64) else {
-        let message = "[request id: <id_unknown>] expected 2 inputs but got 1 inputs for model 'ensemble'. Got input(s) ['text_input'], but missing required input(s) ['max_tokens']. Please provide all required input(s).";
-        return write_full(wr, 400, "application/json", &error_json(message)).await;
+    let max_tokens = match body.get("max_tokens") {
+        Some(value) => match value.as_i64() {
+            Some(n) => u64::try_from(n).unwrap_or(0),
+            None => {
+                let message = "Unable to parse 'data': attempt to access JSON non-signed-integer as signed-integer";
+                return write_full(wr, 500, "application/json", &error_json(message)).await;
+            }
+        },
+        None => {
+            let inputs = body.keys().filter(|k| declared(k)).count();
+            let most = INPUTS.len() + if counts { 2 } else { 0 };
+            let message = format!(
+                "[request id: <id_unknown>] expected number of inputs between 2 and {most} but got {inputs} inputs for model '{}'. Got input(s) ['text_input'], but missing required input(s) ['max_tokens']. Please provide all required input(s).",
+                opts.model
+            );
+            return write_full(wr, 400, "application/json", &error_json(&message)).await;
+        }
     };
     if body.get("stream") != Some(&Value::Bool(true)) {
         let message = "the simulator only streams (stream: true)";
@@ -468,7 +501,9 @@ async fn generate(
                 message,
             } if *after_tokens == i => {
                 inner.state().live.remove(&id);
-                if !head_sent && wr.write_all(sse_head(200).as_bytes()).await.is_err() {
+                // The first response sets the status: 400 for an error.
+                let status = if head_sent { 200 } else { 400 };
+                if !head_sent && wr.write_all(sse_head(status).as_bytes()).await.is_err() {
                     return Next::Close;
                 }
                 return write_last(wr, &frame(&error_json(message))).await;
@@ -517,7 +552,7 @@ async fn generate(
             h.clear();
             h
         };
-        bytes.extend(frame(&fmt.response(&texts, i + 1)));
+        bytes.extend(frame(&fmt.response(&texts, 1)));
         let last = i + 1 == n;
         let pieces = matches!(fault, Fault::RawSplit { at_token } if at_token == i)
             .then(|| split_inside_chars(&bytes))

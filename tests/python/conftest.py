@@ -551,3 +551,145 @@ def real_dynamo(tmp_path_factory: pytest.TempPathFactory):
     finally:
         if started_port is not None:
             subprocess.run(["bash", str(REAL_DYNAMO_DIR / "stop.sh"), started_port], check=False)
+
+
+# ---------------------------------------------------------------------------
+# A REAL Triton Inference Server (the tritonserver binary of the
+# nvidia-pytriton wheel with a TensorRT-LLM-shaped Python model "ensemble",
+# docs/real-triton.md) behind the `gateway` binary, for test_real_triton.py.
+#
+# The engine: `REAL_TRITON_URL` (http://127.0.0.1:PORT, as scripts/test
+# exports it) if set, with `REAL_TRITON_METRICS_URL` and
+# `REAL_TRITON_EVENTS_DIR` (else read from the file start.sh left under the
+# real-engine cache); else, under CI, a failure (never a skip); else one
+# started here with scripts/real-engine/triton/ and stopped at the end.
+
+REAL_TRITON_DIR = REAL_ENGINE_DIR / "triton"
+REAL_TRITON_MODEL = "triton-ensemble"
+REAL_TRITON_MISSING_MODEL = "triton-missing"  # served as a model Triton lacks
+REAL_TRITON_BACKEND = "triton-0"
+REAL_TRITON_START_TIMEOUT_S = 90.0
+
+
+@dataclasses.dataclass
+class RealTriton:
+    """A real Triton (`url`, its `metrics_url`, and the folder where its model
+    appends events.jsonl, when known) and a gateway in front of it."""
+
+    url: str
+    metrics_url: str
+    events_dir: Path | None
+    gateway: Gateway
+    started_here: bool
+
+
+def _real_triton_info(port: str) -> dict[str, str]:
+    """What start.sh wrote for the server on `port` (empty if nothing)."""
+    home = Path(os.environ.get("REAL_ENGINE_HOME", Path.home() / ".cache" / "gateway-real-engine"))
+    path = home / "triton" / "run" / f"triton-{port}.env"
+    return _key_values(path.read_text(encoding="utf-8")) if path.is_file() else {}
+
+
+def _real_triton_config(url: str, metrics_url: str) -> str:
+    return f"""\
+# Written by tests/python/conftest.py (real_triton) for one pytest session.
+[server]
+listen = "127.0.0.1:0"
+admin_key = "{ADMIN_KEY}"
+shutdown_grace_ms = {SHUTDOWN_GRACE_MS}
+first_token_timeout_ms = 10000
+idle_timeout_ms = 10000
+
+# The tests make the model fail on purpose, one request after another: a
+# breaker opening after five would shed the tests that follow.
+[health]
+failures_to_open = 10000
+
+[[tenants]]
+id = "{TENANT_ID}"
+api_key = "{TENANT_KEY}"
+
+[[models]]
+name = "{REAL_TRITON_MODEL}"
+context_window = 4096
+input_usd_per_mtok = {INPUT_USD_PER_MTOK}
+cached_input_usd_per_mtok = {CACHED_INPUT_USD_PER_MTOK}
+output_usd_per_mtok = {OUTPUT_USD_PER_MTOK}
+default_max_tokens = 16
+
+[[models]]
+name = "{REAL_TRITON_MISSING_MODEL}"
+context_window = 4096
+input_usd_per_mtok = {INPUT_USD_PER_MTOK}
+cached_input_usd_per_mtok = {CACHED_INPUT_USD_PER_MTOK}
+output_usd_per_mtok = {OUTPUT_USD_PER_MTOK}
+default_max_tokens = 16
+
+[[backends]]
+name = "{REAL_TRITON_BACKEND}"
+engine = "triton"
+url = "{url}"
+model = "{REAL_TRITON_MODEL}"
+served_model = "ensemble"
+metrics_url = "{metrics_url}"
+
+[[backends]]
+name = "triton-missing-0"
+engine = "triton"
+url = "{url}"
+model = "{REAL_TRITON_MISSING_MODEL}"
+served_model = "no-such-model"
+"""
+
+
+@pytest.fixture(scope="session")
+def real_triton(tmp_path_factory: pytest.TempPathFactory):
+    url = os.environ.get("REAL_TRITON_URL", "").rstrip("/")
+    started_port: str | None = None
+    info: dict[str, str] = {}
+    if url:
+        info = _real_triton_info(url.rsplit(":", 1)[-1])
+    elif os.environ.get("CI"):
+        pytest.fail("REAL_TRITON_URL is not set: under CI the real-Triton suite must run (scripts/test starts it)")
+    else:
+        subprocess.run(
+            ["bash", str(REAL_TRITON_DIR / "setup.sh")], check=True, stdout=subprocess.DEVNULL, timeout=1800
+        )
+        started_port = subprocess.run(
+            [str(REAL_ENGINE_DIR / "free-port")], check=True, stdout=subprocess.PIPE, text=True
+        ).stdout.strip()
+        try:
+            out = subprocess.run(
+                ["bash", str(REAL_TRITON_DIR / "start.sh"), started_port],
+                check=True,
+                stdout=subprocess.PIPE,
+                text=True,
+                timeout=REAL_TRITON_START_TIMEOUT_S,
+            ).stdout
+        except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as e:
+            subprocess.run(["bash", str(REAL_TRITON_DIR / "stop.sh"), started_port], check=False)
+            pytest.fail(f"could not start the real Triton on port {started_port}: {e}")
+        info = _key_values(out)
+        url = info["REAL_TRITON_URL"]
+
+    metrics_url = os.environ.get("REAL_TRITON_METRICS_URL") or info.get("REAL_TRITON_METRICS_URL", "")
+    if not metrics_url:
+        pytest.fail("no metrics URL for the real Triton: set REAL_TRITON_METRICS_URL")
+    events = os.environ.get("REAL_TRITON_EVENTS_DIR") or info.get("REAL_TRITON_EVENTS_DIR")
+    try:
+        workdir = tmp_path_factory.mktemp("real-triton-gateway")
+        config_path = workdir / "gateway.toml"
+        config_path.write_text(_real_triton_config(url, metrics_url), encoding="utf-8")
+        run = _run_gateway(["--config", str(config_path)], workdir, config_path)
+        gw = next(run)
+        yield RealTriton(
+            url=url,
+            metrics_url=metrics_url,
+            events_dir=Path(events) if events else None,
+            gateway=gw,
+            started_here=started_port is not None,
+        )
+        next(run, None)  # the gateway's teardown (and its checks)
+    finally:
+        if started_port is not None:
+            subprocess.run(["bash", str(REAL_TRITON_DIR / "stop.sh"), started_port], check=False)

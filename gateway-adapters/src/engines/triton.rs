@@ -9,11 +9,15 @@
 //!   "stream": true, "temperature"?, "top_p"?, "seed"?, "stop_words"?,
 //!   "return_num_input_tokens": true, "return_num_output_tokens": true}`.
 //!   The two `return_num_*` inputs are sent only with
-//!   [`TritonOptions::request_token_counts`] (on by default): Triton
-//!   refuses inputs a model does not declare (400 "unexpected inference
-//!   input"), so turn it off for models without them. Extra request fields
-//!   are not sent (they would be unknown tensors); there are no bad words in
-//!   the gateway's sampling parameters, so `bad_words` is never sent.
+//!   [`TritonOptions::request_token_counts`] (on by default). `generate`
+//!   takes a key the model does not declare as a request parameter when its
+//!   value is a number, a bool or a string (ignored by the model), and
+//!   answers 400 "parameter 'X' has invalid type" to an array, an object or
+//!   null (tritonserver 2.51, seen): so the count inputs are harmless for a
+//!   model without them, while `stop_words` (an array) needs a model that
+//!   declares it, as TensorRT-LLM's ensemble does. Extra request fields are
+//!   not sent; there are no bad words in the gateway's sampling parameters,
+//!   so `bad_words` is never sent.
 //! - Prompts: text only. Chat and token prompts are refused with
 //!   `InvalidRequest`: the ensemble's preprocessing tokenizes `text_input`
 //!   as is, and the gateway has no chat template for the model, so any
@@ -28,10 +32,14 @@
 //!   response flag closes it), and a connection cut before that end is a
 //!   `Connect` failure (truncated). The finish is inferred: `Length` when
 //!   the completion tokens reached `max_tokens`, else `Stop`.
-//! - Tokens: with `num_output_tokens` in the responses, read as the count
-//!   **so far** (cumulative; unverified in the sources, see ENGINES.md §11),
-//!   each response carries the difference; without it, one token per
-//!   response (one decoding step). Usage: prompt from `num_input_tokens`,
+//! - Tokens: with `num_output_tokens` in a response, that many tokens are
+//!   in **this** response: the TRT-LLM backend fills it with the size of the
+//!   response's output ids (`ModelInstanceState::fillTritonResponse` in
+//!   `NVIDIA/TensorRT-LLM:triton_backend/inflight_batcher_llm/src/model_instance_state.cc`),
+//!   which in streaming holds the step's new tokens only (the backend never
+//!   sets `returnAllGeneratedTokens`); Triton renders the `[1]` tensor as a
+//!   JSON number (seen). Without it, one token per response (one decoding
+//!   step). Usage: prompt from `num_input_tokens`,
 //!   else from the request's token counter; completion = tokens delivered.
 //! - Output: text only. The ensemble has no reasoning or tool-call parser,
 //!   and its logprob outputs (`output_log_probs`, with the
@@ -43,10 +51,18 @@
 //!   character whole); at the end it is passed on as is. In cumulative
 //!   mode the next cumulative text resolves it. A character split across
 //!   transport reads is reassembled by the SSE decoder (TV-06).
-//! - Failures: the first response sets the HTTP status (400/404/500/501/503)
-//!   with a body `{"error":"msg"}`, JSON or SSE-framed; typed by status and
-//!   message ("Exceeds maximum queue size" → `Overloaded`, "out of memory"
-//!   → `OutOfMemory`, context length → `ContextLengthExceeded`). An
+//! - Failures: an error before the stream is `{"error":"msg"}` with a
+//!   status, typed by status and message ("Exceeds maximum queue size" →
+//!   `Overloaded`, "out of memory" → `OutOfMemory`, context length →
+//!   `ContextLengthExceeded`): JSON from the frontend and the scheduler
+//!   (unknown model 404, a missing input or a bad parameter 400, malformed
+//!   JSON or a wrong input type 500, queue full 503, also on
+//!   `generate_stream`). A model's error response before its first token
+//!   comes SSE-framed with status **400 whatever its error code**
+//!   (tritonserver 2.51, seen with UNAVAILABLE and INTERNAL, and for an
+//!   exception in the model): such a 400 is typed by its message like an
+//!   in-stream error (`Internal` unless the message says otherwise), not
+//!   as the request's fault. An
 //!   in-stream `data: {"error":"msg"}` is typed by its message alone
 //!   (queue size → `Overloaded`, out of memory → `OutOfMemory`, else
 //!   `Internal`), in the phase given by whether a delta was forwarded.
@@ -459,14 +475,25 @@ fn error_message(body: &[u8]) -> Option<String> {
     })
 }
 
-/// The error of a non-2xx first response.
+/// The error of a non-2xx first response; `sse`: the body is
+/// `text/event-stream` (a model's error response, not the frontend's).
 fn status_error(
     status: StatusCode,
     body: Option<&[u8]>,
     retry_after: Option<Duration>,
+    sse: bool,
 ) -> BackendError {
     let message = body.and_then(error_message).unwrap_or_default();
     let mut kind = kind_for_status(status.as_u16(), &message, None);
+    if sse && status == StatusCode::BAD_REQUEST {
+        // Triton answers 400 to any error response the model sends before
+        // its first token, whatever the error's code: the message decides.
+        kind = match message_kind(&message) {
+            Some(k) => k,
+            None if says_bad_input(&message) => FailureKind::InvalidRequest,
+            None => FailureKind::Internal,
+        };
+    }
     if let Some(k) = message_kind(&message)
         && (matches!(kind, FailureKind::Internal | FailureKind::UpstreamStatus)
             || (kind == FailureKind::InvalidRequest && k == FailureKind::ContextLengthExceeded))
@@ -536,8 +563,6 @@ struct TritonFrames {
     last_text: String,
     /// Incremental mode: held-back trailing U+FFFD.
     held: String,
-    /// `num_output_tokens` of the last response.
-    seen_tokens: u64,
     prompt_tokens: Option<u64>,
     fallback_prompt: u64,
 }
@@ -583,14 +608,8 @@ impl Frames for TritonFrames {
             self.prompt_tokens = Some(n);
         }
         let has_text = response.contains_key("text_output");
-        let tokens = match count_of(response.get("num_output_tokens")) {
-            Some(total) => {
-                let new = total.saturating_sub(self.seen_tokens);
-                self.seen_tokens = self.seen_tokens.max(total);
-                new
-            }
-            None => u64::from(has_text),
-        };
+        // The tokens of this response (TRT-LLM's count is per response).
+        let tokens = count_of(response.get("num_output_tokens")).unwrap_or(u64::from(has_text));
         let text = text_of(response.get("text_output")).unwrap_or_default();
         let piece = if self.cumulative {
             if !text.starts_with(self.forwarded.as_str()) {
@@ -723,6 +742,15 @@ async fn read_status_error(
 ) -> Result<BackendError, Stop> {
     let status = response.status();
     let retry = retry_after(response.headers());
+    let sse = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| {
+            v.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("text/event-stream")
+        });
     let read = read_limited(response.into_body(), MAX_ERROR_BODY);
     let body = tokio::select! {
         biased;
@@ -730,7 +758,7 @@ async fn read_status_error(
         () = deadline_passed(deadline) => return Err(Stop::Deadline),
         body = tokio::time::timeout(SIDE_CALL_TIMEOUT, read) => body.ok().flatten(),
     };
-    Ok(status_error(status, body.as_deref(), retry))
+    Ok(status_error(status, body.as_deref(), retry, sse))
 }
 
 #[async_trait::async_trait]
@@ -792,7 +820,6 @@ impl Backend for TritonBackend {
             forwarded: String::new(),
             last_text: String::new(),
             held: String::new(),
-            seen_tokens: 0,
             prompt_tokens: None,
             fallback_prompt,
         };
@@ -917,7 +944,6 @@ pub(crate) fn fuzz_read(
         forwarded: String::new(),
         last_text: String::new(),
         held: String::new(),
-        seen_tokens: 0,
         prompt_tokens: None,
         fallback_prompt: 7,
     };
@@ -961,26 +987,71 @@ nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type=\"used\",model=\"tensorrt_
 
     #[test]
     fn messages_are_typed() {
+        let queue_full = br#"{"error":"[request id: <id_unknown>] Exceeds maximum queue size"}"#;
         assert_eq!(
             status_error(
                 StatusCode::SERVICE_UNAVAILABLE,
-                Some(br#"{"error":"Exceeds maximum queue size"}"#),
-                None
+                Some(queue_full),
+                None,
+                false
             )
             .kind(),
             FailureKind::Overloaded
         );
+        // The frontend's refusals (JSON) are the request's.
+        let missing = br#"{"error":"[request id: <id_unknown>] expected number of inputs between 2 and 10 but got 1 inputs for model 'ensemble'."}"#;
+        let e = status_error(StatusCode::BAD_REQUEST, Some(missing), None, false);
+        assert_eq!(
+            (e.kind(), e.upstream_status()),
+            (FailureKind::InvalidRequest, Some(400))
+        );
+        // A model's error response before its first token: 400 and
+        // SSE-framed whatever its code (tritonserver 2.51), typed by its
+        // message like an in-stream error.
+        let sse = |message: &str| format!("data: {{\"error\":\"{message}\"}}\n\n");
+        let typed = |message: &str| {
+            let e = status_error(
+                StatusCode::BAD_REQUEST,
+                Some(sse(message).as_bytes()),
+                None,
+                true,
+            );
+            (e.kind(), e.upstream_status(), e.message().to_owned())
+        };
+        assert_eq!(
+            typed("the model is unavailable"),
+            (
+                FailureKind::Internal,
+                Some(400),
+                "engine: the model is unavailable".to_owned()
+            )
+        );
+        assert_eq!(typed("CUDA out of memory").0, FailureKind::OutOfMemory);
+        assert_eq!(
+            typed("Exceeds maximum queue size").0,
+            FailureKind::Overloaded
+        );
+        assert_eq!(
+            typed("Prompt length (9000) exceeds maximum input length (8192).").0,
+            FailureKind::ContextLengthExceeded
+        );
+        assert_eq!(
+            typed("BadRequestError: bad stop words").0,
+            FailureKind::InvalidRequest
+        );
+        // The same 400 as JSON stays the request's fault.
         assert_eq!(
             status_error(
                 StatusCode::BAD_REQUEST,
-                Some(b"data: {\"error\":\"unexpected inference input 'x' for model 'ensemble'\"}\n\n"),
-                None
+                Some(br#"{"error":"the model is unavailable"}"#),
+                None,
+                false
             )
-            .message(),
-            "engine: unexpected inference input 'x' for model 'ensemble'"
+            .kind(),
+            FailureKind::InvalidRequest
         );
         assert_eq!(
-            status_error(StatusCode::NOT_IMPLEMENTED, None, None).kind(),
+            status_error(StatusCode::NOT_IMPLEMENTED, None, None, false).kind(),
             FailureKind::UpstreamStatus
         );
         assert_eq!(
@@ -992,5 +1063,59 @@ nv_trt_llm_kv_cache_block_metrics{kv_cache_block_type=\"used\",model=\"tensorrt_
             FailureKind::Internal
         );
         assert_eq!(path_segment("a b/c"), "a%20b%2Fc");
+    }
+
+    /// `num_output_tokens` counts the tokens of its own response, as the
+    /// TRT-LLM backend fills it; the frames are real tritonserver 2.51
+    /// bytes (a scalar count, no `[DONE]`).
+    #[cfg(feature = "fuzzing")]
+    #[test]
+    fn num_output_tokens_counts_each_response() {
+        use super::super::reader::BodyEnd;
+        let frame = |text: &str, n: u32| {
+            format!(
+                "data: {{\"id\":\"a1\",\"model_name\":\"ensemble\",\"model_version\":\"1\",\
+                 \"num_input_tokens\":3,\"num_output_tokens\":{n},\"text_output\":\"{text}\"}}\n\n"
+            )
+        };
+        // One token, then a step of two (speculative decoding), then one.
+        let chunks = [
+            frame("alpha ", 1),
+            frame("beta gamma ", 2),
+            frame("delta ", 1),
+        ];
+        let chunks: Vec<&[u8]> = chunks.iter().map(|c| c.as_bytes()).collect();
+        let (events, _) = fuzz_read(false, 100, 64 * 1024, &chunks, BodyEnd::Clean);
+        let mut pieces = Vec::new();
+        let mut usage = None;
+        let mut finish = None;
+        for event in events {
+            match event.expect("no error") {
+                TokenEvent::Delta(d) if !d.text.is_empty() => pieces.push((d.text, d.tokens)),
+                TokenEvent::Usage(u) => usage = Some(u),
+                TokenEvent::Finished(reason) => finish = Some(reason),
+                _ => {}
+            }
+        }
+        assert_eq!(
+            pieces,
+            vec![
+                ("alpha ".to_owned(), 1),
+                ("beta gamma ".to_owned(), 2),
+                ("delta ".to_owned(), 1)
+            ]
+        );
+        assert_eq!(usage, Some(Usage::new(3, 4)));
+        assert_eq!(finish, Some(gateway_core::FinishReason::Stop));
+        // At the cap: Length, the tokens counted per response.
+        let (events, _) = fuzz_read(false, 3, 64 * 1024, &chunks, BodyEnd::Clean);
+        let last = events.into_iter().last().map(|e| e.expect("no error"));
+        assert!(
+            matches!(
+                last,
+                Some(TokenEvent::Finished(gateway_core::FinishReason::Length))
+            ),
+            "{last:?}"
+        );
     }
 }
