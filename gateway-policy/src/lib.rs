@@ -40,9 +40,10 @@
 //!     .unwrap();
 //!
 //! let tenant = gateway.authenticate(Some("sk-a")).unwrap();
-//! let (_guard, cancel) = gateway.request_cancel();
+//! // Dropping the guard cancels the request (the client left): keep it.
+//! let guard = gateway.request_cancel();
 //! let request = ClientRequest::new("req-1", "tiny", Prompt::Text("hi".into()));
-//! let mut stream = gateway.generate(&tenant, request, cancel).await.unwrap();
+//! let mut stream = gateway.generate(&tenant, request, guard.handle().clone()).await.unwrap();
 //! let mut text = String::new();
 //! while let Some(Ok(event)) = stream.next().await {
 //!     if let TokenEvent::Delta(d) = event { text.push_str(&d.text) }

@@ -57,7 +57,8 @@ fn setup(max_concurrency: Option<u32>, health: HealthConfig) -> Setup {
 
 /// Runs one request to its end: `ok`, or its error code.
 async fn run(s: &Setup, id: String) -> &'static str {
-    let (_g, cancel) = s.gateway.request_cancel();
+    let guard = s.gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let request = ClientRequest::new(id, MODEL, Prompt::Text("hello".into()));
     match s.gateway.generate(&s.tenant, request, cancel).await {
         Ok(mut stream) => {

@@ -153,7 +153,8 @@ async fn serve(
     s: &Setup,
     id: &str,
 ) -> Result<(GatewayStream, String, Option<BackendError>), GatewayError> {
-    let (_g, cancel) = s.gateway.request_cancel();
+    let guard = s.gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let mut stream = s.gateway.generate(&s.tenant, request(id), cancel).await?;
     let (text, error) = collect(&mut stream).await;
     Ok((stream, text, error))
@@ -289,7 +290,8 @@ async fn faults_of_the_request_never_fall_back() {
     // Refused before routing: nothing is tried anywhere.
     let mut too_long = request("r2");
     too_long.max_tokens = Some(990);
-    let (_g, cancel) = s.gateway.request_cancel();
+    let guard = s.gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let err = s
         .gateway
         .generate(&s.tenant, too_long, cancel)
@@ -358,7 +360,8 @@ async fn the_admission_wait_running_out_falls_back() {
     // The one slot of big is taken by a long request.
     s.mock(BIG)
         .push(Script::repeat(1000, Duration::from_millis(10)));
-    let (holder_guard, cancel) = s.gateway.request_cancel();
+    let holder_guard = s.gateway.request_cancel();
+    let cancel = holder_guard.handle().clone();
     let holder = s
         .gateway
         .generate(&s.tenant, request("holder"), cancel)
@@ -388,7 +391,8 @@ async fn the_reservation_covers_a_dearer_fallback_or_drops_it() {
     let s = setup(&[PRICEY]);
     s.mock(BIG)
         .push(Script::repeat(3, Duration::from_millis(10)));
-    let (_g, cancel) = s.gateway.request_cancel();
+    let guard = s.gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let mut stream = s
         .gateway
         .generate(&s.tenant, request("r1"), cancel)
@@ -499,14 +503,16 @@ async fn a_full_admission_queue_falls_back_at_once() {
     let gateway = builder.build().unwrap();
     let tenant = gateway.authenticate(Some("sk-t")).unwrap();
     big_handle.push(Script::repeat(1000, Duration::from_millis(10)));
-    let (holder_guard, cancel) = gateway.request_cancel();
+    let holder_guard = gateway.request_cancel();
+    let cancel = holder_guard.handle().clone();
     let holder = gateway
         .generate(&tenant, request("holder"), cancel)
         .await
         .unwrap();
 
     let t0 = Instant::now();
-    let (_g, cancel) = gateway.request_cancel();
+    let guard = gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let mut stream = gateway
         .generate(&tenant, request("next"), cancel)
         .await

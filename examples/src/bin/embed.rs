@@ -38,10 +38,15 @@ async fn main() -> ExitCode {
     );
     let counter: Arc<dyn TokenCounter> = Arc::new(ByteBound::default());
     let meter = UsageMeter::new();
-    let (_guard, cancel) = CancelHandle::guarded();
+    // Dropping the guard cancels the request (`ClientGone`): it is kept to
+    // the end of `main`.
+    let guard = CancelHandle::guarded();
     let started = Instant::now();
     let mut stream = match backend
-        .start(BackendRequest::new(request, counter), cancel)
+        .start(
+            BackendRequest::new(request, counter),
+            guard.handle().clone(),
+        )
         .await
     {
         Ok(stream) => stream.metered(meter.clone()),

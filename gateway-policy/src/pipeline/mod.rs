@@ -672,9 +672,70 @@ impl Gateway {
         self.inner.pool.get(index)
     }
 
-    /// A cancel handle for a new request and the guard that cancels it when
-    /// the client side drops it; shutdown cancels it too.
-    pub fn request_cancel(&self) -> (CancelGuard, CancelHandle) {
+    /// The [`CancelGuard`] of a new request: it owns the request's
+    /// [`CancelHandle`] (shutdown cancels it too) and cancels it with
+    /// [`CancelReason::ClientGone`] when dropped un-disarmed.
+    ///
+    /// Pass a clone of [`guard.handle()`](CancelGuard::handle) to
+    /// [`Gateway::generate`] or [`Gateway::embed`] and keep the guard for as
+    /// long as the client is there: while its stream is read, or (as the
+    /// server does) in the response body. Dropping it is how a host says
+    /// "the client left": the engine is aborted and the request is charged
+    /// for what was delivered. Once the request is over,
+    /// [`disarm`](CancelGuard::disarm) it (or just drop it: a finished
+    /// request is not affected).
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use futures::StreamExt;
+    /// # use gateway_core::{Prompt, testkit::MockBackend};
+    /// # use gateway_policy::*;
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let (mock, _h) = MockBackend::new("mock-0", "tiny");
+    /// # let gateway = Gateway::builder(Settings::default())
+    /// #     .tenant(Tenant::new("team-a"), key_hash("sk-a"))
+    /// #     .model(ModelSpec {
+    /// #         name: "tiny".into(),
+    /// #         pricing: gateway_core::Pricing::default(),
+    /// #         context_window: 4096,
+    /// #         default_max_tokens: 64,
+    /// #         media: MediaCosts::default(),
+    /// #         counter: Arc::new(gateway_core::ByteBound::default()),
+    /// #     })
+    /// #     .backend(Arc::new(mock), "tiny", "tiny", None)
+    /// #     .build()
+    /// #     .unwrap();
+    /// # let tenant = gateway.authenticate(Some("sk-a")).unwrap();
+    /// let guard = gateway.request_cancel();
+    /// let request = ClientRequest::new("req-1", "tiny", Prompt::Text("hi".into()));
+    /// let mut stream = gateway
+    ///     .generate(&tenant, request, guard.handle().clone())
+    ///     .await
+    ///     .unwrap();
+    /// while let Some(event) = stream.next().await {
+    ///     event.unwrap();
+    /// }
+    /// guard.disarm();
+    /// # }
+    /// ```
+    ///
+    /// # The trap
+    ///
+    /// A guard dropped at once cancels the request at once, which then
+    /// fails as `client_gone`. It used to come as a `(guard, handle)` pair,
+    /// where `let (_, cancel) = gateway.request_cancel();` did exactly that
+    /// without a warning; now the guard comes alone, that line does not
+    /// compile, and a guard that is never bound is a `must_use` warning.
+    /// Still, bind it to a name (`_guard` keeps it, `_` drops it) and keep
+    /// it in scope: `let cancel = gateway.request_cancel().handle().clone();`
+    /// compiles, and its handle is canceled before the request starts.
+    ///
+    /// ```compile_fail,E0308
+    /// # fn f(gateway: &gateway_policy::Gateway) {
+    /// let (_, cancel) = gateway.request_cancel();
+    /// # }
+    /// ```
+    pub fn request_cancel(&self) -> CancelGuard {
         self.inner.shutdown.guarded_child()
     }
 
