@@ -116,3 +116,142 @@ async fn dropping_the_guard_is_the_client_leaving() {
     assert!(error.is_none(), "{error:?}");
     assert_eq!(s.mock.aborts().decode, 1);
 }
+
+/// A config file with tenant `team-a` (key `sk-a`, a budget of 12.5 USD)
+/// and models `big` (window 8192) and `small` (window 100), no
+/// `default_max_tokens`.
+const CONFIG: &str = r#"
+[[tenants]]
+id = "team-a"
+api_key = "sk-a"
+budget_usd = 12.5
+
+[[models]]
+name = "big"
+context_window = 8192
+input_usd_per_mtok = 0.0
+output_usd_per_mtok = 0.0
+
+[[models]]
+name = "small"
+context_window = 100
+input_usd_per_mtok = 0.0
+output_usd_per_mtok = 0.0
+
+[[backends]]
+name = "sim-0"
+engine = "sim"
+model = "big"
+
+[[backends]]
+name = "sim-1"
+engine = "sim"
+model = "small"
+"#;
+
+fn config() -> gateway_adapters::config::GatewayConfig {
+    gateway_adapters::config::GatewayConfig::parse(CONFIG, std::path::Path::new(".")).unwrap()
+}
+
+#[test]
+fn model_spec_new_has_the_config_files_defaults() {
+    let config = config();
+    for (name, window) in [("big", 8192), ("small", 100)] {
+        let from_file = config.model(name).unwrap();
+        let spec = ModelSpec::new(name, window);
+        assert_eq!(
+            (spec.context_window, spec.default_max_tokens),
+            (
+                from_file.context_window.get(),
+                from_file.default_max_tokens.get()
+            ),
+            "{name}"
+        );
+        assert_eq!(spec.pricing, from_file.pricing);
+        assert_eq!(spec.media, from_file.media);
+    }
+    assert_eq!(ModelSpec::new("big", 8192).default_max_tokens, 256);
+    assert_eq!(ModelSpec::new("small", 100).default_max_tokens, 100);
+    let set = ModelSpec::new("m", 4096)
+        .with_pricing(Pricing::per_million(1.0, None, 2.0).unwrap())
+        .with_default_max_tokens(64)
+        .with_media(MediaCosts {
+            image: Some(576),
+            ..MediaCosts::default()
+        });
+    assert_eq!(
+        set.pricing,
+        Pricing {
+            input: Money::from_picos(1_000_000),
+            cached_input: Money::from_picos(1_000_000),
+            output: Money::from_picos(2_000_000),
+        }
+    );
+    assert_eq!((set.default_max_tokens, set.media.image), (64, Some(576)));
+}
+
+#[test]
+fn a_plaintext_key_and_a_budget_in_usd_are_kept_as_the_config_file_keeps_them() {
+    let config = config();
+    let from_file = config.tenant("team-a").unwrap();
+    // The key: its SHA-256, the same digest as the config file's `api_key`.
+    assert_eq!(
+        from_file.key,
+        gateway_adapters::config::TenantKey::Sha256(key_hash("sk-a"))
+    );
+    let tenant = Tenant::new("team-a").with_budget_usd(12.5).unwrap();
+    assert_eq!(tenant.budget, from_file.budget);
+    assert_eq!(tenant.budget, Some(Money::from_picos(12_500_000_000_000)));
+    assert!(Tenant::new("t").with_budget_usd(-0.01).is_err());
+    assert!(Tenant::new("t").with_budget_usd(f64::NAN).is_err());
+
+    let (mock, _handle) = MockBackend::new("mock-0", MODEL);
+    let gateway = Gateway::builder(Settings::default())
+        .tenant_with_api_key(tenant, "sk-a")
+        .model(ModelSpec::new(MODEL, 1000))
+        .backend(Arc::new(mock), MODEL, MODEL, None)
+        .build()
+        .unwrap();
+    let authenticated = gateway.authenticate(Some("sk-a")).unwrap();
+    assert_eq!(authenticated.id.as_str(), "team-a");
+    assert_eq!(
+        gateway.authenticate(Some("sk-b")).unwrap_err().code(),
+        ErrorCode::InvalidApiKey
+    );
+    let account = gateway.account(&authenticated.id).unwrap();
+    assert_eq!(
+        (account.budget, account.spent, account.reserved),
+        (
+            Some(Money::from_picos(12_500_000_000_000)),
+            Money::ZERO,
+            Money::ZERO
+        )
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_id_comes_from_the_servers_generator() {
+    let s = setup();
+    let a = ClientRequest::with_generated_id(MODEL, Prompt::Text("0123456789".into()));
+    let b = ClientRequest::with_generated_id(MODEL, Prompt::Text("0123456789".into()));
+    assert_ne!(a.id, b.id);
+    for id in [&a.id, &b.id] {
+        assert!(id.is_generated(), "{id}");
+        assert_eq!(id.as_str().len(), 35);
+    }
+    assert_eq!(
+        (a.model.as_str(), a.max_tokens, a.client_id.clone()),
+        (MODEL, None, None)
+    );
+    // The engine sees that id.
+    let id = a.id.clone();
+    let guard = s.gateway.request_cancel();
+    let mut stream = s
+        .gateway
+        .generate(&s.tenant, a, guard.handle().clone())
+        .await
+        .unwrap();
+    let (text, _, _) = collect(&mut stream).await;
+    assert_eq!(text, "Hello, world");
+    assert_eq!(s.mock.requests()[0].request.id, id);
+}

@@ -100,7 +100,8 @@ pub(super) fn tokenizer_threads() -> usize {
 /// Default `models[].admission_queue` (the pipeline's).
 pub(super) const ADMISSION_QUEUE: usize = 1024;
 /// Default `models[].default_max_tokens` (lowered to the context window).
-pub(super) const DEFAULT_MAX_TOKENS: NonZeroU32 = nonzero_u32(256);
+pub(super) const DEFAULT_MAX_TOKENS: NonZeroU32 =
+    nonzero_u32(gateway_policy::ModelSpec::DEFAULT_MAX_TOKENS);
 
 /// `n`, which must not be zero (1 if it is).
 const fn nonzero_usize(n: usize) -> NonZeroUsize {

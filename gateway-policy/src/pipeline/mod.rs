@@ -87,6 +87,24 @@ impl ClientRequest {
             tools: None,
         }
     }
+
+    /// [`ClientRequest::new`] with a fresh id from
+    /// [`RequestId::generate`], the generator the HTTP server uses (`gw-`
+    /// and 128 random bits): unique and unguessable, so no request can
+    /// name, or abort, another's generation.
+    ///
+    /// ```
+    /// use gateway_core::Prompt;
+    /// use gateway_policy::ClientRequest;
+    ///
+    /// let a = ClientRequest::with_generated_id("tiny", Prompt::Text("hi".into()));
+    /// let b = ClientRequest::with_generated_id("tiny", Prompt::Text("hi".into()));
+    /// assert_ne!(a.id, b.id);
+    /// assert!(a.id.is_generated());
+    /// ```
+    pub fn with_generated_id(model: impl Into<String>, prompt: Prompt) -> Self {
+        ClientRequest::new(RequestId::generate(), model, prompt)
+    }
 }
 
 /// Why a [`GatewayBuilder`] could not build.
@@ -141,6 +159,31 @@ impl GatewayBuilder {
         self.keys.insert_hash(key_sha256, tenant.clone());
         self.tenants.push(tenant);
         self
+    }
+
+    /// Adds a tenant whose API key is `api_key` in plain text: the builder
+    /// keeps only its SHA-256 ([`key_hash`](crate::key_hash)), as the
+    /// config file does with a tenant's `api_key`.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use gateway_core::testkit::MockBackend;
+    /// use gateway_policy::{Gateway, ModelSpec, Settings, Tenant};
+    ///
+    /// let (mock, _handle) = MockBackend::new("mock-0", "tiny");
+    /// let gateway = Gateway::builder(Settings::default())
+    ///     .tenant_with_api_key(Tenant::new("team-a").with_budget_usd(5.0).unwrap(), "sk-a")
+    ///     .model(ModelSpec::new("tiny", 4096))
+    ///     .backend(Arc::new(mock), "tiny", "tiny", None)
+    ///     .build()
+    ///     .unwrap();
+    /// let tenant = gateway.authenticate(Some("sk-a")).unwrap();
+    /// assert_eq!(tenant.id.as_str(), "team-a");
+    /// assert!(gateway.authenticate(Some("sk-b")).is_err());
+    /// ```
+    #[must_use]
+    pub fn tenant_with_api_key(self, tenant: Tenant, api_key: &str) -> Self {
+        self.tenant(tenant, crate::key_hash(api_key))
     }
 
     /// Where prompts are tokenized (default: [`TokenizerPool::default`],
@@ -693,21 +736,14 @@ impl Gateway {
     /// # #[tokio::main(flavor = "current_thread")] async fn main() {
     /// # let (mock, _h) = MockBackend::new("mock-0", "tiny");
     /// # let gateway = Gateway::builder(Settings::default())
-    /// #     .tenant(Tenant::new("team-a"), key_hash("sk-a"))
-    /// #     .model(ModelSpec {
-    /// #         name: "tiny".into(),
-    /// #         pricing: gateway_core::Pricing::default(),
-    /// #         context_window: 4096,
-    /// #         default_max_tokens: 64,
-    /// #         media: MediaCosts::default(),
-    /// #         counter: Arc::new(gateway_core::ByteBound::default()),
-    /// #     })
+    /// #     .tenant_with_api_key(Tenant::new("team-a"), "sk-a")
+    /// #     .model(ModelSpec::new("tiny", 4096))
     /// #     .backend(Arc::new(mock), "tiny", "tiny", None)
     /// #     .build()
     /// #     .unwrap();
     /// # let tenant = gateway.authenticate(Some("sk-a")).unwrap();
     /// let guard = gateway.request_cancel();
-    /// let request = ClientRequest::new("req-1", "tiny", Prompt::Text("hi".into()));
+    /// let request = ClientRequest::with_generated_id("tiny", Prompt::Text("hi".into()));
     /// let mut stream = gateway
     ///     .generate(&tenant, request, guard.handle().clone())
     ///     .await
