@@ -93,7 +93,7 @@ pub use metrics::{EdgeReason, EdgeRejections, Metrics};
 pub use model::{MediaCosts, ModelSpec};
 pub use pipeline::{
     BuildError, ClientRequest, DrainReport, EmbedResponse, Gateway, GatewayBuilder, GatewayStream,
-    Settings, UNAUTHENTICATED, UNKNOWN_MODEL,
+    ModelReference, Settings, UNAUTHENTICATED, UNKNOWN_MODEL,
 };
 pub use pool::{BackendSlot, InflightGuard};
 #[cfg(feature = "tokenizers")]

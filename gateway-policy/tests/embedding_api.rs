@@ -255,3 +255,169 @@ async fn a_request_id_comes_from_the_servers_generator() {
     assert_eq!(text, "Hello, world");
     assert_eq!(s.mock.requests()[0].request.id, id);
 }
+
+/// A builder with model `large` (and the tenant), and `backend` registered
+/// for it, served as `served`.
+fn build_large(backend: Arc<dyn Backend>, served: &str) -> Result<Gateway, BuildError> {
+    Gateway::builder(Settings::default())
+        .tenant_with_api_key(Tenant::new("team-a"), "sk-a")
+        .model(ModelSpec::new("large", 4096))
+        .backend(backend, "large", served, None)
+        .build()
+}
+
+#[test]
+fn a_backend_registered_for_a_model_it_does_not_serve_fails_at_build() {
+    // A mock serving `small`, registered for `large`: every request would
+    // have failed at the engine (model not found, 502).
+    let (mock, _) = MockBackend::new("mock-0", "small");
+    let err = build_large(Arc::new(mock), "large").unwrap_err();
+    assert_eq!(
+        err,
+        BuildError::BackendModelMismatch {
+            backend: "mock-0".into(),
+            model: "large".into(),
+            served_model: "large".into(),
+            serves: vec!["small".into()],
+        }
+    );
+    assert_eq!(
+        err.to_string(),
+        "invalid gateway: backend mock-0 is registered for model large (served as large), \
+         but it serves only [small]"
+    );
+    // The first trap of a new user: the default sim engine serves `sim`.
+    let sim = gateway_adapters::sim::SimBackend::new(gateway_adapters::sim::SimConfig::default());
+    let err = build_large(Arc::new(sim), "large").unwrap_err();
+    assert_eq!(
+        err,
+        BuildError::BackendModelMismatch {
+            backend: "sim-0".into(),
+            model: "large".into(),
+            served_model: "large".into(),
+            serves: vec!["sim".into()],
+        }
+    );
+    // Served under its engine name, or under the public one: accepted.
+    let (mock, _) = MockBackend::new("mock-0", "small");
+    assert!(build_large(Arc::new(mock), "small").is_ok());
+    let (mock, _) = MockBackend::new("mock-0", "large");
+    assert!(build_large(Arc::new(mock), "engine-name").is_ok());
+}
+
+/// A backend whose `BackendInfo` names no model.
+#[derive(Debug)]
+struct Unnamed(BackendInfo);
+
+#[async_trait::async_trait]
+impl Backend for Unnamed {
+    fn info(&self) -> &BackendInfo {
+        &self.0
+    }
+    fn pressure(&self) -> Pressure {
+        Pressure::default()
+    }
+    async fn start(
+        &self,
+        _request: BackendRequest,
+        _cancel: CancelHandle,
+    ) -> Result<TokenStream, BackendError> {
+        Err(BackendError::new(FailureKind::Internal, "not used"))
+    }
+    async fn abort(&self, _id: &RequestId) -> Result<bool, BackendError> {
+        Ok(false)
+    }
+    async fn health(&self) -> Health {
+        Health::Healthy
+    }
+}
+
+#[test]
+fn a_backend_that_names_no_model_is_not_checked() {
+    let unnamed = Unnamed(BackendInfo {
+        name: "custom-0".into(),
+        engine: EngineKind::Custom,
+        models: Vec::new(),
+    });
+    assert!(build_large(Arc::new(unnamed), "large").is_ok());
+}
+
+#[test]
+fn every_build_error_is_typed() {
+    let mock =
+        |name: &str, model: &str| -> Arc<dyn Backend> { Arc::new(MockBackend::new(name, model).0) };
+    let base = || {
+        Gateway::builder(Settings::default())
+            .tenant_with_api_key(Tenant::new("team-a"), "sk-a")
+            .model(ModelSpec::new("large", 4096))
+    };
+    let cases: Vec<(Result<Gateway, BuildError>, BuildError, &str)> = vec![
+        (
+            base().model(ModelSpec::new("large", 1)).build(),
+            BuildError::DuplicateModel {
+                model: "large".into(),
+            },
+            "invalid gateway: model large added twice",
+        ),
+        (
+            base()
+                .backend(mock("b-0", "large"), "large", "large", None)
+                .backend(mock("b-0", "large"), "large", "large", None)
+                .build(),
+            BuildError::DuplicateBackend {
+                backend: "b-0".into(),
+            },
+            "invalid gateway: backend b-0 added twice",
+        ),
+        (
+            base()
+                .tenant_with_api_key(Tenant::new("team-a"), "sk-other")
+                .backend(mock("b-0", "large"), "large", "large", None)
+                .build(),
+            BuildError::DuplicateTenant {
+                tenant: "team-a".into(),
+            },
+            "invalid gateway: tenant team-a added twice",
+        ),
+        (
+            base()
+                .backend(mock("b-0", "large"), "large", "large", None)
+                .backend(mock("b-1", "huge"), "huge", "huge", None)
+                .build(),
+            BuildError::UnknownModel {
+                model: "huge".into(),
+                by: ModelReference::Backend("b-1".into()),
+            },
+            "invalid gateway: backend b-1 is registered for unknown model huge",
+        ),
+        (
+            base()
+                .model(ModelSpec::new("small", 1024))
+                .backend(mock("b-0", "large"), "large", "large", None)
+                .build(),
+            BuildError::ModelWithoutBackend {
+                model: "small".into(),
+            },
+            "invalid gateway: model small has no backend",
+        ),
+        (
+            base()
+                .backend(mock("b-0", "large"), "large", "large", None)
+                .admission_queue("huge", 8)
+                .build(),
+            BuildError::UnknownModel {
+                model: "huge".into(),
+                by: ModelReference::AdmissionQueue,
+            },
+            "invalid gateway: admission queue size set for unknown model huge",
+        ),
+    ];
+    for (result, variant, message) in cases {
+        let err = result.unwrap_err();
+        assert_eq!(err, variant);
+        assert_eq!(err.to_string(), message);
+        // A std error, as `?` into `Box<dyn Error>` needs.
+        let boxed: Box<dyn std::error::Error + Send + Sync> = Box::new(err);
+        assert_eq!(boxed.to_string(), message);
+    }
+}

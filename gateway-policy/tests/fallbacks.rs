@@ -452,24 +452,50 @@ fn fallback_lists_are_checked_at_build() {
             .fallbacks(model, list)
             .build()
             .map(|_| ())
-            .map_err(|e| e.to_string())
     };
+    let message = |e: BuildError| e.to_string();
     assert_eq!(build(BIG, &[SMALL]), Ok(()));
+    let unknown = build("nope", &[SMALL]).unwrap_err();
     assert_eq!(
-        build("nope", &[SMALL]),
-        Err("invalid gateway: fallbacks of unknown model nope".into())
+        unknown,
+        BuildError::UnknownModel {
+            model: "nope".into(),
+            by: ModelReference::FallbacksOf
+        }
     );
     assert_eq!(
-        build(BIG, &["nope"]),
-        Err("invalid gateway: model big falls back to unknown model nope".into())
+        message(unknown),
+        "invalid gateway: fallbacks set for unknown model nope"
+    );
+    let unknown = build(BIG, &["nope"]).unwrap_err();
+    assert_eq!(
+        unknown,
+        BuildError::UnknownModel {
+            model: "nope".into(),
+            by: ModelReference::FallbackOf(BIG.into())
+        }
     );
     assert_eq!(
-        build(BIG, &[BIG]),
-        Err("invalid gateway: model big lists big as a fallback twice or of itself".into())
+        message(unknown),
+        "invalid gateway: model big falls back to unknown model nope"
+    );
+    let itself = build(BIG, &[BIG]).unwrap_err();
+    assert_eq!(itself, BuildError::FallbackToItself { model: BIG.into() });
+    assert_eq!(
+        message(itself),
+        "invalid gateway: model big lists itself as a fallback"
+    );
+    let twice = build(BIG, &[SMALL, SMALL]).unwrap_err();
+    assert_eq!(
+        twice,
+        BuildError::RepeatedFallback {
+            model: BIG.into(),
+            fallback: SMALL.into()
+        }
     );
     assert_eq!(
-        build(BIG, &[SMALL, SMALL]),
-        Err("invalid gateway: model big lists small as a fallback twice or of itself".into())
+        message(twice),
+        "invalid gateway: model big lists fallback small twice"
     );
 }
 

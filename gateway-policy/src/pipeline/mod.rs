@@ -2,6 +2,7 @@
 //! with retries before the first token, stream with metering, settle once.
 
 mod attempt;
+mod build_error;
 mod cap;
 mod embed;
 mod estimate;
@@ -24,6 +25,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+pub use build_error::{BuildError, ModelReference};
 pub use embed::EmbedResponse;
 pub use settings::Settings;
 pub use stream::GatewayStream;
@@ -106,11 +108,6 @@ impl ClientRequest {
         ClientRequest::new(RequestId::generate(), model, prompt)
     }
 }
-
-/// Why a [`GatewayBuilder`] could not build.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid gateway: {0}")]
-pub struct BuildError(pub String);
 
 /// Assembles a [`Gateway`].
 pub struct GatewayBuilder {
@@ -310,15 +307,18 @@ impl GatewayBuilder {
     /// Builds the gateway.
     ///
     /// # Errors
-    /// [`BuildError`] for duplicate names, a backend of an unknown model, a
-    /// model without backends, fallbacks or a queue size of an unknown
-    /// model, a fallback that is unknown, repeated or the model itself.
+    /// A [`BuildError`] for: duplicate names (of models, backends,
+    /// tenants); a backend registered for an unknown model, or for a model
+    /// its `BackendInfo::models` says it does not serve (under neither the
+    /// public name nor the served name); a model without backends;
+    /// fallbacks or a queue size of an unknown model; a fallback that is
+    /// unknown, repeated or the model itself.
     pub fn build(self) -> Result<Gateway, BuildError> {
         let mut models = HashMap::new();
         for m in self.models {
             let name = m.name.clone();
             if models.insert(name.clone(), Arc::new(m)).is_some() {
-                return Err(BuildError(format!("model {name} added twice")));
+                return Err(BuildError::DuplicateModel { model: name });
             }
         }
         let capacity = Arc::new(Notify::new());
@@ -332,20 +332,25 @@ impl GatewayBuilder {
             health,
         } in self.backends
         {
+            let info = backend.info();
             if !models.contains_key(&model) {
-                return Err(BuildError(format!(
-                    "backend {} serves unknown model {model}",
-                    backend.info().name
-                )));
+                return Err(BuildError::UnknownModel {
+                    model,
+                    by: ModelReference::Backend(info.name.clone()),
+                });
             }
-            if pool
-                .iter()
-                .any(|s: &Arc<BackendSlot>| s.name == backend.info().name)
-            {
-                return Err(BuildError(format!(
-                    "backend {} added twice",
-                    backend.info().name
-                )));
+            if !info.models.is_empty() && !info.serves(&model) && !info.serves(&served) {
+                return Err(BuildError::BackendModelMismatch {
+                    backend: info.name.clone(),
+                    model,
+                    served_model: served,
+                    serves: info.models.clone(),
+                });
+            }
+            if pool.iter().any(|s: &Arc<BackendSlot>| s.name == info.name) {
+                return Err(BuildError::DuplicateBackend {
+                    backend: info.name.clone(),
+                });
             }
             by_model.entry(model.clone()).or_default().push(pool.len());
             pool.push(Arc::new(BackendSlot::with_health(
@@ -357,13 +362,22 @@ impl GatewayBuilder {
                 health,
             )));
         }
-        if let Some(name) = models.keys().find(|m| !by_model.contains_key(*m)) {
-            return Err(BuildError(format!("model {name} has no backend")));
+        let mut without: Vec<&String> = models
+            .keys()
+            .filter(|m| !by_model.contains_key(*m))
+            .collect();
+        without.sort();
+        if let Some(name) = without.first() {
+            return Err(BuildError::ModelWithoutBackend {
+                model: (*name).clone(),
+            });
         }
         let mut tenants = HashMap::new();
         for t in &self.tenants {
             if tenants.insert(t.id.clone(), t.clone()).is_some() {
-                return Err(BuildError(format!("tenant {} added twice", t.id)));
+                return Err(BuildError::DuplicateTenant {
+                    tenant: t.id.to_string(),
+                });
             }
         }
         let ledger: Arc<dyn AccountLedger> = match self.ledger {
@@ -386,9 +400,10 @@ impl GatewayBuilder {
         let mut sizes: HashMap<String, usize> = HashMap::new();
         for (model, size) in self.queues {
             if !models.contains_key(&model) {
-                return Err(BuildError(format!(
-                    "admission queue of unknown model {model}"
-                )));
+                return Err(BuildError::UnknownModel {
+                    model,
+                    by: ModelReference::AdmissionQueue,
+                });
             }
             sizes.insert(model, size);
         }
@@ -450,19 +465,27 @@ fn fallback_chains(
     let mut chains = HashMap::new();
     for (model, list) in lists {
         if !models.contains_key(&model) {
-            return Err(BuildError(format!("fallbacks of unknown model {model}")));
+            return Err(BuildError::UnknownModel {
+                model,
+                by: ModelReference::FallbacksOf,
+            });
         }
         let mut chain: Vec<Arc<ModelSpec>> = Vec::with_capacity(list.len());
         for name in list {
             let Some(spec) = models.get(&name) else {
-                return Err(BuildError(format!(
-                    "model {model} falls back to unknown model {name}"
-                )));
+                return Err(BuildError::UnknownModel {
+                    model: name,
+                    by: ModelReference::FallbackOf(model),
+                });
             };
-            if name == model || chain.iter().any(|m| m.name == name) {
-                return Err(BuildError(format!(
-                    "model {model} lists {name} as a fallback twice or of itself"
-                )));
+            if name == model {
+                return Err(BuildError::FallbackToItself { model });
+            }
+            if chain.iter().any(|m| m.name == name) {
+                return Err(BuildError::RepeatedFallback {
+                    model,
+                    fallback: name,
+                });
             }
             chain.push(spec.clone());
         }
