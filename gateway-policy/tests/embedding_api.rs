@@ -421,3 +421,101 @@ fn every_build_error_is_typed() {
         assert_eq!(boxed.to_string(), message);
     }
 }
+
+/// Reads `stream` to its end; its text.
+async fn read_all(stream: &mut GatewayStream) -> String {
+    let (text, _, error) = collect(stream).await;
+    assert!(error.is_none(), "{error:?}");
+    text
+}
+
+#[tokio::test(start_paused = true)]
+async fn usage_read_after_awaiting_settlement_is_exact() {
+    let s = setup();
+    let guard = s.gateway.request_cancel();
+    let request = request("r1");
+    let id = request.id.clone();
+    let mut stream = s
+        .gateway
+        .generate(&s.tenant, request, guard.handle().clone())
+        .await
+        .unwrap();
+    assert_eq!(stream.request_id(), &id);
+    assert_eq!(read_all(&mut stream).await, "Hello, world");
+    // The trap: the stream is over, but the request settles in the
+    // background: right now its worst case (12 prompt tokens * 10 + 8
+    // completion tokens * 100) is still held and nothing is charged.
+    let stale = s.gateway.account(&s.tenant.id).unwrap();
+    assert_eq!(
+        (stale.requests, stale.spent, stale.reserved),
+        (0, Money::ZERO, Money::from_picos(920))
+    );
+    s.gateway.settled(&id).await;
+    let account = s.gateway.account(&s.tenant.id).unwrap();
+    assert_eq!(account.requests, 1);
+    assert_eq!(account.usage, Usage::new(12, 3));
+    // 12 prompt tokens * 10 + 3 completion tokens * 100.
+    assert_eq!(
+        (account.spent, account.reserved),
+        (Money::from_picos(420), Money::ZERO)
+    );
+    assert_eq!(s.gateway.active(), 0);
+    // Settled already, or never seen: at once.
+    s.gateway.settled(&id).await;
+    s.gateway.settled(&RequestId::new("never-started")).await;
+    guard.disarm();
+}
+
+#[tokio::test(start_paused = true)]
+async fn settled_waits_for_the_request_named_and_only_for_it() {
+    let s = setup();
+    // `slow` streams 100 tokens 10 ms apart; `quick` the default script.
+    s.mock.push(Script::repeat(100, Duration::from_millis(10)));
+    let slow_guard = s.gateway.request_cancel();
+    let mut slow = s
+        .gateway
+        .generate(&s.tenant, request("slow"), slow_guard.handle().clone())
+        .await
+        .unwrap();
+    let quick_guard = s.gateway.request_cancel();
+    let mut quick = s
+        .gateway
+        .generate(&s.tenant, request("quick"), quick_guard.handle().clone())
+        .await
+        .unwrap();
+    assert_eq!(read_all(&mut quick).await, "Hello, world");
+    // `slow` is still streaming (nobody reads it): `quick` settles anyway.
+    s.gateway.settled(&RequestId::new("quick")).await;
+    let account = s.gateway.account(&s.tenant.id).unwrap();
+    assert_eq!(
+        (account.requests, account.usage, account.spent),
+        (1, Usage::new(12, 3), Money::from_picos(420))
+    );
+    // `slow` holds its worst case until it settles.
+    assert_eq!(account.reserved, Money::from_picos(920));
+    assert_eq!(s.gateway.active(), 1);
+    // Not idle while `slow` streams: a bounded wait says so.
+    let started = tokio::time::Instant::now();
+    assert!(!s.gateway.wait_idle(Duration::from_millis(50)).await);
+    assert_eq!(started.elapsed(), Duration::from_millis(50));
+    // The client takes Started and two tokens, then leaves.
+    for _ in 0..3 {
+        slow.next().await.unwrap().unwrap();
+    }
+    drop(slow);
+    drop(slow_guard);
+    assert!(s.gateway.wait_idle(Duration::from_secs(5)).await);
+    let account = s.gateway.account(&s.tenant.id).unwrap();
+    // quick: 12 * 10 + 3 * 100; slow: 12 * 10 + 2 * 100 (what it took).
+    assert_eq!(account.requests, 2);
+    assert_eq!(
+        (account.usage.prompt(), account.usage.completion()),
+        (24, 5)
+    );
+    assert_eq!(
+        (account.spent, account.reserved),
+        (Money::from_picos(740), Money::ZERO)
+    );
+    assert_eq!(s.gateway.active(), 0);
+    quick_guard.disarm();
+}

@@ -13,8 +13,8 @@ mod stream;
 use std::collections::HashMap;
 use std::fmt;
 use std::num::NonZeroU32;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use gateway_core::{
@@ -496,28 +496,77 @@ fn fallback_chains(
     Ok(chains)
 }
 
-/// Requests in the gateway, for draining on shutdown.
+/// Requests in the gateway (admitted or waiting, not yet settled), for
+/// draining on shutdown and for waiting on settlement.
 #[derive(Debug, Default)]
 struct Active {
     count: AtomicUsize,
+    /// The ids of the requests in `count`, each with how many requests
+    /// carry it (a host may reuse an id).
+    ids: Mutex<HashMap<RequestId, usize>>,
+    /// Notified whenever a request leaves.
     changed: Notify,
 }
 
-/// One request's place in [`Active`].
+impl Active {
+    fn ids(&self) -> MutexGuard<'_, HashMap<RequestId, usize>> {
+        self.ids.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether a request with `id` is in the gateway.
+    fn holds(&self, id: &RequestId) -> bool {
+        self.ids().contains_key(id)
+    }
+
+    /// Waits until no request is in the gateway, or `until`; whether none
+    /// is.
+    async fn idle_by(&self, until: Instant) -> bool {
+        loop {
+            // Registered before the check: a leave in between still wakes it.
+            let changed = self.changed.notified();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(until, changed).await.is_err() {
+                return self.count.load(Ordering::Acquire) == 0;
+            }
+        }
+    }
+}
+
+/// One request's place in [`Active`]. Whatever settles a request drops
+/// its guard after settling (a field of it dropped after its budget guard
+/// settled), so a request leaves `Active` once settled.
 #[derive(Debug)]
-struct ActiveGuard(Arc<Active>);
+struct ActiveGuard {
+    active: Arc<Active>,
+    id: RequestId,
+}
 
 impl ActiveGuard {
-    fn new(active: &Arc<Active>) -> Self {
+    fn new(active: &Arc<Active>, id: &RequestId) -> Self {
+        *active.ids().entry(id.clone()).or_insert(0) += 1;
         active.count.fetch_add(1, Ordering::AcqRel);
-        ActiveGuard(active.clone())
+        ActiveGuard {
+            active: active.clone(),
+            id: id.clone(),
+        }
     }
 }
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0.count.fetch_sub(1, Ordering::AcqRel);
-        self.0.changed.notify_waiters();
+        {
+            let mut ids = self.active.ids();
+            if let Some(n) = ids.get_mut(&self.id) {
+                *n -= 1;
+                if *n == 0 {
+                    ids.remove(&self.id);
+                }
+            }
+        }
+        self.active.count.fetch_sub(1, Ordering::AcqRel);
+        self.active.changed.notify_waiters();
     }
 }
 
@@ -803,29 +852,94 @@ impl Gateway {
         self.inner.active.count.load(Ordering::Acquire)
     }
 
+    /// Waits until request `id` has settled: its charge is in the ledger,
+    /// so [`Gateway::account`] read next counts it exactly. Returns at once
+    /// when no request with that id is in the gateway (already settled, or
+    /// never started); with several requests under one id, waits for all.
+    ///
+    /// A request settles after its stream ends, in a background task: when
+    /// the client took the last event (or dropped the stream, or the
+    /// guard), a moment after [`GatewayStream`] returned its last item. An
+    /// [`embed`](Gateway::embed) call has settled when it returns. This
+    /// waits for that, then for the ledger to apply settlements handed to
+    /// it (a ledger that settles in the background, as `RedisLedger` does,
+    /// is flushed, within its flush timeout). It shuts nothing down.
+    ///
+    /// It waits as long as the request runs: a stream still held and read
+    /// keeps it waiting. Bound it with `tokio::time::timeout` if needed.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use futures::StreamExt;
+    /// # use gateway_core::{Money, Pricing, Prompt, testkit::MockBackend};
+    /// # use gateway_policy::*;
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let (mock, _h) = MockBackend::new("mock-0", "tiny");
+    /// # let pricing = Pricing { input: Money::from_picos(10), cached_input: Money::ZERO, output: Money::from_picos(100) };
+    /// # let gateway = Gateway::builder(Settings::default())
+    /// #     .tenant_with_api_key(Tenant::new("team-a"), "sk-a")
+    /// #     .model(ModelSpec::new("tiny", 4096).with_pricing(pricing))
+    /// #     .backend(Arc::new(mock), "tiny", "tiny", None)
+    /// #     .build()
+    /// #     .unwrap();
+    /// # let tenant = gateway.authenticate(Some("sk-a")).unwrap();
+    /// let guard = gateway.request_cancel();
+    /// let request = ClientRequest::with_generated_id("tiny", Prompt::Text("0123456789".into()));
+    /// let id = request.id.clone();
+    /// let mut stream = gateway.generate(&tenant, request, guard.handle().clone()).await.unwrap();
+    /// while let Some(event) = stream.next().await {
+    ///     event.unwrap();
+    /// }
+    /// gateway.settled(&id).await;
+    /// let account = gateway.account(&tenant.id).unwrap();
+    /// // 12 prompt tokens (a bound of 10 bytes) and 3 completion tokens.
+    /// assert_eq!((account.requests, account.usage.prompt(), account.usage.completion()), (1, 12, 3));
+    /// assert_eq!(account.spent, Money::from_picos(12 * 10 + 3 * 100));
+    /// # }
+    /// ```
+    pub async fn settled(&self, id: &RequestId) {
+        let active = &self.inner.active;
+        loop {
+            // Registered before the check: a leave in between still wakes it.
+            let changed = active.changed.notified();
+            if !active.holds(id) {
+                break;
+            }
+            changed.await;
+        }
+        self.inner.ledger.flush().await;
+    }
+
+    /// Waits up to `timeout` until no request is in the gateway (none
+    /// admitted, waiting, streaming or settling) and the ledger has applied
+    /// every settlement; whether that happened in time. Unlike
+    /// [`Gateway::drain`] it cancels nothing and shuts nothing down: new
+    /// requests may come in while it waits (it then waits for them too).
+    ///
+    /// For a host that reads [`Gateway::account`] after its requests and
+    /// wants exact numbers; [`Gateway::settled`] waits for one request.
+    pub async fn wait_idle(&self, timeout: Duration) -> bool {
+        let until = Instant::now() + timeout;
+        if !self.inner.active.idle_by(until).await {
+            return false;
+        }
+        tokio::time::timeout_at(until, self.inner.ledger.flush())
+            .await
+            .is_ok()
+    }
+
     /// Waits up to `grace` for active requests to finish, then cancels the
     /// rest with [`CancelReason::Shutdown`] (aborting them at the engine)
     /// and waits up to the abort wait for them to settle.
     pub async fn drain(&self, grace: Duration) -> DrainReport {
         let active = &self.inner.active;
-        let wait_idle = |until: Instant| async move {
-            loop {
-                let changed = active.changed.notified();
-                if active.count.load(Ordering::Acquire) == 0 {
-                    return true;
-                }
-                if tokio::time::timeout_at(until, changed).await.is_err() {
-                    return active.count.load(Ordering::Acquire) == 0;
-                }
-            }
-        };
-        let aborted = if wait_idle(Instant::now() + grace).await {
+        let aborted = if active.idle_by(Instant::now() + grace).await {
             0
         } else {
             let aborted = self.active();
             self.inner.shutdown.cancel(CancelReason::Shutdown);
             let settle_wait = self.inner.settings.abort_wait + Duration::from_secs(1);
-            wait_idle(Instant::now() + settle_wait).await;
+            active.idle_by(Instant::now() + settle_wait).await;
             aborted
         };
         // A ledger that settles in the background gets its charges applied
@@ -916,7 +1030,7 @@ impl Gateway {
         span: tracing::Span,
     ) -> Result<GatewayStream, GatewayError> {
         let arrived = Instant::now();
-        let active = ActiveGuard::new(&self.inner.active);
+        let active = ActiveGuard::new(&self.inner.active, &request.id);
         let model = self.model_for(tenant, &request.model)?;
         let max_tokens = request.max_tokens.unwrap_or(model.default_max_tokens);
         if max_tokens == 0 {
