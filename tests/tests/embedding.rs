@@ -1,20 +1,30 @@
 //! Embedding the gateway in a host's own service without traps (issue 12):
-//! a config whose backend does not serve its model fails at start-up with
-//! the key it is about; the host reads exact usage once the request it
-//! served has settled.
+//! the default router options take a normal request body; the gateway's
+//! routes merge into (or nest under) a host's router that has its own
+//! routes and fallback; a config whose backend does not serve its model
+//! fails at start-up with the key it is about; the host reads exact usage
+//! once the request it served has settled.
 #![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
 
+use std::panic::AssertUnwindSafe;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::routing::get;
 
 use gateway_adapters::bootstrap::{BootstrapError, build_gateway_with};
 use gateway_adapters::config::GatewayConfig;
-use gateway_adapters::server::RouterOptions;
+use gateway_adapters::server::{RouterOptions, router, routes, serve};
 use gateway_adapters::sim::{SimBackend, SimConfig};
 use gateway_core::{Backend, Money, Pricing, RequestId, Usage};
 use gateway_policy::{Gateway, ModelSpec, Settings, Tenant};
-use gateway_tests::{Server, request};
+use gateway_tests::{Response, Server, request};
 use serde_json::Value;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
 
 const CONFIG: &str = r#"
 [[tenants]]
@@ -142,4 +152,136 @@ async fn a_host_reads_exact_usage_once_the_request_it_served_has_settled() {
             .await
     );
     server.stop().await;
+}
+
+/// A chat body of exactly `len` bytes (`len` at least 100).
+fn chat_body(len: usize) -> Vec<u8> {
+    let head = r#"{"model":"m","max_tokens":8,"messages":[{"role":"user","content":""#;
+    let tail = r#""}]}"#;
+    let pad = len - head.len() - tail.len();
+    let body = format!("{head}{}{tail}", "a".repeat(pad));
+    assert_eq!(body.len(), len);
+    body.into_bytes()
+}
+
+async fn post_chat(addr: std::net::SocketAddr, path: &str, body: &[u8]) -> Response {
+    request(
+        addr,
+        "POST",
+        path,
+        &[("authorization", "Bearer sk-a")],
+        body,
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_router_options_take_a_normal_body() {
+    let options = RouterOptions::default();
+    // The config file's default.
+    let file = GatewayConfig::embedded_default();
+    assert_eq!(options.max_body_bytes, file.server.max_body_bytes.get());
+    assert_eq!(options.max_body_bytes, 1 << 20);
+    let server = Server::start(gateway(), options).await.unwrap();
+    let r = post_chat(server.addr, "/v1/chat/completions", &chat_body(1024)).await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    assert_eq!(r.json()["usage"]["completion_tokens"], 5);
+    // A body of exactly 1 MiB is read too (the model then refuses a prompt
+    // that long, which is not a 413).
+    let r = post_chat(server.addr, "/v1/chat/completions", &chat_body(1 << 20)).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.json()["error"]["code"], "context_length_exceeded");
+    server.stop().await;
+}
+
+/// Serves `app` on `127.0.0.1:0` until the token is canceled.
+async fn serve_app(app: Router) -> (std::net::SocketAddr, CancellationToken) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let shutdown = stop.clone().cancelled_owned();
+    tokio::spawn(serve(listener, app, shutdown, Duration::from_secs(1)));
+    (addr, stop)
+}
+
+async fn get_path(addr: std::net::SocketAddr, path: &str) -> Response {
+    request(addr, "GET", path, &[("authorization", "Bearer sk-a")], b"")
+        .await
+        .unwrap()
+}
+
+fn host_router() -> Router {
+    Router::new()
+        .route("/host", get(|| async { "the host's own route" }))
+        .fallback(|| async { (StatusCode::IM_A_TEAPOT, "the host's fallback") })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_routes_merge_into_a_host_router_with_its_own_route_and_fallback() {
+    let gateway = gateway();
+    // The trap: the whole router (with its fallback) does not merge.
+    let merged = std::panic::catch_unwind(AssertUnwindSafe(|| {
+        host_router().merge(router(gateway.clone(), RouterOptions::default()))
+    }));
+    assert!(merged.is_err());
+
+    let app = host_router().merge(routes(gateway, RouterOptions::default()));
+    let (addr, stop) = serve_app(app).await;
+    // The host's route.
+    let r = get_path(addr, "/host").await;
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, &b"the host's own route"[..])
+    );
+    assert_eq!(r.header("x-request-id"), None);
+    // The gateway's routes.
+    let r = get_path(addr, "/health").await;
+    assert_eq!(r.status, 200);
+    assert!(RequestId::new(r.header("x-request-id").unwrap()).is_generated());
+    let r = get_path(addr, "/v1/models").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.json()["data"][0]["id"], "m");
+    let r = post_chat(addr, "/v1/chat/completions", CHAT).await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    assert_eq!(r.json()["usage"]["completion_tokens"], 5);
+    // An unknown path: the host's fallback, not the gateway's JSON 404.
+    let r = get_path(addr, "/nope").await;
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (418, &b"the host's fallback"[..])
+    );
+    let r = get_path(addr, "/v1/nope").await;
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (418, &b"the host's fallback"[..])
+    );
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_router_nests_under_a_prefix_of_a_host_router() {
+    let app = Router::new()
+        .route("/host", get(|| async { "the host's own route" }))
+        .nest("/llm", router(gateway(), RouterOptions::default()))
+        .fallback(|| async { (StatusCode::IM_A_TEAPOT, "the host's fallback") });
+    let (addr, stop) = serve_app(app).await;
+    let r = get_path(addr, "/host").await;
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (200, &b"the host's own route"[..])
+    );
+    let r = post_chat(addr, "/llm/v1/chat/completions", CHAT).await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    assert_eq!(r.json()["usage"]["completion_tokens"], 5);
+    // Unknown under the prefix: the gateway's JSON 404; elsewhere: the host's.
+    let r = get_path(addr, "/llm/nope").await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.json()["error"]["code"], "not_found");
+    let r = get_path(addr, "/nope").await;
+    assert_eq!(
+        (r.status, r.body.as_slice()),
+        (418, &b"the host's fallback"[..])
+    );
+    stop.cancel();
 }
