@@ -35,6 +35,18 @@ fn embed_streams_and_reports_usage() {
         .parse()
         .unwrap();
     assert!(usage.contains(&format!("completion={delivered} ")), "{out}");
+    // Through the gateway: the account read after `settled` is exact, the
+    // reservation released.
+    let account = out
+        .lines()
+        .find_map(|l| l.strip_prefix("gateway account: "))
+        .unwrap();
+    // 35 * $0.50 + 24 * $1.50 per million tokens = $0.0000535.
+    assert_eq!(
+        account,
+        "1 request(s), 35 prompt + 24 completion tokens, spent $0.000053, held $0.000000, \
+         budget $1.000000"
+    );
 }
 
 #[test]

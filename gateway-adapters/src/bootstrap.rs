@@ -6,7 +6,9 @@ use std::num::NonZeroUsize;
 use std::sync::Arc;
 
 use gateway_core::{Backend, ByteBound, EngineKind, TenantId, TokenCounter};
-use gateway_policy::{Gateway, ModelSpec, Settings, Tenant, TokenizerPool};
+use gateway_policy::{
+    BuildError, Gateway, ModelReference, ModelSpec, Settings, Tenant, TokenizerPool,
+};
 
 use crate::config::{GatewayConfig, LedgerConfig, ModelConfig, TenantKey};
 use crate::openai::pass_through::{ModelFields, PassThrough};
@@ -304,7 +306,9 @@ fn limiter(
 /// # Errors
 /// A [`BootstrapError`] naming the key whose value could not be used (an
 /// unreadable tokenizer, an engine without an adapter, a Redis that cannot
-/// be reached, a Redis ledger in a build without it).
+/// be reached, a Redis ledger in a build without it, a backend that says it
+/// does not serve its model: the gateway's [`BuildError`] with the key it
+/// is about).
 pub fn build_gateway(config: &GatewayConfig) -> Result<Gateway, BootstrapError> {
     build_gateway_with(config, |_| None)
 }
@@ -360,11 +364,15 @@ pub fn build_gateway_with(
             .admission_queue(&m.name, m.admission_queue)
             .fallbacks(&m.name, &fallbacks);
     }
+    // Each entry's backend's own name (a host's backend may name itself
+    // otherwise), to point a build error at its entry.
+    let mut backend_names = Vec::with_capacity(config.backends.len());
     for (i, b) in config.backends.iter().enumerate() {
         let built = match custom(b) {
             Some(built) => built,
             None => backend(config, i)?,
         };
+        backend_names.push(built.info().name.clone());
         if b.on_disconnect.drain_timeout().is_some() && built.drain_on_client_gone().is_none() {
             // Draining is built into the shared OpenAI-compatible client
             // (vllm, trtllm, dynamo, nim, openai); other adapters abort.
@@ -384,5 +392,51 @@ pub fn build_gateway_with(
     }
     builder
         .build()
-        .map_err(|e| problem("config".into(), e.to_string()))
+        .map_err(|e| problem(build_error_path(config, &backend_names, &e), e.to_string()))
+}
+
+/// The config key a [`BuildError`] is about (`config` when none is);
+/// `backend_names[i]` is the name `backends[i]`'s backend gave itself.
+fn build_error_path(config: &GatewayConfig, backend_names: &[String], e: &BuildError) -> String {
+    let backend = |name: &str, key: &str| {
+        backend_names
+            .iter()
+            .position(|b| b == name)
+            .map(|i| format!("backends[{i}]{key}"))
+    };
+    let model = |name: &str, key: &str| {
+        config
+            .models
+            .iter()
+            .position(|m| m.name == name)
+            .map(|i| format!("models[{i}]{key}"))
+    };
+    let path = match e {
+        BuildError::BackendModelMismatch { backend: b, .. }
+        | BuildError::UnknownModel {
+            by: ModelReference::Backend(b),
+            ..
+        } => backend(b, ".model"),
+        // The second entry of the name.
+        BuildError::DuplicateBackend { backend: b } => backend_names
+            .iter()
+            .rposition(|n| n == b)
+            .map(|i| format!("backends[{i}].name")),
+        BuildError::UnknownModel {
+            by: ModelReference::FallbackOf(m),
+            ..
+        }
+        | BuildError::FallbackToItself { model: m }
+        | BuildError::RepeatedFallback { model: m, .. } => model(m, ".fallbacks"),
+        BuildError::DuplicateModel { model: m } | BuildError::ModelWithoutBackend { model: m } => {
+            model(m, "")
+        }
+        BuildError::DuplicateTenant { tenant } => config
+            .tenants
+            .iter()
+            .position(|t| t.id == *tenant)
+            .map(|i| format!("tenants[{i}].id")),
+        _ => None,
+    };
+    path.unwrap_or_else(|| "config".to_owned())
 }

@@ -35,8 +35,8 @@
 //!
 //! let request = GenerateRequest::new("sim", Prompt::Text("Tell me a story".into()), 64);
 //! let counter: Arc<dyn TokenCounter> = Arc::new(ByteBound::default());
-//! let (_guard, cancel) = CancelHandle::guarded();
-//! let mut stream = backend.start(BackendRequest::new(request, counter), cancel).await.unwrap();
+//! let guard = CancelHandle::guarded(); // dropping it cancels the request
+//! let mut stream = backend.start(BackendRequest::new(request, counter), guard.handle().clone()).await.unwrap();
 //!
 //! let (mut text, mut order) = (String::new(), EventOrder::new());
 //! while let Some(item) = stream.next().await {

@@ -128,7 +128,8 @@ mod engine_drain {
     /// Starts a request and takes events until `TAKEN` tokens arrived;
     /// returns the stream (drop it to leave).
     async fn take_three(s: &Setup, id: &str) -> GatewayStream {
-        let (guard, cancel) = s.gateway.request_cancel();
+        let guard = s.gateway.request_cancel();
+        let cancel = guard.handle().clone();
         let mut stream = s
             .gateway
             .generate(&s.tenant, request(id), cancel)

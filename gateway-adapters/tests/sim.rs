@@ -595,9 +595,9 @@ mod sim {
     #[tokio::test(start_paused = true)]
     async fn dropping_the_cancel_guard_cancels_as_client_gone() {
         let b = SimBackend::new(timed(20, 50));
-        let (guard, cancel) = CancelHandle::guarded();
+        let guard = CancelHandle::guarded();
         let mut reader = b
-            .start(request(text_prompt(10), 50), cancel)
+            .start(request(text_prompt(10), 50), guard.handle().clone())
             .await
             .map(Reader::new)
             .expect("accepted");

@@ -101,16 +101,27 @@ impl CancelHandle {
         }
     }
 
-    /// A new handle and the guard that cancels it with
-    /// [`CancelReason::ClientGone`] when dropped un-disarmed.
-    pub fn guarded() -> (CancelGuard, CancelHandle) {
-        let handle = CancelHandle::new();
-        (
-            CancelGuard {
-                handle: Some(handle.clone()),
-            },
-            handle,
-        )
+    /// A new handle, owned by the guard that cancels it with
+    /// [`CancelReason::ClientGone`] when dropped un-disarmed. Keep the guard
+    /// for as long as the request runs and pass a clone of
+    /// [`CancelGuard::handle`] to the work:
+    ///
+    /// ```
+    /// use gateway_core::{CancelHandle, CancelReason};
+    ///
+    /// let guard = CancelHandle::guarded();
+    /// let cancel = guard.handle().clone(); // what the backend gets
+    /// assert!(!cancel.is_canceled());
+    /// drop(guard); // the client went away
+    /// assert_eq!(cancel.reason(), Some(CancelReason::ClientGone));
+    /// ```
+    ///
+    /// It returns the guard alone (not a `(guard, handle)` pair) so that the
+    /// guard cannot be dropped by accident with `let (_, cancel) = ...`: the
+    /// handle is borrowed from the guard, and a guard that is never bound
+    /// to a name is a `must_use` warning.
+    pub fn guarded() -> CancelGuard {
+        CancelGuard::arm(CancelHandle::new())
     }
 
     /// A handle canceled whenever this one is, which can also be canceled
@@ -125,17 +136,12 @@ impl CancelHandle {
         }
     }
 
-    /// A child handle and the guard that cancels it (not this handle) with
-    /// [`CancelReason::ClientGone`] when dropped un-disarmed. For a request
-    /// that a server's shutdown handle must also be able to cancel.
-    pub fn guarded_child(&self) -> (CancelGuard, CancelHandle) {
-        let child = self.child();
-        (
-            CancelGuard {
-                handle: Some(child.clone()),
-            },
-            child,
-        )
+    /// A guard owning a new child handle: dropped un-disarmed, it cancels
+    /// the child (not this handle) with [`CancelReason::ClientGone`]. For a
+    /// request that a server's shutdown handle must also be able to cancel.
+    /// See [`CancelHandle::guarded`] for why it returns the guard alone.
+    pub fn guarded_child(&self) -> CancelGuard {
+        CancelGuard::arm(self.child())
     }
 
     /// Cancels with `reason`. Returns `true` if this call fired the handle,
@@ -198,35 +204,75 @@ impl CancelHandle {
 /// The request side's ownership of a cancel handle: dropping it cancels
 /// with [`CancelReason::ClientGone`], unless [`disarm`](CancelGuard::disarm)ed
 /// once the request finished normally.
-#[must_use = "dropping a CancelGuard cancels its request"]
+///
+/// Made by [`CancelHandle::guarded`], [`CancelHandle::guarded_child`] (and
+/// the gateway's `Gateway::request_cancel`). The work gets a clone of
+/// [`handle`](CancelGuard::handle); the guard stays with whatever stands
+/// for the client (a connection, a response body, a task) until the request
+/// is over.
+///
+/// # The trap
+///
+/// A guard that is dropped at once cancels its request at once: the work
+/// then fails as `client_gone`. Bind it to a named variable (`_guard` is
+/// fine; `_` alone drops it on the spot) and keep it alive while the
+/// request runs. A guard created and dropped in one statement, as in
+/// `let cancel = CancelHandle::guarded().handle().clone();`, has already
+/// canceled the handle.
+///
+/// The pair a guard used to come in is gone, and with it the silent form of
+/// the trap, which no longer compiles:
+///
+/// ```compile_fail,E0308
+/// let (_, cancel) = gateway_core::CancelHandle::guarded();
+/// ```
+///
+/// nor does keeping a borrowed handle past a guard that was never bound:
+///
+/// ```compile_fail,E0716
+/// let cancel = gateway_core::CancelHandle::guarded().handle();
+/// assert!(!cancel.is_canceled());
+/// ```
+#[must_use = "dropping a CancelGuard cancels its request: keep it while the request runs"]
 pub struct CancelGuard {
-    handle: Option<CancelHandle>,
+    handle: CancelHandle,
+    armed: bool,
 }
 
 impl fmt::Debug for CancelGuard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("CancelGuard")
-            .field("armed", &self.handle.is_some())
+            .field("armed", &self.armed)
+            .field("reason", &self.handle.reason())
             .finish()
     }
 }
 
 impl CancelGuard {
-    /// The guarded handle.
-    pub fn handle(&self) -> Option<&CancelHandle> {
-        self.handle.as_ref()
+    /// A guard over `handle`, armed.
+    fn arm(handle: CancelHandle) -> Self {
+        CancelGuard {
+            handle,
+            armed: true,
+        }
     }
 
-    /// Gives up the guard without canceling.
+    /// The guarded handle; clone it for the work the guard stands over.
+    pub fn handle(&self) -> &CancelHandle {
+        &self.handle
+    }
+
+    /// Gives up the guard without canceling, returning the handle.
     pub fn disarm(mut self) -> CancelHandle {
-        self.handle.take().unwrap_or_default()
+        self.armed = false;
+        self.handle.clone()
     }
 }
 
 impl Drop for CancelGuard {
     fn drop(&mut self) {
-        if let Some(handle) = self.handle.take() {
-            handle.cancel(CancelReason::ClientGone);
+        if self.armed {
+            self.handle.cancel(CancelReason::ClientGone);
         }
     }
 }
@@ -263,7 +309,8 @@ mod tests {
 
     #[test]
     fn dropping_the_guard_cancels_as_client_gone() {
-        let (guard, handle) = CancelHandle::guarded();
+        let guard = CancelHandle::guarded();
+        let handle = guard.handle().clone();
         drop(guard);
         assert_eq!(handle.reason(), Some(CancelReason::ClientGone));
     }
@@ -271,18 +318,21 @@ mod tests {
     #[test]
     fn a_guarded_child_cancels_only_itself() {
         let server = CancelHandle::new();
-        let (guard, request) = server.guarded_child();
+        let guard = server.guarded_child();
+        let request = guard.handle().clone();
         drop(guard);
         assert_eq!(request.reason(), Some(CancelReason::ClientGone));
         assert!(!server.is_canceled());
-        let (_guard, other) = server.guarded_child();
+        let guard = server.guarded_child();
+        let other = guard.handle().clone();
         server.cancel(CancelReason::Shutdown);
         assert_eq!(other.reason(), Some(CancelReason::Shutdown));
     }
 
     #[test]
     fn a_disarmed_guard_does_not_cancel() {
-        let (guard, handle) = CancelHandle::guarded();
+        let guard = CancelHandle::guarded();
+        let handle = guard.handle().clone();
         let same = guard.disarm();
         assert!(!handle.is_canceled());
         same.cancel(CancelReason::Budget);

@@ -71,8 +71,8 @@
 //! }));
 //! let request = GenerateRequest::new("echo", Prompt::Text("hello there world".into()), 2);
 //! let counter: Arc<dyn TokenCounter> = Arc::new(ByteBound::default());
-//! let (_guard, cancel) = CancelHandle::guarded();
-//! let mut stream = backend.start(BackendRequest::new(request, counter), cancel).await.unwrap();
+//! let guard = CancelHandle::guarded(); // dropping it cancels the request
+//! let mut stream = backend.start(BackendRequest::new(request, counter), guard.handle().clone()).await.unwrap();
 //!
 //! let (mut text, mut order) = (String::new(), EventOrder::new());
 //! while let Some(item) = stream.next().await {

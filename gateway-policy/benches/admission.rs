@@ -71,7 +71,8 @@ fn gateway(max_concurrency: u32, backlog: usize) -> (Gateway, Arc<Tenant>) {
 /// One request to its end; whether it got its token.
 async fn one(gateway: &Gateway, tenant: &Arc<Tenant>, i: usize) -> bool {
     let request = ClientRequest::new(format!("b{i}"), MODEL, Prompt::Text("hi".into()));
-    let (guard, cancel) = gateway.request_cancel();
+    let guard = gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let mut ok = false;
     if let Ok(mut stream) = gateway.generate(tenant, request, cancel).await {
         while let Some(item) = stream.next().await {

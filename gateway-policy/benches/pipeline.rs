@@ -126,7 +126,8 @@ async fn direct_once(s: &Setup, tokens: u32) -> u64 {
 async fn gateway_once(s: &Setup, tokens: u32) -> u64 {
     let mut request = ClientRequest::new("bench-1", MODEL, Prompt::Text(PROMPT.into()));
     request.max_tokens = Some(tokens);
-    let (guard, cancel) = s.gateway.request_cancel();
+    let guard = s.gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let tokens = match s.gateway.generate(&s.tenant, request, cancel).await {
         Ok(stream) => drain(stream).await,
         Err(_) => 0,

@@ -97,7 +97,8 @@ fn chat(text: String) -> Prompt {
 /// One request through the gateway and a full drain; its latency.
 async fn one(gateway: &Gateway, tenant: &Arc<Tenant>, id: String, prompt: Prompt) -> Duration {
     let t0 = Instant::now();
-    let (_g, cancel) = gateway.request_cancel();
+    let guard = gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let request = ClientRequest::new(id, MODEL, prompt);
     let mut stream = gateway.generate(tenant, request, cancel).await.unwrap();
     while let Some(item) = stream.next().await {

@@ -26,23 +26,21 @@
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! let (mock, _handle) = MockBackend::new("mock-0", "tiny");
 //! let gateway = Gateway::builder(Settings::default())
-//!     .tenant(Tenant::new("team-a"), key_hash("sk-a"))
-//!     .model(ModelSpec {
-//!         name: "tiny".into(),
-//!         pricing: Pricing::per_million(1.0, None, 2.0).unwrap(),
-//!         context_window: 4096,
-//!         default_max_tokens: 64,
-//!         media: gateway_policy::MediaCosts::default(),
-//!         counter: Arc::new(ByteBound::default()),
-//!     })
+//!     .tenant_with_api_key(Tenant::new("team-a").with_budget_usd(10.0).unwrap(), "sk-a")
+//!     .model(
+//!         ModelSpec::new("tiny", 4096)
+//!             .with_pricing(Pricing::per_million(1.0, None, 2.0).unwrap())
+//!             .with_default_max_tokens(64),
+//!     )
 //!     .backend(Arc::new(mock), "tiny", "tiny", None)
 //!     .build()
 //!     .unwrap();
 //!
 //! let tenant = gateway.authenticate(Some("sk-a")).unwrap();
-//! let (_guard, cancel) = gateway.request_cancel();
-//! let request = ClientRequest::new("req-1", "tiny", Prompt::Text("hi".into()));
-//! let mut stream = gateway.generate(&tenant, request, cancel).await.unwrap();
+//! // Dropping the guard cancels the request (the client left): keep it.
+//! let guard = gateway.request_cancel();
+//! let request = ClientRequest::with_generated_id("tiny", Prompt::Text("hi".into()));
+//! let mut stream = gateway.generate(&tenant, request, guard.handle().clone()).await.unwrap();
 //! let mut text = String::new();
 //! while let Some(Ok(event)) = stream.next().await {
 //!     if let TokenEvent::Delta(d) = event { text.push_str(&d.text) }
@@ -95,7 +93,7 @@ pub use metrics::{EdgeReason, EdgeRejections, Metrics};
 pub use model::{MediaCosts, ModelSpec};
 pub use pipeline::{
     BuildError, ClientRequest, DrainReport, EmbedResponse, Gateway, GatewayBuilder, GatewayStream,
-    Settings, UNAUTHENTICATED, UNKNOWN_MODEL,
+    ModelReference, Settings, UNAUTHENTICATED, UNKNOWN_MODEL,
 };
 pub use pool::{BackendSlot, InflightGuard};
 #[cfg(feature = "tokenizers")]

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use gateway_core::{MediaKind, Pricing, TokenCounter};
+use gateway_core::{ByteBound, MediaKind, Pricing, TokenCounter};
 
 /// What the gateway knows of one public model.
 #[derive(Clone)]
@@ -45,6 +45,78 @@ impl MediaCosts {
             MediaKind::Audio => self.audio,
             MediaKind::Video => self.video,
         }
+    }
+}
+
+impl ModelSpec {
+    /// `default_max_tokens` of [`ModelSpec::new`] (lowered to the context
+    /// window), as the config file's `models[].default_max_tokens`.
+    pub const DEFAULT_MAX_TOKENS: u32 = 256;
+
+    /// A model named `name` with a context window of `context_window`
+    /// tokens, and the config file's defaults for the rest: free (zero
+    /// prices), `default_max_tokens` [`ModelSpec::DEFAULT_MAX_TOKENS`]
+    /// (at most the window), prompts counted with [`ByteBound`] (an upper
+    /// bound, no tokenizer), no media input. The `with_` methods set the
+    /// rest.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use gateway_core::{ByteBound, Pricing};
+    /// use gateway_policy::{MediaCosts, ModelSpec};
+    ///
+    /// let model = ModelSpec::new("llama-3-8b", 8192)
+    ///     .with_pricing(Pricing::per_million(0.50, Some(0.05), 1.50).unwrap())
+    ///     .with_default_max_tokens(512)
+    ///     .with_counter(Arc::new(ByteBound::default()))
+    ///     .with_media(MediaCosts { image: Some(576), ..MediaCosts::default() });
+    /// assert_eq!((model.name.as_str(), model.context_window), ("llama-3-8b", 8192));
+    /// assert_eq!(model.default_max_tokens, 512);
+    /// assert_eq!(model.media.image, Some(576));
+    ///
+    /// let small = ModelSpec::new("tiny", 128);
+    /// assert_eq!(small.default_max_tokens, 128);
+    /// assert_eq!(small.pricing, Pricing::default());
+    /// ```
+    pub fn new(name: impl Into<String>, context_window: u32) -> Self {
+        ModelSpec {
+            name: name.into(),
+            pricing: Pricing::default(),
+            context_window,
+            default_max_tokens: ModelSpec::DEFAULT_MAX_TOKENS.min(context_window).max(1),
+            counter: Arc::new(ByteBound::default()),
+            media: MediaCosts::default(),
+        }
+    }
+
+    /// Sets the prices per token ([`Pricing::per_million`] takes them as
+    /// price lists give them).
+    #[must_use]
+    pub fn with_pricing(mut self, pricing: Pricing) -> Self {
+        self.pricing = pricing;
+        self
+    }
+
+    /// Sets the `max_tokens` of a request that sets none.
+    #[must_use]
+    pub fn with_default_max_tokens(mut self, default_max_tokens: u32) -> Self {
+        self.default_max_tokens = default_max_tokens;
+        self
+    }
+
+    /// Sets the prompt-token counter (exact with a tokenizer, e.g.
+    /// `HfTokenCounter` with feature `tokenizers`).
+    #[must_use]
+    pub fn with_counter(mut self, counter: Arc<dyn TokenCounter>) -> Self {
+        self.counter = counter;
+        self
+    }
+
+    /// Sets what media parts cost the prompt (and so which the model takes).
+    #[must_use]
+    pub fn with_media(mut self, media: MediaCosts) -> Self {
+        self.media = media;
+        self
     }
 }
 

@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 use std::num::{NonZeroU32, NonZeroU64};
 
-use gateway_core::{LatencyClass, Money, TenantId};
+use gateway_core::{LatencyClass, Money, PriceError, TenantId};
 
 /// A tenant and its limits.
 #[derive(Debug, Clone, PartialEq)]
@@ -45,6 +45,40 @@ impl Tenant {
             allow_priority_raise: false,
             models: None,
         }
+    }
+
+    /// Sets a hard budget of `budget`.
+    ///
+    /// ```
+    /// use gateway_core::Money;
+    /// use gateway_policy::Tenant;
+    ///
+    /// let t = Tenant::new("team-a").with_budget(Money::from_picos(5_000_000_000_000));
+    /// assert_eq!(t.budget.map(Money::usd), Some(5.0));
+    /// ```
+    #[must_use]
+    pub fn with_budget(mut self, budget: Money) -> Self {
+        self.budget = Some(budget);
+        self
+    }
+
+    /// Sets a hard budget of `usd` US dollars (rounded to the picodollar),
+    /// as the config file's `budget_usd`.
+    ///
+    /// # Errors
+    /// [`PriceError`] if `usd` is negative, not finite, or too large for
+    /// [`Money`].
+    ///
+    /// ```
+    /// use gateway_core::Money;
+    /// use gateway_policy::Tenant;
+    ///
+    /// let t = Tenant::new("team-a").with_budget_usd(12.5).unwrap();
+    /// assert_eq!(t.budget, Some(Money::from_picos(12_500_000_000_000)));
+    /// assert!(Tenant::new("team-b").with_budget_usd(-1.0).is_err());
+    /// ```
+    pub fn with_budget_usd(self, usd: f64) -> Result<Self, PriceError> {
+        Ok(self.with_budget(Money::from_usd(usd)?))
     }
 
     /// The class a request runs in when it asked for `asked` (`None`: it

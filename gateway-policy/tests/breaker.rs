@@ -57,7 +57,8 @@ fn setup(max_concurrency: Option<u32>, health: HealthConfig) -> Setup {
 
 /// Runs one request to its end: `ok`, or its error code.
 async fn run(s: &Setup, id: String) -> &'static str {
-    let (_g, cancel) = s.gateway.request_cancel();
+    let guard = s.gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let request = ClientRequest::new(id, MODEL, Prompt::Text("hello".into()));
     match s.gateway.generate(&s.tenant, request, cancel).await {
         Ok(mut stream) => {
@@ -209,7 +210,8 @@ async fn the_adaptive_limit_halves_to_its_floor_and_grows_back() {
 /// Runs one request to its end: `ok`, the code of its error before the
 /// first token, or the kind of its failure after it.
 async fn run_to_end(s: &Setup, id: String) -> &'static str {
-    let (_g, cancel) = s.gateway.request_cancel();
+    let guard = s.gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let request = ClientRequest::new(id, MODEL, Prompt::Text("hello".into()));
     match s.gateway.generate(&s.tenant, request, cancel).await {
         Ok(mut stream) => {

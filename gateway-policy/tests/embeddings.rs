@@ -290,7 +290,8 @@ fn account(s: &Setup) -> TenantAccount {
 }
 
 async fn embed(s: &Setup, r: EmbedRequest) -> Result<EmbedResponse, GatewayError> {
-    let (_guard, cancel) = s.gateway.request_cancel();
+    let guard = s.gateway.request_cancel();
+    let cancel = guard.handle().clone();
     s.gateway.embed(&s.tenant, r, cancel).await
 }
 
@@ -461,7 +462,8 @@ async fn backends_without_embeddings_are_skipped_or_refuse() {
         .build()
         .unwrap();
     let tenant = gateway.authenticate(Some("sk-t")).unwrap();
-    let (_g, cancel) = gateway.request_cancel();
+    let guard = gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let err = gateway
         .embed(&tenant, request("e1"), cancel)
         .await
@@ -495,7 +497,8 @@ async fn backends_without_embeddings_are_skipped_or_refuse() {
         .build()
         .unwrap();
     for i in 0..4 {
-        let (_g, cancel) = gateway.request_cancel();
+        let guard = gateway.request_cancel();
+        let cancel = guard.handle().clone();
         let answer = gateway
             .embed(&tenant, request(&format!("x{i}")), cancel)
             .await
@@ -548,7 +551,8 @@ async fn a_client_that_leaves_pays_nothing_and_frees_its_place() {
     };
     let s = setup_with(1, settings(), tenant, None);
     s.backends[0].push(Answer::Hang);
-    let (guard, cancel) = s.gateway.request_cancel();
+    let guard = s.gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let gateway = s.gateway.clone();
     let tenant = s.tenant.clone();
     let task = tokio::spawn(async move { gateway.embed(&tenant, request("gone"), cancel).await });
@@ -561,7 +565,8 @@ async fn a_client_that_leaves_pays_nothing_and_frees_its_place() {
     assert_eq!(s.backends[0].canceled(), 1);
     // The future dropped mid-call (a client gone while axum awaits it).
     s.backends[0].push(Answer::Hang);
-    let (_g, cancel) = s.gateway.request_cancel();
+    let guard = s.gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let call = s.gateway.embed(&s.tenant, request("dropped"), cancel);
     assert!(
         tokio::time::timeout(Duration::from_millis(100), call)
@@ -666,7 +671,8 @@ async fn budgets_and_token_limits_count_every_input() {
         .map(|i| {
             let (gateway, tenant) = (s.gateway.clone(), s.tenant.clone());
             tokio::spawn(async move {
-                let (_g, cancel) = gateway.request_cancel();
+                let guard = gateway.request_cancel();
+                let cancel = guard.handle().clone();
                 gateway
                     .embed(&tenant, request(&format!("b{i}")), cancel)
                     .await
@@ -718,7 +724,8 @@ async fn requests_wait_for_a_backend_with_capacity() {
     s.backends[0].push(Answer::ok(5));
     let (gateway, tenant) = (s.gateway.clone(), s.tenant.clone());
     let first = tokio::spawn(async move {
-        let (_g, cancel) = gateway.request_cancel();
+        let guard = gateway.request_cancel();
+        let cancel = guard.handle().clone();
         gateway.embed(&tenant, request("w1"), cancel).await
     });
     tokio::time::sleep(Duration::from_millis(10)).await;
@@ -736,7 +743,8 @@ async fn requests_wait_for_a_backend_with_capacity() {
     });
     let (gateway, tenant) = (s.gateway.clone(), s.tenant.clone());
     let _busy = tokio::spawn(async move {
-        let (_g, cancel) = gateway.request_cancel();
+        let guard = gateway.request_cancel();
+        let cancel = guard.handle().clone();
         gateway.embed(&tenant, request("w3"), cancel).await
     });
     tokio::time::sleep(Duration::from_millis(10)).await;

@@ -77,7 +77,8 @@ async fn the_span_says_the_request_fell_back() {
         .build()
         .unwrap();
     let tenant = gateway.authenticate(Some("sk")).unwrap();
-    let (_g, cancel) = gateway.request_cancel();
+    let guard = gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let request = ClientRequest::new("r1", "big", Prompt::Text("hello".into()));
     let mut stream = gateway.generate(&tenant, request, cancel).await.unwrap();
     while stream.next().await.is_some() {}

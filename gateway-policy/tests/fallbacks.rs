@@ -153,7 +153,8 @@ async fn serve(
     s: &Setup,
     id: &str,
 ) -> Result<(GatewayStream, String, Option<BackendError>), GatewayError> {
-    let (_g, cancel) = s.gateway.request_cancel();
+    let guard = s.gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let mut stream = s.gateway.generate(&s.tenant, request(id), cancel).await?;
     let (text, error) = collect(&mut stream).await;
     Ok((stream, text, error))
@@ -289,7 +290,8 @@ async fn faults_of_the_request_never_fall_back() {
     // Refused before routing: nothing is tried anywhere.
     let mut too_long = request("r2");
     too_long.max_tokens = Some(990);
-    let (_g, cancel) = s.gateway.request_cancel();
+    let guard = s.gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let err = s
         .gateway
         .generate(&s.tenant, too_long, cancel)
@@ -358,7 +360,8 @@ async fn the_admission_wait_running_out_falls_back() {
     // The one slot of big is taken by a long request.
     s.mock(BIG)
         .push(Script::repeat(1000, Duration::from_millis(10)));
-    let (holder_guard, cancel) = s.gateway.request_cancel();
+    let holder_guard = s.gateway.request_cancel();
+    let cancel = holder_guard.handle().clone();
     let holder = s
         .gateway
         .generate(&s.tenant, request("holder"), cancel)
@@ -388,7 +391,8 @@ async fn the_reservation_covers_a_dearer_fallback_or_drops_it() {
     let s = setup(&[PRICEY]);
     s.mock(BIG)
         .push(Script::repeat(3, Duration::from_millis(10)));
-    let (_g, cancel) = s.gateway.request_cancel();
+    let guard = s.gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let mut stream = s
         .gateway
         .generate(&s.tenant, request("r1"), cancel)
@@ -448,24 +452,50 @@ fn fallback_lists_are_checked_at_build() {
             .fallbacks(model, list)
             .build()
             .map(|_| ())
-            .map_err(|e| e.to_string())
     };
+    let message = |e: BuildError| e.to_string();
     assert_eq!(build(BIG, &[SMALL]), Ok(()));
+    let unknown = build("nope", &[SMALL]).unwrap_err();
     assert_eq!(
-        build("nope", &[SMALL]),
-        Err("invalid gateway: fallbacks of unknown model nope".into())
+        unknown,
+        BuildError::UnknownModel {
+            model: "nope".into(),
+            by: ModelReference::FallbacksOf
+        }
     );
     assert_eq!(
-        build(BIG, &["nope"]),
-        Err("invalid gateway: model big falls back to unknown model nope".into())
+        message(unknown),
+        "invalid gateway: fallbacks set for unknown model nope"
+    );
+    let unknown = build(BIG, &["nope"]).unwrap_err();
+    assert_eq!(
+        unknown,
+        BuildError::UnknownModel {
+            model: "nope".into(),
+            by: ModelReference::FallbackOf(BIG.into())
+        }
     );
     assert_eq!(
-        build(BIG, &[BIG]),
-        Err("invalid gateway: model big lists big as a fallback twice or of itself".into())
+        message(unknown),
+        "invalid gateway: model big falls back to unknown model nope"
+    );
+    let itself = build(BIG, &[BIG]).unwrap_err();
+    assert_eq!(itself, BuildError::FallbackToItself { model: BIG.into() });
+    assert_eq!(
+        message(itself),
+        "invalid gateway: model big lists itself as a fallback"
+    );
+    let twice = build(BIG, &[SMALL, SMALL]).unwrap_err();
+    assert_eq!(
+        twice,
+        BuildError::RepeatedFallback {
+            model: BIG.into(),
+            fallback: SMALL.into()
+        }
     );
     assert_eq!(
-        build(BIG, &[SMALL, SMALL]),
-        Err("invalid gateway: model big lists small as a fallback twice or of itself".into())
+        message(twice),
+        "invalid gateway: model big lists fallback small twice"
     );
 }
 
@@ -499,14 +529,16 @@ async fn a_full_admission_queue_falls_back_at_once() {
     let gateway = builder.build().unwrap();
     let tenant = gateway.authenticate(Some("sk-t")).unwrap();
     big_handle.push(Script::repeat(1000, Duration::from_millis(10)));
-    let (holder_guard, cancel) = gateway.request_cancel();
+    let holder_guard = gateway.request_cancel();
+    let cancel = holder_guard.handle().clone();
     let holder = gateway
         .generate(&tenant, request("holder"), cancel)
         .await
         .unwrap();
 
     let t0 = Instant::now();
-    let (_g, cancel) = gateway.request_cancel();
+    let guard = gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let mut stream = gateway
         .generate(&tenant, request("next"), cancel)
         .await

@@ -135,7 +135,8 @@ async fn settled(s: &Setup) -> TenantAccount {
 }
 
 async fn run(s: &Setup, req: ClientRequest) -> (Got, Instant) {
-    let (guard, cancel) = s.gateway.request_cancel();
+    let guard = s.gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let mut stream = s.gateway.generate(&s.tenant, req, cancel).await.unwrap();
     let got = collect(&mut stream).await;
     // As the server does once the response is out: the request is not

@@ -123,7 +123,8 @@ async fn settled(s: &Setup) -> TenantAccount {
 #[tokio::test(start_paused = true)]
 async fn success_charges_prompt_and_delivered_tokens_once() {
     let s = setup(1);
-    let (_g, cancel) = s.gateway.request_cancel();
+    let guard = s.gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let mut stream = s
         .gateway
         .generate(&s.tenant, request("r1"), cancel)
@@ -157,7 +158,8 @@ async fn success_charges_prompt_and_delivered_tokens_once() {
 async fn a_client_gone_mid_stream_pays_only_what_it_took() {
     let s = setup(1);
     s.mocks[0].push(Script::repeat(100, Duration::from_millis(10)));
-    let (guard, cancel) = s.gateway.request_cancel();
+    let guard = s.gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let mut stream = s
         .gateway
         .generate(&s.tenant, request("r2"), cancel)
@@ -193,7 +195,8 @@ async fn a_failure_before_the_first_token_fails_over_and_charges_once() {
     let s = setup(2);
     // Equal load keeps configuration order: mock-0 is tried first, refuses.
     s.mocks[0].push(Script::reject(FailureKind::Overloaded));
-    let (_g, cancel) = s.gateway.request_cancel();
+    let guard = s.gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let mut stream = s
         .gateway
         .generate(&s.tenant, request("r3"), cancel)
@@ -217,7 +220,8 @@ async fn every_backend_failing_is_an_upstream_error_and_charges_nothing() {
     let s = setup(2);
     s.mocks[0].push(Script::reject(FailureKind::Internal));
     s.mocks[1].push(Script::tokens(&[], Duration::ZERO).then(Step::Fail(FailureKind::Connect)));
-    let (_g, cancel) = s.gateway.request_cancel();
+    let guard = s.gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let err = s
         .gateway
         .generate(&s.tenant, request("r4"), cancel)
@@ -244,7 +248,8 @@ async fn a_request_fault_is_not_retried() {
     let s = setup(2);
     s.mocks[0].push(Script::reject(FailureKind::InvalidRequest));
     s.mocks[1].push(Script::reject(FailureKind::InvalidRequest));
-    let (_g, cancel) = s.gateway.request_cancel();
+    let guard = s.gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let err = s
         .gateway
         .generate(&s.tenant, request("r5"), cancel)
@@ -259,7 +264,8 @@ async fn a_failure_after_the_first_token_ends_the_stream_typed() {
     let s = setup(2);
     s.mocks[0].push(Script::repeat(2, Duration::ZERO).then(Step::Fail(FailureKind::OutOfMemory)));
     s.mocks[1].push(Script::repeat(2, Duration::ZERO).then(Step::Fail(FailureKind::OutOfMemory)));
-    let (_g, cancel) = s.gateway.request_cancel();
+    let guard = s.gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let mut stream = s
         .gateway
         .generate(&s.tenant, request("r6"), cancel)
@@ -293,7 +299,8 @@ async fn first_token_timeout_on_every_backend_is_504() {
     for m in &s.mocks {
         m.push(Script::repeat(3, Duration::ZERO).prefill(Duration::from_secs(60)));
     }
-    let (_g, cancel) = s.gateway.request_cancel();
+    let guard = s.gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let started = tokio::time::Instant::now();
     let err = s
         .gateway
@@ -352,7 +359,8 @@ async fn reasoning_longer_than_the_first_token_timeout_is_served() {
         }
         .prefill(Duration::from_millis(200)),
     );
-    let (_g, cancel) = s.gateway.request_cancel();
+    let guard = s.gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let started = tokio::time::Instant::now();
     let mut stream = s
         .gateway
@@ -392,7 +400,8 @@ async fn reasoning_longer_than_the_first_token_timeout_is_served() {
 async fn idle_timeout_ends_the_stream_with_a_typed_error() {
     let s = setup(1);
     s.mocks[0].push(Script::repeat(1, Duration::ZERO).then(Step::Stall));
-    let (_g, cancel) = s.gateway.request_cancel();
+    let guard = s.gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let mut stream = s
         .gateway
         .generate(&s.tenant, request("r8"), cancel)
@@ -410,7 +419,8 @@ async fn idle_timeout_ends_the_stream_with_a_typed_error() {
 async fn a_client_that_stops_reading_is_dropped_after_the_stall_timeout() {
     let s = setup(1);
     s.mocks[0].push(Script::repeat(1000, Duration::from_millis(1)));
-    let (_g, cancel) = s.gateway.request_cancel();
+    let guard = s.gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let stream = s
         .gateway
         .generate(&s.tenant, request("r9"), cancel)
@@ -437,7 +447,8 @@ async fn refusals_before_routing() {
     let mut tenant = Tenant::new("team-a");
     tenant.models = Some(["other".to_owned()].into_iter().collect());
     let s = setup_with(1, settings(), tenant, None);
-    let (_g, cancel) = s.gateway.request_cancel();
+    let guard = s.gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let err = s
         .gateway
         .generate(&s.tenant, request("a"), cancel.clone())
@@ -490,7 +501,8 @@ async fn rate_limits_answer_with_retry_after() {
     };
     let s = setup_with(1, settings(), tenant, None);
     for id in ["a", "b"] {
-        let (_g, cancel) = s.gateway.request_cancel();
+        let guard = s.gateway.request_cancel();
+        let cancel = guard.handle().clone();
         let mut stream = s
             .gateway
             .generate(&s.tenant, request(id), cancel)
@@ -498,7 +510,8 @@ async fn rate_limits_answer_with_retry_after() {
             .unwrap();
         collect(&mut stream).await;
     }
-    let (_g, cancel) = s.gateway.request_cancel();
+    let guard = s.gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let err = s
         .gateway
         .generate(&s.tenant, request("c"), cancel)
@@ -520,7 +533,8 @@ async fn a_budget_admits_only_what_it_can_pay_for() {
     let mut streams = Vec::new();
     let mut refused = 0;
     for i in 0..10 {
-        let (g, cancel) = s.gateway.request_cancel();
+        let g = s.gateway.request_cancel();
+        let cancel = g.handle().clone();
         match s
             .gateway
             .generate(&s.tenant, request(&format!("b{i}")), cancel)
@@ -547,7 +561,8 @@ async fn requests_wait_for_capacity_then_get_503() {
     let s = setup_with(1, settings(), Tenant::new("team-a"), Some(1));
     s.mocks[0].push(Script::repeat(5, Duration::from_millis(100)));
     s.mocks[0].push(Script::default());
-    let (_g1, c1) = s.gateway.request_cancel();
+    let guard1 = s.gateway.request_cancel();
+    let c1 = guard1.handle().clone();
     let mut first = s
         .gateway
         .generate(&s.tenant, request("w1"), c1)
@@ -557,7 +572,8 @@ async fn requests_wait_for_capacity_then_get_503() {
     let gateway = s.gateway.clone();
     let tenant = s.tenant.clone();
     let second = tokio::spawn(async move {
-        let (_g, c) = gateway.request_cancel();
+        let guard = gateway.request_cancel();
+        let c = guard.handle().clone();
         let mut st = gateway.generate(&tenant, request("w2"), c).await.unwrap();
         collect(&mut st).await.0
     });
@@ -571,13 +587,15 @@ async fn requests_wait_for_capacity_then_get_503() {
 
     // A backend busy for longer than the admission wait: 503 with Retry-After.
     s.mocks[0].push(Script::repeat(50, Duration::from_millis(100)));
-    let (_g3, c3) = s.gateway.request_cancel();
+    let guard3 = s.gateway.request_cancel();
+    let c3 = guard3.handle().clone();
     let busy = s
         .gateway
         .generate(&s.tenant, request("w3"), c3)
         .await
         .unwrap();
-    let (_g4, c4) = s.gateway.request_cancel();
+    let guard4 = s.gateway.request_cancel();
+    let c4 = guard4.handle().clone();
     let err = s
         .gateway
         .generate(&s.tenant, request("w4"), c4)
@@ -595,7 +613,8 @@ async fn requests_wait_for_capacity_then_get_503() {
 async fn drain_aborts_what_outlives_the_grace_period() {
     let s = setup(1);
     s.mocks[0].push(Script::repeat(1000, Duration::from_millis(50)));
-    let (_g, cancel) = s.gateway.request_cancel();
+    let guard = s.gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let mut long = request("d1");
     long.max_tokens = Some(900);
     let mut stream = s.gateway.generate(&s.tenant, long, cancel).await.unwrap();
@@ -628,7 +647,8 @@ async fn the_request_timeout_bounds_the_whole_request() {
     let s = setup_with(2, settings, Tenant::new("team-a"), None);
     // Tokens every 100 ms: five arrive, then the deadline ends the stream.
     s.mocks[0].push(Script::repeat(100, Duration::from_millis(100)));
-    let (_g, cancel) = s.gateway.request_cancel();
+    let guard = s.gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let mut long = request("t1");
     long.max_tokens = Some(900);
     let mut stream = s.gateway.generate(&s.tenant, long, cancel).await.unwrap();
@@ -643,7 +663,8 @@ async fn the_request_timeout_bounds_the_whole_request() {
 
     // Before the first token it is 504 and not retried on the other backend.
     s.mocks[0].push(Script::repeat(3, Duration::ZERO).prefill(Duration::from_secs(5)));
-    let (_g, cancel) = s.gateway.request_cancel();
+    let guard = s.gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let err = s
         .gateway
         .generate(&s.tenant, request("t2"), cancel)
@@ -660,7 +681,8 @@ async fn an_engine_without_counts_still_yields_usage() {
         usage: false,
         ..Script::default()
     });
-    let (_g, cancel) = s.gateway.request_cancel();
+    let guard = s.gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let mut stream = s
         .gateway
         .generate(&s.tenant, request("u1"), cancel)
@@ -688,7 +710,8 @@ async fn a_failing_backend_is_cut_off_then_probed_back() {
     let s = setup(2);
     s.mocks[0].set_default(Script::reject(FailureKind::Connect));
     for i in 0..8 {
-        let (_g, cancel) = s.gateway.request_cancel();
+        let guard = s.gateway.request_cancel();
+        let cancel = guard.handle().clone();
         let mut stream = s
             .gateway
             .generate(&s.tenant, request(&format!("c{i}")), cancel)
@@ -713,7 +736,8 @@ async fn a_failing_backend_is_cut_off_then_probed_back() {
     tokio::time::advance(Duration::from_secs(10)).await;
     s.mocks[0].set_default(Script::default());
     for i in 0..2 {
-        let (_g, cancel) = s.gateway.request_cancel();
+        let guard = s.gateway.request_cancel();
+        let cancel = guard.handle().clone();
         let mut stream = s
             .gateway
             .generate(&s.tenant, request(&format!("p{i}")), cancel)
@@ -742,7 +766,8 @@ async fn overload_answers_halve_a_backends_concurrency() {
     s.mocks[0].push(Script::reject(FailureKind::Overloaded));
     s.mocks[0].push(Script::reject(FailureKind::Overloaded));
     for i in 0..2 {
-        let (_g, cancel) = s.gateway.request_cancel();
+        let guard = s.gateway.request_cancel();
+        let cancel = guard.handle().clone();
         let mut stream = s
             .gateway
             .generate(&s.tenant, request(&format!("o{i}")), cancel)
@@ -826,7 +851,8 @@ async fn media_parts_are_reserved_at_their_cost_and_charged_at_the_engines_count
         ..Tenant::new("team-a")
     };
     let (gateway, t, _mock) = media_setup(tenant(2_579));
-    let (_g, cancel) = gateway.request_cancel();
+    let guard = gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let err = gateway
         .generate(&t, media_request("m1", 2, false), cancel)
         .await
@@ -837,7 +863,8 @@ async fn media_parts_are_reserved_at_their_cost_and_charged_at_the_engines_count
     // prompt tokens (two images of 56 tokens and the text).
     let (gateway, t, mock) = media_setup(tenant(2_580));
     mock.push(Script::tokens(&["a", "b"], Duration::ZERO).with_prompt_tokens(150));
-    let (_g, cancel) = gateway.request_cancel();
+    let guard = gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let mut stream = gateway
         .generate(&t, media_request("m2", 2, false), cancel)
         .await
@@ -859,7 +886,8 @@ async fn media_parts_are_reserved_at_their_cost_and_charged_at_the_engines_count
 #[tokio::test(start_paused = true)]
 async fn media_a_model_takes_none_of_is_refused_before_any_engine() {
     let (gateway, t, mock) = media_setup(Tenant::new("team-a"));
-    let (_g, cancel) = gateway.request_cancel();
+    let guard = gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let err = gateway
         .generate(&t, media_request("m3", 1, true), cancel)
         .await
@@ -886,7 +914,8 @@ async fn an_engine_prompt_count_above_the_estimate_is_charged_at_the_estimate() 
     // The engine claims a prompt of 5,000 tokens (say, a pass-through field
     // it rendered into the prompt), far above the 12 reserved.
     s.mocks[0].push(Script::tokens(&["a", "b", "c"], Duration::ZERO).with_prompt_tokens(5_000));
-    let (_g, cancel) = s.gateway.request_cancel();
+    let guard = s.gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let mut stream = s
         .gateway
         .generate(&s.tenant, request("over"), cancel)
@@ -912,7 +941,8 @@ async fn an_engine_prompt_count_above_the_estimate_is_charged_at_the_estimate() 
     // and is no overrun; the ledger's total is the sum of both charges (and
     // the second reservation fits only because the first charge held).
     s.mocks[0].push(Script::tokens(&["a"], Duration::ZERO).with_prompt_tokens(7));
-    let (_g, cancel) = s.gateway.request_cancel();
+    let guard = s.gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let mut stream = s
         .gateway
         .generate(&s.tenant, request("under"), cancel)

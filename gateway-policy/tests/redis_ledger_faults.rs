@@ -93,7 +93,8 @@ impl Tally {
 /// One request through the gateway, counted in `tally`.
 async fn one(gateway: &Gateway, i: u64, tally: &Tally) {
     let tenant = gateway.authenticate(Some("sk-t")).unwrap();
-    let (_guard, cancel) = gateway.request_cancel();
+    let guard = gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let request = ClientRequest::new(format!("r-{i}"), "tiny", Prompt::Text("hello".into()));
     let started = Instant::now();
     match gateway.generate(&tenant, request, cancel).await {
@@ -432,7 +433,8 @@ async fn a_full_journal_refuses_new_requests_with_503() {
     // Through the gateway: 503 ledger_unavailable with Retry-After.
     let (gateway, _mock) = gateway(ledger.clone());
     let tenant = gateway.authenticate(Some("sk-t")).unwrap();
-    let (_guard, cancel) = gateway.request_cancel();
+    let guard = gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let request = ClientRequest::new("r-x", "tiny", Prompt::Text("hello".into()));
     let Err(err) = gateway.generate(&tenant, request, cancel).await else {
         panic!("admitted with a full journal");

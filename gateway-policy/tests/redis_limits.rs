@@ -373,7 +373,8 @@ async fn the_gateway_fails_closed_with_503_when_the_limiter_cannot_reach_redis()
         let gateway = &gateway;
         let tenant = &tenant;
         async move {
-            let (_guard, cancel) = gateway.request_cancel();
+            let guard = gateway.request_cancel();
+            let cancel = guard.handle().clone();
             let request = ClientRequest::new(id, "tiny", Prompt::Text("hi".into()));
             let started = Instant::now();
             let Err(err) = gateway.generate(tenant, request, cancel).await else {

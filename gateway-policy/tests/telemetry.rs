@@ -61,7 +61,8 @@ async fn the_request_span_carries_gen_ai_attributes() {
         .build()
         .unwrap();
     let tenant = gateway.authenticate(Some("sk-a")).unwrap();
-    let (_g, cancel) = gateway.request_cancel();
+    let guard = gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let request = ClientRequest::new(
         "req-42",
         "tiny",

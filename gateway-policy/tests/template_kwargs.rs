@@ -264,7 +264,8 @@ async fn the_pipeline_reserves_and_charges_the_rendered_variables() {
 
     // The engine renders the block: 45 prompt tokens.
     handle.push(Script::tokens(&["4"], Duration::ZERO).with_prompt_tokens(45));
-    let (_g, cancel) = gateway.request_cancel();
+    let guard = gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let extra = r#"{"chat_template_kwargs":{"enable_thinking":false}}"#;
     let mut stream = gateway
         .generate(&tenant, run("off", Some(extra)), cancel)
@@ -290,7 +291,8 @@ async fn the_pipeline_reserves_and_charges_the_rendered_variables() {
     // estimate is 33, the charge is clamped there and the 12 tokens of the
     // block are drift.
     handle.push(Script::tokens(&["4"], Duration::ZERO).with_prompt_tokens(45));
-    let (_g, cancel) = gateway.request_cancel();
+    let guard = gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let mut stream = gateway
         .generate(&tenant, run("plain", None), cancel)
         .await

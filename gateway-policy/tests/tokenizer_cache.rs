@@ -231,7 +231,8 @@ async fn the_pipeline_scopes_the_cache_by_tenant() {
         async move {
             let tenant = gateway.authenticate(Some(key)).unwrap();
             let prompt = Prompt::Chat(vec![ChatMessage::system(system), ChatMessage::user(id)]);
-            let (_g, cancel) = gateway.request_cancel();
+            let guard = gateway.request_cancel();
+            let cancel = guard.handle().clone();
             let request = ClientRequest::new(id, "m", prompt);
             let mut stream = gateway.generate(&tenant, request, cancel).await.unwrap();
             while let Some(item) = stream.next().await {

@@ -50,7 +50,8 @@ fn gateway() -> Gateway {
 /// Runs one request to the end; returns its time to first token.
 async fn run(gateway: &Gateway, tenant: &Arc<Tenant>, id: String, max_tokens: u32) -> Duration {
     let started = Instant::now();
-    let (_guard, cancel) = gateway.request_cancel();
+    let guard = gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let mut request = ClientRequest::new(id, MODEL, Prompt::Text("tell me".into()));
     request.max_tokens = Some(max_tokens);
     let mut stream = gateway.generate(tenant, request, cancel).await.unwrap();

@@ -13,8 +13,8 @@ async fn readme_example_runs() -> Result<(), BackendError> {
     // README begin
     let backend: Arc<dyn Backend> = Arc::new(SimBackend::new(SimConfig::default()));
     let request = GenerateRequest::new("sim", Prompt::Text("Tell me a story".into()), 64);
-    let (_guard, cancel) = CancelHandle::guarded(); // dropping _guard cancels, even mid-prefill
-    let mut stream = backend.start(BackendRequest::new(request, Arc::new(ByteBound::default())), cancel).await?;
+    let guard = CancelHandle::guarded(); // dropping guard cancels, even mid-prefill
+    let mut stream = backend.start(BackendRequest::new(request, Arc::new(ByteBound::default())), guard.handle().clone()).await?;
     while let Some(event) = stream.next().await {
         if let TokenEvent::Delta(d) = event? { print!("{}", d.text) }
     }

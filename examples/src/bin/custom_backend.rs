@@ -426,9 +426,12 @@ async fn main() -> ExitCode {
     });
     let request = GenerateRequest::new("echo", Prompt::Text("the quick brown fox".into()), 16);
     let counter: Arc<dyn TokenCounter> = Arc::new(ByteBound::default());
-    let (_guard, cancel) = CancelHandle::guarded();
+    let guard = CancelHandle::guarded();
     let mut stream = match backend
-        .start(BackendRequest::new(request, counter), cancel)
+        .start(
+            BackendRequest::new(request, counter),
+            guard.handle().clone(),
+        )
         .await
     {
         Ok(stream) => stream,

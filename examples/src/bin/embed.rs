@@ -1,5 +1,7 @@
 //! In-process use: build a simulated engine, start a request, print the
-//! tokens as they stream and the usage at the end.
+//! tokens as they stream and the usage at the end; then run a request
+//! through a `Gateway` on the same engine (a tenant with a budget, a priced
+//! model) and print the tenant's exact account once it has settled.
 //!
 //! Run it: `cargo run --release -p gateway-examples --bin embed`.
 
@@ -10,6 +12,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use gateway_adapters::sim::{SimBackend, SimConfig, Speculative};
 use gateway_core::*;
+use gateway_policy::{ClientRequest, Gateway, ModelSpec, Settings, Tenant};
 use tokio::time::Instant;
 
 #[tokio::main]
@@ -38,10 +41,15 @@ async fn main() -> ExitCode {
     );
     let counter: Arc<dyn TokenCounter> = Arc::new(ByteBound::default());
     let meter = UsageMeter::new();
-    let (_guard, cancel) = CancelHandle::guarded();
+    // Dropping the guard cancels the request (`ClientGone`): it is kept to
+    // the end of `main`.
+    let guard = CancelHandle::guarded();
     let started = Instant::now();
     let mut stream = match backend
-        .start(BackendRequest::new(request, counter), cancel)
+        .start(
+            BackendRequest::new(request, counter),
+            guard.handle().clone(),
+        )
         .await
     {
         Ok(stream) => stream.metered(meter.clone()),
@@ -79,5 +87,85 @@ async fn main() -> ExitCode {
         delivered.completion()
     );
     println!("engine: {:?}", sim.stats());
+    through_the_gateway(sim).await
+}
+
+/// The same engine behind a [`Gateway`]: authentication, the budget,
+/// the charge, settled exactly once.
+#[expect(clippy::print_stdout, reason = "an example prints what it shows")]
+async fn through_the_gateway(sim: SimBackend) -> ExitCode {
+    let built = Pricing::per_million(0.50, Some(0.05), 1.50)
+        .map_err(|e| e.to_string())
+        .and_then(|pricing| {
+            let tenant = Tenant::new("team-a")
+                .with_budget_usd(1.0)
+                .map_err(|e| e.to_string())?;
+            Gateway::builder(Settings::default())
+                .tenant_with_api_key(tenant, "sk-team-a")
+                .model(ModelSpec::new("sim-small", 8192).with_pricing(pricing))
+                .backend(Arc::new(sim), "sim-small", "sim-small", None)
+                .build()
+                .map_err(|e| e.to_string())
+        });
+    let gateway = match built {
+        Ok(g) => g,
+        Err(e) => {
+            println!("gateway: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let tenant = match gateway.authenticate(Some("sk-team-a")) {
+        Ok(t) => t,
+        Err(e) => {
+            println!("gateway: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut request = ClientRequest::with_generated_id(
+        "sim-small",
+        Prompt::Text("Say something in a few languages.".into()),
+    );
+    request.max_tokens = Some(24);
+    let id = request.id.clone();
+    // Dropping the guard would cancel the request (the client left).
+    let guard = gateway.request_cancel();
+    let mut stream = match gateway
+        .generate(&tenant, request, guard.handle().clone())
+        .await
+    {
+        Ok(s) => s,
+        Err(e) => {
+            println!("gateway: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut text = String::new();
+    while let Some(item) = stream.next().await {
+        match item {
+            Ok(TokenEvent::Delta(d)) => text.push_str(&d.text),
+            Ok(_) => {}
+            Err(e) => {
+                println!("gateway: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    guard.disarm();
+    println!("gateway text: {text}");
+    // The request settles in the background once the stream ended: wait for
+    // it, then the account is exact.
+    gateway.settled(&id).await;
+    let Some(account) = gateway.account(&tenant.id) else {
+        return ExitCode::FAILURE;
+    };
+    println!(
+        "gateway account: {} request(s), {} prompt + {} completion tokens, spent {}, held {}, budget {}",
+        account.requests,
+        account.usage.prompt(),
+        account.usage.completion(),
+        account.spent,
+        account.reserved,
+        account.budget.unwrap_or_default(),
+    );
     ExitCode::SUCCESS
 }

@@ -137,8 +137,8 @@ async fn chat(State(app): State<Arc<App>>, body: Bytes) -> Response {
     let id = request.id.clone();
     let mut request = BackendRequest::new(request, app.counter.clone());
     request.served_model.clone_from(&app.served_model);
-    let (guard, cancel): (CancelGuard, CancelHandle) = CancelHandle::guarded();
-    let stream = match app.backend.start(request, cancel).await {
+    let guard = CancelHandle::guarded();
+    let stream = match app.backend.start(request, guard.handle().clone()).await {
         Ok(s) => s,
         Err(e) => {
             guard.disarm();

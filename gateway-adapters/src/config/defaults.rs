@@ -54,8 +54,8 @@ model = "sim-small"
 
 /// Default `server.listen`.
 pub(super) const LISTEN: SocketAddr = SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 8080);
-/// Default `server.max_body_bytes`: 1 MiB.
-pub(super) const MAX_BODY_BYTES: NonZeroUsize = nonzero_usize(1 << 20);
+/// Default `server.max_body_bytes`: 1 MiB (and `RouterOptions::default`'s).
+pub(crate) const MAX_BODY_BYTES: NonZeroUsize = nonzero_usize(1 << 20);
 /// Default `server.stream_buffer_events`.
 pub(super) const STREAM_BUFFER_EVENTS: NonZeroUsize = nonzero_usize(64);
 /// Default of the three stream timeouts, in milliseconds.
@@ -67,7 +67,7 @@ pub(super) const ADMISSION_WAIT_MS: u64 = 5_000;
 /// Default `server.estimate_drift_warn_ratio` (the pipeline's).
 pub(super) const ESTIMATE_DRIFT_WARN_RATIO: f64 = 0.02;
 /// Default `server.unknown_fields`.
-pub(super) const UNKNOWN_FIELDS: UnknownFields = UnknownFields::Reject;
+pub(crate) const UNKNOWN_FIELDS: UnknownFields = UnknownFields::Reject;
 /// Default `server.max_extra_bytes`.
 pub(super) const MAX_EXTRA_BYTES: NonZeroUsize = nonzero_usize(DEFAULT_MAX_EXTRA_BYTES);
 /// Default `server.max_extra_depth`.
@@ -100,7 +100,8 @@ pub(super) fn tokenizer_threads() -> usize {
 /// Default `models[].admission_queue` (the pipeline's).
 pub(super) const ADMISSION_QUEUE: usize = 1024;
 /// Default `models[].default_max_tokens` (lowered to the context window).
-pub(super) const DEFAULT_MAX_TOKENS: NonZeroU32 = nonzero_u32(256);
+pub(super) const DEFAULT_MAX_TOKENS: NonZeroU32 =
+    nonzero_u32(gateway_policy::ModelSpec::DEFAULT_MAX_TOKENS);
 
 /// `n`, which must not be zero (1 if it is).
 const fn nonzero_usize(n: usize) -> NonZeroUsize {

@@ -178,7 +178,7 @@
 //! );
 //! ```
 
-mod defaults;
+pub(crate) mod defaults;
 mod key;
 mod policy;
 mod validate;

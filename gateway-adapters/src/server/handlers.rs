@@ -208,7 +208,8 @@ pub(crate) async fn embeddings(
     request.latency_class = latency_class(&headers, &tenant);
     request.extra = parsed.extra.map(Arc::from);
     // Dropped with the handler (the client left): the request is canceled.
-    let (guard, cancel) = gateway.request_cancel();
+    let guard = gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let result = gateway.embed(&tenant, request, cancel).await;
     guard.disarm();
     match result {
@@ -272,7 +273,8 @@ async fn generate(
         extra: parsed.extra.map(Arc::from),
         tools: parsed.tools.map(Arc::from),
     };
-    let (guard, cancel) = gateway.request_cancel();
+    let guard = gateway.request_cancel();
+    let cancel = guard.handle().clone();
     let stream = match gateway.generate(&tenant, request, cancel.clone()).await {
         Ok(s) => s,
         Err(e) => {

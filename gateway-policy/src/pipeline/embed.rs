@@ -354,7 +354,7 @@ impl Gateway {
         arrived: Instant,
         span: tracing::Span,
     ) -> Result<EmbedResponse, GatewayError> {
-        let active = ActiveGuard::new(&self.inner.active);
+        let active = ActiveGuard::new(&self.inner.active, &request.id);
         let model = self.model_for(tenant, &request.model)?;
         let invalid = |message: String| GatewayError::new(ErrorCode::InvalidRequest, message);
         if request.inputs.is_empty() {

@@ -2,6 +2,7 @@
 //! with retries before the first token, stream with metering, settle once.
 
 mod attempt;
+mod build_error;
 mod cap;
 mod embed;
 mod estimate;
@@ -12,8 +13,8 @@ mod stream;
 use std::collections::HashMap;
 use std::fmt;
 use std::num::NonZeroU32;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use gateway_core::{
@@ -24,6 +25,7 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+pub use build_error::{BuildError, ModelReference};
 pub use embed::EmbedResponse;
 pub use settings::Settings;
 pub use stream::GatewayStream;
@@ -87,12 +89,25 @@ impl ClientRequest {
             tools: None,
         }
     }
-}
 
-/// Why a [`GatewayBuilder`] could not build.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid gateway: {0}")]
-pub struct BuildError(pub String);
+    /// [`ClientRequest::new`] with a fresh id from
+    /// [`RequestId::generate`], the generator the HTTP server uses (`gw-`
+    /// and 128 random bits): unique and unguessable, so no request can
+    /// name, or abort, another's generation.
+    ///
+    /// ```
+    /// use gateway_core::Prompt;
+    /// use gateway_policy::ClientRequest;
+    ///
+    /// let a = ClientRequest::with_generated_id("tiny", Prompt::Text("hi".into()));
+    /// let b = ClientRequest::with_generated_id("tiny", Prompt::Text("hi".into()));
+    /// assert_ne!(a.id, b.id);
+    /// assert!(a.id.is_generated());
+    /// ```
+    pub fn with_generated_id(model: impl Into<String>, prompt: Prompt) -> Self {
+        ClientRequest::new(RequestId::generate(), model, prompt)
+    }
+}
 
 /// Assembles a [`Gateway`].
 pub struct GatewayBuilder {
@@ -141,6 +156,31 @@ impl GatewayBuilder {
         self.keys.insert_hash(key_sha256, tenant.clone());
         self.tenants.push(tenant);
         self
+    }
+
+    /// Adds a tenant whose API key is `api_key` in plain text: the builder
+    /// keeps only its SHA-256 ([`key_hash`](crate::key_hash)), as the
+    /// config file does with a tenant's `api_key`.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use gateway_core::testkit::MockBackend;
+    /// use gateway_policy::{Gateway, ModelSpec, Settings, Tenant};
+    ///
+    /// let (mock, _handle) = MockBackend::new("mock-0", "tiny");
+    /// let gateway = Gateway::builder(Settings::default())
+    ///     .tenant_with_api_key(Tenant::new("team-a").with_budget_usd(5.0).unwrap(), "sk-a")
+    ///     .model(ModelSpec::new("tiny", 4096))
+    ///     .backend(Arc::new(mock), "tiny", "tiny", None)
+    ///     .build()
+    ///     .unwrap();
+    /// let tenant = gateway.authenticate(Some("sk-a")).unwrap();
+    /// assert_eq!(tenant.id.as_str(), "team-a");
+    /// assert!(gateway.authenticate(Some("sk-b")).is_err());
+    /// ```
+    #[must_use]
+    pub fn tenant_with_api_key(self, tenant: Tenant, api_key: &str) -> Self {
+        self.tenant(tenant, crate::key_hash(api_key))
     }
 
     /// Where prompts are tokenized (default: [`TokenizerPool::default`],
@@ -267,23 +307,27 @@ impl GatewayBuilder {
     /// Builds the gateway.
     ///
     /// # Errors
-    /// [`BuildError`] for duplicate names, a backend of an unknown model, a
-    /// model without backends, fallbacks or a queue size of an unknown
-    /// model, a fallback that is unknown, repeated or the model itself.
+    /// A [`BuildError`] for: duplicate names (of models, backends,
+    /// tenants); a backend registered for an unknown model, or for a model
+    /// its `BackendInfo::models` says it does not serve (under neither the
+    /// public name nor the served name); a model without backends;
+    /// fallbacks or a queue size of an unknown model; a fallback that is
+    /// unknown, repeated or the model itself.
     pub fn build(self) -> Result<Gateway, BuildError> {
         let mut models = HashMap::new();
         for m in self.models {
             let name = m.name.clone();
             if models.insert(name.clone(), Arc::new(m)).is_some() {
-                return Err(BuildError(format!("model {name} added twice")));
+                return Err(BuildError::DuplicateModel { model: name });
             }
         }
         let mut sizes: HashMap<String, usize> = HashMap::new();
         for (model, size) in self.queues {
             if !models.contains_key(&model) {
-                return Err(BuildError(format!(
-                    "admission queue of unknown model {model}"
-                )));
+                return Err(BuildError::UnknownModel {
+                    model,
+                    by: ModelReference::AdmissionQueue,
+                });
             }
             sizes.insert(model, size);
         }
@@ -307,20 +351,25 @@ impl GatewayBuilder {
             health,
         } in self.backends
         {
+            let info = backend.info();
             if !models.contains_key(&model) {
-                return Err(BuildError(format!(
-                    "backend {} serves unknown model {model}",
-                    backend.info().name
-                )));
+                return Err(BuildError::UnknownModel {
+                    model,
+                    by: ModelReference::Backend(info.name.clone()),
+                });
             }
-            if pool
-                .iter()
-                .any(|s: &Arc<BackendSlot>| s.name == backend.info().name)
-            {
-                return Err(BuildError(format!(
-                    "backend {} added twice",
-                    backend.info().name
-                )));
+            if !info.models.is_empty() && !info.serves(&model) && !info.serves(&served) {
+                return Err(BuildError::BackendModelMismatch {
+                    backend: info.name.clone(),
+                    model,
+                    served_model: served,
+                    serves: info.models.clone(),
+                });
+            }
+            if pool.iter().any(|s: &Arc<BackendSlot>| s.name == info.name) {
+                return Err(BuildError::DuplicateBackend {
+                    backend: info.name.clone(),
+                });
             }
             by_model.entry(model.clone()).or_default().push(pool.len());
             let queue = queues[&model].clone();
@@ -328,13 +377,22 @@ impl GatewayBuilder {
                 backend, model, served, max, queue, health,
             )));
         }
-        if let Some(name) = models.keys().find(|m| !by_model.contains_key(*m)) {
-            return Err(BuildError(format!("model {name} has no backend")));
+        let mut without: Vec<&String> = models
+            .keys()
+            .filter(|m| !by_model.contains_key(*m))
+            .collect();
+        without.sort();
+        if let Some(name) = without.first() {
+            return Err(BuildError::ModelWithoutBackend {
+                model: (*name).clone(),
+            });
         }
         let mut tenants = HashMap::new();
         for t in &self.tenants {
             if tenants.insert(t.id.clone(), t.clone()).is_some() {
-                return Err(BuildError(format!("tenant {} added twice", t.id)));
+                return Err(BuildError::DuplicateTenant {
+                    tenant: t.id.to_string(),
+                });
             }
         }
         let ledger: Arc<dyn AccountLedger> = match self.ledger {
@@ -401,19 +459,27 @@ fn fallback_chains(
     let mut chains = HashMap::new();
     for (model, list) in lists {
         if !models.contains_key(&model) {
-            return Err(BuildError(format!("fallbacks of unknown model {model}")));
+            return Err(BuildError::UnknownModel {
+                model,
+                by: ModelReference::FallbacksOf,
+            });
         }
         let mut chain: Vec<Arc<ModelSpec>> = Vec::with_capacity(list.len());
         for name in list {
             let Some(spec) = models.get(&name) else {
-                return Err(BuildError(format!(
-                    "model {model} falls back to unknown model {name}"
-                )));
+                return Err(BuildError::UnknownModel {
+                    model: name,
+                    by: ModelReference::FallbackOf(model),
+                });
             };
-            if name == model || chain.iter().any(|m| m.name == name) {
-                return Err(BuildError(format!(
-                    "model {model} lists {name} as a fallback twice or of itself"
-                )));
+            if name == model {
+                return Err(BuildError::FallbackToItself { model });
+            }
+            if chain.iter().any(|m| m.name == name) {
+                return Err(BuildError::RepeatedFallback {
+                    model,
+                    fallback: name,
+                });
             }
             chain.push(spec.clone());
         }
@@ -424,28 +490,77 @@ fn fallback_chains(
     Ok(chains)
 }
 
-/// Requests in the gateway, for draining on shutdown.
+/// Requests in the gateway (admitted or waiting, not yet settled), for
+/// draining on shutdown and for waiting on settlement.
 #[derive(Debug, Default)]
 struct Active {
     count: AtomicUsize,
+    /// The ids of the requests in `count`, each with how many requests
+    /// carry it (a host may reuse an id).
+    ids: Mutex<HashMap<RequestId, usize>>,
+    /// Notified whenever a request leaves.
     changed: Notify,
 }
 
-/// One request's place in [`Active`].
+impl Active {
+    fn ids(&self) -> MutexGuard<'_, HashMap<RequestId, usize>> {
+        self.ids.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Whether a request with `id` is in the gateway.
+    fn holds(&self, id: &RequestId) -> bool {
+        self.ids().contains_key(id)
+    }
+
+    /// Waits until no request is in the gateway, or `until`; whether none
+    /// is.
+    async fn idle_by(&self, until: Instant) -> bool {
+        loop {
+            // Registered before the check: a leave in between still wakes it.
+            let changed = self.changed.notified();
+            if self.count.load(Ordering::Acquire) == 0 {
+                return true;
+            }
+            if tokio::time::timeout_at(until, changed).await.is_err() {
+                return self.count.load(Ordering::Acquire) == 0;
+            }
+        }
+    }
+}
+
+/// One request's place in [`Active`]. Whatever settles a request drops
+/// its guard after settling (a field of it dropped after its budget guard
+/// settled), so a request leaves `Active` once settled.
 #[derive(Debug)]
-struct ActiveGuard(Arc<Active>);
+struct ActiveGuard {
+    active: Arc<Active>,
+    id: RequestId,
+}
 
 impl ActiveGuard {
-    fn new(active: &Arc<Active>) -> Self {
+    fn new(active: &Arc<Active>, id: &RequestId) -> Self {
+        *active.ids().entry(id.clone()).or_insert(0) += 1;
         active.count.fetch_add(1, Ordering::AcqRel);
-        ActiveGuard(active.clone())
+        ActiveGuard {
+            active: active.clone(),
+            id: id.clone(),
+        }
     }
 }
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0.count.fetch_sub(1, Ordering::AcqRel);
-        self.0.changed.notify_waiters();
+        {
+            let mut ids = self.active.ids();
+            if let Some(n) = ids.get_mut(&self.id) {
+                *n -= 1;
+                if *n == 0 {
+                    ids.remove(&self.id);
+                }
+            }
+        }
+        self.active.count.fetch_sub(1, Ordering::AcqRel);
+        self.active.changed.notify_waiters();
     }
 }
 
@@ -665,9 +780,63 @@ impl Gateway {
         self.inner.pool.get(index)
     }
 
-    /// A cancel handle for a new request and the guard that cancels it when
-    /// the client side drops it; shutdown cancels it too.
-    pub fn request_cancel(&self) -> (CancelGuard, CancelHandle) {
+    /// The [`CancelGuard`] of a new request: it owns the request's
+    /// [`CancelHandle`] (shutdown cancels it too) and cancels it with
+    /// [`CancelReason::ClientGone`] when dropped un-disarmed.
+    ///
+    /// Pass a clone of [`guard.handle()`](CancelGuard::handle) to
+    /// [`Gateway::generate`] or [`Gateway::embed`] and keep the guard for as
+    /// long as the client is there: while its stream is read, or (as the
+    /// server does) in the response body. Dropping it is how a host says
+    /// "the client left": the engine is aborted and the request is charged
+    /// for what was delivered. Once the request is over,
+    /// [`disarm`](CancelGuard::disarm) it (or just drop it: a finished
+    /// request is not affected).
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use futures::StreamExt;
+    /// # use gateway_core::{Prompt, testkit::MockBackend};
+    /// # use gateway_policy::*;
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let (mock, _h) = MockBackend::new("mock-0", "tiny");
+    /// # let gateway = Gateway::builder(Settings::default())
+    /// #     .tenant_with_api_key(Tenant::new("team-a"), "sk-a")
+    /// #     .model(ModelSpec::new("tiny", 4096))
+    /// #     .backend(Arc::new(mock), "tiny", "tiny", None)
+    /// #     .build()
+    /// #     .unwrap();
+    /// # let tenant = gateway.authenticate(Some("sk-a")).unwrap();
+    /// let guard = gateway.request_cancel();
+    /// let request = ClientRequest::with_generated_id("tiny", Prompt::Text("hi".into()));
+    /// let mut stream = gateway
+    ///     .generate(&tenant, request, guard.handle().clone())
+    ///     .await
+    ///     .unwrap();
+    /// while let Some(event) = stream.next().await {
+    ///     event.unwrap();
+    /// }
+    /// guard.disarm();
+    /// # }
+    /// ```
+    ///
+    /// # The trap
+    ///
+    /// A guard dropped at once cancels the request at once, which then
+    /// fails as `client_gone`. It used to come as a `(guard, handle)` pair,
+    /// where `let (_, cancel) = gateway.request_cancel();` did exactly that
+    /// without a warning; now the guard comes alone, that line does not
+    /// compile, and a guard that is never bound is a `must_use` warning.
+    /// Still, bind it to a name (`_guard` keeps it, `_` drops it) and keep
+    /// it in scope: `let cancel = gateway.request_cancel().handle().clone();`
+    /// compiles, and its handle is canceled before the request starts.
+    ///
+    /// ```compile_fail,E0308
+    /// # fn f(gateway: &gateway_policy::Gateway) {
+    /// let (_, cancel) = gateway.request_cancel();
+    /// # }
+    /// ```
+    pub fn request_cancel(&self) -> CancelGuard {
         self.inner.shutdown.guarded_child()
     }
 
@@ -676,29 +845,94 @@ impl Gateway {
         self.inner.active.count.load(Ordering::Acquire)
     }
 
+    /// Waits until request `id` has settled: its charge is in the ledger,
+    /// so [`Gateway::account`] read next counts it exactly. Returns at once
+    /// when no request with that id is in the gateway (already settled, or
+    /// never started); with several requests under one id, waits for all.
+    ///
+    /// A request settles after its stream ends, in a background task: when
+    /// the client took the last event (or dropped the stream, or the
+    /// guard), a moment after [`GatewayStream`] returned its last item. An
+    /// [`embed`](Gateway::embed) call has settled when it returns. This
+    /// waits for that, then for the ledger to apply settlements handed to
+    /// it (a ledger that settles in the background, as `RedisLedger` does,
+    /// is flushed, within its flush timeout). It shuts nothing down.
+    ///
+    /// It waits as long as the request runs: a stream still held and read
+    /// keeps it waiting. Bound it with `tokio::time::timeout` if needed.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # use futures::StreamExt;
+    /// # use gateway_core::{Money, Pricing, Prompt, testkit::MockBackend};
+    /// # use gateway_policy::*;
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() {
+    /// # let (mock, _h) = MockBackend::new("mock-0", "tiny");
+    /// # let pricing = Pricing { input: Money::from_picos(10), cached_input: Money::ZERO, output: Money::from_picos(100) };
+    /// # let gateway = Gateway::builder(Settings::default())
+    /// #     .tenant_with_api_key(Tenant::new("team-a"), "sk-a")
+    /// #     .model(ModelSpec::new("tiny", 4096).with_pricing(pricing))
+    /// #     .backend(Arc::new(mock), "tiny", "tiny", None)
+    /// #     .build()
+    /// #     .unwrap();
+    /// # let tenant = gateway.authenticate(Some("sk-a")).unwrap();
+    /// let guard = gateway.request_cancel();
+    /// let request = ClientRequest::with_generated_id("tiny", Prompt::Text("0123456789".into()));
+    /// let id = request.id.clone();
+    /// let mut stream = gateway.generate(&tenant, request, guard.handle().clone()).await.unwrap();
+    /// while let Some(event) = stream.next().await {
+    ///     event.unwrap();
+    /// }
+    /// gateway.settled(&id).await;
+    /// let account = gateway.account(&tenant.id).unwrap();
+    /// // 12 prompt tokens (a bound of 10 bytes) and 3 completion tokens.
+    /// assert_eq!((account.requests, account.usage.prompt(), account.usage.completion()), (1, 12, 3));
+    /// assert_eq!(account.spent, Money::from_picos(12 * 10 + 3 * 100));
+    /// # }
+    /// ```
+    pub async fn settled(&self, id: &RequestId) {
+        let active = &self.inner.active;
+        loop {
+            // Registered before the check: a leave in between still wakes it.
+            let changed = active.changed.notified();
+            if !active.holds(id) {
+                break;
+            }
+            changed.await;
+        }
+        self.inner.ledger.flush().await;
+    }
+
+    /// Waits up to `timeout` until no request is in the gateway (none
+    /// admitted, waiting, streaming or settling) and the ledger has applied
+    /// every settlement; whether that happened in time. Unlike
+    /// [`Gateway::drain`] it cancels nothing and shuts nothing down: new
+    /// requests may come in while it waits (it then waits for them too).
+    ///
+    /// For a host that reads [`Gateway::account`] after its requests and
+    /// wants exact numbers; [`Gateway::settled`] waits for one request.
+    pub async fn wait_idle(&self, timeout: Duration) -> bool {
+        let until = Instant::now() + timeout;
+        if !self.inner.active.idle_by(until).await {
+            return false;
+        }
+        tokio::time::timeout_at(until, self.inner.ledger.flush())
+            .await
+            .is_ok()
+    }
+
     /// Waits up to `grace` for active requests to finish, then cancels the
     /// rest with [`CancelReason::Shutdown`] (aborting them at the engine)
     /// and waits up to the abort wait for them to settle.
     pub async fn drain(&self, grace: Duration) -> DrainReport {
         let active = &self.inner.active;
-        let wait_idle = |until: Instant| async move {
-            loop {
-                let changed = active.changed.notified();
-                if active.count.load(Ordering::Acquire) == 0 {
-                    return true;
-                }
-                if tokio::time::timeout_at(until, changed).await.is_err() {
-                    return active.count.load(Ordering::Acquire) == 0;
-                }
-            }
-        };
-        let aborted = if wait_idle(Instant::now() + grace).await {
+        let aborted = if active.idle_by(Instant::now() + grace).await {
             0
         } else {
             let aborted = self.active();
             self.inner.shutdown.cancel(CancelReason::Shutdown);
             let settle_wait = self.inner.settings.abort_wait + Duration::from_secs(1);
-            wait_idle(Instant::now() + settle_wait).await;
+            active.idle_by(Instant::now() + settle_wait).await;
             aborted
         };
         // A ledger that settles in the background gets its charges applied
@@ -789,7 +1023,7 @@ impl Gateway {
         span: tracing::Span,
     ) -> Result<GatewayStream, GatewayError> {
         let arrived = Instant::now();
-        let active = ActiveGuard::new(&self.inner.active);
+        let active = ActiveGuard::new(&self.inner.active, &request.id);
         let model = self.model_for(tenant, &request.model)?;
         let max_tokens = request.max_tokens.unwrap_or(model.default_max_tokens);
         if max_tokens == 0 {

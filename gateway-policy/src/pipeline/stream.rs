@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use gateway_core::{
     BackendError, BudgetGuard, CancelHandle, CancelReason, EnginePhase, FailureKind, FailurePhase,
-    Started, TokenCount, TokenEvent, TokenResult, TokenStream, Usage, UsageMeter,
+    RequestId, Started, TokenCount, TokenEvent, TokenResult, TokenStream, Usage, UsageMeter,
 };
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
@@ -66,7 +66,7 @@ pub(super) fn start(
     let backend = inflight.slot().name.clone();
     let drain = inflight.slot().backend.drain_on_client_gone();
     let cap = u64::from(admitted.request.max_tokens);
-    let request_id = admitted.request.id.to_string();
+    let request_id = admitted.request.id.clone();
     let model = admitted.model.name.clone();
     let meter = admitted.meter.clone();
     let output_cap = OutputCap::new(cap, admitted.model.counter.clone());
@@ -138,7 +138,7 @@ pub struct GatewayStream {
     cancel: CancelHandle,
     backend: String,
     model: String,
-    request_id: String,
+    request_id: RequestId,
     ended: bool,
 }
 
@@ -168,6 +168,11 @@ impl GatewayStream {
     /// Completion tokens taken so far.
     pub fn delivered(&self) -> u64 {
         self.meter.delivered()
+    }
+
+    /// The request's id, for [`Gateway::settled`].
+    pub fn request_id(&self) -> &RequestId {
+        &self.request_id
     }
 }
 
