@@ -204,16 +204,21 @@ mod engine_nim {
         assert_eq!(paths, vec!["/v1/health/ready", "/health"]);
     }
 
-    /// NIM needs `api_key_env`: without it, or with the variable unset,
-    /// building fails.
+    /// A self-hosted NIM needs no key: built without `api_key_env`, it
+    /// serves and sends no `Authorization`. NVIDIA's hosted API needs one:
+    /// without it building fails; a variable that is unset fails too.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn config_requires_an_api_key() {
+    async fn an_api_key_is_optional_except_for_the_hosted_api() {
         use gateway_adapters::config::{BackendConfig, OnDisconnect};
-        let sim = VllmSim::start(options()).await;
+        let open_sim = VllmSim::start(SimOptions {
+            api_key: None,
+            ..options()
+        })
+        .await;
         let mut entry = BackendConfig {
             name: "n0".into(),
             engine: EngineKind::Nim,
-            url: Some(sim.url()),
+            url: Some(open_sim.url()),
             model: "m".into(),
             served_model: "m".into(),
             max_concurrency: None,
@@ -223,10 +228,32 @@ mod engine_nim {
             ca_file: None,
             sim: None,
         };
+        let self_hosted = engines::from_backend_config(&entry).unwrap();
+        let answer = run(&self_hosted, chat(4)).await.unwrap();
+        assert_eq!((answer.error.is_none(), answer.tokens()), (true, 4));
+        let chats: Vec<_> = open_sim
+            .requests()
+            .into_iter()
+            .filter(|r| r.path == "/v1/chat/completions")
+            .collect();
+        assert_eq!(chats.len(), 1);
+        assert!(
+            !chats[0]
+                .headers
+                .iter()
+                .any(|(name, _)| name.eq_ignore_ascii_case("authorization")),
+            "{:?}",
+            chats[0].headers
+        );
+        // The hosted API without a key is refused at build.
+        entry.url = Some("https://integrate.api.nvidia.com".into());
         assert_eq!(
             engines::from_backend_config(&entry).unwrap_err(),
             engines::EngineError::ApiKeyRequired(EngineKind::Nim)
         );
+        // A keyed self-hosted NIM sends the key.
+        let sim = VllmSim::start(options()).await;
+        entry.url = Some(sim.url());
         entry.api_key_env = Some("GATEWAY_TEST_NO_SUCH_NIM_KEY".into());
         assert_eq!(
             engines::from_backend_config(&entry).unwrap_err(),

@@ -73,7 +73,9 @@ pub fn fields(kind: EngineKind) -> EngineFields {
 ///
 /// # Errors
 /// [`EngineError::UnsupportedEngine`] for other engines,
-/// [`EngineError::ApiKeyRequired`] for `nim` without `api_key_env`,
+/// [`EngineError::ApiKeyRequired`] for `nim` at NVIDIA's hosted API
+/// (a host under `api.nvidia.com`) without `api_key_env` (a self-hosted
+/// NIM serves its OpenAI routes without a key),
 /// [`EngineError::MissingApiKey`] if the variable is unset or empty,
 /// [`EngineError::InvalidUrl`] for an unusable URL.
 pub fn from_backend_config(config: &BackendConfig) -> Result<OpenAiCompatBackend, EngineError> {
@@ -85,7 +87,10 @@ pub fn from_backend_config(config: &BackendConfig) -> Result<OpenAiCompatBackend
         EngineKind::Nim => (nim::ROUTES, nim::QUIRKS),
         other => return Err(EngineError::UnsupportedEngine(other)),
     };
-    if config.engine == EngineKind::Nim && config.api_key_env.is_none() {
+    if config.engine == EngineKind::Nim
+        && config.api_key_env.is_none()
+        && config.url.as_deref().is_some_and(nim::is_hosted)
+    {
         return Err(EngineError::ApiKeyRequired(EngineKind::Nim));
     }
     let upstream = upstream_config(config)?;

@@ -15,7 +15,11 @@
 //!   `num_requests_waiting`, `gpu_cache_usage_perc`; 2.x names are
 //!   unverified, so vLLM's and SGLang's names are read too (the first
 //!   name with samples wins).
-//! - An API key is required when built from config (`api_key_env`).
+//! - An API key (`api_key_env`) is sent as `Authorization: Bearer` when
+//!   set. A self-hosted NIM (a container on your own GPUs) serves its
+//!   OpenAI routes without one (its `NGC_API_KEY` is for pulling the
+//!   model); NVIDIA's hosted API ([`is_hosted`]) needs it, so a config
+//!   pointing there without `api_key_env` is refused at start.
 
 use gateway_core::EngineKind;
 
@@ -25,6 +29,35 @@ use super::openai_compat::{
     EngineError, ExtraFields, HealthCheck, MetricNames, OpenAiCompatBackend, Quirks, Routes,
     UpstreamConfig,
 };
+
+/// The host of NVIDIA's hosted API catalog (`integrate.api.nvidia.com`
+/// and its siblings), which answers 401 without a key.
+const HOSTED_DOMAIN: &str = "api.nvidia.com";
+
+/// Whether `url` points at NVIDIA's hosted API (a host that is, or ends
+/// in `.`, [`HOSTED_DOMAIN`]), where an API key is required.
+///
+/// ```
+/// use gateway_adapters::engines::nim::is_hosted;
+///
+/// assert!(is_hosted("https://integrate.api.nvidia.com/v1"));
+/// assert!(is_hosted("https://API.NVIDIA.COM"));
+/// assert!(!is_hosted("http://10.0.0.5:8000"));
+/// assert!(!is_hosted("http://nim.internal:8000/api.nvidia.com"));
+/// assert!(!is_hosted("https://notapi.nvidia.com.example.org"));
+/// ```
+pub fn is_hosted(url: &str) -> bool {
+    let Ok(uri) = url.parse::<http::Uri>() else {
+        return false;
+    };
+    uri.host().is_some_and(|host| {
+        let host = host.to_ascii_lowercase();
+        host == HOSTED_DOMAIN
+            || host
+                .strip_suffix(HOSTED_DOMAIN)
+                .is_some_and(|rest| rest.ends_with('.'))
+    })
+}
 
 /// NIM's extras (ENGINES.md §6): 1.x's `nvext` (prompt-replacing keys
 /// refused by the gateway) and, for 2.x (vLLM underneath), vLLM's
