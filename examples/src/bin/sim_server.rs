@@ -9,16 +9,13 @@
 //!
 //! It reads the same TOML as `gateway`, so both run an identical sim, and
 //! serves it with the same connection handling
-//! ([`gateway_adapters::server::serve`]) and the same SSE framing
-//! ([`ChunkEncoder`]); what the gateway adds on top is what a comparison of
-//! the two measures. The first stdout line is
+//! ([`gateway_adapters::server::serve`]) and the same SSE body
+//! ([`SseBody`]: the same framing and write batching); what the gateway
+//! adds on top is what a comparison of the two measures. The first stdout line is
 //! `sim_server listening on http://ADDR`. SIGINT/SIGTERM stop it.
 
-use std::convert::Infallible;
-use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::Router;
@@ -27,14 +24,14 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use axum::routing::post;
-use futures::{Stream, StreamExt};
+use futures::StreamExt;
 use gateway_adapters::config::GatewayConfig;
 use gateway_adapters::openai::{Assembler, ChunkEncoder, Endpoint, parse_chat, unix_now};
-use gateway_adapters::server::serve;
+use gateway_adapters::server::{SseBody, serve};
 use gateway_adapters::sim::SimBackend;
 use gateway_core::{
     Backend, BackendError, BackendRequest, ByteBound, CancelGuard, CancelHandle, TokenCounter,
-    TokenEvent, TokenStream,
+    TokenStream,
 };
 use tokio::net::TcpListener;
 
@@ -155,11 +152,7 @@ async fn chat(State(app): State<Arc<App>>, body: Bytes) -> Response {
         .await;
     }
     let encoder = ChunkEncoder::new(Endpoint::Chat, id.as_str(), created, &model, include_usage);
-    let mut response = Response::new(Body::from_stream(SseBody {
-        stream,
-        encoder,
-        guard: Some(guard),
-    }));
+    let mut response = Response::new(Body::from_stream(SseBody::new(stream, encoder, guard)));
     let h = response.headers_mut();
     h.insert(
         header::CONTENT_TYPE,
@@ -215,59 +208,6 @@ async fn assemble(
                 None,
             ),
         ),
-    }
-}
-
-/// The engine's events as SSE frames; dropped before the end (the client
-/// went away) it cancels the request through its guard.
-struct SseBody {
-    stream: TokenStream,
-    encoder: ChunkEncoder,
-    guard: Option<CancelGuard>,
-}
-
-impl SseBody {
-    fn end(&mut self) {
-        if let Some(guard) = self.guard.take() {
-            let _ = guard.disarm();
-        }
-    }
-}
-
-impl Stream for SseBody {
-    type Item = Result<Bytes, Infallible>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        loop {
-            if self.guard.is_none() {
-                return Poll::Ready(None);
-            }
-            let item = match self.stream.poll_next_unpin(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(item) => item,
-            };
-            match item {
-                None => {
-                    self.end();
-                    return Poll::Ready(None);
-                }
-                Some(Ok(event)) => {
-                    let last = matches!(event, TokenEvent::Finished(_));
-                    let frame = self.encoder.encode(&event);
-                    if last {
-                        self.end();
-                    }
-                    if let Some(frame) = frame {
-                        return Poll::Ready(Some(Ok(frame)));
-                    }
-                }
-                Some(Err(err)) => {
-                    let frame = self.encoder.error(err.kind(), &err.client_message());
-                    self.end();
-                    return Poll::Ready(Some(Ok(frame)));
-                }
-            }
-        }
     }
 }
 

@@ -10,7 +10,7 @@ use std::task::{Context, Poll};
 use bytes::{Bytes, BytesMut};
 use futures::task::AtomicWaker;
 use futures::{Stream, StreamExt};
-use gateway_core::{CancelGuard, TokenEvent};
+use gateway_core::{CancelGuard, TokenEvent, TokenResult};
 use gateway_policy::{GatewayError, GatewayStream};
 use tokio_util::sync::{CancellationToken, DropGuard};
 
@@ -54,11 +54,30 @@ const IDLE_YIELDS: u32 = 2;
 ///
 /// Holds the request's cancel guard: dropped before the end (the client
 /// went away), it cancels the request; at the end it is disarmed.
-pub(crate) struct SseBody {
-    stream: GatewayStream,
+///
+/// The server builds it over a [`GatewayStream`]; any stream of
+/// [`TokenResult`]s will do (a host serving a backend's stream directly,
+/// as the load test's `sim_server` does):
+///
+/// ```no_run
+/// # async fn demo(backend: std::sync::Arc<dyn gateway_core::Backend>, request: gateway_core::BackendRequest) -> Result<(), gateway_core::BackendError> {
+/// use gateway_adapters::openai::{ChunkEncoder, Endpoint};
+/// use gateway_adapters::server::SseBody;
+/// use gateway_core::CancelHandle;
+///
+/// let guard = CancelHandle::guarded();
+/// let stream = backend.start(request, guard.handle().clone()).await?;
+/// let encoder = ChunkEncoder::new(Endpoint::Chat, "chatcmpl-1", 0, "m", true);
+/// let body = axum::body::Body::from_stream(SseBody::new(stream, encoder, guard));
+/// # drop(body);
+/// # Ok(())
+/// # }
+/// ```
+pub struct SseBody<S = GatewayStream> {
+    stream: S,
     encoder: ChunkEncoder,
     guard: Option<CancelGuard>,
-    _done: DropGuard,
+    _done: Option<DropGuard>,
     ended: bool,
     /// Frames gathered for the next write.
     batch: BytesMut,
@@ -68,6 +87,16 @@ pub(crate) struct SseBody {
     idle_yields: u32,
     /// Bytes handed to hyper and not yet written.
     unwritten: Arc<Unwritten>,
+}
+
+impl<S> std::fmt::Debug for SseBody<S> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SseBody")
+            .field("ended", &self.ended)
+            .field("batch", &self.batch.len())
+            .field("unwritten", &self.unwritten.bytes.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
 }
 
 /// The bytes of batches hyper holds, and the body's wake-up for when some
@@ -100,18 +129,30 @@ impl Drop for Batch {
     }
 }
 
-impl SseBody {
-    pub(crate) fn new(
-        stream: GatewayStream,
+impl<S> SseBody<S>
+where
+    S: Stream<Item = TokenResult> + Unpin,
+{
+    /// The SSE body of `stream`, its frames made by `encoder`; `guard` is
+    /// the request's cancel guard (disarmed at the stream's end, so only a
+    /// body dropped before it cancels the request).
+    pub fn new(stream: S, encoder: ChunkEncoder, guard: CancelGuard) -> Self {
+        SseBody::with_done(stream, encoder, guard, None)
+    }
+
+    /// [`SseBody::new`], also cancelling `done` when the body goes (the
+    /// server's connection watcher waits on it).
+    pub(crate) fn with_done(
+        stream: S,
         encoder: ChunkEncoder,
         guard: CancelGuard,
-        done: CancellationToken,
+        done: Option<CancellationToken>,
     ) -> Self {
         SseBody {
             stream,
             encoder,
             guard: Some(guard),
-            _done: done.drop_guard(),
+            _done: done.map(CancellationToken::drop_guard),
             ended: false,
             batch: BytesMut::new(),
             yields: 0,
@@ -158,7 +199,10 @@ impl SseBody {
     }
 }
 
-impl Stream for SseBody {
+impl<S> Stream for SseBody<S>
+where
+    S: Stream<Item = TokenResult> + Unpin,
+{
     type Item = Result<Bytes, Infallible>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {

@@ -309,7 +309,7 @@ async fn generate(
         });
     }
     let encoder = ChunkEncoder::new(endpoint, id, created, &model, include_usage);
-    let body = SseBody::new(stream, encoder, guard, done);
+    let body = SseBody::with_done(stream, encoder, guard, Some(done));
     let mut response = Response::new(Body::from_stream(body));
     let h = response.headers_mut();
     h.insert(

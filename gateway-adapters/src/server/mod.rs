@@ -88,6 +88,7 @@ use gateway_policy::Gateway;
 
 use crate::openai::pass_through::{BodyLimits, PassThrough};
 
+pub use body::SseBody;
 pub use conn::{ConnectionKill, serve, serve_with};
 pub use edge::{ServeOptions, TenantConnectionCaps};
 
