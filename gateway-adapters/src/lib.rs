@@ -68,4 +68,10 @@ pub mod fuzzing;
 pub mod openai;
 #[cfg(feature = "server")]
 pub mod server;
+
+/// The axum the [`server`] router is built on: a host mounts the
+/// gateway's routes with this version (`gateway_adapters::axum::Router`),
+/// whatever axum it names in its own manifest.
+#[cfg(feature = "server")]
+pub use axum;
 pub mod sim;

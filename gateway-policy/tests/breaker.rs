@@ -266,3 +266,32 @@ async fn streams_cut_together_are_one_incident() {
     }
     assert_eq!(states, ["closed", "closed", "closed", "closed", "open"]);
 }
+
+#[tokio::test(start_paused = true)]
+async fn health_checks_run_every_interval_until_stopped() {
+    let s = setup(None, HealthConfig::default());
+    s.mock.set_healthy(false);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let checks = tokio::spawn({
+        let (gateway, stop) = (s.gateway.clone(), stop.clone());
+        async move {
+            gateway
+                .health_checks(Duration::from_secs(5), stop.cancelled_owned())
+                .await;
+        }
+    });
+    // The first check runs at once.
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert!(!s.gateway.backends()[0].is_healthy());
+    // The backend recovers; the next check, 5 s after the first, sees it.
+    s.mock.set_healthy(true);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(!s.gateway.backends()[0].is_healthy());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(s.gateway.backends()[0].is_healthy());
+    stop.cancel();
+    tokio::time::timeout(Duration::from_secs(1), checks)
+        .await
+        .expect("the loop ends when stopped")
+        .unwrap();
+}

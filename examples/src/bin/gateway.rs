@@ -33,6 +33,9 @@ use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 
+/// How often every backend's health is checked.
+const HEALTH_EVERY: Duration = Duration::from_secs(5);
+
 const USAGE: &str = "usage: gateway [--config FILE] [--listen IP:PORT] | --check-config FILE";
 
 enum Command {
@@ -224,12 +227,11 @@ async fn run(config: GatewayConfig) -> Result<(), String> {
         let gateway = gateway.clone();
         let stop = stop.clone();
         tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => return,
-                    () = tokio::time::sleep(Duration::from_secs(5)) => gateway.check_health().await,
-                }
-            }
+            // The first check ran before the listener opened.
+            tokio::time::sleep(HEALTH_EVERY).await;
+            gateway
+                .health_checks(HEALTH_EVERY, stop.cancelled_owned())
+                .await;
         })
     };
     let signals = {

@@ -768,11 +768,48 @@ impl Gateway {
         }
     }
 
-    /// Asks every backend for its health and records the answers.
+    /// Asks every backend for its health, all at once (a slow one does not
+    /// hold up the others' answers), and records the answers.
     pub async fn check_health(&self) {
-        for slot in &self.inner.pool {
+        futures::future::join_all(self.inner.pool.iter().map(|slot| async move {
             let healthy = slot.backend.health().await.is_healthy();
             slot.set_healthy(healthy);
+        }))
+        .await;
+    }
+
+    /// Checks every backend's health now and then every `every` (as the
+    /// server does, every 5 s) until `stop` completes: the loop a host
+    /// runs beside its server so unhealthy backends are not routed to.
+    ///
+    /// ```
+    /// # async fn demo(gateway: gateway_policy::Gateway) {
+    /// use std::time::Duration;
+    /// use tokio_util::sync::CancellationToken;
+    ///
+    /// let stop = CancellationToken::new();
+    /// let checks = tokio::spawn({
+    ///     let (gateway, stop) = (gateway.clone(), stop.clone());
+    ///     async move { gateway.health_checks(Duration::from_secs(5), stop.cancelled_owned()).await }
+    /// });
+    /// // ... serve ...
+    /// stop.cancel();
+    /// checks.await.unwrap();
+    /// # }
+    /// ```
+    pub async fn health_checks(&self, every: Duration, stop: impl Future<Output = ()>) {
+        tokio::pin!(stop);
+        loop {
+            tokio::select! {
+                biased;
+                () = &mut stop => return,
+                () = self.check_health() => {}
+            }
+            tokio::select! {
+                biased;
+                () = &mut stop => return,
+                () = tokio::time::sleep(every) => {}
+            }
         }
     }
 
