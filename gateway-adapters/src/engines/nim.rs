@@ -34,8 +34,9 @@ use super::openai_compat::{
 /// and its siblings), which answers 401 without a key.
 const HOSTED_DOMAIN: &str = "api.nvidia.com";
 
-/// Whether `url` points at NVIDIA's hosted API (a host that is, or ends
-/// in `.`, [`HOSTED_DOMAIN`]), where an API key is required.
+/// Whether `url` points at NVIDIA's hosted API (its host is
+/// `api.nvidia.com` or ends in `.api.nvidia.com`), where an API key is
+/// required.
 ///
 /// ```
 /// use gateway_adapters::engines::nim::is_hosted;

@@ -41,8 +41,8 @@ const IDLE_YIELDS: u32 = 2;
 /// hyper as it came made one `writev` per token, most of the gateway's CPU
 /// on a fast stream. So when a frame is ready the body steps aside (a
 /// wake-up of itself, which Tokio runs after the other ready tasks) and
-/// takes what came meanwhile, until [`IDLE_YIELDS`] steps in a row bring
-/// nothing, [`BATCH_YIELDS`] steps in all or [`BATCH_BYTES`]. One step is
+/// takes what came meanwhile, until `IDLE_YIELDS` steps in a row bring
+/// nothing, `BATCH_YIELDS` steps in all or `BATCH_BYTES`. One step is
 /// not enough: the next frame is often one task behind the body in the run
 /// queue. A lone token costs two such steps (task polls) and no waiting:
 /// nothing is held for a timer. Measured (docs/performance.md, "Streaming:
@@ -50,7 +50,7 @@ const IDLE_YIELDS: u32 = 2;
 /// `writev` per token to one per ~15, 8.8 to 3.4 µs of CPU per token.
 ///
 /// Batches that hyper holds count as unwritten until hyper drops them
-/// (written); at most [`UNWRITTEN_BYTES`] of them at a time.
+/// (written); at most `UNWRITTEN_BYTES` of them at a time.
 ///
 /// Holds the request's cancel guard: dropped before the end (the client
 /// went away), it cancels the request; at the end it is disarmed.
