@@ -769,6 +769,8 @@ async fn streaming_and_metrics_cover_the_contract() {
     let usage: Value = serde_json::from_str(&events[events.len() - 2]).unwrap();
     assert_eq!(usage["usage"]["completion_tokens"], 5);
     assert_eq!(usage["usage"]["prompt_tokens"], PROMPT_TOKENS);
+    // The request is counted when it settles, just after its last frame.
+    rig.settled("team-a").await;
     let m = rig.metrics().await;
     for name in [
         "gateway_requests_total",
