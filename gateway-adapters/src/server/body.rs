@@ -228,7 +228,7 @@ where
         }
         let full = self.batch.len() >= BATCH_BYTES || self.yields >= BATCH_YIELDS;
         if self.idle_yields < IDLE_YIELDS && !full && !self.ended {
-            // Step aside once: the pipeline may bring the next frames.
+            // Step aside: the pipeline may bring the next frames meanwhile.
             self.yields += 1;
             cx.waker().wake_by_ref();
             return Poll::Pending;
