@@ -610,6 +610,41 @@ async fn a_trickled_body_gets_408_at_the_body_read_timeout() {
     );
 }
 
+/// A client that sends a body over the limit in one go (as HTTP/1.1
+/// clients without `Expect: 100-continue` do) reads the 413: the gateway
+/// answers before reading the body, then reads and drops what the client
+/// still sends before closing, so the close does not reset the connection
+/// under the answer. Each of several sizes, several times.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_body_sent_whole_still_gets_its_413() {
+    let gw = Gateway::start("max_body_bytes = 1024", "");
+    for size in [64 * 1024, 1 << 20, 4 << 20] {
+        for _ in 0..3 {
+            let s = TcpStream::connect(gw.addr).await.unwrap();
+            let head = format!(
+                "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer sk-t\r\ncontent-type: application/json\r\ncontent-length: {size}\r\n\r\n"
+            );
+            let (mut rd, mut wr) = s.into_split();
+            let writer = tokio::spawn(async move {
+                wr.write_all(head.as_bytes()).await?;
+                wr.write_all(&vec![b'x'; size]).await
+            });
+            let mut raw = Vec::new();
+            let read = timeout(Duration::from_secs(10), rd.read_to_end(&mut raw))
+                .await
+                .unwrap();
+            let written = writer.await.unwrap();
+            let text = String::from_utf8_lossy(&raw);
+            assert!(
+                text.starts_with("HTTP/1.1 413 "),
+                "{size} bytes: read {read:?}, wrote {written:?}, got {text:?}"
+            );
+            assert!(text.contains(r#""code":"request_too_large""#), "{text}");
+            assert!(written.is_ok(), "{size} bytes: {written:?}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_idle_kept_alive_connection_is_closed_at_the_keep_alive_timeout() {
     let gw = Gateway::start(

@@ -228,7 +228,12 @@ async fn handle(
     let in_flight = conn.state.request();
     let draining = conn.options.not_ready.is_cancelled();
     let mut response = match edge_answer(&conn, &request, draining) {
-        Some(answer) => answer,
+        Some(answer) => {
+            if !request.body().is_end_stream() {
+                conn.state.body_left_unread();
+            }
+            answer
+        }
         None => {
             request.extensions_mut().insert(conn.kill.clone());
             let timed_out = Arc::new(AtomicBool::new(false));
@@ -237,7 +242,8 @@ async fn handle(
             } else {
                 let deadline = Instant::now() + conn.options.body_read_timeout;
                 let flag = timed_out.clone();
-                request.map(move |body| Body::new(TimedBody::new(body, deadline, flag)))
+                let state = conn.state.clone();
+                request.map(move |body| Body::new(TimedBody::new(body, deadline, flag, state)))
             };
             let response = match app.oneshot(request).await {
                 Ok(response) => response,

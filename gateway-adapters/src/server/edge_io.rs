@@ -1,8 +1,9 @@
 //! The socket and body wrappers that drive the edge limits: [`EdgeIo`]
 //! tells a connection's [`EdgeClock`] when bytes arrive and turns hyper's
 //! own empty answers to unreadable request heads (431, 414, 400) into
-//! OpenAI-shaped JSON; [`TimedBody`] ends a request body that does not
-//! arrive in time.
+//! OpenAI-shaped JSON, and lingers at the close while the client still
+//! sends (so an answer given before its body was read is not lost to a
+//! reset); [`TimedBody`] ends a request body that does not arrive in time.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -26,6 +27,9 @@ use super::edge::{EdgeClock, parse_error_response};
 pub(crate) struct ConnState {
     clock: Mutex<EdgeClock>,
     changed: Notify,
+    /// A request was answered before its body was read to the end: the
+    /// client may still be sending it, so the close lingers ([`Linger`]).
+    body_unread: AtomicBool,
 }
 
 impl ConnState {
@@ -33,7 +37,13 @@ impl ConnState {
         Arc::new(ConnState {
             clock: Mutex::new(clock),
             changed: Notify::new(),
+            body_unread: AtomicBool::new(false),
         })
+    }
+
+    /// A request's body was left (partly) unread.
+    pub(crate) fn body_left_unread(&self) {
+        self.body_unread.store(true, Ordering::Release);
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut EdgeClock) -> T) -> T {
@@ -140,6 +150,41 @@ pub(crate) struct EdgeIo {
     replacement: Option<(Bytes, usize)>,
     /// Counts each replaced answer by its reason.
     rejections: EdgeRejections,
+    /// Whether our side of the connection is shut (the answer is out).
+    write_shut: bool,
+    /// Set once the client was found still sending at the close.
+    linger: Option<Linger>,
+}
+
+/// The most the close waits for a client that keeps sending.
+const LINGER_FOR: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The close waits this long for more of the client's bytes, and no more.
+const LINGER_QUIET: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A close that waits for the client to stop sending: what it sends is
+/// read and dropped until it closes its side, goes quiet for
+/// [`LINGER_QUIET`], or [`LINGER_FOR`] passes.
+///
+/// An answer given before the request body was read (413 for a body over
+/// the limit, 401, 404, ...) ends the connection with the body's bytes
+/// still arriving; closing a socket with unread bytes sends a reset, which
+/// makes the client's write fail and can destroy the answer in its receive
+/// buffer before it reads it (the OpenAI SDK then reports a connection
+/// error instead of the 413). nginx's `lingering_close` does the same.
+#[derive(Debug)]
+struct Linger {
+    until: Instant,
+    quiet: Pin<Box<Sleep>>,
+}
+
+impl Linger {
+    fn starting(now: Instant) -> Self {
+        Linger {
+            until: now + LINGER_FOR,
+            quiet: Box::pin(tokio::time::sleep_until(now + LINGER_QUIET)),
+        }
+    }
 }
 
 impl EdgeIo {
@@ -155,6 +200,42 @@ impl EdgeIo {
             max_header_bytes,
             replacement: None,
             rejections,
+            write_shut: false,
+            linger: None,
+        }
+    }
+
+    /// Reads and drops what the client still sends after our side is shut
+    /// (see [`Linger`]); ready at once when nothing is waiting to be read.
+    fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let mut scratch = [0u8; 8192];
+        loop {
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut self.inner).poll_read(cx, &mut buf) {
+                // The client closed its side, or the socket failed.
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => return Poll::Ready(()),
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
+                Poll::Ready(Ok(())) => {
+                    let now = Instant::now();
+                    let linger = self.linger.get_or_insert_with(|| Linger::starting(now));
+                    if now >= linger.until {
+                        return Poll::Ready(());
+                    }
+                    let quiet_until = (now + LINGER_QUIET).min(linger.until);
+                    linger.quiet.as_mut().reset(quiet_until);
+                }
+                Poll::Pending => {
+                    if self.linger.is_none() && !self.state.body_unread.load(Ordering::Acquire) {
+                        // Nothing unread and no body left behind: a close
+                        // resets nothing.
+                        return Poll::Ready(());
+                    }
+                    let linger = self
+                        .linger
+                        .get_or_insert_with(|| Linger::starting(Instant::now()));
+                    return linger.quiet.as_mut().poll(cx);
+                }
+            }
         }
     }
 
@@ -264,7 +345,12 @@ impl AsyncWrite for EdgeIo {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         ready!(self.poll_replacement(cx))?;
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        if !self.write_shut {
+            ready!(Pin::new(&mut self.inner).poll_shutdown(cx))?;
+            self.write_shut = true;
+        }
+        ready!(self.poll_linger(cx));
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -287,14 +373,30 @@ pub(crate) struct TimedBody {
     inner: Incoming,
     deadline: Pin<Box<Sleep>>,
     timed_out: Arc<AtomicBool>,
+    /// Told when the body is dropped before its end.
+    state: Arc<ConnState>,
 }
 
 impl TimedBody {
-    pub(crate) fn new(inner: Incoming, deadline: Instant, timed_out: Arc<AtomicBool>) -> Self {
+    pub(crate) fn new(
+        inner: Incoming,
+        deadline: Instant,
+        timed_out: Arc<AtomicBool>,
+        state: Arc<ConnState>,
+    ) -> Self {
         TimedBody {
             inner,
             deadline: Box::pin(tokio::time::sleep_until(deadline)),
             timed_out,
+            state,
+        }
+    }
+}
+
+impl Drop for TimedBody {
+    fn drop(&mut self) {
+        if !self.inner.is_end_stream() {
+            self.state.body_left_unread();
         }
     }
 }
