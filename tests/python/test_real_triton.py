@@ -338,13 +338,15 @@ def test_pressure_and_a_full_queue(real_triton, client):
     """One request runs, two wait in Triton's queue (max_queue_size 2): the
     gateway reads nv_inference_pending_request_count as its backend's queue
     depth, and a fourth request gets Triton's 503, which the client sees as
-    503 `overloaded` with Retry-After."""
+    503 `overloaded` with Retry-After. Each request runs 2.5 s (100 tokens at
+    25 ms), so the two stay queued for over two of the gateway's 1 s metric
+    scrapes, even when the machine is slow to start the clients."""
     wait_idle(real_triton)
     results: list = []
 
     def one(i: int) -> None:
         try:
-            done = client.completions.create(model=MODEL, prompt=unique(f"load {i}"), max_tokens=40)
+            done = client.completions.create(model=MODEL, prompt=unique(f"load {i}"), max_tokens=100)
             results.append(done.usage.completion_tokens)
         except BaseException as e:  # reported below
             results.append(e)
@@ -354,7 +356,7 @@ def test_pressure_and_a_full_queue(real_triton, client):
         t.start()
         time.sleep(0.1)
     depth = 0.0
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + 10
     while time.monotonic() < deadline:
         depth = metric(gateway_metrics(real_triton), "gateway_backend_queue_depth", backend=REAL_TRITON_BACKEND)
         if depth == 2 and pending(real_triton) == 2:
@@ -373,4 +375,4 @@ def test_pressure_and_a_full_queue(real_triton, client):
     assert failures(real_triton, "overloaded") == before + 1
     for t in threads:
         t.join(timeout=20)
-    assert results == [40, 40, 40]
+    assert results == [100, 100, 100]
