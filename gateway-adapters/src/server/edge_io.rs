@@ -206,7 +206,8 @@ impl EdgeIo {
     }
 
     /// Reads and drops what the client still sends after our side is shut
-    /// (see [`Linger`]); ready at once when nothing is waiting to be read.
+    /// (see [`Linger`]); ready at once when nothing is waiting to be read
+    /// and no request's body was left unread on this connection.
     fn poll_linger(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         let mut scratch = [0u8; 8192];
         loop {
