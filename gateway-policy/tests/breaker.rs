@@ -2,11 +2,7 @@
 //! measured figures printed: a backend's breaker from failures to open,
 //! the requests it sheds while open, its half-open probes and its closing;
 //! and the adaptive concurrency limit's trajectory under overload answers.
-#![expect(
-    clippy::unwrap_used,
-    clippy::panic,
-    reason = "test helpers outside #[test] functions"
-)]
+#![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
 
 use std::num::NonZeroU32;
 use std::sync::Arc;
@@ -55,7 +51,8 @@ fn setup(max_concurrency: Option<u32>, health: HealthConfig) -> Setup {
     }
 }
 
-/// Runs one request to its end: `ok`, or its error code.
+/// Runs one request to its end: `ok`, the code of its error before the
+/// first token, or the kind of its failure after it.
 async fn run(s: &Setup, id: String) -> &'static str {
     let guard = s.gateway.request_cancel();
     let cancel = guard.handle().clone();
@@ -64,7 +61,7 @@ async fn run(s: &Setup, id: String) -> &'static str {
         Ok(mut stream) => {
             while let Some(item) = stream.next().await {
                 if let Err(e) = item {
-                    panic!("stream failed: {e}");
+                    return e.kind().as_str();
                 }
             }
             "ok"
@@ -164,7 +161,7 @@ async fn a_failure_window_keeps_slow_failures_from_opening_it() {
         if i > 0 {
             tokio::time::advance(Duration::from_secs(10)).await;
         }
-        run(&s, format!("fast{i}")).await;
+        assert_eq!(run(&s, format!("fast{i}")).await, "upstream_error");
     }
     assert_eq!(s.gateway.backends()[0].breaker_state().as_str(), "open");
 }
@@ -207,25 +204,6 @@ async fn the_adaptive_limit_halves_to_its_floor_and_grows_back() {
     );
 }
 
-/// Runs one request to its end: `ok`, the code of its error before the
-/// first token, or the kind of its failure after it.
-async fn run_to_end(s: &Setup, id: String) -> &'static str {
-    let guard = s.gateway.request_cancel();
-    let cancel = guard.handle().clone();
-    let request = ClientRequest::new(id, MODEL, Prompt::Text("hello".into()));
-    match s.gateway.generate(&s.tenant, request, cancel).await {
-        Ok(mut stream) => {
-            while let Some(item) = stream.next().await {
-                if let Err(e) = item {
-                    return e.kind().as_str();
-                }
-            }
-            "ok"
-        }
-        Err(e) => e.code().as_str(),
-    }
-}
-
 #[tokio::test(start_paused = true)]
 async fn streams_cut_together_are_one_incident() {
     // The default breaker: five consecutive failures open it for 10 s.
@@ -241,8 +219,7 @@ async fn streams_cut_together_are_one_incident() {
     for _ in 0..16 {
         s.mock.push(cut.clone());
     }
-    let outcomes =
-        futures::future::join_all((0..16).map(|i| run_to_end(&s, format!("cut{i}")))).await;
+    let outcomes = futures::future::join_all((0..16).map(|i| run(&s, format!("cut{i}")))).await;
     assert_eq!(outcomes, vec!["protocol_violation"; 16]);
     let m = s.gateway.render_metrics();
     assert!(
@@ -254,14 +231,14 @@ async fn streams_cut_together_are_one_incident() {
     // One incident, not sixteen failures: the breaker stays closed and the
     // next request is served.
     assert_eq!(s.gateway.backends()[0].breaker_state().as_str(), "closed");
-    assert_eq!(run_to_end(&s, "after".into()).await, "ok");
+    assert_eq!(run(&s, "after".into()).await, "ok");
     // Requests sent after a failure that fail count, one each: five
     // failures in a row open it.
     s.mock.set_default(Script::reject(FailureKind::Connect));
     let mut states = Vec::new();
     for i in 0..5 {
         tokio::time::advance(Duration::from_millis(1)).await;
-        assert_eq!(run_to_end(&s, format!("dead{i}")).await, "upstream_error");
+        assert_eq!(run(&s, format!("dead{i}")).await, "upstream_error");
         states.push(s.gateway.backends()[0].breaker_state().as_str());
     }
     assert_eq!(states, ["closed", "closed", "closed", "closed", "open"]);
