@@ -31,15 +31,21 @@ pub struct Waiter {
 /// The waiter that goes next: interactive first, then the smallest start
 /// tag, then the earliest arrival.
 pub fn next(waiters: &[Waiter]) -> Option<u64> {
+    next_index(waiters).map(|i| waiters[i].seq)
+}
+
+/// Where in `waiters` the one that goes next is.
+fn next_index(waiters: &[Waiter]) -> Option<usize> {
     waiters
         .iter()
-        .min_by(|a, b| {
+        .enumerate()
+        .min_by(|(_, a), (_, b)| {
             a.class
                 .cmp(&b.class)
                 .then(a.start.total_cmp(&b.start))
                 .then(a.seq.cmp(&b.seq))
         })
-        .map(|w| w.seq)
+        .map(|(i, _)| i)
 }
 
 #[derive(Debug, Default)]
@@ -145,10 +151,7 @@ impl FairQueue {
     }
 
     fn wake_next_of(s: &State) {
-        if let Some(seq) = next(&s.waiters)
-            && let Some(i) = s.waiters.iter().position(|w| w.seq == seq)
-            && let Some(wake) = s.wakes.get(i)
-        {
+        if let Some(wake) = next_index(&s.waiters).and_then(|i| s.wakes.get(i)) {
             wake.notify_one();
         }
     }
