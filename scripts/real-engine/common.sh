@@ -1,5 +1,8 @@
-# Shared by start.sh and stop.sh (sourced, not run). Paths of the engine
-# installed by setup.sh and the test for "this pid is our server on PORT".
+# Shared by start.sh, stop.sh and check.sh (sourced, not run). Paths of the
+# engine installed by setup.sh and the test for "this pid is our server on PORT".
+
+# shellcheck source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 engine_home=${REAL_ENGINE_HOME:-$HOME/.cache/gateway-real-engine}
 engine_python=$engine_home/venv/bin/python
@@ -10,23 +13,10 @@ run_dir=$engine_home/run
 
 # Sets $port, $log_file and $pid_file from the PORT argument, or exits 2.
 take_port_arg() {
-  if ! [[ ${1-} =~ ^[1-9][0-9]{0,4}$ ]] || [ "$1" -gt 65535 ]; then
-    printf 'usage: %s\n' "$usage" >&2
-    exit 2
-  fi
-  port=$1
+  take_port_number "${1-}"
   log_file=$log_dir/vllm-$port.log
   pid_file=$run_dir/vllm-$port.pid
   tmp_dir=$engine_home/tmp/vllm-$port   # the server's TMPDIR (vLLM leaves files there)
-}
-
-# State letter of a live process (R, S, D, ...); fails for a missing pid, a
-# zombie or a dead one.
-process_alive() {
-  local line rest
-  { read -r line < "/proc/$1/stat"; } 2>/dev/null || return 1
-  rest=${line##*") "}
-  case ${rest:0:1} in Z | X | x | "") return 1 ;; esac
 }
 
 # True when pid $1 runs vLLM's OpenAI api_server with --port $2 and our model
@@ -35,7 +25,7 @@ is_our_server() {
   local pid=$1 want_port=$2 i has_module=0 has_port=0 has_model=0
   local -a argv
   process_alive "$pid" || return 1
-  mapfile -d '' -t argv 2>/dev/null < "/proc/$pid/cmdline" || return 1
+  argv_of "$pid" || return 1
   for ((i = 0; i < ${#argv[@]}; i++)); do
     case ${argv[i]} in
       vllm.entrypoints.openai.api_server) has_module=1 ;;

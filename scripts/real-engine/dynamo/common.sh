@@ -2,6 +2,9 @@
 # Dynamo venv and model folder, the files of one instance, and the test for
 # "this pid is our frontend / our mocker for PORT".
 
+# shellcheck source=../lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+
 engine_home=${REAL_ENGINE_HOME:-$HOME/.cache/gateway-real-engine}
 dynamo_home=$engine_home/dynamo
 dynamo_python=$dynamo_home/venv/bin/python
@@ -13,11 +16,7 @@ run_dir=$dynamo_home/run
 # Sets $port and the paths of the instance on PORT from the argument, or
 # exits 2 ($usage is the caller's usage line).
 take_port_arg() {
-  if ! [[ ${1-} =~ ^[1-9][0-9]{0,4}$ ]] || [ "$1" -gt 65535 ]; then
-    printf 'usage: %s\n' "$usage" >&2
-    exit 2
-  fi
-  port=$1
+  take_port_number "${1-}"
   frontend_log=$log_dir/dynamo-$port.frontend.log
   mocker_log=$log_dir/dynamo-$port.mocker.log
   frontend_pid_file=$run_dir/dynamo-$port.frontend.pid
@@ -30,26 +29,13 @@ take_port_arg() {
   tmp_dir=$dynamo_home/tmp/dynamo-$port
 }
 
-# Fails for a missing pid, a zombie or a dead process.
-process_alive() {
-  local line rest
-  { read -r line < "/proc/$1/stat"; } 2>/dev/null || return 1
-  rest=${line##*") "}
-  case ${rest:0:1} in Z | X | x | "") return 1 ;; esac
-}
-
-# Reads the argument vector of pid $1 into the caller's local array `argv`.
-_argv_of() {
-  mapfile -d '' -t argv 2>/dev/null < "/proc/$1/cmdline"
-}
-
 # True when pid $1 runs `python -m dynamo.frontend --http-port $2`, judged
 # from its argument vector.
 is_our_frontend() {
   local pid=$1 want_port=$2 i has_module=0 has_port=0
   local -a argv
   process_alive "$pid" || return 1
-  _argv_of "$pid" || return 1
+  argv_of "$pid" || return 1
   for ((i = 0; i < ${#argv[@]}; i++)); do
     case ${argv[i]} in
       dynamo.frontend) [ "${argv[i - 1]-}" = -m ] && has_module=1 ;;
@@ -66,7 +52,7 @@ is_our_mocker() {
   local pid=$1 want_port=$2 i has_module=0 has_model=0 has_dir=0 entry
   local -a argv env
   process_alive "$pid" || return 1
-  _argv_of "$pid" || return 1
+  argv_of "$pid" || return 1
   for ((i = 0; i < ${#argv[@]}; i++)); do
     case ${argv[i]} in
       dynamo.mocker) [ "${argv[i - 1]-}" = -m ] && has_module=1 ;;

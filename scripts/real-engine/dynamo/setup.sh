@@ -33,19 +33,18 @@ set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 fixtures=$(cd "$here/../../../fixtures/tokenizers" && pwd)
+# shellcheck source=../lib.sh
+. "$here/../lib.sh"
 
 engine_home=${REAL_ENGINE_HOME:-$HOME/.cache/gateway-real-engine}
 base_python=${REAL_ENGINE_PYTHON:-python3}
 force=${REAL_ENGINE_FORCE:-0}
 
 readonly DYNAMO_VERSION=1.6.1
-readonly UV_VERSION=0.13.9   # the same uv as scripts/real-engine/setup.sh (one copy on disk)
 readonly SERVED_NAME=tiny-llama
 
 dynamo_home=$engine_home/dynamo
 venv=$dynamo_home/venv
-uv_home=$engine_home/uv-$UV_VERSION
-uv_bin=$uv_home/bin/uv
 model_dir=$dynamo_home/models/$SERVED_NAME
 venv_stamp=$venv/.real-dynamo-stamp
 model_stamp=$model_dir/.real-dynamo-stamp
@@ -63,11 +62,6 @@ model_files=(
 say() { printf 'real-dynamo setup: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 
-# sha256 over the contents of the given files.
-content_digest() { sha256sum -- "$@" | cut -c1-64 | sha256sum | cut -c1-64; }
-# The same for the lock, ignoring comment and blank lines.
-pins_digest() { sed -e '/^[[:space:]]*#/d' -e '/^[[:space:]]*$/d' -- "$1" | sha256sum | cut -c1-64; }
-
 sources=()
 for entry in "${model_files[@]}"; do
   sources+=("${entry%%:*}")
@@ -78,10 +72,9 @@ done
 
 # What each part is built from; "layout" is bumped when this script changes
 # how it builds them.
-venv_key="layout=1 ai-dynamo=$DYNAMO_VERSION uv=$UV_VERSION pins=$(pins_digest "$lock_file")"
+venv_key="layout=2 ai-dynamo=$DYNAMO_VERSION uv=$REAL_ENGINE_UV_VERSION pins=$(pins_digest "$lock_file")"
 model_key="layout=1 files=$(content_digest "${sources[@]}")"
 
-stamp_matches() { [ -f "$1" ] && [ "$(<"$1")" = "$2" ]; }
 venv_ready()  { [ -x "$venv/bin/python" ] && stamp_matches "$venv_stamp" "$venv_key"; }
 model_ready() { [ -s "$model_dir/tokenizer.json" ] && stamp_matches "$model_stamp" "$model_key"; }
 
@@ -104,47 +97,19 @@ fi
 
 mkdir -p "$dynamo_home/logs" "$dynamo_home/run" "$dynamo_home/models"
 
-# One setup at a time per install root.
-exec {lock_fd}>"$dynamo_home/.setup.lock"
-if ! flock -n "$lock_fd"; then
-  say "another setup is running in $dynamo_home; waiting for it"
-  flock -w "${REAL_ENGINE_LOCK_TIMEOUT:-1800}" "$lock_fd" || die "timed out waiting for $dynamo_home/.setup.lock"
-  if [ "$force" != 1 ] && venv_ready && model_ready; then
-    say "the other run finished the setup"
-    report
-    exit 0
-  fi
+if ! setup_lock "$dynamo_home" && [ "$force" != 1 ] && venv_ready && model_ready; then
+  say "the other run finished the setup"
+  report
+  exit 0
 fi
-
-export UV_CACHE_DIR=${UV_CACHE_DIR:-$engine_home/uv-cache}
-export UV_PYTHON_DOWNLOADS=never   # packages only: never fetch an interpreter
-export UV_NO_CONFIG=1              # ignore any uv.toml / pyproject.toml around
-export UV_HTTP_TIMEOUT=${UV_HTTP_TIMEOUT:-300}
 started=$SECONDS
 
 # --- 1. uv, from PyPI with the base interpreter's pip, into its own folder.
-uv_is_installed() {
-  local v
-  v=$("$uv_bin" --version 2>/dev/null) || return 1
-  [[ "$v" == "uv $UV_VERSION" || "$v" == "uv $UV_VERSION "* ]]
-}
-if ! uv_is_installed; then
-  command -v "$base_python" >/dev/null || die "$base_python not found (set REAL_ENGINE_PYTHON)"
-  say "installing uv $UV_VERSION into $uv_home (pip --target)"
-  rm -rf "$uv_home" "$uv_home.partial"
-  PIP_ROOT_USER_ACTION=ignore "$base_python" -m pip install --quiet --no-input \
-      --disable-pip-version-check --no-warn-script-location \
-      --target "$uv_home.partial" "uv==$UV_VERSION" >&2 \
-    || die "pip could not install uv==$UV_VERSION for $base_python"
-  mv "$uv_home.partial" "$uv_home"
-  uv_is_installed || die "$uv_bin does not report version $UV_VERSION"
-fi
+ensure_uv
 
 # --- 2. The venv: every pinned package, none resolved.
 if [ "$force" = 1 ] || ! venv_ready; then
-  interpreter=$("$base_python" -c 'import sys; print(sys.executable if sys.version_info >= (3, 11) else "")') \
-    || die "cannot run $base_python (set REAL_ENGINE_PYTHON)"
-  [ -n "$interpreter" ] || die "$base_python is older than 3.11, which the lock is made for (set REAL_ENGINE_PYTHON)"
+  interpreter=$(python_311)
 
   say "creating the venv $venv with $interpreter"
   rm -rf "$venv"
@@ -152,14 +117,7 @@ if [ "$force" = 1 ] || ! venv_ready; then
 
   say "installing ai-dynamo $DYNAMO_VERSION and its pinned dependencies (cold: ~150 MB download)"
   t0=$SECONDS
-  try=1
-  until "$uv_bin" pip install --python "$venv/bin/python" --compile-bytecode --no-deps \
-          --requirements "$lock_file" >&2; do
-    [ "$try" -lt 3 ] || die "uv pip install failed 3 times"
-    say "uv pip install failed (try $try of 3); retrying in 10 s"
-    try=$((try + 1))
-    sleep 10
-  done
+  uv_install "$venv/bin/python" --compile-bytecode --no-deps --requirements "$lock_file"
   say "packages installed in $((SECONDS - t0)) s"
 
   # Import check: a broken install fails here, not at the first start.

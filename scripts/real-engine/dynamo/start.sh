@@ -68,7 +68,7 @@ for pid_file in "$frontend_pid_file" "$mocker_pid_file"; do
   rm -f "$pid_file"
 done
 
-if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+if port_taken "$port"; then
   say "127.0.0.1:$port is already in use by another process"
   exit 3
 fi
@@ -121,18 +121,6 @@ mocker_argv=(
   "${mocker_flags[@]}"
 )
 
-# Runs "$@" in a new session with its log and pid file; the inner shell
-# writes its own pid, which exec hands on to the program.
-launch() {
-  local log=$1 pid_file=$2
-  shift 2
-  if [ -f "$log" ]; then mv -f "$log" "$log.prev"; fi
-  printf '### start.sh %s at %s: %s\n' "$port" "$(date -u +%FT%TZ)" "$*" > "$log"
-  rm -f "$pid_file"
-  setsid bash -c 'echo "$$" > "$1"; shift; exec "$@"' real-dynamo "$pid_file" "$@" \
-    >>"$log" 2>&1 </dev/null &
-}
-
 give_up() {
   say "$1"
   local log
@@ -146,16 +134,13 @@ give_up() {
 trap 'give_up "interrupted"' INT TERM HUP
 
 t0=$SECONDS
-launch "$frontend_log" "$frontend_pid_file" "${frontend_argv[@]}"
-launch "$mocker_log" "$mocker_pid_file" "${mocker_argv[@]}"
+launch real-dynamo "$frontend_log" "$frontend_pid_file" "${frontend_argv[@]}"
+launch real-dynamo "$mocker_log" "$mocker_pid_file" "${mocker_argv[@]}"
 printf 'http://127.0.0.1:%s/metrics\n' "$worker_port" > "$worker_metrics_file"
 
-for _ in $(seq 100); do
-  [ -s "$frontend_pid_file" ] && [ -s "$mocker_pid_file" ] && break
-  sleep 0.05
-done
-frontend_pid=$(<"$frontend_pid_file") 2>/dev/null || give_up "the frontend did not write its pid file"
-mocker_pid=$(<"$mocker_pid_file") 2>/dev/null || give_up "the mocker did not write its pid file"
+wait_for_pid_files "$frontend_pid_file" "$mocker_pid_file" || give_up "the frontend or the mocker did not write its pid file"
+frontend_pid=$(<"$frontend_pid_file")
+mocker_pid=$(<"$mocker_pid_file")
 
 # curl, never through a proxy.
 fetch() { curl --noproxy '*' -sS --max-time 5 "$@" 2>/dev/null; }

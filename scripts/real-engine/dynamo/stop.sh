@@ -45,41 +45,7 @@ done
 
 # The leaders still alive, and members of their sessions that run the venv's
 # interpreter (session ids are not reused while a member is alive).
-collect_targets() {
-  local stat line rest pid state sid leader
-  local -A chosen=()
-  for leader in "${leaders[@]}"; do
-    process_alive "$leader" && chosen[$leader]=1
-  done
-  if [ "${#leaders[@]}" -gt 0 ]; then
-    for stat in /proc/[0-9]*/stat; do
-      { read -r line < "$stat"; } 2>/dev/null || continue
-      pid=${stat#/proc/}; pid=${pid%/stat}
-      rest=${line##*") "}
-      read -r state _ _ sid _ <<<"$rest"
-      case $state in Z | X | x) continue ;; esac
-      for leader in "${leaders[@]}"; do
-        if [ "$sid" = "$leader" ] && [ -n "$engine_exe" ] \
-          && [ "$(readlink -f "/proc/$pid/exe" 2>/dev/null)" = "$engine_exe" ]; then
-          chosen[$pid]=1
-        fi
-      done
-    done
-  fi
-  targets=("${!chosen[@]}")
-}
-
-declare -A termed=()
-signal_targets() {  # SIGTERM goes once to each process; SIGKILL to all given
-  local sig=$1 pid
-  for pid in "${targets[@]}"; do
-    if [ "$sig" = TERM ]; then
-      [ -z "${termed[$pid]-}" ] || continue
-      termed[$pid]=1
-    fi
-    kill "-$sig" "$pid" 2>/dev/null || true
-  done
-}
+collect_targets() { session_targets 0 "$engine_exe" "${leaders[@]}"; }
 
 finish() {
   rm -f "$frontend_pid_file" "$mocker_pid_file" "$worker_metrics_file"
@@ -98,27 +64,6 @@ for log in "$frontend_log" "$mocker_log"; do
   printf '### stop.sh %s at %s: SIGTERM to %s\n' "$port" "$(date -u +%FT%TZ)" "${targets[*]}" >> "$log" 2>/dev/null || true
 done
 t0=$(date +%s.%N)
-signal_targets TERM
-deadline=$((SECONDS + ${REAL_ENGINE_STOP_TIMEOUT:-20}))
-while :; do
-  sleep 0.1
-  collect_targets
-  [ "${#targets[@]}" -gt 0 ] || break
-  if [ "$SECONDS" -ge "$deadline" ]; then
-    say "still running after ${REAL_ENGINE_STOP_TIMEOUT:-20} s: ${targets[*]}; SIGKILL"
-    signal_targets KILL
-    for _ in $(seq 50); do
-      sleep 0.1
-      collect_targets
-      [ "${#targets[@]}" -gt 0 ] || break
-    done
-    if [ "${#targets[@]}" -gt 0 ]; then
-      say "error: still alive after SIGKILL: ${targets[*]}"
-      exit 1
-    fi
-    break
-  fi
-  signal_targets TERM
-done
+stop_targets "${REAL_ENGINE_STOP_TIMEOUT:-20}" || exit 1
 finish
-say "stopped in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s"
+say "stopped in $(seconds_since "$t0") s"

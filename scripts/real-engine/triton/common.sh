@@ -1,6 +1,9 @@
 # Shared by setup.sh, start.sh and stop.sh (sourced, not run): the paths of
 # the Triton install and the test for "this pid is our server on PORT".
 
+# shellcheck source=../lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+
 triton_home=${REAL_ENGINE_HOME:-$HOME/.cache/gateway-real-engine}/triton
 triton_venv=$triton_home/venv
 # The server's files as its launcher lays them out: backends/python (with
@@ -15,25 +18,12 @@ events_root=$triton_home/events
 # Sets $port, $log_file, $pid_file, $info_file, $events_dir and $shm_prefix
 # from the PORT argument, or exits 2.
 take_port_arg() {
-  if ! [[ ${1-} =~ ^[1-9][0-9]{0,4}$ ]] || [ "$1" -gt 65535 ]; then
-    printf 'usage: %s\n' "$usage" >&2
-    exit 2
-  fi
-  port=$1
+  take_port_number "${1-}"
   log_file=$log_dir/triton-$port.log
   pid_file=$run_dir/triton-$port.pid
   info_file=$run_dir/triton-$port.env   # KEY=value lines of a started server
   events_dir=$events_root/$port         # the model's events.jsonl
   shm_prefix=gateway-triton-$port-      # the Python backend's /dev/shm regions
-}
-
-# State letter of a live process (R, S, D, ...); fails for a missing pid, a
-# zombie or a dead one.
-process_alive() {
-  local line rest
-  { read -r line < "/proc/$1/stat"; } 2>/dev/null || return 1
-  rest=${line##*") "}
-  case ${rest:0:1} in Z | X | x | "") return 1 ;; esac
 }
 
 # True when pid $1 runs tritonserver with --http-port $2 and our model
@@ -42,7 +32,7 @@ is_our_server() {
   local pid=$1 want_port=$2 i has_binary=0 has_port=0 has_repo=0
   local -a argv
   process_alive "$pid" || return 1
-  mapfile -d '' -t argv 2>/dev/null < "/proc/$pid/cmdline" || return 1
+  argv_of "$pid" || return 1
   [[ ${argv[0]-} == */tritonserver ]] && has_binary=1
   for ((i = 1; i < ${#argv[@]}; i++)); do
     case ${argv[i]} in

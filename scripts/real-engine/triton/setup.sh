@@ -24,7 +24,7 @@
 #   REAL_ENGINE_PYTHON        base interpreter, CPython 3.8..3.13 with a shared
 #                             libpython (default python3)
 #   REAL_ENGINE_FORCE=1       rebuild regardless of stamps
-#   REAL_ENGINE_LOCK_TIMEOUT  seconds to wait for a concurrent setup (default 600)
+#   REAL_ENGINE_LOCK_TIMEOUT  seconds to wait for a concurrent setup (default 1800)
 #   UV_CACHE_DIR              uv download cache (default $REAL_ENGINE_HOME/uv-cache)
 set -euo pipefail
 
@@ -38,9 +38,6 @@ base_python=${REAL_ENGINE_PYTHON:-python3}
 force=${REAL_ENGINE_FORCE:-0}
 
 readonly PYTRITON_VERSION=0.7.0
-readonly UV_VERSION=0.13.9   # the same uv (and folder) as ../setup.sh
-uv_home=$engine_home/uv-$UV_VERSION
-uv_bin=$uv_home/bin/uv
 
 lock_file=$here/requirements.lock
 model_src=$here/model
@@ -55,14 +52,9 @@ for input in "$lock_file" "${model_files[@]}"; do
   [ -f "$input" ] || die "missing input $input"
 done
 
-# Requirement pins without comments (editing a note reinstalls nothing).
-pins_digest() { sed -e '/^[[:space:]]*#/d' -e '/^[[:space:]]*$/d' -- "$1" | sha256sum | cut -c1-64; }
-content_digest() { sha256sum -- "$@" | cut -c1-64 | sha256sum | cut -c1-64; }
-
-venv_key="layout=1 nvidia-pytriton=$PYTRITON_VERSION pins=$(pins_digest "$lock_file") python=$base_python"
+venv_key="layout=2 nvidia-pytriton=$PYTRITON_VERSION pins=$(pins_digest "$lock_file") python=$base_python"
 model_key="layout=1 model=$(content_digest "${model_files[@]}")"
 
-stamp_matches() { [ -f "$1" ] && [ "$(<"$1")" = "$2" ]; }
 venv_ready() { [ -f "$triton_env_file" ] && [ -x "$triton_dist/bin/tritonserver" ] && stamp_matches "$venv_stamp" "$venv_key"; }
 model_ready() { [ -f "$triton_models/ensemble/1/model.py" ] && stamp_matches "$model_stamp" "$model_key"; }
 
@@ -82,39 +74,15 @@ if [ "$force" != 1 ] && venv_ready && model_ready; then
 fi
 
 mkdir -p "$triton_home" "$log_dir" "$run_dir" "$events_root"
-exec {lock_fd}>"$triton_home/.setup.lock"
-if ! flock -n "$lock_fd"; then
-  say "another setup is running in $triton_home; waiting for it"
-  flock -w "${REAL_ENGINE_LOCK_TIMEOUT:-600}" "$lock_fd" || die "timed out waiting for $triton_home/.setup.lock"
-  if [ "$force" != 1 ] && venv_ready && model_ready; then
-    say "the other run finished the setup"
-    report
-    exit 0
-  fi
+if ! setup_lock "$triton_home" && [ "$force" != 1 ] && venv_ready && model_ready; then
+  say "the other run finished the setup"
+  report
+  exit 0
 fi
-
-export UV_CACHE_DIR=${UV_CACHE_DIR:-$engine_home/uv-cache}
-export UV_PYTHON_DOWNLOADS=never UV_NO_CONFIG=1
-export UV_HTTP_TIMEOUT=${UV_HTTP_TIMEOUT:-300}
 started=$SECONDS
 
 # --- 1. uv (shared with the vLLM setup), from PyPI with the base pip.
-uv_is_installed() {
-  local v
-  v=$("$uv_bin" --version 2>/dev/null) || return 1
-  [[ "$v" == "uv $UV_VERSION" || "$v" == "uv $UV_VERSION "* ]]
-}
-if ! uv_is_installed; then
-  command -v "$base_python" >/dev/null || die "$base_python not found (set REAL_ENGINE_PYTHON)"
-  say "installing uv $UV_VERSION into $uv_home (pip --target)"
-  rm -rf "$uv_home" "$uv_home.partial"
-  PIP_ROOT_USER_ACTION=ignore "$base_python" -m pip install --quiet --no-input \
-      --disable-pip-version-check --no-warn-script-location \
-      --target "$uv_home.partial" "uv==$UV_VERSION" >&2 \
-    || die "pip could not install uv==$UV_VERSION for $base_python"
-  mv "$uv_home.partial" "$uv_home"
-  uv_is_installed || die "$uv_bin does not report version $UV_VERSION"
-fi
+ensure_uv
 
 # --- 2. The venv and the server's file layout.
 if [ "$force" = 1 ] || ! venv_ready; then
@@ -136,14 +104,7 @@ print(sys.executable, "%d.%d" % sys.version_info[:2], sysconfig.get_config_var("
   rm -rf "$triton_venv" "$triton_dist" "$triton_env_file"
   "$uv_bin" venv --quiet --python "$interpreter" "$triton_venv" >&2
   say "installing nvidia-pytriton $PYTRITON_VERSION and numpy (cold: ~70 MB download)"
-  try=1
-  until "$uv_bin" pip install --quiet --python "$triton_venv/bin/python" --no-deps \
-          --require-hashes --requirements "$lock_file" >&2; do
-    [ "$try" -lt 3 ] || die "uv pip install failed 3 times"
-    say "uv pip install failed (try $try of 3); retrying in 10 s"
-    try=$((try + 1))
-    sleep 10
-  done
+  uv_install "$triton_venv/bin/python" --quiet --no-deps --require-hashes --requirements "$lock_file"
 
   site=$("$triton_venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
   wheel=$site/pytriton/tritonserver

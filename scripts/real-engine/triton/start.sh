@@ -51,7 +51,6 @@ if [ -f "$pid_file" ]; then
   rm -f "$pid_file" "$info_file"
 fi
 
-port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 if port_taken "$port"; then
   say "127.0.0.1:$port is already in use by another process"
   exit 3
@@ -95,12 +94,8 @@ server_argv=(
   "$@"
 )
 
-if [ -f "$log_file" ]; then mv -f "$log_file" "$log_file.prev"; fi
-printf '### start.sh %s at %s: %s\n' "$port" "$(date -u +%FT%TZ)" "${server_argv[*]}" > "$log_file"
-
-rm -f "$pid_file" "$info_file"
-setsid bash -c 'echo "$$" > "$1"; shift; exec "$@"' real-triton "$pid_file" "${server_argv[@]}" \
-  >>"$log_file" 2>&1 </dev/null &
+rm -f "$info_file"
+launch real-triton "$log_file" "$pid_file" "${server_argv[@]}"
 
 give_up() {
   say "$1; last 40 lines of $log_file:"
@@ -111,11 +106,8 @@ give_up() {
 }
 trap 'give_up "interrupted"' INT TERM HUP
 
-for _ in $(seq 100); do
-  [ -s "$pid_file" ] && break
-  sleep 0.05
-done
-server_pid=$(<"$pid_file") 2>/dev/null || give_up "the server did not write its pid file"
+wait_for_pid_files "$pid_file" || give_up "the server did not write its pid file"
+server_pid=$(<"$pid_file")
 [[ $server_pid =~ ^[0-9]+$ ]] || give_up "bad pid file content '$server_pid'"
 
 ready() {
@@ -139,5 +131,5 @@ trap - INT TERM HUP
   printf 'REAL_TRITON_METRICS_URL=http://127.0.0.1:%s/metrics\n' "$metrics_port"
   printf 'REAL_TRITON_EVENTS_DIR=%s\n' "$events_dir"
 } > "$info_file"
-say "ready after $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s: http://127.0.0.1:$port, metrics :$metrics_port"
+say "ready after $(seconds_since "$t0") s: http://127.0.0.1:$port, metrics :$metrics_port"
 cat "$info_file"

@@ -53,40 +53,7 @@ stub_exe=$(readlink -f "$triton_dist/backends/python/triton_python_backend_stub"
 # The leader, its descendants and its session's members. With the leader
 # gone, a left-over session member counts only when it is our stub binary
 # (session ids are not reused while a member lives).
-collect_targets() {
-  local stat line rest pid state ppid pgrp sid
-  local -A parent_of=() session_of=() chosen=()
-  targets=()
-  for stat in /proc/[0-9]*/stat; do
-    { read -r line < "$stat"; } 2>/dev/null || continue
-    pid=${stat#/proc/}; pid=${pid%/stat}
-    rest=${line##*") "}
-    read -r state ppid pgrp sid _ <<<"$rest"
-    case $state in Z | X | x) continue ;; esac
-    parent_of[$pid]=$ppid
-    session_of[$pid]=$sid
-  done
-  if [ -n "${parent_of[$leader]-}" ]; then chosen[$leader]=1; fi
-  for pid in "${!session_of[@]}"; do
-    [ "${session_of[$pid]}" = "$leader" ] || continue
-    if [ "$leader_is_ours" = 1 ] || [ "$(readlink -f "/proc/$pid/exe" 2>/dev/null)" = "$stub_exe" ]; then
-      chosen[$pid]=1
-    fi
-  done
-  if [ "$leader_is_ours" = 1 ]; then
-    local grew=1
-    while [ "$grew" = 1 ]; do
-      grew=0
-      for pid in "${!parent_of[@]}"; do
-        if [ -z "${chosen[$pid]-}" ] && [ -n "${chosen[${parent_of[$pid]}]-}" ]; then
-          chosen[$pid]=1
-          grew=1
-        fi
-      done
-    done
-  fi
-  targets=("${!chosen[@]}")
-}
+collect_targets() { session_targets "$leader_is_ours" "$stub_exe" "$leader"; }
 
 collect_targets
 if [ "${#targets[@]}" = 0 ]; then
@@ -98,26 +65,6 @@ fi
 say "SIGTERM to ${targets[*]} (server pid $leader)"
 printf '### stop.sh %s at %s: SIGTERM to %s\n' "$port" "$(date -u +%FT%TZ)" "${targets[*]}" >> "$log_file" 2>/dev/null || true
 t0=$(date +%s.%N)
-kill -TERM "${targets[@]}" 2>/dev/null || true
-deadline=$((SECONDS + ${REAL_ENGINE_STOP_TIMEOUT:-10}))
-while :; do
-  sleep 0.1
-  collect_targets
-  [ "${#targets[@]}" -gt 0 ] || break
-  if [ "$SECONDS" -ge "$deadline" ]; then
-    say "still running after ${REAL_ENGINE_STOP_TIMEOUT:-10} s: ${targets[*]}; SIGKILL"
-    kill -KILL "${targets[@]}" 2>/dev/null || true
-    for _ in $(seq 50); do
-      sleep 0.1
-      collect_targets
-      [ "${#targets[@]}" -gt 0 ] || break
-    done
-    if [ "${#targets[@]}" -gt 0 ]; then
-      say "error: still alive after SIGKILL: ${targets[*]}"
-      exit 1
-    fi
-    break
-  fi
-done
+stop_targets "${REAL_ENGINE_STOP_TIMEOUT:-10}" || exit 1
 clean_files
-say "stopped in $(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }') s"
+say "stopped in $(seconds_since "$t0") s"
