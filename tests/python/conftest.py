@@ -203,6 +203,27 @@ def _run_gateway(args: list[str], workdir: Path, config_path: Path | None):
 REAL_ENGINE_DIR = REPO_ROOT / "scripts" / "real-engine"
 REAL_MODEL = "tiny-llama"
 
+# Prompts whose estimate the real-engine tests compare with the engine's own
+# count (multi-byte text, whitespace, several turns): (test id, request).
+ESTIMATE_PROMPTS = [
+    ("completion: multi-byte", {"prompt": "Grüße aus Köln — 東京タワー 🚀 naïve café"}),
+    ("completion: spaces and newlines", {"prompt": "  two leading spaces\n\nand a tab\there  "}),
+    ("chat: multi-byte user", {"messages": [{"role": "user", "content": "Ünïcödé: 日本語のテキスト, emoji 🎉🎉, Ελληνικά"}]}),
+    (
+        "chat: several turns",
+        {
+            "messages": [
+                {"role": "system", "content": "You answer in one word."},
+                {"role": "user", "content": "Capital of France?"},
+                {"role": "assistant", "content": "Paris."},
+                {"role": "user", "content": "And of Germany?\nBe brief."},
+                {"role": "assistant", "content": " Berlin "},
+                {"role": "user", "content": "Thanks!"},
+            ]
+        },
+    ),
+]
+
 # Token chunks a client that resets its connection mid-stream may be charged
 # for beyond those it read: what the gateway wrote after the client's last
 # recv(). The gateway writes the chunks that arrive together in one write
@@ -248,29 +269,42 @@ TOKENIZERS = REPO_ROOT / "fixtures" / "tokenizers"
 TOOLS_CHAT_TEMPLATE = TOKENIZERS / "tinyllama.tools.chat_template.jinja"
 
 
-def _real_vllm_config(
-    url: str,
-    chat_template: Path = TOKENIZERS / "tinyllama.chat_template.jinja",
-    tokenizer: Path = TOKENIZERS / "tinyllama.json",
-) -> str:
+def _config_head(fixture: str, first_token_timeout_ms: int = 60000, idle_timeout_ms: int = 30000) -> str:
+    """The `[server]` and `[[tenants]]` sections of a real engine's gateway
+    config (written by the fixture `fixture` for one pytest session)."""
     return f"""\
-# Written by tests/python/conftest.py (real_vllm) for one pytest session.
+# Written by tests/python/conftest.py ({fixture}) for one pytest session.
 [server]
 listen = "127.0.0.1:0"
 admin_key = "{ADMIN_KEY}"
 shutdown_grace_ms = {SHUTDOWN_GRACE_MS}
-first_token_timeout_ms = 60000
-idle_timeout_ms = 30000
+first_token_timeout_ms = {first_token_timeout_ms}
+idle_timeout_ms = {idle_timeout_ms}
 
 [[tenants]]
 id = "{TENANT_ID}"
 api_key = "{TENANT_KEY}"
+"""
 
+
+def _tiny_llama_config(
+    fixture: str,
+    *,
+    engine: str,
+    backend: str,
+    url: str,
+    tokenizer: Path,
+    chat_template: Path,
+    add_bos_token: bool,
+) -> str:
+    """A gateway with one tiny-llama model (exact estimate with `tokenizer`
+    and `chat_template`, the test prices) on one backend of `engine`."""
+    return _config_head(fixture) + f"""
 [[models]]
 name = "{REAL_MODEL}"
 tokenizer = "{tokenizer}"
 chat_template = "{chat_template}"
-add_bos_token = true
+add_bos_token = {"true" if add_bos_token else "false"}
 context_window = {REAL_CONTEXT_WINDOW}
 input_usd_per_mtok = {INPUT_USD_PER_MTOK}
 cached_input_usd_per_mtok = {CACHED_INPUT_USD_PER_MTOK}
@@ -278,12 +312,28 @@ output_usd_per_mtok = {OUTPUT_USD_PER_MTOK}
 default_max_tokens = 64
 
 [[backends]]
-name = "{REAL_BACKEND}"
-engine = "vllm"
+name = "{backend}"
+engine = "{engine}"
 url = "{url}"
 model = "{REAL_MODEL}"
 served_model = "{REAL_MODEL}"
 """
+
+
+def _real_vllm_config(
+    url: str,
+    chat_template: Path = TOKENIZERS / "tinyllama.chat_template.jinja",
+    tokenizer: Path = TOKENIZERS / "tinyllama.json",
+) -> str:
+    return _tiny_llama_config(
+        "real_vllm",
+        engine="vllm",
+        backend=REAL_BACKEND,
+        url=url,
+        tokenizer=tokenizer,
+        chat_template=chat_template,
+        add_bos_token=True,
+    )
 
 
 # The engine's flags when a fixture starts it here (scripts/test passes the
@@ -456,37 +506,15 @@ def _dynamo_tokenizer(workdir: Path) -> Path:
 
 def _real_dynamo_config(url: str, tokenizer: Path) -> str:
     # Dynamo encodes a text prompt without BOS (add_bos_token = false).
-    return f"""\
-# Written by tests/python/conftest.py (real_dynamo) for one pytest session.
-[server]
-listen = "127.0.0.1:0"
-admin_key = "{ADMIN_KEY}"
-shutdown_grace_ms = {SHUTDOWN_GRACE_MS}
-first_token_timeout_ms = 60000
-idle_timeout_ms = 30000
-
-[[tenants]]
-id = "{TENANT_ID}"
-api_key = "{TENANT_KEY}"
-
-[[models]]
-name = "{REAL_MODEL}"
-tokenizer = "{tokenizer}"
-chat_template = "{TOKENIZERS / 'tinyllama.chat_template.jinja'}"
-add_bos_token = false
-context_window = {REAL_CONTEXT_WINDOW}
-input_usd_per_mtok = {INPUT_USD_PER_MTOK}
-cached_input_usd_per_mtok = {CACHED_INPUT_USD_PER_MTOK}
-output_usd_per_mtok = {OUTPUT_USD_PER_MTOK}
-default_max_tokens = 64
-
-[[backends]]
-name = "{REAL_DYNAMO_BACKEND}"
-engine = "dynamo"
-url = "{url}"
-model = "{REAL_MODEL}"
-served_model = "{REAL_MODEL}"
-"""
+    return _tiny_llama_config(
+        "real_dynamo",
+        engine="dynamo",
+        backend=REAL_DYNAMO_BACKEND,
+        url=url,
+        tokenizer=tokenizer,
+        chat_template=TOKENIZERS / "tinyllama.chat_template.jinja",
+        add_bos_token=False,
+    )
 
 
 def _key_values(text: str) -> dict[str, str]:
@@ -599,23 +627,11 @@ def _real_triton_info(port: str) -> dict[str, str]:
 
 
 def _real_triton_config(url: str, metrics_url: str) -> str:
-    return f"""\
-# Written by tests/python/conftest.py (real_triton) for one pytest session.
-[server]
-listen = "127.0.0.1:0"
-admin_key = "{ADMIN_KEY}"
-shutdown_grace_ms = {SHUTDOWN_GRACE_MS}
-first_token_timeout_ms = 10000
-idle_timeout_ms = 10000
-
+    return _config_head("real_triton", first_token_timeout_ms=10000, idle_timeout_ms=10000) + f"""
 # The tests make the model fail on purpose, one request after another: a
 # breaker opening after five would shed the tests that follow.
 [health]
 failures_to_open = 10000
-
-[[tenants]]
-id = "{TENANT_ID}"
-api_key = "{TENANT_KEY}"
 
 [[models]]
 name = "{REAL_TRITON_MODEL}"

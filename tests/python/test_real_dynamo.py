@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import re
-import socket
 import threading
 import time
 import urllib.error
@@ -24,18 +23,13 @@ from collections.abc import Iterator
 
 import openai
 import pytest
-from conftest import ADMIN_KEY, RESET_SLACK, REAL_DYNAMO_BACKEND, REAL_MODEL, TENANT_ID, TENANT_KEY, RealDynamo
+from helpers import NO_PROXY, http_get, metric, post_raw, read_until, reset
+from conftest import ADMIN_KEY, ESTIMATE_PROMPTS, RESET_SLACK, REAL_DYNAMO_BACKEND, REAL_MODEL, TENANT_ID, TENANT_KEY, RealDynamo
 
-_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 # --- helpers -----------------------------------------------------------------
 
-
-def http_get(url: str, headers: dict[str, str] | None = None) -> str:
-    with _NO_PROXY.open(urllib.request.Request(url, headers=headers or {}), timeout=10) as r:
-        assert r.status == 200
-        return r.read().decode("utf-8")
 
 
 def http_post(url: str, body: dict) -> tuple[int, dict[str, str], str]:
@@ -43,32 +37,14 @@ def http_post(url: str, body: dict) -> tuple[int, dict[str, str], str]:
     statuses are returned, not raised."""
     request = urllib.request.Request(url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
     try:
-        with _NO_PROXY.open(request, timeout=60) as r:
+        with NO_PROXY.open(request, timeout=60) as r:
             return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read().decode("utf-8")
     except urllib.error.HTTPError as e:
         return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read().decode("utf-8")
 
 
-_SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(\{([^}]*)\})?\s+(\S+)")
-_LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 
-def samples(text: str, name: str, **labels: str) -> list[tuple[dict[str, str], float]]:
-    """Every sample of `name` whose labels include `labels`."""
-    out = []
-    for line in text.splitlines():
-        m = _SAMPLE.match(line)
-        if not m or m.group(1) != name:
-            continue
-        have = dict(_LABEL.findall(m.group(3) or ""))
-        if all(have.get(k) == v for k, v in labels.items()):
-            out.append((have, float(m.group(4))))
-    return out
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The sum of the matching samples (0 when there is none)."""
-    return sum(v for _, v in samples(text, name, **labels))
 
 
 def gateway_metrics(rd: RealDynamo) -> str:
@@ -277,28 +253,7 @@ ESTIMATE_CASES = [
         {"messages": [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hello there"}]},
         32,
     ),
-    ("completion: multi-byte", {"prompt": "Grüße aus Köln — 東京タワー 🚀 naïve café"}, None),
-    ("completion: spaces and newlines", {"prompt": "  two leading spaces\n\nand a tab\there  "}, None),
-    (
-        "chat: multi-byte user",
-        {"messages": [{"role": "user", "content": "Ünïcödé: 日本語のテキスト, emoji 🎉🎉, Ελληνικά"}]},
-        None,
-    ),
-    (
-        "chat: several turns",
-        {
-            "messages": [
-                {"role": "system", "content": "You answer in one word."},
-                {"role": "user", "content": "Capital of France?"},
-                {"role": "assistant", "content": "Paris."},
-                {"role": "user", "content": "And of Germany?\nBe brief."},
-                {"role": "assistant", "content": " Berlin "},
-                {"role": "user", "content": "Thanks!"},
-            ]
-        },
-        None,
-    ),
-]
+] + [(name, request, None) for name, request in ESTIMATE_PROMPTS]
 
 
 @pytest.mark.parametrize("case", ESTIMATE_CASES, ids=[c[0] for c in ESTIMATE_CASES])
@@ -482,41 +437,22 @@ def _content_chunks(raw: bytes) -> int:
 
 def test_raw_socket_reset_cancels_in_the_worker(real_dynamo):
     before = _cancel_before(real_dynamo)
-    host, port = real_dynamo.gateway.addr.rsplit(":", 1)
-    sock = socket.create_connection((host, int(port)), timeout=30)
-    payload = json.dumps(
+    sock = post_raw(
+        real_dynamo.gateway.addr,
+        "/v1/chat/completions",
+        TENANT_KEY,
         {
             "model": REAL_MODEL,
             "messages": [{"role": "user", "content": "Tell me a very long story."}],
             "max_tokens": CANCEL_MAX_TOKENS,
             "stream": True,
-        }
-    ).encode()
-    raw = b""
-    try:
-        sock.sendall(
-            b"POST /v1/chat/completions HTTP/1.1\r\n"
-            + f"Host: {real_dynamo.gateway.addr}\r\nAuthorization: Bearer {TENANT_KEY}\r\n".encode()
-            + b"Content-Type: application/json\r\nAccept: text/event-stream\r\n"
-            + f"Content-Length: {len(payload)}\r\n\r\n".encode()
-            + payload
-        )
-        while _content_chunks(raw) < CANCEL_AFTER_CHUNKS:
-            data = sock.recv(65536)
-            assert data, f"connection closed early: {raw!r}"
-            raw += data
+        },
+    )
+    with sock:  # closed by reset(), or by the with on a failure
+        raw = read_until(sock, lambda raw: _content_chunks(raw) >= CANCEL_AFTER_CHUNKS)
         assert raw.startswith(b"HTTP/1.1 200")
         assert frontend_gauges(frontend_metrics(real_dynamo)) == (1, 0)  # running, not queued
-        # Reset on close; then take what has arrived and close at once.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-        sock.setblocking(False)
-        try:
-            while data := sock.recv(65536):
-                raw += data
-        except BlockingIOError:
-            pass
-    finally:
-        sock.close()
+        raw += reset(sock)
     head = raw.split(b"\r\n\r\n", 1)[0].decode("latin-1")
     request_id = re.search(r"(?im)^x-request-id:\s*(\S+)", head).group(1)
     _assert_canceled(real_dynamo, before, request_id, _content_chunks(raw), "raw socket reset", slack=RESET_SLACK)

@@ -18,7 +18,6 @@ route, and chat is checked to be refused.
 from __future__ import annotations
 
 import json
-import re
 import socket
 import threading
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import openai
 import pytest
+from helpers import NO_PROXY, http_get, metric
 from conftest import (
     REAL_TRITON_BACKEND,
     REAL_TRITON_MISSING_MODEL,
@@ -41,7 +41,6 @@ MODEL = REAL_TRITON_MODEL
 # What the model generates (model.py): these words in order, each with a
 # trailing space, one token each.
 WORDS = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta", "naïve", "café", "日本", "🙂"]
-_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 def text_of(n: int) -> str:
@@ -51,37 +50,18 @@ def text_of(n: int) -> str:
 # --- helpers -----------------------------------------------------------------
 
 
-def http_get(url: str) -> str:
-    with _NO_PROXY.open(url, timeout=10) as r:
-        assert r.status == 200
-        return r.read().decode("utf-8")
-
 
 def http_post(url: str, body: bytes, headers: dict[str, str] | None = None) -> tuple[int, str, str]:
     """(status, content type, body) of a POST, errors included."""
     request = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json", **(headers or {})})
     try:
-        with _NO_PROXY.open(request, timeout=30) as r:
+        with NO_PROXY.open(request, timeout=30) as r:
             return r.status, r.headers.get("Content-Type", ""), r.read().decode("utf-8")
     except urllib.error.HTTPError as e:
         return e.code, e.headers.get("Content-Type", ""), e.read().decode("utf-8")
 
 
-_SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(\{([^}]*)\})?\s+(\S+)")
-_LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The sum of the samples of `name` whose labels include `labels`."""
-    total = 0.0
-    for line in text.splitlines():
-        m = _SAMPLE.match(line)
-        if not m or m.group(1) != name:
-            continue
-        have = dict(_LABEL.findall(m.group(3) or ""))
-        if all(have.get(k) == v for k, v in labels.items()):
-            total += float(m.group(4))
-    return total
 
 
 def gateway_metrics(rt: RealTriton) -> str:

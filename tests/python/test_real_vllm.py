@@ -14,8 +14,6 @@ Speculative decoding runs on a second engine: test_real_vllm_spec.py.
 from __future__ import annotations
 
 import json
-import re
-import socket
 import threading
 import time
 import urllib.request
@@ -23,50 +21,27 @@ from collections.abc import Iterator
 
 import openai
 import pytest
-from conftest import ADMIN_KEY, RESET_SLACK, REAL_BACKEND, REAL_MODEL, TENANT_ID, TENANT_KEY, RealVllm
+from helpers import NO_PROXY, http_get, metric, post_raw, read_until, reset, samples
+from conftest import ADMIN_KEY, ESTIMATE_PROMPTS, RESET_SLACK, REAL_BACKEND, REAL_MODEL, TENANT_ID, TENANT_KEY, RealVllm
 
 GREEDY = {"temperature": 0, "extra_body": {"ignore_eos": True}}
-_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 # --- helpers -----------------------------------------------------------------
 
-
-def http_get(url: str, headers: dict[str, str] | None = None) -> str:
-    with _NO_PROXY.open(urllib.request.Request(url, headers=headers or {}), timeout=10) as r:
-        assert r.status == 200
-        return r.read().decode("utf-8")
 
 
 def http_post_json(url: str, body: dict) -> dict:
     request = urllib.request.Request(
         url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
     )
-    with _NO_PROXY.open(request, timeout=30) as r:
+    with NO_PROXY.open(request, timeout=30) as r:
         assert r.status == 200
         return json.load(r)
 
 
-_SAMPLE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(\{([^}]*)\})?\s+(\S+)")
-_LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 
-def samples(text: str, name: str, **labels: str) -> list[tuple[dict[str, str], float]]:
-    """Every sample of `name` whose labels include `labels`."""
-    out = []
-    for line in text.splitlines():
-        m = _SAMPLE.match(line)
-        if not m or m.group(1) != name:
-            continue
-        have = dict(_LABEL.findall(m.group(3) or ""))
-        if all(have.get(k) == v for k, v in labels.items()):
-            out.append((have, float(m.group(4))))
-    return out
-
-
-def metric(text: str, name: str, **labels: str) -> float:
-    """The sum of the matching samples (0 when there is none)."""
-    return sum(v for _, v in samples(text, name, **labels))
 
 
 def gateway_metrics(rv: RealVllm) -> str:
@@ -210,28 +185,7 @@ ESTIMATE_CASES = [
         {"messages": [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "Hello there"}]},
         30,
     ),
-    ("completion: multi-byte", {"prompt": "Grüße aus Köln — 東京タワー 🚀 naïve café"}, None),
-    ("completion: spaces and newlines", {"prompt": "  two leading spaces\n\nand a tab\there  "}, None),
-    (
-        "chat: multi-byte user",
-        {"messages": [{"role": "user", "content": "Ünïcödé: 日本語のテキスト, emoji 🎉🎉, Ελληνικά"}]},
-        None,
-    ),
-    (
-        "chat: several turns",
-        {
-            "messages": [
-                {"role": "system", "content": "You answer in one word."},
-                {"role": "user", "content": "Capital of France?"},
-                {"role": "assistant", "content": "Paris."},
-                {"role": "user", "content": "And of Germany?\nBe brief."},
-                {"role": "assistant", "content": " Berlin "},
-                {"role": "user", "content": "Thanks!"},
-            ]
-        },
-        None,
-    ),
-]
+] + [(name, request, None) for name, request in ESTIMATE_PROMPTS]
 
 
 @pytest.mark.parametrize("case", ESTIMATE_CASES, ids=[c[0] for c in ESTIMATE_CASES])
@@ -287,20 +241,6 @@ def _log_aborts(rv: RealVllm) -> int | None:
 
 def _abort_counter(text: str) -> float:
     return metric(text, "gateway_upstream_aborts_total", backend=REAL_BACKEND)
-
-
-def _sse_stream_raw(rv: RealVllm, body: dict) -> socket.socket:
-    host, port = rv.gateway.addr.rsplit(":", 1)
-    sock = socket.create_connection((host, int(port)), timeout=30)
-    payload = json.dumps(body).encode()
-    sock.sendall(
-        b"POST /v1/chat/completions HTTP/1.1\r\n"
-        + f"Host: {rv.gateway.addr}\r\nAuthorization: Bearer {TENANT_KEY}\r\n".encode()
-        + b"Content-Type: application/json\r\nAccept: text/event-stream\r\n"
-        + f"Content-Length: {len(payload)}\r\n\r\n".encode()
-        + payload
-    )
-    return sock
 
 
 def _content_chunks(raw: bytes) -> tuple[int, str]:
@@ -422,8 +362,10 @@ def test_sdk_stream_closed_aborts_in_vllm(real_vllm, client):
 
 def test_raw_socket_closed_aborts_in_vllm(real_vllm):
     before = _abort_before(real_vllm)
-    sock = _sse_stream_raw(
-        real_vllm,
+    sock = post_raw(
+        real_vllm.gateway.addr,
+        "/v1/chat/completions",
+        TENANT_KEY,
         {
             "model": REAL_MODEL,
             "messages": [{"role": "user", "content": "Tell me a very long story."}],
@@ -433,25 +375,11 @@ def test_raw_socket_closed_aborts_in_vllm(real_vllm):
             "ignore_eos": True,
         },
     )
-    raw = b""
-    try:
-        while _content_chunks(raw)[0] < ABORT_AFTER_CHUNKS:
-            data = sock.recv(65536)
-            assert data, f"connection closed early: {raw!r}"
-            raw += data
+    with sock:  # closed by reset(), or by the with on a failure
+        raw = read_until(sock, lambda raw: _content_chunks(raw)[0] >= ABORT_AFTER_CHUNKS)
         assert raw.startswith(b"HTTP/1.1 200")
         assert running_in_vllm(real_vllm) == 1
-        # Take what has already arrived, then reset the connection.
-        # Reset on close; then take what has arrived and close at once.
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-        sock.setblocking(False)
-        try:
-            while data := sock.recv(65536):
-                raw += data
-        except BlockingIOError:
-            pass
-    finally:
-        sock.close()
+        raw += reset(sock)
     received, _ = _content_chunks(raw)
     # Exact but for what the gateway wrote between the last recv() and the
     # reset (conftest.RESET_SLACK).
