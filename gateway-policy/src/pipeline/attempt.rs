@@ -20,7 +20,7 @@ use crate::admission::Ticket;
 use crate::limits::LimitPermit;
 use crate::metrics::{BackendLabels, ModelBackendLabels};
 use crate::pool::{BackendSlot, InflightGuard};
-use crate::route::{Candidate, RouteRequest};
+use crate::route::{Candidate, RouteRequest, Slo};
 use crate::{ErrorCode, GatewayError, ModelSpec, Tenant};
 
 /// A request past limits and budget, ready to route.
@@ -102,6 +102,8 @@ impl Job for Admitted {
             prompt: &self.request.prompt,
             prefix_tokens: self.prefix.as_deref(),
             class: self.request.latency_class,
+            prompt_tokens: u32::try_from(self.estimate.value()).unwrap_or(u32::MAX),
+            slo: Slo::default(),
         }
     }
 

@@ -23,7 +23,7 @@ use super::{ActiveGuard, Gateway, UNKNOWN_MODEL};
 use crate::limits::LimitPermit;
 use crate::metrics::ModelLabels;
 use crate::pool::BackendSlot;
-use crate::route::RouteRequest;
+use crate::route::{RouteRequest, Slo};
 use crate::{ErrorCode, GatewayError, ModelSpec, Tenant};
 
 /// What [`Gateway::embed`] answers: one vector per input, in input order
@@ -69,6 +69,8 @@ impl Job for EmbedJob {
             prompt: &self.route_prompt,
             prefix_tokens: None,
             class: self.request.latency_class,
+            prompt_tokens: u32::try_from(self.estimate.value()).unwrap_or(u32::MAX),
+            slo: Slo::default(),
         }
     }
 

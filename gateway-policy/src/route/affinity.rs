@@ -172,6 +172,48 @@ impl PrefixAffinity {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The prefix hashes of `request` as this policy keys them.
+    fn hashes(&self, request: &RouteRequest<'_>) -> Vec<u64> {
+        match request.prefix_tokens {
+            Some(ids) => token_prefix_hashes(ids, self.config.block_tokens, self.config.blocks),
+            None => prefix_hashes_with(request.prompt, self.config.block_bytes, self.config.blocks),
+        }
+    }
+
+    /// The backend (by name) that most recently served the longest of
+    /// `request`'s prefix blocks, and about how many of the prompt's
+    /// leading tokens those blocks hold: what that engine's prefix cache
+    /// likely has (byte blocks count 4 bytes a token).
+    pub fn cached_prefix(&self, request: &RouteRequest<'_>) -> Option<(String, u32)> {
+        let hashes = self.hashes(request);
+        let state = self.state();
+        let (blocks, backend) = hashes
+            .iter()
+            .enumerate()
+            .rev()
+            .find_map(|(i, h)| state.seen.get(h).map(|(name, _)| (i + 1, name.clone())))?;
+        let per_block = match request.prefix_tokens {
+            Some(_) => self.config.block_tokens,
+            None => self.config.block_bytes / 4,
+        };
+        let tokens = blocks.saturating_mul(per_block);
+        Some((backend, u32::try_from(tokens).unwrap_or(u32::MAX)))
+    }
+
+    /// Notes that `request` went to the backend at `index`: its prefix
+    /// blocks now point there.
+    pub fn remember_choice(&self, request: &RouteRequest<'_>, index: usize) {
+        let hashes = self.hashes(request);
+        if let Some(name) = self.names.get(index) {
+            PrefixAffinity::remember(&mut self.state(), &hashes, name);
+        }
+    }
+
+    /// Its backends' names, by candidate index.
+    pub fn names(&self) -> &[String] {
+        &self.names
+    }
+
     fn remember(state: &mut State, hashes: &[u64], backend: &str) {
         state.clock += 1;
         if state.seen.len() + hashes.len() > REMEMBERED {
@@ -192,10 +234,7 @@ impl RoutePolicy for PrefixAffinity {
         if order.is_empty() {
             return order;
         }
-        let hashes = match request.prefix_tokens {
-            Some(ids) => token_prefix_hashes(ids, self.config.block_tokens, self.config.blocks),
-            None => prefix_hashes_with(request.prompt, self.config.block_bytes, self.config.blocks),
-        };
+        let hashes = self.hashes(request);
         let mut state = self.state();
         let name_of = |index: usize| self.names.get(index).map(String::as_str);
         // The longest matching block whose backend is eligible and not saturated.
@@ -287,6 +326,8 @@ mod tests {
             prompt,
             prefix_tokens: None,
             class: LatencyClass::Interactive,
+            prompt_tokens: 0,
+            slo: super::super::Slo::default(),
         }
     }
 

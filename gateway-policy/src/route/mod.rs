@@ -1,9 +1,12 @@
 //! Routing: rank a model's backends for a request, from snapshots of their
 //! health and load. [`rank`] is the pure least-loaded order;
 //! [`PrefixAffinity`] (the default) adds prefix-cache affinity and
-//! power-of-two-choices.
+//! power-of-two-choices; [`SloRouter`] ranks by predicted latency against
+//! the model's targets.
 
 mod affinity;
+pub mod latency;
+mod slo;
 
 use std::fmt;
 
@@ -13,6 +16,8 @@ pub use affinity::{
     AffinityConfig, BLOCK_BYTES, BLOCK_TOKENS, BLOCKS, PrefixAffinity, SATURATED, prefix_hashes,
     prefix_hashes_with, token_prefix_hashes,
 };
+pub use latency::SloTargets;
+pub use slo::{Observation, Slo, SloRouter};
 
 /// What routing knows of the request.
 #[derive(Debug, Clone, Copy)]
@@ -27,6 +32,10 @@ pub struct RouteRequest<'a> {
     pub prefix_tokens: Option<&'a [u32]>,
     /// Interactive or batch.
     pub class: LatencyClass,
+    /// The prompt's estimated token count.
+    pub prompt_tokens: u32,
+    /// The model's latency targets.
+    pub slo: Slo,
 }
 
 /// Orders a model's backends for a request. The default is
@@ -42,6 +51,20 @@ pub trait RoutePolicy: Send + Sync + fmt::Debug + 'static {
     /// when the model's counter is exact). Default 0: none.
     fn prefix_tokens(&self) -> usize {
         0
+    }
+
+    /// What a finished request showed of the backend at `index`, for
+    /// policies that learn latency. Default: nothing kept.
+    fn observe(&self, index: usize, observation: &Observation) {
+        let _ = (index, observation);
+    }
+
+    /// Whether `request` should wait in the admission queue although a
+    /// candidate could take it now (the gateway asks before ranking, and
+    /// again each time a place frees). Default: never.
+    fn hold(&self, request: &RouteRequest<'_>, candidates: &[Candidate]) -> bool {
+        let _ = (request, candidates);
+        false
     }
 }
 
