@@ -75,6 +75,20 @@ pub struct BackendLabels {
     pub backend: String,
 }
 
+/// Labels `model, class, kind, outcome` of a latency target check.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SloLabels {
+    /// Model name.
+    pub model: String,
+    /// `interactive` or `batch`.
+    pub class: &'static str,
+    /// `ttft` (time to first token, from arrival) or `itl` (mean time
+    /// between output tokens).
+    pub kind: &'static str,
+    /// `met` or `missed`.
+    pub outcome: &'static str,
+}
+
 /// Labels `backend, phase`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AbortLabels {
@@ -282,6 +296,10 @@ pub struct Metrics {
     /// the HTTP edge answered or closed itself (every reason at zero from
     /// the start).
     pub edge_rejections: EdgeRejections,
+    /// `gateway_slo_total{model,class,kind,outcome}`: finished requests of
+    /// a model with latency targets, checked against their class's target
+    /// of each kind (attainment = met / (met + missed)).
+    pub slo: Family<SloLabels, Counter>,
 }
 
 impl fmt::Debug for Metrics {
@@ -460,7 +478,14 @@ impl Metrics {
                 reason: reason.as_str(),
             }));
         }
+        let slo = Family::<SloLabels, Counter>::default();
+        registry.register(
+            "slo",
+            "Finished requests checked against their class's latency target, by kind and outcome",
+            slo.clone(),
+        );
         Metrics {
+            slo,
             tenant_labels,
             registry,
             edge_rejections,
@@ -555,6 +580,34 @@ impl Metrics {
         drop(self.estimate_error.get_or_create(&labels));
         drop(self.embedding_inputs.get_or_create(&labels));
         drop(self.estimate_drift_tokens.get_or_create(&labels));
+    }
+
+    /// Creates the latency-target series of `model` at zero: each class
+    /// and kind that has a target (`targets`: `(class, kind)` pairs).
+    pub fn register_slo(&self, model: &str, targets: &[(&'static str, &'static str)]) {
+        for &(class, kind) in targets {
+            for outcome in ["met", "missed"] {
+                drop(self.slo.get_or_create(&SloLabels {
+                    model: model.to_owned(),
+                    class,
+                    kind,
+                    outcome,
+                }));
+            }
+        }
+    }
+
+    /// Counts one check of a finished request of `model` against its
+    /// `class`'s target of `kind`.
+    pub fn slo_check(&self, model: &str, class: &'static str, kind: &'static str, met: bool) {
+        self.slo
+            .get_or_create(&SloLabels {
+                model: model.to_owned(),
+                class,
+                kind,
+                outcome: if met { "met" } else { "missed" },
+            })
+            .inc();
     }
 
     /// Creates the series of model `from` falling back to `to` at zero.

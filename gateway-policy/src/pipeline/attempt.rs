@@ -9,7 +9,8 @@ use std::time::Duration;
 use futures::StreamExt;
 use gateway_core::{
     BackendError, BackendRequest, Blame, BudgetGuard, CancelHandle, CancelReason, EventOrder,
-    FailureKind, GenerateRequest, RequestBudget, TokenCount, TokenEvent, TokenStream, UsageMeter,
+    FailureKind, GenerateRequest, Pressure, RequestBudget, TokenCount, TokenEvent, TokenStream,
+    UsageMeter,
 };
 use tokio::time::Instant;
 
@@ -20,7 +21,7 @@ use crate::admission::Ticket;
 use crate::limits::LimitPermit;
 use crate::metrics::{BackendLabels, ModelBackendLabels};
 use crate::pool::{BackendSlot, InflightGuard};
-use crate::route::{Candidate, RouteRequest, Slo};
+use crate::route::{Candidate, RouteRequest, Slo, latency};
 use crate::{ErrorCode, GatewayError, ModelSpec, Tenant};
 
 /// A request past limits and budget, ready to route.
@@ -40,6 +41,8 @@ pub(super) struct Admitted {
     pub(super) span: tracing::Span,
     /// The model's usable fallbacks, in order.
     pub(super) fallbacks: Vec<Plan>,
+    /// The model's latency targets.
+    pub(super) slo: Slo,
 }
 
 /// What the first events of a successful attempt were.
@@ -47,6 +50,17 @@ pub(super) struct Head {
     pub(super) stream: TokenStream,
     pub(super) events: Vec<TokenEvent>,
     pub(super) order: EventOrder,
+    /// When it was sent and its first token came (set by the attempt).
+    pub(super) timing: Option<Timing>,
+}
+
+/// When an attempt was sent, what its backend held then, and when its
+/// first token came: what the routing policy learns latency from.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Timing {
+    pub(super) sent: Instant,
+    pub(super) held: u32,
+    pub(super) first: Instant,
 }
 
 /// How serving a request on one model ended without a first token.
@@ -103,7 +117,7 @@ impl Job for Admitted {
             prefix_tokens: self.prefix.as_deref(),
             class: self.request.latency_class,
             prompt_tokens: u32::try_from(self.estimate.value()).unwrap_or(u32::MAX),
-            slo: Slo::default(),
+            slo: self.slo,
         }
     }
 
@@ -232,8 +246,13 @@ pub(super) async fn serve<J: Job>(
                 })
             })
             .collect();
-        let ranked = if my_turn {
-            inner.router.rank(&job.route(), &candidates)
+        // A request the policy holds back (batch, while load alone makes
+        // the interactive targets missed) waits its turn in the queue as if
+        // every backend were full.
+        let route = job.route();
+        let held_back = my_turn && inner.router.hold(&route, &candidates);
+        let ranked = if my_turn && !held_back {
+            inner.router.rank(&route, &candidates)
         } else {
             Vec::new()
         };
@@ -271,9 +290,10 @@ pub(super) async fn serve<J: Job>(
                 }
             }
         }
-        let waiting_possible = candidates
-            .iter()
-            .any(|c| c.healthy && (!c.has_capacity || !my_turn));
+        let waiting_possible = held_back
+            || candidates
+                .iter()
+                .any(|c| c.healthy && (!c.has_capacity || !my_turn));
         if !waiting_possible {
             return Err(Stop::Unserved(exhausted(&failures)));
         }
@@ -384,6 +404,15 @@ async fn attempt(
     cancel: &CancelHandle,
 ) -> Result<(Head, CancelHandle), Failed> {
     let started = Instant::now();
+    // What the backend held besides this request (already counted in
+    // flight).
+    let held = {
+        let p = slot.pressure();
+        latency::held(&Pressure {
+            inflight: p.inflight.saturating_sub(1),
+            ..p
+        })
+    };
     let settings = &gateway.inner.settings;
     let metrics = &gateway.inner.metrics;
     let attempt_cancel = cancel.child();
@@ -412,7 +441,12 @@ async fn attempt(
         canceled @ Failed::Canceled(_) => canceled,
     });
     match result {
-        Ok(head) => {
+        Ok(mut head) => {
+            head.timing = Some(Timing {
+                sent: started,
+                held,
+                first: Instant::now(),
+            });
             slot.record_success();
             slot.record_prompt(admitted.estimate.value());
             metrics
@@ -513,6 +547,7 @@ async fn first_token(
                 stream,
                 events,
                 order,
+                timing: None,
             });
         }
     }

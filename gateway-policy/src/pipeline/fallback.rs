@@ -149,5 +149,6 @@ pub(super) fn switch(gateway: &Gateway, admitted: &mut Admitted, plan: Plan, req
     admitted.request = Arc::new(request);
     admitted.estimate = plan.estimate;
     admitted.prefix = plan.prefix;
+    admitted.slo = gateway.slo_of(&plan.model.name);
     admitted.model = plan.model;
 }

@@ -37,7 +37,7 @@ use crate::ledger::{AccountLedger, MemoryLedger, TenantAccount};
 use crate::limits::{AdmitError, LimitKind, Limiter, TenantLimiter};
 use crate::metrics::{BackendLabels, Metrics};
 use crate::pool::BackendSlot;
-use crate::route::{AffinityConfig, PrefixAffinity, RoutePolicy};
+use crate::route::{AffinityConfig, PrefixAffinity, RoutePolicy, Slo, SloRouter};
 use crate::tokenizer_pool::{PoolError, TokenizerPool};
 use crate::{ErrorCode, GatewayError, ModelSpec, Tenant};
 
@@ -122,6 +122,7 @@ pub struct GatewayBuilder {
     backends: Vec<PendingBackend>,
     fallbacks: Vec<(String, Vec<String>)>,
     queues: Vec<(String, usize)>,
+    slos: Vec<(String, Slo)>,
     affinity: AffinityConfig,
     metrics_tenant_labels: bool,
     tokenizer: TokenizerPool,
@@ -248,6 +249,18 @@ impl GatewayBuilder {
             model.to_owned(),
             fallbacks.iter().map(|f| (*f).to_owned()).collect(),
         ));
+        self
+    }
+
+    /// Sets `model`'s latency targets per priority class. With targets on
+    /// any model, the default routing policy is [`SloRouter`] (each request
+    /// to the backend with the lowest predicted time to first token among
+    /// those that keep its class's targets; batch held back while load
+    /// alone makes the interactive targets missed), and the attainment
+    /// metrics count each finished request against its class's targets.
+    #[must_use]
+    pub fn slo(mut self, model: &str, slo: Slo) -> Self {
+        self.slos.push((model.to_owned(), slo));
         self
     }
 
@@ -406,11 +419,22 @@ impl GatewayBuilder {
             }
         };
         let authenticator = self.authenticator.unwrap_or_else(|| Arc::new(self.keys));
-        let default_router: Arc<dyn RoutePolicy> = Arc::new(PrefixAffinity::with_config(
-            pool.iter().map(|s| s.name.clone()).collect(),
-            0x5EED,
-            self.affinity,
-        ));
+        let mut slos: HashMap<String, Slo> = HashMap::new();
+        for (model, slo) in self.slos {
+            if !models.contains_key(&model) {
+                return Err(BuildError::UnknownModel {
+                    model,
+                    by: ModelReference::Slo,
+                });
+            }
+            slos.insert(model, slo);
+        }
+        let names: Vec<String> = pool.iter().map(|s| s.name.clone()).collect();
+        let default_router: Arc<dyn RoutePolicy> = if slos.values().any(Slo::is_set) {
+            Arc::new(SloRouter::new(names, 0x5EED, self.affinity))
+        } else {
+            Arc::new(PrefixAffinity::with_config(names, 0x5EED, self.affinity))
+        };
         let fallbacks = fallback_chains(&models, self.fallbacks)?;
         let metrics = Metrics::with_tenant_labels(self.metrics_tenant_labels);
         for slot in &pool {
@@ -418,6 +442,9 @@ impl GatewayBuilder {
         }
         for model in models.keys() {
             metrics.register_model(model);
+        }
+        for (model, slo) in &slos {
+            metrics.register_slo(model, &slo.checked());
         }
         for (from, chain) in &fallbacks {
             for to in chain {
@@ -441,6 +468,7 @@ impl GatewayBuilder {
                 pool,
                 queues,
                 fallbacks,
+                slos,
                 by_model,
                 metrics: Arc::new(metrics),
                 shutdown: CancelHandle::new(),
@@ -577,6 +605,8 @@ struct Inner {
     queues: HashMap<String, Arc<FairQueue>>,
     /// Each model's fallbacks, in order (models without any are absent).
     fallbacks: HashMap<String, Vec<Arc<ModelSpec>>>,
+    /// Each model's latency targets (models without any are absent).
+    slos: HashMap<String, Slo>,
     metrics: Arc<Metrics>,
     shutdown: CancelHandle,
     active: Arc<Active>,
@@ -627,6 +657,7 @@ impl Gateway {
             backends: Vec::new(),
             fallbacks: Vec::new(),
             queues: Vec::new(),
+            slos: Vec::new(),
             affinity: AffinityConfig::default(),
             metrics_tenant_labels: true,
             tokenizer: TokenizerPool::default(),
@@ -705,6 +736,11 @@ impl Gateway {
     /// The metrics.
     pub fn metrics(&self) -> &Metrics {
         &self.inner.metrics
+    }
+
+    /// `model`'s latency targets (none when not set).
+    pub(super) fn slo_of(&self, model: &str) -> Slo {
+        self.inner.slos.get(model).copied().unwrap_or_default()
     }
 
     /// The metrics in text form, gauges refreshed from each backend's
@@ -1195,6 +1231,7 @@ impl Gateway {
         };
         let admitted = attempt::Admitted {
             tenant: tenant.clone(),
+            slo: self.slo_of(&model.name),
             model,
             request: Arc::new(generate),
             estimate,

@@ -18,12 +18,13 @@ use tokio::time::Instant;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use tracing::Instrument;
 
-use super::attempt::{Admitted, Head};
+use super::attempt::{Admitted, Head, Timing};
 use super::cap::{Admit, OutputCap};
 use super::{ActiveGuard, Gateway};
 use crate::limits::LimitPermit;
 use crate::metrics::{AbortLabels, BackendLabels, DrainLabels, Metrics, ModelLabels};
 use crate::pool::InflightGuard;
+use crate::route::{Observation, RoutePolicy, Slo};
 use crate::{ModelSpec, Tenant};
 
 /// A successful first attempt, handed over to streaming.
@@ -70,7 +71,20 @@ pub(super) fn start(
     let model = admitted.model.name.clone();
     let meter = admitted.meter.clone();
     let output_cap = OutputCap::new(cap, admitted.model.counter.clone());
+    let latency = head.timing.map(|timing| LatencyWatch {
+        router: inner.router.clone(),
+        index: inner
+            .pool
+            .iter()
+            .position(|s| Arc::ptr_eq(s, inflight.slot())),
+        timing,
+        last: timing.first,
+        slo: admitted.slo,
+        class: admitted.request.latency_class,
+        arrived: admitted.arrived,
+    });
     let settlement = Settlement {
+        latency,
         guard: Some(admitted.guard),
         meter: admitted.meter,
         client: client.clone(),
@@ -700,13 +714,69 @@ struct Settlement {
     span: tracing::Span,
     finish: Option<gateway_core::FinishReason>,
     drift_warn_ratio: f64,
+    /// What the routing policy and the latency-target metrics learn from
+    /// the request, once it finished.
+    latency: Option<LatencyWatch>,
+}
+
+/// A request's latency as it streams: when it was sent, its first and its
+/// last token came.
+struct LatencyWatch {
+    router: Arc<dyn RoutePolicy>,
+    /// Its backend's place in the pool (the policy's candidate index).
+    index: Option<usize>,
+    timing: Timing,
+    /// When the last token came.
+    last: Instant,
+    slo: Slo,
+    class: gateway_core::LatencyClass,
+    arrived: Instant,
+}
+
+impl LatencyWatch {
+    /// Teaches the policy what the backend did and counts the request
+    /// against its class's targets: for a request that finished, with
+    /// `usage` its counts and `tokens` the output tokens received.
+    fn finished(&self, metrics: &Metrics, model: &str, usage: &Usage, tokens: u64) {
+        let Timing { sent, held, first } = self.timing;
+        let itl = (tokens >= 2).then(|| {
+            let gaps = u32::try_from(tokens - 1).unwrap_or(u32::MAX);
+            self.last.saturating_duration_since(first) / gaps
+        });
+        if let Some(index) = self.index {
+            self.router.observe(
+                index,
+                &Observation {
+                    uncached_prompt_tokens: u32::try_from(usage.uncached_prompt())
+                        .unwrap_or(u32::MAX),
+                    held,
+                    ttft: first.saturating_duration_since(sent),
+                    itl,
+                },
+            );
+        }
+        let targets = self.slo.of(self.class);
+        let class = self.class.as_str();
+        if let Some(target) = targets.ttft {
+            let ttft = first.saturating_duration_since(self.arrived);
+            metrics.slo_check(model, class, "ttft", ttft <= target);
+        }
+        if let (Some(target), Some(itl)) = (targets.itl, itl) {
+            metrics.slo_check(model, class, "itl", itl <= target);
+        }
+    }
 }
 
 impl Settlement {
     fn observe(&mut self, item: &TokenResult) {
         match item {
             Ok(TokenEvent::Started(s)) => self.started = *s,
-            Ok(TokenEvent::Delta(d)) => self.received += u64::from(d.tokens),
+            Ok(TokenEvent::Delta(d)) => {
+                self.received += u64::from(d.tokens);
+                if let Some(watch) = &mut self.latency {
+                    watch.last = Instant::now();
+                }
+            }
             Ok(TokenEvent::Usage(u)) => self.engine = Some(*u),
             Ok(TokenEvent::Finished(r)) => self.finish = Some(*r),
             Err(e) => {
@@ -872,6 +942,9 @@ impl Drop for Settlement {
                     "prompt-token estimate drifts from the engine's count"
                 );
             }
+        }
+        if let (Some(watch), Some(_)) = (&self.latency, self.finish) {
+            watch.finished(metrics, model, &usage, self.received);
         }
         tracing::info!(parent: &self.span, charged_usd = receipt.charged.usd(), "request settled");
     }

@@ -11,6 +11,13 @@
 //! small ridge term (so a feature that never varied, such as the prompt
 //! length under a uniform load, neither explodes nor poisons the others).
 //!
+//! An observation far from what the fit predicted (under half or over
+//! twice, past a millisecond) may be a change rather than noise: the old
+//! observations then weigh half at once ([`SURPRISE_FORGET`]); a second
+//! surprise in a row is a change, and the fit starts over from it. So a
+//! backend that turned slow, or recovered, is believed after two requests
+//! rather than fifty.
+//!
 //! Everything here is plain arithmetic: observations and queries are
 //! values, nothing reads a clock.
 
@@ -21,6 +28,9 @@ use gateway_core::Pressure;
 /// How much each older observation weighs relative to the next one: the
 /// fit's memory is about `1 / (1 - FORGET)` = 50 observations.
 pub const FORGET: f64 = 0.98;
+
+/// The weight left to older observations when one surprises the fit.
+pub const SURPRISE_FORGET: f64 = 0.5;
 
 /// Observations a fit needs before it predicts.
 pub const WARM_UP: u32 = 8;
@@ -61,6 +71,8 @@ struct Fit<const N: usize> {
     /// The solution for the sums as they are; `None` until solvable.
     theta: Option<[f64; N]>,
     observed: u32,
+    /// The last observation surprised the fit.
+    surprised: bool,
 }
 
 impl<const N: usize> Fit<N> {
@@ -71,6 +83,7 @@ impl<const N: usize> Fit<N> {
             weight: 0.0,
             theta: None,
             observed: 0,
+            surprised: false,
         }
     }
 
@@ -78,15 +91,24 @@ impl<const N: usize> Fit<N> {
         if !y.is_finite() || x.iter().any(|v| !v.is_finite()) {
             return;
         }
+        let surprised = self
+            .predict(x)
+            .is_some_and(|expected| surprising(expected, y));
+        let forget = match (surprised, self.surprised) {
+            (true, true) => 0.0,
+            (true, false) => SURPRISE_FORGET,
+            (false, _) => FORGET,
+        };
+        self.surprised = surprised;
         for (row, xi) in self.xx.iter_mut().zip(x) {
             for (cell, xj) in row.iter_mut().zip(x) {
-                *cell = *cell * FORGET + xi * xj;
+                *cell = *cell * forget + xi * xj;
             }
         }
         for (cell, xi) in self.xy.iter_mut().zip(x) {
-            *cell = *cell * FORGET + xi * y;
+            *cell = *cell * forget + xi * y;
         }
-        self.weight = self.weight * FORGET + 1.0;
+        self.weight = self.weight * forget + 1.0;
         self.observed = self.observed.saturating_add(1);
         self.theta = self.solve();
     }
@@ -133,6 +155,12 @@ impl<const N: usize> Fit<N> {
         let y: f64 = theta.iter().zip(x).map(|(t, v)| t * v).sum();
         y.is_finite().then_some(y.max(0.0))
     }
+}
+
+/// Whether `observed` seconds is a change from `expected`: under half or
+/// over twice, and more than a millisecond away.
+fn surprising(expected: f64, observed: f64) -> bool {
+    (observed - expected).abs() > 1e-3 && (observed > 2.0 * expected || observed < 0.5 * expected)
 }
 
 /// One backend's latency: time to first token over (1, uncached prompt
@@ -226,10 +254,25 @@ impl Prediction {
     }
 }
 
-/// The order to try the predicted backends in: those that keep `targets`
-/// first, each group by expected time to first token (unmeasured ones
-/// after measured ones, in the caller's order), and whether any keeps them.
-pub fn order_by_prediction(predictions: &[Prediction], targets: &SloTargets) -> (Vec<usize>, bool) {
+/// Predicted times to first token within this share of the fastest (and
+/// [`NEAR_TIE_SLACK`]) count as equally fast.
+pub const NEAR_TIE: f64 = 0.1;
+
+/// The absolute part of a near tie.
+pub const NEAR_TIE_SLACK: Duration = Duration::from_millis(2);
+
+/// The order to try the predicted backends in, and whether any keeps
+/// `targets`: those that keep the targets first, each group by expected
+/// time to first token (unmeasured ones after measured ones, in the
+/// caller's order). The backends about as fast as the first (a near tie,
+/// [`NEAR_TIE`]) go in the order of `preference` (prefix affinity's
+/// choice, or its random pick of two), so equal backends share the
+/// traffic and a cached prefix wins among equals.
+pub fn order_by_prediction(
+    predictions: &[Prediction],
+    targets: &SloTargets,
+    preference: &[usize],
+) -> (Vec<usize>, bool) {
     let mut keyed: Vec<(bool, Option<Duration>, usize, usize)> = predictions
         .iter()
         .enumerate()
@@ -246,6 +289,25 @@ pub fn order_by_prediction(predictions: &[Prediction], targets: &SloTargets) -> 
             .then(a.2.cmp(&b.2))
     });
     let any_keeps = keyed.first().is_some_and(|k| !k.0);
+    // The near ties of the first: same side of the targets, measured, and
+    // about as fast.
+    let near = match keyed.first() {
+        Some(&(misses, Some(best), _, _)) => {
+            let bound = best.mul_f64(1.0 + NEAR_TIE) + NEAR_TIE_SLACK;
+            keyed
+                .iter()
+                .take_while(|k| k.0 == misses && k.1.is_some_and(|t| t <= bound))
+                .count()
+        }
+        _ => 0,
+    };
+    let rank_in = |index: usize| {
+        preference
+            .iter()
+            .position(|p| *p == index)
+            .unwrap_or(usize::MAX)
+    };
+    keyed[..near].sort_by_key(|k| rank_in(k.3));
     (keyed.into_iter().map(|k| k.3).collect(), any_keeps)
 }
 
@@ -310,17 +372,27 @@ mod tests {
     }
 
     #[test]
-    fn a_backend_that_slows_down_is_seen_within_a_hundred_requests() {
+    fn a_backend_that_slows_down_is_believed_within_a_few_requests() {
         let mut m = trained(200);
         let slow = |tokens: u32, held: u32| truth_ttft(tokens, held) * 3;
-        for i in 0..100 {
-            let tokens = 100 + (i * 37) % 900;
-            let held = (i * 7) % 6;
-            m.observe_ttft(tokens, held, slow(tokens, held));
-        }
-        // The old behaviour weighs 0.98^100 = 13% now.
-        let (got, new) = (m.predict_ttft(500, 2).unwrap(), slow(500, 2));
-        assert!(got >= new.mul_f64(0.85) && got <= new, "{got:?} vs {new:?}");
+        let mut observe = |from: u32, to: u32| {
+            for i in from..to {
+                let tokens = 100 + (i * 37) % 900;
+                let held = (i * 7) % 6;
+                m.observe_ttft(tokens, held, slow(tokens, held));
+            }
+            m.predict_ttft(500, 2).unwrap()
+        };
+        // Three times slower surprises the fit: while it does, the old
+        // behaviour weighs half at each observation.
+        let new = slow(500, 2);
+        let got = observe(0, 5);
+        assert!(got >= new / 2, "after 5: {got:?} vs {new:?}");
+        let got = observe(5, 30);
+        assert!(
+            near(got, new, new.as_secs_f64() * 1000.0 * 0.15),
+            "after 30: {got:?} vs {new:?}"
+        );
     }
 
     #[test]
@@ -338,6 +410,19 @@ mod tests {
             let p = m.predict_ttft(tokens, held).unwrap();
             assert!(p.as_secs_f64().is_finite());
         }
+    }
+
+    #[test]
+    fn noise_within_twice_the_prediction_moves_the_fit_slowly() {
+        let mut m = trained(200);
+        let before = m.predict_ttft(500, 2).unwrap();
+        // One observation at 1.5x: 2% of the weight.
+        m.observe_ttft(500, 2, truth_ttft(500, 2).mul_f64(1.5));
+        let after = m.predict_ttft(500, 2).unwrap();
+        assert!(
+            after > before && after < before.mul_f64(1.05),
+            "{before:?} -> {after:?}"
+        );
     }
 
     #[test]
@@ -381,7 +466,7 @@ mod tests {
             p(4, None, None),              // not measured yet: kept
         ];
         assert_eq!(
-            order_by_prediction(&predictions, &targets),
+            order_by_prediction(&predictions, &targets, &[]),
             (vec![2, 1, 4, 0, 3], true)
         );
     }
@@ -394,15 +479,45 @@ mod tests {
         };
         let predictions = [p(7, Some(300.0), None), p(3, Some(150.0), None)];
         assert_eq!(
-            order_by_prediction(&predictions, &targets),
+            order_by_prediction(&predictions, &targets, &[]),
             (vec![3, 7], false)
         );
         // Without targets every backend keeps them: fastest first.
         assert_eq!(
-            order_by_prediction(&predictions, &SloTargets::default()),
+            order_by_prediction(&predictions, &SloTargets::default(), &[]),
             (vec![3, 7], true)
         );
-        assert_eq!(order_by_prediction(&[], &targets), (vec![], false));
+        assert_eq!(order_by_prediction(&[], &targets, &[]), (vec![], false));
+    }
+
+    #[test]
+    fn near_ties_go_in_the_order_of_preference() {
+        let targets = SloTargets::default();
+        // 100, 108 and 111.9 ms are within 10% + 2 ms of 100; 113 is not.
+        let predictions = [
+            p(0, Some(100.0), None),
+            p(1, Some(113.0), None),
+            p(2, Some(108.0), None),
+            p(3, Some(111.9), None),
+        ];
+        assert_eq!(
+            order_by_prediction(&predictions, &targets, &[3, 1, 2, 0]).0,
+            vec![3, 2, 0, 1]
+        );
+        // Without a preference: fastest first.
+        assert_eq!(
+            order_by_prediction(&predictions, &targets, &[]).0,
+            vec![0, 2, 3, 1]
+        );
+        // A near tie never crosses the targets: 108 misses a 105 target.
+        let strict = SloTargets {
+            ttft: Some(ms(105.0)),
+            itl: None,
+        };
+        assert_eq!(
+            order_by_prediction(&predictions, &strict, &[2, 0]).0,
+            vec![0, 2, 3, 1]
+        );
     }
 
     #[test]

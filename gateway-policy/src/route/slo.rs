@@ -43,6 +43,22 @@ impl Slo {
     pub fn is_set(&self) -> bool {
         *self != Slo::default()
     }
+
+    /// The `(class, kind)` pairs that have a target (`kind`: `ttft` or
+    /// `itl`), as the attainment metrics label them.
+    pub fn checked(&self) -> Vec<(&'static str, &'static str)> {
+        let mut out = Vec::new();
+        for class in [LatencyClass::Interactive, LatencyClass::Batch] {
+            let targets = self.of(class);
+            if targets.ttft.is_some() {
+                out.push((class.as_str(), "ttft"));
+            }
+            if targets.itl.is_some() {
+                out.push((class.as_str(), "itl"));
+            }
+        }
+        out
+    }
 }
 
 /// What one finished request showed of its backend.
@@ -60,67 +76,105 @@ pub struct Observation {
     pub itl: Option<Duration>,
 }
 
+/// Rankings a warm backend may be passed over before the next batch
+/// request tries it first (a probe): a backend that was slow is measured
+/// again, so it wins its traffic back when it recovers. Interactive
+/// requests probe only after [`INTERACTIVE_PROBE_EVERY`] (a probe may be
+/// slow; batch work minds less).
+pub(super) const PROBE_EVERY: u32 = 32;
+
+/// Rankings passed over before an interactive request probes (for models
+/// without batch traffic).
+pub(super) const INTERACTIVE_PROBE_EVERY: u32 = 4 * PROBE_EVERY;
+
 /// The latency-target router: [`PrefixAffinity`] plus a latency model per
 /// backend.
 #[derive(Debug)]
 pub struct SloRouter {
     affinity: PrefixAffinity,
     /// By candidate index.
-    models: Mutex<Vec<LatencyModel>>,
+    state: Mutex<Vec<Backend>>,
+}
+
+/// What the router keeps of one backend.
+#[derive(Debug, Clone, Default)]
+struct Backend {
+    model: LatencyModel,
+    /// Warm rankings since it last went first.
+    passed_over: u32,
 }
 
 impl SloRouter {
     /// A router over backends named `names` (by candidate index); the
     /// affinity part draws from a generator seeded with `seed`.
     pub fn new(names: Vec<String>, seed: u64, config: AffinityConfig) -> Self {
-        let models = vec![LatencyModel::default(); names.len()];
+        let state = vec![Backend::default(); names.len()];
         SloRouter {
             affinity: PrefixAffinity::with_config(names, seed, config),
-            models: Mutex::new(models),
+            state: Mutex::new(state),
         }
     }
 
-    fn models(&self) -> MutexGuard<'_, Vec<LatencyModel>> {
-        self.models.lock().unwrap_or_else(PoisonError::into_inner)
+    fn state(&self) -> MutexGuard<'_, Vec<Backend>> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The latency model of the backend at `index`, as it stands.
     pub fn model(&self, index: usize) -> Option<LatencyModel> {
-        self.models().get(index).cloned()
+        self.state().get(index).map(|b| b.model.clone())
     }
 
-    /// Each eligible candidate's prediction for `request` as things stand
-    /// (`with_held` overrides what each holds); `None` while any of their
-    /// models warms up.
-    fn predict(
+    /// The prediction for `request` on `candidate` holding `held`; `None`
+    /// while its model warms up.
+    fn prediction(
         &self,
+        state: &[Backend],
+        cached: Option<&(String, u32)>,
         request: &RouteRequest<'_>,
-        candidates: &[Candidate],
-        eligible: &[usize],
-        with_held: Option<u32>,
-    ) -> Option<Vec<Prediction>> {
-        let cached = self.affinity.cached_prefix(request);
-        let names = self.affinity.names();
-        let models = self.models();
-        eligible
-            .iter()
-            .map(|&index| {
-                let candidate = candidates.iter().find(|c| c.index == index)?;
-                let model = models.get(index)?;
-                let hit = match &cached {
-                    Some((name, tokens)) if names.get(index) == Some(name) => *tokens,
-                    _ => 0,
-                };
-                let uncached = request.prompt_tokens.saturating_sub(hit);
-                let held = with_held.unwrap_or_else(|| held(&candidate.pressure));
-                Some(Prediction {
-                    index,
-                    ttft: Some(model.predict_ttft(uncached, held)?),
-                    itl: model.predict_itl(held),
-                })
-            })
-            .collect()
+        candidate: &Candidate,
+        held: u32,
+    ) -> Option<Prediction> {
+        let model = &state.get(candidate.index)?.model;
+        let hit = match cached {
+            Some((name, tokens)) if self.affinity.names().get(candidate.index) == Some(name) => {
+                *tokens
+            }
+            _ => 0,
+        };
+        let uncached = request.prompt_tokens.saturating_sub(hit);
+        Some(Prediction {
+            index: candidate.index,
+            ttft: Some(model.predict_ttft(uncached, held)?),
+            itl: model.predict_itl(held),
+        })
     }
+
+    /// Whether `request` would keep `targets` on `candidate` holding
+    /// `held` (an unmeasured backend is assumed to).
+    fn would_keep(
+        &self,
+        state: &[Backend],
+        cached: Option<&(String, u32)>,
+        request: &RouteRequest<'_>,
+        candidate: &Candidate,
+        held: u32,
+        targets: &SloTargets,
+    ) -> bool {
+        self.prediction(state, cached, request, candidate, held)
+            .is_none_or(|p| p.keeps(targets))
+    }
+}
+
+/// Places the gateway may still send `candidate` (unbounded without a
+/// limit).
+fn free_places(candidate: &Candidate) -> u32 {
+    if !candidate.has_capacity {
+        return 0;
+    }
+    candidate
+        .pressure
+        .limit
+        .map_or(u32::MAX, |l| l.saturating_sub(candidate.pressure.inflight))
 }
 
 impl RoutePolicy for SloRouter {
@@ -129,10 +183,45 @@ impl RoutePolicy for SloRouter {
         if eligible.is_empty() {
             return eligible;
         }
-        let Some(predictions) = self.predict(request, candidates, &eligible, None) else {
-            return self.affinity.rank(request, candidates);
+        let cached = self.affinity.cached_prefix(request);
+        let state = self.state();
+        let predictions: Option<Vec<Prediction>> = eligible
+            .iter()
+            .filter_map(|i| candidates.iter().find(|c| c.index == *i))
+            .map(|c| self.prediction(&state, cached.as_ref(), request, c, held(&c.pressure)))
+            .collect();
+        drop(state);
+        // Affinity's order: the cold ranking, and the preference among
+        // backends about as fast.
+        let preference = self.affinity.rank(request, candidates);
+        let Some(predictions) = predictions else {
+            return preference;
         };
-        let (order, _) = order_by_prediction(&predictions, &request.slo.of(request.class));
+        let (mut order, _) =
+            order_by_prediction(&predictions, &request.slo.of(request.class), &preference);
+        let mut state = self.state();
+        // A backend passed over long enough goes first once.
+        let due = match request.class {
+            LatencyClass::Batch => PROBE_EVERY,
+            LatencyClass::Interactive => INTERACTIVE_PROBE_EVERY,
+        };
+        let probe = order
+            .iter()
+            .position(|i| state.get(*i).is_some_and(|b| b.passed_over >= due));
+        if let Some(pos) = probe {
+            let index = order.remove(pos);
+            order.insert(0, index);
+        }
+        for (pos, index) in order.iter().enumerate() {
+            if let Some(b) = state.get_mut(*index) {
+                b.passed_over = if pos == 0 {
+                    0
+                } else {
+                    b.passed_over.saturating_add(1)
+                };
+            }
+        }
+        drop(state);
         if let Some(&first) = order.first() {
             self.affinity.remember_choice(request, first);
         }
@@ -144,44 +233,73 @@ impl RoutePolicy for SloRouter {
     }
 
     fn observe(&self, index: usize, observation: &Observation) {
-        if let Some(model) = self.models().get_mut(index) {
-            model.observe_ttft(
+        if let Some(b) = self.state().get_mut(index) {
+            b.model.observe_ttft(
                 observation.uncached_prompt_tokens,
                 observation.held,
                 observation.ttft,
             );
             if let Some(itl) = observation.itl {
-                model.observe_itl(observation.held, itl);
+                b.model.observe_itl(observation.held, itl);
             }
         }
     }
 
-    /// A batch request waits while no backend would keep the interactive
-    /// targets now but one would with nothing held: its work would take
-    /// the room interactive requests need. Never while the models warm up,
-    /// nor when the targets cannot be kept even on an idle backend
-    /// (holding would not help).
+    /// A batch request of a model with interactive targets waits when,
+    /// were it sent now, no backend would be left with a free place on
+    /// which an interactive request keeps those targets (by the latency
+    /// models; an unmeasured backend is assumed to keep them), while one
+    /// would with nothing held: its work would take the room interactive
+    /// requests need. So at least one place stays free for interactive
+    /// work, more when the engines slow down with load. Never when holding
+    /// cannot help (the targets are missed even on an idle backend), nor
+    /// when the model has a single place in all (batch would starve).
     fn hold(&self, request: &RouteRequest<'_>, candidates: &[Candidate]) -> bool {
-        if request.class != LatencyClass::Batch || !request.slo.interactive_is_set() {
+        if request.class != LatencyClass::Batch || request.slo.interactive == SloTargets::default()
+        {
             return false;
         }
         let eligible = rank(candidates);
+        let Some(&target) = eligible.first() else {
+            return false;
+        };
+        let places = candidates
+            .iter()
+            .filter(|c| c.healthy)
+            .map(|c| c.pressure.limit.unwrap_or(u32::MAX))
+            .fold(0u32, u32::saturating_add);
+        if places <= 1 {
+            return false;
+        }
         let interactive = RouteRequest {
             class: LatencyClass::Interactive,
             ..*request
         };
         let targets = request.slo.interactive;
-        let keeps = |held: Option<u32>| {
-            self.predict(&interactive, candidates, &eligible, held)
-                .map(|p| order_by_prediction(&p, &targets).1)
-        };
-        matches!((keeps(None), keeps(Some(0))), (Some(false), Some(true)))
-    }
-}
-
-impl Slo {
-    fn interactive_is_set(&self) -> bool {
-        self.interactive != SloTargets::default()
+        let cached = self.affinity.cached_prefix(&interactive);
+        let state = self.state();
+        let keeps_after = candidates
+            .iter()
+            .filter(|c| eligible.contains(&c.index))
+            .any(|c| {
+                let extra = u32::from(c.index == target);
+                free_places(c) > extra
+                    && self.would_keep(
+                        &state,
+                        cached.as_ref(),
+                        &interactive,
+                        c,
+                        held(&c.pressure).saturating_add(extra),
+                        &targets,
+                    )
+            });
+        if keeps_after {
+            return false;
+        }
+        candidates
+            .iter()
+            .filter(|c| c.healthy)
+            .any(|c| self.would_keep(&state, cached.as_ref(), &interactive, c, 0, &targets))
     }
 }
 
@@ -348,9 +466,11 @@ mod tests {
         train(&r, 1, 50, 20, 10);
         let prompt = Prompt::Text("x".into());
         let batch = request(&prompt, LatencyClass::Batch, slo(100));
-        // Idle enough: 50 + 20×2 = 90 ms keeps 100 ms.
-        assert!(!r.hold(&batch, &cands(&[2, 5])));
-        // Both hold 5 (150 ms): batch waits.
+        // Sent to b0 (the less loaded) it leaves it holding 2: 50 + 20×2
+        // = 90 ms keeps 100 ms.
+        assert!(!r.hold(&batch, &cands(&[1, 5])));
+        // Holding 3 after it (110 ms), and b1 holding 5 (150 ms): it waits.
+        assert!(r.hold(&batch, &cands(&[2, 5])));
         assert!(r.hold(&batch, &cands(&[5, 5])));
         // Interactive is never held.
         let interactive = request(&prompt, LatencyClass::Interactive, slo(100));
@@ -366,6 +486,77 @@ mod tests {
             &request(&prompt, LatencyClass::Batch, Slo::default()),
             &cands(&[5, 5])
         ));
+    }
+
+    #[test]
+    fn batch_leaves_a_place_free_for_interactive_work() {
+        // Cold models (no prediction): only places count.
+        let r = router(2);
+        let prompt = Prompt::Text("x".into());
+        let batch = request(&prompt, LatencyClass::Batch, slo(100));
+        let limited = |inflight: &[u32], limit: u32| -> Vec<Candidate> {
+            inflight
+                .iter()
+                .enumerate()
+                .map(|(index, n)| Candidate {
+                    index,
+                    healthy: true,
+                    has_capacity: *n < limit,
+                    pressure: Pressure {
+                        inflight: *n,
+                        limit: Some(limit),
+                        ..Pressure::default()
+                    },
+                })
+                .collect()
+        };
+        // b1 has two places free: after this one, one is left.
+        assert!(!r.hold(&batch, &limited(&[1, 0], 2)));
+        // b0 is full and b1 has its last place: it stays for interactive.
+        assert!(r.hold(&batch, &limited(&[2, 1], 2)));
+        // Interactive takes it.
+        let interactive = request(&prompt, LatencyClass::Interactive, slo(100));
+        assert!(!r.hold(&interactive, &limited(&[2, 1], 2)));
+        assert_eq!(r.rank(&interactive, &limited(&[2, 1], 2)), vec![1]);
+        // A model with one place in all never holds batch (it would starve).
+        assert!(!r.hold(&batch, &limited(&[0], 1)));
+        // Nor one without interactive targets.
+        let no_targets = request(&prompt, LatencyClass::Batch, Slo::default());
+        assert!(!r.hold(&no_targets, &limited(&[2, 1], 2)));
+    }
+
+    /// The rankings (of `class`, `n` of them) that put b1, trained slow,
+    /// first.
+    fn probes(r: &SloRouter, class: LatencyClass, n: u32) -> Vec<usize> {
+        let prompt = Prompt::Text("x".into());
+        let req = request(&prompt, class, slo(100));
+        (0..n)
+            .map(|_| r.rank(&req, &cands(&[0, 0]))[0])
+            .enumerate()
+            .filter(|(_, first)| *first == 1)
+            .map(|(n, _)| n)
+            .collect()
+    }
+
+    #[test]
+    fn a_passed_over_backend_is_probed_by_batch_every_32_rankings() {
+        let r = router(2);
+        train(&r, 0, 40, 0, 10);
+        train(&r, 1, 300, 0, 10);
+        let every = PROBE_EVERY as usize;
+        assert_eq!(
+            probes(&r, LatencyClass::Batch, 2 * PROBE_EVERY + 2),
+            vec![every, 2 * every + 1]
+        );
+        // Interactive requests wait four times longer.
+        let r = router(2);
+        train(&r, 0, 40, 0, 10);
+        train(&r, 1, 300, 0, 10);
+        let every = INTERACTIVE_PROBE_EVERY as usize;
+        assert_eq!(
+            probes(&r, LatencyClass::Interactive, INTERACTIVE_PROBE_EVERY + 2),
+            vec![every]
+        );
     }
 
     #[test]
