@@ -1451,6 +1451,59 @@ affinity_saturation = "high"
     }
 
     #[test]
+    fn latency_targets_per_class() {
+        use gateway_policy::route::{Slo, SloTargets};
+        assert_eq!(parse("", "").unwrap().models[0].slo, Slo::default());
+        let config = parse(
+            "",
+            "[models.slo.interactive]
+ttft_ms = 500
+itl_ms = 50
+[models.slo.batch]
+ttft_ms = 30000",
+        )
+        .unwrap();
+        assert_eq!(
+            config.models[0].slo,
+            Slo {
+                interactive: SloTargets {
+                    ttft: Some(Duration::from_millis(500)),
+                    itl: Some(Duration::from_millis(50)),
+                },
+                batch: SloTargets {
+                    ttft: Some(Duration::from_secs(30)),
+                    itl: None,
+                },
+            }
+        );
+        // The inline form is the same table.
+        let inline = parse(
+            "",
+            "slo = { interactive = { ttft_ms = 500, itl_ms = 50 }, batch = { ttft_ms = 30000 } }",
+        )
+        .unwrap();
+        assert_eq!(inline.models[0].slo, config.models[0].slo);
+        assert_eq!(
+            parse(
+                "",
+                "[models.slo]
+interactiv = {}
+batch = 5
+[models.slo.interactive]
+ttft_ms = 0
+itl_ms = 3600001
+tfft_ms = 1"
+            )
+            .unwrap_err(),
+            "models[0].slo.interactiv: unknown key (did you mean `interactive`?)\n\
+             models[0].slo.interactive.tfft_ms: unknown key (did you mean `ttft_ms`?)\n\
+             models[0].slo.interactive.ttft_ms: must be at least 1, found 0\n\
+             models[0].slo.interactive.itl_ms: must be at most 3600000, found 3600001\n\
+             models[0].slo.batch: expected a table, found an integer"
+        );
+    }
+
+    #[test]
     fn media_costs_per_part() {
         let config = parse("", "").unwrap();
         assert_eq!(

@@ -193,6 +193,7 @@ pub(super) fn embedded() -> GatewayConfig {
             admission_queue: ADMISSION_QUEUE,
             media: gateway_policy::MediaCosts::default(),
             unknown_fields: None,
+            slo: gateway_policy::route::Slo::default(),
         }],
         backends: vec![BackendConfig {
             name: "sim-0".to_owned(),

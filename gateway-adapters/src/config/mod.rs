@@ -106,6 +106,11 @@
 //! # audio_tokens, video_tokens        # the same for input_audio / audio_url and video_url parts (addition)
 //! # unknown_fields = "drop"           # reject | drop; default: server.unknown_fields (addition)
 //!
+//! [models.slo.interactive]            # optional latency targets of the model above, per class (addition):
+//! ttft_ms = 500                       # 1..=3600000: time to first token, from arrival
+//! itl_ms = 50                         # 1..=3600000: mean time between output tokens
+//! # [models.slo.batch]                # the same keys for batch requests
+//!
 //! [[backends]]                        # at least one
 //! name = "vllm-0"                     # required, unique, [A-Za-z0-9_.-]+
 //! engine = "vllm"                     # required: sim | vllm | sglang | trtllm | triton | nim | dynamo | openai
@@ -181,6 +186,7 @@
 pub(crate) mod defaults;
 mod key;
 mod policy;
+mod slo;
 mod validate;
 mod walk;
 
@@ -194,7 +200,7 @@ use std::time::Duration;
 use gateway_core::{EngineKind, LatencyClass, Money, Pricing};
 use gateway_policy::MediaCosts;
 use gateway_policy::health::HealthConfig;
-use gateway_policy::route::AffinityConfig;
+use gateway_policy::route::{AffinityConfig, Slo};
 
 pub use crate::openai::pass_through::{BodyLimits, UnknownFields};
 use crate::sim::{SimConfig, Speculative};
@@ -450,6 +456,9 @@ pub struct ModelConfig {
     /// `unknown_fields` (addition): this model's `reject` or `drop` of
     /// extra fields its engines do not forward; `None`: the server's.
     pub unknown_fields: Option<UnknownFields>,
+    /// `slo` (addition): latency targets per priority class; with any,
+    /// requests are routed to them (`gateway_policy::route::SloRouter`).
+    pub slo: Slo,
 }
 
 /// What the gateway does with an upstream generation whose client went

@@ -98,6 +98,7 @@ const MODEL_KEYS: &[&str] = &[
     "fallbacks",
     "admission_queue",
     "unknown_fields",
+    "slo",
     "image_tokens",
     "audio_tokens",
     "video_tokens",
@@ -906,6 +907,7 @@ fn model<'a>(
         media("video_tokens", p),
     );
     let unknown = unknown_fields(r, p);
+    let slo = super::slo::slo(r, p);
     if let Ok(name) = name {
         if !names.served.contains(&name) {
             p.push(r.path(), "no backend serves this model");
@@ -929,6 +931,7 @@ fn model<'a>(
             video: video?,
         },
         unknown_fields: unknown?,
+        slo: slo?,
     })
 }
 
