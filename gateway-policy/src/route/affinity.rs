@@ -173,7 +173,7 @@ impl PrefixAffinity {
     }
 
     /// The prefix hashes of `request` as this policy keys them.
-    fn hashes(&self, request: &RouteRequest<'_>) -> Vec<u64> {
+    pub(super) fn hashes(&self, request: &RouteRequest<'_>) -> Vec<u64> {
         match request.prefix_tokens {
             Some(ids) => token_prefix_hashes(ids, self.config.block_tokens, self.config.blocks),
             None => prefix_hashes_with(request.prompt, self.config.block_bytes, self.config.blocks),
@@ -185,27 +185,42 @@ impl PrefixAffinity {
     /// leading tokens those blocks hold: what that engine's prefix cache
     /// likely has (byte blocks count 4 bytes a token).
     pub fn cached_prefix(&self, request: &RouteRequest<'_>) -> Option<(String, u32)> {
-        let hashes = self.hashes(request);
+        let (index, tokens) = self.cached_prefix_hashed(request, &self.hashes(request))?;
+        Some((self.names.get(index)?.clone(), tokens))
+    }
+
+    /// [`PrefixAffinity::cached_prefix`] from `request`'s hashes, the
+    /// backend by candidate index.
+    pub(super) fn cached_prefix_hashed(
+        &self,
+        request: &RouteRequest<'_>,
+        hashes: &[u64],
+    ) -> Option<(usize, u32)> {
         let state = self.state();
         let (blocks, backend) = hashes
             .iter()
             .enumerate()
             .rev()
-            .find_map(|(i, h)| state.seen.get(h).map(|(name, _)| (i + 1, name.clone())))?;
+            .find_map(|(i, h)| state.seen.get(h).map(|(name, _)| (i + 1, name)))?;
+        let index = self.names.iter().position(|n| n == backend)?;
         let per_block = match request.prefix_tokens {
             Some(_) => self.config.block_tokens,
             None => self.config.block_bytes / 4,
         };
         let tokens = blocks.saturating_mul(per_block);
-        Some((backend, u32::try_from(tokens).unwrap_or(u32::MAX)))
+        Some((index, u32::try_from(tokens).unwrap_or(u32::MAX)))
     }
 
     /// Notes that `request` went to the backend at `index`: its prefix
     /// blocks now point there.
     pub fn remember_choice(&self, request: &RouteRequest<'_>, index: usize) {
-        let hashes = self.hashes(request);
+        self.remember_hashed(&self.hashes(request), index);
+    }
+
+    /// [`PrefixAffinity::remember_choice`] from the request's hashes.
+    pub(super) fn remember_hashed(&self, hashes: &[u64], index: usize) {
         if let Some(name) = self.names.get(index) {
-            PrefixAffinity::remember(&mut self.state(), &hashes, name);
+            PrefixAffinity::remember(&mut self.state(), hashes, name);
         }
     }
 
@@ -214,27 +229,12 @@ impl PrefixAffinity {
         &self.names
     }
 
-    fn remember(state: &mut State, hashes: &[u64], backend: &str) {
-        state.clock += 1;
-        if state.seen.len() + hashes.len() > REMEMBERED {
-            let mut ages: Vec<u64> = state.seen.values().map(|(_, at)| *at).collect();
-            ages.sort_unstable();
-            let cutoff = ages.get(ages.len() / 2).copied().unwrap_or(0);
-            state.seen.retain(|_, (_, at)| *at > cutoff);
-        }
-        for h in hashes {
-            state.seen.insert(*h, (backend.to_owned(), state.clock));
-        }
-    }
-}
-
-impl RoutePolicy for PrefixAffinity {
-    fn rank(&self, request: &RouteRequest<'_>, candidates: &[Candidate]) -> Vec<usize> {
+    /// Its order for a request whose prefix hashes are `hashes`.
+    pub(super) fn rank_hashed(&self, hashes: &[u64], candidates: &[Candidate]) -> Vec<usize> {
         let mut order = rank(candidates);
         if order.is_empty() {
             return order;
         }
-        let hashes = self.hashes(request);
         let mut state = self.state();
         let name_of = |index: usize| self.names.get(index).map(String::as_str);
         // The longest matching block whose backend is eligible and not saturated.
@@ -279,9 +279,31 @@ impl RoutePolicy for PrefixAffinity {
             order.insert(0, first);
         }
         if let Some(name) = name_of(first) {
-            PrefixAffinity::remember(&mut state, &hashes, name);
+            PrefixAffinity::remember(&mut state, hashes, name);
         }
         order
+    }
+
+    fn remember(state: &mut State, hashes: &[u64], backend: &str) {
+        state.clock += 1;
+        if state.seen.len() + hashes.len() > REMEMBERED {
+            let mut ages: Vec<u64> = state.seen.values().map(|(_, at)| *at).collect();
+            ages.sort_unstable();
+            let cutoff = ages.get(ages.len() / 2).copied().unwrap_or(0);
+            state.seen.retain(|_, (_, at)| *at > cutoff);
+        }
+        for h in hashes {
+            state.seen.insert(*h, (backend.to_owned(), state.clock));
+        }
+    }
+}
+
+impl RoutePolicy for PrefixAffinity {
+    fn rank(&self, request: &RouteRequest<'_>, candidates: &[Candidate]) -> Vec<usize> {
+        if !candidates.iter().any(|c| c.healthy && c.has_capacity) {
+            return Vec::new();
+        }
+        self.rank_hashed(&self.hashes(request), candidates)
     }
 
     /// Enough for every token block, unless affinity is off (saturation 0).

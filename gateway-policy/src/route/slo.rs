@@ -129,16 +129,14 @@ impl SloRouter {
     fn prediction(
         &self,
         state: &[Backend],
-        cached: Option<&(String, u32)>,
+        cached: Option<(usize, u32)>,
         request: &RouteRequest<'_>,
         candidate: &Candidate,
         held: u32,
     ) -> Option<Prediction> {
         let model = &state.get(candidate.index)?.model;
         let hit = match cached {
-            Some((name, tokens)) if self.affinity.names().get(candidate.index) == Some(name) => {
-                *tokens
-            }
+            Some((index, tokens)) if index == candidate.index => tokens,
             _ => 0,
         };
         let uncached = request.prompt_tokens.saturating_sub(hit);
@@ -154,7 +152,7 @@ impl SloRouter {
     fn would_keep(
         &self,
         state: &[Backend],
-        cached: Option<&(String, u32)>,
+        cached: Option<(usize, u32)>,
         request: &RouteRequest<'_>,
         candidate: &Candidate,
         held: u32,
@@ -183,17 +181,18 @@ impl RoutePolicy for SloRouter {
         if eligible.is_empty() {
             return eligible;
         }
-        let cached = self.affinity.cached_prefix(request);
+        let hashes = self.affinity.hashes(request);
+        let cached = self.affinity.cached_prefix_hashed(request, &hashes);
         let state = self.state();
         let predictions: Option<Vec<Prediction>> = eligible
             .iter()
             .filter_map(|i| candidates.iter().find(|c| c.index == *i))
-            .map(|c| self.prediction(&state, cached.as_ref(), request, c, held(&c.pressure)))
+            .map(|c| self.prediction(&state, cached, request, c, held(&c.pressure)))
             .collect();
         drop(state);
         // Affinity's order: the cold ranking, and the preference among
         // backends about as fast.
-        let preference = self.affinity.rank(request, candidates);
+        let preference = self.affinity.rank_hashed(&hashes, candidates);
         let Some(predictions) = predictions else {
             return preference;
         };
@@ -222,8 +221,11 @@ impl RoutePolicy for SloRouter {
             }
         }
         drop(state);
-        if let Some(&first) = order.first() {
-            self.affinity.remember_choice(request, first);
+        if let (Some(&first), Some(&preferred)) = (order.first(), preference.first()) {
+            // Affinity remembered its own first; the prefix is where it went.
+            if first != preferred {
+                self.affinity.remember_hashed(&hashes, first);
+            }
         }
         order
     }
@@ -276,7 +278,9 @@ impl RoutePolicy for SloRouter {
             ..*request
         };
         let targets = request.slo.interactive;
-        let cached = self.affinity.cached_prefix(&interactive);
+        let cached = self
+            .affinity
+            .cached_prefix_hashed(&interactive, &self.affinity.hashes(&interactive));
         let state = self.state();
         let keeps_after = candidates
             .iter()
@@ -286,7 +290,7 @@ impl RoutePolicy for SloRouter {
                 free_places(c) > extra
                     && self.would_keep(
                         &state,
-                        cached.as_ref(),
+                        cached,
                         &interactive,
                         c,
                         held(&c.pressure).saturating_add(extra),
@@ -299,7 +303,7 @@ impl RoutePolicy for SloRouter {
         candidates
             .iter()
             .filter(|c| c.healthy)
-            .any(|c| self.would_keep(&state, cached.as_ref(), &interactive, c, 0, &targets))
+            .any(|c| self.would_keep(&state, cached, &interactive, c, 0, &targets))
     }
 }
 
