@@ -93,12 +93,13 @@ pub fn pass_through(config: &GatewayConfig) -> PassThrough {
     policy
 }
 
-/// The connection options of `config` (the edge limits of `[server]` and
-/// `tenants[].max_connections`), with `grace` for the connections still
-/// open after shutdown.
-pub fn serve_options(config: &GatewayConfig, grace: std::time::Duration) -> ServeOptions {
+/// The connection options of `config`: the edge limits of `[server]` and
+/// `tenants[].max_connections`, and `shutdown_grace_ms` as the `grace`
+/// [`serve_and_drain`](crate::server::serve_and_drain) gives streams at
+/// shutdown.
+pub fn serve_options(config: &GatewayConfig) -> ServeOptions {
     let s = &config.server;
-    let mut options = ServeOptions::with_grace(grace);
+    let mut options = ServeOptions::with_grace(s.shutdown_grace);
     options.header_read_timeout = s.header_read_timeout;
     options.keep_alive_timeout = s.keep_alive_timeout;
     options.body_read_timeout = s.body_read_timeout;
