@@ -9,7 +9,12 @@
 //! many tests.
 //!
 //! [`config`] reads and validates the gateway's TOML config file, reporting
-//! every problem with its key path.
+//! every problem with its key path. Inside the crate the arrows go one way:
+//! `config` depends on [`engines`] and [`sim`] (it names their settings,
+//! such as [`engines::OnDisconnect`], and turns an entry into an engine's
+//! `UpstreamConfig` or a `SimConfig`); neither of them knows the config
+//! file. `bootstrap` builds each backend with one call,
+//! `engines::build(kind, upstream)`, or a sim.
 //!
 //! Alongside, [`openai`] holds the OpenAI wire types and the SSE codec
 //! shared by the gateway's HTTP server and the OpenAI-speaking adapters.
@@ -84,7 +89,6 @@
 #[cfg(feature = "server")]
 pub mod bootstrap;
 pub mod config;
-#[cfg(feature = "engines")]
 pub mod engines;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
