@@ -442,6 +442,17 @@ async fn serve_and_drain_answers_not_ready_then_drains_on_a_signal() {
     });
     let r = get_path(addr, "/ready").await;
     assert_eq!(r.status, 200);
+    // The edge's own answers are counted on the gateway's /metrics.
+    let big = "a".repeat(40 * 1024);
+    let r = request(addr, "GET", "/health", &[("x-big", &big)], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 431);
+    let metrics = String::from_utf8(get_path(addr, "/metrics").await.body).unwrap();
+    assert!(
+        metrics.contains(r#"gateway_edge_rejections_total{reason="headers_too_large"} 1"#),
+        "{metrics}"
+    );
     // The first signal: not ready, still serving (for up to 30 s).
     signal.try_send(()).unwrap();
     let r = loop {

@@ -49,8 +49,9 @@ const CLOSE_MARGIN: Duration = Duration::from_secs(2);
 /// As [`serve_with`]: only if accepting fails fatally.
 ///
 /// # Cancel safety
-/// Dropping the future stops serving at once without a drain: the
-/// gateway's requests keep running until their clients go.
+/// Dropping the future stops serving at once, without the drain: the open
+/// connections are closed, which cancels their requests as `client_gone`
+/// (aborted at their engines and settled as usual).
 ///
 /// # Examples
 ///
