@@ -53,7 +53,7 @@ impl Backend for Canned {
         // Nothing runs in the background: dropping the stream is the abort.
         let prompt = req.counter.count_prompt(&req.request.prompt).value();
         let cap = usize::try_from(req.budget.max_completion_tokens).unwrap_or(usize::MAX);
-        let words = &WORDS[..WORDS.len().min(cap)];
+        let words: Vec<&str> = WORDS.iter().take(cap).copied().collect();
         let started = Started {
             prompt_tokens: Some(prompt),
             cached_tokens: None,
