@@ -2,31 +2,39 @@
 //! `engines`), and what their configuration names without them
 //! ([`OnDisconnect`], always here: the config file depends on the engines,
 //! never the reverse).
-//!
-//! [`OpenAiCompatBackend`] is the shared client: a pooled HTTP/1.1
-//! connection per request (`TCP_NODELAY`, a connect timeout, bounded idle
-//! pool), the upstream body built from the [`GenerateRequest`]
-//! (`stream: true`, usage asked for, `max_tokens` = the budget's cap, the
-//! served model, extra fields passed through), the SSE answer decoded into
-//! token events, every failure typed (ENGINES.md §9.3), cancellation by
-//! closing the connection, and pressure from a background scrape of the
-//! engine's Prometheus gauges.
-//!
-//! - [`vllm`]: vLLM (`/health`, `/metrics`);
-//! - [`trtllm`]: TensorRT-LLM's `trtllm-serve` (extras filtered to what it
-//!   accepts, `/prometheus/metrics`);
-//! - [`dynamo`]: NVIDIA Dynamo's frontend (`nvext` passed through,
-//!   `/v1/models` as readiness, `dynamo_frontend_*` gauges);
-//! - [`nim`]: NVIDIA NIM for LLMs (`/v1/health/ready`, `/v1/metrics`, an
-//!   API key required);
-//! - [`openai`]: any OpenAI-compatible server (`/v1/models` as health).
-//!
-//! Per-engine differences are [`Quirks`] of the shared client. [`build`]
-//! makes the adapter of any engine kind from an [`UpstreamConfig`] (a
-//! `[[backends]]` entry gives one with
-//! [`BackendConfig::upstream`](crate::config::BackendConfig::upstream)).
-//!
-//! [`GenerateRequest`]: gateway_core::GenerateRequest
+#![cfg_attr(
+    feature = "engines",
+    doc = r#"
+[`OpenAiCompatBackend`] is the shared client: a pooled HTTP/1.1
+connection per request (`TCP_NODELAY`, a connect timeout, bounded idle
+pool), the upstream body built from the [`GenerateRequest`]
+(`stream: true`, usage asked for, `max_tokens` = the budget's cap, the
+served model, extra fields passed through), the SSE answer decoded into
+token events, every failure typed (ENGINES.md §9.3), cancellation by
+closing the connection, and pressure from a background scrape of the
+engine's Prometheus gauges.
+
+- [`vllm`]: vLLM (`/health`, `/metrics`);
+- [`trtllm`]: TensorRT-LLM's `trtllm-serve` (extras filtered to what it
+  accepts, `/prometheus/metrics`);
+- [`dynamo`]: NVIDIA Dynamo's frontend (`nvext` passed through,
+  `/v1/models` as readiness, `dynamo_frontend_*` gauges);
+- [`nim`]: NVIDIA NIM for LLMs (`/v1/health/ready`, `/v1/metrics`, an
+  API key required);
+- [`openai`]: any OpenAI-compatible server (`/v1/models` as health).
+
+Per-engine differences are [`Quirks`] of the shared client. [`build`]
+makes the adapter of any engine kind from an [`UpstreamConfig`] (a
+`[[backends]]` entry gives one with
+[`BackendConfig::upstream`](crate::config::BackendConfig::upstream)).
+
+[`GenerateRequest`]: gateway_core::GenerateRequest
+"#
+)]
+#![cfg_attr(
+    not(feature = "engines"),
+    doc = "\nWithout the feature `engines` only [`OnDisconnect`] is here."
+)]
 
 #[cfg(feature = "engines")]
 pub mod dynamo;

@@ -124,7 +124,7 @@ impl Default for RouterOptions {
     /// `max_body_bytes` = 1 MiB, the default body caps and
     /// `unknown_fields = "reject"` with no per-model field lists (so every
     /// extra field passes: the lists come from the config's engines, see
-    /// [`bootstrap::pass_through`](crate::bootstrap::pass_through)).
+    /// `bootstrap::pass_through`, feature `server`).
     ///
     /// ```
     /// use gateway_adapters::config::GatewayConfig;
