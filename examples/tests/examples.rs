@@ -18,34 +18,42 @@ fn run(exe: &str) -> String {
 }
 
 #[test]
-fn embed_streams_and_reports_usage() {
+fn embed_settles_exactly_a_request_read_to_its_end_and_one_cancelled_by_drop() {
     let out = run(env!("CARGO_BIN_EXE_embed"));
-    let usage = out.lines().find(|l| l.starts_with("usage: ")).unwrap();
-    // Speculative decoding is on: rejected = drafted - accepted, printed.
-    assert!(
-        usage.contains("drafted=") && usage.contains("rejected="),
-        "{usage}"
-    );
-    assert!(out.contains("finished: "), "{out}");
-    let delivered: u64 = out
-        .lines()
-        .find_map(|l| l.split("delivered tokens: ").nth(1))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    assert!(usage.contains(&format!("completion={delivered} ")), "{out}");
-    // Through the gateway: the account read after `settled` is exact, the
-    // reservation released.
-    let account = out
-        .lines()
-        .find_map(|l| l.strip_prefix("gateway account: "))
-        .unwrap();
-    // 35 * $0.50 + 24 * $1.50 per million tokens = $0.0000535.
+    let lines: Vec<&str> = out.lines().collect();
+    // 35 * $0.50 + 24 * $1.50 per million tokens = $0.0000535; the
+    // cancelled request is charged its 35 prompt tokens and the 5 tokens
+    // its client took: $0.000025 more.
     assert_eq!(
-        account,
-        "1 request(s), 35 prompt + 24 completion tokens, spent $0.000053, held $0.000000, \
-         budget $1.000000"
+        lines,
+        [
+            r#"text: " and ok a a ñ ✓ in naïve of ✓. in naïve\n ñ über stream the engine of stream. ok is""#,
+            "account after one request: 1 request(s), 35 prompt + 24 completion tokens, \
+             spent $0.000053, held $0.000000, budget $1.000000",
+            "cancelled after 5 tokens: engine aborts in decode 1",
+            "account after the cancelled one: 2 request(s), 70 prompt + 29 completion tokens, \
+             spent $0.000078, held $0.000000, budget $1.000000",
+        ],
+        "{out}"
+    );
+}
+
+#[test]
+fn host_serves_its_routes_and_the_gateways_under_its_middleware() {
+    let out = run(env!("CARGO_BIN_EXE_host"));
+    let lines: Vec<&str> = out.lines().collect();
+    // 90 prompt tokens * $1 + 18 completion tokens * $2 per million.
+    assert_eq!(
+        lines,
+        [
+            r#"GET /: 200 "the host's own service" (x-served-by: host-app)"#,
+            r#"canned: 200 45 prompt + 6 completion tokens, "Hello from the host's own backend." (x-served-by: host-app)"#,
+            r#"sim-small: 200 45 prompt + 12 completion tokens, " and in über 🦀 Grüße a ok naïve is to ok stream" (x-served-by: host-app)"#,
+            r#"GET /v1/models without a key: 401 "invalid_api_key" (x-served-by: host-app)"#,
+            r#"GET /nope: 404 "not here" (x-served-by: host-app)"#,
+            r#"GET /usage/team-a: 200 {"budget_usd":"$5.000000","completion_tokens":18,"held_usd":"$0.000000","prompt_tokens":90,"requests":2,"spent_usd":"$0.000126"}"#,
+        ],
+        "{out}"
     );
 }
 

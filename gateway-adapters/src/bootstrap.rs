@@ -11,6 +11,7 @@ use gateway_policy::{
 };
 
 use crate::config::{GatewayConfig, LedgerConfig, ModelConfig, TenantKey};
+use crate::engines::{self, EngineError};
 use crate::openai::pass_through::{ModelFields, PassThrough};
 use crate::server::{RouterOptions, ServeOptions};
 use crate::sim::SimBackend;
@@ -86,19 +87,20 @@ pub fn pass_through(config: &GatewayConfig) -> PassThrough {
             .backends
             .iter()
             .filter(|b| serving(&b.model))
-            .map(|b| crate::engines::fields(b.engine));
+            .map(|b| engines::fields(b.engine));
         let fields = ModelFields::new(engines).with_unknown(model.unknown_fields);
         policy = policy.with_model(model.name.clone(), fields);
     }
     policy
 }
 
-/// The connection options of `config` (the edge limits of `[server]` and
-/// `tenants[].max_connections`), with `grace` for the connections still
-/// open after shutdown.
-pub fn serve_options(config: &GatewayConfig, grace: std::time::Duration) -> ServeOptions {
+/// The connection options of `config`: the edge limits of `[server]` and
+/// `tenants[].max_connections`, and `shutdown_grace_ms` as the `grace`
+/// [`serve_and_drain`](crate::server::serve_and_drain) gives streams at
+/// shutdown.
+pub fn serve_options(config: &GatewayConfig) -> ServeOptions {
     let s = &config.server;
-    let mut options = ServeOptions::with_grace(grace);
+    let mut options = ServeOptions::with_grace(s.shutdown_grace);
     options.header_read_timeout = s.header_read_timeout;
     options.keep_alive_timeout = s.keep_alive_timeout;
     options.body_read_timeout = s.body_read_timeout;
@@ -153,69 +155,25 @@ fn backend(config: &GatewayConfig, index: usize) -> Result<Arc<dyn Backend>, Boo
     let Some(b) = config.backends.get(index) else {
         return Err(problem(path, "no such backend"));
     };
-    match b.engine {
-        EngineKind::Sim => match b.sim_config(&config.models) {
+    if b.engine == EngineKind::Sim {
+        return match b.sim_config(&config.models) {
             Some(sim) => Ok(Arc::new(SimBackend::new(sim))),
             None => Err(problem(path, "a sim backend without sim settings")),
-        },
-        EngineKind::Vllm
-        | EngineKind::OpenAi
-        | EngineKind::TrtLlm
-        | EngineKind::Dynamo
-        | EngineKind::Nim => match crate::engines::from_backend_config(b) {
-            Ok(adapter) => Ok(Arc::new(adapter)),
-            Err(e) => {
-                let key = match &e {
-                    crate::engines::EngineError::MissingApiKey(_)
-                    | crate::engines::EngineError::ApiKeyRequired(_) => "api_key_env",
-                    crate::engines::EngineError::InvalidUrl { url, .. }
-                        if b.metrics_url.as_deref() == Some(url.as_str()) =>
-                    {
-                        "metrics_url"
-                    }
-                    crate::engines::EngineError::InvalidUrl { .. } => "url",
-                    _ => "engine",
-                };
-                Err(problem(format!("{path}.{key}"), e.to_string()))
-            }
-        },
-        EngineKind::Sglang => match crate::engines::sglang::from_backend_config(b) {
-            Ok(adapter) => Ok(Arc::new(adapter)),
-            Err(e) => {
-                let key = match &e {
-                    crate::engines::EngineError::MissingApiKey(_) => "api_key_env",
-                    crate::engines::EngineError::InvalidUrl { url, .. }
-                        if b.metrics_url.as_deref() == Some(url.as_str()) =>
-                    {
-                        "metrics_url"
-                    }
-                    crate::engines::EngineError::InvalidUrl { .. } => "url",
-                    _ => "engine",
-                };
-                Err(problem(format!("{path}.{key}"), e.to_string()))
-            }
-        },
-        EngineKind::Triton => match crate::engines::triton::from_backend_config(b) {
-            Ok(adapter) => Ok(Arc::new(adapter)),
-            Err(e) => {
-                let key = match &e {
-                    crate::engines::EngineError::MissingApiKey(_) => "api_key_env",
-                    crate::engines::EngineError::InvalidUrl { url, .. }
-                        if b.metrics_url.as_deref() == Some(url.as_str()) =>
-                    {
-                        "metrics_url"
-                    }
-                    crate::engines::EngineError::InvalidUrl { .. } => "url",
-                    _ => "engine",
-                };
-                Err(problem(format!("{path}.{key}"), e.to_string()))
-            }
-        },
-        other => Err(problem(
-            format!("{path}.engine"),
-            format!("engine `{other}` has no adapter in this build yet"),
-        )),
+        };
     }
+    b.remote_backend().map_err(|e| {
+        let key = match &e {
+            EngineError::MissingApiKey(_) | EngineError::ApiKeyRequired(_) => "api_key_env",
+            EngineError::InvalidUrl { url, .. }
+                if b.metrics_url.as_deref() == Some(url.as_str()) =>
+            {
+                "metrics_url"
+            }
+            EngineError::InvalidUrl { .. } => "url",
+            _ => "engine",
+        };
+        problem(format!("{path}.{key}"), e.to_string())
+    })
 }
 
 /// The ledger `[ledger]` asks for, with every tenant's budget opened in it;

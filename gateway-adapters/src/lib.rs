@@ -9,12 +9,41 @@
 //! many tests.
 //!
 //! [`config`] reads and validates the gateway's TOML config file, reporting
-//! every problem with its key path.
+//! every problem with its key path. Inside the crate the arrows go one way:
+//! `config` depends on [`engines`] and [`sim`] (it names their settings,
+//! such as [`engines::OnDisconnect`], and turns an entry into an engine's
+//! `UpstreamConfig` or a `SimConfig`); neither of them knows the config
+//! file. `bootstrap` builds each backend with one call,
+//! `engines::build(kind, upstream)`, or a sim.
 //!
 //! Alongside, [`openai`] holds the OpenAI wire types and the SSE codec
 //! shared by the gateway's HTTP server and the OpenAI-speaking adapters.
 //!
 //! [`SimConfig::zero_delay`]: sim::SimConfig::zero_delay
+//!
+//! # Features
+//!
+//! All off by default; without any, the crate is the sim engine, the
+//! config file and the OpenAI wire types.
+//!
+//! - `router`: the HTTP surface a host mounts and serves, without any
+//!   engine client: `server::router` / `server::routes` (the OpenAI
+//!   routes as an axum `Router`), `server::SseBody`, and `server::serve`,
+//!   `server::serve_with` and `server::serve_and_drain`, which serve any
+//!   tower service over axum's request type (the router wrapped in the
+//!   host's own layers included) with the gateway's edge: the
+//!   stalled-client kill, the header, keep-alive and body timeouts,
+//!   connection caps, the readiness phase and the drain at shutdown.
+//!   axum and hyper's server side only: no HTTP client, no TLS.
+//! - `engines`: the adapters of remote engines (`engines`: vLLM, SGLang,
+//!   TensorRT-LLM, Triton, NIM, Dynamo, any OpenAI-compatible server), a
+//!   pooled HTTP/1.1 client over http or https (rustls) with background
+//!   metric scrapes.
+//! - `server`: `router` + `engines` + `bootstrap` (from a config file to a
+//!   running gateway): what the `gateway` binary uses.
+//! - `tokenizers`, `redis`: exact token counts from a `tokenizer.json`, the
+//!   Redis ledger (both from `gateway-policy`).
+//! - `fuzzing`: hidden entry points for the fuzz targets.
 //!
 //! # Examples
 //!
@@ -60,18 +89,17 @@
 #[cfg(feature = "server")]
 pub mod bootstrap;
 pub mod config;
-#[cfg(feature = "engines")]
 pub mod engines;
 #[cfg(feature = "fuzzing")]
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod openai;
-#[cfg(feature = "server")]
+#[cfg(feature = "router")]
 pub mod server;
 
 /// The axum the [`server`] router is built on: a host mounts the
 /// gateway's routes with this version (`gateway_adapters::axum::Router`),
 /// whatever axum it names in its own manifest.
-#[cfg(feature = "server")]
+#[cfg(feature = "router")]
 pub use axum;
 pub mod sim;

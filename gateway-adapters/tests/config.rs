@@ -12,9 +12,10 @@ mod config {
 
     use gateway_adapters::config::{
         BackendConfig, ConfigErrors, ConfigProblem, DEMO_ADMIN_KEY, DEMO_API_KEY,
-        EMBEDDED_DEFAULT_TOML, GatewayConfig, LedgerConfig, OnDisconnect, RedisLedgerSettings,
-        SimSettings, TenantKey,
+        EMBEDDED_DEFAULT_TOML, GatewayConfig, LedgerConfig, RedisLedgerSettings, SimSettings,
+        TenantKey,
     };
+    use gateway_adapters::engines::OnDisconnect;
     use gateway_adapters::sim::{SimConfig, Speculative};
     use gateway_core::{EngineKind, LatencyClass, Money, Pricing};
     use sha2::{Digest, Sha256};

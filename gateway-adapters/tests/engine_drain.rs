@@ -20,11 +20,11 @@ mod engine_drain {
 
     use futures::StreamExt;
     use gateway_adapters::bootstrap::build_gateway;
-    use gateway_adapters::config::{BackendConfig, GatewayConfig, OnDisconnect};
-    use gateway_adapters::engines;
+    use gateway_adapters::config::{BackendConfig, GatewayConfig};
+    use gateway_adapters::engines::OnDisconnect;
     use gateway_core::{
-        Backend, ByteBound, CancelReason, ChatMessage, EngineKind, EnginePhase, FailureKind, Money,
-        Pricing, Prompt, TokenEvent, Usage,
+        ByteBound, CancelReason, ChatMessage, EngineKind, EnginePhase, FailureKind, Money, Pricing,
+        Prompt, TokenEvent, Usage,
     };
     use gateway_policy::metrics::{AbortLabels, DrainLabels};
     use gateway_policy::{
@@ -93,7 +93,7 @@ mod engine_drain {
     }
 
     fn setup(entry: &BackendConfig) -> Setup {
-        let backend = engines::from_backend_config(entry).unwrap();
+        let backend = entry.remote_backend().unwrap();
         assert_eq!(
             backend.drain_on_client_gone(),
             entry.on_disconnect.drain_timeout()
@@ -108,7 +108,7 @@ mod engine_drain {
                 media: gateway_policy::MediaCosts::default(),
                 counter: Arc::new(ByteBound::default()),
             })
-            .backend(Arc::new(backend), MODEL, MODEL, None)
+            .backend(backend, MODEL, MODEL, None)
             .build()
             .unwrap();
         let tenant = gateway.authenticate(Some("sk-t")).unwrap();
@@ -410,7 +410,7 @@ model = "m"
         use gateway_core::CancelHandle;
 
         let sim = VllmSim::start(sim_options(ms(5))).await;
-        let backend = engines::from_backend_config(&entry(&sim, OnDisconnect::drain())).unwrap();
+        let backend = entry(&sim, OnDisconnect::drain()).remote_backend().unwrap();
 
         let cancel = CancelHandle::new();
         let stream = backend.start(chat(TOKENS), cancel.clone()).await.unwrap();

@@ -14,7 +14,7 @@ mod engine_dynamo {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use gateway_adapters::engines::{self, OpenAiCompatBackend, UpstreamConfig, dynamo};
+    use gateway_adapters::engines::{OpenAiCompatBackend, UpstreamConfig, dynamo};
     use gateway_core::testkit::conformance::{
         self, ConformanceConfig, ConformanceTarget, Instance, Scenario,
     };
@@ -380,7 +380,8 @@ mod engine_dynamo {
     /// model (requests then get an empty 404).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn health_is_the_model_in_v1_models_and_config_builds_dynamo() {
-        use gateway_adapters::config::{BackendConfig, OnDisconnect};
+        use gateway_adapters::config::BackendConfig;
+        use gateway_adapters::engines::OnDisconnect;
         let sim = VllmSim::start(options()).await;
         assert_eq!(backend(&sim).health().await, Health::Healthy);
         let paths: Vec<String> = sim.requests().into_iter().map(|r| r.path).collect();
@@ -408,9 +409,9 @@ mod engine_dynamo {
             ca_file: None,
             sim: None,
         };
-        let built = engines::from_backend_config(&entry).unwrap();
+        let built = entry.remote_backend().unwrap();
         assert_eq!(built.info().engine, EngineKind::Dynamo);
-        assert_eq!(run(&built, chat(3)).await.unwrap().tokens(), 3);
+        assert_eq!(run(&*built, chat(3)).await.unwrap().tokens(), 3);
     }
 
     // ------------------------------------------------- the 1.6.1 wire

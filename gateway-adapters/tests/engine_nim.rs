@@ -209,7 +209,8 @@ mod engine_nim {
     /// without it building fails; a variable that is unset fails too.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn an_api_key_is_optional_except_for_the_hosted_api() {
-        use gateway_adapters::config::{BackendConfig, OnDisconnect};
+        use gateway_adapters::config::BackendConfig;
+        use gateway_adapters::engines::OnDisconnect;
         let open_sim = VllmSim::start(SimOptions {
             api_key: None,
             ..options()
@@ -228,8 +229,8 @@ mod engine_nim {
             ca_file: None,
             sim: None,
         };
-        let self_hosted = engines::from_backend_config(&entry).unwrap();
-        let answer = run(&self_hosted, chat(4)).await.unwrap();
+        let self_hosted = entry.remote_backend().unwrap();
+        let answer = run(&*self_hosted, chat(4)).await.unwrap();
         assert_eq!((answer.error.is_none(), answer.tokens()), (true, 4));
         let chats: Vec<_> = open_sim
             .requests()
@@ -248,7 +249,7 @@ mod engine_nim {
         // The hosted API without a key is refused at build.
         entry.url = Some("https://integrate.api.nvidia.com".into());
         assert_eq!(
-            engines::from_backend_config(&entry).unwrap_err(),
+            entry.remote_backend().unwrap_err(),
             engines::EngineError::ApiKeyRequired(EngineKind::Nim)
         );
         // A keyed self-hosted NIM sends the key.
@@ -256,15 +257,15 @@ mod engine_nim {
         entry.url = Some(sim.url());
         entry.api_key_env = Some("GATEWAY_TEST_NO_SUCH_NIM_KEY".into());
         assert_eq!(
-            engines::from_backend_config(&entry).unwrap_err(),
+            entry.remote_backend().unwrap_err(),
             engines::EngineError::MissingApiKey("GATEWAY_TEST_NO_SUCH_NIM_KEY".into())
         );
         // A set variable builds it (PATH is not the key: 401 at the engine).
         entry.api_key_env = Some("PATH".into());
-        let built = engines::from_backend_config(&entry).unwrap();
+        let built = entry.remote_backend().unwrap();
         assert_eq!(built.info().engine, EngineKind::Nim);
         assert_eq!(
-            run(&built, chat(4)).await.unwrap_err().kind(),
+            run(&*built, chat(4)).await.unwrap_err().kind(),
             FailureKind::Unauthorized
         );
     }

@@ -815,7 +815,8 @@ mod engine_sglang {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn health_and_config_entries() {
-        use gateway_adapters::config::{BackendConfig, OnDisconnect};
+        use gateway_adapters::config::BackendConfig;
+        use gateway_adapters::engines::{EngineError, OnDisconnect};
         let sim = SglangSim::start(SimOptions {
             model: "served".into(),
             natural_tokens: 10_000,
@@ -836,7 +837,7 @@ mod engine_sglang {
             ca_file: None,
             sim: None,
         };
-        let b = sglang::from_backend_config(&entry).unwrap();
+        let b = entry.remote_backend().unwrap();
         assert_eq!(b.info().engine, EngineKind::Sglang);
         assert_eq!(b.info().models, vec!["public".to_owned()]);
         assert_eq!(b.pressure().limit, Some(3));
@@ -850,8 +851,12 @@ mod engine_sglang {
             assert!(Instant::now() < until, "{:?}", b.pressure());
             tokio::time::sleep(ms(5)).await;
         }
-        entry.engine = EngineKind::Vllm;
-        assert!(sglang::from_backend_config(&entry).is_err());
+        // The SGLang adapter only aborts.
+        entry.on_disconnect = OnDisconnect::drain();
+        assert_eq!(
+            entry.remote_backend().unwrap_err(),
+            EngineError::DrainUnsupported(EngineKind::Sglang)
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -830,7 +830,8 @@ mod engine_triton {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn health_and_config_entries() {
-        use gateway_adapters::config::{BackendConfig, OnDisconnect};
+        use gateway_adapters::config::BackendConfig;
+        use gateway_adapters::engines::{EngineError, OnDisconnect};
         let sim = TritonSim::start(SimOptions {
             model: "served".into(),
             natural_tokens: 10_000,
@@ -851,7 +852,7 @@ mod engine_triton {
             ca_file: None,
             sim: None,
         };
-        let b = triton::from_backend_config(&entry).unwrap();
+        let b = entry.remote_backend().unwrap();
         assert_eq!(b.info().engine, EngineKind::Triton);
         assert_eq!(b.info().models, vec!["public".to_owned()]);
         assert_eq!(b.pressure().limit, Some(3));
@@ -868,10 +869,14 @@ mod engine_triton {
         }
         // The model is not ready under another name.
         entry.served_model = "other".into();
-        let other = triton::from_backend_config(&entry).unwrap();
+        let other = entry.remote_backend().unwrap();
         assert!(!other.health().await.is_healthy());
-        entry.engine = EngineKind::Vllm;
-        assert!(triton::from_backend_config(&entry).is_err());
+        // The Triton adapter only aborts.
+        entry.on_disconnect = OnDisconnect::drain();
+        assert_eq!(
+            entry.remote_backend().unwrap_err(),
+            EngineError::DrainUnsupported(EngineKind::Triton)
+        );
     }
 
     #[cfg(feature = "server")]

@@ -13,7 +13,7 @@ pub mod support;
 mod engine_trtllm {
     use std::sync::Arc;
 
-    use gateway_adapters::engines::{self, OpenAiCompatBackend, UpstreamConfig, openai, trtllm};
+    use gateway_adapters::engines::{OpenAiCompatBackend, UpstreamConfig, openai, trtllm};
     use gateway_core::testkit::conformance::{
         self, ConformanceConfig, ConformanceTarget, Instance, Scenario,
     };
@@ -422,7 +422,8 @@ mod engine_trtllm {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn health_is_get_health_and_config_builds_trtllm() {
-        use gateway_adapters::config::{BackendConfig, OnDisconnect};
+        use gateway_adapters::config::BackendConfig;
+        use gateway_adapters::engines::OnDisconnect;
         let sim = VllmSim::start(options()).await;
         assert_eq!(backend(&sim).health().await, Health::Healthy);
         let paths: Vec<String> = sim.requests().into_iter().map(|r| r.path).collect();
@@ -440,13 +441,13 @@ mod engine_trtllm {
             ca_file: None,
             sim: None,
         };
-        let built = engines::from_backend_config(&entry).unwrap();
+        let built = entry.remote_backend().unwrap();
         assert_eq!(built.info().engine, EngineKind::TrtLlm);
         let mut request = GenerateRequest::new("public", Prompt::Text("a".into()), 4);
         request.extra = Some(r#"{"vllm_xargs":{}}"#.into());
         let mut request = BackendRequest::new(request, Arc::new(ByteBound::default()));
         request.served_model = "m".into();
-        let d = run(&built, request).await.unwrap();
+        let d = run(&*built, request).await.unwrap();
         assert_eq!(d.tokens(), 4);
     }
 }

@@ -991,7 +991,8 @@ mod engine_vllm {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn backends_build_from_config_entries() {
-        use gateway_adapters::config::{BackendConfig, OnDisconnect};
+        use gateway_adapters::config::BackendConfig;
+        use gateway_adapters::engines::OnDisconnect;
         let sim = VllmSim::start(SimOptions {
             model: "served".into(),
             api_key: Some("k-123".into()),
@@ -1014,24 +1015,31 @@ mod engine_vllm {
             sim: None,
         };
         assert_eq!(
-            engines::from_backend_config(&entry).unwrap_err(),
+            entry.remote_backend().unwrap_err(),
             engines::EngineError::MissingApiKey("GATEWAY_TEST_NO_SUCH_VARIABLE_SET".into())
         );
         entry.api_key_env = Some("PATH".into());
-        let wrong_key = engines::from_backend_config(&entry).unwrap();
+        let wrong_key = entry.remote_backend().unwrap();
         assert_eq!(
-            run(&wrong_key, chat(4)).await.unwrap_err().kind(),
+            run(&*wrong_key, chat(4)).await.unwrap_err().kind(),
             FailureKind::Unauthorized
         );
         entry.api_key_env = None;
-        entry.engine = EngineKind::Sglang;
-        assert!(engines::from_backend_config(&entry).is_err());
+        // A sim is built in-process, not at a URL.
+        entry.engine = EngineKind::Sim;
+        assert_eq!(
+            entry.remote_backend().unwrap_err(),
+            engines::EngineError::UnsupportedEngine(EngineKind::Sim)
+        );
         entry.engine = EngineKind::OpenAi;
         entry.metrics_url = Some(format!("{}/metrics", sim.url()));
-        let generic = engines::from_backend_config(&entry).unwrap();
+        assert_eq!(
+            entry.upstream().unwrap().served_model.as_deref(),
+            Some("served")
+        );
+        let generic = entry.remote_backend().unwrap();
         assert_eq!(generic.info().engine, EngineKind::OpenAi);
         assert_eq!(generic.info().models, vec!["public".to_owned()]);
-        assert_eq!(generic.served_model(), "served");
         assert_eq!(generic.pressure().limit, Some(3));
         // Its scraper reads the gauges of the served model's name.
         let mut c = UpstreamConfig::new("direct", sim.url(), "public");

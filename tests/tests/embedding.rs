@@ -3,7 +3,9 @@
 //! routes merge into (or nest under) a host's router that has its own
 //! routes and fallback; a config whose backend does not serve its model
 //! fails at start-up with the key it is about; the host reads exact usage
-//! once the request it served has settled.
+//! once the request it served has settled; the router wrapped in the host's
+//! own tower layer, served with `server::serve`, keeps the stalled-client
+//! kill; `server::serve_and_drain` drains on a signal.
 #![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
 
 use std::panic::AssertUnwindSafe;
@@ -17,7 +19,9 @@ use axum::routing::get;
 
 use gateway_adapters::bootstrap::{BootstrapError, build_gateway_with};
 use gateway_adapters::config::GatewayConfig;
-use gateway_adapters::server::{RouterOptions, router, routes, serve};
+use gateway_adapters::server::{
+    RouterOptions, ServeOptions, router, routes, serve, serve_and_drain,
+};
 use gateway_adapters::sim::{SimBackend, SimConfig};
 use gateway_core::{Backend, Money, Pricing, RequestId, Usage};
 use gateway_policy::{Gateway, ModelSpec, Settings, Tenant};
@@ -284,4 +288,193 @@ async fn the_router_nests_under_a_prefix_of_a_host_router() {
         (418, &b"the host's fallback"[..])
     );
     stop.cancel();
+}
+
+/// A gateway like [`gateway`]'s whose sim writes as fast as it can for as
+/// long as asked, and that drops a client taking nothing for 300 ms.
+fn fast_gateway() -> (Gateway, SimBackend) {
+    let sim = SimBackend::new(SimConfig {
+        name: "m-0".into(),
+        models: vec!["m".into()],
+        natural_length: 100_000..=100_000,
+        kv_capacity_tokens: 1_000_000,
+        context_window: 1_000_000,
+        ..SimConfig::zero_delay()
+    });
+    let settings = Settings {
+        client_stall_timeout: Duration::from_millis(300),
+        ..Settings::default()
+    };
+    let gateway = Gateway::builder(settings)
+        .tenant_with_api_key(Tenant::new("team-a"), "sk-a")
+        .model(ModelSpec::new("m", 1_000_000))
+        .backend(Arc::new(sim.clone()), "m", "m", None)
+        .build()
+        .unwrap();
+    (gateway, sim)
+}
+
+/// The host's router with the gateway's routes merged in, wrapped in a
+/// tower layer of the host's (not a `Router` any more) that stamps every
+/// response with `x-host: 1`.
+fn layered_host_app(
+    gateway: Gateway,
+) -> impl tower::Service<
+    axum::extract::Request,
+    Response = axum::response::Response,
+    Error = std::convert::Infallible,
+    Future = impl Send,
+> + Clone
++ Send
++ 'static {
+    let app = host_router().merge(routes(gateway, RouterOptions::default()));
+    tower::ServiceBuilder::new()
+        .map_response(|mut response: axum::response::Response| {
+            response
+                .headers_mut()
+                .insert("x-host", axum::http::HeaderValue::from_static("1"));
+            response
+        })
+        .service(app)
+}
+
+const LONG_STREAM: &[u8] = br#"{"model":"m","stream":true,"max_tokens":100000,"messages":[{"role":"user","content":"Say hi"}]}"#;
+
+/// Opens a long stream on a keep-alive connection with a small receive
+/// buffer, reads its first event, then stops reading until the gateway has
+/// given the request up (the engine aborted); returns the rest of the body
+/// as read afterwards.
+async fn stall_one_stream(
+    addr: std::net::SocketAddr,
+    gateway: &Gateway,
+    sim: &SimBackend,
+) -> std::io::Result<Response> {
+    let mut s = gateway_tests::open_with_recv_buffer(
+        addr,
+        16 * 1024,
+        "POST",
+        "/v1/chat/completions",
+        &[
+            ("authorization", "Bearer sk-a"),
+            ("connection", "keep-alive"),
+        ],
+        LONG_STREAM,
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.status, 200);
+    assert_eq!(s.header_value("x-host").as_deref(), Some("1"));
+    assert!(s.next_event().await.unwrap().is_some());
+    // The client stops reading: after 300 ms of a full buffer the gateway
+    // drops it, aborts the engine and settles.
+    assert!(gateway.wait_idle(Duration::from_secs(10)).await);
+    assert_eq!(sim.aborts().decode, 1, "{:?}", sim.aborts());
+    s.finish().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_layer_around_the_router_keeps_the_stalled_client_kill() {
+    let (gateway, sim) = fast_gateway();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let app = layered_host_app(gateway.clone());
+    tokio::spawn(serve(
+        listener,
+        app,
+        stop.clone().cancelled_owned(),
+        Duration::from_secs(1),
+    ));
+    // The host's route and its layer on the gateway's routes.
+    let r = get_path(addr, "/host").await;
+    assert_eq!((r.status, r.header("x-host")), (200, Some("1")));
+    let r = get_path(addr, "/health").await;
+    assert_eq!((r.status, r.header("x-host")), (200, Some("1")));
+    let r = get_path(addr, "/nope").await;
+    assert_eq!((r.status, r.header("x-host")), (418, Some("1")));
+    // The stalled client's connection is closed under it: what it reads
+    // after the stall breaks off inside the body, never at its end.
+    let rest = stall_one_stream(addr, &gateway, &sim).await;
+    assert!(rest.is_err(), "the body ended normally: {rest:?}");
+    stop.cancel();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn under_axum_serve_the_same_app_only_ends_the_stalled_stream() {
+    // The control of the test above, so that it can fail: served by
+    // `axum::serve`, the same layered app only ends the stalled stream's
+    // body (without `[DONE]`), and its connection stays.
+    let (gateway, sim) = fast_gateway();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = layered_host_app(gateway.clone());
+    let app = axum::ServiceExt::<axum::extract::Request>::into_make_service(app);
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let rest = stall_one_stream(addr, &gateway, &sim).await.unwrap();
+    let text = String::from_utf8_lossy(&rest.body);
+    assert!(text.starts_with("data: "), "{text}");
+    assert!(!text.contains("[DONE]"), "{text}");
+    server.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_and_drain_answers_not_ready_then_drains_on_a_signal() {
+    let gateway = gateway();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (signal, signals) = futures::channel::mpsc::channel::<()>(2);
+    let mut signal = signal;
+    let app = host_router().merge(routes(gateway.clone(), RouterOptions::default()));
+    let served = tokio::spawn({
+        let gateway = gateway.clone();
+        async move {
+            let options = ServeOptions::with_grace(Duration::from_secs(1));
+            serve_and_drain(
+                listener,
+                app,
+                &gateway,
+                options,
+                Duration::from_secs(30),
+                signals,
+            )
+            .await
+        }
+    });
+    let r = get_path(addr, "/ready").await;
+    assert_eq!(r.status, 200);
+    // The edge's own answers are counted on the gateway's /metrics.
+    let big = "a".repeat(40 * 1024);
+    let r = request(addr, "GET", "/health", &[("x-big", &big)], b"")
+        .await
+        .unwrap();
+    assert_eq!(r.status, 431);
+    let metrics = String::from_utf8(get_path(addr, "/metrics").await.body).unwrap();
+    assert!(
+        metrics.contains(r#"gateway_edge_rejections_total{reason="headers_too_large"} 1"#),
+        "{metrics}"
+    );
+    // The first signal: not ready, still serving (for up to 30 s).
+    signal.try_send(()).unwrap();
+    let r = loop {
+        let r = get_path(addr, "/ready").await;
+        if r.status != 200 {
+            break r;
+        }
+        tokio::task::yield_now().await;
+    };
+    assert_eq!(r.status, 503);
+    assert_eq!(r.json()["reason"], "shutting down");
+    assert_eq!(r.header("connection"), Some("close"));
+    let r = post_chat(addr, "/v1/chat/completions", CHAT).await;
+    assert_eq!(r.status, 200, "{:?}", r.json());
+    // The second cuts the readiness phase short: the listener closes and
+    // the (idle) gateway drains at once.
+    signal.try_send(()).unwrap();
+    let report = tokio::time::timeout(Duration::from_secs(10), served)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!((report.aborted, report.unsettled), (0, 0));
+    assert!(tokio::net::TcpStream::connect(addr).await.is_err());
 }

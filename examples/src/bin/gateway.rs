@@ -11,7 +11,7 @@
 //! listener still serves, so a load balancer takes the replica out; a second
 //! signal skips the rest of it), then stop accepting, let streams finish for
 //! `shutdown_grace_ms`, abort the rest at their engines, settle every
-//! reservation, exit 0.
+//! reservation, exit 0 (all of it `gateway_adapters::server::serve_and_drain`).
 //!
 //! Built with the feature `otlp`, it exports one span per request over
 //! OTLP/HTTP when `OTEL_EXPORTER_OTLP_ENDPOINT` (or `..._TRACES_ENDPOINT`) is
@@ -26,9 +26,8 @@ use std::time::Duration;
 
 use gateway_adapters::bootstrap::{build_gateway, router_options, serve_options};
 use gateway_adapters::config::{DEMO_API_KEY, GatewayConfig};
-use gateway_adapters::server::{router, serve_with};
+use gateway_adapters::server::{router, serve_and_drain};
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
 use tracing_subscriber::Layer as _;
 use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
@@ -215,51 +214,34 @@ async fn run(config: GatewayConfig) -> Result<(), String> {
         );
     }
 
-    let stop = CancellationToken::new();
-    let grace = config.server.shutdown_grace;
-    let connections_grace = grace + gateway.settings().abort_wait + Duration::from_secs(2);
-    let mut options = serve_options(&config, connections_grace);
-    // The edge's own answers are counted on the gateway's /metrics.
-    options.edge_rejections = gateway.metrics().edge_rejections.clone();
-    let not_ready = options.not_ready.clone();
-    let ready_drain = config.server.ready_drain;
     let health = {
         let gateway = gateway.clone();
-        let stop = stop.clone();
         tokio::spawn(async move {
             // The first check ran before the listener opened.
             tokio::time::sleep(HEALTH_EVERY).await;
             gateway
-                .health_checks(HEALTH_EVERY, stop.cancelled_owned())
+                .health_checks(HEALTH_EVERY, futures::future::pending())
                 .await;
         })
     };
-    let signals = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            wait_for_signal().await;
-            not_ready.cancel();
-            if !ready_drain.is_zero() {
-                println!("not ready: /ready answers 503 for {ready_drain:?}");
-                tokio::select! {
-                    () = tokio::time::sleep(ready_drain) => {}
-                    () = wait_for_signal() => {}
-                }
-            }
-            stop.cancel();
-        })
-    };
     let app = router(gateway.clone(), router_options(&config));
-    let drain = async {
-        stop.cancelled().await;
-        println!("shutting down: draining for up to {grace:?}");
-        gateway.drain(grace).await
-    };
-    let (served, report) =
-        tokio::join!(serve_with(listener, app, stop.cancelled(), options), drain);
+    // Each signal is one item: the first starts the readiness phase, a
+    // second cuts it short.
+    let signals = futures::stream::unfold((), |()| async {
+        wait_for_signal().await;
+        Some(((), ()))
+    });
+    let served = serve_and_drain(
+        listener,
+        app,
+        &gateway,
+        serve_options(&config),
+        config.server.ready_drain,
+        signals,
+    )
+    .await;
     health.abort();
-    signals.abort();
-    served.map_err(|e| e.to_string())?;
+    let report = served.map_err(|e| e.to_string())?;
     println!(
         "stopped: {} streams aborted at shutdown, {} unsettled",
         report.aborted, report.unsettled

@@ -202,6 +202,7 @@ use gateway_policy::MediaCosts;
 use gateway_policy::health::HealthConfig;
 use gateway_policy::route::{AffinityConfig, Slo};
 
+use crate::engines::OnDisconnect;
 pub use crate::openai::pass_through::{BodyLimits, UnknownFields};
 use crate::sim::{SimConfig, Speculative};
 
@@ -461,60 +462,6 @@ pub struct ModelConfig {
     pub slo: Slo,
 }
 
-/// What the gateway does with an upstream generation whose client went
-/// away.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
-pub enum OnDisconnect {
-    /// Abort it upstream at once (the default for every engine): frees the
-    /// GPU, and only delivered tokens are charged.
-    #[default]
-    Abort,
-    /// Keep reading it (bounded by `max_tokens` and `timeout`, counted from
-    /// the client's leaving) to learn the real usage — for hosted APIs that
-    /// bill the full generation anyway. Only a client's leaving drains;
-    /// timeouts, budget, shutdown and explicit aborts still abort.
-    Drain {
-        /// `drain_timeout_ms`: the longest drain; past it the connection is
-        /// closed and what was read is charged. Default
-        /// [`OnDisconnect::DEFAULT_DRAIN_TIMEOUT`].
-        timeout: Duration,
-    },
-}
-
-impl OnDisconnect {
-    /// The drain timeout when `drain_timeout_ms` is not set: 60 s.
-    pub const DEFAULT_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
-
-    /// Drain with the default timeout.
-    pub const fn drain() -> OnDisconnect {
-        OnDisconnect::Drain {
-            timeout: OnDisconnect::DEFAULT_DRAIN_TIMEOUT,
-        }
-    }
-
-    /// The name used in config files.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            OnDisconnect::Abort => "abort",
-            OnDisconnect::Drain { .. } => "drain",
-        }
-    }
-
-    /// The drain timeout, `None` for abort.
-    pub const fn drain_timeout(self) -> Option<Duration> {
-        match self {
-            OnDisconnect::Abort => None,
-            OnDisconnect::Drain { timeout } => Some(timeout),
-        }
-    }
-}
-
-impl fmt::Display for OnDisconnect {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
 /// One `[[backends]]` entry: an engine serving one model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct BackendConfig {
@@ -550,6 +497,58 @@ pub struct BackendConfig {
 }
 
 impl BackendConfig {
+    /// The adapter of this entry's remote engine:
+    /// [`engines::build`](crate::engines::build) of its `engine` and
+    /// [`upstream`](Self::upstream) (a `sim` entry has none: see
+    /// [`sim_config`](Self::sim_config)).
+    ///
+    /// # Errors
+    /// As [`upstream`](Self::upstream), then as
+    /// [`engines::build`](crate::engines::build).
+    #[cfg(feature = "engines")]
+    pub fn remote_backend(
+        &self,
+    ) -> Result<std::sync::Arc<dyn gateway_core::Backend>, crate::engines::EngineError> {
+        crate::engines::build(self.engine, self.upstream()?)
+    }
+
+    /// Where the engine of this entry is and how to talk to it, for
+    /// [`engines::build`](crate::engines::build): its URL, served model,
+    /// `max_concurrency`, `metrics_url`, `on_disconnect` (with its drain
+    /// timeout), `ca_file`, and the API key read now from the variable
+    /// `api_key_env` names.
+    ///
+    /// # Errors
+    /// [`EngineError::MissingApiKey`](crate::engines::EngineError::MissingApiKey)
+    /// if the variable is unset or empty,
+    /// [`EngineError::InvalidUrl`](crate::engines::EngineError::InvalidUrl)
+    /// without a URL (a `sim` entry).
+    #[cfg(feature = "engines")]
+    pub fn upstream(&self) -> Result<crate::engines::UpstreamConfig, crate::engines::EngineError> {
+        use crate::engines::{EngineError, UpstreamConfig};
+        let Some(url) = &self.url else {
+            return Err(EngineError::InvalidUrl {
+                url: String::new(),
+                reason: "a URL is required".to_owned(),
+            });
+        };
+        let api_key = match &self.api_key_env {
+            Some(var) => match std::env::var(var) {
+                Ok(key) if !key.is_empty() => Some(key),
+                _ => return Err(EngineError::MissingApiKey(var.clone())),
+            },
+            None => None,
+        };
+        let mut upstream = UpstreamConfig::new(self.name.clone(), url.clone(), self.model.clone());
+        upstream.served_model = Some(self.served_model.clone());
+        upstream.metrics_url = self.metrics_url.clone();
+        upstream.api_key = api_key;
+        upstream.max_concurrency = self.max_concurrency.map(NonZeroU32::get);
+        upstream.on_disconnect = self.on_disconnect;
+        upstream.ca_file = self.ca_file.clone();
+        Ok(upstream)
+    }
+
     /// The [`SimConfig`] of a `sim` backend (`None` for other engines), with
     /// its context window taken from its model in `models`.
     pub fn sim_config(&self, models: &[ModelConfig]) -> Option<SimConfig> {

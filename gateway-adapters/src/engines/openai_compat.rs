@@ -20,6 +20,7 @@ use serde::Deserialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::OnDisconnect;
 use super::live::{self, HasLive, LiveRequests};
 use super::pressure_cell::{Gauges, PressureCell};
 use super::prometheus;
@@ -29,7 +30,6 @@ use super::upstream::{
     self, HttpClient, SIDE_CALL_TIMEOUT, deadline_passed, parse_uri, protocol, read_limited,
     retry_after, total_timeout, transport_error,
 };
-use crate::config::OnDisconnect;
 use crate::openai::chunk::WireChoice;
 use crate::openai::types::{
     ChatCompletionRequest, CompletionRequest, CompletionUsage, ErrorCode, ErrorDetail, ModelList,

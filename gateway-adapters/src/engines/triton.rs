@@ -111,7 +111,6 @@ use super::upstream::{
     self, HttpClient, SIDE_CALL_TIMEOUT, deadline_passed, parse_uri, protocol, read_limited,
     retry_after, total_timeout, transport_error,
 };
-use crate::config::BackendConfig;
 use crate::openai::pass_through::EngineFields;
 use crate::openai::{SseEvent, parse_upstream_error};
 
@@ -180,18 +179,6 @@ impl Default for TritonOptions {
 /// [`EngineError::Tls`] for an unusable `ca_file`.
 pub fn backend(config: UpstreamConfig) -> Result<TritonBackend, EngineError> {
     TritonBackend::new(config, TritonOptions::default())
-}
-
-/// The adapter of a `[[backends]]` entry with engine `triton`.
-///
-/// # Errors
-/// [`EngineError::UnsupportedEngine`] for other engines,
-/// [`EngineError::MissingApiKey`] if `api_key_env` names an unset variable,
-/// [`EngineError::InvalidUrl`] for an unusable URL, [`EngineError::Tls`]
-/// for an unusable `ca_file`, [`EngineError::DrainUnsupported`] for
-/// `on_disconnect = "drain"`.
-pub fn from_backend_config(config: &BackendConfig) -> Result<TritonBackend, EngineError> {
-    backend(super::aborting_upstream(config, EngineKind::Triton)?)
 }
 
 /// Triton (`generate_stream`) as a [`Backend`].

@@ -7,7 +7,10 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 
 use bytes::Bytes;
-use gateway_core::{EmbedRequest, Embedding, EmbeddingVector, Embeddings, EncodingFormat, Prompt};
+#[cfg(feature = "engines")]
+use gateway_core::{EmbedRequest, Embeddings};
+use gateway_core::{Embedding, EmbeddingVector, EncodingFormat, Prompt};
+#[cfg(feature = "engines")]
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -247,6 +250,7 @@ fn float_into(out: &mut Vec<u8>, x: f64) {
 }
 
 /// Why an embeddings request cannot go to an engine as it is.
+#[cfg(feature = "engines")]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum UpstreamBodyError {
     /// Texts and token arrays mixed in one request (OpenAI's wire has no
@@ -262,6 +266,7 @@ pub(crate) enum UpstreamBodyError {
 /// strings or of token-id arrays), `encoding_format`, `dimensions` when
 /// set, then the request's extra fields (`user`, ...) that the body does
 /// not already have.
+#[cfg(feature = "engines")]
 pub(crate) fn upstream_embeddings_body(
     request: &EmbedRequest,
     model: &str,
@@ -307,6 +312,7 @@ pub(crate) fn upstream_embeddings_body(
     Ok(out)
 }
 
+#[cfg(feature = "engines")]
 #[derive(Deserialize)]
 struct WireAnswer {
     data: Vec<WireEmbedding>,
@@ -314,12 +320,14 @@ struct WireAnswer {
     usage: Option<WireUsage>,
 }
 
+#[cfg(feature = "engines")]
 #[derive(Deserialize)]
 struct WireEmbedding {
     index: u32,
     embedding: WireVector,
 }
 
+#[cfg(feature = "engines")]
 #[derive(Deserialize)]
 #[serde(untagged)]
 enum WireVector {
@@ -327,6 +335,7 @@ enum WireVector {
     Base64(String),
 }
 
+#[cfg(feature = "engines")]
 #[derive(Deserialize)]
 struct WireUsage {
     #[serde(default)]
@@ -337,6 +346,7 @@ struct WireUsage {
 ///
 /// # Errors
 /// What is wrong with it, for a protocol-violation message.
+#[cfg(feature = "engines")]
 pub(crate) fn parse_upstream_embeddings(body: &[u8]) -> Result<Embeddings, String> {
     let answer: WireAnswer = serde_json::from_slice(body)
         .map_err(|e| format!("the engine's embeddings answer is not valid: {e}"))?;

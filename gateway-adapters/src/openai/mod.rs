@@ -68,6 +68,7 @@ pub mod types;
 
 pub use chunk::chunk_delta;
 pub use embeddings::{EmbeddingsParsed, MAX_EMBEDDING_INPUTS, embeddings_body, parse_embeddings};
+#[cfg(feature = "engines")]
 pub(crate) use embeddings::{
     UpstreamBodyError, parse_upstream_embeddings, upstream_embeddings_body,
 };

@@ -11,9 +11,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use axum::Router;
 use axum::body::Body;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 use hyper::body::{Body as _, Incoming};
@@ -26,7 +25,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-use tower::ServiceExt;
+use tower::{Service, ServiceExt};
 
 use super::edge::{EdgeClock, SHUTTING_DOWN_BODY, ServeOptions, TenantSlot, at_capacity_response};
 use super::edge_io::{ConnState, EdgeIo, InFlightBody, TimedBody};
@@ -65,14 +64,62 @@ fn tune(stream: &TcpStream) {
 /// to `grace` (streams are drained by the gateway meanwhile). The edge
 /// limits are [`ServeOptions::default`]'s; see [`serve_with`].
 ///
+/// `app` is any tower service over axum's request type, as for
+/// `axum::serve`: an `axum::Router` (the gateway's [`router`](super::router),
+/// or a host's router with the gateway's [`routes`](super::routes) merged
+/// in), with whatever layers the host adds (`Router::layer`, or
+/// `tower::ServiceBuilder::new().layer(..).service(router)`). Every one of
+/// them keeps the gateway's connection handling: the stalled-client kill
+/// (each request carries the connection's [`ConnectionKill`]; a layer has
+/// only to keep the request's extensions, as tower's and axum's do) and the
+/// edge limits of [`ServeOptions`] (the body-read timeout wraps the request
+/// body before `app` sees it, which is why the request body is axum's
+/// `Body` and not hyper's `Incoming`). Its errors must be `Infallible`, as
+/// for `axum::serve` (`axum::error_handling::HandleErrorLayer` turns a
+/// fallible layer's errors into responses).
+///
 /// # Errors
 /// Only if accepting fails fatally (errors per connection are dropped).
-pub async fn serve(
+///
+/// # Examples
+///
+/// A host's router with the gateway's routes merged in, wrapped in a layer
+/// of the host's (a header on every response), served with the gateway's
+/// connection handling:
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use axum::Router;
+/// use axum::routing::get;
+/// use gateway_adapters::server::{RouterOptions, routes, serve};
+/// use gateway_policy::Gateway;
+/// use http::HeaderValue;
+///
+/// # async fn demo(gateway: Gateway) -> std::io::Result<()> {
+/// let app = Router::new()
+///     .route("/", get(|| async { "the host's service" }))
+///     .merge(routes(gateway, RouterOptions::default()));
+/// let app = tower::ServiceBuilder::new()
+///     .map_response(|mut response: axum::response::Response| {
+///         response.headers_mut().insert("x-host", HeaderValue::from_static("yes"));
+///         response
+///     })
+///     .service(app);
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// serve(listener, app, std::future::pending(), Duration::from_secs(10)).await
+/// # }
+/// ```
+pub async fn serve<S>(
     listener: TcpListener,
-    app: Router,
+    app: S,
     shutdown: impl Future<Output = ()> + Send,
     grace: Duration,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    S: Service<http::Request<Body>, Error = Infallible> + Clone + Send + 'static,
+    S::Response: IntoResponse,
+    S::Future: Send,
+{
     serve_with(listener, app, shutdown, ServeOptions::with_grace(grace)).await
 }
 
@@ -80,12 +127,17 @@ pub async fn serve(
 ///
 /// # Errors
 /// Only if accepting fails fatally (errors per connection are dropped).
-pub async fn serve_with(
+pub async fn serve_with<S>(
     listener: TcpListener,
-    app: Router,
+    app: S,
     shutdown: impl Future<Output = ()> + Send,
     options: ServeOptions,
-) -> std::io::Result<()> {
+) -> std::io::Result<()>
+where
+    S: Service<http::Request<Body>, Error = Infallible> + Clone + Send + 'static,
+    S::Response: IntoResponse,
+    S::Future: Send,
+{
     let grace = options.grace;
     let options = Arc::new(options);
     let stop = CancellationToken::new();
@@ -164,13 +216,17 @@ struct Connection {
     tenant: Mutex<Option<TenantSlot>>,
 }
 
-async fn connection(
+async fn connection<S>(
     stream: TcpStream,
-    app: Router,
+    app: S,
     options: Arc<ServeOptions>,
     stop: CancellationToken,
     _permit: OwnedSemaphorePermit,
-) {
+) where
+    S: Service<http::Request<Body>, Error = Infallible> + Clone + Send + 'static,
+    S::Response: IntoResponse,
+    S::Future: Send,
+{
     let state = ConnState::new(EdgeClock::new(
         options.header_read_timeout,
         options.keep_alive_timeout,
@@ -220,11 +276,15 @@ async fn connection(
 
 /// One request: the edge's own answers, or the app's with the body-read
 /// timeout applied.
-async fn handle(
+async fn handle<S>(
     conn: Arc<Connection>,
-    app: Router,
+    app: S,
     mut request: http::Request<Incoming>,
-) -> Result<Response, Infallible> {
+) -> Result<Response, Infallible>
+where
+    S: Service<http::Request<Body>, Error = Infallible>,
+    S::Response: IntoResponse,
+{
     let in_flight = conn.state.request();
     let draining = conn.options.not_ready.is_cancelled();
     let mut response = match edge_answer(&conn, &request, draining) {
@@ -246,7 +306,7 @@ async fn handle(
                 request.map(move |body| Body::new(TimedBody::new(body, deadline, flag, state)))
             };
             let response = match app.oneshot(request).await {
-                Ok(response) => response,
+                Ok(response) => response.into_response(),
                 Err(never) => match never {},
             };
             if timed_out.load(Ordering::Acquire) {

@@ -1,8 +1,11 @@
-//! The OpenAI-compatible HTTP server (feature `server`): the gateway's
-//! axum routes for a host to mount into its own app ([`router`], or
-//! [`routes`] to merge), and [`serve`] with the connection handling the
+//! The OpenAI-compatible HTTP server (feature `router`, which needs no
+//! engine client; `server` adds the engines and the bootstrap): the
+//! gateway's axum routes for a host to mount into its own app ([`router`],
+//! or [`routes`] to merge), and [`serve`] with the connection handling the
 //! gateway needs (no Nagle, a modest send buffer, graceful shutdown,
-//! closing a stalled client's connection).
+//! closing a stalled client's connection) for any tower service the host
+//! builds around them; [`serve_and_drain`] adds the shutdown sequence of
+//! the `gateway` binary (readiness phase, drain, settlement).
 //!
 //! Routes: `POST /v1/chat/completions`, `POST /v1/completions`,
 //! `POST /v1/embeddings`, `GET /v1/models`, `GET /health`, `GET /ready`, `GET /metrics`,
@@ -39,10 +42,15 @@
 //! the client's `x-request-id` echoed); the host's layers added after the
 //! merge or nest wrap them too (a host-wide request timeout would cut long
 //! streams). [`RouterOptions::default`] has the config file's defaults
-//! (bodies up to 1 MiB). Serve the host's app with [`serve`] or
-//! [`serve_with`] to keep the gateway's connection handling (with
-//! `axum::serve` the routes still work, but a client that stops reading a
-//! stream has only its stream ended, not its connection closed).
+//! (bodies up to 1 MiB). Serve the host's app with [`serve`],
+//! [`serve_with`] or [`serve_and_drain`] to keep the gateway's connection
+//! handling: they take any tower service over axum's request type, so the
+//! host may wrap its router in its own layers (`Router::layer`, or a
+//! `tower::ServiceBuilder` whose result is no `Router`) and keep the
+//! stalled-client kill and the edge timeouts. With `axum::serve` the
+//! routes still work, but a client that stops reading a stream has only
+//! its stream ended, not its connection closed, and none of the edge
+//! limits of [`ServeOptions`] apply.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -77,6 +85,7 @@
 
 mod body;
 mod conn;
+mod drain;
 mod edge;
 mod edge_io;
 mod handlers;
@@ -90,6 +99,7 @@ use crate::openai::pass_through::{BodyLimits, PassThrough};
 
 pub use body::SseBody;
 pub use conn::{ConnectionKill, serve, serve_with};
+pub use drain::serve_and_drain;
 pub use edge::{ServeOptions, TenantConnectionCaps};
 
 /// Options of the router.
@@ -114,7 +124,7 @@ impl Default for RouterOptions {
     /// `max_body_bytes` = 1 MiB, the default body caps and
     /// `unknown_fields = "reject"` with no per-model field lists (so every
     /// extra field passes: the lists come from the config's engines, see
-    /// [`bootstrap::pass_through`](crate::bootstrap::pass_through)).
+    /// `bootstrap::pass_through`, feature `server`).
     ///
     /// ```
     /// use gateway_adapters::config::GatewayConfig;
