@@ -292,6 +292,20 @@ impl LiveRequests {
             .map(|e| e.phase)
     }
 
+    /// Every live attempt's id and phase, oldest first.
+    pub fn list(&self) -> Vec<(RequestId, EnginePhase)> {
+        let state = self.lock();
+        let mut live: Vec<(u64, &RequestId, EnginePhase)> = state
+            .attempts
+            .iter()
+            .flat_map(|(id, entries)| entries.iter().map(move |e| (e.seq, id, e.phase)))
+            .collect();
+        live.sort_unstable_by_key(|(seq, _, _)| *seq);
+        live.into_iter()
+            .map(|(_, id, phase)| (id.clone(), phase))
+            .collect()
+    }
+
     /// Live attempts in `phase`.
     pub fn count(&self, phase: EnginePhase) -> u32 {
         let n = self
@@ -746,6 +760,14 @@ mod tests {
         assert_eq!(live.phase(&id("c")), Some(EnginePhase::Queued));
         assert_eq!(live.phase(&id("x")), None);
         assert_eq!(live.count(EnginePhase::Queued), 1);
+        assert_eq!(
+            live.list(),
+            [
+                (id("a"), EnginePhase::Prefill),
+                (id("b"), EnginePhase::Decode),
+                (id("c"), EnginePhase::Queued)
+            ]
+        );
         let p = live.pressure();
         assert_eq!((p.running, p.waiting, p.inflight), (2, 1, 3));
         let view = a.attempt();
