@@ -6,7 +6,15 @@
 //! simulator set up for it) together with an [`EngineProbe`] that tells
 //! what the engine saw: its aborts per phase and each live request's phase.
 //! That is how the kit proves a cancel *reached the engine*, not only that
-//! the stream stopped.
+//! the stream stopped. For an in-process engine, its
+//! [`LiveRequests`](crate::LiveRequests) registry is that probe (it
+//! implements [`EngineProbe`]); a backend in front of a remote engine needs
+//! the engine's (or a fake engine's) own view.
+//!
+//! `docs/backend-contract.md` lists which [`Scenario`] each [`Rule`] runs
+//! in, and the prompt, `max_tokens` and deadline each rule sends;
+//! [`crate::live`] has a complete backend with its target, run through this
+//! kit as a doctest.
 
 use std::fmt;
 use std::sync::Arc;
@@ -71,7 +79,10 @@ pub struct Instance {
 #[async_trait::async_trait]
 pub trait ConformanceTarget: Send + Sync {
     /// A fresh instance for `scenario`, or `None` if this target cannot
-    /// produce it (the rules that need it are reported as skipped).
+    /// produce it (the rules that need it are reported as skipped, and a
+    /// skipped required rule fails [`ConformanceReport::assert_passed`]).
+    /// Called once per rule, not once per scenario: every rule starts from
+    /// a fresh engine.
     async fn instance(&self, scenario: Scenario) -> Option<Instance>;
 }
 
