@@ -102,7 +102,7 @@ impl Backend for EchoBackend {
         // both. `track` does the cancel, deadline, cap and error phases.
         let work = once(engine).filter_map(|_| async { None });
         let events = unfold(rx, |mut rx| async move { rx.recv().await.map(|e| (e, rx)) });
-        Ok(live.track(select(work, events), cancel, req.budget))
+        Ok(live.track(select(work, events), req.budget))
     }
 
     async fn abort(&self, id: &RequestId) -> Result<bool, BackendError> {
