@@ -2,6 +2,10 @@
 //! the contract's stream rules, and [`Progress`], the delivered tokens
 //! against the cap it counts with.
 
+use std::future::{Future, poll_fn};
+use std::pin::pin;
+use std::task::Poll;
+
 use futures::{Stream, StreamExt};
 use tokio::time::Instant;
 
@@ -145,18 +149,28 @@ enum Wake {
 
 impl Tracked {
     async fn next(&mut self) -> Option<TokenResult> {
-        let events = self.events.as_mut()?;
-        let deadline = async {
-            match self.deadline {
-                Some(at) => tokio::time::sleep_until(at).await,
-                None => std::future::pending().await,
-            }
-        };
-        let wake = tokio::select! {
-            biased;
-            reason = self.cancel.canceled() => Wake::Canceled(reason),
-            () = deadline => Wake::Deadline,
-            item = events.next() => Wake::Event(item),
+        let wake = {
+            let events = self.events.as_mut()?;
+            let deadline = self.deadline;
+            let mut canceled = pin!(self.cancel.canceled());
+            let mut deadline = pin!(async move {
+                match deadline {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            });
+            // In this order: a cancel wins over a passed deadline, and both
+            // over an event that is ready at the same time.
+            poll_fn(|cx| {
+                if let Poll::Ready(reason) = canceled.as_mut().poll(cx) {
+                    return Poll::Ready(Wake::Canceled(reason));
+                }
+                if deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Wake::Deadline);
+                }
+                events.poll_next_unpin(cx).map(Wake::Event)
+            })
+            .await
         };
         Some(match wake {
             Wake::Canceled(reason) => Err(self.abort(BackendError::canceled(reason))),
