@@ -136,7 +136,7 @@ pub fn scrape_pressures(text: &str, model: &str) -> Vec<Option<Pressure>> {
             g.map(|g| {
                 let cell = PressureCell::new(Some(8));
                 cell.store(&g);
-                cell.snapshot()
+                cell.snapshot(0)
             })
         })
         .collect()

@@ -137,7 +137,10 @@ impl Health {
 /// An inference engine as the gateway sees it.
 ///
 /// Implementations: the adapters in `gateway-adapters`, the `sim` engine,
-/// the testkit's `MockBackend`, or your own. Check yours with the
+/// the testkit's `MockBackend`, or your own. [`live`](crate::live) has the
+/// parts every one of them needs (the registry of live requests behind
+/// `abort`, and a stream wrapper that keeps the cancel, deadline, cap and
+/// error-phase rules), and a complete example. Check yours with the
 /// conformance kit (feature `testkit`).
 #[async_trait::async_trait]
 pub trait Backend: Send + Sync + fmt::Debug + 'static {
@@ -159,16 +162,23 @@ pub trait Backend: Send + Sync + fmt::Debug + 'static {
     /// # Cancel safety
     /// Dropping the future aborts the attempt at the engine. Once started,
     /// canceling `cancel` or dropping the stream stops the engine's work in
-    /// every phase (queued, prefill, decode); the stream then ends with a
-    /// [`Canceled`](crate::FailureKind::Canceled) error.
+    /// every phase (queued, prefill, decode); the stream then ends with one
+    /// [`Canceled`](crate::FailureKind::Canceled) error in the right
+    /// [`FailurePhase`](crate::FailurePhase), carrying the engine phase the
+    /// cancel landed in ([`BackendError::with_engine_phase`]) when the
+    /// backend knows it ([`LiveGuard::track`](crate::LiveGuard::track) does
+    /// all of this).
     async fn start(
         &self,
         request: BackendRequest,
         cancel: CancelHandle,
     ) -> Result<TokenStream, BackendError>;
 
-    /// Aborts the in-flight attempt of request `id`, as a cancel of its
-    /// handle would. Returns whether one was found.
+    /// Aborts every live attempt of request `id`, as a cancel of its handle
+    /// with [`Aborted`](crate::CancelReason::Aborted) would (also one that
+    /// drains, see [`drain_on_client_gone`](Backend::drain_on_client_gone)).
+    /// Returns whether one was found: `false` for an id this backend does
+    /// not hold. [`LiveRequests::abort`](crate::LiveRequests::abort) is this.
     ///
     /// # Errors
     /// A [`BackendError`] if the engine's abort call failed.

@@ -23,13 +23,21 @@
 //!   by [`BudgetGuard::settle`] (which consumes it) or, if dropped, from its
 //!   [`UsageMeter`].
 //!
-//! With the `testkit` feature, `testkit` adds a scriptable mock backend and
-//! the conformance suite every backend should pass.
+//! [`live`] has the building blocks every conformant backend needs: the
+//! registry of live requests behind `abort(id)`, the in-flight count and
+//! the engine phases ([`LiveRequests`]), and [`LiveGuard::track`], which
+//! turns an engine's events into a stream that keeps the cancel, deadline,
+//! cap and error-phase rules. With the `testkit` feature, `testkit` adds a
+//! scriptable mock backend and the conformance suite every backend should
+//! pass.
 //!
 //! # Examples
 //!
-//! A complete backend that echoes the prompt one word at a time, started
-//! and consumed in-process:
+//! The shape of a backend, in its smallest form: one that echoes the prompt
+//! one word at a time, started and consumed in-process. It is not
+//! conformant (its `abort(id)` finds nothing, it ignores the deadline, and
+//! its whole answer exists before anyone reads it); the example of [`live`]
+//! is a backend that passes the conformance kit.
 //!
 //! ```
 //! use std::sync::Arc;
@@ -99,6 +107,7 @@ mod embed;
 mod error;
 pub mod error_table;
 mod event;
+pub mod live;
 mod meter;
 mod money;
 mod phase;
@@ -129,6 +138,7 @@ pub use event::{
     Delta, EventOrder, FinishReason, OrderViolation, ReasoningField, Started, TokenEvent,
     TokenLogprob, ToolCallDelta, TopLogprob,
 };
+pub use live::{LiveAttempt, LiveGuard, LiveRequests};
 pub use meter::UsageMeter;
 pub use money::{Money, PriceError, Pricing};
 pub use phase::{AbortCounts, EnginePhase};

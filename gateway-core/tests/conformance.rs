@@ -38,6 +38,9 @@ enum Flaw {
     /// Keeps only the text of each delta (how an adapter that reads text
     /// alone passes reasoning and tool calls on: tokens without output).
     TextOnly,
+    /// Never forgets a request: `abort(id)` finds it after it ended, and
+    /// `pressure().inflight` counts every request ever started.
+    LeaksRequests,
 }
 
 /// A mock behind a flawed wrapper.
@@ -45,6 +48,16 @@ enum Flaw {
 struct Broken {
     inner: MockBackend,
     flaw: Flaw,
+    /// Every request id started (for `LeaksRequests`).
+    seen: std::sync::Mutex<Vec<RequestId>>,
+}
+
+impl Broken {
+    fn seen(&self) -> std::sync::MutexGuard<'_, Vec<RequestId>> {
+        self.seen
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
 }
 
 #[async_trait]
@@ -53,7 +66,11 @@ impl Backend for Broken {
         self.inner.info()
     }
     fn pressure(&self) -> Pressure {
-        self.inner.pressure()
+        let mut pressure = self.inner.pressure();
+        if self.flaw == Flaw::LeaksRequests {
+            pressure.inflight = self.seen().len() as u32;
+        }
+        pressure
     }
     async fn start(
         &self,
@@ -61,6 +78,7 @@ impl Backend for Broken {
         cancel: CancelHandle,
     ) -> Result<TokenStream, BackendError> {
         let flaw = self.flaw;
+        self.seen().push(request.request.id.clone());
         if flaw == Flaw::IgnoresCap {
             request.budget.max_completion_tokens = u32::MAX;
         }
@@ -101,7 +119,8 @@ impl Backend for Broken {
         Ok(TokenStream::new(mapped))
     }
     async fn abort(&self, id: &RequestId) -> Result<bool, BackendError> {
-        self.inner.abort(id).await
+        let found = self.inner.abort(id).await?;
+        Ok(found || (self.flaw == Flaw::LeaksRequests && self.seen().contains(id)))
     }
     async fn health(&self) -> Health {
         self.inner.health().await
@@ -118,6 +137,7 @@ impl ConformanceTarget for BrokenTarget {
             backend: Arc::new(Broken {
                 inner,
                 flaw: self.0,
+                seen: std::sync::Mutex::default(),
             }),
             probe: Arc::new(handle) as Arc<dyn EngineProbe>,
             model: MockTarget::MODEL.to_owned(),
@@ -203,6 +223,26 @@ async fn dropping_non_text_output_is_caught() {
     assert_eq!(failed, vec![Rule::StructuredOutput], "{text}");
     assert!(
         text.contains("FAIL structured_output: the first delta must carry the reasoning or tool call that came before any text"),
+        "{text}"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn leaked_requests_are_caught() {
+    let (failed, text) = failed_rules(Flaw::LeaksRequests).await;
+    assert_eq!(
+        failed,
+        vec![Rule::ExplicitAbort, Rule::PressureMoves],
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "FAIL explicit_abort: abort of a request that ended 250ms ago still reported found"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("FAIL pressure_moves: pressure did not return to idle"),
         "{text}"
     );
 }

@@ -39,8 +39,6 @@ makes the adapter of any engine kind from an [`UpstreamConfig`] (a
 #[cfg(feature = "engines")]
 pub mod dynamo;
 #[cfg(feature = "engines")]
-mod live;
-#[cfg(feature = "engines")]
 pub mod nim;
 mod on_disconnect;
 #[cfg(feature = "engines")]

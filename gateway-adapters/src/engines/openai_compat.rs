@@ -12,17 +12,15 @@ use bytes::Bytes;
 use gateway_core::http::{self, HeaderValue, Method, Request, StatusCode, Uri, header};
 use gateway_core::{
     Backend, BackendError, BackendInfo, BackendRequest, CancelHandle, EmbedAttempt, Embeddings,
-    EngineKind, FailureKind, FailurePhase, FinishReason, Health, Pressure, Prompt, RequestId,
-    TokenStream, Usage,
+    EngineKind, FailureKind, FailurePhase, FinishReason, Health, LiveRequests, Pressure, Prompt,
+    RequestId, TokenStream, Usage,
 };
 use http_body_util::Full;
 use serde::Deserialize;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 use super::OnDisconnect;
-use super::live::{self, HasLive, LiveRequests};
-use super::pressure_cell::{Gauges, PressureCell};
+use super::pressure_cell::{Gauges, HasPressure, PressureCell};
 use super::prometheus;
 use super::reader::{Drain, EVENT_BUFFER, Emit, Flow, Frames, Reader, Settings};
 use super::scrape::Scraper;
@@ -344,7 +342,6 @@ struct Inner {
     auth: Option<HeaderValue>,
     quirks: Quirks,
     max_event_bytes: usize,
-    max_inflight: u32,
     /// `Some(timeout)`: drain on a client's leaving.
     drain: Option<Duration>,
     shared: Arc<Shared>,
@@ -359,16 +356,11 @@ struct Shared {
     pressure: PressureCell,
 }
 
-impl HasLive for Shared {
-    fn live(&self) -> &LiveRequests {
-        &self.live
-    }
+impl HasPressure for Shared {
     fn pressure(&self) -> &PressureCell {
         &self.pressure
     }
 }
-
-type LiveGuard = live::LiveGuard<Shared>;
 
 /// The base URL without a trailing `/` or `/v1`.
 fn base_url(url: &str) -> &str {
@@ -417,7 +409,7 @@ impl OpenAiCompatBackend {
         let client = upstream::client(&config)?;
         let served_model = upstream::served_model(&config);
         let shared = Arc::new(Shared {
-            live: LiveRequests::default(),
+            live: LiveRequests::new(config.max_inflight),
             pressure: PressureCell::new(config.max_concurrency),
         });
         let inner = Inner {
@@ -435,7 +427,6 @@ impl OpenAiCompatBackend {
             auth,
             quirks,
             max_event_bytes: config.max_event_bytes,
-            max_inflight: config.max_inflight,
             drain: config.on_disconnect.drain_timeout(),
             shared,
             scraper: Scraper::new(metrics_uri, config.scrape_interval),
@@ -461,15 +452,6 @@ impl Inner {
             .ensure(&self.client, &self.shared, move |text| {
                 engine_gauges(text, &model, &names)
             });
-    }
-
-    fn register(
-        &self,
-        id: &RequestId,
-        cancel: &CancelHandle,
-        abort: &CancellationToken,
-    ) -> LiveGuard {
-        live::register(&self.shared, id, cancel, abort)
     }
 
     /// The route, the chunk shape and the JSON body for `request`.
@@ -617,7 +599,8 @@ impl Backend for OpenAiCompatBackend {
     }
 
     fn pressure(&self) -> Pressure {
-        self.inner.shared.pressure.snapshot()
+        let shared = &self.inner.shared;
+        shared.pressure.snapshot(shared.live.inflight())
     }
 
     async fn start(
@@ -627,12 +610,10 @@ impl Backend for OpenAiCompatBackend {
     ) -> Result<TokenStream, BackendError> {
         let inner = &self.inner;
         inner.ensure_scraper();
-        inner.shared.may_start(&cancel, inner.max_inflight)?;
-        let (uri, body) = inner.upstream_body(&request)?;
         let id = request.request.id.clone();
+        let live = inner.shared.live.register(&id, &cancel)?;
+        let (uri, body) = inner.upstream_body(&request)?;
         let http_request = inner.post(uri, &id, body)?;
-        let hard_abort = CancellationToken::new();
-        let live = inner.register(&id, &cancel, &hard_abort);
         let deadline = request.budget.deadline;
         let before = FailurePhase::BeforeFirstToken;
         let response = tokio::select! {
@@ -677,7 +658,7 @@ impl Backend for OpenAiCompatBackend {
                 max_event_bytes: inner.max_event_bytes,
                 drain: inner.drain.map(|timeout| Drain {
                     timeout,
-                    abort: hard_abort,
+                    abort: live.attempt().abort_token().clone(),
                 }),
                 started: true,
             },
@@ -1186,7 +1167,7 @@ pub(crate) fn fuzz_read(
 ) -> (Vec<gateway_core::TokenResult>, usize) {
     let frames = ChunkFrames {
         shared: Arc::new(Shared {
-            live: LiveRequests::default(),
+            live: LiveRequests::new(1),
             pressure: PressureCell::new(None),
         }),
         quirks,

@@ -1,13 +1,19 @@
 //! The pressure snapshot of a remote engine, kept in atomics so
 //! `Backend::pressure` reads it without locks: the background scraper
-//! stores each scrape's gauges, failures mark the engine overloaded for a
-//! while, and the request path counts what is in flight.
+//! stores each scrape's gauges, and failures mark the engine overloaded for
+//! a while. What is in flight is the adapter's `LiveRequests`' count.
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 use gateway_core::Pressure;
 use tokio::time::Instant;
+
+/// An adapter's shared state that holds a pressure cell (for the scraper).
+pub(crate) trait HasPressure: Send + Sync + 'static {
+    /// The cell.
+    fn pressure(&self) -> &PressureCell;
+}
 
 /// Load gauges read from one scrape.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -25,15 +31,13 @@ pub(crate) struct PressureCell {
     kv_bits: AtomicU32,
     /// Nanoseconds after `base` of the last scrape, plus one; 0 = never.
     updated: AtomicU64,
-    /// Requests the gateway has in flight here.
-    pub(crate) inflight: AtomicU32,
     limit: Option<u32>,
     /// Nanoseconds after `base` until which the engine counts as refusing.
     overloaded_until: AtomicU64,
 }
 
 impl PressureCell {
-    /// Empty: never scraped, nothing in flight.
+    /// Empty: never scraped.
     pub(crate) fn new(limit: Option<u32>) -> Self {
         PressureCell {
             base: Instant::now(),
@@ -41,7 +45,6 @@ impl PressureCell {
             waiting: AtomicU32::new(0),
             kv_bits: AtomicU32::new(0),
             updated: AtomicU64::new(0),
-            inflight: AtomicU32::new(0),
             limit,
             overloaded_until: AtomicU64::new(0),
         }
@@ -51,14 +54,15 @@ impl PressureCell {
         u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
     }
 
-    pub(crate) fn snapshot(&self) -> Pressure {
+    /// The snapshot, with `inflight` attempts in flight.
+    pub(crate) fn snapshot(&self, inflight: u32) -> Pressure {
         let updated = self.updated.load(Ordering::Acquire);
         let now = self.nanos_since_base(Instant::now());
         Pressure {
             running: self.running.load(Ordering::Relaxed),
             waiting: self.waiting.load(Ordering::Relaxed),
             kv_usage: f32::from_bits(self.kv_bits.load(Ordering::Relaxed)),
-            inflight: self.inflight.load(Ordering::Relaxed),
+            inflight,
             limit: self.limit,
             updated_at: (updated > 0).then(|| self.base + Duration::from_nanos(updated - 1)),
             overloaded: self.overloaded_until.load(Ordering::Relaxed) > now,

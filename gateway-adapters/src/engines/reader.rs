@@ -30,9 +30,10 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use bytes::Bytes;
+use gateway_core::live::Progress;
 use gateway_core::{
     BackendError, CancelHandle, CancelReason, Delta, FailureKind, FailurePhase, FinishReason,
-    Started, TokenEvent, TokenResult, Usage,
+    LiveGuard, Started, TokenEvent, TokenResult, Usage,
 };
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -66,11 +67,10 @@ pub(crate) enum Flow {
 /// events waiting for the consumer.
 #[derive(Debug)]
 pub(crate) struct Emit {
-    cap: u64,
-    delivered: u64,
+    /// The delivered tokens against the cap.
+    progress: Progress,
     /// Tokens of pieces without output, carried to the next piece.
     pending: u64,
-    any_delta: bool,
     /// The engine's finish reason, seen: the final events wait for the end
     /// marker, the end of the body or the grace.
     finish: Option<FinishReason>,
@@ -87,10 +87,8 @@ pub(crate) struct Emit {
 impl Emit {
     fn new(cap: u64) -> Self {
         Emit {
-            cap,
-            delivered: 0,
+            progress: Progress::new(cap),
             pending: 0,
-            any_delta: false,
             finish: None,
             final_now: None,
             capped: false,
@@ -101,11 +99,7 @@ impl Emit {
 
     /// Before the first delta, or after.
     pub(crate) fn phase(&self) -> FailurePhase {
-        if self.any_delta {
-            FailurePhase::AfterFirstToken
-        } else {
-            FailurePhase::BeforeFirstToken
-        }
+        self.progress.phase()
     }
 
     /// Whether the engine gave its finish reason (its final events may
@@ -128,13 +122,11 @@ impl Emit {
             return Flow::Continue;
         }
         let tokens = u64::from(delta.tokens).saturating_add(std::mem::take(&mut self.pending));
-        if self.delivered.saturating_add(tokens) > self.cap {
+        if !self.progress.deliver(tokens) {
             // The engine went past the cap it was sent: end at the cap.
             self.capped = true;
             return Flow::End;
         }
-        self.delivered += tokens;
-        self.any_delta = true;
         delta.tokens = u32::try_from(tokens).unwrap_or(u32::MAX);
         self.out.push_back(Ok(TokenEvent::Delta(delta)));
         Flow::Continue
@@ -356,7 +348,7 @@ impl<F: Frames> Reader<F> {
                 FailureKind::Canceled,
                 format!(
                     "client_gone: drained {} completion tokens, then the drain timeout ({} ms) closed the connection",
-                    self.emit.delivered,
+                    self.emit.progress.delivered(),
                     self.drain.as_ref().map_or(0, |d| d.timeout.as_millis())
                 ),
             )
@@ -365,20 +357,23 @@ impl<F: Frames> Reader<F> {
     }
 
     /// Reads `body` to its end (or a stop), handing the events to `tx`;
-    /// `live` (the attempt's registration) is dropped once the engine's
-    /// part is over.
-    pub(crate) async fn run<L: Send>(
+    /// `live` (the attempt's registration) leaves the registry once the
+    /// engine's part is over: ended when the engine ended it, dropped (an
+    /// abort) when the reader closed the connection.
+    pub(crate) async fn run(
         mut self,
         mut body: Incoming,
         tx: mpsc::Sender<TokenResult>,
-        live: L,
+        live: LiveGuard,
     ) {
         let mut live = Some(live);
         let mut flow = Flow::Continue;
         loop {
             if flow == Flow::End {
                 // The engine's part is over: free the connection's slot first.
-                drop(live.take());
+                if let Some(live) = live.take() {
+                    live.end();
+                }
             }
             // Hand over what is ready, still watching for a stop. A permit
             // first, then the item: a stop that wins the race loses no item.
@@ -520,7 +515,7 @@ impl<F: Frames> Reader<F> {
     fn at_cap(&mut self) {
         self.emit.capped = false;
         self.past_cap = true;
-        if let Some(usage) = self.frames.usage_at_cap(self.emit.delivered) {
+        if let Some(usage) = self.frames.usage_at_cap(self.emit.progress.delivered()) {
             self.emit.out.push_back(Ok(TokenEvent::Usage(usage)));
         }
         self.emit
@@ -539,24 +534,25 @@ impl<F: Frames> Reader<F> {
         // as a last empty delta, so what the client takes (and is charged
         // for) equals what the engine produced, within the cap.
         let emit = &mut self.emit;
-        let room = emit.cap.saturating_sub(emit.delivered);
+        let progress = &mut emit.progress;
         let reported = self
             .frames
             .reported_completion()
-            .map_or(0, |n| n.min(emit.cap));
-        let uncounted = reported.saturating_sub(emit.delivered);
-        let tokens = std::mem::take(&mut emit.pending).max(uncounted).min(room);
+            .map_or(0, |n| n.min(progress.cap()));
+        let uncounted = reported.saturating_sub(progress.delivered());
+        let tokens = std::mem::take(&mut emit.pending)
+            .max(uncounted)
+            .min(progress.room());
         let mut delta = self.frames.held();
-        if tokens > 0 || delta.has_output() {
-            emit.delivered += tokens;
-            emit.any_delta = true;
+        // Within the room: always counted.
+        if (tokens > 0 || delta.has_output()) && progress.deliver(tokens) {
             delta.tokens = u32::try_from(tokens).unwrap_or(u32::MAX);
             emit.out.push_back(Ok(TokenEvent::Delta(delta)));
         }
-        if let Some(usage) = self.frames.final_usage(emit.delivered) {
+        if let Some(usage) = self.frames.final_usage(progress.delivered()) {
             emit.out.push_back(Ok(TokenEvent::Usage(usage)));
         }
-        let reason = reason.unwrap_or(if emit.delivered >= emit.cap {
+        let reason = reason.unwrap_or(if progress.at_cap() {
             FinishReason::Length
         } else {
             FinishReason::Stop

@@ -11,8 +11,7 @@ use gateway_core::http::{Method, Request, Uri};
 use http_body_util::Full;
 use tokio_util::sync::CancellationToken;
 
-use super::live::HasLive;
-use super::pressure_cell::Gauges;
+use super::pressure_cell::{Gauges, HasPressure};
 use super::upstream::{HttpClient, MAX_METRICS_BODY, SIDE_CALL_TIMEOUT, read_limited};
 
 /// A backend's scrape: where, how often, started once, stopped on drop.
@@ -40,7 +39,7 @@ impl Scraper {
     /// gauges in `shared`'s pressure.
     pub(crate) fn ensure<S, P>(&self, client: &HttpClient, shared: &Arc<S>, parse: P)
     where
-        S: HasLive,
+        S: HasPressure,
         P: Fn(&str) -> Option<Gauges> + Send + Sync + 'static,
     {
         let Some(uri) = self.uri.clone() else {
@@ -69,7 +68,7 @@ impl Drop for Scraper {
     }
 }
 
-async fn scrape_loop<S: HasLive, P: Fn(&str) -> Option<Gauges>>(
+async fn scrape_loop<S: HasPressure, P: Fn(&str) -> Option<Gauges>>(
     client: HttpClient,
     uri: Uri,
     interval: Duration,

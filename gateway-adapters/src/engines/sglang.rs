@@ -53,8 +53,8 @@ use futures::StreamExt;
 use gateway_core::http::{HeaderValue, Method, Request, StatusCode, Uri, header};
 use gateway_core::{
     Backend, BackendError, BackendInfo, BackendRequest, CancelHandle, CancelReason, Delta,
-    EngineKind, FailureKind, FailurePhase, FinishReason, Health, Pressure, Prompt, RequestId,
-    TokenEvent, TokenLogprob, TokenStream, TopLogprob, Usage,
+    EngineKind, FailureKind, FailurePhase, FinishReason, Health, LiveGuard, LiveRequests, Pressure,
+    Prompt, RequestId, TokenEvent, TokenLogprob, TokenStream, TopLogprob, Usage,
 };
 use http_body_util::Full;
 use serde::de::{IgnoredAny, SeqAccess, Visitor};
@@ -63,12 +63,11 @@ use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::live::{self, HasLive, LiveRequests};
 use super::openai_compat::{
     EngineError, HealthCheck, OpenAiCompatBackend, Quirks, Routes, UpstreamConfig, kind_for_status,
     says_bad_input,
 };
-use super::pressure_cell::{Gauges, PressureCell};
+use super::pressure_cell::{Gauges, HasPressure, PressureCell};
 use super::prometheus;
 use super::reader::{EVENT_BUFFER, Emit, Flow, Frames, Reader, Settings};
 use super::scrape::Scraper;
@@ -230,7 +229,6 @@ struct Inner {
     auth: Option<HeaderValue>,
     options: SglangOptions,
     max_event_bytes: usize,
-    max_inflight: u32,
     shared: Arc<Shared>,
     chat: OpenAiCompatBackend,
     /// The metrics scrape; it stops when the backend is dropped.
@@ -277,16 +275,11 @@ impl Shared {
     }
 }
 
-impl HasLive for Shared {
-    fn live(&self) -> &LiveRequests {
-        &self.live
-    }
+impl HasPressure for Shared {
     fn pressure(&self) -> &PressureCell {
         &self.pressure
     }
 }
-
-type LiveGuard = live::LiveGuard<Shared>;
 
 /// Sends `/abort_request` for its rid when dropped, unless disarmed once
 /// the engine itself ended the request.
@@ -335,7 +328,7 @@ impl SglangBackend {
         let client = upstream::client(&config)?;
         let served_model = upstream::served_model(&config);
         let shared = Arc::new(Shared {
-            live: LiveRequests::default(),
+            live: LiveRequests::new(config.max_inflight),
             client: client.clone(),
             abort_uri,
             auth: auth.clone(),
@@ -355,7 +348,6 @@ impl SglangBackend {
             auth,
             options,
             max_event_bytes: config.max_event_bytes,
-            max_inflight: config.max_inflight,
             shared,
             chat,
             scraper: Scraper::new(Some(metrics_uri), config.scrape_interval),
@@ -380,10 +372,6 @@ impl Inner {
             .ensure(&self.client, &self.shared, move |text| {
                 sglang_gauges(text, &model)
             });
-    }
-
-    fn register(&self, id: &RequestId, cancel: &CancelHandle) -> LiveGuard {
-        live::register(&self.shared, id, cancel, &CancellationToken::new())
     }
 
     /// The native `/generate` body; `logprobs`: the top alternatives per
@@ -478,6 +466,7 @@ impl Inner {
         &self,
         request: BackendRequest,
         cancel: CancelHandle,
+        live: LiveGuard,
     ) -> Result<TokenStream, BackendError> {
         let id = request.request.id.clone();
         let mut generate = request.request.as_ref().clone();
@@ -497,7 +486,6 @@ impl Inner {
             request: Arc::new(generate),
             ..request
         };
-        let live = self.register(&id, &cancel);
         // Dropping this future before the answer aborts by rid.
         let mut guard = AbortGuard {
             shared: self.shared.clone(),
@@ -544,7 +532,9 @@ impl Inner {
             match &item {
                 Ok(TokenEvent::Finished(_)) => {
                     done.cancel();
-                    drop(live.take());
+                    if let Some(live) = live.take() {
+                        live.end();
+                    }
                 }
                 Err(e) => {
                     if matches!(
@@ -556,10 +546,13 @@ impl Inner {
                         // The engine may still be generating.
                         shared.fire_abort(&id);
                     }
+                    let live = live.take();
                     if e.kind() != FailureKind::Canceled {
                         done.cancel();
+                        if let Some(live) = live {
+                            live.end();
+                        }
                     }
-                    drop(live.take());
                 }
                 Ok(_) => {}
             }
@@ -576,7 +569,8 @@ impl Backend for SglangBackend {
     }
 
     fn pressure(&self) -> Pressure {
-        let mut p = self.inner.shared.pressure.snapshot();
+        let shared = &self.inner.shared;
+        let mut p = shared.pressure.snapshot(shared.live.inflight());
         let chat = self.inner.chat.pressure();
         p.overloaded |= chat.overloaded;
         p
@@ -589,15 +583,14 @@ impl Backend for SglangBackend {
     ) -> Result<TokenStream, BackendError> {
         let inner = &self.inner;
         inner.ensure_scraper();
-        inner.shared.may_start(&cancel, inner.max_inflight)?;
+        let live = inner.shared.live.register(&request.request.id, &cancel)?;
         if matches!(request.request.prompt, Prompt::Chat(_)) {
-            return inner.start_chat(request, cancel).await;
+            return inner.start_chat(request, cancel, live).await;
         }
         let logprobs = logprob_ask(request.request.extra.as_deref());
         let body = inner.generate_body(&request, logprobs)?;
         let id = request.request.id.clone();
         let http_request = inner.post(&id, body)?;
-        let live = inner.register(&id, &cancel);
         // From here on the engine may hold the request: any end but the
         // engine's own sends `/abort_request` (also when this future is
         // dropped).
@@ -1215,7 +1208,7 @@ pub(crate) fn fuzz_read(
         .get_or_init(|| {
             let config = UpstreamConfig::new("fuzz", "http://127.0.0.1:9", "m");
             Some(Arc::new(Shared {
-                live: LiveRequests::default(),
+                live: LiveRequests::new(1),
                 client: upstream::client(&config).ok()?,
                 abort_uri: parse_uri("http://127.0.0.1:9/abort_request").ok()?,
                 auth: None,

@@ -91,19 +91,17 @@ use bytes::Bytes;
 use gateway_core::http::{HeaderValue, Method, Request, StatusCode, Uri, header};
 use gateway_core::{
     Backend, BackendError, BackendInfo, BackendRequest, CancelHandle, CancelReason, Delta,
-    EngineKind, FailureKind, FailurePhase, Health, Pressure, Prompt, RequestId, Started,
-    TokenEvent, TokenResult, TokenStream, Usage,
+    EngineKind, FailureKind, FailurePhase, Health, LiveGuard, LiveRequests, Pressure, Prompt,
+    RequestId, Started, TokenEvent, TokenResult, TokenStream, Usage,
 };
 use http_body_util::Full;
 use hyper::body::Incoming;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 
-use super::live::{self, HasLive, LiveRequests};
 use super::openai_compat::{EngineError, UpstreamConfig, kind_for_status, says_bad_input};
-use super::pressure_cell::{Gauges, PressureCell};
+use super::pressure_cell::{Gauges, HasPressure, PressureCell};
 use super::prometheus;
 use super::reader::{EVENT_BUFFER, Emit, Flow, Frames, Reader, Settings};
 use super::scrape::Scraper;
@@ -205,7 +203,6 @@ struct Inner {
     auth: Option<HeaderValue>,
     options: TritonOptions,
     max_event_bytes: usize,
-    max_inflight: u32,
     shared: Arc<Shared>,
     /// The metrics scrape; it stops when the backend is dropped.
     scraper: Scraper,
@@ -216,16 +213,11 @@ struct Shared {
     pressure: PressureCell,
 }
 
-impl HasLive for Shared {
-    fn live(&self) -> &LiveRequests {
-        &self.live
-    }
+impl HasPressure for Shared {
     fn pressure(&self) -> &PressureCell {
         &self.pressure
     }
 }
-
-type LiveGuard = live::LiveGuard<Shared>;
 
 /// A model name as one path segment (unreserved characters kept, the rest
 /// percent-encoded).
@@ -259,7 +251,7 @@ impl TritonBackend {
         let client = upstream::client(&config)?;
         let served_model = upstream::served_model(&config);
         let shared = Arc::new(Shared {
-            live: LiveRequests::default(),
+            live: LiveRequests::new(config.max_inflight),
             pressure: PressureCell::new(config.max_concurrency),
         });
         let inner = Inner {
@@ -274,7 +266,6 @@ impl TritonBackend {
             auth,
             options,
             max_event_bytes: config.max_event_bytes,
-            max_inflight: config.max_inflight,
             shared,
             scraper: Scraper::new(metrics_uri, config.scrape_interval),
         };
@@ -298,10 +289,6 @@ impl Inner {
             .ensure(&self.client, &self.shared, move |text| {
                 triton_gauges(text, &models)
             });
-    }
-
-    fn register(&self, id: &RequestId, cancel: &CancelHandle) -> LiveGuard {
-        live::register(&self.shared, id, cancel, &CancellationToken::new())
     }
 
     fn uri(&self, path: &str) -> Result<Uri, BackendError> {
@@ -755,7 +742,8 @@ impl Backend for TritonBackend {
     }
 
     fn pressure(&self) -> Pressure {
-        self.inner.shared.pressure.snapshot()
+        let shared = &self.inner.shared;
+        shared.pressure.snapshot(shared.live.inflight())
     }
 
     async fn start(
@@ -765,11 +753,10 @@ impl Backend for TritonBackend {
     ) -> Result<TokenStream, BackendError> {
         let inner = &self.inner;
         inner.ensure_scraper();
-        inner.shared.may_start(&cancel, inner.max_inflight)?;
-        let body = inner.generate_body(&request)?;
         let id = request.request.id.clone();
+        let live = inner.shared.live.register(&id, &cancel)?;
+        let body = inner.generate_body(&request)?;
         let http_request = inner.post(&request.served_model, &id, body)?;
-        let live = inner.register(&id, &cancel);
         let deadline = request.budget.deadline;
         let before = FailurePhase::BeforeFirstToken;
         let mut future: HeadFuture = Box::pin(inner.client.request(http_request));
@@ -924,7 +911,7 @@ pub(crate) fn fuzz_read(
 ) -> (Vec<TokenResult>, usize) {
     let frames = TritonFrames {
         shared: Arc::new(Shared {
-            live: LiveRequests::default(),
+            live: LiveRequests::new(1),
             pressure: PressureCell::new(None),
         }),
         cumulative,

@@ -9,14 +9,14 @@ use std::time::Duration;
 use gateway_core::rng::Rng;
 use gateway_core::{
     BackendError, CancelHandle, CancelReason, Delta, EnginePhase, FailureKind, FailurePhase,
-    FinishReason, TokenEvent, TokenResult, TokenStream, Usage,
+    FinishReason, LiveGuard, TokenEvent, TokenResult, TokenStream, Usage,
 };
 use tokio::sync::mpsc;
 use tokio::sync::mpsc::error::TrySendError;
 use tokio::time::{Instant, sleep, sleep_until};
 
 use super::Fault;
-use super::state::{Admission, KvGuard, LiveGuard, Outcome, Shared};
+use super::state::{Admission, KvGuard, Outcome, Shared};
 use super::text::RequestRng;
 
 /// Everything one request's task needs.
@@ -78,12 +78,10 @@ impl Job {
             ),
             Err(Stop::Failed(err)) => (Outcome::Failed, vec![Err(err)]),
         };
-        let phase = live.finish(outcome);
-        let last = last.into_iter().map(|item| match (item, phase) {
-            (Err(e), Some(phase)) if e.kind() == FailureKind::Canceled => {
-                Err(e.with_engine_phase(phase))
-            }
-            (item, _) => item,
+        let phase = self.shared.finish(live, outcome);
+        let last = last.into_iter().map(|item| match item {
+            Err(e) if e.kind() == FailureKind::Canceled => Err(e.with_engine_phase(phase)),
+            item => item,
         });
         for item in last {
             let Ok(permit) = self.tx.reserve().await else {
@@ -204,7 +202,7 @@ impl Job {
         self.check(progress)?;
 
         // Prefill: the prompt takes its KV-cache tokens, then computes.
-        live.set_phase(EnginePhase::Prefill);
+        live.enter(EnginePhase::Prefill);
         if let Some(Fault::FailAtPrefill(kind)) = self.fault {
             return Err(self.fail(progress, kind, "injected failure at prefill"));
         }
@@ -286,7 +284,7 @@ impl Job {
             }
             produced += tokens;
             if first {
-                live.set_phase(EnginePhase::Decode);
+                live.enter(EnginePhase::Decode);
             }
 
             let mut delta = Delta {

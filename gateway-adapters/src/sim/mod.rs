@@ -136,13 +136,13 @@ impl SimBackend {
 
     /// The phase of the live request `id`, if there is one.
     pub fn phase(&self, id: &RequestId) -> Option<EnginePhase> {
-        self.shared.phase_of(id)
+        self.shared.live.phase(id)
     }
 
     /// Every live request (queued or running) with its phase, in the order
     /// the requests reached the engine.
     pub fn live(&self) -> Vec<(RequestId, EnginePhase)> {
-        self.shared.live()
+        self.shared.live.list()
     }
 
     /// Counters since the engine was built.
@@ -307,11 +307,7 @@ impl Backend for SimBackend {
     }
 
     async fn abort(&self, id: &RequestId) -> Result<bool, BackendError> {
-        let handles = self.shared.cancel_handles(id);
-        for handle in &handles {
-            handle.cancel(CancelReason::Aborted);
-        }
-        Ok(!handles.is_empty())
+        Ok(self.shared.live.abort(id))
     }
 
     async fn health(&self) -> Health {

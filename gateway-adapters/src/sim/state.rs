@@ -1,13 +1,20 @@
 //! The engine's shared state and the RAII guards that keep its accounting
-//! exact: a slot, a place in the queue, KV-cache tokens, a registry entry.
+//! exact: a slot, a place in the queue, KV-cache tokens; the registry of
+//! live requests (their phases and aborts) is gateway-core's
+//! [`LiveRequests`].
 //!
-//! Everything sits behind one short-held `std` mutex, never held across an
-//! await, so running, waiting, KV use and the registry always agree.
+//! Slots, queue and KV use sit behind one short-held `std` mutex, never held
+//! across an await, so running, waiting and KV use always agree. The
+//! registry has its own lock, taken inside the state's (a waiter granted a
+//! slot moves to `Prefill`) and never the other way round.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use gateway_core::{AbortCounts, BackendInfo, CancelHandle, EnginePhase, Health, RequestId};
+use gateway_core::{
+    AbortCounts, BackendInfo, CancelHandle, EnginePhase, Health, LiveAttempt, LiveGuard,
+    LiveRequests, RequestId,
+};
 use tokio::sync::oneshot;
 
 use super::{FaultPlan, SimConfig};
@@ -53,15 +60,8 @@ pub(crate) enum Outcome {
 #[derive(Debug)]
 struct Waiter {
     serial: u64,
-    id: RequestId,
+    attempt: LiveAttempt,
     grant: oneshot::Sender<()>,
-}
-
-#[derive(Debug)]
-struct Live {
-    serial: u64,
-    phase: EnginePhase,
-    cancel: CancelHandle,
 }
 
 #[derive(Debug, Default)]
@@ -69,30 +69,11 @@ struct State {
     running: u32,
     queue: VecDeque<Waiter>,
     kv_used: u64,
-    live: HashMap<RequestId, Vec<Live>>,
     next_serial: u64,
-    aborts: AbortCounts,
     stats: SimStats,
 }
 
 impl State {
-    fn set_phase(&mut self, id: &RequestId, serial: u64, phase: EnginePhase) {
-        if let Some(entry) = self
-            .live
-            .get_mut(id)
-            .and_then(|v| v.iter_mut().find(|l| l.serial == serial))
-        {
-            entry.phase = phase;
-        }
-    }
-
-    fn phase(&self, id: &RequestId, serial: u64) -> Option<EnginePhase> {
-        self.live
-            .get(id)
-            .and_then(|v| v.iter().find(|l| l.serial == serial))
-            .map(|l| l.phase)
-    }
-
     /// Gives a freed slot to the first waiter, or frees it.
     fn release_slot(&mut self) {
         match self.queue.pop_front() {
@@ -100,7 +81,7 @@ impl State {
                 // The slot moves to the waiter: `running` stays. Popping is
                 // the grant; if the waiter is gone already, its guard frees
                 // the slot when it drops.
-                self.set_phase(&waiter.id, waiter.serial, EnginePhase::Prefill);
+                waiter.attempt.enter(EnginePhase::Prefill);
                 let _ = waiter.grant.send(());
             }
             None => self.running = self.running.saturating_sub(1),
@@ -113,6 +94,8 @@ impl State {
 pub(crate) struct Shared {
     pub(crate) config: SimConfig,
     pub(crate) info: BackendInfo,
+    /// The live requests: `abort(id)`, their phases, the aborts per phase.
+    pub(crate) live: LiveRequests,
     state: Mutex<State>,
     faults: Mutex<Arc<FaultPlan>>,
     health: Mutex<Health>,
@@ -138,6 +121,9 @@ impl Shared {
         Shared {
             config,
             info,
+            // Admission bounds the requests (slots plus queue); the registry
+            // only keeps them.
+            live: LiveRequests::new(u32::MAX),
             state: Mutex::new(State::default()),
             faults: Mutex::new(faults),
             health: Mutex::new(Health::Healthy),
@@ -185,37 +171,7 @@ impl Shared {
     }
 
     pub(crate) fn aborts(&self) -> AbortCounts {
-        lock(&self.state).aborts
-    }
-
-    /// The phase of the first live request with `id`.
-    pub(crate) fn phase_of(&self, id: &RequestId) -> Option<EnginePhase> {
-        lock(&self.state)
-            .live
-            .get(id)
-            .and_then(|v| v.first())
-            .map(|l| l.phase)
-    }
-
-    /// Every live request's id and phase, in arrival order.
-    pub(crate) fn live(&self) -> Vec<(RequestId, EnginePhase)> {
-        let s = lock(&self.state);
-        let mut live: Vec<(u64, RequestId, EnginePhase)> = s
-            .live
-            .iter()
-            .flat_map(|(id, v)| v.iter().map(|l| (l.serial, id.clone(), l.phase)))
-            .collect();
-        live.sort_by_key(|(serial, _, _)| *serial);
-        live.into_iter().map(|(_, id, phase)| (id, phase)).collect()
-    }
-
-    /// The cancel handles of the live requests with `id`.
-    pub(crate) fn cancel_handles(&self, id: &RequestId) -> Vec<CancelHandle> {
-        lock(&self.state)
-            .live
-            .get(id)
-            .map(|v| v.iter().map(|l| l.cancel.clone()).collect())
-            .unwrap_or_default()
+        self.live.aborts()
     }
 
     /// Admits a request: a free slot, else a place at the end of the
@@ -225,6 +181,8 @@ impl Shared {
         id: &RequestId,
         cancel: &CancelHandle,
     ) -> Option<(Admission, LiveGuard)> {
+        // The caller checked the cancel; the registry is unbounded.
+        let live = self.live.register(id, cancel).ok()?;
         let mut s = lock(&self.state);
         let serial = s.next_serial;
         let (admission, phase) = if s.running < self.config.slots {
@@ -238,7 +196,7 @@ impl Shared {
             let (grant, rx) = oneshot::channel();
             s.queue.push_back(Waiter {
                 serial,
-                id: id.clone(),
+                attempt: live.attempt(),
                 grant,
             });
             s.stats.peak_waiting = s.stats.peak_waiting.max(s.queue.len() as u32);
@@ -250,20 +208,14 @@ impl Shared {
             };
             (Admission::Queued(queued), EnginePhase::Queued)
         } else {
+            // Refused, not aborted.
+            drop(s);
+            live.end();
             return None;
         };
         s.next_serial += 1;
         s.stats.started += 1;
-        s.live.entry(id.clone()).or_default().push(Live {
-            serial,
-            phase,
-            cancel: cancel.clone(),
-        });
-        let live = LiveGuard {
-            shared: self.clone(),
-            id: id.clone(),
-            serial,
-        };
+        live.enter(phase);
         Some((admission, live))
     }
 
@@ -401,49 +353,24 @@ impl Drop for KvGuard {
     }
 }
 
-/// A request's entry in the registry of live requests; dropping it removes
-/// the entry.
-#[derive(Debug)]
-pub(crate) struct LiveGuard {
-    shared: Arc<Shared>,
-    id: RequestId,
-    serial: u64,
-}
-
-impl LiveGuard {
-    pub(crate) fn set_phase(&self, phase: EnginePhase) {
-        lock(&self.shared.state).set_phase(&self.id, self.serial, phase);
-    }
-
-    /// Counts how the request ended; a cancel counts as an abort in the
-    /// phase the request is in now, which is returned. Then removes the
-    /// entry.
-    pub(crate) fn finish(self, outcome: Outcome) -> Option<EnginePhase> {
-        let mut s = lock(&self.shared.state);
-        let phase = s.phase(&self.id, self.serial);
+impl Shared {
+    /// Counts how an accepted request ended and takes it out of the
+    /// registry: a cancel counts as an abort in the phase the request is in
+    /// now, which is returned.
+    pub(crate) fn finish(&self, live: LiveGuard, outcome: Outcome) -> EnginePhase {
+        let phase = live.phase();
+        let mut s = lock(&self.state);
         match outcome {
             Outcome::Completed => s.stats.completed += 1,
             Outcome::Failed => s.stats.failed += 1,
-            Outcome::Canceled => {
-                s.stats.canceled += 1;
-                if let Some(phase) = phase {
-                    s.aborts.add(phase);
-                }
-            }
+            Outcome::Canceled => s.stats.canceled += 1,
         }
-        // The entry goes when `self` drops, after the lock is released.
+        drop(s);
+        match outcome {
+            // Dropped un-ended: the registry counts the abort in `phase`.
+            Outcome::Canceled => drop(live),
+            Outcome::Completed | Outcome::Failed => live.end(),
+        }
         phase
-    }
-}
-
-impl Drop for LiveGuard {
-    fn drop(&mut self) {
-        let mut s = lock(&self.shared.state);
-        if let Some(v) = s.live.get_mut(&self.id) {
-            v.retain(|l| l.serial != self.serial);
-            if v.is_empty() {
-                s.live.remove(&self.id);
-            }
-        }
     }
 }

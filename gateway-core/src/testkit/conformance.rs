@@ -6,7 +6,15 @@
 //! simulator set up for it) together with an [`EngineProbe`] that tells
 //! what the engine saw: its aborts per phase and each live request's phase.
 //! That is how the kit proves a cancel *reached the engine*, not only that
-//! the stream stopped.
+//! the stream stopped. For an in-process engine, its
+//! [`LiveRequests`](crate::LiveRequests) registry is that probe (it
+//! implements [`EngineProbe`]); a backend in front of a remote engine needs
+//! the engine's (or a fake engine's) own view.
+//!
+//! `docs/backend-contract.md` lists which [`Scenario`] each [`Rule`] runs
+//! in, and the prompt, `max_tokens` and deadline each rule sends;
+//! [`crate::live`] has a complete backend with its target, run through this
+//! kit as a doctest.
 
 use std::fmt;
 use std::sync::Arc;
@@ -71,7 +79,10 @@ pub struct Instance {
 #[async_trait::async_trait]
 pub trait ConformanceTarget: Send + Sync {
     /// A fresh instance for `scenario`, or `None` if this target cannot
-    /// produce it (the rules that need it are reported as skipped).
+    /// produce it (the rules that need it are reported as skipped, and a
+    /// skipped required rule fails [`ConformanceReport::assert_passed`]).
+    /// Called once per rule, not once per scenario: every rule starts from
+    /// a fresh engine.
     async fn instance(&self, scenario: Scenario) -> Option<Instance>;
 }
 
@@ -119,13 +130,15 @@ pub enum Rule {
     CancelDecode,
     /// Dropping the stream aborts at the engine.
     DropCancels,
-    /// `Backend::abort(id)` ends the request; unknown ids report false.
+    /// `Backend::abort(id)` ends the request; unknown ids, and the request
+    /// once it ended, report false.
     ExplicitAbort,
     /// A failure before any token is typed and in phase `BeforeFirstToken`.
     ErrorBeforeFirstToken,
     /// A failure after a token is typed and in phase `AfterFirstToken`.
     ErrorAfterFirstToken,
-    /// Pressure shows running and waiting work and returns to idle.
+    /// Pressure shows running and waiting work and returns to idle, nothing
+    /// in flight.
     PressureMoves,
     /// Reasoning and tool calls come as typed deltas that count as output:
     /// the first of them is the first token, each carries its tokens, the
@@ -800,7 +813,25 @@ impl Kit<'_> {
         }
         self.ends_canceled(EnginePhase::Decode, &mut stream, &mut order, true)
             .await?;
-        self.engine_abort(EnginePhase::Decode, before, t0).await
+        self.engine_abort(EnginePhase::Decode, before, t0).await?;
+        // Ended: no longer live, so not found (a registry that keeps ended
+        // requests leaks, and its in-flight count with it).
+        let until = Instant::now() + self.config.abort_bound;
+        loop {
+            match self.backend().abort(&id).await {
+                Ok(false) => return Ok(()),
+                Ok(true) if Instant::now() < until => {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+                Ok(true) => {
+                    return Err(format!(
+                        "abort of a request that ended {:?} ago still reported found",
+                        self.config.abort_bound
+                    ));
+                }
+                Err(e) => return Err(format!("abort of an ended request failed: {e}")),
+            }
+        }
     }
 
     async fn error_before(&mut self) -> Check {
@@ -954,7 +985,7 @@ impl Kit<'_> {
 
     async fn pressure_moves(&mut self) -> Check {
         let idle = self.backend().pressure();
-        if idle.queued_and_running() != 0 {
+        if idle.queued_and_running() != 0 || idle.inflight != 0 {
             return Err(format!("a fresh instance reports load {idle:?}"));
         }
         let first = self.request(10_000);
@@ -988,7 +1019,7 @@ impl Kit<'_> {
         let until = Instant::now() + self.config.setup_bound;
         loop {
             let now = self.backend().pressure();
-            if now.queued_and_running() == 0 {
+            if now.queued_and_running() == 0 && now.inflight == 0 {
                 return Ok(());
             }
             if Instant::now() >= until {

@@ -1,13 +1,14 @@
 //! [`MockBackend`]: a backend that plays scripts, with a [`MockHandle`] to
 //! script it and see what reached it.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
+use crate::live::{LiveGuard, LiveRequests};
 use crate::{
     AbortCounts, Backend, BackendError, BackendInfo, BackendRequest, CancelHandle, Delta,
     EngineKind, EnginePhase, FailureKind, FailurePhase, FinishReason, Health, Pressure,
@@ -190,18 +191,10 @@ impl Script {
     }
 }
 
-#[derive(Debug)]
-struct Live {
-    phase: EnginePhase,
-    cancel: CancelHandle,
-}
-
 #[derive(Debug, Default)]
 struct State {
     scripts: VecDeque<Script>,
     default_script: Script,
-    live: HashMap<RequestId, Live>,
-    aborts: AbortCounts,
     starts: u64,
     completed: u64,
     requests: VecDeque<BackendRequest>,
@@ -211,12 +204,19 @@ struct State {
 /// Most recent requests the handle keeps.
 const KEPT_REQUESTS: usize = 256;
 
+/// Most requests live at once.
+const LIVE_CAPACITY: u32 = 4096;
+
 #[derive(Debug, Clone)]
-struct Shared(Arc<Mutex<State>>);
+struct Shared {
+    state: Arc<Mutex<State>>,
+    /// The live requests, their phases and the aborts per phase.
+    live: LiveRequests,
+}
 
 impl Shared {
     fn lock(&self) -> MutexGuard<'_, State> {
-        self.0
+        self.state
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
@@ -240,10 +240,13 @@ pub struct MockHandle {
 impl MockBackend {
     /// A mock named `name` serving `model`, and its handle.
     pub fn new(name: &str, model: &str) -> (MockBackend, MockHandle) {
-        let shared = Shared(Arc::new(Mutex::new(State {
-            healthy: true,
-            ..State::default()
-        })));
+        let shared = Shared {
+            state: Arc::new(Mutex::new(State {
+                healthy: true,
+                ..State::default()
+            })),
+            live: LiveRequests::new(LIVE_CAPACITY),
+        };
         (
             MockBackend {
                 info: BackendInfo {
@@ -286,17 +289,17 @@ impl MockHandle {
 
     /// Aborts seen, per phase.
     pub fn aborts(&self) -> AbortCounts {
-        self.shared.lock().aborts
+        self.shared.live.aborts()
     }
 
     /// The phase of a live request.
     pub fn phase(&self, id: &RequestId) -> Option<EnginePhase> {
-        self.shared.lock().live.get(id).map(|l| l.phase)
+        self.shared.live.phase(id)
     }
 
     /// Requests running or queued now.
     pub fn live(&self) -> usize {
-        self.shared.lock().live.len()
+        self.shared.live.inflight() as usize
     }
 
     /// The requests `start` received, oldest first (the last 256).
@@ -312,20 +315,7 @@ impl Backend for MockBackend {
     }
 
     fn pressure(&self) -> Pressure {
-        let state = self.shared.lock();
-        let waiting = state
-            .live
-            .values()
-            .filter(|l| l.phase == EnginePhase::Queued)
-            .count() as u32;
-        let total = state.live.len() as u32;
-        Pressure {
-            running: total - waiting,
-            waiting,
-            inflight: total,
-            updated_at: Some(Instant::now()),
-            ..Pressure::default()
-        }
+        self.shared.live.pressure()
     }
 
     async fn start(
@@ -353,28 +343,19 @@ impl Backend for MockBackend {
                     format!("model {} not served", request.served_model),
                 ));
             }
-            let first = match script.steps.first() {
-                Some(Step::Queue(_)) => EnginePhase::Queued,
-                _ => EnginePhase::Prefill,
-            };
-            state.live.insert(
-                request.request.id.clone(),
-                Live {
-                    phase: first,
-                    cancel: cancel.clone(),
-                },
-            );
-            (script, first)
+            script
         };
-        let (script, first) = script;
+        let live = self.shared.live.register(&request.request.id, &cancel)?;
+        if !matches!(script.steps.first(), Some(Step::Queue(_))) {
+            live.enter(EnginePhase::Prefill);
+        }
         let (tx, rx) = mpsc::channel(4);
         let run = Run {
             shared: self.shared.clone(),
-            id: request.request.id.clone(),
+            live: Some(live),
             cancel: cancel.clone(),
             tx,
             delivered: 0,
-            phase: first,
         };
         tokio::spawn(run.play(script, request));
         Ok(
@@ -386,11 +367,7 @@ impl Backend for MockBackend {
     }
 
     async fn abort(&self, id: &RequestId) -> Result<bool, BackendError> {
-        let handle = self.shared.lock().live.get(id).map(|l| l.cancel.clone());
-        Ok(handle.is_some_and(|h| {
-            h.cancel(crate::CancelReason::Aborted);
-            true
-        }))
+        Ok(self.shared.live.abort(id))
     }
 
     async fn health(&self) -> Health {
@@ -411,11 +388,11 @@ enum Stop {
 
 struct Run {
     shared: Shared,
-    id: RequestId,
+    /// The request's place among the live ones; `None` once it ended.
+    live: Option<LiveGuard>,
     cancel: CancelHandle,
     tx: mpsc::Sender<TokenResult>,
     delivered: u64,
-    phase: EnginePhase,
 }
 
 impl Run {
@@ -427,10 +404,9 @@ impl Run {
         }
     }
 
-    fn enter(&mut self, phase: EnginePhase) {
-        self.phase = phase;
-        if let Some(live) = self.shared.lock().live.get_mut(&self.id) {
-            live.phase = phase;
+    fn enter(&self, phase: EnginePhase) {
+        if let Some(live) = &self.live {
+            live.enter(phase);
         }
     }
 
@@ -466,26 +442,29 @@ impl Run {
 
     async fn play(mut self, script: Script, request: BackendRequest) {
         let result = self.steps(&script, &request).await;
-        let mut state = self.shared.lock();
-        state.live.remove(&self.id);
+        let Some(live) = self.live.take() else { return };
         match result {
-            Ok(()) => state.completed += 1,
+            Ok(()) => {
+                live.end();
+                self.shared.lock().completed += 1;
+            }
             Err(Stop::Canceled | Stop::ConsumerGone) => {
-                state.aborts.add(self.phase);
-                drop(state);
+                let phase = live.phase();
+                // Dropped un-ended: counted as an abort in `phase`.
+                drop(live);
                 let reason = self
                     .cancel
                     .reason()
                     .unwrap_or(crate::CancelReason::ClientGone);
                 let err = BackendError::canceled(reason)
                     .with_phase(self.failure_phase())
-                    .with_engine_phase(self.phase);
+                    .with_engine_phase(phase);
                 // The consumer may be gone; then nobody needs the error.
                 let _ = self.tx.try_send(Err(err));
             }
             Err(Stop::Deadline) => {
-                state.completed += 1;
-                drop(state);
+                live.end();
+                self.shared.lock().completed += 1;
                 let err = BackendError::new(FailureKind::TotalTimeout, "deadline passed")
                     .with_phase(self.failure_phase());
                 let _ = self.tx.try_send(Err(err));

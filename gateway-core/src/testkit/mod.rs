@@ -1,5 +1,7 @@
 //! Test support (feature `testkit`): a scriptable [`MockBackend`], an
-//! in-memory [`TestLedger`], and the backend [`conformance`] suite.
+//! in-memory [`TestLedger`], and the backend [`conformance`] suite (with
+//! feature `testkit`, [`LiveRequests`](crate::LiveRequests) is an
+//! [`EngineProbe`](conformance::EngineProbe)).
 //!
 //! Run the suite from your backend's tests:
 //!

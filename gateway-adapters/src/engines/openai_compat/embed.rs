@@ -25,9 +25,7 @@ use gateway_core::{
     FailurePhase,
 };
 use http_body_util::Full;
-use tokio_util::sync::CancellationToken;
 
-use super::super::live::HasLive;
 use super::super::upstream::{
     SIDE_CALL_TIMEOUT, deadline_passed, parse_uri, protocol, read_limited, retry_after,
     total_timeout, transport_error,
@@ -71,7 +69,7 @@ pub(super) async fn embed(
         return Err(BackendError::unsupported("embeddings"));
     };
     inner.ensure_scraper();
-    inner.shared.may_start(&cancel, inner.max_inflight)?;
+    let live = inner.shared.live.register(&request.request.id, &cancel)?;
     let model = if request.served_model.is_empty() {
         inner.served_model.as_str()
     } else {
@@ -109,8 +107,8 @@ pub(super) async fn embed(
         )
         .with_source(e)
     })?;
-    let hard_abort = CancellationToken::new();
-    let _live = inner.register(&id, &cancel, &hard_abort);
+    let attempt = live.attempt();
+    let hard_abort = attempt.abort_token();
     let before = FailurePhase::BeforeFirstToken;
     let call = async {
         let response = inner
