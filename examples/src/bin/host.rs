@@ -24,6 +24,7 @@ use gateway_adapters::axum::{Json, Router};
 use gateway_adapters::server::{RouterOptions, routes, serve};
 use gateway_adapters::sim::{SimBackend, SimConfig};
 use gateway_core::http::{HeaderValue, StatusCode};
+use gateway_core::live::LiveRequests;
 use gateway_core::*;
 use gateway_policy::{Gateway, ModelSpec, Settings, Tenant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -31,53 +32,48 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
 /// The host's own engine: answers every prompt with the same words, one
-/// token each, up to the request's cap.
+/// token each. `gateway_core::live` keeps it conformant: the registry
+/// answers `abort(id)` and the in-flight count, `track` the cancel, the
+/// deadline and the request's completion cap.
 #[derive(Debug)]
-struct Canned(BackendInfo);
+struct Canned {
+    info: BackendInfo,
+    live: LiveRequests,
+}
 
 const WORDS: [&str; 6] = ["Hello", " from", " the", " host's", " own", " backend."];
 
 #[async_trait::async_trait]
 impl Backend for Canned {
     fn info(&self) -> &BackendInfo {
-        &self.0
+        &self.info
     }
     fn pressure(&self) -> Pressure {
-        Pressure::default()
+        self.live.pressure()
     }
     async fn start(
         &self,
         req: BackendRequest,
-        _cancel: CancelHandle,
+        cancel: CancelHandle,
     ) -> Result<TokenStream, BackendError> {
-        // Nothing runs in the background: dropping the stream is the abort.
         let prompt = req.counter.count_prompt(&req.request.prompt).value();
-        let cap = usize::try_from(req.budget.max_completion_tokens).unwrap_or(usize::MAX);
-        let words: Vec<&str> = WORDS.iter().take(cap).copied().collect();
+        let live = self.live.register(&req.request.id, &cancel)?;
+        live.enter(EnginePhase::Decode);
         let started = Started {
             prompt_tokens: Some(prompt),
             cached_tokens: None,
         };
         let mut events = vec![Ok(TokenEvent::Started(started))];
-        events.extend(
-            words
-                .iter()
-                .map(|w| Ok(TokenEvent::Delta(Delta::text(*w, 1)))),
-        );
-        let finish = if words.len() < WORDS.len() {
-            FinishReason::Length
-        } else {
-            FinishReason::Stop
-        };
+        events.extend(WORDS.map(|w| Ok(TokenEvent::Delta(Delta::text(w, 1)))));
         events.push(Ok(TokenEvent::Usage(Usage::new(
             prompt,
-            words.len() as u64,
+            WORDS.len() as u64,
         ))));
-        events.push(Ok(TokenEvent::Finished(finish)));
-        Ok(TokenStream::from_items(events))
+        events.push(Ok(TokenEvent::Finished(FinishReason::Stop)));
+        Ok(live.track(futures::stream::iter(events), req.budget))
     }
-    async fn abort(&self, _id: &RequestId) -> Result<bool, BackendError> {
-        Ok(false)
+    async fn abort(&self, id: &RequestId) -> Result<bool, BackendError> {
+        Ok(self.live.abort(id))
     }
     async fn health(&self) -> Health {
         Health::Healthy
@@ -117,11 +113,14 @@ fn gateway() -> Result<Gateway, Box<dyn Error>> {
         natural_length: 12..=12,
         ..SimConfig::zero_delay()
     });
-    let canned = Canned(BackendInfo {
-        name: "canned-0".into(),
-        engine: EngineKind::Custom,
-        models: vec!["canned".into()],
-    });
+    let canned = Canned {
+        info: BackendInfo {
+            name: "canned-0".into(),
+            engine: EngineKind::Custom,
+            models: vec!["canned".into()],
+        },
+        live: LiveRequests::new(64),
+    };
     let pricing = Pricing::per_million(1.0, None, 2.0)?;
     let tenant = Tenant::new("team-a").with_budget_usd(5.0)?;
     Ok(Gateway::builder(Settings::default())
