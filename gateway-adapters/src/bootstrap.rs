@@ -324,6 +324,9 @@ pub fn build_gateway_with(
         if m.slo.is_set() {
             builder = builder.slo(&m.name, m.slo);
         }
+        if !m.prefer.is_empty() {
+            builder = builder.prefer(&m.name, &m.prefer);
+        }
     }
     // Each entry's backend's own name (a host's backend may name itself
     // otherwise), to point a build error at its entry.
@@ -350,6 +353,11 @@ pub fn build_gateway_with(
             b.max_concurrency,
             config.health,
         );
+        if b.capabilities.is_some() || b.context_window.is_some() {
+            let caps = b.capabilities.unwrap_or(b.engine.default_capabilities());
+            let own = backend_names.last().map_or(b.name.as_str(), String::as_str);
+            builder = builder.serves(own, caps, b.context_window);
+        }
     }
     builder
         .build()

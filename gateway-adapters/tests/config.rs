@@ -662,6 +662,8 @@ metrics_url = "http://127.0.0.1:1/metrics"
                 api_key_env: Some("NIM_API_KEY".to_owned()),
                 metrics_url: Some("http://10.0.0.5:8000/metrics".to_owned()),
                 ca_file: None,
+                capabilities: None,
+                context_window: None,
                 sim: None,
             }
         );

@@ -83,6 +83,8 @@ mod engine_drain {
             api_key_env: None,
             metrics_url: None,
             ca_file: None,
+            capabilities: None,
+            context_window: None,
             sim: None,
         }
     }

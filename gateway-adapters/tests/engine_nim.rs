@@ -227,6 +227,8 @@ mod engine_nim {
             api_key_env: None,
             metrics_url: None,
             ca_file: None,
+            capabilities: None,
+            context_window: None,
             sim: None,
         };
         let self_hosted = entry.remote_backend().unwrap();

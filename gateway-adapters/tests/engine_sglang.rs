@@ -835,6 +835,8 @@ mod engine_sglang {
             api_key_env: None,
             metrics_url: None,
             ca_file: None,
+            capabilities: None,
+            context_window: None,
             sim: None,
         };
         let b = entry.remote_backend().unwrap();

@@ -850,6 +850,8 @@ mod engine_triton {
             api_key_env: None,
             metrics_url: Some(sim.metrics_url()),
             ca_file: None,
+            capabilities: None,
+            context_window: None,
             sim: None,
         };
         let b = entry.remote_backend().unwrap();

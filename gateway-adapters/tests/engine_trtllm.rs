@@ -439,6 +439,8 @@ mod engine_trtllm {
             api_key_env: None,
             metrics_url: None,
             ca_file: None,
+            capabilities: None,
+            context_window: None,
             sim: None,
         };
         let built = entry.remote_backend().unwrap();

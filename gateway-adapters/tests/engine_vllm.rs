@@ -1012,6 +1012,8 @@ mod engine_vllm {
             api_key_env: Some("GATEWAY_TEST_NO_SUCH_VARIABLE_SET".into()),
             metrics_url: None,
             ca_file: None,
+            capabilities: None,
+            context_window: None,
             sim: None,
         };
         assert_eq!(

@@ -76,6 +76,10 @@ pub enum ErrorCode {
     /// limiter's Redis down or too slow): admission fails closed, retry
     /// later.
     LimiterUnavailable,
+    /// No backend of the model (nor of its fallbacks) can serve what the
+    /// request asks for (tools, reasoning, structured output, images,
+    /// logprobs): refused before admission, nothing reserved.
+    UnsupportedCapability,
 }
 
 /// What the client sees of an [`ErrorCode`].
@@ -91,7 +95,7 @@ pub struct CodeRow {
 
 impl ErrorCode {
     /// Every code, in table order.
-    pub const ALL: [ErrorCode; 15] = [
+    pub const ALL: [ErrorCode; 16] = [
         ErrorCode::InvalidRequest,
         ErrorCode::ContextLengthExceeded,
         ErrorCode::InvalidApiKey,
@@ -107,6 +111,7 @@ impl ErrorCode {
         ErrorCode::Internal,
         ErrorCode::LedgerUnavailable,
         ErrorCode::LimiterUnavailable,
+        ErrorCode::UnsupportedCapability,
     ];
 
     /// The code's row of the table.
@@ -136,6 +141,7 @@ impl ErrorCode {
             ErrorCode::Internal => row(500, "internal_error"),
             ErrorCode::LedgerUnavailable => row(503, "ledger_unavailable"),
             ErrorCode::LimiterUnavailable => row(503, "limiter_unavailable"),
+            ErrorCode::UnsupportedCapability => row(400, "unsupported_capability"),
         }
     }
 
@@ -376,6 +382,12 @@ mod tests {
                     503,
                     "server_error",
                     "limiter_unavailable"
+                ),
+                (
+                    C::UnsupportedCapability,
+                    400,
+                    "invalid_request_error",
+                    "unsupported_capability"
                 ),
             ]
         );

@@ -102,6 +102,7 @@
 mod backend;
 mod budget;
 mod cancel;
+mod capability;
 mod counter;
 mod embed;
 mod error;
@@ -125,6 +126,7 @@ pub use budget::{
     BudgetGuard, Charge, Ledger, LedgerError, Receipt, Reservation, ReserveRequest, SettleOutcome,
 };
 pub use cancel::{CancelGuard, CancelHandle, CancelReason};
+pub use capability::{Capabilities, Capability};
 pub use counter::{
     ByteBound, CHAT_TEMPLATE_KWARGS, ChatInputs, TokenCount, TokenCounter, tools_allowance,
 };

@@ -5,6 +5,8 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
+use crate::Capabilities;
+
 /// A request id: the gateway's own name of a request, sent to engines that
 /// take one (vLLM's `x-request-id` header, SGLang's `rid`), used to abort a
 /// request explicitly and to key its ledger hold.
@@ -361,6 +363,12 @@ pub struct GenerateRequest {
     /// client wrote it): sent to the engine, and rendered by the chat
     /// template when the prompt is counted, as the engine does.
     pub tools: Option<Arc<str>>,
+    /// What the request asks for beyond plain text (tools, reasoning,
+    /// structured output, images, logprobs): only backends whose
+    /// capabilities hold all of it are tried. The OpenAI server computes it
+    /// from the request (`gateway_adapters::openai::needs`); empty by
+    /// default.
+    pub needs: Capabilities,
 }
 
 impl GenerateRequest {
@@ -378,7 +386,15 @@ impl GenerateRequest {
             deadline: None,
             extra: None,
             tools: None,
+            needs: Capabilities::NONE,
         }
+    }
+
+    /// Sets what the request needs beyond plain text.
+    #[must_use]
+    pub fn with_needs(mut self, needs: Capabilities) -> Self {
+        self.needs = needs;
+        self
     }
 
     /// Sets the id.

@@ -7,7 +7,7 @@ use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
-use gateway_core::{Backend, BackendError, Blame, Pressure};
+use gateway_core::{Backend, BackendError, Blame, Capabilities, Pressure};
 use tokio::time::Instant;
 
 use crate::admission::FairQueue;
@@ -35,6 +35,10 @@ pub struct BackendSlot {
     /// The prompt sizes it served recently (for [`BackendSlot::is_oversized`]).
     prompts: Mutex<PromptSizes>,
     adaptive: Option<Mutex<AdaptiveLimit>>,
+    /// What it serves beyond plain text.
+    capabilities: Capabilities,
+    /// Its own context window, when smaller than the model's.
+    context_window: Option<NonZeroU32>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -109,7 +113,6 @@ impl BackendSlot {
         let min = health.min_concurrency.get();
         BackendSlot {
             name: backend.info().name.clone(),
-            backend,
             model,
             served_model,
             max_concurrency,
@@ -119,7 +122,36 @@ impl BackendSlot {
             breaker: Mutex::new(Breaker::new(breaker)),
             prompts: Mutex::new(PromptSizes::new()),
             adaptive: max_concurrency.map(|m| Mutex::new(AdaptiveLimit::with_bounds(min, m.get()))),
+            capabilities: backend.info().engine.default_capabilities(),
+            context_window: None,
+            backend,
         }
+    }
+
+    /// The slot serving `capabilities` (default: its engine's
+    /// [`EngineKind::default_capabilities`](gateway_core::EngineKind::default_capabilities))
+    /// with its own `context_window` (default: the model's): requests that
+    /// need more are not sent to it.
+    #[must_use]
+    pub fn with_serving(
+        mut self,
+        capabilities: Capabilities,
+        context_window: Option<NonZeroU32>,
+    ) -> Self {
+        self.capabilities = capabilities;
+        self.context_window = context_window;
+        self
+    }
+
+    /// What it serves beyond plain text.
+    pub fn capabilities(&self) -> Capabilities {
+        self.capabilities
+    }
+
+    /// Its own context window (prompt plus completion tokens), when it has
+    /// one smaller than its model's.
+    pub fn context_window(&self) -> Option<NonZeroU32> {
+        self.context_window
     }
 
     /// The breaker's state now.

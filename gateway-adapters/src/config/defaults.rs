@@ -194,6 +194,7 @@ pub(super) fn embedded() -> GatewayConfig {
             media: gateway_policy::MediaCosts::default(),
             unknown_fields: None,
             slo: gateway_policy::route::Slo::default(),
+            prefer: Vec::new(),
         }],
         backends: vec![BackendConfig {
             name: "sim-0".to_owned(),
@@ -206,6 +207,8 @@ pub(super) fn embedded() -> GatewayConfig {
             api_key_env: None,
             metrics_url: None,
             ca_file: None,
+            capabilities: None,
+            context_window: None,
             sim: Some(SimSettings::default()),
         }],
     }

@@ -105,6 +105,7 @@
 //! # image_tokens = 576                # >= 1; prompt tokens reserved per image part; unset: images refused (addition)
 //! # audio_tokens, video_tokens        # the same for input_audio / audio_url and video_url parts (addition)
 //! # unknown_fields = "drop"           # reject | drop; default: server.unknown_fields (addition)
+//! # prefer = ["trtllm", "nim"]        # engine kinds interactive requests try first, in order; default none (addition)
 //!
 //! [models.slo.interactive]            # optional latency targets of the model above, per class (addition):
 //! ttft_ms = 500                       # 1..=3600000: time to first token, from arrival
@@ -123,6 +124,8 @@
 //! api_key_env = "NIM_API_KEY"         # optional env variable NAME ([A-Z_][A-Z0-9_]*); not for sim
 //! metrics_url = "http://127.0.0.1:8000/metrics"  # optional http(s) URL; not for sim
 //! ca_file = "certs/private-ca.pem"    # optional PEM file, trusted for https besides the public roots; not for sim (addition)
+//! # capabilities = ["tools", "reasoning", "structured_output", "image_input", "logprobs"]  # default: the engine's (addition)
+//! # context_window = 8192             # >= 1; default: the model's; its own smaller window (addition)
 //!
 //! [backends.sim]                      # optional, only with engine = "sim" (addition)
 //! slots = 8                           # >= 1; default 8
@@ -186,6 +189,7 @@
 pub(crate) mod defaults;
 mod key;
 mod policy;
+mod serving;
 mod slo;
 mod validate;
 mod walk;
@@ -197,7 +201,7 @@ use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use gateway_core::{EngineKind, LatencyClass, Money, Pricing};
+use gateway_core::{Capabilities, EngineKind, LatencyClass, Money, Pricing};
 use gateway_policy::MediaCosts;
 use gateway_policy::health::HealthConfig;
 use gateway_policy::route::{AffinityConfig, Slo};
@@ -460,6 +464,9 @@ pub struct ModelConfig {
     /// `slo` (addition): latency targets per priority class; with any,
     /// requests are routed to them (`gateway_policy::route::SloRouter`).
     pub slo: Slo,
+    /// `prefer` (addition): engine kinds whose backends of this model
+    /// interactive requests try first, in this order. Default none.
+    pub prefer: Vec<EngineKind>,
 }
 
 /// One `[[backends]]` entry: an engine serving one model.
@@ -491,6 +498,13 @@ pub struct BackendConfig {
     /// besides the public (Mozilla) roots, resolved against the config
     /// file's folder; it must exist.
     pub ca_file: Option<PathBuf>,
+    /// `capabilities` (addition): what it serves beyond plain text; `None`
+    /// (absent): its engine's
+    /// [`default_capabilities`](EngineKind::default_capabilities).
+    pub capabilities: Option<Capabilities>,
+    /// `context_window` (addition): its own window (prompt plus completion
+    /// tokens) when smaller than its model's; `None`: the model's.
+    pub context_window: Option<NonZeroU32>,
     /// `[backends.sim]`: the simulated engine's knobs; `Some` exactly when
     /// the engine is `sim` (defaults when the table is absent).
     pub sim: Option<SimSettings>,

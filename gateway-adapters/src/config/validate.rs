@@ -11,6 +11,7 @@ use gateway_core::{EngineKind, LatencyClass, Money, Pricing};
 use gateway_policy::MediaCosts;
 
 use super::policy;
+use super::serving;
 use super::walk::{Check, Problems, Reader, Reported};
 use super::{
     BackendConfig, ConfigErrors, ConfigProblem, GatewayConfig, LedgerConfig, ModelConfig,
@@ -102,6 +103,7 @@ const MODEL_KEYS: &[&str] = &[
     "image_tokens",
     "audio_tokens",
     "video_tokens",
+    "prefer",
 ];
 const BACKEND_KEYS: &[&str] = &[
     "name",
@@ -115,6 +117,8 @@ const BACKEND_KEYS: &[&str] = &[
     "api_key_env",
     "metrics_url",
     "ca_file",
+    "capabilities",
+    "context_window",
     "sim",
 ];
 const SIM_KEYS: &[&str] = &[
@@ -908,6 +912,7 @@ fn model<'a>(
     );
     let unknown = unknown_fields(r, p);
     let slo = super::slo::slo(r, p);
+    let prefer = serving::prefer(r, ENGINES, p);
     if let Ok(name) = name {
         if !names.served.contains(&name) {
             p.push(r.path(), "no backend serves this model");
@@ -932,6 +937,7 @@ fn model<'a>(
         },
         unknown_fields: unknown?,
         slo: slo?,
+        prefer: prefer?,
     })
 }
 
@@ -1088,6 +1094,8 @@ fn backend<'a>(
     } else {
         file(r, "ca_file", base_dir, p)
     };
+    let capabilities = serving::capabilities(r, p);
+    let context_window = nonzero_u32(r, "context_window", p);
     let sim = match r.table("sim", p) {
         Ok(Some(table)) => {
             let path = r.key_path("sim");
@@ -1113,6 +1121,8 @@ fn backend<'a>(
         api_key_env: api_key_env?,
         metrics_url: metrics_url?,
         ca_file: ca_file?,
+        capabilities: capabilities?,
+        context_window: context_window?,
         sim: sim?,
     })
 }

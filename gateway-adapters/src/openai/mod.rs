@@ -12,7 +12,10 @@
 //!   [`SamplingParams`](gateway_core::SamplingParams), `max_tokens`,
 //!   `stream`, `include_usage`, and the uninterpreted fields verbatim as
 //!   `extra`) or a [`RequestError`] (400 `invalid_request`, with `param`);
-//!   [`merge_extra`] puts `extra` back into an upstream body.
+//!   [`merge_extra`] puts `extra` back into an upstream body; [`needs`]
+//!   says what the request asks for beyond text (tools, reasoning,
+//!   structured output, images, logprobs), which decides the backends it
+//!   may go to.
 //! - Responses: [`ChunkEncoder`] writes the streamed chunk sequence, one
 //!   SSE frame per event, into reused buffers; [`Assembler`] builds the
 //!   non-streamed body; [`error_body`], [`stream_error_frame`] and
@@ -60,6 +63,7 @@ mod embeddings;
 mod encode;
 mod error_body;
 pub(crate) mod json;
+mod needs;
 mod output;
 pub mod pass_through;
 mod request;
@@ -77,6 +81,7 @@ pub use error_body::{
     STREAM_ERROR_TYPE, code_error_body, error_body, error_type, models_body, parse_upstream_error,
     stream_error_frame,
 };
+pub use needs::needs;
 pub use request::{
     ChatParsed, CompletionParsed, MAX_STOP_SEQUENCES, ParsedRequest, RequestError, merge_extra,
     parse_chat, parse_chat_with, parse_completion, parse_completion_with,

@@ -52,8 +52,10 @@ pub type CompletionParsed = ParsedRequest;
 
 impl ParsedRequest {
     /// The contract's request: `max_tokens` or else `default_max_tokens`,
-    /// a fresh id, the default tenant (set them with the builders).
+    /// a fresh id, the default tenant (set them with the builders), and
+    /// its [`needs`](super::needs).
     pub fn into_generate_request(self, default_max_tokens: u32) -> GenerateRequest {
+        let needs = super::needs(&self);
         let mut request = GenerateRequest::new(
             self.model,
             self.prompt,
@@ -62,6 +64,7 @@ impl ParsedRequest {
         request.sampling = self.sampling;
         request.extra = self.extra.map(Arc::from);
         request.tools = self.tools.map(Arc::from);
+        request.needs = needs;
         request
     }
 }

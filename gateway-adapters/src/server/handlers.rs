@@ -262,6 +262,8 @@ async fn generate(
     // and the same in every chunk of a stream.
     let response_id = ids.gateway.clone();
     let id = response_id.as_str();
+    // What it asks for beyond text, as it will be sent (after the policy).
+    let needs = crate::openai::needs(&parsed);
     let request = ClientRequest {
         id: ids.gateway,
         client_id: ids.client,
@@ -272,6 +274,7 @@ async fn generate(
         latency_class: latency_class(headers, &tenant),
         extra: parsed.extra.map(Arc::from),
         tools: parsed.tools.map(Arc::from),
+        needs,
     };
     let guard = gateway.request_cancel();
     let cancel = guard.handle().clone();

@@ -14,6 +14,7 @@ use gateway_core::{
 };
 use tokio::time::Instant;
 
+use super::capable::{self, Needs};
 use super::fallback::{self, Plan};
 use super::stream::{self, Attempted};
 use super::{ActiveGuard, Gateway, GatewayStream};
@@ -90,6 +91,11 @@ pub(super) trait Job {
     fn route(&self) -> RouteRequest<'_>;
     /// Its cost in the model's fair queue (tokens).
     fn queue_cost(&self) -> u64;
+    /// What it needs of a backend on its model now; `None`: any backend
+    /// of the model serves it.
+    fn needs(&self) -> Option<Needs> {
+        None
+    }
     /// One attempt on `slot`, under `cancel`.
     async fn attempt(
         &self,
@@ -125,6 +131,14 @@ impl Job for Admitted {
         self.estimate
             .value()
             .saturating_add(u64::from(self.request.max_tokens))
+    }
+
+    fn needs(&self) -> Option<Needs> {
+        Some(Needs {
+            capabilities: self.request.needs,
+            prompt: self.estimate.value(),
+            max_tokens: self.request.max_tokens,
+        })
     }
 
     async fn attempt(
@@ -200,7 +214,11 @@ fn chain_error(mut unserved: Vec<(String, GatewayError)>) -> GatewayError {
         })
         .collect::<Vec<_>>()
         .join("; ");
-    let (_, first) = &unserved[0];
+    // A model that cannot serve the request says nothing of the others.
+    let (_, first) = unserved
+        .iter()
+        .find(|(_, e)| !capable::is_refusal(e))
+        .unwrap_or(&unserved[0]);
     let err = GatewayError::new(first.code(), message);
     match first.retry_after() {
         Some(after) => err.with_retry_after(after),
@@ -219,7 +237,9 @@ pub(super) async fn serve<J: Job>(
 ) -> Result<Served<J::Started>, Stop> {
     let inner = &gateway.inner;
     let model = job.model();
-    let indices: &[usize] = inner.by_model.get(&model.name).map_or(&[], Vec::as_slice);
+    // Only the backends that can serve what it asks for.
+    let indices =
+        capable::backends(gateway, model, job.needs().as_ref()).map_err(Stop::Unserved)?;
     let admission_deadline = since + inner.settings.admission_wait;
     let mut tried: HashSet<usize> = HashSet::new();
     let mut failures: Vec<BackendError> = Vec::new();
@@ -252,7 +272,8 @@ pub(super) async fn serve<J: Job>(
         let route = job.route();
         let held_back = my_turn && inner.router.hold(&route, &candidates);
         let ranked = if my_turn && !held_back {
-            inner.router.rank(&route, &candidates)
+            let ranked = inner.router.rank(&route, &candidates);
+            capable::prefer(gateway, model, route.class, ranked)
         } else {
             Vec::new()
         };

@@ -83,6 +83,13 @@ pub enum BuildError {
         /// The model.
         model: String,
     },
+    /// Capabilities were set for a backend that was not added
+    /// ([`GatewayBuilder::serves`](super::GatewayBuilder::serves)).
+    #[error("invalid gateway: capabilities set for unknown backend {backend}")]
+    UnknownBackend {
+        /// The unknown name.
+        backend: String,
+    },
     /// A model lists one fallback twice.
     #[error("invalid gateway: model {model} lists fallback {fallback} twice")]
     RepeatedFallback {
@@ -111,6 +118,9 @@ pub enum ModelReference {
     /// Latency targets were set for it
     /// ([`GatewayBuilder::slo`](super::GatewayBuilder::slo)).
     Slo,
+    /// Engine preferences were set for it
+    /// ([`GatewayBuilder::prefer`](super::GatewayBuilder::prefer)).
+    PreferenceOf,
 }
 
 /// The message of a [`BuildError::UnknownModel`].
@@ -125,5 +135,8 @@ fn unknown_model(model: &str, by: &ModelReference) -> String {
             format!("admission queue size set for unknown model {model}")
         }
         ModelReference::Slo => format!("latency targets set for unknown model {model}"),
+        ModelReference::PreferenceOf => {
+            format!("engine preference set for unknown model {model}")
+        }
     }
 }

@@ -4,6 +4,7 @@
 mod attempt;
 mod build_error;
 mod cap;
+mod capable;
 mod embed;
 mod estimate;
 mod fallback;
@@ -18,8 +19,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use gateway_core::{
-    Backend, CancelGuard, CancelHandle, CancelReason, ChatInputs, GenerateRequest, LatencyClass,
-    Ledger, LedgerError, Prompt, RequestId, ReserveRequest, SamplingParams, TenantId, UsageMeter,
+    Backend, CancelGuard, CancelHandle, CancelReason, Capabilities, ChatInputs, EngineKind,
+    GenerateRequest, LatencyClass, Ledger, LedgerError, Prompt, RequestId, ReserveRequest,
+    SamplingParams, TenantId, UsageMeter,
 };
 use tokio::sync::Notify;
 use tokio::time::Instant;
@@ -72,6 +74,13 @@ pub struct ClientRequest {
     /// The chat request's `tools` (the JSON array as sent): sent to the
     /// engine and counted in the prompt estimate.
     pub tools: Option<Arc<str>>,
+    /// What the request asks for beyond plain text (see
+    /// [`GenerateRequest::needs`]): only backends that serve all of it are
+    /// tried, and a request no backend can serve is refused with 400
+    /// `unsupported_capability` before admission. The HTTP server fills it
+    /// from the request (`gateway_adapters::openai::needs`); a host
+    /// building requests in code declares it.
+    pub needs: Capabilities,
 }
 
 impl ClientRequest {
@@ -87,6 +96,7 @@ impl ClientRequest {
             latency_class: LatencyClass::Interactive,
             extra: None,
             tools: None,
+            needs: Capabilities::NONE,
         }
     }
 
@@ -123,6 +133,8 @@ pub struct GatewayBuilder {
     fallbacks: Vec<(String, Vec<String>)>,
     queues: Vec<(String, usize)>,
     slos: Vec<(String, Slo)>,
+    serving: Vec<(String, Capabilities, Option<NonZeroU32>)>,
+    prefer: Vec<(String, Vec<EngineKind>)>,
     affinity: AffinityConfig,
     metrics_tenant_labels: bool,
     tokenizer: TokenizerPool,
@@ -264,6 +276,50 @@ impl GatewayBuilder {
         self
     }
 
+    /// Sets what the backend named `backend` serves beyond plain text, and
+    /// its own context window when smaller than its model's (prompt plus
+    /// completion tokens). Without it a backend serves its engine's
+    /// [`EngineKind::default_capabilities`] with the model's window.
+    /// Requests that need more are never sent to it (see
+    /// [`Gateway::generate`]). The last call for a name wins.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use gateway_core::{Capabilities, Capability};
+    /// use gateway_core::testkit::MockBackend;
+    /// use gateway_policy::{Gateway, ModelSpec, Settings};
+    ///
+    /// let (mock, _handle) = MockBackend::new("plain-0", "tiny");
+    /// let gateway = Gateway::builder(Settings::default())
+    ///     .model(ModelSpec::new("tiny", 4096))
+    ///     .backend(Arc::new(mock), "tiny", "tiny", None)
+    ///     .serves("plain-0", Capabilities::NONE.with(Capability::Logprobs), None)
+    ///     .build()
+    ///     .unwrap();
+    /// assert_eq!(gateway.backends()[0].capabilities().to_string(), "logprobs");
+    /// ```
+    #[must_use]
+    pub fn serves(
+        mut self,
+        backend: &str,
+        capabilities: Capabilities,
+        context_window: Option<NonZeroU32>,
+    ) -> Self {
+        self.serving
+            .push((backend.to_owned(), capabilities, context_window));
+        self
+    }
+
+    /// Sets the engine kinds whose backends of `model` interactive requests
+    /// try first, in this order (e.g. `[EngineKind::TrtLlm,
+    /// EngineKind::Nim]` for latency); the routing policy orders the rest
+    /// and each kind's own backends. Batch requests are not affected.
+    #[must_use]
+    pub fn prefer(mut self, model: &str, engines: &[EngineKind]) -> Self {
+        self.prefer.push((model.to_owned(), engines.to_vec()));
+        self
+    }
+
     /// Sets how many requests may wait for `model`'s capacity (default
     /// [`Settings::admission_queue`]); past it they get `overloaded`.
     #[must_use]
@@ -386,9 +442,31 @@ impl GatewayBuilder {
             }
             by_model.entry(model.clone()).or_default().push(pool.len());
             let queue = queues[&model].clone();
-            pool.push(Arc::new(BackendSlot::with_health(
-                backend, model, served, max, queue, health,
-            )));
+            let mut slot = BackendSlot::with_health(backend, model, served, max, queue, health);
+            let serving = self.serving.iter().rev().find(|(b, ..)| *b == slot.name);
+            if let Some((_, caps, window)) = serving {
+                slot = slot.with_serving(*caps, *window);
+            }
+            pool.push(Arc::new(slot));
+        }
+        if let Some((backend, ..)) = self
+            .serving
+            .iter()
+            .find(|(b, ..)| !pool.iter().any(|s| s.name == *b))
+        {
+            return Err(BuildError::UnknownBackend {
+                backend: backend.clone(),
+            });
+        }
+        let mut prefer = HashMap::new();
+        for (model, engines) in self.prefer {
+            if !models.contains_key(&model) {
+                return Err(BuildError::UnknownModel {
+                    model,
+                    by: ModelReference::PreferenceOf,
+                });
+            }
+            prefer.insert(model, engines);
         }
         let mut without: Vec<&String> = models
             .keys()
@@ -469,6 +547,7 @@ impl GatewayBuilder {
                 queues,
                 fallbacks,
                 slos,
+                prefer,
                 by_model,
                 metrics: Arc::new(metrics),
                 shutdown: CancelHandle::new(),
@@ -607,6 +686,9 @@ struct Inner {
     fallbacks: HashMap<String, Vec<Arc<ModelSpec>>>,
     /// Each model's latency targets (models without any are absent).
     slos: HashMap<String, Slo>,
+    /// Each model's preferred engine kinds for interactive requests, in
+    /// order (models without a preference are absent).
+    prefer: HashMap<String, Vec<EngineKind>>,
     metrics: Arc<Metrics>,
     shutdown: CancelHandle,
     active: Arc<Active>,
@@ -658,6 +740,8 @@ impl Gateway {
             fallbacks: Vec::new(),
             queues: Vec::new(),
             slos: Vec::new(),
+            serving: Vec::new(),
+            prefer: Vec::new(),
             affinity: AffinityConfig::default(),
             metrics_tenant_labels: true,
             tokenizer: TokenizerPool::default(),
@@ -1036,6 +1120,18 @@ impl Gateway {
     /// is charged once, at the prices of the model that served it, and its
     /// metrics and [`GatewayStream::model`] name that model.
     ///
+    /// Only backends that serve what the request asks for
+    /// ([`ClientRequest::needs`], and its prompt plus `max_tokens` within
+    /// a backend's own context window, see [`GatewayBuilder::serves`]) are
+    /// tried, on the model and on its fallbacks; a fallback with no such
+    /// backend is skipped, and a model with none moves the request to the
+    /// first fallback that has one. When no model of the chain has one, the
+    /// request is refused with 400 `unsupported_capability` (or
+    /// `context_length_exceeded` when only backend windows are short)
+    /// before its limits and budget are touched. For interactive requests
+    /// the model's preferred engine kinds ([`GatewayBuilder::prefer`]) are
+    /// tried first.
+    ///
     /// # Errors
     /// A [`GatewayError`] for each refusal of the contract.
     ///
@@ -1197,6 +1293,15 @@ impl Gateway {
                 ),
             ));
         }
+        // Refused here, before admission, when no backend of the model or
+        // of its fallbacks can serve what the request asks for.
+        let plans = fallback::plans(self, tenant, &model, &primary, &own, &request);
+        let needs = capable::Needs {
+            capabilities: request.needs,
+            prompt: prompt_tokens,
+            max_tokens,
+        };
+        let checked = capable::check(self, &model, needs, plans)?;
         let permit = self
             .inner
             .limiter
@@ -1207,14 +1312,15 @@ impl Gateway {
         let reserve = ReserveRequest {
             tenant: tenant.id.clone(),
             request_id: request.id.clone(),
-            amount: model
-                .pricing
-                .worst_case(prompt_tokens, u64::from(max_tokens)),
+            amount: checked.own_worst(
+                model
+                    .pricing
+                    .worst_case(prompt_tokens, u64::from(max_tokens)),
+            ),
         };
-        let plans = fallback::plans(self, tenant, &model, &primary, &own, &request);
         let ledger: Arc<dyn Ledger> = self.inner.ledger.clone();
         let (guard, fallbacks) =
-            fallback::reserve(ledger, reserve, model.pricing, meter.clone(), plans)
+            fallback::reserve(ledger, reserve, model.pricing, meter.clone(), checked.plans)
                 .await
                 .map_err(ledger_error)?;
         let generate = GenerateRequest {
@@ -1228,6 +1334,7 @@ impl Gateway {
             deadline: self.inner.settings.request_timeout.map(|t| arrived + t),
             extra: request.extra,
             tools: request.tools,
+            needs: request.needs,
         };
         let admitted = attempt::Admitted {
             tenant: tenant.clone(),
