@@ -363,6 +363,9 @@ pub fn build_gateway_with(
         builder = builder
             .admission_queue(&m.name, m.admission_queue)
             .fallbacks(&m.name, &fallbacks);
+        if let Some(continuation) = m.continuation {
+            builder = builder.continuation(&m.name, continuation);
+        }
     }
     // Each entry's backend's own name (a host's backend may name itself
     // otherwise), to point a build error at its entry.

@@ -97,6 +97,8 @@ const MODEL_KEYS: &[&str] = &[
     "default_max_tokens",
     "fallbacks",
     "admission_queue",
+    "continue_on_failure",
+    "max_continuations",
     "unknown_fields",
     "image_tokens",
     "audio_tokens",
@@ -899,6 +901,7 @@ fn model<'a>(
             n.and_then(|n| usize::try_from(n).ok())
                 .unwrap_or(defaults::ADMISSION_QUEUE)
         });
+    let continuation = continuation(r, p);
     let media = |key: &str, p: &mut Problems| Ok(nonzero_u32(r, key, p)?.map(NonZeroU32::get));
     let (image, audio, video) = (
         media("image_tokens", p),
@@ -923,6 +926,7 @@ fn model<'a>(
         default_max_tokens: default_max_tokens?,
         fallbacks: fallbacks?,
         admission_queue: admission_queue?,
+        continuation: continuation?,
         media: MediaCosts {
             image: image?,
             audio: audio?,
@@ -930,6 +934,29 @@ fn model<'a>(
         },
         unknown_fields: unknown?,
     })
+}
+
+/// Highest `models[].max_continuations`.
+const MAX_CONTINUATIONS: i64 = 16;
+
+/// A model's `continue_on_failure` and `max_continuations`.
+fn continuation(r: &Reader<'_>, p: &mut Problems) -> Check<Option<gateway_policy::Continuation>> {
+    let on = r.boolean("continue_on_failure", p)?.unwrap_or(false);
+    let max = r.integer("max_continuations", 1, MAX_CONTINUATIONS, p)?;
+    if !on {
+        if max.is_some() {
+            return Err(p.report(
+                r.key_path("max_continuations"),
+                "only with continue_on_failure = true",
+            ));
+        }
+        return Ok(None);
+    }
+    let max = max
+        .and_then(|n| u32::try_from(n).ok())
+        .and_then(NonZeroU32::new)
+        .unwrap_or(NonZeroU32::MIN);
+    Ok(Some(gateway_policy::Continuation::new(max)))
 }
 
 /// A model's `fallbacks`: other configured models, each once.

@@ -108,6 +108,9 @@ pub enum ModelReference {
     /// An admission queue size was set for it
     /// ([`GatewayBuilder::admission_queue`](super::GatewayBuilder::admission_queue)).
     AdmissionQueue,
+    /// A continuation was set for it
+    /// ([`GatewayBuilder::continuation`](super::GatewayBuilder::continuation)).
+    Continuation,
 }
 
 /// The message of a [`BuildError::UnknownModel`].
@@ -121,5 +124,6 @@ fn unknown_model(model: &str, by: &ModelReference) -> String {
         ModelReference::AdmissionQueue => {
             format!("admission queue size set for unknown model {model}")
         }
+        ModelReference::Continuation => format!("continuation set for unknown model {model}"),
     }
 }

@@ -1,0 +1,292 @@
+//! Continuing a stream on another backend when its engine fails after the
+//! first token: the generation starts again on another of the model's
+//! backends from the prompt's token ids followed by the ids already
+//! delivered, with `max_tokens` reduced by them, and its output goes on in
+//! the same client stream (see [`Continuation`]).
+
+use std::num::NonZeroU32;
+use std::sync::Arc;
+
+use gateway_core::{CancelHandle, Delta, GenerateRequest, Prompt};
+
+use super::Gateway;
+use super::attempt::{self, AttemptOf, Failed, Head, Job};
+use crate::pool::BackendSlot;
+use crate::route::RouteRequest;
+use crate::{ModelSpec, Tenant};
+
+/// Whether, and how often, a model's streams go on on another backend when
+/// their engine fails after the first token
+/// ([`GatewayBuilder::continuation`](super::GatewayBuilder::continuation);
+/// the config file's `continue_on_failure` and `max_continuations`).
+///
+/// A stream continues when all of these hold:
+///
+/// - the failure is the engine's, after the first token
+///   ([`BackendError::is_continuable`](gateway_core::BackendError::is_continuable): a connection reset or the engine
+///   gone, out of memory or KV cache, silent past the idle timeout, a
+///   broken stream, an error of its own), not the request's (its
+///   deadline, values or size), a cancel, or a configuration mismatch;
+/// - the request has continued fewer than `max_continuations` times;
+/// - the prompt's token ids are known exactly: a token-id prompt, or a
+///   text or chat prompt rendered by the model's tokenizer and chat
+///   template (a model counted by a byte bound does not continue), and
+///   the prompt has no media;
+/// - the engine gave the id of every token delivered so far
+///   ([`ContinuationIds::Exact`]; vLLM does, asked with
+///   `return_token_ids`);
+/// - the output so far is text only (no reasoning, tool calls, refusal or
+///   logprobs) and the request has no tools: a continuation is a
+///   completion from token ids, which the engine's chat parsers do not
+///   see;
+/// - the engine had not yet sent its usage, and `max_tokens` is not
+///   reached.
+///
+/// The continuation is routed like the request (the same admission and
+/// budget reservation, the model's fair queue), never to a backend that
+/// already failed it; one that fails before its first token is tried on
+/// the next backend. It is the prompt's ids followed by the delivered ids
+/// as a token-id prompt, `max_tokens` less what was delivered, the same
+/// sampling, pass-through fields and deadline. The client's stream goes on
+/// with no gap and nothing repeated: no second role chunk, one usage (the
+/// original prompt's tokens, and every completion token the client
+/// received), one end. The tenant is charged each delivered token once and
+/// the prompt once; the continuation's prefill is the operator's cost
+/// (`gateway_continuation_prefill_tokens_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Continuation {
+    /// Most continuations of one request.
+    pub max_continuations: NonZeroU32,
+    /// Where the delivered tokens' ids come from.
+    pub ids: ContinuationIds,
+}
+
+impl Continuation {
+    /// Up to `max_continuations` continuations, from the engine's exact ids.
+    pub const fn new(max_continuations: NonZeroU32) -> Self {
+        Continuation {
+            max_continuations,
+            ids: ContinuationIds::Exact,
+        }
+    }
+}
+
+/// Where a continuation's delivered token ids come from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ContinuationIds {
+    /// The ids the engine gave with each delivered token; a stream whose
+    /// engine left any out does not continue.
+    #[default]
+    Exact,
+}
+
+/// Why a stream does not continue (a bounded set: logged).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum NoContinuation {
+    PromptIdsUnknown,
+    Tools,
+    StructuredOutput,
+    MissingIds,
+    Limit,
+    UsageSeen,
+    CapReached,
+}
+
+impl NoContinuation {
+    pub(super) const fn as_str(self) -> &'static str {
+        match self {
+            NoContinuation::PromptIdsUnknown => "the prompt's token ids are not known exactly",
+            NoContinuation::Tools => "the request has tools",
+            NoContinuation::StructuredOutput => "the output is not text only",
+            NoContinuation::MissingIds => "the engine did not give every delivered token's id",
+            NoContinuation::Limit => "max_continuations reached",
+            NoContinuation::UsageSeen => "the engine had already sent its usage",
+            NoContinuation::CapReached => "max_tokens reached",
+        }
+    }
+}
+
+/// A request's continuation state, kept by its pump.
+pub(super) struct Resume {
+    pub(super) gateway: Gateway,
+    policy: Continuation,
+    pub(super) tenant: Arc<Tenant>,
+    pub(super) request: Arc<GenerateRequest>,
+    prompt_ids: Option<Arc<[u32]>>,
+    /// The ids of every token relayed to the client so far.
+    delivered: Vec<u32>,
+    /// Set once the stream can no longer continue, whatever happens.
+    blocked: Option<NoContinuation>,
+    /// Backends whose stream of this request failed after its first token.
+    pub(super) failed: Vec<String>,
+    /// Continuations started.
+    pub(super) continued: u32,
+    /// Their prompt tokens, summed.
+    pub(super) prefill: u64,
+}
+
+impl Resume {
+    /// The state for a request on `model`, `None` when the model's streams
+    /// do not continue.
+    pub(super) fn new(
+        gateway: &Gateway,
+        model: &ModelSpec,
+        tenant: Arc<Tenant>,
+        request: Arc<GenerateRequest>,
+        prompt_ids: Option<Arc<[u32]>>,
+    ) -> Option<Resume> {
+        let policy = *gateway.inner.continuations.get(&model.name)?;
+        let blocked = if request.tools.is_some() {
+            Some(NoContinuation::Tools)
+        } else if prompt_ids.is_none() {
+            Some(NoContinuation::PromptIdsUnknown)
+        } else {
+            None
+        };
+        Some(Resume {
+            gateway: gateway.clone(),
+            policy,
+            tenant,
+            request,
+            prompt_ids,
+            delivered: Vec::new(),
+            blocked,
+            failed: Vec::new(),
+            continued: 0,
+            prefill: 0,
+        })
+    }
+
+    /// Notes a delta relayed to the client.
+    pub(super) fn observe(&mut self, delta: &Delta) {
+        if self.blocked.is_some() {
+            return;
+        }
+        if delta.has_structured_output() {
+            self.blocked = Some(NoContinuation::StructuredOutput);
+        } else if delta.token_ids.len() != delta.tokens as usize {
+            self.blocked = Some(NoContinuation::MissingIds);
+        } else {
+            self.delivered.extend_from_slice(&delta.token_ids);
+        }
+    }
+
+    /// The original prompt's token count, when known exactly.
+    pub(super) fn prompt_tokens(&self) -> Option<u64> {
+        self.prompt_ids.as_ref().map(|ids| ids.len() as u64)
+    }
+
+    /// The continuation of a stream that relayed `received` tokens of its
+    /// cap `cap`: the request to start, or why there is none.
+    pub(super) fn next(
+        &self,
+        received: u64,
+        cap: u64,
+        usage_seen: bool,
+    ) -> Result<Arc<GenerateRequest>, NoContinuation> {
+        if let Some(why) = self.blocked {
+            return Err(why);
+        }
+        if self.continued >= self.policy.max_continuations.get() {
+            return Err(NoContinuation::Limit);
+        }
+        if usage_seen {
+            return Err(NoContinuation::UsageSeen);
+        }
+        if self.delivered.len() as u64 != received {
+            return Err(NoContinuation::MissingIds);
+        }
+        let left = cap.saturating_sub(received);
+        let Ok(max_tokens) = u32::try_from(left) else {
+            return Err(NoContinuation::CapReached);
+        };
+        if max_tokens == 0 {
+            return Err(NoContinuation::CapReached);
+        }
+        let Some(prompt) = &self.prompt_ids else {
+            return Err(NoContinuation::PromptIdsUnknown);
+        };
+        let mut ids = Vec::with_capacity(prompt.len() + self.delivered.len());
+        ids.extend_from_slice(prompt);
+        ids.extend_from_slice(&self.delivered);
+        let mut request = (*self.request).clone();
+        request.prompt = Prompt::Tokens(ids);
+        request.max_tokens = max_tokens;
+        request.tools = None;
+        Ok(Arc::new(request))
+    }
+}
+
+/// One continuation routed like a request: on the model's backends other
+/// than those that failed it.
+pub(super) struct ContinueJob<'a> {
+    pub(super) model: &'a ModelSpec,
+    pub(super) tenant: &'a Tenant,
+    pub(super) request: Arc<GenerateRequest>,
+    pub(super) failed: &'a [String],
+    pub(super) span: &'a tracing::Span,
+    /// How many leading ids the routing policy wants.
+    pub(super) want_prefix: usize,
+}
+
+impl ContinueJob<'_> {
+    fn prompt_len(&self) -> u64 {
+        match &self.request.prompt {
+            Prompt::Tokens(ids) => ids.len() as u64,
+            Prompt::Chat(_) | Prompt::Text(_) => 0,
+        }
+    }
+}
+
+impl Job for ContinueJob<'_> {
+    type Started = (Head, CancelHandle);
+
+    fn model(&self) -> &ModelSpec {
+        self.model
+    }
+
+    fn tenant(&self) -> &Tenant {
+        self.tenant
+    }
+
+    fn route(&self) -> RouteRequest<'_> {
+        let prefix = match &self.request.prompt {
+            Prompt::Tokens(ids) if self.want_prefix > 0 => {
+                Some(&ids[..ids.len().min(self.want_prefix)])
+            }
+            Prompt::Tokens(_) | Prompt::Chat(_) | Prompt::Text(_) => None,
+        };
+        RouteRequest {
+            model: &self.model.name,
+            prompt: &self.request.prompt,
+            prefix_tokens: prefix,
+            class: self.request.latency_class,
+        }
+    }
+
+    fn queue_cost(&self) -> u64 {
+        self.prompt_len()
+            .saturating_add(u64::from(self.request.max_tokens))
+    }
+
+    fn excludes(&self, name: &str) -> bool {
+        self.failed.iter().any(|f| f == name)
+    }
+
+    async fn attempt(
+        &self,
+        gateway: &Gateway,
+        slot: Arc<BackendSlot>,
+        cancel: &CancelHandle,
+    ) -> Result<(Head, CancelHandle), Failed> {
+        let of = AttemptOf {
+            request: &self.request,
+            model: self.model,
+            estimate: self.prompt_len(),
+            arrived: None,
+            span: self.span,
+        };
+        attempt::attempt(gateway, of, slot, cancel).await
+    }
+}
