@@ -5,8 +5,10 @@
 //! second engine from the prompt's and the 5 delivered tokens' ids
 //! (`/v1/completions` with a token-id `prompt`), and the client gets the
 //! whole answer once; a failure of the request's own does not continue;
-//! engines that return no ids (trtllm-serve, a generic OpenAI-compatible
-//! server) do not continue.
+//! SGLang's native `/generate` (its `output_ids`, cumulative or
+//! incremental) continues the same way from `input_ids`; engines that
+//! return no ids (trtllm-serve, a generic OpenAI-compatible server) do not
+//! continue.
 #![cfg(feature = "engines")]
 
 #[cfg(test)]
@@ -19,6 +21,7 @@ mod engine_continue {
     use std::time::Duration;
 
     use futures::StreamExt;
+    use gateway_adapters::engines::sglang;
     use gateway_adapters::engines::{OpenAiCompatBackend, UpstreamConfig, openai, trtllm, vllm};
     use gateway_core::{
         BackendError, ByteBound, FailureKind, Money, Pricing, Prompt, TokenEvent, Usage,
@@ -27,6 +30,7 @@ mod engine_continue {
     use gateway_policy::{
         ClientRequest, Continuation, Gateway, ModelSpec, Settings, Tenant, key_hash,
     };
+    use gateway_sims::sglang::{self as sglang_sim, INTERNAL_EVENT, SglangSim};
     use gateway_sims::vllm::{Fault, SimEngine, SimOptions, VllmSim, text_of, token_id};
     use serde_json::Value;
 
@@ -70,11 +74,7 @@ mod engine_continue {
         sims: [Arc<VllmSim>; 2],
     }
 
-    /// Two engines of one kind, `build` adapters; the first fails with
-    /// `fault`, the second serves normally.
-    async fn setup(engine: SimEngine, build: Build, fault: Fault) -> Setup {
-        let first = VllmSim::start(options(engine, vec![fault])).await;
-        let second = VllmSim::start(options(engine, Vec::new())).await;
+    fn gateway(backends: Vec<Arc<dyn gateway_core::Backend>>) -> (Gateway, Arc<Tenant>) {
         let mut builder = Gateway::builder(Settings {
             stream_buffer_events: NonZeroUsize::new(4).unwrap(),
             idle_timeout: ms(300),
@@ -90,13 +90,26 @@ mod engine_continue {
                 .with_counter(Arc::new(ByteBound::default())),
         )
         .continuation(MODEL, Continuation::new(NonZeroU32::MIN));
-        for (i, sim) in [&first, &second].into_iter().enumerate() {
-            let mut config = UpstreamConfig::new(format!("engine-{i}"), sim.url(), MODEL);
-            config.scrape_interval = ms(5);
-            builder = builder.backend(Arc::new(build(config).unwrap()), MODEL, MODEL, None);
+        for backend in backends {
+            builder = builder.backend(backend, MODEL, MODEL, None);
         }
         let gateway = builder.build().unwrap();
         let tenant = gateway.authenticate(Some("sk-t")).unwrap();
+        (gateway, tenant)
+    }
+
+    /// Two engines of one kind, `build` adapters; the first fails with
+    /// `fault`, the second serves normally.
+    async fn setup(engine: SimEngine, build: Build, fault: Fault) -> Setup {
+        let first = VllmSim::start(options(engine, vec![fault])).await;
+        let second = VllmSim::start(options(engine, Vec::new())).await;
+        let mut backends: Vec<Arc<dyn gateway_core::Backend>> = Vec::new();
+        for (i, sim) in [&first, &second].into_iter().enumerate() {
+            let mut config = UpstreamConfig::new(format!("engine-{i}"), sim.url(), MODEL);
+            config.scrape_interval = ms(5);
+            backends.push(Arc::new(build(config).unwrap()));
+        }
+        let (gateway, tenant) = gateway(backends);
         Setup {
             gateway,
             tenant,
@@ -112,15 +125,15 @@ mod engine_continue {
     }
 
     async fn run(s: &Setup) -> Outcome {
-        let guard = s.gateway.request_cancel();
+        run_on(&s.gateway, &s.tenant).await
+    }
+
+    async fn run_on(gateway: &Gateway, tenant: &Arc<Tenant>) -> Outcome {
+        let guard = gateway.request_cancel();
         let cancel = guard.handle().clone();
         let mut request = ClientRequest::new("r1", MODEL, Prompt::Tokens(PROMPT.to_vec()));
         request.max_tokens = Some(TOKENS + 4);
-        let mut stream = s
-            .gateway
-            .generate(&s.tenant, request, cancel)
-            .await
-            .unwrap();
+        let mut stream = gateway.generate(tenant, request, cancel).await.unwrap();
         assert_eq!(stream.backend(), "engine-0");
         let mut out = Outcome {
             text: String::new(),
@@ -145,7 +158,7 @@ mod engine_continue {
             }
         }
         let _ = guard.disarm();
-        s.gateway.settled(&"r1".into()).await;
+        gateway.settled(&"r1".into()).await;
         out
     }
 
@@ -288,5 +301,77 @@ mod engine_continue {
             FailureKind::Connect,
         )
         .await;
+    }
+
+    /// Two SGLang engines (native `/generate`); the first fails with `fault`.
+    async fn sglang_continues(fault: sglang_sim::Fault, incremental: bool) {
+        let options = |script: Vec<sglang_sim::Fault>| sglang_sim::SimOptions {
+            model: MODEL.to_owned(),
+            token_interval: ms(2),
+            natural_tokens: TOKENS,
+            incremental_output: incremental,
+            script,
+            ..sglang_sim::SimOptions::default()
+        };
+        let first = SglangSim::start(options(vec![fault.clone()])).await;
+        let second = SglangSim::start(options(Vec::new())).await;
+        let mut backends: Vec<Arc<dyn gateway_core::Backend>> = Vec::new();
+        for (i, sim) in [&first, &second].into_iter().enumerate() {
+            let mut config = UpstreamConfig::new(format!("engine-{i}"), sim.url(), MODEL);
+            config.scrape_interval = ms(5);
+            let options = sglang::SglangOptions {
+                incremental_streaming_output: incremental,
+                ..sglang::SglangOptions::default()
+            };
+            backends.push(Arc::new(
+                sglang::SglangBackend::new(config, options).unwrap(),
+            ));
+        }
+        let (gateway, tenant) = gateway(backends);
+        let out = run_on(&gateway, &tenant).await;
+        assert_eq!(out.text, text_of(TOKENS), "{fault:?}");
+        assert!(out.error.is_none(), "{fault:?}: {:?}", out.error);
+        assert_eq!(
+            out.usage,
+            Some(Usage::new(3, u64::from(TOKENS))),
+            "{fault:?}"
+        );
+        let asked: Vec<_> = second
+            .generations()
+            .into_iter()
+            .filter(|r| r.path == "/generate")
+            .collect();
+        assert_eq!(asked.len(), 1, "{fault:?}");
+        let body: Value = serde_json::from_str(&asked[0].body).unwrap();
+        let mut ids: Vec<u64> = PROMPT.iter().map(|i| u64::from(*i)).collect();
+        ids.extend((0..u64::from(BEFORE)).map(|i| 1000 + i));
+        assert_eq!(body["input_ids"], Value::from(ids), "{fault:?}");
+        assert_eq!(
+            body["sampling_params"]["max_new_tokens"],
+            Value::from(TOKENS + 4 - BEFORE)
+        );
+        let account = gateway.account(&tenant.id).unwrap();
+        assert_eq!(account.spent, charge(3, u64::from(TOKENS)), "{fault:?}");
+    }
+
+    #[tokio::test]
+    async fn an_sglang_stream_continues_from_its_output_ids() {
+        for incremental in [false, true] {
+            sglang_continues(
+                sglang_sim::Fault::Truncate {
+                    after_tokens: BEFORE,
+                },
+                incremental,
+            )
+            .await;
+            sglang_continues(
+                sglang_sim::Fault::ErrorEvent {
+                    after_tokens: BEFORE,
+                    json: INTERNAL_EVENT.to_owned(),
+                },
+                incremental,
+            )
+            .await;
+        }
     }
 }
