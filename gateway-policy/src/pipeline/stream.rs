@@ -166,7 +166,9 @@ impl std::fmt::Debug for GatewayStream {
 }
 
 impl GatewayStream {
-    /// The backend serving the request.
+    /// The backend that began serving the request (a stream that went on
+    /// on another backend after a failure keeps this name; the request's
+    /// span and logs name the one that finished it).
     pub fn backend(&self) -> &str {
         &self.backend
     }
