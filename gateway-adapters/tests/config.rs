@@ -1491,7 +1491,7 @@ mod continuation_keys {
     use std::path::Path;
 
     use gateway_adapters::config::GatewayConfig;
-    use gateway_policy::Continuation;
+    use gateway_policy::{Continuation, ContinuationIds};
 
     fn parse(model_extra: &str) -> Result<GatewayConfig, String> {
         let text = format!(
@@ -1524,7 +1524,34 @@ mod continuation_keys {
     }
 
     #[test]
+    fn retokenizing_is_chosen_by_name() {
+        assert_eq!(
+            parse("continue_on_failure = true\ncontinuation_ids = \"retokenize\"")
+                .unwrap()
+                .models[0]
+                .continuation,
+            Some(Continuation::new(NonZeroU32::MIN).with_ids(ContinuationIds::Retokenize))
+        );
+        assert_eq!(
+            parse("continue_on_failure = true\ncontinuation_ids = \"exact\"")
+                .unwrap()
+                .models[0]
+                .continuation,
+            Some(Continuation::new(NonZeroU32::MIN))
+        );
+        assert_eq!(
+            parse("continue_on_failure = true\ncontinuation_ids = \"guess\"").unwrap_err(),
+            "models[0].continuation_ids: unknown value \"guess\" (expected \"exact\" or \"retokenize\")"
+        );
+    }
+
+    #[test]
     fn problems_are_reported_by_key_path() {
+        assert_eq!(
+            parse("max_continuations = 2\ncontinuation_ids = \"exact\"").unwrap_err(),
+            "models[0].max_continuations: only with continue_on_failure = true\n\
+             models[0].continuation_ids: only with continue_on_failure = true"
+        );
         assert_eq!(
             parse("max_continuations = 2").unwrap_err(),
             "models[0].max_continuations: only with continue_on_failure = true"

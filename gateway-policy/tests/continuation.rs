@@ -67,6 +67,9 @@ impl TokenCounter for Bytes {
             Prompt::Chat(_) => None,
         }
     }
+    fn encode_text(&self, text: &str) -> Option<Vec<u32>> {
+        Some(text.bytes().map(u32::from).collect())
+    }
 }
 
 struct Setup {
@@ -76,6 +79,15 @@ struct Setup {
 }
 
 fn setup_with(n: usize, continuation: Option<u32>, counter: Arc<dyn TokenCounter>) -> Setup {
+    let ids = ContinuationIds::Exact;
+    setup_ids(n, continuation.map(|max| (max, ids)), counter)
+}
+
+fn setup_ids(
+    n: usize,
+    continuation: Option<(u32, ContinuationIds)>,
+    counter: Arc<dyn TokenCounter>,
+) -> Setup {
     let mut builder = Gateway::builder(settings())
         .tenant(Tenant::new("team-a"), key_hash("sk-t"))
         .route_policy(Arc::new(LeastLoaded))
@@ -85,8 +97,11 @@ fn setup_with(n: usize, continuation: Option<u32>, counter: Arc<dyn TokenCounter
                 .with_default_max_tokens(16)
                 .with_counter(counter),
         );
-    if let Some(max) = continuation {
-        builder = builder.continuation(MODEL, Continuation::new(NonZeroU32::new(max).unwrap()));
+    if let Some((max, ids)) = continuation {
+        builder = builder.continuation(
+            MODEL,
+            Continuation::new(NonZeroU32::new(max).unwrap()).with_ids(ids),
+        );
     }
     let mut mocks = Vec::new();
     for i in 0..n {
@@ -528,4 +543,61 @@ fn a_continuation_for_an_unknown_model_does_not_build() {
             by: ModelReference::Continuation,
         }
     );
+}
+
+/// Tokens "ab" and "cd" without ids, then a failure.
+fn fails_without_ids() -> Script {
+    Script {
+        steps: vec![
+            Step::Token {
+                text: "ab".into(),
+                delay: TICK,
+            },
+            Step::Token {
+                text: "cd".into(),
+                delay: TICK,
+            },
+            Step::Fail(FailureKind::Connect),
+        ],
+        ..Script::tokens(&[], TICK)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn retokenizing_continues_from_the_delivered_text() {
+    let s = setup_ids(2, Some((1, ContinuationIds::Retokenize)), Arc::new(Bytes));
+    s.mocks[0].push(fails_without_ids());
+    s.mocks[1].push(goes_on());
+    let out = run(&s, "r1").await;
+    assert_eq!(
+        (out.text.as_str(), out.names.as_slice()),
+        ("abcdcd", &CONTINUED[..])
+    );
+    // 2 tokens from the first engine, 2 from the second.
+    assert_eq!(out.usage, Some(Usage::new(3, 4)));
+    // The prompt's ids, then the delivered text's by the tokenizer (one a
+    // byte here: not the 2 tokens the engine counted).
+    assert_eq!(
+        asked(&s.mocks[1]),
+        vec![(vec![1, 2, 3, 97, 98, 99, 100], 6)]
+    );
+    assert_eq!(settled(&s).await.spent, Money::from_picos(3 * 10 + 4 * 100));
+    // Exact ids only (the default): the same stream does not continue.
+    let s = setup_ids(2, Some((1, ContinuationIds::Exact)), Arc::new(Bytes));
+    s.mocks[0].push(fails_without_ids());
+    s.mocks[1].push(goes_on());
+    let out = run(&s, "r1").await;
+    assert_eq!(out.names, ["Started", "Delta", "Delta", "Error"]);
+    assert_eq!(s.mocks[1].starts(), 0);
+    // A counter without a tokenizer cannot retokenize.
+    let s = setup_ids(
+        2,
+        Some((1, ContinuationIds::Retokenize)),
+        Arc::new(ByteBound::default()),
+    );
+    s.mocks[0].push(fails_without_ids());
+    s.mocks[1].push(goes_on());
+    let out = run(&s, "r1").await;
+    assert_eq!(out.names, ["Started", "Delta", "Delta", "Error"]);
+    assert_eq!(s.mocks[1].starts(), 0);
 }

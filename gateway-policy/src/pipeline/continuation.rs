@@ -7,7 +7,7 @@
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
-use gateway_core::{CancelHandle, Delta, GenerateRequest, Prompt};
+use gateway_core::{CancelHandle, Delta, GenerateRequest, Prompt, TokenCounter};
 
 use super::Gateway;
 use super::attempt::{self, AttemptOf, Failed, Head, Job};
@@ -34,7 +34,9 @@ use crate::{ModelSpec, Tenant};
 ///   the prompt has no media;
 /// - the engine gave the id of every token delivered so far
 ///   ([`ContinuationIds::Exact`]; vLLM does, asked with
-///   `return_token_ids`);
+///   `return_token_ids`, and SGLang's native route), or the model's
+///   tokenizer tokenizes the delivered text again
+///   ([`ContinuationIds::Retokenize`], not token-exact);
 /// - the output so far is text only (no reasoning, tool calls, refusal or
 ///   logprobs) and the request has no tools: a continuation is a
 ///   completion from token ids, which the engine's chat parsers do not
@@ -69,6 +71,13 @@ impl Continuation {
             ids: ContinuationIds::Exact,
         }
     }
+
+    /// Sets where the delivered tokens' ids come from.
+    #[must_use]
+    pub const fn with_ids(mut self, ids: ContinuationIds) -> Self {
+        self.ids = ids;
+        self
+    }
 }
 
 /// Where a continuation's delivered token ids come from.
@@ -79,6 +88,25 @@ pub enum ContinuationIds {
     /// engine left any out does not continue.
     #[default]
     Exact,
+    /// The engine's ids when it gave every one; else the delivered text
+    /// tokenized again by the model's tokenizer
+    /// ([`TokenCounter::encode_text`](gateway_core::TokenCounter::encode_text)).
+    /// Not token-exact: text does not always tokenize back to the tokens
+    /// that were generated, so the continuation may differ from what the
+    /// failed engine would have written, and the engine's prompt count
+    /// differs from the original prompt plus the tokens delivered. A model
+    /// without a tokenizer does not continue either way.
+    Retokenize,
+}
+
+impl ContinuationIds {
+    /// The config file's name (`exact`, `retokenize`).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ContinuationIds::Exact => "exact",
+            ContinuationIds::Retokenize => "retokenize",
+        }
+    }
 }
 
 /// Why a stream does not continue (a bounded set: logged).
@@ -114,8 +142,13 @@ pub(super) struct Resume {
     pub(super) tenant: Arc<Tenant>,
     pub(super) request: Arc<GenerateRequest>,
     prompt_ids: Option<Arc<[u32]>>,
-    /// The ids of every token relayed to the client so far.
+    /// The ids of every token relayed to the client so far (while the
+    /// engine gave them all).
     delivered: Vec<u32>,
+    /// The text relayed so far, kept when the ids may be retokenized.
+    text: String,
+    /// A relayed token came without its id.
+    missing_ids: bool,
     /// Set once the stream can no longer continue, whatever happens.
     blocked: Option<NoContinuation>,
     /// Backends whose stream of this request failed after its first token.
@@ -151,6 +184,8 @@ impl Resume {
             request,
             prompt_ids,
             delivered: Vec::new(),
+            text: String::new(),
+            missing_ids: false,
             blocked,
             failed: Vec::new(),
             continued: 0,
@@ -165,9 +200,18 @@ impl Resume {
         }
         if delta.has_structured_output() {
             self.blocked = Some(NoContinuation::StructuredOutput);
-        } else if delta.token_ids.len() != delta.tokens as usize {
-            self.blocked = Some(NoContinuation::MissingIds);
-        } else {
+            return;
+        }
+        if self.policy.ids == ContinuationIds::Retokenize {
+            self.text.push_str(&delta.text);
+        }
+        if delta.token_ids.len() != delta.tokens as usize {
+            self.missing_ids = true;
+            self.delivered.clear();
+            if self.policy.ids == ContinuationIds::Exact {
+                self.blocked = Some(NoContinuation::MissingIds);
+            }
+        } else if !self.missing_ids {
             self.delivered.extend_from_slice(&delta.token_ids);
         }
     }
@@ -179,11 +223,16 @@ impl Resume {
 
     /// The continuation of a stream that relayed `received` tokens of its
     /// cap `cap`: the request to start, or why there is none.
+    ///
+    /// With [`ContinuationIds::Retokenize`] and a token delivered without
+    /// its id, the delivered text is tokenized by `counter` (CPU work
+    /// bounded by the output so far).
     pub(super) fn next(
         &self,
         received: u64,
         cap: u64,
         usage_seen: bool,
+        counter: &dyn TokenCounter,
     ) -> Result<Arc<GenerateRequest>, NoContinuation> {
         if let Some(why) = self.blocked {
             return Err(why);
@@ -194,9 +243,18 @@ impl Resume {
         if usage_seen {
             return Err(NoContinuation::UsageSeen);
         }
-        if self.delivered.len() as u64 != received {
+        let retokenized;
+        let delivered: &[u32] = if self.missing_ids {
+            // Only with `Retokenize` (`Exact` blocked at the missing id).
+            retokenized = counter
+                .encode_text(&self.text)
+                .ok_or(NoContinuation::MissingIds)?;
+            &retokenized
+        } else if self.delivered.len() as u64 == received {
+            &self.delivered
+        } else {
             return Err(NoContinuation::MissingIds);
-        }
+        };
         let left = cap.saturating_sub(received);
         let Ok(max_tokens) = u32::try_from(left) else {
             return Err(NoContinuation::CapReached);
@@ -207,9 +265,9 @@ impl Resume {
         let Some(prompt) = &self.prompt_ids else {
             return Err(NoContinuation::PromptIdsUnknown);
         };
-        let mut ids = Vec::with_capacity(prompt.len() + self.delivered.len());
+        let mut ids = Vec::with_capacity(prompt.len() + delivered.len());
         ids.extend_from_slice(prompt);
-        ids.extend_from_slice(&self.delivered);
+        ids.extend_from_slice(delivered);
         let mut request = (*self.request).clone();
         request.prompt = Prompt::Tokens(ids);
         request.max_tokens = max_tokens;

@@ -592,6 +592,7 @@ impl Pump {
             self.settlement.received,
             self.settlement.cap,
             self.settlement.engine.is_some(),
+            &*self.settlement.model.counter,
         ) {
             Ok(request) => request,
             Err(why) => {
