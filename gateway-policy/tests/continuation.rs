@@ -601,3 +601,38 @@ async fn retokenizing_continues_from_the_delivered_text() {
     assert_eq!(out.names, ["Started", "Delta", "Delta", "Error"]);
     assert_eq!(s.mocks[1].starts(), 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_client_gone_while_the_continuation_prefills_stops_it_and_pays_what_it_took() {
+    let s = setup(2, Some(1));
+    s.mocks[0].push(fails_after_two(Step::Fail(FailureKind::Connect)));
+    s.mocks[1].push(goes_on().prefill(Duration::from_secs(10)));
+    let guard = s.gateway.request_cancel();
+    let cancel = guard.handle().clone();
+    let mut stream = s
+        .gateway
+        .generate(&s.tenant, request("r1"), cancel)
+        .await
+        .unwrap();
+    // Started, a, b.
+    for _ in 0..3 {
+        stream.next().await.unwrap().unwrap();
+    }
+    // The continuation is prefilling on mock-1 when the client leaves.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(s.mocks[1].starts(), 1);
+    assert_eq!(s.mocks[1].live(), 1);
+    drop(stream);
+    drop(guard);
+    let a = settled(&s).await;
+    assert_eq!(a.usage, Usage::new(3, 2));
+    assert_eq!(a.spent, Money::from_picos(3 * 10 + 2 * 100));
+    assert_eq!(s.mocks[1].live(), 0);
+    assert_eq!(s.mocks[1].aborts().prefill, 1);
+    // Not counted as a continuation: it never produced a token.
+    let metrics = s.gateway.render_metrics();
+    assert!(
+        !metrics.contains("gateway_continuations_total{"),
+        "{metrics}"
+    );
+}
