@@ -636,3 +636,42 @@ async fn a_client_gone_while_the_continuation_prefills_stops_it_and_pays_what_it
         "{metrics}"
     );
 }
+
+/// `fails_after_two`, its first token carrying the engine's prompt ids.
+fn fails_after_two_reporting(prompt_ids: &[u32]) -> Script {
+    let mut script = fails_after_two(Step::Fail(FailureKind::Connect));
+    if let Step::Output { delta, .. } = &mut script.steps[0] {
+        delta.prompt_token_ids = Some(Arc::from(prompt_ids));
+    }
+    script
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_engines_prompt_ids_are_checked_or_used() {
+    // The same as the gateway's: continues.
+    let s = setup_with(2, Some(1), Arc::new(Bytes));
+    s.mocks[0].push(fails_after_two_reporting(&[104, 105, 33]));
+    s.mocks[1].push(goes_on());
+    let mut r = ClientRequest::new("r1", MODEL, Prompt::Text("hi!".into()));
+    r.max_tokens = Some(8);
+    let out = run_request(&s, r.clone()).await;
+    assert_eq!(out.names, CONTINUED);
+    assert_eq!(asked(&s.mocks[1]), vec![(vec![104, 105, 33, 11, 12], 6)]);
+    // Different (another template or tokenizer at the engine): does not.
+    let s = setup_with(2, Some(1), Arc::new(Bytes));
+    s.mocks[0].push(fails_after_two_reporting(&[1, 104, 105, 33]));
+    s.mocks[1].push(goes_on());
+    let out = run_request(&s, r.clone()).await;
+    assert_eq!(out.names, ["Started", "Delta", "Delta", "Error"]);
+    assert_eq!(s.mocks[1].starts(), 0);
+    // Unknown to the gateway (a byte bound counts the text): the engine's
+    // are used.
+    let s = setup(2, Some(1));
+    // An engine whose count agrees with its ids.
+    s.mocks[0].push(fails_after_two_reporting(&[7, 8, 9, 10]).with_prompt_tokens(4));
+    s.mocks[1].push(goes_on());
+    let out = run_request(&s, r).await;
+    assert_eq!(out.names, CONTINUED);
+    assert_eq!(out.usage, Some(Usage::new(4, 4)));
+    assert_eq!(asked(&s.mocks[1]), vec![(vec![7, 8, 9, 10, 11, 12], 6)]);
+}

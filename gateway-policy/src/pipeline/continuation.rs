@@ -7,7 +7,7 @@
 use std::num::NonZeroU32;
 use std::sync::Arc;
 
-use gateway_core::{CancelHandle, Delta, GenerateRequest, Prompt, TokenCounter};
+use gateway_core::{CancelHandle, Delta, GenerateRequest, MediaKind, Prompt, TokenCounter};
 
 use super::Gateway;
 use super::attempt::{self, AttemptOf, Failed, Head, Job};
@@ -28,10 +28,11 @@ use crate::{ModelSpec, Tenant};
 ///   broken stream, an error of its own), not the request's (its
 ///   deadline, values or size), a cancel, or a configuration mismatch;
 /// - the request has continued fewer than `max_continuations` times;
-/// - the prompt's token ids are known exactly: a token-id prompt, or a
-///   text or chat prompt rendered by the model's tokenizer and chat
-///   template (a model counted by a byte bound does not continue), and
-///   the prompt has no media;
+/// - the prompt's token ids are known exactly: a token-id prompt, a text
+///   or chat prompt rendered by the model's tokenizer and chat template,
+///   or the ids the engine reports for it (vLLM's `prompt_token_ids`, on
+///   the stream's first delta); when both the gateway's and the engine's
+///   are known they must be equal; and the prompt has no media;
 /// - the engine gave the id of every token delivered so far
 ///   ([`ContinuationIds::Exact`]; vLLM does, asked with
 ///   `return_token_ids`, and SGLang's native route), or the model's
@@ -119,6 +120,8 @@ pub(super) enum NoContinuation {
     Limit,
     UsageSeen,
     CapReached,
+    PromptMismatch,
+    Media,
 }
 
 impl NoContinuation {
@@ -131,6 +134,10 @@ impl NoContinuation {
             NoContinuation::Limit => "max_continuations reached",
             NoContinuation::UsageSeen => "the engine had already sent its usage",
             NoContinuation::CapReached => "max_tokens reached",
+            NoContinuation::Media => "the prompt has media",
+            NoContinuation::PromptMismatch => {
+                "the engine's prompt token ids differ from the gateway's rendering"
+            }
         }
     }
 }
@@ -149,6 +156,9 @@ pub(super) struct Resume {
     text: String,
     /// A relayed token came without its id.
     missing_ids: bool,
+    /// The first delta was seen (the only one that may carry the engine's
+    /// prompt ids for the original prompt).
+    first_seen: bool,
     /// Set once the stream can no longer continue, whatever happens.
     blocked: Option<NoContinuation>,
     /// Backends whose stream of this request failed after its first token.
@@ -170,8 +180,18 @@ impl Resume {
         prompt_ids: Option<Arc<[u32]>>,
     ) -> Option<Resume> {
         let policy = *gateway.inner.continuations.get(&model.name)?;
+        let media = match &request.prompt {
+            Prompt::Chat(messages) => messages.iter().any(|m| {
+                [MediaKind::Image, MediaKind::Audio, MediaKind::Video]
+                    .into_iter()
+                    .any(|kind| m.media_count(kind) > 0)
+            }),
+            Prompt::Text(_) | Prompt::Tokens(_) => false,
+        };
         let blocked = if request.tools.is_some() {
             Some(NoContinuation::Tools)
+        } else if media {
+            Some(NoContinuation::Media)
         } else if prompt_ids.is_none() {
             Some(NoContinuation::PromptIdsUnknown)
         } else {
@@ -186,6 +206,7 @@ impl Resume {
             delivered: Vec::new(),
             text: String::new(),
             missing_ids: false,
+            first_seen: false,
             blocked,
             failed: Vec::new(),
             continued: 0,
@@ -195,6 +216,11 @@ impl Resume {
 
     /// Notes a delta relayed to the client.
     pub(super) fn observe(&mut self, delta: &Delta) {
+        if !std::mem::replace(&mut self.first_seen, true)
+            && let Some(engine) = &delta.prompt_token_ids
+        {
+            self.check_prompt(engine);
+        }
         if self.blocked.is_some() {
             return;
         }
@@ -213,6 +239,31 @@ impl Resume {
             }
         } else if !self.missing_ids {
             self.delivered.extend_from_slice(&delta.token_ids);
+        }
+    }
+
+    /// The engine's ids of the original prompt (on the first delta): the
+    /// prompt a continuation starts from when the gateway's own are not
+    /// known; when they are and differ (a chat template or tokenizer that
+    /// is not the engine's), the stream does not continue.
+    fn check_prompt(&mut self, engine: &Arc<[u32]>) {
+        match &self.prompt_ids {
+            Some(ours) if ours[..] == engine[..] => {}
+            Some(ours) => {
+                tracing::warn!(
+                    gateway = ours.len(),
+                    engine = engine.len(),
+                    "the engine's prompt token ids differ from the gateway's rendering; \
+                     the stream cannot continue on another backend"
+                );
+                self.blocked = Some(NoContinuation::PromptMismatch);
+            }
+            None => {
+                self.prompt_ids = Some(engine.clone());
+                if self.blocked == Some(NoContinuation::PromptIdsUnknown) {
+                    self.blocked = None;
+                }
+            }
         }
     }
 
