@@ -6,9 +6,10 @@ and the client's stream goes on on the other one.
 
 The survivor is the shared engine of test_real_vllm.py (`REAL_VLLM_URL`);
 the victim is its own engine (`REAL_VLLM_VICTIM_URL`, started by
-scripts/test; else, outside CI, started here), which this test freezes
-(SIGSTOP) after the client read a few tokens and then kills (SIGKILL), both
-sent to its process group by the pid in start.sh's pid file.
+scripts/test; else, outside CI, started here), which this test keeps frozen
+(SIGSTOP) but for short slices until its first token reached the client,
+then kills (SIGKILL), both sent to its process group by the pid in
+start.sh's pid file.
 
 Checked: one stream (one role chunk, no error, one finish reason, one usage
 chunk, one [DONE]); its text is the victim's first N tokens followed by the
@@ -24,6 +25,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import select
 import signal
 import subprocess
 import time
@@ -54,12 +56,12 @@ from conftest import (
 VICTIM = "vllm-victim"
 SURVIVOR = "vllm-survivor"
 MAX_TOKENS = 160
-# Tokens the client reads before the victim is frozen (SIGSTOP to its
-# process group: vLLM's API server and its engine core), then killed
-# (SIGKILL to the same group). Freezing first bounds how far it gets: a
-# tiny model on an idle CPU writes hundreds of tokens a second, and one
-# that finished its answer before the kill would leave nothing to continue.
-READ_BEFORE_KILL = 4
+# Tokens the client reads before the victim (frozen, see _start_on_victim)
+# is killed (SIGKILL to its process group: vLLM's API server and its engine
+# core).
+READ_BEFORE_KILL = 1
+# How long the frozen victim runs at a time until its first token.
+SLICE_S = 0.01
 # Prompts tried until one is routed to the victim (prefix affinity picks a
 # backend per prompt; the order is fixed, so a run is repeatable).
 PROMPTS = [f"Tell me a story about the number {i}." for i in range(12)]
@@ -190,7 +192,9 @@ def pair(real_vllm: RealVllm, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 class Sse:
     """A streamed chat completion read event by event, straight off the
-    socket (so `[DONE]` and every chunk are seen as sent)."""
+    socket (so `[DONE]` and every chunk are seen as sent). The request is
+    sent at once; the answer's head is read by `begin` (the gateway sends
+    it with the first token)."""
 
     def __init__(self, addr: str, body: dict) -> None:
         host, port = addr.rsplit(":", 1)
@@ -201,11 +205,20 @@ class Sse:
             body=json.dumps(body),
             headers={"Content-Type": "application/json", "Authorization": f"Bearer {TENANT_KEY}"},
         )
+        self.response: http.client.HTTPResponse | None = None
+
+    def readable(self, timeout: float) -> bool:
+        """Whether the gateway sent something within `timeout` seconds."""
+        assert self.conn.sock is not None
+        return bool(select.select([self.conn.sock], [], [], timeout)[0])
+
+    def begin(self) -> None:
         self.response = self.conn.getresponse()
         assert self.response.status == 200, self.response.read()
 
     def next(self) -> str | None:
         """The next event's data, None at the end of the body."""
+        assert self.response is not None
         while True:
             line = self.response.readline()
             if not line:
@@ -258,12 +271,47 @@ def _wait_idle(pair: Pair, timeout: float = 30.0) -> None:
         time.sleep(0.05)
 
 
+def _serving(pair: Pair, timeout: float = 10.0) -> str:
+    """The backend the gateway started the one request on."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for backend in (VICTIM, SURVIVOR):
+            if _inflight(pair, backend) == 1:
+                return backend
+        time.sleep(0.01)
+    raise AssertionError("the request was not routed")
+
+
 def _start_on_victim(pair: Pair) -> tuple[str, Sse, list[dict]]:
-    """A stream that the victim serves, with READ_BEFORE_KILL tokens read
-    and the victim frozen."""
+    """A stream that the victim serves, with its first READ_BEFORE_KILL
+    tokens read, and the victim frozen.
+
+    The victim is frozen (SIGSTOP to its process group) before the request
+    is sent and let run only in slices of SLICE_S until the gateway starts
+    answering (it does with the first token): a tiny model on an idle CPU
+    writes hundreds of tokens a second, and vLLM sends them in bursts, so
+    one let run freely could finish the whole answer before a kill."""
     for content in PROMPTS:
-        started = time.monotonic()
+        os.killpg(pair.victim_pid, signal.SIGSTOP)
         sse = Sse(pair.gateway.addr, _request(content))
+        if _serving(pair) != VICTIM:
+            os.killpg(pair.victim_pid, signal.SIGCONT)
+            sse.begin()
+            while sse.next() is not None:
+                pass
+            sse.close()
+            _wait_idle(pair)
+            continue
+        slices = 0
+        while not sse.readable(0.0):
+            os.killpg(pair.victim_pid, signal.SIGCONT)
+            time.sleep(SLICE_S)
+            os.killpg(pair.victim_pid, signal.SIGSTOP)
+            slices += 1
+            assert slices < 2000, "the victim produced no token"
+            # What it sent in its slice reaches the client.
+            sse.readable(0.05)
+        sse.begin()
         chunks: list[dict] = []
         tokens = 0
         while tokens < READ_BEFORE_KILL:
@@ -273,13 +321,8 @@ def _start_on_victim(pair: Pair) -> tuple[str, Sse, list[dict]]:
             chunks.append(chunk)
             if chunk["choices"] and chunk["choices"][0]["delta"].get("content"):
                 tokens += 1
-        os.killpg(pair.victim_pid, signal.SIGSTOP)
-        if _inflight(pair, VICTIM) == 1:
-            print(f"\n{PROMPTS.index(content)}: {READ_BEFORE_KILL} tokens in {time.monotonic() - started:.3f}s")
-            return content, sse, chunks
-        os.killpg(pair.victim_pid, signal.SIGCONT)
-        sse.close()
-        _wait_idle(pair)
+        print(f"\n{PROMPTS.index(content)}: first token after {slices} slices")
+        return content, sse, chunks
     pytest.fail(f"none of {len(PROMPTS)} prompts was routed to {VICTIM}")
 
 
