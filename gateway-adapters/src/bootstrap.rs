@@ -327,6 +327,9 @@ pub fn build_gateway_with(
         if !m.prefer.is_empty() {
             builder = builder.prefer(&m.name, &m.prefer);
         }
+        if let Some(continuation) = m.continuation {
+            builder = builder.continuation(&m.name, continuation);
+        }
     }
     // Each entry's backend's own name (a host's backend may name itself
     // otherwise), to point a build error at its entry.

@@ -1540,6 +1540,93 @@ audio_tokens = \"lots\""
     }
 }
 
+/// `models[].continue_on_failure` and `max_continuations` (additions).
+#[cfg(test)]
+mod continuation_keys {
+    use std::num::NonZeroU32;
+    use std::path::Path;
+
+    use gateway_adapters::config::GatewayConfig;
+    use gateway_policy::{Continuation, ContinuationIds};
+
+    fn parse(model_extra: &str) -> Result<GatewayConfig, String> {
+        let text = format!(
+            "[[tenants]]\nid = \"t\"\napi_key = \"sk-t\"\n\
+             [[backends]]\nname = \"b\"\nengine = \"sim\"\nmodel = \"m\"\n\
+             [[models]]\nname = \"m\"\ncontext_window = 4096\n\
+             input_usd_per_mtok = 1.0\noutput_usd_per_mtok = 2.0\n{model_extra}\n"
+        );
+        GatewayConfig::parse(&text, Path::new("/nonexistent")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn off_by_default_one_continuation_when_on() {
+        assert_eq!(parse("").unwrap().models[0].continuation, None);
+        assert_eq!(
+            parse("continue_on_failure = false").unwrap().models[0].continuation,
+            None
+        );
+        assert_eq!(
+            parse("continue_on_failure = true").unwrap().models[0].continuation,
+            Some(Continuation::new(NonZeroU32::MIN))
+        );
+        assert_eq!(
+            parse("continue_on_failure = true\nmax_continuations = 16")
+                .unwrap()
+                .models[0]
+                .continuation,
+            Some(Continuation::new(NonZeroU32::new(16).unwrap()))
+        );
+    }
+
+    #[test]
+    fn retokenizing_is_chosen_by_name() {
+        assert_eq!(
+            parse("continue_on_failure = true\ncontinuation_ids = \"retokenize\"")
+                .unwrap()
+                .models[0]
+                .continuation,
+            Some(Continuation::new(NonZeroU32::MIN).with_ids(ContinuationIds::Retokenize))
+        );
+        assert_eq!(
+            parse("continue_on_failure = true\ncontinuation_ids = \"exact\"")
+                .unwrap()
+                .models[0]
+                .continuation,
+            Some(Continuation::new(NonZeroU32::MIN))
+        );
+        assert_eq!(
+            parse("continue_on_failure = true\ncontinuation_ids = \"guess\"").unwrap_err(),
+            "models[0].continuation_ids: unknown value \"guess\" (expected \"exact\" or \"retokenize\")"
+        );
+    }
+
+    #[test]
+    fn problems_are_reported_by_key_path() {
+        assert_eq!(
+            parse("max_continuations = 2\ncontinuation_ids = \"exact\"").unwrap_err(),
+            "models[0].max_continuations: only with continue_on_failure = true\n\
+             models[0].continuation_ids: only with continue_on_failure = true"
+        );
+        assert_eq!(
+            parse("max_continuations = 2").unwrap_err(),
+            "models[0].max_continuations: only with continue_on_failure = true"
+        );
+        assert_eq!(
+            parse("continue_on_failure = true\nmax_continuations = 0").unwrap_err(),
+            "models[0].max_continuations: must be at least 1, found 0"
+        );
+        assert_eq!(
+            parse("continue_on_failure = true\nmax_continuations = 17").unwrap_err(),
+            "models[0].max_continuations: must be at most 16, found 17"
+        );
+        assert_eq!(
+            parse("continue_on_failure = 1").unwrap_err(),
+            "models[0].continue_on_failure: expected a boolean, found an integer"
+        );
+    }
+}
+
 /// The pass-through keys (additions): `server.unknown_fields`,
 /// `max_extra_bytes`, `max_extra_depth`, `max_json_depth`,
 /// `models[].unknown_fields`.

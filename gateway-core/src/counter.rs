@@ -49,6 +49,16 @@ pub trait TokenCounter: Send + Sync + Debug + 'static {
         None
     }
 
+    /// The ids of a piece of text on its own (no special tokens), when this
+    /// counter has the model's tokenizer. A model's generated text does not
+    /// always tokenize back to the tokens it generated, so these ids are
+    /// not token-exact (used to continue a stream whose engine gave no ids,
+    /// when so configured). Default `None`.
+    fn encode_text(&self, text: &str) -> Option<Vec<u32>> {
+        let _ = text;
+        None
+    }
+
     /// Tokens of a whole request's prompt: [`count_prompt`] when `inputs`
     /// is empty; with the chat request's tool definitions and template
     /// variables ([`ChatInputs`]), what the engine counts once its chat

@@ -93,6 +93,13 @@ impl FailureKind {
     pub const fn row(self) -> crate::error_table::FailureRow {
         crate::error_table::failure_row(self)
     }
+
+    /// Whether a stream that failed this way after its first token may be
+    /// continued on another backend (see
+    /// [`continues_after_first_token`](crate::error_table::continues_after_first_token)).
+    pub const fn continues(self) -> bool {
+        crate::error_table::continues_after_first_token(self)
+    }
 }
 
 impl fmt::Display for FailureKind {
@@ -286,6 +293,16 @@ impl BackendError {
             }
             FailurePhase::AfterFirstToken => false,
         }
+    }
+
+    /// Whether a stream that failed with this error may be continued on
+    /// another backend from what it delivered: only after the first token,
+    /// only for kinds that are the backend's failing
+    /// ([`FailureKind::continues`]), and only when the backend is to blame.
+    pub fn is_continuable(&self) -> bool {
+        self.phase == FailurePhase::AfterFirstToken
+            && self.kind.continues()
+            && self.blame() == Blame::Backend
     }
 }
 

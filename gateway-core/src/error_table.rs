@@ -293,6 +293,34 @@ pub const fn failure_row(kind: FailureKind) -> FailureRow {
     }
 }
 
+/// Whether a stream that failed this way after its first token may go on
+/// on another backend, started again from the prompt and the tokens
+/// already delivered: the engine's own failure (its connection reset or
+/// its process gone, out of memory or KV cache, silent past the idle
+/// timeout, a broken stream, an error frame or status of its own), not the
+/// request's (its deadline, its values, its size), a cancel or a
+/// configuration mismatch that another backend would repeat.
+pub const fn continues_after_first_token(kind: FailureKind) -> bool {
+    match kind {
+        FailureKind::Connect
+        | FailureKind::IdleTimeout
+        | FailureKind::Overloaded
+        | FailureKind::OutOfMemory
+        | FailureKind::ProtocolViolation
+        | FailureKind::UpstreamStatus
+        | FailureKind::Internal => true,
+        // Only before the first token; no stream to continue.
+        FailureKind::FirstTokenTimeout
+        | FailureKind::TotalTimeout
+        | FailureKind::ContextLengthExceeded
+        | FailureKind::InvalidRequest
+        | FailureKind::ModelNotFound
+        | FailureKind::Unauthorized
+        | FailureKind::Canceled
+        | FailureKind::Unsupported => false,
+    }
+}
+
 /// A status of the table as an [`http::StatusCode`] (every status of the
 /// table is valid; 500 if one were not).
 fn status_code(status: u16) -> http::StatusCode {
@@ -302,6 +330,32 @@ fn status_code(status: u16) -> http::StatusCode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn kinds_that_continue_after_the_first_token() {
+        let continuing: Vec<FailureKind> = FailureKind::ALL
+            .into_iter()
+            .filter(|k| continues_after_first_token(*k))
+            .collect();
+        assert_eq!(
+            continuing,
+            vec![
+                FailureKind::Connect,
+                FailureKind::IdleTimeout,
+                FailureKind::Overloaded,
+                FailureKind::OutOfMemory,
+                FailureKind::ProtocolViolation,
+                FailureKind::UpstreamStatus,
+                FailureKind::Internal,
+            ]
+        );
+        // Every kind that continues blames the backend.
+        assert!(
+            continuing
+                .iter()
+                .all(|k| failure_row(*k).blame == Blame::Backend)
+        );
+    }
 
     #[test]
     fn every_code_row() {

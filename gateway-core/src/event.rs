@@ -40,6 +40,11 @@ pub struct Delta {
     pub tokens: u32,
     /// The token ids, when the engine gives them.
     pub token_ids: Vec<u32>,
+    /// The prompt's token ids as the engine tokenized it (chat template
+    /// rendered), on the first delta of a stream whose engine gives them
+    /// (vLLM with `return_token_ids`); `None` otherwise. A continuation
+    /// checks its own prompt ids against them.
+    pub prompt_token_ids: Option<std::sync::Arc<[u32]>>,
     /// Log-probabilities of the tokens, when requested and given: one entry
     /// per token, in order.
     pub logprobs: Vec<TokenLogprob>,

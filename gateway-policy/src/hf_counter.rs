@@ -253,6 +253,11 @@ impl TokenCounter for HfTokenCounter {
         }
     }
 
+    /// The tokenizer's ids of `text`, without special tokens.
+    fn encode_text(&self, text: &str) -> Option<Vec<u32>> {
+        self.encode_ids(text, false)
+    }
+
     /// Text prompts, and chat prompts with the model's template; `None` for
     /// chat without a template (only bounded) and for token prompts (the
     /// caller has their ids).

@@ -92,8 +92,8 @@ pub use limits::{RedisLimiter, RedisLimiterConfig, RedisLimiterStats};
 pub use metrics::{EdgeReason, EdgeRejections, Metrics};
 pub use model::{MediaCosts, ModelSpec};
 pub use pipeline::{
-    BuildError, ClientRequest, DrainReport, EmbedResponse, Gateway, GatewayBuilder, GatewayStream,
-    ModelReference, Settings, UNAUTHENTICATED, UNKNOWN_MODEL,
+    BuildError, ClientRequest, Continuation, ContinuationIds, DrainReport, EmbedResponse, Gateway,
+    GatewayBuilder, GatewayStream, ModelReference, Settings, UNAUTHENTICATED, UNKNOWN_MODEL,
 };
 pub use pool::{BackendSlot, InflightGuard};
 #[cfg(feature = "tokenizers")]

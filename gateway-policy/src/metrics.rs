@@ -120,6 +120,17 @@ pub struct FallbackLabels {
     pub to: String,
 }
 
+/// Labels `model, from, to` of a stream continued on another backend.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ContinuationLabels {
+    /// The model.
+    pub model: String,
+    /// The backend whose stream failed after its first token.
+    pub from: String,
+    /// The backend the stream went on on.
+    pub to: String,
+}
+
 /// Labels `backend, kind`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FailureLabels {
@@ -277,6 +288,15 @@ pub struct Metrics {
     /// its backends could not start before the first token and that were
     /// moved to its fallback `to` (counted when the fallback is tried).
     pub fallbacks: Family<FallbackLabels, Counter>,
+    /// `gateway_continuations_total{model,from,to}`: streams that failed
+    /// on backend `from` after their first token and went on on `to`
+    /// (counted when `to` produced its first token).
+    pub continuations: Family<ContinuationLabels, Counter>,
+    /// `gateway_continuation_prefill_tokens_total{model}`: the prompt
+    /// tokens of continuations (the original prompt plus the tokens
+    /// already delivered), prefilled again at the operator's cost; the
+    /// tenant is not charged for them.
+    pub continuation_prefill_tokens: Family<ModelLabels, Counter>,
     /// `gateway_admission_queue_depth{model}`: requests waiting in the
     /// model's fair queue for a backend with capacity.
     pub admission_queue: Family<ModelLabels, Gauge>,
@@ -443,6 +463,18 @@ impl Metrics {
             "Requests moved to a fallback model before their first token",
             fallbacks.clone(),
         );
+        let continuations = Family::<ContinuationLabels, Counter>::default();
+        registry.register(
+            "continuations",
+            "Streams continued on another backend after a failure after their first token",
+            continuations.clone(),
+        );
+        let continuation_prefill_tokens = Family::<ModelLabels, Counter>::default();
+        registry.register(
+            "continuation_prefill_tokens",
+            "Prompt tokens prefilled again by continuations (not charged to tenants)",
+            continuation_prefill_tokens.clone(),
+        );
         let admission_queue = Family::<ModelLabels, Gauge>::default();
         registry.register(
             "admission_queue_depth",
@@ -493,6 +525,8 @@ impl Metrics {
             estimate_drift_tokens,
             prompt_overruns,
             fallbacks,
+            continuations,
+            continuation_prefill_tokens,
             admission_queue,
             circuit_state,
             backend_limit,
@@ -608,6 +642,16 @@ impl Metrics {
                 outcome: if met { "met" } else { "missed" },
             })
             .inc();
+    }
+
+    /// Creates the continuation prefill series of `model` at zero.
+    pub fn register_continuation(&self, model: &str) {
+        drop(
+            self.continuation_prefill_tokens
+                .get_or_create(&ModelLabels {
+                    model: model.to_owned(),
+                }),
+        );
     }
 
     /// Creates the series of model `from` falling back to `to` at zero.

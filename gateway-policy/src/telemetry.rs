@@ -28,8 +28,10 @@ pub fn operation(prompt: &Prompt) -> &'static str {
 /// client's `x-request-id`, kept for correlation only. Fields known later
 /// (backend, usage, finish reason,
 /// outcome, error type, and `fallback_from`: the requested model, set when
-/// the request moved to one of its fallbacks) start empty and are recorded
-/// when known.
+/// the request moved to one of its fallbacks; `continuations` and
+/// `continuation_prefill_tokens`: how often its stream went on on another
+/// backend after a failure, and the prompt tokens those prefilled again)
+/// start empty and are recorded when known.
 pub fn request_span(
     request_id: &str,
     tenant: &str,
@@ -52,6 +54,8 @@ pub fn request_span(
         gen_ai.usage.output_tokens = Empty,
         backend = Empty,
         fallback_from = Empty,
+        continuations = Empty,
+        continuation_prefill_tokens = Empty,
         outcome = Empty,
         error.type = Empty,
     )

@@ -341,6 +341,27 @@ sglang:num_aborted_requests_total{{{labels}}} {aborts}.0\n"
     )
 }
 
+/// How many of this engine's first output ids (1000, 1001, ...) the
+/// token-id prompt `ids` ends with, fewer than `natural` (0 when it is not a
+/// list of ids).
+fn continued_from(ids: &Value, natural: u32) -> u32 {
+    let Some(ids) = ids.as_array() else {
+        return 0;
+    };
+    let ids: Vec<Option<u64>> = ids.iter().map(Value::as_u64).collect();
+    (0..ids.len())
+        .find_map(|start| {
+            let tail = &ids[start..];
+            let k = u32::try_from(tail.len()).ok()?;
+            let ours = tail
+                .iter()
+                .zip(1000u64..)
+                .all(|(id, want)| *id == Some(want));
+            (ours && k < natural).then_some(k)
+        })
+        .unwrap_or(0)
+}
+
 /// Prompt tokens: words plus 1 for text, ids for `input_ids`, words plus 3
 /// per chat message.
 fn count_prompt(body: &Value, chat: bool) -> u64 {
@@ -413,6 +434,9 @@ struct Format<'a> {
     prompt_tokens: u64,
     cached: u64,
     model: &'a str,
+    /// The id of this request's first output token (1000, or later when
+    /// it continues the engine's own output).
+    first_id: u32,
 }
 
 impl Format<'_> {
@@ -477,14 +501,15 @@ impl Format<'_> {
     /// The native event after `k` tokens whose texts are `texts`.
     fn native(&self, texts: &[String], k: u32, finish: &str, extra: &str) -> String {
         let extra = format!("{}{extra}", self.logprob_meta(texts, k));
+        let first = self.first_id;
         let (text, ids): (String, Vec<u32>) = if self.incremental {
             let last = k.saturating_sub(1);
             (
                 texts.last().cloned().unwrap_or_default(),
-                if k == 0 { vec![] } else { vec![1000 + last] },
+                if k == 0 { vec![] } else { vec![first + last] },
             )
         } else {
-            (texts.concat(), (0..k).map(|i| 1000 + i).collect())
+            (texts.concat(), (0..k).map(|i| first + i).collect())
         };
         format!(
             r#"{{"text":{},"output_ids":{},"meta_info":{}}}"#,
@@ -560,6 +585,15 @@ async fn generate(
     if wr.write_all(head.as_bytes()).await.is_err() {
         return disconnected(inner, &rid, EnginePhase::Queued).await;
     }
+    // Continuing its own output: `input_ids` ending in this engine's first
+    // `resume` output ids (1000, 1001, ...; what the gateway's continuation
+    // of a stream sends) decode on from token `resume`, as a greedy model
+    // would, and end where the whole answer would have.
+    let resume = if chat {
+        0
+    } else {
+        continued_from(&body["input_ids"], opts.natural_tokens)
+    };
     let fmt = Format {
         chat,
         incremental: opts.incremental_output,
@@ -568,6 +602,7 @@ async fn generate(
         prompt_tokens,
         cached: opts.cached_tokens.min(prompt_tokens),
         model: &opts.model,
+        first_id: 1000 + resume,
     };
     // Queued.
     let permit = tokio::select! {
@@ -593,8 +628,9 @@ async fn generate(
         }
     }
     inner.set_phase(&rid, EnginePhase::Decode);
-    let n = u64::from(opts.natural_tokens).min(max_tokens) as u32;
-    let finish = if max_tokens <= u64::from(opts.natural_tokens) {
+    let natural = u64::from(opts.natural_tokens.saturating_sub(resume));
+    let n = natural.min(max_tokens) as u32;
+    let finish = if max_tokens <= natural {
         format!(r#"{{"type":"length","length":{n}}}"#)
     } else {
         r#"{"type":"stop","matched":151645}"#.to_owned()
@@ -651,7 +687,11 @@ async fn generate(
             _ => {}
         }
         let split_here = matches!(fault, Fault::SplitUtf8 { at_token } if at_token == i);
-        let text = if split_here { "é🙂" } else { token_text(i) };
+        let text = if split_here {
+            "é🙂"
+        } else {
+            token_text(i + resume)
+        };
         texts.push(text.to_owned());
         let last = i + 1 == n;
         let event = if chat {

@@ -783,6 +783,28 @@ gpu_cache_usage_perc{{model_name=\"{m}\"}} {kv:?}\n"
 
 /// Prompt tokens as the simulator counts them: words plus 3 per chat
 /// message, words plus 1 for text, ids for token prompts.
+/// How many of this engine's first tokens (`token_id(0)`, `token_id(1)`,
+/// ...) a token-id `prompt` ends with, fewer than `natural` (0 when it is
+/// not a list of ids).
+fn continued_from(prompt: &Value, natural: u32) -> u32 {
+    let Some(ids) = prompt.as_array() else {
+        return 0;
+    };
+    let ids: Vec<Option<u64>> = ids.iter().map(Value::as_u64).collect();
+    // The longest tail that is tokens 0, 1, ...: the earliest start.
+    (0..ids.len())
+        .find_map(|start| {
+            let tail = &ids[start..];
+            let k = u32::try_from(tail.len()).ok()?;
+            let ours = tail
+                .iter()
+                .zip(0u32..)
+                .all(|(id, i)| *id == Some(u64::from(token_id(i))));
+            (ours && k < natural).then_some(k)
+        })
+        .unwrap_or(0)
+}
+
 fn count_prompt(body: &Value, chat: bool) -> u64 {
     if chat {
         chat_prompt_tokens(body)
@@ -1028,9 +1050,19 @@ async fn generate(
         } => Some((chunks, tokens_per_chunk.max(1))),
         _ => None,
     };
+    // vLLM continuing its own output: a token-id prompt ending in this
+    // engine's first `resume` tokens (what the gateway's continuation of a
+    // stream sends) decodes on from token `resume`, as a greedy model would,
+    // and ends where the whole answer would have.
+    let resume = if engine == SimEngine::Vllm && !chat && runaway.is_none() {
+        continued_from(&body["prompt"], opts.natural_tokens)
+    } else {
+        0
+    };
+    let natural = u64::from(opts.natural_tokens.saturating_sub(resume));
     let n = match runaway {
         Some((chunks, _)) => chunks,
-        None => u64::from(opts.natural_tokens).min(max_tokens) as u32,
+        None => natural.min(max_tokens) as u32,
     };
     let mut output = Output::new(
         &body,
@@ -1038,13 +1070,11 @@ async fn generate(
         opts.reasoning_tokens,
         opts.tool_call.as_deref(),
     );
-    let finish = output.finish(
-        if runaway.is_none() && max_tokens <= u64::from(opts.natural_tokens) {
-            "length"
-        } else {
-            "stop"
-        },
-    );
+    let finish = output.finish(if runaway.is_none() && max_tokens <= natural {
+        "length"
+    } else {
+        "stop"
+    });
     let (prefix, object) = if chat {
         ("chatcmpl", "chat.completion.chunk")
     } else {
@@ -1155,7 +1185,11 @@ async fn generate(
             _ => {}
         }
         let split_here = matches!(fault, Fault::SplitUtf8 { at_token } if at_token == i);
-        let text = if split_here { "é🙂" } else { token_text(i) };
+        let text = if split_here {
+            "é🙂"
+        } else {
+            token_text(i + resume)
+        };
         let last = i + 1 == n;
         // Dynamo: the finish reason comes in a chunk of its own, below.
         let dynamo = engine == SimEngine::Dynamo;
@@ -1186,7 +1220,7 @@ async fn generate(
                 r#"{head_json}"choices":[{{"index":0,"delta":{{"role":"assistant","content":""}},"logprobs":null,"finish_reason":null}}],"prompt_token_ids":{prompt_ids}}}"#
             )));
         }
-        step_ids.push(token_id(i));
+        step_ids.push(token_id(i + resume));
         if step > 1 {
             step_text.push_str(text);
             if !last && (i + 1) % step != 0 {

@@ -191,6 +191,7 @@ pub(super) fn embedded() -> GatewayConfig {
             default_max_tokens: DEFAULT_MAX_TOKENS,
             fallbacks: Vec::new(),
             admission_queue: ADMISSION_QUEUE,
+            continuation: None,
             media: gateway_policy::MediaCosts::default(),
             unknown_fields: None,
             slo: gateway_policy::route::Slo::default(),

@@ -102,6 +102,9 @@
 //! default_max_tokens = 256            # 1..=context_window; default min(256, context_window)
 //! fallbacks = []                      # other configured models; default none
 //! admission_queue = 1024              # 0..=1000000; default 1024 requests waiting for capacity (addition)
+//! continue_on_failure = false         # default false: a stream whose engine fails after its first token goes on on another backend (addition)
+//! max_continuations = 1               # 1..=16, only with continue_on_failure; default 1 continuation per request (addition)
+//! continuation_ids = "exact"          # exact | retokenize (not token-exact), only with continue_on_failure; default exact (addition)
 //! # image_tokens = 576                # >= 1; prompt tokens reserved per image part; unset: images refused (addition)
 //! # audio_tokens, video_tokens        # the same for input_audio / audio_url and video_url parts (addition)
 //! # unknown_fields = "drop"           # reject | drop; default: server.unknown_fields (addition)
@@ -454,6 +457,11 @@ pub struct ModelConfig {
     /// waiting for this model's capacity; more get `overloaded`. Default
     /// 1024; 0 never queues.
     pub admission_queue: usize,
+    /// `continue_on_failure`, `max_continuations` and `continuation_ids`
+    /// (additions): whether, how often and from which ids a stream whose engine fails after its first token
+    /// goes on on another of the model's backends
+    /// ([`gateway_policy::Continuation`]). Default off.
+    pub continuation: Option<gateway_policy::Continuation>,
     /// `image_tokens`, `audio_tokens`, `video_tokens` (additions): prompt
     /// tokens reserved per media part of a chat request; unset, the model
     /// takes no such input and such requests are refused (400).

@@ -98,6 +98,9 @@ const MODEL_KEYS: &[&str] = &[
     "default_max_tokens",
     "fallbacks",
     "admission_queue",
+    "continue_on_failure",
+    "max_continuations",
+    "continuation_ids",
     "unknown_fields",
     "slo",
     "image_tokens",
@@ -904,6 +907,7 @@ fn model<'a>(
             n.and_then(|n| usize::try_from(n).ok())
                 .unwrap_or(defaults::ADMISSION_QUEUE)
         });
+    let continuation = continuation(r, p);
     let media = |key: &str, p: &mut Problems| Ok(nonzero_u32(r, key, p)?.map(NonZeroU32::get));
     let (image, audio, video) = (
         media("image_tokens", p),
@@ -930,6 +934,7 @@ fn model<'a>(
         default_max_tokens: default_max_tokens?,
         fallbacks: fallbacks?,
         admission_queue: admission_queue?,
+        continuation: continuation?,
         media: MediaCosts {
             image: image?,
             audio: audio?,
@@ -939,6 +944,49 @@ fn model<'a>(
         slo: slo?,
         prefer: prefer?,
     })
+}
+
+/// Highest `models[].max_continuations`.
+const MAX_CONTINUATIONS: i64 = 16;
+
+/// A model's `continue_on_failure` and `max_continuations`.
+fn continuation(r: &Reader<'_>, p: &mut Problems) -> Check<Option<gateway_policy::Continuation>> {
+    use gateway_policy::ContinuationIds;
+    let on = r.boolean("continue_on_failure", p);
+    let max = r.integer("max_continuations", 1, MAX_CONTINUATIONS, p);
+    let ids = match r.string("continuation_ids", p) {
+        Ok(None) => Ok(None),
+        Ok(Some("exact")) => Ok(Some(ContinuationIds::Exact)),
+        Ok(Some("retokenize")) => Ok(Some(ContinuationIds::Retokenize)),
+        Ok(Some(other)) => Err(p.report(
+            r.key_path("continuation_ids"),
+            format!("unknown value {other:?} (expected \"exact\" or \"retokenize\")"),
+        )),
+        Err(e) => Err(e),
+    };
+    let (on, max, ids) = (on?.unwrap_or(false), max?, ids?);
+    if !on {
+        for (key, set) in [
+            ("max_continuations", max.is_some()),
+            ("continuation_ids", ids.is_some()),
+        ] {
+            if set {
+                p.push(r.key_path(key), "only with continue_on_failure = true");
+            }
+        }
+        return if max.is_some() || ids.is_some() {
+            Err(Reported)
+        } else {
+            Ok(None)
+        };
+    }
+    let max = max
+        .and_then(|n| u32::try_from(n).ok())
+        .and_then(NonZeroU32::new)
+        .unwrap_or(NonZeroU32::MIN);
+    Ok(Some(
+        gateway_policy::Continuation::new(max).with_ids(ids.unwrap_or_default()),
+    ))
 }
 
 /// A model's `fallbacks`: other configured models, each once.

@@ -648,6 +648,7 @@ impl Backend for OpenAiCompatBackend {
             shared: inner.shared.clone(),
             quirks: inner.quirks,
             usage: None,
+            prompt_ids: PromptIds::Waiting,
         };
         let reader = Reader::new(
             frames,
@@ -924,6 +925,9 @@ fn kind_for_type(kind: &str, message: &str, param: Option<&str>) -> FailureKind 
 struct Chunk {
     error: Option<serde::de::IgnoredAny>,
     object: Option<String>,
+    /// vLLM with `return_token_ids`: the prompt's ids, on a chat stream's
+    /// role chunk.
+    prompt_token_ids: Option<Vec<u32>>,
     choices: Option<Vec<WireChoice>>,
     usage: Option<CompletionUsage>,
     /// vLLM's per-request metrics (with `--per-request-spec-decode-metrics`),
@@ -955,6 +959,18 @@ struct ChunkFrames {
     shared: Arc<Shared>,
     quirks: Quirks,
     usage: Option<Usage>,
+    prompt_ids: PromptIds,
+}
+
+/// The engine's prompt ids, passed on with the stream's first delta.
+#[derive(Debug)]
+enum PromptIds {
+    /// None seen yet.
+    Waiting,
+    /// Seen, for the next delta.
+    Held(Arc<[u32]>),
+    /// Passed on (or a delta went out without them).
+    Done,
 }
 
 impl ChunkFrames {
@@ -999,6 +1015,9 @@ impl Frames for ChunkFrames {
             let spec = chunk.metrics.and_then(|m| m.speculative_decoding);
             self.usage = Some(upstream_usage(&usage, spec));
         }
+        if let (PromptIds::Waiting, Some(ids)) = (&self.prompt_ids, chunk.prompt_token_ids) {
+            self.prompt_ids = PromptIds::Held(ids.into());
+        }
         let Some(mut choice) = chunk
             .choices
             .unwrap_or_default()
@@ -1011,12 +1030,24 @@ impl Frames for ChunkFrames {
             // Nothing but usage may follow the finish.
             return Flow::Continue;
         }
-        if let Some(delta) = choice.take_delta(&event.data)
+        // Completions put the prompt's ids on the first choice.
+        if let (PromptIds::Waiting, Some(ids)) = (&self.prompt_ids, choice.prompt_token_ids.take())
+        {
+            self.prompt_ids = PromptIds::Held(ids.into());
+        }
+        if let Some(mut delta) = choice.take_delta(&event.data)
             && !(self.quirks.finish_chunk_is_marker
                 && choice.finish_reason.is_some()
                 && !delta.has_output()
                 && delta.token_ids.is_empty())
-            && emit.output(delta) == Flow::End
+            && {
+                if let PromptIds::Held(ids) =
+                    std::mem::replace(&mut self.prompt_ids, PromptIds::Done)
+                {
+                    delta.prompt_token_ids = Some(ids);
+                }
+                emit.output(delta) == Flow::End
+            }
         {
             return Flow::End;
         }
@@ -1172,6 +1203,7 @@ pub(crate) fn fuzz_read(
         }),
         quirks,
         usage: None,
+        prompt_ids: PromptIds::Waiting,
     };
     super::reader::read_chunks(frames, cap, max_event_bytes, chunks, end)
 }
@@ -1179,6 +1211,74 @@ pub(crate) fn fuzz_read(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// vLLM's prompt ids (chat: top level of the role chunk; completions:
+    /// on the first choice) ride on the stream's first delta only.
+    #[cfg(feature = "fuzzing")]
+    #[test]
+    fn the_engines_prompt_ids_come_with_the_first_delta() {
+        let deltas = |chunks: &[&[u8]]| -> Vec<(String, Option<Vec<u32>>)> {
+            let (events, _) = fuzz_read(
+                Quirks::VLLM,
+                100,
+                1 << 20,
+                chunks,
+                super::super::reader::BodyEnd::Clean,
+            );
+            events
+                .into_iter()
+                .filter_map(|e| match e {
+                    Ok(gateway_core::TokenEvent::Delta(d)) => {
+                        Some((d.text, d.prompt_token_ids.map(|ids| ids.to_vec())))
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        let chat: &[&[u8]] = &[
+            br#"data: {"choices":[{"index":0,"delta":{"role":"assistant","content":""},"finish_reason":null}],"prompt_token_ids":[5,6,7]}
+
+"#,
+            br#"data: {"choices":[{"index":0,"delta":{"content":"a"},"finish_reason":null,"token_ids":[11]}]}
+
+"#,
+            br#"data: {"choices":[{"index":0,"delta":{"content":"b"},"finish_reason":"stop","token_ids":[12]}]}
+
+data: [DONE]
+
+"#,
+        ];
+        assert_eq!(
+            deltas(chat),
+            [
+                ("a".to_owned(), Some(vec![5, 6, 7])),
+                ("b".to_owned(), None)
+            ]
+        );
+        let completions: &[&[u8]] = &[
+            br#"data: {"choices":[{"index":0,"text":"a","finish_reason":null,"prompt_token_ids":[5,6],"token_ids":[11]}]}
+
+"#,
+            br#"data: {"choices":[{"index":0,"text":"b","finish_reason":"stop","prompt_token_ids":null,"token_ids":[12]}]}
+
+data: [DONE]
+
+"#,
+        ];
+        assert_eq!(
+            deltas(completions),
+            [("a".to_owned(), Some(vec![5, 6])), ("b".to_owned(), None)]
+        );
+        // An engine that sends none: no delta has any.
+        let plain: &[&[u8]] = &[
+            br#"data: {"choices":[{"index":0,"text":"a","finish_reason":"stop"}]}
+
+data: [DONE]
+
+"#,
+        ];
+        assert_eq!(deltas(plain), [("a".to_owned(), None)]);
+    }
 
     #[test]
     fn statuses_map_to_kinds() {

@@ -8,6 +8,10 @@
 //!   the character-prefix difference (TV-07). A text that does not extend
 //!   what was already forwarded fails the stream loudly (protocol
 //!   violation). Trailing U+FFFD is held back until it resolves.
+//! - Each delta carries the new tokens' ids from `output_ids` (cumulative
+//!   like the text, or per event), when they are exactly its tokens: a
+//!   stream of a text or token prompt can then continue on another backend
+//!   from them (a chat stream, on the OpenAI route, has none).
 //! - `meta_info` of the final event gives the usage: `prompt_tokens`,
 //!   `completion_tokens`, `cached_tokens`, and speculative-decoding drafts
 //!   (`spec_proposed_drafts`/`spec_num_proposed_drafts` drafted,
@@ -1027,6 +1031,7 @@ impl Frames for NativeFrames {
         };
         // Tokens this event adds.
         let ids = chunk.output_ids.as_ref().map(|ids| ids.len() as u64);
+        let ids_before = self.seen_ids;
         let tokens = match (meta.completion_tokens, ids) {
             (Some(total), _) => total.saturating_sub(self.seen_tokens),
             (None, Some(n)) if self.incremental => n,
@@ -1063,6 +1068,20 @@ impl Frames for NativeFrames {
             new
         };
         let mut delta = Delta::text(piece, u32::try_from(tokens).unwrap_or(u32::MAX));
+        // The new tokens' ids (`output_ids`: cumulative, or this event's with
+        // incremental output), when they are exactly the tokens it adds.
+        let new_ids = match chunk.output_ids {
+            Some(ids) if self.incremental => ids,
+            Some(ids) => usize::try_from(ids_before)
+                .ok()
+                .and_then(|from| ids.get(from..))
+                .map(<[u32]>::to_vec)
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        if new_ids.len() as u64 == tokens {
+            delta.token_ids = new_ids;
+        }
         if self.logprobs {
             delta.logprobs = self.new_logprobs(&mut meta);
         }

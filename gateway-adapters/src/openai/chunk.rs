@@ -33,6 +33,9 @@ pub(crate) struct WireChoice {
     pub(crate) finish_reason: Option<String>,
     /// vLLM with `return_token_ids`.
     pub(crate) token_ids: Option<Vec<u32>>,
+    /// vLLM with `return_token_ids`: the prompt's ids, on a completions
+    /// stream's first choice.
+    pub(crate) prompt_token_ids: Option<Vec<u32>>,
     /// Whether the choice has `logprobs`: they are read in a second pass
     /// over the chunk ([`WireChoice::take_delta`]), as reading them with
     /// the rest slows every plain text chunk by a quarter (the `sse` bench).

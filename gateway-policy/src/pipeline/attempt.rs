@@ -34,6 +34,9 @@ pub(super) struct Admitted {
     /// The prompt's leading token ids, for routing (see
     /// [`RouteRequest::prefix_tokens`]).
     pub(super) prefix: Option<Arc<[u32]>>,
+    /// The prompt's ids as the engine gets them, when the model's streams
+    /// may continue and the counter knows them exactly.
+    pub(super) prompt_ids: Option<Arc<[u32]>>,
     pub(super) arrived: Instant,
     pub(super) meter: UsageMeter,
     pub(super) guard: BudgetGuard,
@@ -96,6 +99,12 @@ pub(super) trait Job {
     fn needs(&self) -> Option<Needs> {
         None
     }
+
+    /// Whether backend `name` is not to be tried (it failed the request
+    /// already).
+    fn excludes(&self, _name: &str) -> bool {
+        false
+    }
     /// One attempt on `slot`, under `cancel`.
     async fn attempt(
         &self,
@@ -147,7 +156,14 @@ impl Job for Admitted {
         slot: Arc<BackendSlot>,
         cancel: &CancelHandle,
     ) -> Result<(Head, CancelHandle), Failed> {
-        attempt(gateway, self, slot, cancel).await
+        let of = AttemptOf {
+            request: &self.request,
+            model: &self.model,
+            estimate: self.estimate.value(),
+            arrived: Some(self.arrived),
+            span: &self.span,
+        };
+        attempt(gateway, of, slot, cancel).await
     }
 }
 
@@ -258,6 +274,9 @@ pub(super) async fn serve<J: Job>(
             .filter(|i| !tried.contains(*i))
             .filter_map(|i| {
                 let slot = gateway.slot(*i)?;
+                if job.excludes(&slot.name) {
+                    return None;
+                }
                 Some(Candidate {
                     index: *i,
                     healthy: slot.is_healthy(),
@@ -417,10 +436,25 @@ pub(super) enum Failed {
     Backend(BackendError),
 }
 
+/// What one attempt starts.
+pub(super) struct AttemptOf<'a> {
+    /// The request as the engine gets it.
+    pub(super) request: &'a Arc<GenerateRequest>,
+    /// The model it is served on.
+    pub(super) model: &'a ModelSpec,
+    /// Its prompt's estimate (for the blame of size-sensitive failures).
+    pub(super) estimate: u64,
+    /// When the client's request arrived, for the time to first token;
+    /// `None` for a continuation (its client had its first token).
+    pub(super) arrived: Option<Instant>,
+    /// The request's span.
+    pub(super) span: &'a tracing::Span,
+}
+
 /// One attempt on `slot`: start it and read up to the first token.
-async fn attempt(
+pub(super) async fn attempt(
     gateway: &Gateway,
-    admitted: &Admitted,
+    of: AttemptOf<'_>,
     slot: Arc<BackendSlot>,
     cancel: &CancelHandle,
 ) -> Result<(Head, CancelHandle), Failed> {
@@ -438,17 +472,17 @@ async fn attempt(
     let metrics = &gateway.inner.metrics;
     let attempt_cancel = cancel.child();
     let request = BackendRequest {
-        request: admitted.request.clone(),
+        request: of.request.clone(),
         served_model: slot.served_model.clone(),
-        counter: admitted.model.counter.clone(),
+        counter: of.model.counter.clone(),
         budget: RequestBudget {
-            max_completion_tokens: admitted.request.max_tokens,
-            deadline: admitted.request.deadline,
+            max_completion_tokens: of.request.max_tokens,
+            deadline: of.request.deadline,
         },
     };
     let first_token_deadline = Instant::now() + settings.first_token_timeout;
     // The request's total deadline may come first; then it is what expires.
-    let (deadline, expiry) = match admitted.request.deadline {
+    let (deadline, expiry) = match of.request.deadline {
         Some(total) if total <= first_token_deadline => (total, FailureKind::TotalTimeout),
         _ => (first_token_deadline, FailureKind::FirstTokenTimeout),
     };
@@ -458,7 +492,7 @@ async fn attempt(
         head = first_token(&slot, request, attempt_cancel.clone(), deadline, expiry) => head.map_err(Failed::Backend),
     };
     let result = result.map_err(|failed| match failed {
-        Failed::Backend(err) => Failed::Backend(blamed(err, &slot, admitted.estimate.value())),
+        Failed::Backend(err) => Failed::Backend(blamed(err, &slot, of.estimate)),
         canceled @ Failed::Canceled(_) => canceled,
     });
     match result {
@@ -469,14 +503,16 @@ async fn attempt(
                 first: Instant::now(),
             });
             slot.record_success();
-            slot.record_prompt(admitted.estimate.value());
-            metrics
-                .time_to_first_token
-                .get_or_create(&ModelBackendLabels {
-                    model: admitted.model.name.clone(),
-                    backend: slot.name.clone(),
-                })
-                .observe(admitted.arrived.elapsed().as_secs_f64());
+            slot.record_prompt(of.estimate);
+            if let Some(arrived) = of.arrived {
+                metrics
+                    .time_to_first_token
+                    .get_or_create(&ModelBackendLabels {
+                        model: of.model.name.clone(),
+                        backend: slot.name.clone(),
+                    })
+                    .observe(arrived.elapsed().as_secs_f64());
+            }
             Ok((head, attempt_cancel))
         }
         Err(failed) => {
@@ -487,8 +523,8 @@ async fn attempt(
             attempt_cancel.cancel(reason);
             if let Failed::Backend(err) = &failed {
                 tracing::warn!(
-                    parent: &admitted.span,
-                    request_id = %admitted.request.id,
+                    parent: of.span,
+                    request_id = %of.request.id,
                     backend = %slot.name,
                     kind = err.kind().as_str(),
                     blame = err.blame().as_str(),

@@ -121,6 +121,9 @@ pub enum ModelReference {
     /// Engine preferences were set for it
     /// ([`GatewayBuilder::prefer`](super::GatewayBuilder::prefer)).
     PreferenceOf,
+    /// A continuation was set for it
+    /// ([`GatewayBuilder::continuation`](super::GatewayBuilder::continuation)).
+    Continuation,
 }
 
 /// The message of a [`BuildError::UnknownModel`].
@@ -138,5 +141,6 @@ fn unknown_model(model: &str, by: &ModelReference) -> String {
         ModelReference::PreferenceOf => {
             format!("engine preference set for unknown model {model}")
         }
+        ModelReference::Continuation => format!("continuation set for unknown model {model}"),
     }
 }

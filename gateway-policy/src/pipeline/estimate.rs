@@ -17,44 +17,52 @@ pub(super) fn prompt_bytes(prompt: &Prompt) -> usize {
     }
 }
 
-/// A prompt's count and leading token ids.
+/// A prompt's count, leading token ids and, when kept, all its ids.
 #[derive(Debug, Clone)]
 pub(super) struct Estimate {
     pub(super) count: TokenCount,
     /// At most the `want` first ids given to [`estimate`]; `None` when
     /// none were wanted or the counter does not know them.
     pub(super) prefix: Option<Arc<[u32]>>,
+    /// Every id of the prompt as the engine gets it, when `keep` was
+    /// asked and the counter knows them exactly (a continuation starts
+    /// from them).
+    pub(super) ids: Option<Arc<[u32]>>,
 }
 
 /// Counts `prompt` (with the chat request's tools and template variables,
 /// `inputs`) with `counter`; with
 /// `want > 0`, also keeps its first `want` token ids when the prompt is
 /// tokens or the counter encodes it exactly (then the count is their
-/// number).
+/// number); with `keep`, all of them.
 pub(super) fn estimate(
     counter: &dyn TokenCounter,
     prompt: &Prompt,
     inputs: ChatInputs<'_>,
     want: usize,
+    keep: bool,
 ) -> Estimate {
     let leading = |ids: &[u32]| Arc::from(&ids[..ids.len().min(want)]);
-    if want > 0 {
+    if want > 0 || keep {
         if let Prompt::Tokens(ids) = prompt {
             return Estimate {
                 count: counter.count_prompt(prompt),
-                prefix: Some(leading(ids)),
+                prefix: (want > 0).then(|| leading(ids)),
+                ids: keep.then(|| Arc::from(ids.as_slice())),
             };
         }
         if let Some(ids) = counter.encode_request(prompt, inputs) {
             return Estimate {
                 count: TokenCount::Exact(ids.len() as u64),
-                prefix: Some(leading(&ids)),
+                prefix: (want > 0).then(|| leading(&ids)),
+                ids: keep.then(|| Arc::from(ids)),
             };
         }
     }
     Estimate {
         count: counter.count_request(prompt, inputs),
         prefix: None,
+        ids: None,
     }
 }
 
@@ -84,6 +92,7 @@ pub(super) fn with_media(
         estimate.count = TokenCount::UpperBound(estimate.count.value().saturating_add(extra));
         // The prompt's ids are not known past the first media part.
         estimate.prefix = None;
+        estimate.ids = None;
     }
     Ok(estimate)
 }
@@ -137,6 +146,7 @@ mod tests {
         let base = || Estimate {
             count: TokenCount::Exact(20),
             prefix: Some(Arc::from(&[1, 2][..])),
+            ids: Some(Arc::from(&[1, 2, 3][..])),
         };
         let costs = MediaCosts {
             image: Some(576),
@@ -144,7 +154,7 @@ mod tests {
         };
         let e = with_media(base(), &prompt, &costs).unwrap();
         assert_eq!(e.count, TokenCount::UpperBound(20 + 3 * 576));
-        assert_eq!(e.prefix, None);
+        assert_eq!((e.prefix, e.ids), (None, None));
         assert_eq!(
             with_media(base(), &prompt, &MediaCosts::default()).unwrap_err(),
             MediaKind::Image
@@ -159,22 +169,63 @@ mod tests {
     #[test]
     fn the_prefix_is_kept_only_when_wanted_and_known() {
         let text = Prompt::Text("abcdef".into());
-        let e = estimate(&Bytes, &text, ChatInputs::default(), 4);
+        let e = estimate(&Bytes, &text, ChatInputs::default(), 4, false);
         assert_eq!(e.count, TokenCount::Exact(6));
         assert_eq!(e.prefix.as_deref(), Some(&[97, 98, 99, 100][..]));
-        let e = estimate(&Bytes, &text, ChatInputs::default(), 0);
+        let e = estimate(&Bytes, &text, ChatInputs::default(), 0, false);
         assert_eq!((e.count, e.prefix), (TokenCount::Exact(6), None));
-        let e = estimate(&Bytes, &text, ChatInputs::default(), 100);
+        let e = estimate(&Bytes, &text, ChatInputs::default(), 100, false);
         assert_eq!(e.prefix.map(|p| p.len()), Some(6));
         // Token prompts give their own ids; bounds give none.
         let tokens = Prompt::Tokens(vec![5, 6, 7]);
-        let e = estimate(&ByteBound::default(), &tokens, ChatInputs::default(), 2);
+        let e = estimate(
+            &ByteBound::default(),
+            &tokens,
+            ChatInputs::default(),
+            2,
+            false,
+        );
         assert_eq!(
             (e.count, e.prefix.as_deref()),
             (TokenCount::Exact(3), Some(&[5, 6][..]))
         );
-        let e = estimate(&ByteBound::default(), &text, ChatInputs::default(), 4);
+        let e = estimate(
+            &ByteBound::default(),
+            &text,
+            ChatInputs::default(),
+            4,
+            false,
+        );
         assert_eq!(e.prefix, None);
         assert!(!e.count.is_exact());
+    }
+
+    #[test]
+    fn all_ids_are_kept_when_asked_and_known() {
+        let text = Prompt::Text("abc".into());
+        let e = estimate(&Bytes, &text, ChatInputs::default(), 0, true);
+        assert_eq!(
+            (e.count, e.prefix, e.ids.as_deref()),
+            (TokenCount::Exact(3), None, Some(&[97, 98, 99][..]))
+        );
+        let e = estimate(&Bytes, &text, ChatInputs::default(), 2, true);
+        assert_eq!(
+            (e.prefix.as_deref(), e.ids.as_deref()),
+            (Some(&[97, 98][..]), Some(&[97, 98, 99][..]))
+        );
+        let e = estimate(&Bytes, &text, ChatInputs::default(), 2, false);
+        assert_eq!(e.ids, None);
+        let tokens = Prompt::Tokens(vec![5, 6, 7]);
+        let e = estimate(
+            &ByteBound::default(),
+            &tokens,
+            ChatInputs::default(),
+            0,
+            true,
+        );
+        assert_eq!(e.ids.as_deref(), Some(&[5, 6, 7][..]));
+        // A bound knows no ids.
+        let e = estimate(&ByteBound::default(), &text, ChatInputs::default(), 0, true);
+        assert_eq!(e.ids, None);
     }
 }

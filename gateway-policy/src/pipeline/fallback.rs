@@ -35,6 +35,8 @@ pub(super) struct Plan {
     pub(super) estimate: TokenCount,
     /// The prompt's leading token ids by this model's counter.
     pub(super) prefix: Option<Arc<[u32]>>,
+    /// All the prompt's ids by this model's counter, when kept.
+    pub(super) ids: Option<Arc<[u32]>>,
     pub(super) max_tokens: u32,
     /// The most the request can cost on this model.
     pub(super) worst: Money,
@@ -70,6 +72,7 @@ pub(super) fn plans(
             let Estimate {
                 count: estimate,
                 prefix,
+                ids,
             } = if Arc::ptr_eq(&f.counter, &model.counter) && f.media == model.media {
                 primary.clone()
             } else {
@@ -84,6 +87,7 @@ pub(super) fn plans(
                 model: f.clone(),
                 estimate,
                 prefix,
+                ids,
                 max_tokens,
                 worst: f
                     .pricing
@@ -150,5 +154,6 @@ pub(super) fn switch(gateway: &Gateway, admitted: &mut Admitted, plan: Plan, req
     admitted.estimate = plan.estimate;
     admitted.prefix = plan.prefix;
     admitted.slo = gateway.slo_of(&plan.model.name);
+    admitted.prompt_ids = plan.ids;
     admitted.model = plan.model;
 }

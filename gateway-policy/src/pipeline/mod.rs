@@ -5,6 +5,7 @@ mod attempt;
 mod build_error;
 mod cap;
 mod capable;
+mod continuation;
 mod embed;
 mod estimate;
 mod fallback;
@@ -28,6 +29,7 @@ use tokio::time::Instant;
 use tracing::Instrument;
 
 pub use build_error::{BuildError, ModelReference};
+pub use continuation::{Continuation, ContinuationIds};
 pub use embed::EmbedResponse;
 pub use settings::Settings;
 pub use stream::GatewayStream;
@@ -131,6 +133,7 @@ pub struct GatewayBuilder {
     models: Vec<ModelSpec>,
     backends: Vec<PendingBackend>,
     fallbacks: Vec<(String, Vec<String>)>,
+    continuations: Vec<(String, Continuation)>,
     queues: Vec<(String, usize)>,
     slos: Vec<(String, Slo)>,
     serving: Vec<(String, Capabilities, Option<NonZeroU32>)>,
@@ -320,6 +323,15 @@ impl GatewayBuilder {
         self
     }
 
+    /// Lets a stream of `model` that fails after its first token, by the
+    /// engine's fault, go on on another of the model's backends (see
+    /// [`Continuation`]). Off unless set.
+    #[must_use]
+    pub fn continuation(mut self, model: &str, continuation: Continuation) -> Self {
+        self.continuations.push((model.to_owned(), continuation));
+        self
+    }
+
     /// Sets how many requests may wait for `model`'s capacity (default
     /// [`Settings::admission_queue`]); past it they get `overloaded`.
     #[must_use]
@@ -380,7 +392,8 @@ impl GatewayBuilder {
     /// tenants); a backend registered for an unknown model, or for a model
     /// its `BackendInfo::models` says it does not serve (under neither the
     /// public name nor the served name); a model without backends;
-    /// fallbacks or a queue size of an unknown model; a fallback that is
+    /// fallbacks, a continuation or a queue size of an unknown model; a
+    /// fallback that is
     /// unknown, repeated or the model itself.
     pub fn build(self) -> Result<Gateway, BuildError> {
         let mut models = HashMap::new();
@@ -514,6 +527,16 @@ impl GatewayBuilder {
             Arc::new(PrefixAffinity::with_config(names, 0x5EED, self.affinity))
         };
         let fallbacks = fallback_chains(&models, self.fallbacks)?;
+        let mut continuations = HashMap::new();
+        for (model, continuation) in self.continuations {
+            if !models.contains_key(&model) {
+                return Err(BuildError::UnknownModel {
+                    model,
+                    by: ModelReference::Continuation,
+                });
+            }
+            continuations.insert(model, continuation);
+        }
         let metrics = Metrics::with_tenant_labels(self.metrics_tenant_labels);
         for slot in &pool {
             metrics.register_backend(&slot.name, &slot.model);
@@ -532,6 +555,9 @@ impl GatewayBuilder {
         for tenant in tenants.keys() {
             metrics.register_tenant(tenant.as_str());
         }
+        for model in continuations.keys() {
+            metrics.register_continuation(model);
+        }
         Ok(Gateway {
             inner: Arc::new(Inner {
                 settings: self.settings,
@@ -548,6 +574,7 @@ impl GatewayBuilder {
                 fallbacks,
                 slos,
                 prefer,
+                continuations,
                 by_model,
                 metrics: Arc::new(metrics),
                 shutdown: CancelHandle::new(),
@@ -689,6 +716,8 @@ struct Inner {
     /// Each model's preferred engine kinds for interactive requests, in
     /// order (models without a preference are absent).
     prefer: HashMap<String, Vec<EngineKind>>,
+    /// The models whose streams may continue on another backend.
+    continuations: HashMap<String, Continuation>,
     metrics: Arc<Metrics>,
     shutdown: CancelHandle,
     active: Arc<Active>,
@@ -738,6 +767,7 @@ impl Gateway {
             models: Vec::new(),
             backends: Vec::new(),
             fallbacks: Vec::new(),
+            continuations: Vec::new(),
             queues: Vec::new(),
             slos: Vec::new(),
             serving: Vec::new(),
@@ -1208,6 +1238,11 @@ impl Gateway {
             .get(&model.name)
             .cloned()
             .unwrap_or_default();
+        // A model whose streams may continue (or a fallback's) keeps the
+        // prompt's ids: a continuation starts from them.
+        let keep_ids = std::iter::once(&model.name)
+            .chain(chain.iter().map(|f| &f.name))
+            .any(|m| self.inner.continuations.contains_key(m));
         // Tokenization (and the chat template) is CPU work: it runs in the
         // tokenizer pool, the prompt moved there and back.
         // The pass-through fields go along only when they may hold
@@ -1236,7 +1271,8 @@ impl Gateway {
                     // Cached tokenizations stay within the tenant.
                     scope: Some(tenant.id.as_str()),
                 };
-                let primary = estimate::estimate(&*model.counter, &prompt, inputs, want_prefix);
+                let primary =
+                    estimate::estimate(&*model.counter, &prompt, inputs, want_prefix, keep_ids);
                 // Each usable fallback's own count (before media costs);
                 // those sharing the model's counter share its count.
                 let own: Vec<Option<estimate::Estimate>> = chain
@@ -1252,6 +1288,7 @@ impl Gateway {
                                 &prompt,
                                 inputs,
                                 want_prefix,
+                                keep_ids,
                             ))
                         }
                     })
@@ -1343,6 +1380,7 @@ impl Gateway {
             request: Arc::new(generate),
             estimate,
             prefix: primary.prefix,
+            prompt_ids: primary.ids,
             arrived,
             meter,
             guard,

@@ -18,10 +18,12 @@ use tokio::time::Instant;
 use tokio_util::sync::WaitForCancellationFutureOwned;
 use tracing::Instrument;
 
-use super::attempt::{Admitted, Head, Timing};
+use super::attempt::{self as attempts, Admitted, Head, Served, Stop, Timing};
 use super::cap::{Admit, OutputCap};
+use super::continuation::{ContinueJob, Resume};
 use super::{ActiveGuard, Gateway};
 use crate::limits::LimitPermit;
+use crate::metrics::ContinuationLabels;
 use crate::metrics::{AbortLabels, BackendLabels, DrainLabels, Metrics, ModelLabels};
 use crate::pool::InflightGuard;
 use crate::route::{Observation, RoutePolicy, Slo};
@@ -83,6 +85,14 @@ pub(super) fn start(
         class: admitted.request.latency_class,
         arrived: admitted.arrived,
     });
+    let resume = Resume::new(
+        gateway,
+        &admitted.model,
+        admitted.tenant.clone(),
+        admitted.request.clone(),
+        admitted.prompt_ids.clone(),
+    )
+    .map(Box::new);
     let settlement = Settlement {
         latency,
         guard: Some(admitted.guard),
@@ -106,6 +116,7 @@ pub(super) fn start(
         span: admitted.span,
         finish: None,
         drift_warn_ratio: inner.settings.drift_warn_ratio,
+        continued_prompt: None,
     };
     let pump = Pump {
         stream: head.stream,
@@ -123,6 +134,7 @@ pub(super) fn start(
         abort_wait: inner.settings.abort_wait,
         drain,
         shutdown: inner.shutdown.clone(),
+        resume,
     };
     let span = pump.settlement.span.clone();
     tokio::spawn(pump.run().instrument(span));
@@ -168,7 +180,9 @@ impl std::fmt::Debug for GatewayStream {
 }
 
 impl GatewayStream {
-    /// The backend serving the request.
+    /// The backend that began serving the request (a stream that went on
+    /// on another backend after a failure keeps this name; the request's
+    /// span and logs name the one that finished it).
     pub fn backend(&self) -> &str {
         &self.backend
     }
@@ -297,6 +311,18 @@ struct Pump {
     drain: Option<Duration>,
     /// The gateway's shutdown handle: it ends a drain.
     shutdown: CancelHandle,
+    /// The continuation state, when the model's streams may continue.
+    resume: Option<Box<Resume>>,
+}
+
+/// What trying to continue a failed stream did.
+enum Continued {
+    /// Another backend took over: its first events (after `Started`).
+    Yes(Vec<TokenEvent>),
+    /// The request was canceled meanwhile.
+    Canceled(CancelReason),
+    /// No continuation: the failure ends the stream.
+    No,
 }
 
 impl Pump {
@@ -445,6 +471,24 @@ impl Pump {
                 .slot()
                 .record_failure(&failure, inflight.acquired());
             let failure = failure.with_phase(self.phase());
+            if failure.is_continuable() {
+                match self.continue_stream(&failure).await {
+                    Continued::Yes(events) => {
+                        for event in events {
+                            match self.relay_event(event).await {
+                                Ok(Relayed::More) => {}
+                                Ok(Relayed::Finished) => return End::Finished,
+                                Ok(Relayed::Capped) => return End::Capped,
+                                Err(blocked) => return blocked.into(),
+                            }
+                        }
+                        idle_at = Instant::now() + self.idle;
+                        continue;
+                    }
+                    Continued::Canceled(reason) => return End::Canceled(reason),
+                    Continued::No => {}
+                }
+            }
             return match self.relay(Err(failure)).await {
                 Ok(()) => End::Failed { abort },
                 Err(blocked) => blocked.into(),
@@ -489,6 +533,9 @@ impl Pump {
                     return Ok(Relayed::Capped);
                 }
             },
+            TokenEvent::Usage(usage) if self.settlement.continued_prompt.is_some() => {
+                TokenEvent::Usage(self.settlement.continued_usage(&usage))
+            }
             other => other,
         };
         let terminal = matches!(event, TokenEvent::Finished(_));
@@ -508,6 +555,9 @@ impl Pump {
     /// gives up when the client took nothing for the stall timeout.
     async fn relay(&mut self, item: TokenResult) -> Result<(), Blocked> {
         self.settlement.observe(&item);
+        if let (Some(resume), Ok(TokenEvent::Delta(delta))) = (self.resume.as_mut(), &item) {
+            resume.observe(delta);
+        }
         // Fast path: room in the buffer (a cancel is seen at the next read).
         match self.tx.try_reserve() {
             Ok(permit) => {
@@ -534,6 +584,137 @@ impl Pump {
                 () = tokio::time::sleep(self.stall) => return Err(Blocked::Stalled),
             }
         }
+    }
+
+    /// After `failure` (continuable, after the first token): starts the
+    /// generation again on another of the model's backends from the
+    /// prompt's and the delivered tokens' ids, when the model allows it
+    /// (see [`super::Continuation`]). The failed attempt is stopped first.
+    /// On success the pump reads the new backend from then on.
+    async fn continue_stream(&mut self, failure: &BackendError) -> Continued {
+        let Some(mut resume) = self.resume.take() else {
+            return Continued::No;
+        };
+        let continued = self.try_continue(&mut resume, failure).await;
+        self.resume = Some(resume);
+        continued
+    }
+
+    async fn try_continue(&mut self, resume: &mut Resume, failure: &BackendError) -> Continued {
+        let span = self.settlement.span.clone();
+        let request = match resume.next(
+            self.settlement.received,
+            self.settlement.cap,
+            self.settlement.engine.is_some(),
+            &*self.settlement.model.counter,
+        ) {
+            Ok(request) => request,
+            Err(why) => {
+                tracing::info!(
+                    parent: &span,
+                    backend = %self.settlement.backend,
+                    kind = failure.kind().as_str(),
+                    reason = why.as_str(),
+                    "the stream does not continue on another backend"
+                );
+                return Continued::No;
+            }
+        };
+        // The failed engine's stream is over or must be: stop it (dropping
+        // the stream closes its connection).
+        self.attempt.cancel(CancelReason::Timeout);
+        self.stream = TokenStream::from_items(Vec::new());
+        let from = self.settlement.backend.clone();
+        resume.failed.push(from.clone());
+        let model = self.settlement.model.clone();
+        let job = ContinueJob {
+            model: &model,
+            tenant: &resume.tenant,
+            request,
+            failed: &resume.failed,
+            span: &span,
+            want_prefix: resume.gateway.inner.router.prefix_tokens(),
+            slo: resume.gateway.slo_of(&model.name),
+        };
+        let served = attempts::serve(&resume.gateway, &job, &self.cancel, Instant::now()).await;
+        let Served {
+            started: (head, attempt_cancel),
+            inflight,
+        } = match served {
+            Ok(served) => served,
+            Err(Stop::Final(_)) if self.cancel.is_canceled() => {
+                return Continued::Canceled(self.reason());
+            }
+            Err(Stop::Final(err) | Stop::Unserved(err)) => {
+                tracing::warn!(
+                    parent: &span,
+                    from = %from,
+                    kind = failure.kind().as_str(),
+                    error = %err,
+                    "no backend could continue the stream"
+                );
+                return Continued::No;
+            }
+        };
+        let to = inflight.slot().name.clone();
+        let prefill = match &job.request.prompt {
+            gateway_core::Prompt::Tokens(ids) => ids.len() as u64,
+            gateway_core::Prompt::Chat(_) | gateway_core::Prompt::Text(_) => 0,
+        };
+        resume.continued += 1;
+        resume.prefill += prefill;
+        let metrics = &self.settlement.metrics;
+        metrics
+            .continuations
+            .get_or_create(&ContinuationLabels {
+                model: model.name.clone(),
+                from: from.clone(),
+                to: to.clone(),
+            })
+            .inc();
+        metrics
+            .continuation_prefill_tokens
+            .get_or_create(&ModelLabels {
+                model: model.name.clone(),
+            })
+            .inc_by(prefill);
+        span.record("continuations", resume.continued);
+        span.record("continuation_prefill_tokens", resume.prefill);
+        tracing::info!(
+            parent: &span,
+            from = %from,
+            to = %to,
+            kind = failure.kind().as_str(),
+            delivered = self.settlement.received,
+            prefill,
+            "the stream continues on another backend"
+        );
+        self.settlement.continued_prompt = Some(
+            self.settlement
+                .started
+                .prompt_tokens
+                .or(resume.prompt_tokens())
+                .unwrap_or(0),
+        );
+        self.stream = head.stream;
+        self.order = head.order;
+        self.attempt = attempt_cancel;
+        self.drain = inflight.slot().backend.drain_on_client_gone();
+        self.settlement.backend = to;
+        self.settlement.inflight = inflight;
+        // The routing policy learns from single-backend requests only; the
+        // client's latency (for the targets) goes on.
+        if let Some(watch) = &mut self.settlement.latency {
+            watch.index = None;
+        }
+        // The continuation's `Started` counts its own prompt: the client's
+        // stream has the original's.
+        let events = head
+            .events
+            .into_iter()
+            .filter(|e| !matches!(e, TokenEvent::Started(_)))
+            .collect();
+        Continued::Yes(events)
     }
 
     /// Waits until the client took the last item, left, or stalled.
@@ -714,6 +895,10 @@ struct Settlement {
     span: tracing::Span,
     finish: Option<gateway_core::FinishReason>,
     drift_warn_ratio: f64,
+    /// Once the stream continued on another backend: the original
+    /// prompt's tokens (the continuation's engine counts its prompt as
+    /// the original's plus the delivered tokens).
+    continued_prompt: Option<u64>,
     /// What the routing policy and the latency-target metrics learn from
     /// the request, once it finished.
     latency: Option<LatencyWatch>,
@@ -783,6 +968,22 @@ impl Settlement {
                 self.span.record("error.type", e.kind().as_str());
             }
         }
+    }
+
+    /// A continuation engine's `usage` as the client's: the original
+    /// prompt (and its cached part), every completion token relayed; the
+    /// re-prefill is not the tenant's.
+    fn continued_usage(&self, usage: &Usage) -> Usage {
+        let prompt = self.continued_prompt.unwrap_or(0);
+        let cached = self.started.cached_tokens.unwrap_or(0);
+        Usage::clamped(
+            prompt,
+            cached,
+            self.received,
+            usage.drafted(),
+            usage.accepted(),
+            0,
+        )
     }
 
     /// The gateway's own count of a finished request, for engines that
