@@ -497,6 +497,22 @@ async fn what_blocks_a_continuation() {
     let out = run_request(&s, r).await;
     assert_eq!(out.names, ["Started", "Delta", "Delta", "Error"]);
     assert_eq!(s.mocks[1].starts(), 0);
+    // A request for structured output or logprobs (its text deltas look
+    // plain, but a grammar would start again mid-answer).
+    for need in [Capability::StructuredOutput, Capability::Logprobs] {
+        let s = setup(2, Some(1));
+        s.mocks[0].push(fails_after_two(Step::Fail(FailureKind::Connect)));
+        s.mocks[1].push(goes_on());
+        let mut r = request("r1");
+        r.needs = Capabilities::NONE.with(need);
+        let out = run_request(&s, r).await;
+        assert_eq!(
+            out.names,
+            ["Started", "Delta", "Delta", "Error"],
+            "{need:?}"
+        );
+        assert_eq!(s.mocks[1].starts(), 0, "{need:?}");
+    }
 }
 
 #[tokio::test(start_paused = true)]
