@@ -51,6 +51,35 @@ impl Server {
         self.stop.cancel();
         let _ = self.task.await;
     }
+
+    /// `tenant`'s usage (`GET /admin/tenants/{tenant}/usage` with the
+    /// admin key `admin_key`) once every request has settled: nothing in
+    /// flight, nothing reserved. Polled for up to 5 s.
+    ///
+    /// # Errors
+    /// Socket errors, or nothing settled within 5 s (the last usage in
+    /// the message).
+    pub async fn settled_usage(
+        &self,
+        admin_key: &str,
+        tenant: &str,
+    ) -> std::io::Result<serde_json::Value> {
+        let auth = format!("Bearer {admin_key}");
+        let path = format!("/admin/tenants/{tenant}/usage");
+        let until = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let u = request(self.addr, "GET", &path, &[("authorization", &auth)], b"")
+                .await?
+                .json();
+            if u["reserved_picousd"] == 0 && self.gateway.active() == 0 {
+                return Ok(u);
+            }
+            if tokio::time::Instant::now() >= until {
+                return Err(std::io::Error::other(format!("never settled: {u}")));
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
 }
 
 /// A complete HTTP response.

@@ -9,7 +9,6 @@
 #![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
 
 use std::path::Path;
-use std::time::Duration;
 
 use gateway_adapters::bootstrap::{build_gateway, router_options};
 use gateway_adapters::config::GatewayConfig;
@@ -17,7 +16,6 @@ use gateway_core::{Capabilities, Capability};
 use gateway_sims::vllm::{SimEngine, SimOptions, VllmSim};
 use gateway_tests::{Server, request};
 use serde_json::{Value, json};
-use tokio::time::{Instant, sleep};
 
 fn config(vllm: &str, trtllm: &str) -> String {
     format!(
@@ -77,28 +75,6 @@ fn chat(extra: &Value) -> Value {
         body[k] = v.clone();
     }
     body
-}
-
-/// The tenant's usage once nothing is held.
-async fn usage(addr: std::net::SocketAddr) -> Value {
-    let until = Instant::now() + Duration::from_secs(5);
-    loop {
-        let r = request(
-            addr,
-            "GET",
-            "/admin/tenants/team-a/usage",
-            &[("authorization", "Bearer admin-key")],
-            b"",
-        )
-        .await
-        .unwrap();
-        let u = r.json();
-        if u["reserved_picousd"] == 0 {
-            return u;
-        }
-        assert!(Instant::now() < until, "never settled: {u}");
-        sleep(Duration::from_millis(5)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -200,7 +176,7 @@ async fn requests_go_only_to_backends_that_serve_what_they_ask_for() {
         (4, 2)
     );
 
-    let u = usage(addr).await;
+    let u = server.settled_usage("admin-key", "team-a").await.unwrap();
     assert_eq!(u["requests"], 6, "{u}");
     let r = request(addr, "GET", "/metrics", &[], b"").await.unwrap();
     let m = String::from_utf8(r.body).unwrap();

@@ -9,16 +9,14 @@
 
 use std::num::{NonZeroU32, NonZeroUsize};
 use std::sync::Arc;
-use std::time::Duration;
 
 use gateway_adapters::server::RouterOptions;
 use gateway_adapters::sim::{Fault, FaultPlan, SimBackend, SimConfig};
 use gateway_core::*;
 use gateway_policy::route::LeastLoaded;
 use gateway_policy::*;
-use gateway_tests::{Server, open, request};
+use gateway_tests::{Server, open};
 use serde_json::{Value, json};
-use tokio::time::{Instant, sleep};
 
 const KEY: &str = "sk-a";
 const ADMIN: &str = "admin-key";
@@ -99,28 +97,6 @@ async fn stream(server: &Server) -> Vec<String> {
     events
 }
 
-async fn settled(server: &Server) -> Value {
-    let auth = format!("Bearer {ADMIN}");
-    let until = Instant::now() + Duration::from_secs(5);
-    loop {
-        let r = request(
-            server.addr,
-            "GET",
-            "/admin/tenants/team-a/usage",
-            &[("authorization", &auth)],
-            b"",
-        )
-        .await
-        .unwrap();
-        let u = r.json();
-        if u["reserved_picousd"] == 0 && server.gateway.active() == 0 {
-            return u;
-        }
-        assert!(Instant::now() < until, "never settled: {u}");
-        sleep(Duration::from_millis(5)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_continued_stream_is_one_openai_stream() {
     let (server, sims) = rig(true).await;
@@ -157,7 +133,7 @@ async fn a_continued_stream_is_one_openai_stream() {
         (sims[0].stats().start_calls, sims[1].stats().start_calls),
         (1, 1)
     );
-    let u = settled(&server).await;
+    let u = server.settled_usage(ADMIN, "team-a").await.unwrap();
     assert_eq!(
         (
             u["requests"].as_u64(),
@@ -183,7 +159,7 @@ async fn without_continuation_the_stream_ends_with_its_error() {
     assert_eq!(last["error"]["code"], "connect", "{events:?}");
     assert!(!events.iter().any(|e| e == "[DONE]"));
     assert_eq!(sims[1].stats().start_calls, 0);
-    let u = settled(&server).await;
+    let u = server.settled_usage(ADMIN, "team-a").await.unwrap();
     assert_eq!(u["completion_tokens"].as_u64(), Some(2));
     server.stop().await;
 }

@@ -8,7 +8,6 @@
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use gateway_adapters::bootstrap::{build_gateway_with, router_options};
 use gateway_adapters::config::GatewayConfig;
@@ -16,7 +15,6 @@ use gateway_adapters::sim::{Fault, FaultPlan, FaultTrigger, SimBackend, SimConfi
 use gateway_core::{Backend, FailureKind};
 use gateway_tests::{Server, open, request};
 use serde_json::{Value, json};
-use tokio::time::{Instant, sleep};
 
 const CONFIG: &str = r#"
 [server]
@@ -70,27 +68,6 @@ fn chat(content: &str, stream: bool) -> Vec<u8> {
     json!({"model": "big", "messages": [{"role": "user", "content": content}], "max_tokens": 10, "stream": stream})
         .to_string()
         .into_bytes()
-}
-
-async fn usage(addr: std::net::SocketAddr, gateway: &gateway_policy::Gateway) -> Value {
-    let until = Instant::now() + Duration::from_secs(5);
-    loop {
-        let r = request(
-            addr,
-            "GET",
-            "/admin/tenants/team-a/usage",
-            &[("authorization", "Bearer admin-key")],
-            b"",
-        )
-        .await
-        .unwrap();
-        let u = r.json();
-        if u["reserved_picousd"] == 0 && gateway.active() == 0 {
-            return u;
-        }
-        assert!(Instant::now() < until, "never settled: {u}");
-        sleep(Duration::from_millis(5)).await;
-    }
 }
 
 async fn stream_events(addr: std::net::SocketAddr, body: &[u8]) -> Vec<String> {
@@ -147,7 +124,7 @@ async fn a_faulty_model_falls_back_before_the_first_byte_only() {
     let last: Value = serde_json::from_str(events.last().unwrap()).unwrap();
     assert_eq!(last["error"]["code"], "internal", "{events:?}");
     assert!(!events.iter().any(|e| e == "[DONE]"), "{events:?}");
-    let u = usage(addr, &gateway).await;
+    let u = server.settled_usage("admin-key", "team-a").await.unwrap();
     // At big's prices: 44 x $10 + 2 x $20 per million tokens.
     let big_charge = PROMPT_TOKENS * 10_000_000 + 2 * 20_000_000;
     assert_eq!(
@@ -171,7 +148,7 @@ async fn a_faulty_model_falls_back_before_the_first_byte_only() {
     assert_eq!(body["model"], "small", "{body}");
     assert_eq!(body["usage"]["prompt_tokens"], PROMPT_TOKENS);
     assert_eq!(body["usage"]["completion_tokens"], 5);
-    let u = usage(addr, &gateway).await;
+    let u = server.settled_usage("admin-key", "team-a").await.unwrap();
     assert_eq!(
         (u["requests"].as_u64(), u["spent_picousd"].as_u64()),
         (Some(2), Some(big_charge + SMALL_CHARGE))
@@ -187,7 +164,7 @@ async fn a_faulty_model_falls_back_before_the_first_byte_only() {
         let chunk: Value = serde_json::from_str(e).unwrap();
         assert_eq!(chunk["model"], "small", "{e}");
     }
-    let u = usage(addr, &gateway).await;
+    let u = server.settled_usage("admin-key", "team-a").await.unwrap();
     assert_eq!(
         (
             u["requests"].as_u64(),

@@ -8,14 +8,12 @@
 #![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
 
 use std::path::Path;
-use std::time::Duration;
 
 use gateway_adapters::bootstrap::{build_gateway, router_options};
 use gateway_adapters::config::GatewayConfig;
 use gateway_sims::vllm::{SimEngine, SimOptions, VllmSim};
 use gateway_tests::{Server, request};
 use serde_json::{Value, json};
-use tokio::time::{Instant, sleep};
 
 fn config(vllm: &str, trtllm: &str) -> String {
     format!(
@@ -78,28 +76,6 @@ fn chat(model: &str, extra: &Value) -> Value {
         body[k] = v.clone();
     }
     body
-}
-
-/// The tenant's usage once nothing is held.
-async fn usage(addr: std::net::SocketAddr) -> Value {
-    let until = Instant::now() + Duration::from_secs(5);
-    loop {
-        let r = request(
-            addr,
-            "GET",
-            "/admin/tenants/team-a/usage",
-            &[("authorization", "Bearer admin-key")],
-            b"",
-        )
-        .await
-        .unwrap();
-        let u = r.json();
-        if u["reserved_picousd"] == 0 {
-            return u;
-        }
-        assert!(Instant::now() < until, "never settled: {u}");
-        sleep(Duration::from_millis(5)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,7 +183,7 @@ async fn extra_fields_are_forwarded_refused_or_dropped_per_engine() {
         u["prompt_tokens"].as_u64().unwrap() * 1_000_000
             + u["completion_tokens"].as_u64().unwrap() * 2_000_000
     };
-    let u = usage(addr).await;
+    let u = server.settled_usage("admin-key", "team-a").await.unwrap();
     assert_eq!(
         (u["requests"].as_u64(), u["spent_picousd"].as_u64()),
         (Some(2), Some(charge(&served) + charge(&t_usage)))

@@ -120,32 +120,9 @@ impl Rig {
         self.server.addr
     }
 
-    async fn usage(&self, tenant: &str) -> Value {
-        let auth = format!("Bearer {ADMIN}");
-        let r = request(
-            self.addr(),
-            "GET",
-            &format!("/admin/tenants/{tenant}/usage"),
-            &[("authorization", &auth)],
-            b"",
-        )
-        .await
-        .unwrap();
-        assert_eq!(r.status, 200);
-        r.json()
-    }
-
     /// Waits until nothing is in flight, then returns the tenant's usage.
     async fn settled(&self, tenant: &str) -> Value {
-        let until = Instant::now() + Duration::from_secs(5);
-        loop {
-            let u = self.usage(tenant).await;
-            if u["reserved_picousd"] == 0 && self.server.gateway.active() == 0 {
-                return u;
-            }
-            assert!(Instant::now() < until, "never settled: {u}");
-            sleep(Duration::from_millis(5)).await;
-        }
+        self.server.settled_usage(ADMIN, tenant).await.unwrap()
     }
 
     async fn metrics(&self) -> String {
