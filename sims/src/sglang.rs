@@ -44,7 +44,7 @@ pub use crate::sim::Recorded;
 use crate::sim::{Basics, Engine, Sim, SimCore};
 use crate::slots::prefill_time;
 pub use crate::vocab::{VOCABULARY, text_of, token_text};
-use crate::vocab::{chat_prompt_tokens, words};
+use crate::vocab::{chat_prompt_tokens, continued_from, words};
 
 /// Native 400 for a prompt longer than the context (§3.5).
 pub const CONTEXT_400: &str = r#"{"error":{"message":"The input (9000 tokens) is longer than the model's context length (8192 tokens)."}}"#;
@@ -341,27 +341,6 @@ sglang:num_aborted_requests_total{{{labels}}} {aborts}.0\n"
     )
 }
 
-/// How many of this engine's first output ids (1000, 1001, ...) the
-/// token-id prompt `ids` ends with, fewer than `natural` (0 when it is not a
-/// list of ids).
-fn continued_from(ids: &Value, natural: u32) -> u32 {
-    let Some(ids) = ids.as_array() else {
-        return 0;
-    };
-    let ids: Vec<Option<u64>> = ids.iter().map(Value::as_u64).collect();
-    (0..ids.len())
-        .find_map(|start| {
-            let tail = &ids[start..];
-            let k = u32::try_from(tail.len()).ok()?;
-            let ours = tail
-                .iter()
-                .zip(1000u64..)
-                .all(|(id, want)| *id == Some(want));
-            (ours && k < natural).then_some(k)
-        })
-        .unwrap_or(0)
-}
-
 /// Prompt tokens: words plus 1 for text, ids for `input_ids`, words plus 3
 /// per chat message.
 fn count_prompt(body: &Value, chat: bool) -> u64 {
@@ -592,7 +571,9 @@ async fn generate(
     let resume = if chat {
         0
     } else {
-        continued_from(&body["input_ids"], opts.natural_tokens)
+        continued_from(&body["input_ids"], opts.natural_tokens, |i| {
+            1000 + u64::from(i)
+        })
     };
     let fmt = Format {
         chat,

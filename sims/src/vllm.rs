@@ -43,7 +43,7 @@ use crate::output::Output;
 use crate::sim::{Basics, Engine, Sim, SimCore};
 use crate::slots::prefill_time;
 pub use crate::vocab::{VOCABULARY, text_of, token_id, token_text};
-use crate::vocab::{chat_prompt_tokens, words};
+use crate::vocab::{chat_prompt_tokens, continued_from, words};
 pub use embed::{MAX_MODEL_LEN, embedding_of, text_ids};
 
 /// vLLM 0.32's admission rejection body (`--max-num-queued-reqs`).
@@ -783,28 +783,6 @@ gpu_cache_usage_perc{{model_name=\"{m}\"}} {kv:?}\n"
 
 /// Prompt tokens as the simulator counts them: words plus 3 per chat
 /// message, words plus 1 for text, ids for token prompts.
-/// How many of this engine's first tokens (`token_id(0)`, `token_id(1)`,
-/// ...) a token-id `prompt` ends with, fewer than `natural` (0 when it is
-/// not a list of ids).
-fn continued_from(prompt: &Value, natural: u32) -> u32 {
-    let Some(ids) = prompt.as_array() else {
-        return 0;
-    };
-    let ids: Vec<Option<u64>> = ids.iter().map(Value::as_u64).collect();
-    // The longest tail that is tokens 0, 1, ...: the earliest start.
-    (0..ids.len())
-        .find_map(|start| {
-            let tail = &ids[start..];
-            let k = u32::try_from(tail.len()).ok()?;
-            let ours = tail
-                .iter()
-                .zip(0u32..)
-                .all(|(id, i)| *id == Some(u64::from(token_id(i))));
-            (ours && k < natural).then_some(k)
-        })
-        .unwrap_or(0)
-}
-
 fn count_prompt(body: &Value, chat: bool) -> u64 {
     if chat {
         chat_prompt_tokens(body)
@@ -1055,7 +1033,9 @@ async fn generate(
     // stream sends) decodes on from token `resume`, as a greedy model would,
     // and ends where the whole answer would have.
     let resume = if engine == SimEngine::Vllm && !chat && runaway.is_none() {
-        continued_from(&body["prompt"], opts.natural_tokens)
+        continued_from(&body["prompt"], opts.natural_tokens, |i| {
+            u64::from(token_id(i))
+        })
     } else {
         0
     };
