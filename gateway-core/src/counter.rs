@@ -28,6 +28,20 @@ impl TokenCount {
     }
 }
 
+/// What a counter's cache of tokenized pieces did and holds
+/// ([`TokenCounter::cache_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CounterCacheStats {
+    /// Pieces found in the cache.
+    pub hits: u64,
+    /// Pieces long enough to cache and not found.
+    pub misses: u64,
+    /// Entries held now.
+    pub entries: usize,
+    /// Their bytes (text, ids and overhead).
+    pub bytes: usize,
+}
+
 /// Counts the tokens of a prompt the way a model's engine will, or bounds
 /// them from above. Used to price a request before it runs; an engine may
 /// use it as its tokenizer (the `sim` engine does).
@@ -56,6 +70,12 @@ pub trait TokenCounter: Send + Sync + Debug + 'static {
     /// when so configured). Default `None`.
     fn encode_text(&self, text: &str) -> Option<Vec<u32>> {
         let _ = text;
+        None
+    }
+
+    /// The counter's cache of tokenized pieces, if it keeps one (the
+    /// gateway exports these as metrics). Default `None`.
+    fn cache_stats(&self) -> Option<CounterCacheStats> {
         None
     }
 

@@ -128,7 +128,8 @@ pub use budget::{
 pub use cancel::{CancelGuard, CancelHandle, CancelReason};
 pub use capability::{Capabilities, Capability};
 pub use counter::{
-    ByteBound, CHAT_TEMPLATE_KWARGS, ChatInputs, TokenCount, TokenCounter, tools_allowance,
+    ByteBound, CHAT_TEMPLATE_KWARGS, ChatInputs, CounterCacheStats, TokenCount, TokenCounter,
+    tools_allowance,
 };
 pub use embed::{
     EmbedAttempt, EmbedRequest, Embedding, EmbeddingVector, Embeddings, EncodingFormat,

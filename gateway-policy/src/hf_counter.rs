@@ -258,6 +258,17 @@ impl TokenCounter for HfTokenCounter {
         self.encode_ids(text, false)
     }
 
+    /// The segment cache's counters.
+    fn cache_stats(&self) -> Option<gateway_core::CounterCacheStats> {
+        self.tokenizer_cache_stats()
+            .map(|s| gateway_core::CounterCacheStats {
+                hits: s.hits,
+                misses: s.misses,
+                entries: s.entries,
+                bytes: s.bytes,
+            })
+    }
+
     /// Text prompts, and chat prompts with the model's template; `None` for
     /// chat without a template (only bounded) and for token prompts (the
     /// caller has their ids).

@@ -316,6 +316,16 @@ pub struct Metrics {
     /// the HTTP edge answered or closed itself (every reason at zero from
     /// the start).
     pub edge_rejections: EdgeRejections,
+    /// `gateway_tokenizer_cache_hits_total{model}`,
+    /// `gateway_tokenizer_cache_misses_total{model}`: long prompt pieces
+    /// found in / missing from the model's tokenizer segment cache.
+    pub tokenizer_cache_hits: Family<ModelLabels, Counter>,
+    /// See [`Metrics::tokenizer_cache_hits`].
+    pub tokenizer_cache_misses: Family<ModelLabels, Counter>,
+    /// `gateway_tokenizer_cache_bytes{model}`: what the cache holds.
+    pub tokenizer_cache_bytes: Family<ModelLabels, Gauge>,
+    /// Two scrapes at once move the cache counters once.
+    tokenizer_cache_sync: std::sync::Mutex<()>,
     /// `gateway_slo_total{model,class,kind,outcome}`: finished requests of
     /// a model with latency targets, checked against their class's target
     /// of each kind (attainment = met / (met + missed)).
@@ -510,6 +520,24 @@ impl Metrics {
                 reason: reason.as_str(),
             }));
         }
+        let tokenizer_cache_hits = Family::<ModelLabels, Counter>::default();
+        registry.register(
+            "tokenizer_cache_hits",
+            "Long prompt pieces found in the model's tokenizer segment cache",
+            tokenizer_cache_hits.clone(),
+        );
+        let tokenizer_cache_misses = Family::<ModelLabels, Counter>::default();
+        registry.register(
+            "tokenizer_cache_misses",
+            "Long prompt pieces not found in the model's tokenizer segment cache (then tokenized)",
+            tokenizer_cache_misses.clone(),
+        );
+        let tokenizer_cache_bytes = Family::<ModelLabels, Gauge>::default();
+        registry.register(
+            "tokenizer_cache_bytes",
+            "Bytes the model's tokenizer segment cache holds",
+            tokenizer_cache_bytes.clone(),
+        );
         let slo = Family::<SloLabels, Counter>::default();
         registry.register(
             "slo",
@@ -517,6 +545,10 @@ impl Metrics {
             slo.clone(),
         );
         Metrics {
+            tokenizer_cache_sync: std::sync::Mutex::new(()),
+            tokenizer_cache_hits,
+            tokenizer_cache_misses,
+            tokenizer_cache_bytes,
             slo,
             tenant_labels,
             registry,
@@ -614,6 +646,28 @@ impl Metrics {
         drop(self.estimate_error.get_or_create(&labels));
         drop(self.embedding_inputs.get_or_create(&labels));
         drop(self.estimate_drift_tokens.get_or_create(&labels));
+    }
+
+    /// Sets `model`'s tokenizer cache series to `stats` (the counters
+    /// move up to the cache's own totals).
+    pub fn tokenizer_cache(&self, model: &str, stats: &gateway_core::CounterCacheStats) {
+        let labels = ModelLabels {
+            model: model.to_owned(),
+        };
+        let _one_at_a_time = self
+            .tokenizer_cache_sync
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (family, total) in [
+            (&self.tokenizer_cache_hits, stats.hits),
+            (&self.tokenizer_cache_misses, stats.misses),
+        ] {
+            let counter = family.get_or_create(&labels);
+            counter.inc_by(total.saturating_sub(counter.get()));
+        }
+        self.tokenizer_cache_bytes
+            .get_or_create(&labels)
+            .set(i64::try_from(stats.bytes).unwrap_or(i64::MAX));
     }
 
     /// Creates the latency-target series of `model` at zero: each class

@@ -247,4 +247,18 @@ async fn the_pipeline_scopes_the_cache_by_tenant() {
     assert_eq!((stats().hits, stats().misses), (1, 1));
     send("sk-b", "3").await;
     assert_eq!((stats().hits, stats().misses, stats().entries), (1, 2, 2));
+    // The same figures on /metrics, as often as it is scraped.
+    for _ in 0..2 {
+        let text = gateway.render_metrics();
+        for line in [
+            "gateway_tokenizer_cache_hits_total{model=\"m\"} 1",
+            "gateway_tokenizer_cache_misses_total{model=\"m\"} 2",
+            &format!(
+                "gateway_tokenizer_cache_bytes{{model=\"m\"}} {}",
+                stats().bytes
+            ),
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+        }
+    }
 }

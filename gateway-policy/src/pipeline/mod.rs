@@ -880,6 +880,11 @@ impl Gateway {
                 m.backend_limit.get_or_create(&labels).set(i64::from(limit));
             }
         }
+        for (name, model) in &self.inner.models {
+            if let Some(stats) = model.counter.cache_stats() {
+                self.inner.metrics.tokenizer_cache(name, &stats);
+            }
+        }
         for (model, queue) in &self.inner.queues {
             let labels = crate::metrics::ModelLabels {
                 model: model.clone(),
