@@ -97,6 +97,7 @@ fn main() {
                     &Observation {
                         uncached_prompt_tokens: 100 + i * 10,
                         held: i % 4,
+                        kv_usage: 0.3,
                         ttft: Duration::from_millis(20 + u64::from(i % 4) * 10 + index as u64),
                         itl: Some(Duration::from_millis(10)),
                     },

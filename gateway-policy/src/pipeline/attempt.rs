@@ -64,6 +64,7 @@ pub(super) struct Head {
 pub(super) struct Timing {
     pub(super) sent: Instant,
     pub(super) held: u32,
+    pub(super) kv_usage: f32,
     pub(super) first: Instant,
 }
 
@@ -461,13 +462,11 @@ pub(super) async fn attempt(
     let started = Instant::now();
     // What the backend held besides this request (already counted in
     // flight).
-    let held = {
-        let p = slot.pressure();
-        latency::held(&Pressure {
-            inflight: p.inflight.saturating_sub(1),
-            ..p
-        })
-    };
+    let pressure = slot.pressure();
+    let held = latency::held(&Pressure {
+        inflight: pressure.inflight.saturating_sub(1),
+        ..pressure
+    });
     let settings = &gateway.inner.settings;
     let metrics = &gateway.inner.metrics;
     let attempt_cancel = cancel.child();
@@ -500,6 +499,7 @@ pub(super) async fn attempt(
             head.timing = Some(Timing {
                 sent: started,
                 held,
+                kv_usage: pressure.kv_usage,
                 first: Instant::now(),
             });
             slot.record_success();

@@ -923,7 +923,12 @@ impl LatencyWatch {
     /// against its class's targets: for a request that finished, with
     /// `usage` its counts and `tokens` the output tokens received.
     fn finished(&self, metrics: &Metrics, model: &str, usage: &Usage, tokens: u64) {
-        let Timing { sent, held, first } = self.timing;
+        let Timing {
+            sent,
+            held,
+            kv_usage,
+            first,
+        } = self.timing;
         let itl = (tokens >= 2).then(|| {
             let gaps = u32::try_from(tokens - 1).unwrap_or(u32::MAX);
             self.last.saturating_duration_since(first) / gaps
@@ -935,6 +940,7 @@ impl LatencyWatch {
                     uncached_prompt_tokens: u32::try_from(usage.uncached_prompt())
                         .unwrap_or(u32::MAX),
                     held,
+                    kv_usage,
                     ttft: first.saturating_duration_since(sent),
                     itl,
                 },

@@ -2,9 +2,10 @@
 //! one more request: the pure part of routing to latency targets.
 //!
 //! Time to first token grows with the part of the prompt the engine must
-//! prefill (what its prefix cache does not hold) and with the work the
+//! prefill (what its prefix cache does not hold), with the work the
 //! backend already holds (requests queued before this one, and running
-//! ones that share its batch); the time per output token grows with the
+//! ones that share its batch) and with its KV-cache use (a full cache
+//! makes the engine wait for blocks or preempt); the time per output token grows with the
 //! batch. Both are fitted online, per backend, as linear models over those
 //! features, by least squares weighted to forget old observations (so a
 //! backend that slows down is seen within a few dozen requests) with a
@@ -164,10 +165,11 @@ fn surprising(expected: f64, observed: f64) -> bool {
 }
 
 /// One backend's latency: time to first token over (1, uncached prompt
-/// tokens, requests held), time per output token over (1, requests held).
+/// tokens, requests held, KV-cache use), time per output token over (1,
+/// requests held).
 #[derive(Debug, Clone, PartialEq)]
 pub struct LatencyModel {
-    ttft: Fit<3>,
+    ttft: Fit<4>,
     itl: Fit<2>,
 }
 
@@ -180,11 +182,12 @@ impl Default for LatencyModel {
     }
 }
 
-fn ttft_features(uncached_tokens: u32, held: u32) -> [f64; 3] {
+fn ttft_features(uncached_tokens: u32, held: u32, kv_usage: f32) -> [f64; 4] {
     [
         1.0,
         f64::from(uncached_tokens) / TOKENS_PER_UNIT,
         f64::from(held),
+        f64::from(kv_usage.clamp(0.0, 1.0)),
     ]
 }
 
@@ -194,10 +197,13 @@ fn itl_features(held: u32) -> [f64; 2] {
 
 impl LatencyModel {
     /// A request whose prompt had `uncached_tokens` to prefill, sent when
-    /// the backend held `held` others, got its first token after `ttft`.
-    pub fn observe_ttft(&mut self, uncached_tokens: u32, held: u32, ttft: Duration) {
-        self.ttft
-            .observe(ttft_features(uncached_tokens, held), ttft.as_secs_f64());
+    /// the backend held `held` others with its KV cache `kv_usage` full
+    /// (0.0 to 1.0), got its first token after `ttft`.
+    pub fn observe_ttft(&mut self, uncached_tokens: u32, held: u32, kv_usage: f32, ttft: Duration) {
+        self.ttft.observe(
+            ttft_features(uncached_tokens, held, kv_usage),
+            ttft.as_secs_f64(),
+        );
     }
 
     /// Output tokens came `per_token` apart on average while the backend
@@ -208,11 +214,11 @@ impl LatencyModel {
     }
 
     /// The expected time to first token of a request with `uncached_tokens`
-    /// to prefill sent now that the backend holds `held`; `None` before
-    /// [`WARM_UP`] observations.
-    pub fn predict_ttft(&self, uncached_tokens: u32, held: u32) -> Option<Duration> {
+    /// to prefill sent now that the backend holds `held` with its KV cache
+    /// `kv_usage` full; `None` before [`WARM_UP`] observations.
+    pub fn predict_ttft(&self, uncached_tokens: u32, held: u32, kv_usage: f32) -> Option<Duration> {
         self.ttft
-            .predict(ttft_features(uncached_tokens, held))
+            .predict(ttft_features(uncached_tokens, held, kv_usage))
             .map(Duration::from_secs_f64)
     }
 
@@ -338,7 +344,7 @@ mod tests {
         for i in 0..observations {
             let tokens = 100 + (i * 37) % 900;
             let held = (i * 7) % 6;
-            m.observe_ttft(tokens, held, truth_ttft(tokens, held));
+            m.observe_ttft(tokens, held, 0.0, truth_ttft(tokens, held));
             m.observe_itl(held, truth_itl(held));
         }
         m
@@ -347,11 +353,11 @@ mod tests {
     #[test]
     fn nothing_is_predicted_before_the_warm_up() {
         let m = trained(WARM_UP - 1);
-        assert_eq!(m.predict_ttft(100, 0), None);
+        assert_eq!(m.predict_ttft(100, 0, 0.0), None);
         assert_eq!(m.predict_itl(0), None);
         assert_eq!(m.ttft_observations(), WARM_UP - 1);
         let m = trained(WARM_UP);
-        assert!(m.predict_ttft(100, 0).is_some());
+        assert!(m.predict_ttft(100, 0, 0.0).is_some());
         assert!(m.predict_itl(0).is_some());
     }
 
@@ -359,7 +365,7 @@ mod tests {
     fn a_linear_backend_is_learned() {
         let m = trained(200);
         for (tokens, held) in [(0, 0), (500, 2), (2000, 5), (100, 10)] {
-            let got = m.predict_ttft(tokens, held).unwrap();
+            let got = m.predict_ttft(tokens, held, 0.0).unwrap();
             assert!(
                 near(got, truth_ttft(tokens, held), 1.0),
                 "{tokens} tokens, {held} held: {got:?} vs {:?}",
@@ -379,9 +385,9 @@ mod tests {
             for i in from..to {
                 let tokens = 100 + (i * 37) % 900;
                 let held = (i * 7) % 6;
-                m.observe_ttft(tokens, held, slow(tokens, held));
+                m.observe_ttft(tokens, held, 0.0, slow(tokens, held));
             }
-            m.predict_ttft(500, 2).unwrap()
+            m.predict_ttft(500, 2, 0.0).unwrap()
         };
         // Three times slower surprises the fit: while it does, the old
         // behaviour weighs half at each observation.
@@ -401,13 +407,13 @@ mod tests {
         // Every prompt 300 tokens, every time one request held: only the
         // sum is known, and it is what comes back for the same inputs.
         for _ in 0..50 {
-            m.observe_ttft(300, 1, ms(80.0));
+            m.observe_ttft(300, 1, 0.0, ms(80.0));
         }
-        let got = m.predict_ttft(300, 1).unwrap();
+        let got = m.predict_ttft(300, 1, 0.0).unwrap();
         assert!(near(got, ms(80.0), 0.5), "{got:?}");
         // Other inputs stay finite and non-negative.
         for (tokens, held) in [(0, 0), (100_000, 0), (0, 1000)] {
-            let p = m.predict_ttft(tokens, held).unwrap();
+            let p = m.predict_ttft(tokens, held, 0.0).unwrap();
             assert!(p.as_secs_f64().is_finite());
         }
     }
@@ -415,10 +421,10 @@ mod tests {
     #[test]
     fn noise_within_twice_the_prediction_moves_the_fit_slowly() {
         let mut m = trained(200);
-        let before = m.predict_ttft(500, 2).unwrap();
+        let before = m.predict_ttft(500, 2, 0.0).unwrap();
         // One observation at 1.5x: 2% of the weight.
-        m.observe_ttft(500, 2, truth_ttft(500, 2).mul_f64(1.5));
-        let after = m.predict_ttft(500, 2).unwrap();
+        m.observe_ttft(500, 2, 0.0, truth_ttft(500, 2).mul_f64(1.5));
+        let after = m.predict_ttft(500, 2, 0.0).unwrap();
         assert!(
             after > before && after < before.mul_f64(1.05),
             "{before:?} -> {after:?}"
@@ -426,11 +432,25 @@ mod tests {
     }
 
     #[test]
+    fn a_fuller_kv_cache_predicts_a_later_first_token() {
+        // 30 ms, plus 200 ms at a full cache (waiting for blocks).
+        let mut m = LatencyModel::default();
+        for i in 0..60u32 {
+            let kv = f32::from(u8::try_from(i % 11).unwrap_or(0)) / 10.0;
+            m.observe_ttft(200, 1, kv, ms(30.0 + 200.0 * f64::from(kv)));
+        }
+        let empty = m.predict_ttft(200, 1, 0.0).unwrap();
+        let full = m.predict_ttft(200, 1, 1.0).unwrap();
+        assert!(near(empty, ms(30.0), 1.0), "{empty:?}");
+        assert!(near(full, ms(230.0), 1.0), "{full:?}");
+    }
+
+    #[test]
     fn bad_observations_are_ignored() {
         let mut m = trained(20);
         let before = m.clone();
-        m.ttft.observe([1.0, f64::NAN, 0.0], 1.0);
-        m.ttft.observe([1.0, 0.0, 0.0], f64::INFINITY);
+        m.ttft.observe([1.0, f64::NAN, 0.0, 0.0], 1.0);
+        m.ttft.observe([1.0, 0.0, 0.0, 0.0], f64::INFINITY);
         assert_eq!(m, before);
     }
 
@@ -439,9 +459,9 @@ mod tests {
         let mut m = LatencyModel::default();
         // Faster with more load (a fit can slope either way).
         for i in 0..50u32 {
-            m.observe_ttft(100, i % 5, ms(100.0 - 20.0 * f64::from(i % 5)));
+            m.observe_ttft(100, i % 5, 0.0, ms(100.0 - 20.0 * f64::from(i % 5)));
         }
-        assert_eq!(m.predict_ttft(100, 50), Some(Duration::ZERO));
+        assert_eq!(m.predict_ttft(100, 50, 0.0), Some(Duration::ZERO));
     }
 
     fn p(index: usize, ttft_ms: Option<f64>, itl_ms: Option<f64>) -> Prediction {

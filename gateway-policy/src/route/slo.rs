@@ -62,7 +62,7 @@ impl Slo {
 }
 
 /// What one finished request showed of its backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Observation {
     /// Prompt tokens the engine had to prefill (its count less what its
     /// prefix cache held, when it says).
@@ -70,6 +70,9 @@ pub struct Observation {
     /// Requests the backend held when this one was sent (see
     /// [`held`](super::latency::held)).
     pub held: u32,
+    /// The backend's KV-cache use when it was sent (0.0 to 1.0; 0.0 when
+    /// the engine does not say).
+    pub kv_usage: f32,
     /// Time from sending to the first token.
     pub ttft: Duration,
     /// Mean time between output tokens; `None` with fewer than two.
@@ -142,7 +145,7 @@ impl SloRouter {
         let uncached = request.prompt_tokens.saturating_sub(hit);
         Some(Prediction {
             index: candidate.index,
-            ttft: Some(model.predict_ttft(uncached, held)?),
+            ttft: Some(model.predict_ttft(uncached, held, candidate.pressure.kv_usage)?),
             itl: model.predict_itl(held),
         })
     }
@@ -239,6 +242,7 @@ impl RoutePolicy for SloRouter {
             b.model.observe_ttft(
                 observation.uncached_prompt_tokens,
                 observation.held,
+                observation.kv_usage,
                 observation.ttft,
             );
             if let Some(itl) = observation.itl {
@@ -350,6 +354,7 @@ mod tests {
                 &Observation {
                     uncached_prompt_tokens: 100 + (i * 13) % 50,
                     held,
+                    kv_usage: 0.0,
                     ttft: ms(base + per_held * u64::from(held)),
                     itl: Some(ms(itl)),
                 },
@@ -411,6 +416,36 @@ mod tests {
     }
 
     #[test]
+    fn a_fuller_kv_cache_counts_against_a_backend() {
+        let r = router(2);
+        // Both: 30 ms, plus 200 ms at a full KV cache.
+        for index in 0..2 {
+            for i in 0..40u32 {
+                let kv = f32::from(u8::try_from(i % 11).unwrap_or(0)) / 10.0;
+                r.observe(
+                    index,
+                    &Observation {
+                        uncached_prompt_tokens: 120,
+                        held: 1,
+                        kv_usage: kv,
+                        ttft: ms(30 + (200.0 * kv) as u64),
+                        itl: None,
+                    },
+                );
+            }
+        }
+        let prompt = Prompt::Text("x".into());
+        let req = request(&prompt, LatencyClass::Interactive, Slo::default());
+        let mut c = cands(&[1, 1]);
+        c[0].pressure.kv_usage = 0.9;
+        c[1].pressure.kv_usage = 0.1;
+        assert_eq!(r.rank(&req, &c), vec![1, 0]);
+        c[0].pressure.kv_usage = 0.0;
+        c[1].pressure.kv_usage = 0.8;
+        assert_eq!(r.rank(&req, &c), vec![0, 1]);
+    }
+
+    #[test]
     fn backends_that_miss_the_target_go_last() {
         let r = router(3);
         train(&r, 0, 50, 0, 100); // fast first token, slow tokens
@@ -444,6 +479,7 @@ mod tests {
                     &Observation {
                         uncached_prompt_tokens: tokens,
                         held: i % 3,
+                        kv_usage: 0.0,
                         ttft: ms(u64::from(tokens)),
                         itl: None,
                     },
@@ -578,6 +614,7 @@ mod tests {
                 &Observation {
                     uncached_prompt_tokens: 120,
                     held: 0,
+                    kv_usage: 0.0,
                     ttft: ms(300),
                     itl: Some(ms(10)),
                 },
@@ -592,6 +629,7 @@ mod tests {
                 &Observation {
                     uncached_prompt_tokens: 120,
                     held: 0,
+                    kv_usage: 0.0,
                     ttft: ms(30),
                     itl: Some(ms(10)),
                 },
