@@ -180,17 +180,11 @@ impl PrefixAffinity {
         }
     }
 
-    /// The backend (by name) that most recently served the longest of
-    /// `request`'s prefix blocks, and about how many of the prompt's
-    /// leading tokens those blocks hold: what that engine's prefix cache
-    /// likely has (byte blocks count 4 bytes a token).
-    pub fn cached_prefix(&self, request: &RouteRequest<'_>) -> Option<(String, u32)> {
-        let (index, tokens) = self.cached_prefix_hashed(request, &self.hashes(request))?;
-        Some((self.names.get(index)?.clone(), tokens))
-    }
-
-    /// [`PrefixAffinity::cached_prefix`] from `request`'s hashes, the
-    /// backend by candidate index.
+    /// The backend (by candidate index) that most recently served the
+    /// longest of the request's prefix blocks (`hashes`), and about how
+    /// many of the prompt's leading tokens those blocks hold: what that
+    /// engine's prefix cache likely has (byte blocks count 4 bytes a
+    /// token).
     pub(super) fn cached_prefix_hashed(
         &self,
         request: &RouteRequest<'_>,
@@ -222,11 +216,6 @@ impl PrefixAffinity {
         if let Some(name) = self.names.get(index) {
             PrefixAffinity::remember(&mut self.state(), hashes, name);
         }
-    }
-
-    /// Its backends' names, by candidate index.
-    pub fn names(&self) -> &[String] {
-        &self.names
     }
 
     /// Its order for a request whose prefix hashes are `hashes`.

@@ -407,6 +407,13 @@ mod tests {
         // b0: 50 ms + 10 ms per request held; b1: 200 ms flat.
         train(&r, 0, 50, 10, 20);
         train(&r, 1, 200, 0, 20);
+        // What each model learned, as a host reads it.
+        let b0 = r.model(0).unwrap();
+        assert_eq!(b0.ttft_observations(), 40);
+        // 50 ms + 10 ms x 3 held (the prompt did not matter).
+        let ttft = b0.predict_ttft(120, 3, 0.0).unwrap().as_secs_f64();
+        assert!((ttft - 0.080).abs() < 5e-4, "{ttft}");
+        assert!(r.model(2).is_none());
         let prompt = Prompt::Text("x".into());
         let req = request(&prompt, LatencyClass::Interactive, slo(1000));
         // b0 holds 4 (90 ms) and b1 none (200 ms): b0, though more loaded.
