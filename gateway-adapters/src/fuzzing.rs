@@ -151,6 +151,17 @@ pub fn retry_after(value: &[u8]) -> Option<std::time::Duration> {
     crate::engines::upstream::retry_after(&headers)
 }
 
+/// An engine's HTTP/1.1 answer to a `POST` as the adapters' own client
+/// reads it, the bytes arriving in `reads` (one slice per socket read)
+/// before the connection ends: the status, the body and whether it ended
+/// before the connection; or the error's text.
+///
+/// # Errors
+/// The error's text, for a malformed head or body or an early end.
+pub fn upstream_answer(reads: &[&[u8]]) -> Result<(u16, Vec<u8>, bool), String> {
+    crate::engines::http1::wire::read_answer(reads, crate::engines::upstream::UPSTREAM_MAX_BUF)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

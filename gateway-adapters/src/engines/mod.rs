@@ -39,6 +39,8 @@ makes the adapter of any engine kind from an [`UpstreamConfig`] (a
 #[cfg(feature = "engines")]
 pub mod dynamo;
 #[cfg(feature = "engines")]
+pub(crate) mod http1;
+#[cfg(feature = "engines")]
 pub mod nim;
 mod on_disconnect;
 #[cfg(feature = "engines")]

@@ -25,8 +25,8 @@ use super::prometheus;
 use super::reader::{Drain, EVENT_BUFFER, Emit, Flow, Frames, Reader, Settings};
 use super::scrape::Scraper;
 use super::upstream::{
-    self, HttpClient, SIDE_CALL_TIMEOUT, deadline_passed, parse_uri, protocol, read_limited,
-    retry_after, total_timeout, transport_error,
+    self, HttpClient, SIDE_CALL_TIMEOUT, UpstreamError, deadline_passed, parse_uri, protocol,
+    read_limited, retry_after, total_timeout, transport_error,
 };
 use crate::openai::chunk::WireChoice;
 use crate::openai::types::{
@@ -576,22 +576,6 @@ fn allowed_extra(extra: &str, allowed: &[&str]) -> Result<String, BackendError> 
     serde_json::to_string(&object).map_err(|_| invalid())
 }
 
-/// Whether a body error is the connection closing inside the body (not a
-/// reset or another transport failure).
-fn is_cut_body(error: &hyper::Error) -> bool {
-    if error.is_incomplete_message() {
-        return true;
-    }
-    let mut source = std::error::Error::source(error);
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            return io.kind() == std::io::ErrorKind::UnexpectedEof;
-        }
-        source = e.source();
-    }
-    false
-}
-
 #[async_trait::async_trait]
 impl Backend for OpenAiCompatBackend {
     fn info(&self) -> &BackendInfo {
@@ -1068,8 +1052,8 @@ impl Frames for ChunkFrames {
         self.usage.take()
     }
 
-    fn body_error(&self, error: hyper::Error, phase: FailurePhase) -> BackendError {
-        if self.quirks.cut_body_is_truncation && is_cut_body(&error) {
+    fn body_error(&self, error: UpstreamError, phase: FailurePhase) -> BackendError {
+        if self.quirks.cut_body_is_truncation && error.is_cut_body() {
             protocol(
                 "the engine's stream was cut without [DONE] (a failed stream)",
                 phase,

@@ -36,12 +36,13 @@ use gateway_core::{
     LiveGuard, Started, TokenEvent, TokenResult, Usage,
 };
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::upstream::{deadline_passed, protocol, total_timeout, transport_error};
+use super::upstream::{
+    UpstreamBody, UpstreamError, deadline_passed, protocol, total_timeout, transport_error,
+};
 use crate::openai::{SseDecoder, SseEvent};
 
 /// Events buffered between the connection reader and the consumer.
@@ -207,7 +208,7 @@ pub(crate) trait Frames: Send + 'static {
     }
 
     /// The error of a body that failed.
-    fn body_error(&self, error: hyper::Error, phase: FailurePhase) -> BackendError {
+    fn body_error(&self, error: UpstreamError, phase: FailurePhase) -> BackendError {
         transport_error(error, phase)
     }
 
@@ -362,7 +363,7 @@ impl<F: Frames> Reader<F> {
     /// abort) when the reader closed the connection.
     pub(crate) async fn run(
         mut self,
-        mut body: Incoming,
+        mut body: UpstreamBody,
         tx: mpsc::Sender<TokenResult>,
         live: LiveGuard,
     ) {
@@ -656,7 +657,7 @@ pub(crate) fn read_chunks<F: Frames>(
 
 /// Reads the rest of `body` (normally just the end of the chunked body),
 /// bounded in bytes and time, so the connection can go back to the pool.
-async fn tail(mut body: Incoming) {
+async fn tail(mut body: UpstreamBody) {
     let _ = tokio::time::timeout(TAIL_TIME, async {
         let mut left = TAIL_BYTES;
         while let Some(Ok(frame)) = body.frame().await {

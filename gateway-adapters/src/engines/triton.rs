@@ -95,7 +95,6 @@ use gateway_core::{
     RequestId, Started, TokenEvent, TokenResult, TokenStream, Usage,
 };
 use http_body_util::Full;
-use hyper::body::Incoming;
 use serde_json::{Map, Value};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -106,8 +105,8 @@ use super::prometheus;
 use super::reader::{EVENT_BUFFER, Emit, Flow, Frames, Reader, Settings};
 use super::scrape::Scraper;
 use super::upstream::{
-    self, HttpClient, SIDE_CALL_TIMEOUT, deadline_passed, parse_uri, protocol, read_limited,
-    retry_after, total_timeout, transport_error,
+    self, HttpClient, SIDE_CALL_TIMEOUT, UpstreamBody, UpstreamError, deadline_passed, parse_uri,
+    protocol, read_limited, retry_after, total_timeout, transport_error,
 };
 use crate::openai::pass_through::EngineFields;
 use crate::openai::{SseEvent, parse_upstream_error};
@@ -122,12 +121,11 @@ pub const FIELDS: EngineFields = EngineFields {
 
 type HeadFuture = Pin<
     Box<
-        dyn std::future::Future<Output = Result<hyper::Response<Incoming>, ClientError>>
+        dyn std::future::Future<Output = Result<hyper::Response<UpstreamBody>, UpstreamError>>
             + Send
             + 'static,
     >,
 >;
-type ClientError = hyper_util::client::legacy::Error;
 
 const MAX_ERROR_BODY: usize = 64 * 1024;
 const MAX_MESSAGE_CHARS: usize = 512;
@@ -521,7 +519,7 @@ fn text_of(value: Option<&Value>) -> Option<String> {
 
 /// Where the response head is.
 enum Head {
-    Ready(hyper::Response<Incoming>),
+    Ready(Box<hyper::Response<UpstreamBody>>),
     Pending(HeadFuture),
 }
 
@@ -651,7 +649,7 @@ async fn read(
     shared: Arc<Shared>,
 ) {
     let response = match head {
-        Head::Ready(response) => response,
+        Head::Ready(response) => *response,
         Head::Pending(future) => match await_head(future, &tx, &cancel, deadline, &shared).await {
             Some(response) => response,
             None => return,
@@ -668,7 +666,7 @@ async fn await_head(
     cancel: &CancelHandle,
     deadline: Option<Instant>,
     shared: &Shared,
-) -> Option<hyper::Response<Incoming>> {
+) -> Option<hyper::Response<UpstreamBody>> {
     let before = FailurePhase::BeforeFirstToken;
     let stopped = |stop: Stop| match stop {
         Stop::Canceled(reason) => Some(BackendError::canceled(reason).with_phase(before)),
@@ -710,7 +708,7 @@ enum Stop {
 }
 
 async fn read_status_error(
-    response: hyper::Response<Incoming>,
+    response: hyper::Response<UpstreamBody>,
     cancel: &CancelHandle,
     deadline: Option<Instant>,
 ) -> Result<BackendError, Stop> {
@@ -779,7 +777,7 @@ impl Backend for TritonBackend {
                     }
                     return Err(error);
                 }
-                Head::Ready(response)
+                Head::Ready(Box::new(response))
             }
             () = tokio::time::sleep(inner.options.accept_window) => Head::Pending(future),
         };

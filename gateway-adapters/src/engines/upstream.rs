@@ -5,14 +5,16 @@
 //! header helpers of the request path.
 
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
-use gateway_core::http::{HeaderMap, HeaderValue, Uri, header};
+use gateway_core::http::{HeaderMap, HeaderValue, Request, Response, Uri, header};
 use gateway_core::{BackendError, FailureKind, FailurePhase};
 use http_body_util::{BodyExt, Full, Limited};
-use hyper::body::Incoming;
+use hyper::body::{Body, Frame, Incoming, SizeHint};
 use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -21,6 +23,7 @@ use rustls_pki_types::CertificateDer;
 use rustls_pki_types::pem::PemObject;
 use tokio::time::Instant;
 
+use super::http1;
 use super::openai_compat::{EngineError, UpstreamConfig};
 
 /// Bound on a metrics scrape's body.
@@ -29,9 +32,111 @@ pub(crate) const MAX_METRICS_BODY: usize = 8 * 1024 * 1024;
 /// body, an abort call.
 pub(crate) const SIDE_CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The adapters' HTTP client: pooled HTTP/1.1, plain or TLS by the URL's
-/// scheme.
-pub(crate) type HttpClient = Client<HttpsConnector<HttpConnector>, Full<Bytes>>;
+/// The adapters' HTTP client: pooled HTTP/1.1, the project's own client
+/// ([`http1`](super::http1)) for `http://` URLs, hyper's over rustls for
+/// `https://`.
+#[derive(Clone)]
+pub(crate) struct HttpClient {
+    plain: http1::Client,
+    tls: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+}
+
+impl HttpClient {
+    /// Sends `request` by its URI's scheme; resolves with the answer's
+    /// head, its body read as it is polled.
+    pub(crate) fn request(
+        &self,
+        request: Request<Full<Bytes>>,
+    ) -> impl Future<Output = Result<Response<UpstreamBody>, UpstreamError>> + Send + 'static {
+        enum Via {
+            Plain(http1::Client),
+            Tls(Client<HttpsConnector<HttpConnector>, Full<Bytes>>),
+        }
+        let via = if request.uri().scheme_str() == Some("http") {
+            Via::Plain(self.plain.clone())
+        } else {
+            Via::Tls(self.tls.clone())
+        };
+        async move {
+            match via {
+                Via::Plain(client) => Ok(client.request(request).await?.map(UpstreamBody::Plain)),
+                Via::Tls(client) => Ok(client.request(request).await?.map(UpstreamBody::Tls)),
+            }
+        }
+    }
+}
+
+/// An engine's response body, from either client.
+pub(crate) enum UpstreamBody {
+    Plain(http1::Body),
+    Tls(Incoming),
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = UpstreamError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, UpstreamError>>> {
+        match self.get_mut() {
+            UpstreamBody::Plain(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+            UpstreamBody::Tls(body) => Pin::new(body).poll_frame(cx).map_err(Into::into),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            UpstreamBody::Plain(body) => body.is_end_stream(),
+            UpstreamBody::Tls(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            UpstreamBody::Plain(body) => body.size_hint(),
+            UpstreamBody::Tls(body) => body.size_hint(),
+        }
+    }
+}
+
+/// Why a call to an engine failed at the transport.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum UpstreamError {
+    /// The project's client (`http://`).
+    #[error(transparent)]
+    Plain(#[from] http1::Error),
+    /// hyper's client, before the head (`https://`).
+    #[error(transparent)]
+    Tls(#[from] hyper_util::client::legacy::Error),
+    /// hyper's client, in the body (`https://`).
+    #[error(transparent)]
+    TlsBody(#[from] hyper::Error),
+}
+
+impl UpstreamError {
+    /// Whether the connection closed inside the body (not a reset or
+    /// another transport failure).
+    pub(crate) fn is_cut_body(&self) -> bool {
+        let error = match self {
+            UpstreamError::Plain(e) => return e.is_cut_body(),
+            UpstreamError::Tls(_) => return false,
+            UpstreamError::TlsBody(e) => e,
+        };
+        if error.is_incomplete_message() {
+            return true;
+        }
+        let mut source = std::error::Error::source(error);
+        while let Some(e) = source {
+            if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                return io.kind() == std::io::ErrorKind::UnexpectedEof;
+            }
+            source = e.source();
+        }
+        false
+    }
+}
 
 /// `url` as a URI: `http` or `https`, with a host.
 pub(crate) fn parse_uri(url: &str) -> Result<Uri, EngineError> {
@@ -79,7 +184,10 @@ pub(crate) fn served_model(config: &UpstreamConfig) -> String {
 /// it, and a pooled connection keeps its buffer: 1,000 such streams held
 /// ~135 KB each with the default. Body chunks are handed on as they come,
 /// so only a response head must fit.
-const UPSTREAM_MAX_BUF: usize = 16 * 1024;
+pub(crate) const UPSTREAM_MAX_BUF: usize = 16 * 1024;
+
+/// How long an idle pooled connection is kept.
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The pooled client of `config`: `TCP_NODELAY`, its connect timeout and
 /// idle pool; TLS 1.2/1.3 for `https` URLs, trusting the Mozilla roots and
@@ -99,12 +207,18 @@ pub(crate) fn client(config: &UpstreamConfig) -> Result<HttpClient, EngineError>
         .https_or_http()
         .enable_http1()
         .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
+    let tls = Client::builder(TokioExecutor::new())
         .http1_max_buf_size(UPSTREAM_MAX_BUF)
         .pool_max_idle_per_host(config.pool_max_idle)
-        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_timer(TokioTimer::new())
-        .build(connector))
+        .build(connector);
+    let plain = http1::Client::new(
+        config.pool_max_idle,
+        POOL_IDLE_TIMEOUT,
+        config.connect_timeout,
+    );
+    Ok(HttpClient { plain, tls })
 }
 
 fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, EngineError> {
@@ -139,7 +253,7 @@ fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, EngineErro
 }
 
 /// Reads at most `limit` bytes of `body`; `None` if it fails or is longer.
-pub(crate) async fn read_limited(body: Incoming, limit: usize) -> Option<Bytes> {
+pub(crate) async fn read_limited(body: UpstreamBody, limit: usize) -> Option<Bytes> {
     Limited::new(body, limit)
         .collect()
         .await
