@@ -6,7 +6,11 @@
 //! tenant's cache, the rest encoded), in the same run; the ratio is what
 //! to compare on a shared machine. Both sides render the template and
 //! return the prompt's ids (what an estimate with prefix-affinity routing
-//! does); the bench checks they are the same ids.
+//! does); the bench checks they are the same ids. Then a ~300-byte chat
+//! (a short system prompt and a user turn), with a scope and without,
+//! against its whole text's encode. Every estimate has a user turn no
+//! earlier one had, and the model's own word cache is full first (as in a
+//! gateway that has served many), so the user turn is tokenized each time.
 //!
 //! `cargo bench -p gateway-policy --features tokenizers --bench tokenizer_cache`
 #![expect(
@@ -155,9 +159,15 @@ fn main() {
         "system prompt: {} words, {} bytes; the rendered chat: {} tokens; the short chat: {} bytes of content, {} tokens",
         system.split_whitespace().count(),
         system.len(),
-        uncached.encode_request(&long_chat(0), plain).expect("ids").len(),
+        uncached
+            .encode_request(&long_chat(0), plain)
+            .expect("ids")
+            .len(),
         render(&short_chat(0)),
-        uncached.encode_request(&short_chat(0), plain).expect("ids").len(),
+        uncached
+            .encode_request(&short_chat(0), plain)
+            .expect("ids")
+            .len(),
     );
     // Every estimate has a user turn no earlier one had.
     let (mut a, mut b) = (1usize << 20, 2usize << 20);
