@@ -6,7 +6,11 @@
 //! tenant's cache, the rest encoded), in the same run; the ratio is what
 //! to compare on a shared machine. Both sides render the template and
 //! return the prompt's ids (what an estimate with prefix-affinity routing
-//! does); the bench checks they are the same ids.
+//! does); the bench checks they are the same ids. Then a ~300-byte chat
+//! (a short system prompt and a user turn), with a scope and without,
+//! against its whole text's encode. Every estimate has a user turn no
+//! earlier one had, and the model's own word cache is full first (as in a
+//! gateway that has served many), so the user turn is tokenized each time.
 //!
 //! `cargo bench -p gateway-policy --features tokenizers --bench tokenizer_cache`
 #![expect(
@@ -16,7 +20,7 @@
     reason = "a benchmark prints its figures and fails loudly"
 )]
 
-use gateway_core::testkit::bench::compare;
+use gateway_core::testkit::bench::{Comparison, compare};
 use gateway_core::{ChatInputs, ChatMessage, Prompt, TokenCounter};
 use gateway_policy::{ChatTemplate, DEFAULT_TOKENIZER_CACHE_BYTES, HfTokenCounter};
 
@@ -78,68 +82,139 @@ fn system_prompt() -> String {
     out
 }
 
-fn main() {
-    let uncached = counter(0);
-    let cached = counter(DEFAULT_TOKENIZER_CACHE_BYTES);
-    let system = system_prompt();
-    // 64 different user turns, cycled: each request's turn differs from
-    // the one before.
-    let prompts: Vec<Prompt> = (0..64)
-        .map(|i| {
-            Prompt::Chat(vec![
-                ChatMessage::system(system.as_str()),
-                ChatMessage::user(format!(
-                    "Question {i}: what did invoice {} cost, and when is it due?",
-                    i * 31 % 7
-                )),
-            ])
-        })
-        .collect();
-    let plain = ChatInputs::default();
-    let tenant = ChatInputs::default().with_scope(Some("tenant-a"));
-    for p in &prompts {
-        let whole = uncached.encode_request(p, plain).expect("ids");
-        assert_eq!(cached.encode_request(p, tenant).expect("ids"), whole);
+/// Fills the model's own word cache (BPE keeps up to 10,000 words of
+/// fewer than 256 bytes and then stops adding) with one-off texts, after
+/// one request: as in a gateway that has served many distinct user
+/// turns, the template's fixed pieces are in it and a new user turn is not.
+fn fill_model_cache(counter: &HfTokenCounter, first: &Prompt) {
+    counter.encode_prompt(first).expect("ids");
+    for i in 0..10_050 {
+        counter.count_text(&format!("one-off text number {i}"));
     }
-    let tokens = uncached
-        .encode_request(&prompts[0], plain)
-        .expect("ids")
-        .len();
-    println!(
-        "system prompt: {} words, {} bytes; the rendered chat: {tokens} tokens",
-        system.split_whitespace().count(),
-        system.len()
-    );
-    let (mut a, mut b) = (0usize, 0usize);
-    let c = compare(
-        "chat estimate: cached warm vs uncached",
-        11,
-        40,
-        || {
-            a += 1;
-            uncached.encode_request(&prompts[a % prompts.len()], plain)
-        },
-        || {
-            b += 1;
-            cached.encode_request(&prompts[b % prompts.len()], tenant)
-        },
-    );
+}
+
+/// The per-estimate figures of a comparison.
+fn report(c: &Comparison, base: &str, cand: &str) {
     println!("{c}");
-    let (base, cand) = (
+    let (b, n) = (
         c.baseline.as_secs_f64() * 1e6,
         c.candidate.as_secs_f64() * 1e6,
     );
     println!(
-        "  per estimate: uncached {base:.1} us, cached warm {cand:.1} us: {:.1}x faster ({:.0} vs {:.0} estimates/s on one core)",
-        base / cand,
-        1e6 / base,
-        1e6 / cand
+        "  per estimate: {base} {b:.1} us, {cand} {n:.1} us: {:.2}x faster ({:.0} vs {:.0} estimates/s on one core)",
+        b / n,
+        1e6 / b,
+        1e6 / n
     );
-    let s = cached.tokenizer_cache_stats().expect("the cache is on");
+}
+
+/// A user turn that no earlier request had.
+fn user_turn(i: usize) -> String {
+    format!(
+        "Question {i}: what did invoice {} cost, and when is it due?",
+        i * 31 % 7
+    )
+}
+
+fn main() {
+    let uncached = counter(0);
+    let cached = counter(DEFAULT_TOKENIZER_CACHE_BYTES);
+    let system = system_prompt();
+    let short_system = "You are a helpful assistant for the billing team. Answer briefly, cite the invoice number, and say when you do not know.";
+    let long_chat = |i: usize| {
+        Prompt::Chat(vec![
+            ChatMessage::system(system.as_str()),
+            ChatMessage::user(user_turn(i)),
+        ])
+    };
+    let short_chat = |i: usize| {
+        Prompt::Chat(vec![
+            ChatMessage::system(short_system),
+            ChatMessage::user(format!(
+                "{} Please answer in one sentence, with the amount in euros.",
+                user_turn(i)
+            )),
+        ])
+    };
+    let plain = ChatInputs::default();
+    let tenant = ChatInputs::default().with_scope(Some("tenant-a"));
+    for c in [&uncached, &cached] {
+        fill_model_cache(c, &long_chat(0));
+        fill_model_cache(c, &short_chat(0));
+    }
+    // Both sides' ids agree, cold and warm.
+    for i in 0..64 {
+        for p in [long_chat(i), short_chat(i)] {
+            let whole = uncached.encode_request(&p, plain).expect("ids");
+            assert_eq!(cached.encode_request(&p, tenant).expect("ids"), whole);
+            assert_eq!(cached.encode_request(&p, tenant).expect("ids"), whole);
+            assert_eq!(cached.encode_request(&p, plain).expect("ids"), whole);
+        }
+    }
+    let render = |p: &Prompt| match p {
+        Prompt::Chat(m) => m.iter().map(|m| m.content.len()).sum::<usize>(),
+        _ => 0,
+    };
     println!(
-        "  cache: {} hits, {} misses, {} entries, {} bytes",
-        s.hits, s.misses, s.entries, s.bytes
+        "system prompt: {} words, {} bytes; the rendered chat: {} tokens; the short chat: {} bytes of content, {} tokens",
+        system.split_whitespace().count(),
+        system.len(),
+        uncached
+            .encode_request(&long_chat(0), plain)
+            .expect("ids")
+            .len(),
+        render(&short_chat(0)),
+        uncached
+            .encode_request(&short_chat(0), plain)
+            .expect("ids")
+            .len(),
     );
+    // Every estimate has a user turn no earlier one had.
+    let (mut a, mut b) = (1usize << 20, 2usize << 20);
+    let c = compare(
+        "long chat: cached warm vs whole encode_fast",
+        11,
+        40,
+        || {
+            a += 1;
+            uncached.encode_request(&long_chat(a), plain)
+        },
+        || {
+            b += 1;
+            cached.encode_request(&long_chat(b), tenant)
+        },
+    );
+    report(&c, "whole", "cached warm");
+    let c = compare(
+        "short chat: scoped vs whole encode_fast",
+        11,
+        400,
+        || {
+            a += 1;
+            uncached.encode_request(&short_chat(a), plain)
+        },
+        || {
+            b += 1;
+            cached.encode_request(&short_chat(b), tenant)
+        },
+    );
+    report(&c, "whole", "scoped");
+    let c = compare(
+        "short chat: no scope vs whole encode_fast",
+        11,
+        400,
+        || {
+            a += 1;
+            uncached.encode_request(&short_chat(a), plain)
+        },
+        || {
+            b += 1;
+            cached.encode_request(&short_chat(b), plain)
+        },
+    );
+    report(&c, "whole", "no scope");
+    let s = cached.tokenizer_cache_stats().expect("the cache is on");
+    println!("  cache: {s:?}");
     if s.hits == 0 {
         panic!("the cache was not used");
     }

@@ -13,11 +13,6 @@ use crate::ChatTemplate;
 use crate::DEFAULT_TOKENIZER_CACHE_BYTES;
 use crate::segment_cache::{SegmentEncoder, TokenizerCacheStats};
 
-/// Rendered chat prompts from this size on are encoded piece by piece
-/// through the segment cache (with a scope); shorter ones at once, which
-/// costs less than the split and the lookups.
-const SEGMENTED_MIN_BYTES: usize = 2048;
-
 /// A tokenizer file that could not be loaded.
 #[derive(Debug, thiserror::Error)]
 #[error("cannot load tokenizer {path}: {reason}")]
@@ -41,11 +36,13 @@ pub struct TokenizerError {
 /// [`TokenCount::UpperBound`]: exact content tokens plus [`ByteBound`]'s
 /// allowance for the template's markup.
 ///
-/// Long rendered chat prompts are encoded piece by piece, split on the
-/// tokenizer's added tokens (the template's `</s>`, `<|eot_id|>`…), and
-/// the long pieces' ids kept in a bounded cache, per
-/// [`ChatInputs::scope`] (the tenant): a shared system prompt is
-/// tokenized once, not with every request. The ids are the same as the
+/// Rendered chat prompts are encoded piece by piece, split on the
+/// tokenizer's added tokens (the template's `</s>`, `<|eot_id|>`…), each
+/// piece by the tokenizer's normalizer, pre-tokenizer and model without
+/// the rest of `encode_fast`, and the pieces' ids kept in a bounded
+/// cache, per [`ChatInputs::scope`] (the tenant): a shared system prompt
+/// is tokenized once, not with every request, and the template's short
+/// fixed pieces once they recur. The ids are the same as the
 /// whole text's, exactly; a tokenizer for which that is not certain is
 /// never encoded so (see [`with_tokenizer_cache_bytes`](Self::with_tokenizer_cache_bytes)).
 /// Clones share the cache.
@@ -123,7 +120,9 @@ impl HfTokenCounter {
     /// fixed overhead per entry; default
     /// [`DEFAULT_TOKENIZER_CACHE_BYTES`](crate::DEFAULT_TOKENIZER_CACHE_BYTES));
     /// 0 turns it off: every prompt is encoded whole. Pieces of at least
-    /// 256 bytes, and none larger than an eighth of the bound, are kept.
+    /// 256 bytes are kept at their first sighting, in fifteen sixteenths
+    /// of the bound and none larger than an eighth of that; shorter ones
+    /// at their second, in the rest.
     ///
     /// The cache is used only when piecewise encoding is the whole text's
     /// for this tokenizer: every added token matched as written (not
@@ -178,14 +177,13 @@ impl HfTokenCounter {
     }
 
     /// The ids of a rendered chat prompt (no special tokens added: the
-    /// template wrote them): a long one through the segment cache of
-    /// `scope`, if any.
+    /// template wrote them): piece by piece through the segment cache of
+    /// `scope` when there is one (with no scope, nothing is looked up),
+    /// else at once.
     fn rendered_ids(&self, text: &str, scope: Option<&str>) -> Option<Vec<u32>> {
-        match (&self.segments, scope) {
-            (Some(segments), Some(scope)) if text.len() >= SEGMENTED_MIN_BYTES => {
-                segments.encode(&self.tokenizer, text, Some(scope))
-            }
-            _ => self.encode_ids(text, false),
+        match &self.segments {
+            Some(segments) => segments.encode(&self.tokenizer, text, scope),
+            None => self.encode_ids(text, false),
         }
     }
 

@@ -143,7 +143,9 @@ fn cached_ids_are_the_whole_prompts_exactly_cold_and_warm() {
             whole,
             "{i}: no scope"
         );
-        for round in ["cold", "warm"] {
+        // The short pieces are stored at their second sighting and found
+        // at the third.
+        for round in ["cold", "seen", "warm"] {
             assert_eq!(
                 c.encode_request(&prompt, scoped("a")).unwrap(),
                 whole,
@@ -159,6 +161,32 @@ fn cached_ids_are_the_whole_prompts_exactly_cold_and_warm() {
     let s = c.tokenizer_cache_stats().unwrap();
     // The system prompt missed once per distinct edge, then hit.
     assert!(s.hits > 30 && s.misses < 10, "{s:?}");
+}
+
+/// Chats with a short system prompt, whose pieces are mostly under 256
+/// bytes, give the same ids too, their recurring short pieces from the
+/// short-piece memo.
+#[test]
+fn short_chats_are_exact_cold_and_warm() {
+    let c = counter(DEFAULT_TOKENIZER_CACHE_BYTES);
+    let uncached = counter(0);
+    for (i, messages) in conversations("Be brief.").into_iter().enumerate() {
+        let prompt = Prompt::Chat(messages);
+        let whole = uncached
+            .encode_request(&prompt, ChatInputs::default())
+            .unwrap();
+        for round in 0..3 {
+            for inputs in [ChatInputs::default(), scoped("a"), scoped("b")] {
+                assert_eq!(
+                    c.encode_request(&prompt, inputs).unwrap(),
+                    whole,
+                    "{i}: round {round}"
+                );
+            }
+        }
+    }
+    let s = c.tokenizer_cache_stats().unwrap();
+    assert!(s.short_hits > 30 && s.short_entries > 10, "{s:?}");
 }
 
 #[test]
