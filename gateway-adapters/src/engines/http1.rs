@@ -168,7 +168,12 @@ impl Pool {
             Err(never) => match never {},
         };
         let authority = parts.uri.authority().ok_or(Error::NoHost)?;
-        let key: Arc<str> = Arc::from(authority.as_str());
+        // `host` and the pool's key: the authority without any userinfo.
+        let without_user = authority
+            .as_str()
+            .rsplit_once('@')
+            .map_or(authority.as_str(), |(_, host)| host);
+        let key: Arc<str> = Arc::from(without_user);
         let host = authority.host();
         let port = authority.port_u16().unwrap_or(80);
         let path = parts.uri.path_and_query().map_or("/", |p| p.as_str());

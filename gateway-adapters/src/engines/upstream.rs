@@ -178,12 +178,12 @@ pub(crate) fn served_model(config: &UpstreamConfig) -> String {
     }
 }
 
-/// The most an upstream connection's read buffer grows to (hyper's
-/// default is ~400 KiB). An engine that streams faster than its client
-/// reads fills the buffer to this bound before the gateway stops reading
-/// it, and a pooled connection keeps its buffer: 1,000 such streams held
-/// ~135 KB each with the default. Body chunks are handed on as they come,
-/// so only a response head must fit.
+/// The longest response head, and the most hyper's `https` connections'
+/// read buffer grows to (hyper's default is ~400 KiB: an engine that
+/// streams faster than its client reads filled the buffer that far before
+/// the gateway stopped reading it, ~135 KB per stream for 1,000 such
+/// streams). Body bytes are handed on as they come (the `http://` client
+/// reads at most 8 KiB at a time), so only a head must fit.
 pub(crate) const UPSTREAM_MAX_BUF: usize = 16 * 1024;
 
 /// How long an idle pooled connection is kept.
