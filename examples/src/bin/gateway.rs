@@ -131,10 +131,7 @@ fn main() -> ExitCode {
             if let Some(listen) = listen {
                 config.server.listen = listen;
             }
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match runtime_builder().enable_all().build() {
                 Ok(rt) => rt,
                 Err(e) => {
                     eprintln!("cannot start the runtime: {e}");
@@ -188,6 +185,22 @@ fn main() -> ExitCode {
                 }
             }
         }
+    }
+}
+
+/// The runtime: one thread when the process may use one CPU (pinned, or a
+/// one-core container) and `TOKIO_WORKER_THREADS` does not ask for more,
+/// else Tokio's multi-threaded scheduler (a worker per CPU, or
+/// `TOKIO_WORKER_THREADS`). On one CPU a single-threaded scheduler does the
+/// same work without the multi-threaded one's cross-thread queues and
+/// wake-ups, and the accept loop runs on the same thread as the
+/// connections (docs/performance.md, "One CPU, one thread").
+fn runtime_builder() -> tokio::runtime::Builder {
+    let one_cpu = std::thread::available_parallelism().map_or(true, |n| n.get() == 1);
+    if one_cpu && std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
     }
 }
 
