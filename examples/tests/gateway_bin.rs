@@ -92,17 +92,27 @@ model = "m"
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// Starts the binary on a config and returns it with its address.
-fn start(config: &str) -> (Child, SocketAddr, std::path::PathBuf) {
+/// Starts the binary on a config and returns it with its address; the
+/// process pinned to `cpu` (with `taskset`) if given.
+fn start_on(config: &str, cpu: Option<&str>) -> (Child, SocketAddr, std::path::PathBuf) {
     let dir = std::env::temp_dir().join(format!(
-        "gateway-bin-{}-{}",
+        "gateway-bin-{}-{}-{}",
         std::process::id(),
-        config.len()
+        config.len(),
+        cpu.unwrap_or("any")
     ));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("gateway.toml");
     std::fs::write(&file, config).unwrap();
-    let mut child = Command::new(BIN)
+    let mut command = match cpu {
+        Some(cpu) => {
+            let mut taskset = Command::new("taskset");
+            taskset.args(["-c", cpu, BIN]);
+            taskset
+        }
+        None => Command::new(BIN),
+    };
+    let mut child = command
         .arg("--config")
         .arg(&file)
         .stdout(Stdio::piped())
@@ -151,7 +161,18 @@ max_natural_tokens = 2000
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_aborts_the_rest_and_exits_zero() {
-    let (mut child, addr, dir) = start(CONFIG);
+    sigterm_drain(None).await;
+}
+
+/// Pinned to one CPU the binary runs on one thread (no runtime workers, no
+/// blocking threads for the sim), and serves, drains and exits alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_one_cpu_one_thread_serves_drains_and_exits_zero() {
+    sigterm_drain(Some("0")).await;
+}
+
+async fn sigterm_drain(cpu: Option<&str>) {
+    let (mut child, addr, dir) = start_on(CONFIG, cpu);
     let body = br#"{"model":"m","stream":true,"max_tokens":1000,"messages":[{"role":"user","content":"hello"}]}"#;
     let mut stream = open(
         addr,
@@ -164,6 +185,16 @@ async fn sigterm_drains_aborts_the_rest_and_exits_zero() {
     .unwrap();
     assert_eq!(stream.status, 200);
     stream.next_event().await.unwrap().unwrap();
+    let threads = std::fs::read_to_string(format!("/proc/{}/status", child.id()))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:").map(|n| n.trim().to_owned()))
+        .unwrap();
+    if cpu.is_some() {
+        assert_eq!(threads, "1", "one CPU, one thread");
+    } else if std::thread::available_parallelism().map_or(1, |n| n.get()) > 1 {
+        assert_ne!(threads, "1", "several CPUs, runtime workers");
+    }
     let status = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
