@@ -194,7 +194,7 @@ fn main() -> ExitCode {
 /// `TOKIO_WORKER_THREADS`). On one CPU a single-threaded scheduler does the
 /// same work without the multi-threaded one's cross-thread queues and
 /// wake-ups, and the accept loop runs on the same thread as the
-/// connections (docs/performance.md, "One CPU, one thread").
+/// connections (docs/performance.md, "The engines' HTTP client").
 fn runtime_builder() -> tokio::runtime::Builder {
     let one_cpu = std::thread::available_parallelism().map_or(true, |n| n.get() == 1);
     if one_cpu && std::env::var_os("TOKIO_WORKER_THREADS").is_none() {
