@@ -171,48 +171,46 @@ fn main() {
     );
     // Every estimate has a user turn no earlier one had.
     let (mut a, mut b) = (1usize << 20, 2usize << 20);
-    let c = compare(
-        "long chat: cached warm vs whole encode_fast",
-        11,
-        40,
-        || {
-            a += 1;
-            uncached.encode_request(&long_chat(a), plain)
-        },
-        || {
-            b += 1;
-            cached.encode_request(&long_chat(b), tenant)
-        },
-    );
-    report(&c, "whole", "cached warm");
-    let c = compare(
-        "short chat: scoped vs whole encode_fast",
-        11,
-        400,
-        || {
-            a += 1;
-            uncached.encode_request(&short_chat(a), plain)
-        },
-        || {
-            b += 1;
-            cached.encode_request(&short_chat(b), tenant)
-        },
-    );
-    report(&c, "whole", "scoped");
-    let c = compare(
-        "short chat: no scope vs whole encode_fast",
-        11,
-        400,
-        || {
-            a += 1;
-            uncached.encode_request(&short_chat(a), plain)
-        },
-        || {
-            b += 1;
-            cached.encode_request(&short_chat(b), plain)
-        },
-    );
-    report(&c, "whole", "no scope");
+    type Chat<'a> = &'a dyn Fn(usize) -> Prompt;
+    let rows: [(&str, Chat<'_>, ChatInputs<'_>, usize, &str); 3] = [
+        (
+            "long chat: cached warm vs whole encode_fast",
+            &long_chat,
+            tenant,
+            40,
+            "cached warm",
+        ),
+        (
+            "short chat: scoped vs whole encode_fast",
+            &short_chat,
+            tenant,
+            400,
+            "scoped",
+        ),
+        (
+            "short chat: no scope vs whole encode_fast",
+            &short_chat,
+            plain,
+            400,
+            "no scope",
+        ),
+    ];
+    for (title, chat, scope, iterations, label) in rows {
+        let c = compare(
+            title,
+            11,
+            iterations,
+            || {
+                a += 1;
+                uncached.encode_request(&chat(a), plain)
+            },
+            || {
+                b += 1;
+                cached.encode_request(&chat(b), scope)
+            },
+        );
+        report(&c, "whole", label);
+    }
     let s = cached.tokenizer_cache_stats().expect("the cache is on");
     println!("  cache: {s:?}");
     if s.hits == 0 {

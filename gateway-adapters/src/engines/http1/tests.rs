@@ -104,6 +104,13 @@ async fn text(response: Response<Body>) -> Result<String, Error> {
     Ok(String::from_utf8(bytes.to_vec()).unwrap())
 }
 
+/// The body of a `POST {}` to `addr` through `client`.
+async fn fetch(client: &Client, addr: std::net::SocketAddr) -> String {
+    text(client.request(post(addr, "{}")).await.unwrap())
+        .await
+        .unwrap()
+}
+
 const OK_HELLO: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nhello";
 const CHUNKED: &[u8] =
     b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n6\r\ndata: \r\n3\r\nab\n\r\n0\r\n\r\n";
@@ -116,18 +123,8 @@ async fn a_connection_read_to_its_end_is_used_again() {
     assert_eq!(first.status(), StatusCode::OK);
     assert_eq!(text(first).await.unwrap(), "hello");
     assert_eq!(client.idle(), 1);
-    assert_eq!(
-        text(client.request(post(addr, "{}")).await.unwrap())
-            .await
-            .unwrap(),
-        "data: ab\n"
-    );
-    assert_eq!(
-        text(client.request(post(addr, "{}")).await.unwrap())
-            .await
-            .unwrap(),
-        "hello"
-    );
+    assert_eq!(fetch(&client, addr).await, "data: ab\n");
+    assert_eq!(fetch(&client, addr).await, "hello");
     let (number, request) = seen.recv().await.unwrap();
     assert_eq!(number, 1);
     assert_eq!(
@@ -182,36 +179,16 @@ async fn an_idle_connection_the_engine_closed_is_replaced_without_an_error() {
     // the read; either way the request goes out on a new connection.
     let (addr, mut seen) = engine(vec![OK_HELLO, b"HANGUP", OK_HELLO]).await;
     let client = client();
-    assert_eq!(
-        text(client.request(post(addr, "{}")).await.unwrap())
-            .await
-            .unwrap(),
-        "hello"
-    );
+    assert_eq!(fetch(&client, addr).await, "hello");
     tokio::time::sleep(Duration::from_millis(20)).await;
-    assert_eq!(
-        text(client.request(post(addr, "{}")).await.unwrap())
-            .await
-            .unwrap(),
-        "hello"
-    );
+    assert_eq!(fetch(&client, addr).await, "hello");
     assert_eq!(seen.recv().await.unwrap().0, 1);
     assert_eq!(seen.recv().await.unwrap().0, 2);
     // Closed when the request arrives, before any byte of an answer: the
     // engine did not start it; sent again once on a new connection.
     let (addr, mut seen) = engine(vec![OK_HELLO, b"CLOSE", OK_HELLO]).await;
-    assert_eq!(
-        text(client.request(post(addr, "{}")).await.unwrap())
-            .await
-            .unwrap(),
-        "hello"
-    );
-    assert_eq!(
-        text(client.request(post(addr, "{}")).await.unwrap())
-            .await
-            .unwrap(),
-        "hello"
-    );
+    assert_eq!(fetch(&client, addr).await, "hello");
+    assert_eq!(fetch(&client, addr).await, "hello");
     let numbers: Vec<usize> = [seen.recv().await, seen.recv().await, seen.recv().await]
         .into_iter()
         .flatten()
@@ -228,12 +205,7 @@ async fn connection_close_answers_are_not_pooled() {
     ])
     .await;
     let client = client();
-    assert_eq!(
-        text(client.request(post(addr, "{}")).await.unwrap())
-            .await
-            .unwrap(),
-        "ok"
-    );
+    assert_eq!(fetch(&client, addr).await, "ok");
     assert_eq!(client.idle(), 0);
 }
 
@@ -244,12 +216,7 @@ async fn a_body_that_ends_at_close_is_whole_and_a_cut_one_is_an_error() {
     ])
     .await;
     let client = client();
-    assert_eq!(
-        text(client.request(post(addr, "{}")).await.unwrap())
-            .await
-            .unwrap(),
-        "until the end"
-    );
+    assert_eq!(fetch(&client, addr).await, "until the end");
     for cut in [
         &b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 10\r\n\r\nhalf"[..],
         b"HTTP/1.1 200 OK\r\nconnection: close\r\ntransfer-encoding: chunked\r\n\r\n4\r\nhalf\r\n",
