@@ -180,8 +180,11 @@ impl Pool {
         let mut out = BytesMut::new();
         wire::encode_request(&mut out, &parts.method, path, &key, &parts.headers, &body);
         let out = out.freeze();
+        // After a stale connection, a new one: sent again at most once.
+        let mut fresh = false;
         loop {
-            let (mut conn, reused) = match self.checkout(&key) {
+            let pooled = if fresh { None } else { self.checkout(&key) };
+            let (mut conn, reused) = match pooled {
                 Some(conn) => (conn, true),
                 None => (self.connect(host, port).await?, false),
             };
@@ -191,6 +194,7 @@ impl Pool {
                     // The engine closed its idle connections (a restart, a
                     // keep-alive timeout): the others are as stale.
                     self.forget(&key);
+                    fresh = true;
                     continue;
                 }
                 Err(Failed::Error(e)) => return Err(e),
