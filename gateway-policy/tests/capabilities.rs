@@ -13,7 +13,7 @@
 )]
 
 use std::collections::HashMap;
-use std::num::{NonZeroU32, NonZeroUsize};
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -23,6 +23,8 @@ use gateway_core::*;
 use gateway_policy::health::{BreakerConfig, HealthConfig};
 use gateway_policy::route::LeastLoaded;
 use gateway_policy::*;
+
+pub mod support;
 
 const MODEL: &str = "m";
 const FALLBACK: &str = "f";
@@ -67,14 +69,11 @@ fn kinded(name: &str, model: &str, engine: EngineKind) -> (Arc<dyn Backend>, Moc
     (Arc::new(Kinded { info, mock }), handle)
 }
 
+/// [`support::settings`] with the default abort wait (2 s).
 fn settings() -> Settings {
     Settings {
-        first_token_timeout: Duration::from_secs(2),
-        idle_timeout: Duration::from_secs(3),
-        client_stall_timeout: Duration::from_secs(5),
-        stream_buffer_events: NonZeroUsize::new(4).unwrap(),
-        admission_wait: Duration::from_secs(1),
-        ..Settings::default()
+        abort_wait: Duration::from_secs(2),
+        ..support::settings()
     }
 }
 

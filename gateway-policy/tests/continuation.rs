@@ -10,7 +10,7 @@
     reason = "test helpers outside #[test] functions"
 )]
 
-use std::num::{NonZeroU32, NonZeroUsize};
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,30 +20,11 @@ use gateway_core::*;
 use gateway_policy::route::LeastLoaded;
 use gateway_policy::*;
 
+pub mod support;
+use support::{pricing, settings};
+
 const MODEL: &str = "tiny";
 const TICK: Duration = Duration::from_millis(10);
-
-fn pricing() -> Pricing {
-    Pricing {
-        input: Money::from_picos(10),
-        cached_input: Money::from_picos(1),
-        output: Money::from_picos(100),
-    }
-}
-
-fn settings() -> Settings {
-    Settings {
-        first_token_timeout: Duration::from_secs(2),
-        idle_timeout: Duration::from_secs(3),
-        client_stall_timeout: Duration::from_secs(5),
-        stream_buffer_events: NonZeroUsize::new(4).unwrap(),
-        admission_wait: Duration::from_secs(1),
-        request_timeout: None,
-        admission_queue: 1024,
-        drift_warn_ratio: 0.02,
-        abort_wait: Duration::from_secs(1),
-    }
-}
 
 /// Knows the ids of text prompts: one per byte.
 #[derive(Debug)]

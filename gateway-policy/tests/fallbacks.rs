@@ -10,7 +10,7 @@
 )]
 
 use std::collections::HashMap;
-use std::num::{NonZeroU32, NonZeroUsize};
+use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +20,8 @@ use gateway_core::*;
 use gateway_policy::health::{BreakerConfig, HealthConfig};
 use gateway_policy::*;
 use tokio::time::Instant;
+
+pub mod support;
 
 /// The requested model: 10 / 100 picodollars per prompt / completion token.
 const BIG: &str = "big";
@@ -38,14 +40,11 @@ fn pricing(input: u64, output: u64) -> Pricing {
     }
 }
 
+/// [`support::settings`] with the default abort wait (2 s).
 fn settings() -> Settings {
     Settings {
-        first_token_timeout: Duration::from_secs(2),
-        idle_timeout: Duration::from_secs(3),
-        client_stall_timeout: Duration::from_secs(5),
-        stream_buffer_events: NonZeroUsize::new(4).unwrap(),
-        admission_wait: Duration::from_secs(1),
-        ..Settings::default()
+        abort_wait: Duration::from_secs(2),
+        ..support::settings()
     }
 }
 

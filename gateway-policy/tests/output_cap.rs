@@ -9,7 +9,6 @@
     reason = "test helpers outside #[test] functions"
 )]
 
-use std::num::NonZeroUsize;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,29 +18,10 @@ use gateway_core::*;
 use gateway_policy::*;
 use tokio::time::Instant;
 
+pub mod support;
+use support::{pricing, settings};
+
 const MODEL: &str = "tiny";
-
-fn pricing() -> Pricing {
-    Pricing {
-        input: Money::from_picos(10),
-        cached_input: Money::from_picos(1),
-        output: Money::from_picos(100),
-    }
-}
-
-fn settings() -> Settings {
-    Settings {
-        first_token_timeout: Duration::from_secs(2),
-        idle_timeout: Duration::from_secs(3),
-        client_stall_timeout: Duration::from_secs(5),
-        stream_buffer_events: NonZeroUsize::new(4).unwrap(),
-        admission_wait: Duration::from_secs(1),
-        request_timeout: None,
-        admission_queue: 1024,
-        drift_warn_ratio: 0.02,
-        abort_wait: Duration::from_secs(1),
-    }
-}
 
 /// A tokenizer stand-in that counts whitespace-separated words, exactly.
 #[derive(Debug)]

@@ -9,7 +9,6 @@
 #![cfg(feature = "tokenizers")]
 #![expect(clippy::unwrap_used, reason = "test helpers outside #[test] functions")]
 
-use std::num::NonZeroUsize;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
@@ -17,6 +16,9 @@ use futures::StreamExt;
 use gateway_core::testkit::{MockBackend, Script};
 use gateway_core::*;
 use gateway_policy::*;
+
+pub mod support;
+use support::settings;
 
 const DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../fixtures/tokenizers/");
 
@@ -203,20 +205,6 @@ fn reserved_keys_fall_back_to_a_bound() {
         bare.count_request(&prompt, with_extra(extra)),
         TokenCount::UpperBound(without + tools_allowance(bare.count_text(extra).value()))
     );
-}
-
-fn settings() -> Settings {
-    Settings {
-        first_token_timeout: Duration::from_secs(2),
-        idle_timeout: Duration::from_secs(3),
-        client_stall_timeout: Duration::from_secs(5),
-        stream_buffer_events: NonZeroUsize::new(4).unwrap(),
-        admission_wait: Duration::from_secs(1),
-        request_timeout: None,
-        admission_queue: 1024,
-        drift_warn_ratio: 0.02,
-        abort_wait: Duration::from_secs(1),
-    }
 }
 
 /// Through the pipeline: the request's `extra` reaches the estimate. An
