@@ -600,31 +600,33 @@ mod engine_sglang {
             .await
             .unwrap();
         reach(&sim, "q", EnginePhase::Queued).await;
+        // A cancel reaches the engine as the consumer reads on (it must
+        // read or drop the stream: the reader runs in its polls).
         assert!(queued_cancel.cancel(CancelReason::ClientGone));
-        let latency_q = abort_seen(
-            &sim,
-            "q",
-            EnginePhase::Queued,
-            queued_cancel.canceled_at().unwrap(),
-        )
-        .await;
-        let e = drain_error(&mut queued).await;
+        let (latency_q, e) = tokio::join!(
+            abort_seen(
+                &sim,
+                "q",
+                EnginePhase::Queued,
+                queued_cancel.canceled_at().unwrap(),
+            ),
+            drain_error(&mut queued)
+        );
         assert_eq!(
             (e.kind(), e.phase()),
             (FailureKind::Canceled, FailurePhase::BeforeFirstToken)
         );
         assert!(prefill_cancel.cancel(CancelReason::Timeout));
-        let latency_p = abort_seen(
-            &sim,
-            "p",
-            EnginePhase::Prefill,
-            prefill_cancel.canceled_at().unwrap(),
-        )
-        .await;
-        assert_eq!(
-            drain_error(&mut prefill).await.kind(),
-            FailureKind::Canceled
+        let (latency_p, e) = tokio::join!(
+            abort_seen(
+                &sim,
+                "p",
+                EnginePhase::Prefill,
+                prefill_cancel.canceled_at().unwrap(),
+            ),
+            drain_error(&mut prefill)
         );
+        assert_eq!(e.kind(), FailureKind::Canceled);
 
         let decode_cancel = CancelHandle::new();
         let mut decode = b
@@ -633,14 +635,15 @@ mod engine_sglang {
             .unwrap();
         first_delta(&mut decode).await;
         decode_cancel.cancel(CancelReason::Budget);
-        let latency_d = abort_seen(
-            &sim,
-            "d",
-            EnginePhase::Decode,
-            decode_cancel.canceled_at().unwrap(),
-        )
-        .await;
-        let e = drain_error(&mut decode).await;
+        let (latency_d, e) = tokio::join!(
+            abort_seen(
+                &sim,
+                "d",
+                EnginePhase::Decode,
+                decode_cancel.canceled_at().unwrap(),
+            ),
+            drain_error(&mut decode)
+        );
         assert_eq!(
             (e.kind(), e.phase()),
             (FailureKind::Canceled, FailurePhase::AfterFirstToken)
@@ -663,11 +666,11 @@ mod engine_sglang {
         first_delta(&mut aborted).await;
         let t0 = Instant::now();
         assert!(b.abort(&"a".into()).await.unwrap());
-        let latency_abort = abort_seen(&sim, "a", EnginePhase::Decode, t0).await;
-        assert_eq!(
-            drain_error(&mut aborted).await.kind(),
-            FailureKind::Canceled
+        let (latency_abort, e) = tokio::join!(
+            abort_seen(&sim, "a", EnginePhase::Decode, t0),
+            drain_error(&mut aborted)
         );
+        assert_eq!(e.kind(), FailureKind::Canceled);
         assert!(!b.abort(&"a".into()).await.unwrap());
 
         // The deadline aborts too.

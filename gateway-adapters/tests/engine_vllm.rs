@@ -772,27 +772,29 @@ mod engine_vllm {
             .unwrap();
         reach(&sim, "q", EnginePhase::Queued).await;
         assert!(queued_cancel.cancel(CancelReason::ClientGone));
-        let latency_q = abort_seen(
-            &sim,
-            "q",
-            EnginePhase::Queued,
-            queued_cancel.canceled_at().unwrap(),
-        )
-        .await;
-        let e = drain_error(&mut queued).await;
+        let (latency_q, e) = tokio::join!(
+            abort_seen(
+                &sim,
+                "q",
+                EnginePhase::Queued,
+                queued_cancel.canceled_at().unwrap(),
+            ),
+            drain_error(&mut queued)
+        );
         assert_eq!(
             (e.kind(), e.phase()),
             (FailureKind::Canceled, FailurePhase::BeforeFirstToken)
         );
         assert!(prefill_cancel.cancel(CancelReason::Timeout));
-        let latency_p = abort_seen(
-            &sim,
-            "p",
-            EnginePhase::Prefill,
-            prefill_cancel.canceled_at().unwrap(),
-        )
-        .await;
-        let e = drain_error(&mut prefill).await;
+        let (latency_p, e) = tokio::join!(
+            abort_seen(
+                &sim,
+                "p",
+                EnginePhase::Prefill,
+                prefill_cancel.canceled_at().unwrap(),
+            ),
+            drain_error(&mut prefill)
+        );
         assert_eq!(e.kind(), FailureKind::Canceled);
         // Decode, by cancel, by dropping the stream, by abort(id).
         let decode_cancel = CancelHandle::new();
@@ -802,14 +804,15 @@ mod engine_vllm {
             .unwrap();
         first_delta(&mut decode).await;
         decode_cancel.cancel(CancelReason::Budget);
-        let latency_d = abort_seen(
-            &sim,
-            "d",
-            EnginePhase::Decode,
-            decode_cancel.canceled_at().unwrap(),
-        )
-        .await;
-        let e = drain_error(&mut decode).await;
+        let (latency_d, e) = tokio::join!(
+            abort_seen(
+                &sim,
+                "d",
+                EnginePhase::Decode,
+                decode_cancel.canceled_at().unwrap(),
+            ),
+            drain_error(&mut decode)
+        );
         assert_eq!(
             (e.kind(), e.phase()),
             (FailureKind::Canceled, FailurePhase::AfterFirstToken)
@@ -832,8 +835,10 @@ mod engine_vllm {
         first_delta(&mut aborted).await;
         let t0 = Instant::now();
         assert!(backend.abort(&"a".into()).await.unwrap());
-        let latency_abort = abort_seen(&sim, "a", EnginePhase::Decode, t0).await;
-        let e = drain_error(&mut aborted).await;
+        let (latency_abort, e) = tokio::join!(
+            abort_seen(&sim, "a", EnginePhase::Decode, t0),
+            drain_error(&mut aborted)
+        );
         assert_eq!(e.kind(), FailureKind::Canceled);
         assert!(!backend.abort(&"a".into()).await.unwrap());
 

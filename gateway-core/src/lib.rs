@@ -111,6 +111,7 @@ mod event;
 pub mod live;
 mod meter;
 mod money;
+mod packed;
 mod phase;
 mod pressure;
 mod request;
@@ -144,6 +145,7 @@ pub use event::{
 pub use live::{LiveAttempt, LiveGuard, LiveRequests};
 pub use meter::UsageMeter;
 pub use money::{Money, PriceError, Pricing};
+pub use packed::PackedResult;
 pub use phase::{AbortCounts, EnginePhase};
 pub use pressure::Pressure;
 pub use request::{

@@ -22,7 +22,7 @@ use tokio::sync::mpsc;
 use super::OnDisconnect;
 use super::pressure_cell::{Gauges, HasPressure, PressureCell};
 use super::prometheus;
-use super::reader::{Drain, EVENT_BUFFER, Emit, Flow, Frames, Reader, Settings};
+use super::reader::{self, Drain, EVENT_BUFFER, Emit, Flow, Frames, Reader, Settings};
 use super::scrape::Scraper;
 use super::upstream::{
     self, HttpClient, SIDE_CALL_TIMEOUT, UpstreamError, deadline_passed, parse_uri, protocol,
@@ -648,10 +648,8 @@ impl Backend for OpenAiCompatBackend {
                 started: true,
             },
         );
-        tokio::spawn(reader.run(response.into_body(), tx, live));
-        let mut rx = rx;
-        let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
-        Ok(TokenStream::new(stream).cancel_on_drop(cancel))
+        let read = reader.run(response.into_body(), tx, live);
+        Ok(reader::stream(read, rx, cancel))
     }
 
     async fn abort(&self, id: &RequestId) -> Result<bool, BackendError> {

@@ -27,13 +27,16 @@
 //! `generate_stream` too), so the loop owns the SSE decoder.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use bytes::Bytes;
 use gateway_core::live::Progress;
 use gateway_core::{
     BackendError, CancelHandle, CancelReason, Delta, FailureKind, FailurePhase, FinishReason,
-    LiveGuard, Started, TokenEvent, TokenResult, Usage,
+    LiveGuard, PackedResult, Started, TokenEvent, TokenResult, TokenStream, Usage,
 };
 use http_body_util::BodyExt;
 use tokio::sync::mpsc;
@@ -360,13 +363,16 @@ impl<F: Frames> Reader<F> {
     /// Reads `body` to its end (or a stop), handing the events to `tx`;
     /// `live` (the attempt's registration) leaves the registry once the
     /// engine's part is over: ended when the engine ended it, dropped (an
-    /// abort) when the reader closed the connection.
+    /// abort) when the reader closed the connection. Returns the body when
+    /// the stream ended and the rest of it (normally just the end of the
+    /// chunked body) should be read so the connection goes back to the
+    /// pool ([`stream`] does).
     pub(crate) async fn run(
         mut self,
         mut body: UpstreamBody,
-        tx: mpsc::Sender<TokenResult>,
+        tx: mpsc::Sender<PackedResult>,
         live: LiveGuard,
-    ) {
+    ) -> Option<UpstreamBody> {
         let mut live = Some(live);
         let mut flow = Flow::Continue;
         loop {
@@ -385,7 +391,7 @@ impl<F: Frames> Reader<F> {
                 if !self.stop_pending(watch_deadline)
                     && let Ok(permit) = tx.try_reserve()
                 {
-                    permit.send(item);
+                    permit.send(item.into());
                     continue;
                 }
                 let sent = tokio::select! {
@@ -395,7 +401,7 @@ impl<F: Frames> Reader<F> {
                 };
                 let stop = match sent {
                     Ok(permit) => {
-                        permit.send(item);
+                        permit.send(item.into());
                         continue;
                     }
                     Err(Some(Stop::StartDrain)) => {
@@ -409,17 +415,17 @@ impl<F: Frames> Reader<F> {
                 };
                 if flow == Flow::End {
                     // The engine's part is over: nothing left to close.
-                    return;
+                    return None;
                 }
                 drop(body);
                 self.frames.on_close();
                 drop(live.take());
-                let Some(stop) = stop else { return };
+                let stop = stop?;
                 if tx.is_closed() {
-                    return;
+                    return None;
                 }
-                let _ = tx.send(Err(self.stop_error(stop))).await;
-                return;
+                let _ = tx.send(Err(self.stop_error(stop)).into()).await;
+                return None;
             }
             if flow == Flow::End {
                 drop(tx);
@@ -427,10 +433,9 @@ impl<F: Frames> Reader<F> {
                     // An engine that ignores its cap would stream on.
                     drop(body);
                     self.frames.on_close();
-                } else {
-                    tail(body).await;
+                    return None;
                 }
-                return;
+                return Some(body);
             }
             if self.grace_until.is_none() && (self.emit.finish.is_some() || self.emit.finished) {
                 self.grace_until = Some(Instant::now() + FINISH_GRACE);
@@ -447,15 +452,15 @@ impl<F: Frames> Reader<F> {
                     drop(body);
                     if finished {
                         // `Finished` is out; only the end marker was awaited.
-                        return;
+                        return None;
                     }
                     self.frames.on_close();
                     drop(live.take());
-                    let _ = tx.send(Err(self.stop_error(stop))).await;
-                    return;
+                    let _ = tx.send(Err(self.stop_error(stop)).into()).await;
+                    return None;
                 }
                 // Nobody reads (a drain whose stream was dropped): close.
-                () = tx.closed(), if !finished => return,
+                () = tx.closed(), if !finished => return None,
                 () = deadline_passed(grace) => {
                     flow = self.grace_over();
                     continue;
@@ -655,6 +660,65 @@ pub(crate) fn read_chunks<F: Frames>(
     (events, held)
 }
 
+/// The events of a reader as a [`TokenStream`] driven by `read` (a
+/// [`Reader::run`], maybe behind the wait for the response head) in the
+/// consumer's polls: no task of its own, no wake-up between reading the
+/// connection and taking the events. Dropping the stream closes the
+/// connection (the engine's abort) and fires `cancel`; a stream dropped
+/// after its end while the rest of the body is still on its way leaves that
+/// read to a task, so the connection still goes back to the pool.
+pub(crate) fn stream(
+    read: impl Future<Output = Option<UpstreamBody>> + Send + 'static,
+    mut rx: mpsc::Receiver<PackedResult>,
+    cancel: CancelHandle,
+) -> TokenStream {
+    let driver = Driver(Phase::Reading(Box::pin(read)));
+    let items = futures::stream::poll_fn(move |cx| {
+        rx.poll_recv(cx).map(|item| item.map(PackedResult::unpack))
+    });
+    TokenStream::driven(items, driver).cancel_on_drop(cancel)
+}
+
+/// A reader run as a stream's driver: the read loop, then the tail.
+struct Driver(Phase);
+
+enum Phase {
+    Reading(Pin<Box<dyn Future<Output = Option<UpstreamBody>> + Send>>),
+    Tail(Pin<Box<dyn Future<Output = ()> + Send>>),
+    Done,
+}
+
+impl Future for Driver {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let phase = &mut self.0;
+        loop {
+            match phase {
+                Phase::Reading(read) => match ready!(read.as_mut().poll(cx)) {
+                    Some(body) => *phase = Phase::Tail(Box::pin(tail(body))),
+                    None => *phase = Phase::Done,
+                },
+                Phase::Tail(tail) => {
+                    ready!(tail.as_mut().poll(cx));
+                    *phase = Phase::Done;
+                }
+                Phase::Done => return Poll::Ready(()),
+            }
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if let Phase::Tail(tail) = std::mem::replace(&mut self.0, Phase::Done)
+            && let Ok(runtime) = tokio::runtime::Handle::try_current()
+        {
+            runtime.spawn(tail);
+        }
+    }
+}
+
 /// Reads the rest of `body` (normally just the end of the chunked body),
 /// bounded in bytes and time, so the connection can go back to the pool.
 async fn tail(mut body: UpstreamBody) {
@@ -768,6 +832,78 @@ mod tests {
                 Err(e) => format!("error {:?} {:?} {}", e.kind(), e.phase(), e.message()),
             })
             .collect()
+    }
+
+    /// A stream dropped right after its `Finished`, while the end of the
+    /// engine's chunked body is still on its way: the tail read goes on
+    /// in a task and the connection returns to the pool.
+    #[tokio::test]
+    async fn a_stream_dropped_at_its_end_still_returns_the_connection() {
+        use futures::StreamExt;
+        use gateway_core::http::{Method, Request};
+        use gateway_core::{LiveRequests, RequestId};
+        use http_body_util::Full;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (step, mut steps) = mpsc::channel::<Vec<u8>>(4);
+        tokio::spawn(async move {
+            let (mut io, _) = listener.accept().await.unwrap();
+            let mut buf = [0; 4096];
+            let _ = io.read(&mut buf).await.unwrap();
+            while let Some(bytes) = steps.recv().await {
+                io.write_all(&bytes).await.unwrap();
+            }
+            // Held open: the pooled connection stays usable.
+            std::future::pending::<()>().await;
+        });
+        let client =
+            super::super::http1::Client::new(4, Duration::from_secs(30), Duration::from_secs(2));
+        step.send(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n".to_vec())
+            .await
+            .unwrap();
+        let request = Request::builder()
+            .method(Method::POST)
+            .uri(format!("http://{addr}/x"))
+            .body(Full::new(Bytes::from_static(b"{}")))
+            .unwrap();
+        let body = client.request(request).await.unwrap().into_body();
+        let wire = "data: a\n\ndata: finish\n\ndata: [DONE]\n\n";
+        let chunk = format!("{:x}\r\n{wire}\r\n", wire.len());
+        step.send(chunk.into_bytes()).await.unwrap();
+        let live = LiveRequests::new(4);
+        let cancel = CancelHandle::new();
+        let guard = live.register(&RequestId::from("r"), &cancel).unwrap();
+        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+        let read = reader(Toy::default(), 8).run(UpstreamBody::Plain(body), tx, guard);
+        let mut stream = stream(read, rx, cancel.clone());
+        let mut names = Vec::new();
+        while let Some(item) = stream.next().await {
+            let event = item.unwrap();
+            let end = matches!(event, TokenEvent::Finished(_));
+            names.push(event.name());
+            if end {
+                break;
+            }
+        }
+        assert_eq!(names, ["Delta", "Finished"]);
+        assert_eq!(client.idle(), 0, "the body's end has not come yet");
+        drop(stream);
+        assert!(
+            !cancel.is_canceled(),
+            "a stream dropped at its end cancels nothing"
+        );
+        step.send(b"0\r\n\r\n".to_vec()).await.unwrap();
+        let until = Instant::now() + Duration::from_secs(2);
+        while client.idle() == 0 {
+            assert!(
+                Instant::now() < until,
+                "the connection never returned to the pool"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        assert_eq!(live.inflight(), 0);
     }
 
     #[test]

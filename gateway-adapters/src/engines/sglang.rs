@@ -73,7 +73,7 @@ use super::openai_compat::{
 };
 use super::pressure_cell::{Gauges, HasPressure, PressureCell};
 use super::prometheus;
-use super::reader::{EVENT_BUFFER, Emit, Flow, Frames, Reader, Settings};
+use super::reader::{self, EVENT_BUFFER, Emit, Flow, Frames, Reader, Settings};
 use super::scrape::Scraper;
 use super::upstream::{
     self, HttpClient, SIDE_CALL_TIMEOUT, deadline_passed, parse_uri, protocol, read_limited,
@@ -653,10 +653,8 @@ impl Backend for SglangBackend {
                 started: true,
             },
         );
-        tokio::spawn(reader.run(response.into_body(), tx, live));
-        let mut rx = rx;
-        let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
-        Ok(TokenStream::new(stream).cancel_on_drop(cancel))
+        let read = reader.run(response.into_body(), tx, live);
+        Ok(reader::stream(read, rx, cancel))
     }
 
     async fn abort(&self, id: &RequestId) -> Result<bool, BackendError> {

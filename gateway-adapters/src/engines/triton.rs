@@ -91,8 +91,8 @@ use bytes::Bytes;
 use gateway_core::http::{HeaderValue, Method, Request, StatusCode, Uri, header};
 use gateway_core::{
     Backend, BackendError, BackendInfo, BackendRequest, CancelHandle, CancelReason, Delta,
-    EngineKind, FailureKind, FailurePhase, Health, LiveGuard, LiveRequests, Pressure, Prompt,
-    RequestId, Started, TokenEvent, TokenResult, TokenStream, Usage,
+    EngineKind, FailureKind, FailurePhase, Health, LiveGuard, LiveRequests, PackedResult, Pressure,
+    Prompt, RequestId, Started, TokenEvent, TokenResult, TokenStream, Usage,
 };
 use http_body_util::Full;
 use serde_json::{Map, Value};
@@ -102,7 +102,7 @@ use tokio::time::Instant;
 use super::openai_compat::{EngineError, UpstreamConfig, kind_for_status, says_bad_input};
 use super::pressure_cell::{Gauges, HasPressure, PressureCell};
 use super::prometheus;
-use super::reader::{EVENT_BUFFER, Emit, Flow, Frames, Reader, Settings};
+use super::reader::{self, EVENT_BUFFER, Emit, Flow, Frames, Reader, Settings};
 use super::scrape::Scraper;
 use super::upstream::{
     self, HttpClient, SIDE_CALL_TIMEOUT, UpstreamBody, UpstreamError, deadline_passed, parse_uri,
@@ -641,28 +641,28 @@ impl Frames for TritonFrames {
 /// it, then reads the body with the shared reader.
 async fn read(
     head: Head,
-    tx: mpsc::Sender<TokenResult>,
+    tx: mpsc::Sender<PackedResult>,
     live: LiveGuard,
     reader: Reader<TritonFrames>,
     cancel: CancelHandle,
     deadline: Option<Instant>,
     shared: Arc<Shared>,
-) {
+) -> Option<UpstreamBody> {
     let response = match head {
         Head::Ready(response) => *response,
         Head::Pending(future) => match await_head(future, &tx, &cancel, deadline, &shared).await {
             Some(response) => response,
-            None => return,
+            None => return None,
         },
     };
-    reader.run(response.into_body(), tx, live).await;
+    reader.run(response.into_body(), tx, live).await
 }
 
 /// The response head, or `None` once the stream was ended (with an error,
 /// unless nobody reads it).
 async fn await_head(
     future: HeadFuture,
-    tx: &mpsc::Sender<TokenResult>,
+    tx: &mpsc::Sender<PackedResult>,
     cancel: &CancelHandle,
     deadline: Option<Instant>,
     shared: &Shared,
@@ -695,7 +695,7 @@ async fn await_head(
         },
     };
     if let Some(error) = error {
-        let _ = tx.send(Err(error)).await;
+        let _ = tx.send(Err(error).into()).await;
     }
     None
 }
@@ -807,21 +807,11 @@ impl Backend for TritonBackend {
             },
         );
         // `Started` goes first: the engine holds the request now.
-        tx.try_send(Ok(TokenEvent::Started(Started::default())))
+        tx.try_send(Ok(TokenEvent::Started(Started::default())).into())
             .map_err(|_| BackendError::new(FailureKind::Internal, "event channel full"))?;
         let shared = inner.shared.clone();
-        tokio::spawn(read(
-            head,
-            tx,
-            live,
-            reader,
-            cancel.clone(),
-            deadline,
-            shared,
-        ));
-        let mut rx = rx;
-        let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
-        Ok(TokenStream::new(stream).cancel_on_drop(cancel))
+        let read = read(head, tx, live, reader, cancel.clone(), deadline, shared);
+        Ok(reader::stream(read, rx, cancel))
     }
 
     async fn abort(&self, id: &RequestId) -> Result<bool, BackendError> {

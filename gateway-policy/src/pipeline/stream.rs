@@ -11,7 +11,8 @@ use std::time::Duration;
 use futures::{Stream, StreamExt};
 use gateway_core::{
     BackendError, BudgetGuard, CancelHandle, CancelReason, EnginePhase, FailureKind, FailurePhase,
-    RequestId, Started, TokenCount, TokenEvent, TokenResult, TokenStream, Usage, UsageMeter,
+    PackedResult, RequestId, Started, TokenCount, TokenEvent, TokenResult, TokenStream, Usage,
+    UsageMeter,
 };
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
@@ -158,7 +159,7 @@ pub(super) fn start(
 /// end cancels the request: the engine is aborted and the tenant charged
 /// for what was taken.
 pub struct GatewayStream {
-    rx: mpsc::Receiver<TokenResult>,
+    rx: mpsc::Receiver<PackedResult>,
     client: Arc<Client>,
     meter: UsageMeter,
     cancel: CancelHandle,
@@ -217,7 +218,7 @@ impl Stream for GatewayStream {
                 self.ended = true;
                 return Poll::Ready(None);
             }
-            Poll::Ready(Some(item)) => item,
+            Poll::Ready(Some(item)) => item.unpack(),
         };
         match &item {
             Ok(TokenEvent::Delta(d)) => {
@@ -297,7 +298,7 @@ struct Pump {
     order: gateway_core::EventOrder,
     /// The gateway's own count of the output against `max_tokens`.
     output_cap: OutputCap,
-    tx: mpsc::Sender<TokenResult>,
+    tx: mpsc::Sender<PackedResult>,
     client: Arc<Client>,
     settlement: Settlement,
     cancel: CancelHandle,
@@ -360,7 +361,7 @@ impl Pump {
                 // Tell a client that is still there why the stream ends.
                 if reason != CancelReason::ClientGone {
                     let err = BackendError::canceled(reason).with_phase(self.phase());
-                    let _ = self.tx.try_send(Err(err));
+                    let _ = self.tx.try_send(Err(err).into());
                 }
                 Some(reason)
             }
@@ -561,7 +562,7 @@ impl Pump {
         // Fast path: room in the buffer (a cancel is seen at the next read).
         match self.tx.try_reserve() {
             Ok(permit) => {
-                permit.send(item);
+                permit.send(item.into());
                 return Ok(());
             }
             Err(mpsc::error::TrySendError::Closed(())) => return Err(Blocked::ClientGone),
@@ -574,7 +575,7 @@ impl Pump {
                 permit = self.tx.reserve() => {
                     return match permit {
                         Ok(permit) => {
-                            permit.send(item);
+                            permit.send(item.into());
                             Ok(())
                         }
                         Err(_) => Err(Blocked::ClientGone),
@@ -582,6 +583,9 @@ impl Pump {
                 }
                 () = self.client.progress.notified() => {}
                 () = tokio::time::sleep(self.stall) => return Err(Blocked::Stalled),
+                // The backend's reader goes on meanwhile (its cancel,
+                // deadline and abort), as far as its own buffer allows.
+                () = self.stream.drive() => {}
             }
         }
     }
@@ -731,6 +735,9 @@ impl Pump {
                     self.cancel.cancel(CancelReason::ClientGone);
                     return;
                 }
+                // The rest of the engine's body, read meanwhile, returns
+                // its connection to the pool.
+                () = self.stream.drive() => {}
             }
         }
     }

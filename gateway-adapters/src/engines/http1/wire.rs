@@ -450,7 +450,7 @@ fn chunk_size(line: &[u8]) -> Result<u64, WireError> {
 /// bytes of each socket read, in order) as the client reads it, then the
 /// connection's end. The status, the body, and whether the body ended
 /// before the connection did; or the error.
-#[cfg(any(test, feature = "fuzzing"))]
+#[cfg(feature = "fuzzing")]
 pub(crate) fn read_answer(
     reads: &[&[u8]],
     max_head: usize,
