@@ -85,7 +85,9 @@ pub(crate) struct Emit {
     capped: bool,
     /// `Finished` is queued.
     finished: bool,
-    out: VecDeque<TokenResult>,
+    /// Packed: a read can bring dozens of events, and the queue keeps its
+    /// room.
+    out: VecDeque<PackedResult>,
 }
 
 impl Emit {
@@ -132,7 +134,7 @@ impl Emit {
             return Flow::End;
         }
         delta.tokens = u32::try_from(tokens).unwrap_or(u32::MAX);
-        self.out.push_back(Ok(TokenEvent::Delta(delta)));
+        self.out.push_back(Ok(TokenEvent::Delta(delta)).into());
         Flow::Continue
     }
 
@@ -143,7 +145,7 @@ impl Emit {
             tracing::debug!(error = %error, "engine error after the finish: dropped");
             return Flow::End;
         }
-        self.out.push_back(Err(error));
+        self.out.push_back(Err(error).into());
         Flow::End
     }
 
@@ -282,7 +284,7 @@ impl<F: Frames> Reader<F> {
         let mut emit = Emit::new(settings.cap);
         if settings.started {
             emit.out
-                .push_back(Ok(TokenEvent::Started(Started::default())));
+                .push_back(Ok(TokenEvent::Started(Started::default())).into());
         }
         Reader {
             frames,
@@ -391,7 +393,7 @@ impl<F: Frames> Reader<F> {
                 if !self.stop_pending(watch_deadline)
                     && let Ok(permit) = tx.try_reserve()
                 {
-                    permit.send(item.into());
+                    permit.send(item);
                     continue;
                 }
                 let sent = tokio::select! {
@@ -401,7 +403,7 @@ impl<F: Frames> Reader<F> {
                 };
                 let stop = match sent {
                     Ok(permit) => {
-                        permit.send(item.into());
+                        permit.send(item);
                         continue;
                     }
                     Err(Some(Stop::StartDrain)) => {
@@ -478,7 +480,7 @@ impl<F: Frames> Reader<F> {
                 Some(Err(e)) => {
                     if !self.emit.finished {
                         let error = self.frames.body_error(e, self.emit.phase());
-                        self.emit.out.push_back(Err(error));
+                        self.emit.out.push_back(Err(error).into());
                     }
                     Flow::End
                 }
@@ -522,11 +524,11 @@ impl<F: Frames> Reader<F> {
         self.emit.capped = false;
         self.past_cap = true;
         if let Some(usage) = self.frames.usage_at_cap(self.emit.progress.delivered()) {
-            self.emit.out.push_back(Ok(TokenEvent::Usage(usage)));
+            self.emit.out.push_back(Ok(TokenEvent::Usage(usage)).into());
         }
         self.emit
             .out
-            .push_back(Ok(TokenEvent::Finished(FinishReason::Length)));
+            .push_back(Ok(TokenEvent::Finished(FinishReason::Length)).into());
         self.emit.finished = true;
     }
 
@@ -553,17 +555,17 @@ impl<F: Frames> Reader<F> {
         // Within the room: always counted.
         if (tokens > 0 || delta.has_output()) && progress.deliver(tokens) {
             delta.tokens = u32::try_from(tokens).unwrap_or(u32::MAX);
-            emit.out.push_back(Ok(TokenEvent::Delta(delta)));
+            emit.out.push_back(Ok(TokenEvent::Delta(delta)).into());
         }
         if let Some(usage) = self.frames.final_usage(progress.delivered()) {
-            emit.out.push_back(Ok(TokenEvent::Usage(usage)));
+            emit.out.push_back(Ok(TokenEvent::Usage(usage)).into());
         }
         let reason = reason.unwrap_or(if progress.at_cap() {
             FinishReason::Length
         } else {
             FinishReason::Stop
         });
-        emit.out.push_back(Ok(TokenEvent::Finished(reason)));
+        emit.out.push_back(Ok(TokenEvent::Finished(reason)).into());
         emit.finished = true;
     }
 
@@ -640,7 +642,7 @@ pub(crate) fn read_chunks<F: Frames>(
         reader.decoder.push(chunk);
         flow = reader.drain_events();
         held = held.max(reader.decoder.buffered());
-        events.extend(reader.emit.out.drain(..));
+        events.extend(reader.emit.out.drain(..).map(PackedResult::unpack));
         if flow == Flow::End {
             break;
         }
@@ -656,7 +658,7 @@ pub(crate) fn read_chunks<F: Frames>(
             held = held.max(reader.decoder.buffered());
         }
     }
-    events.extend(reader.emit.out.drain(..));
+    events.extend(reader.emit.out.drain(..).map(PackedResult::unpack));
     (events, held)
 }
 
@@ -818,7 +820,12 @@ mod tests {
                 reader.body_end();
             }
         }
-        reader.emit.out.drain(..).collect()
+        reader
+            .emit
+            .out
+            .drain(..)
+            .map(PackedResult::unpack)
+            .collect()
     }
 
     fn events(items: &[TokenResult]) -> Vec<String> {
@@ -1002,7 +1009,7 @@ mod tests {
             r.decoder = SseDecoder::new().with_max_event_bytes(32);
             r.decoder.push(wire);
             assert_eq!(r.drain_events(), Flow::End);
-            let out: Vec<TokenResult> = r.emit.out.drain(..).collect();
+            let out: Vec<TokenResult> = r.emit.out.drain(..).map(PackedResult::unpack).collect();
             assert_eq!(events(&out), ["delta \"a\" 1", "finished Stop"]);
         }
     }
