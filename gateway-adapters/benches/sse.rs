@@ -13,7 +13,14 @@
 //! - a text chunk read into a `Delta` by [`chunk_delta`] (every kind of
 //!   output typed) against the text-only read the adapters did before
 //!   (reasoning and tool calls skipped as ignored values): what typed output
-//!   costs a plain text stream.
+//!   costs a plain text stream;
+//! - with the crate feature `fuzzing` (the adapters' chunk reader is
+//!   private): an engine's chunk read as the OpenAI-compatible adapters'
+//!   `on_event` reads it (the strict fast path, else serde; then choice 0's
+//!   `Delta`) against serde alone (their read before the fast path), for a
+//!   text chunk, for the 19 chunks of a short answer (role chunk, 16
+//!   text chunks, finish chunk, usage chunk), and for a tool-call chunk
+//!   the fast path leaves to serde late (what one miss costs).
 #![expect(
     clippy::print_stdout,
     reason = "the bench prints each candidate/baseline ratio for the log"
@@ -251,6 +258,110 @@ fn decode_chunks() {
     println!("{c}");
 }
 
+/// vLLM's chunks of a short chat answer, as the engine writes them: the
+/// role chunk, 16 text chunks, the finish chunk, the usage chunk.
+#[cfg(feature = "fuzzing")]
+fn vllm_answer() -> Vec<String> {
+    let head = format!(
+        r#""id":"{ID}","object":"chat.completion.chunk","created":{CREATED},"model":"{MODEL}""#
+    );
+    let mut chunks = vec![format!(
+        r#"{{{head},"choices":[{{"index":0,"delta":{{"role":"assistant","content":""}},"logprobs":null,"finish_reason":null}}],"prompt_token_ids":null}}"#
+    )];
+    chunks.extend((0..16).map(|i| {
+        format!(
+            r#"{{{head},"choices":[{{"index":0,"delta":{{"content":{}}},"logprobs":null,"finish_reason":null}}]}}"#,
+            serde_json::Value::from(TEXTS[i % TEXTS.len()])
+        )
+    }));
+    chunks.push(format!(
+        r#"{{{head},"choices":[{{"index":0,"delta":{{}},"logprobs":null,"finish_reason":"length","stop_reason":null,"token_ids":null}}]}}"#
+    ));
+    chunks.push(format!(
+        r#"{{{head},"choices":[],"usage":{{"prompt_tokens":42,"total_tokens":58,"completion_tokens":16,"prompt_tokens_details":null}},"metrics":null}}"#
+    ));
+    chunks
+}
+
+#[cfg(feature = "fuzzing")]
+fn engine_chunks() {
+    use gateway_adapters::fuzzing::{ChunkPath, engine_chunk_delta};
+    let answer = vllm_answer();
+    for chunk in &answer {
+        assert!(
+            engine_chunk_delta(chunk, ChunkPath::Fast).is_some(),
+            "{chunk}"
+        );
+        assert_eq!(
+            engine_chunk_delta(chunk, ChunkPath::Adapter),
+            engine_chunk_delta(chunk, ChunkPath::Serde)
+        );
+    }
+    let read = |chunk: &str, path| {
+        engine_chunk_delta(chunk, path)
+            .flatten()
+            .map_or(0, |d| d.tokens)
+    };
+    let text = &answer[1..17];
+    let (mut i, mut j) = (0usize, 0usize);
+    let c = compare(
+        "engine text chunk: fast path vs serde",
+        21,
+        20_000,
+        || {
+            i = i.wrapping_add(1);
+            read(&text[i % text.len()], ChunkPath::Serde)
+        },
+        || {
+            j = j.wrapping_add(1);
+            read(&text[j % text.len()], ChunkPath::Adapter)
+        },
+    );
+    println!("{c}");
+    let c = compare(
+        "engine 19-chunk answer: fast path vs serde",
+        21,
+        1_000,
+        || {
+            answer
+                .iter()
+                .map(|chunk| read(chunk, ChunkPath::Serde))
+                .sum::<u32>()
+        },
+        || {
+            answer
+                .iter()
+                .map(|chunk| read(chunk, ChunkPath::Adapter))
+                .sum::<u32>()
+        },
+    );
+    println!("{c}");
+    let per = |d: std::time::Duration| d.as_secs_f64() * 1e9 / answer.len() as f64;
+    println!(
+        "{:<44} baseline {:>10.1} ns/chunk  candidate {:>10.1} ns/chunk",
+        "engine answer per chunk",
+        per(c.baseline),
+        per(c.candidate),
+    );
+    let tool = format!(
+        r#"{{"id":"{ID}","object":"chat.completion.chunk","created":{CREATED},"model":"{MODEL}","choices":[{{"index":0,"delta":{{"content":null,"tool_calls":[{{"index":0,"function":{{"arguments":"{{\"ci"}}}}]}},"logprobs":null,"finish_reason":null}}]}}"#
+    );
+    assert!(engine_chunk_delta(&tool, ChunkPath::Fast).is_none());
+    let c = compare(
+        "engine tool-call chunk, a miss, vs serde",
+        21,
+        20_000,
+        || read(&tool, ChunkPath::Serde),
+        || read(&tool, ChunkPath::Adapter),
+    );
+    println!("{c}");
+}
+
+#[cfg(not(feature = "fuzzing"))]
+fn engine_chunks() {
+    println!("engine chunk rows: run with --features fuzzing");
+}
+
 fn stream() -> Vec<u8> {
     let mut encoder = ChunkEncoder::new(Endpoint::Chat, "req-5f3a2b-17", CREATED, MODEL, true);
     let mut bytes = Vec::new();
@@ -304,4 +415,5 @@ fn main() {
     encode_events();
     decode();
     decode_chunks();
+    engine_chunks();
 }

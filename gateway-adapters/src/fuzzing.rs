@@ -10,7 +10,7 @@
 //! directly.
 
 use gateway_core::http::{HeaderMap, HeaderValue, header};
-use gateway_core::{Pressure, TokenResult};
+use gateway_core::{Delta, Pressure, TokenResult};
 
 use crate::engines::{Quirks, dynamo, nim, openai_compat, sglang, triton, trtllm};
 use crate::openai::SseDecoder;
@@ -44,6 +44,34 @@ pub fn json_string(s: &str) -> String {
 /// current event.
 pub fn sse_buffered(decoder: &SseDecoder) -> usize {
     decoder.buffered()
+}
+
+/// Which reader of an engine's streamed chunk ([`engine_chunk`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkPath {
+    /// `serde_json` alone (the adapters' reader before the fast path).
+    Serde,
+    /// The strict fast path alone; `None` where it leaves the chunk to
+    /// `serde_json`.
+    Fast,
+    /// What the OpenAI-compatible adapters do with a stream's first chunk:
+    /// the fast path, else `serde_json` (after three chunks in a row left
+    /// to `serde_json`, a stream's chunks go to it alone).
+    Adapter,
+}
+
+/// An engine's streamed chunk (the JSON of one `data:` line) as the
+/// OpenAI-compatible adapters read it, by `path`: every field they read,
+/// in `Debug` form; `None` if that path does not read it.
+pub fn engine_chunk(data: &str, path: ChunkPath) -> Option<String> {
+    openai_compat::fuzz_chunk(data, path)
+}
+
+/// The chunk `data` read by `path`, then its choice 0 as a [`Delta`] the
+/// way the adapters take it (`Some(None)`: a chunk without output);
+/// `None` if that path does not read it.
+pub fn engine_chunk_delta(data: &str, path: ChunkPath) -> Option<Option<Delta>> {
+    openai_compat::fuzz_chunk_delta(data, path)
 }
 
 /// The engine whose frames read a stream.

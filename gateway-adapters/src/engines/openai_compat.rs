@@ -35,7 +35,10 @@ use crate::openai::types::{
 };
 use crate::openai::{SseDecoder, SseEvent, merge_extra, parse_upstream_error};
 
+mod chunk_fast;
 mod embed;
+
+use chunk_fast::ChunkReader;
 
 /// Most bytes of an error body read.
 const MAX_ERROR_BODY: usize = 64 * 1024;
@@ -633,6 +636,7 @@ impl Backend for OpenAiCompatBackend {
             quirks: inner.quirks,
             usage: None,
             prompt_ids: PromptIds::Waiting,
+            reader: ChunkReader::default(),
         };
         let reader = Reader::new(
             frames,
@@ -902,7 +906,7 @@ fn kind_for_type(kind: &str, message: &str, param: Option<&str>) -> FailureKind 
 }
 
 /// One streamed chunk, chat or completion, read leniently.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, PartialEq, Deserialize)]
 #[serde(default)]
 struct Chunk {
     error: Option<serde::de::IgnoredAny>,
@@ -919,7 +923,7 @@ struct Chunk {
 
 /// vLLM's top-level `metrics` object; only its speculative-decoding
 /// summary is read.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, PartialEq, Deserialize)]
 #[serde(default)]
 struct ChunkMetrics {
     speculative_decoding: Option<SpecDecoding>,
@@ -927,7 +931,7 @@ struct ChunkMetrics {
 
 /// vLLM's `metrics.speculative_decoding` (ENGINES.md §2; the field is
 /// experimental in vLLM 0.32): draft tokens proposed and accepted.
-#[derive(Debug, Default, Clone, Copy, Deserialize)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Deserialize)]
 #[serde(default)]
 struct SpecDecoding {
     num_draft_tokens: u64,
@@ -942,6 +946,8 @@ struct ChunkFrames {
     quirks: Quirks,
     usage: Option<Usage>,
     prompt_ids: PromptIds,
+    /// The strict fast path for the common chunks, else serde.
+    reader: ChunkReader,
 }
 
 /// The engine's prompt ids, passed on with the stream's first delta.
@@ -981,9 +987,8 @@ impl Frames for ChunkFrames {
         if event.is_done() {
             return emit.end_marker();
         }
-        let chunk: Chunk = match serde_json::from_str(&event.data) {
-            Ok(chunk) => chunk,
-            Err(_) => return emit.fail(protocol("the engine sent malformed JSON", emit.phase())),
+        let Some(chunk) = self.reader.read(&event.data) else {
+            return emit.fail(protocol("the engine sent malformed JSON", emit.phase()));
         };
         if chunk.error.is_some() || chunk.object.as_deref() == Some("error") {
             let detail = parse_upstream_error(event.data.as_bytes()).unwrap_or_default();
@@ -1000,12 +1005,10 @@ impl Frames for ChunkFrames {
         if let (PromptIds::Waiting, Some(ids)) = (&self.prompt_ids, chunk.prompt_token_ids) {
             self.prompt_ids = PromptIds::Held(ids.into());
         }
-        let Some(mut choice) = chunk
-            .choices
-            .unwrap_or_default()
-            .into_iter()
-            .find(|c| c.index.unwrap_or(0) == 0)
-        else {
+        // Choice 0 by reference: moving it out of the list copied its ~250
+        // bytes on every chunk.
+        let mut choices = chunk.choices.unwrap_or_default();
+        let Some(choice) = choices.iter_mut().find(|c| c.index.unwrap_or(0) == 0) else {
             return Flow::Continue;
         };
         if emit.finish_seen() {
@@ -1186,8 +1189,46 @@ pub(crate) fn fuzz_read(
         quirks,
         usage: None,
         prompt_ids: PromptIds::Waiting,
+        reader: ChunkReader::default(),
     };
     super::reader::read_chunks(frames, cap, max_event_bytes, chunks, end)
+}
+
+/// For the fuzz targets and the `sse` bench: the chunk `data` read by
+/// `path` (`None`: the fast path leaves it to serde, or serde refuses it).
+#[cfg(feature = "fuzzing")]
+fn read_chunk_by(data: &str, path: crate::fuzzing::ChunkPath) -> Option<Chunk> {
+    use crate::fuzzing::ChunkPath;
+    match path {
+        ChunkPath::Serde => serde_json::from_str(data).ok(),
+        ChunkPath::Fast => chunk_fast::read(data),
+        ChunkPath::Adapter => ChunkReader::default().read(data),
+    }
+}
+
+/// For the fuzz targets: the chunk `data` read by `path`, in its `Debug`
+/// form (every field the adapter reads).
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_chunk(data: &str, path: crate::fuzzing::ChunkPath) -> Option<String> {
+    read_chunk_by(data, path).map(|chunk| format!("{chunk:?}"))
+}
+
+/// For the `sse` bench and the fuzz targets: the chunk `data` read by
+/// `path`, then choice 0's delta taken as [`ChunkFrames::on_event`] takes
+/// it.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_chunk_delta(
+    data: &str,
+    path: crate::fuzzing::ChunkPath,
+) -> Option<Option<gateway_core::Delta>> {
+    let chunk = read_chunk_by(data, path)?;
+    let mut choices = chunk.choices.unwrap_or_default();
+    Some(
+        choices
+            .iter_mut()
+            .find(|c| c.index.unwrap_or(0) == 0)
+            .and_then(|choice| choice.take_delta(data)),
+    )
 }
 
 #[cfg(test)]

@@ -22,7 +22,7 @@ where
 }
 
 /// One choice of a streamed chunk, read leniently.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, PartialEq, Deserialize)]
 #[serde(default)]
 pub(crate) struct WireChoice {
     pub(crate) index: Option<u32>,
@@ -43,7 +43,7 @@ pub(crate) struct WireChoice {
 }
 
 /// Whether a field holds a value other than `null` (skipped unread).
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
 pub(crate) struct Present(bool);
 
 impl<'de> Deserialize<'de> for Present {
@@ -83,7 +83,7 @@ fn choice_logprobs(data: &str, index: u32) -> Vec<TokenLogprob> {
 }
 
 /// A chat choice's `delta`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, PartialEq, Deserialize)]
 #[serde(default)]
 pub(crate) struct WireDelta {
     pub(crate) role: Option<String>,
@@ -96,7 +96,7 @@ pub(crate) struct WireDelta {
 }
 
 /// One entry of `delta.tool_calls`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, PartialEq, Deserialize)]
 #[serde(default)]
 pub(crate) struct WireToolCall {
     pub(crate) index: Option<u32>,
@@ -107,7 +107,7 @@ pub(crate) struct WireToolCall {
 }
 
 /// `tool_calls[].function`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, PartialEq, Deserialize)]
 #[serde(default)]
 pub(crate) struct WireFunction {
     pub(crate) name: Option<String>,

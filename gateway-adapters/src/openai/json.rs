@@ -1,9 +1,13 @@
 //! Small JSON helpers for the hot paths: string escaping identical to
-//! `serde_json`'s, integer formatting, and a scanner that splits a
+//! `serde_json`'s, integer formatting, a scanner that splits a
 //! (validated) top-level JSON object into raw key and value slices so
-//! uninterpreted fields can be passed on byte for byte.
+//! uninterpreted fields can be passed on byte for byte, and (`strict`) a
+//! validating reader for fast paths that fall back to `serde_json`.
 
 use bytes::BytesMut;
+
+#[cfg(feature = "engines")]
+pub(crate) mod strict;
 
 /// Something bytes can be appended to.
 pub(crate) trait Sink {
