@@ -36,7 +36,7 @@ use bytes::Bytes;
 use gateway_core::live::Progress;
 use gateway_core::{
     BackendError, CancelHandle, CancelReason, Delta, FailureKind, FailurePhase, FinishReason,
-    LiveGuard, PackedResult, Started, TokenEvent, TokenResult, TokenStream, Usage,
+    LiveGuard, PackedResult, Started, TokenEvent, TokenStream, Usage,
 };
 use http_body_util::BodyExt;
 use tokio::sync::mpsc;
@@ -623,7 +623,7 @@ pub(crate) fn read_chunks<F: Frames>(
     max_event_bytes: usize,
     chunks: &[&[u8]],
     end: BodyEnd,
-) -> (Vec<TokenResult>, usize) {
+) -> (Vec<gateway_core::TokenResult>, usize) {
     let mut reader = Reader::new(
         frames,
         Settings {
@@ -739,6 +739,7 @@ async fn tail(mut body: UpstreamBody) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use gateway_core::TokenResult;
 
     /// Frames of a toy wire: `data: <text>|<tokens>`, `data: finish`,
     /// `data: usage <n>`, `data: [DONE]`; `held` text flushed at the end.

@@ -92,7 +92,7 @@ use gateway_core::http::{HeaderValue, Method, Request, StatusCode, Uri, header};
 use gateway_core::{
     Backend, BackendError, BackendInfo, BackendRequest, CancelHandle, CancelReason, Delta,
     EngineKind, FailureKind, FailurePhase, Health, LiveGuard, LiveRequests, PackedResult, Pressure,
-    Prompt, RequestId, Started, TokenEvent, TokenResult, TokenStream, Usage,
+    Prompt, RequestId, Started, TokenEvent, TokenStream, Usage,
 };
 use http_body_util::Full;
 use serde_json::{Map, Value};
@@ -896,7 +896,7 @@ pub(crate) fn fuzz_read(
     max_event_bytes: usize,
     chunks: &[&[u8]],
     end: super::reader::BodyEnd,
-) -> (Vec<TokenResult>, usize) {
+) -> (Vec<gateway_core::TokenResult>, usize) {
     let frames = TritonFrames {
         shared: Arc::new(Shared {
             live: LiveRequests::new(1),
