@@ -1005,10 +1005,8 @@ impl Frames for ChunkFrames {
         if let (PromptIds::Waiting, Some(ids)) = (&self.prompt_ids, chunk.prompt_token_ids) {
             self.prompt_ids = PromptIds::Held(ids.into());
         }
-        // Choice 0 by reference: moving it out of the list copied its ~250
-        // bytes on every chunk.
         let mut choices = chunk.choices.unwrap_or_default();
-        let Some(choice) = choices.iter_mut().find(|c| c.index.unwrap_or(0) == 0) else {
+        let Some(choice) = WireChoice::first(&mut choices) else {
             return Flow::Continue;
         };
         if emit.finish_seen() {
@@ -1223,12 +1221,7 @@ pub(crate) fn fuzz_chunk_delta(
 ) -> Option<Option<gateway_core::Delta>> {
     let chunk = read_chunk_by(data, path)?;
     let mut choices = chunk.choices.unwrap_or_default();
-    Some(
-        choices
-            .iter_mut()
-            .find(|c| c.index.unwrap_or(0) == 0)
-            .and_then(|choice| choice.take_delta(data)),
-    )
+    Some(WireChoice::first(&mut choices).and_then(|choice| choice.take_delta(data)))
 }
 
 #[cfg(test)]

@@ -255,15 +255,17 @@ struct WireChunk {
 /// assert_eq!(chunk_delta(r#"{"choices":[],"usage":{"prompt_tokens":1}}"#), None);
 /// ```
 pub fn chunk_delta(data: &str) -> Option<Delta> {
-    let chunk: WireChunk = serde_json::from_str(data).ok()?;
-    chunk
-        .choices
-        .into_iter()
-        .find(|c| c.index.unwrap_or(0) == 0)?
-        .take_delta(data)
+    let mut chunk: WireChunk = serde_json::from_str(data).ok()?;
+    WireChoice::first(&mut chunk.choices)?.take_delta(data)
 }
 
 impl WireChoice {
+    /// Choice 0 of a chunk's `choices` (a missing `index` is 0), by
+    /// reference: moving it out of the list copies its ~250 bytes.
+    pub(crate) fn first(choices: &mut [WireChoice]) -> Option<&mut WireChoice> {
+        choices.iter_mut().find(|c| c.index.unwrap_or(0) == 0)
+    }
+
     /// The choice's output as a [`Delta`] (tokens counted as below), or
     /// `None` for a choice without output (the role chunk, the finish
     /// chunk) that carries no tokens either. `data` is the chunk's JSON
