@@ -189,13 +189,16 @@ pub(crate) fn skip_ws(bytes: &[u8], mut at: usize) -> usize {
 }
 
 /// `at` is on an opening quote; returns the index just past the closing one.
+/// Prompts are long strings with few escapes, so the scan jumps from one
+/// quote or backslash to the next (`memchr2`, a word at a time) rather
+/// than stepping byte by byte.
 pub(crate) fn skip_string(bytes: &[u8], at: usize) -> Option<usize> {
     let mut i = at + 1;
     loop {
+        i += memchr::memchr2(b'"', b'\\', bytes.get(i..)?)?;
         match bytes.get(i)? {
             b'"' => return Some(i + 1),
-            b'\\' => i += 2,
-            _ => i += 1,
+            _ => i += 2,
         }
     }
 }
@@ -301,6 +304,17 @@ mod tests {
         #[test]
         fn scanner_never_panics(s in any::<String>()) {
             let _ = object_entries(&s);
+        }
+
+        #[test]
+        fn a_string_ends_where_serde_json_wrote_its_end(s in any::<String>(), tail in "[,}\\]\\\\\" ]{0,3}") {
+            let written = serde_json::to_string(&s).unwrap();
+            let text = format!("{written}{tail}");
+            prop_assert_eq!(skip_string(text.as_bytes(), 0), Some(written.len()));
+            // Cut anywhere before its closing quote, it has no end.
+            for cut in 1..written.len() {
+                prop_assert_eq!(skip_string(&written.as_bytes()[..cut], 0), None);
+            }
         }
     }
 }
