@@ -6,7 +6,10 @@
 //! tenant's cache, the rest encoded), in the same run; the ratio is what
 //! to compare on a shared machine. Both sides render the template and
 //! return the prompt's ids (what an estimate with prefix-affinity routing
-//! does); the bench checks they are the same ids. Then a ~300-byte chat
+//! does); the bench checks they are the same ids. Then the same chat with
+//! a system prompt the cache has not seen (a new document, its words
+//! known: encoded word by word, each word's ids from the word cache).
+//! Then a ~300-byte chat
 //! (a short system prompt and a user turn), with a scope and without,
 //! against its whole text's encode. Every estimate has a user turn no
 //! earlier one had, and the model's own word cache is full first (as in a
@@ -127,6 +130,14 @@ fn main() {
             ChatMessage::user(user_turn(i)),
         ])
     };
+    // A document the cache has not seen (its first word differs), its
+    // words known: a new retrieved document or a first request.
+    let new_document = |i: usize| {
+        Prompt::Chat(vec![
+            ChatMessage::system(format!("Document {i}. {system}")),
+            ChatMessage::user(user_turn(i)),
+        ])
+    };
     let short_chat = |i: usize| {
         Prompt::Chat(vec![
             ChatMessage::system(short_system),
@@ -144,7 +155,7 @@ fn main() {
     }
     // Both sides' ids agree, cold and warm.
     for i in 0..64 {
-        for p in [long_chat(i), short_chat(i)] {
+        for p in [long_chat(i), short_chat(i), new_document(i)] {
             let whole = uncached.encode_request(&p, plain).expect("ids");
             assert_eq!(cached.encode_request(&p, tenant).expect("ids"), whole);
             assert_eq!(cached.encode_request(&p, tenant).expect("ids"), whole);
@@ -172,13 +183,20 @@ fn main() {
     // Every estimate has a user turn no earlier one had.
     let (mut a, mut b) = (1usize << 20, 2usize << 20);
     type Chat<'a> = &'a dyn Fn(usize) -> Prompt;
-    let rows: [(&str, Chat<'_>, ChatInputs<'_>, usize, &str); 3] = [
+    let rows: [(&str, Chat<'_>, ChatInputs<'_>, usize, &str); 4] = [
         (
             "long chat: cached warm vs whole encode_fast",
             &long_chat,
             tenant,
             40,
             "cached warm",
+        ),
+        (
+            "long chat, new document: pieces vs whole encode_fast",
+            &new_document,
+            tenant,
+            40,
+            "pieces",
         ),
         (
             "short chat: scoped vs whole encode_fast",

@@ -256,14 +256,16 @@ impl TokenCounter for HfTokenCounter {
         self.encode_ids(text, false)
     }
 
-    /// The segment cache's counters.
+    /// The segment cache's counters: the long pieces' hits, misses and
+    /// entries, and the bytes of the long pieces, the short-piece memo
+    /// and the word cache.
     fn cache_stats(&self) -> Option<gateway_core::CounterCacheStats> {
         self.tokenizer_cache_stats()
             .map(|s| gateway_core::CounterCacheStats {
                 hits: s.hits,
                 misses: s.misses,
                 entries: s.entries,
-                bytes: s.bytes,
+                bytes: s.bytes + s.short_bytes + s.word_bytes,
             })
     }
 

@@ -30,12 +30,19 @@
 //! ones in a second such cache, the short-piece memo (a sixteenth of the
 //! bound), at their second, so that one-off user turns do not push out
 //! the pieces that recur.
+//!
+//! A piece not found is encoded; with a BPE model, word by word
+//! ([`words`]): a SentencePiece-style model merges a whole piece as one
+//! split, and the cut into words, where no merge can cross, lets the
+//! words' ids come from a third cache (another sixteenth of the bound),
+//! shared by every scope. A new 10 KB prompt then costs a lookup per
+//! word and the encoding of the words not seen before, not one merge of
+//! ten thousand characters.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fmt;
-use std::hash::{BuildHasherDefault, Hasher};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::hash::BuildHasherDefault;
+use std::sync::Mutex;
 
 use aho_corasick::{AhoCorasick, AhoCorasickBuilder, MatchKind};
 use tokenizers::normalizer::Range;
@@ -43,7 +50,12 @@ use tokenizers::{
     Model, NormalizedString, Normalizer, OffsetReferential, OffsetType, PreTokenizedString,
     PreTokenizer, Tokenizer,
 };
-use xxhash_rust::xxh3::Xxh3;
+
+mod store;
+mod words;
+
+use store::{Cache, Key, Prehashed};
+use words::Words;
 
 /// Pieces from this size on are kept in the cache at their first
 /// sighting; shorter ones (a user turn, the template's fixed text between
@@ -84,6 +96,16 @@ pub struct TokenizerCacheStats {
     /// Their bytes, counted as the cache's, at most a sixteenth of the
     /// bound.
     pub short_bytes: usize,
+    /// Words (a BPE model's pieces cut where no merge crosses) found in
+    /// the word cache, shared by every scope.
+    pub word_hits: u64,
+    /// Words looked up there and not found (then encoded and stored).
+    pub word_misses: u64,
+    /// The word cache's entries.
+    pub word_entries: usize,
+    /// Their bytes, counted as the cache's, at most a sixteenth of the
+    /// bound.
+    pub word_bytes: usize,
 }
 
 /// Encodes a text piece by piece (split on the added tokens), with the
@@ -99,6 +121,8 @@ pub(crate) struct SegmentEncoder {
     lead: String,
     cache: Cache,
     short: ShortMemo,
+    /// The model's words, when it is a BPE.
+    words: Option<Words>,
 }
 
 impl fmt::Debug for SegmentEncoder {
@@ -161,8 +185,9 @@ impl SegmentEncoder {
             splitter,
             ids: added.iter().map(|(id, _)| *id).collect(),
             lead,
-            cache: Cache::new(bound - bound / SHORT_SHARE),
+            cache: Cache::new(bound - 2 * (bound / SHORT_SHARE)),
             short: ShortMemo::new(bound / SHORT_SHARE),
+            words: Words::new(tokenizer, bound / SHORT_SHARE),
         };
         encoder.agrees(tokenizer).then_some(encoder)
     }
@@ -233,8 +258,9 @@ impl SegmentEncoder {
         scope: Option<&str>,
         out: &mut Vec<u32>,
     ) -> Option<()> {
+        let words = self.words.as_ref();
         let Some(scope) = scope else {
-            return piece_ids(tokenizer, piece, first, out);
+            return piece_ids(tokenizer, words, piece, first, out);
         };
         let key = Key {
             scope,
@@ -253,7 +279,7 @@ impl SegmentEncoder {
             return Some(());
         }
         let start = out.len();
-        piece_ids(tokenizer, piece, first, out)?;
+        piece_ids(tokenizer, words, piece, first, out)?;
         if !short || self.short.admit(hash) {
             cache.insert(hash, &key, out[start..].to_vec());
         }
@@ -262,11 +288,16 @@ impl SegmentEncoder {
 
     pub(crate) fn stats(&self) -> TokenizerCacheStats {
         let short = self.short.cache.stats();
+        let words = self.words.as_ref().map(Words::stats).unwrap_or_default();
         TokenizerCacheStats {
             short_hits: short.hits,
             short_misses: short.misses,
             short_entries: short.entries,
             short_bytes: short.bytes,
+            word_hits: words.hits,
+            word_misses: words.misses,
+            word_entries: words.entries,
+            word_bytes: words.bytes,
             ..self.cache.stats()
         }
     }
@@ -281,12 +312,19 @@ impl SegmentEncoder {
 /// is given to the pre-tokenizer as offset 0 or 1, the only fact about
 /// its place that a component reads (Metaspace's `prepend_scheme:
 /// first`). `None` if a component fails.
-pub(crate) fn piece_ids(
+fn piece_ids(
     tokenizer: &Tokenizer,
+    words: Option<&Words>,
     piece: &str,
     first: bool,
     out: &mut Vec<u32>,
 ) -> Option<()> {
+    let model = tokenizer.get_model();
+    if let Some(words) = words
+        && let Some(split) = words.metaspace(piece, first)
+    {
+        return words.ids(model, &split, out);
+    }
     let mut split = if first {
         PreTokenizedString::from(piece)
     } else {
@@ -303,7 +341,15 @@ pub(crate) fn piece_ids(
     if let Some(pre_tokenizer) = tokenizer.get_pre_tokenizer() {
         pre_tokenizer.pre_tokenize(&mut split).ok()?;
     }
-    let model = tokenizer.get_model();
+    if let Some(words) = words {
+        for (text, _, tokens) in split.get_splits(OffsetReferential::Normalized, OffsetType::None) {
+            match tokens {
+                Some(tokens) => out.extend(tokens.iter().map(|t| t.id)),
+                None => words.ids(model, text, out)?,
+            }
+        }
+        return Some(());
+    }
     split.tokenize(|s| model.tokenize(s.get())).ok()?;
     for (_, _, tokens) in split.get_splits(OffsetReferential::Original, OffsetType::None) {
         out.extend(tokens.iter().flatten().map(|t| t.id));
@@ -357,184 +403,6 @@ impl ShortMemo {
     }
 }
 
-/// What an entry is found by.
-struct Key<'a> {
-    scope: &'a str,
-    first: bool,
-    text: &'a str,
-}
-
-impl Key<'_> {
-    fn hash(&self) -> u128 {
-        let mut h = Xxh3::new();
-        h.update(&(self.scope.len() as u64).to_le_bytes());
-        h.update(self.scope.as_bytes());
-        h.update(&[u8::from(self.first)]);
-        h.update(self.text.as_bytes());
-        h.digest128()
-    }
-}
-
-struct Entry {
-    scope: Box<str>,
-    first: bool,
-    text: Box<str>,
-    ids: Arc<[u32]>,
-}
-
-impl Entry {
-    fn matches(&self, key: &Key<'_>) -> bool {
-        self.first == key.first && *self.scope == *key.scope && *self.text == *key.text
-    }
-
-    fn bytes(&self) -> usize {
-        entry_bytes(self.scope.len(), self.text.len(), self.ids.len())
-    }
-}
-
-fn entry_bytes(scope: usize, text: usize, ids: usize) -> usize {
-    scope
-        .saturating_add(text)
-        .saturating_add(ids.saturating_mul(4))
-        .saturating_add(ENTRY_OVERHEAD)
-}
-
-/// The keys are already hashes: the map takes their low 64 bits.
-#[derive(Default)]
-struct Prehashed(u64);
-
-impl Hasher for Prehashed {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes.iter().take(8) {
-            self.0 = (self.0 << 8) | u64::from(b);
-        }
-    }
-
-    fn write_u128(&mut self, n: u128) {
-        // The low half of the 128-bit hash.
-        self.0 = n as u64;
-    }
-}
-
-type Map = HashMap<u128, Entry, BuildHasherDefault<Prehashed>>;
-
-#[derive(Default)]
-struct Generations {
-    young: Map,
-    young_bytes: usize,
-    old: Map,
-    old_bytes: usize,
-}
-
-struct Cache {
-    /// Each generation holds at most this many bytes.
-    half: usize,
-    /// Larger entries are not stored: one would flush much of the rest.
-    max_entry: usize,
-    maps: Mutex<Generations>,
-    hits: AtomicU64,
-    misses: AtomicU64,
-}
-
-impl Cache {
-    fn new(bound: usize) -> Self {
-        Cache {
-            half: bound / 2,
-            max_entry: bound / 8,
-            maps: Mutex::new(Generations::default()),
-            hits: AtomicU64::new(0),
-            misses: AtomicU64::new(0),
-        }
-    }
-
-    /// The lock, held only to look up or store (never while encoding); a
-    /// panic while it was held left the maps consistent.
-    fn lock(&self) -> MutexGuard<'_, Generations> {
-        self.maps
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// The ids of `key`, whose [`Key::hash`] is `hash`.
-    fn get(&self, hash: u128, key: &Key<'_>) -> Option<Arc<[u32]>> {
-        let found = {
-            let mut g = self.lock();
-            if let Some(e) = g.young.get(&hash).filter(|e| e.matches(key)) {
-                Some(Arc::clone(&e.ids))
-            } else if g.old.get(&hash).is_some_and(|e| e.matches(key)) {
-                // Promoted: it stays while it is used.
-                let g = &mut *g;
-                g.old.remove(&hash).map(|entry| {
-                    let ids = Arc::clone(&entry.ids);
-                    g.old_bytes -= entry.bytes();
-                    Self::put(g, self.half, hash, entry);
-                    ids
-                })
-            } else {
-                None
-            }
-        };
-        let counter = if found.is_some() {
-            &self.hits
-        } else {
-            &self.misses
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
-        found
-    }
-
-    /// Stores `ids` for `key`, whose [`Key::hash`] is `hash`.
-    fn insert(&self, hash: u128, key: &Key<'_>, ids: Vec<u32>) {
-        let bytes = entry_bytes(key.scope.len(), key.text.len(), ids.len());
-        if bytes > self.max_entry {
-            return;
-        }
-        // Built before the lock is taken.
-        let entry = Entry {
-            scope: key.scope.into(),
-            first: key.first,
-            text: key.text.into(),
-            ids: ids.into(),
-        };
-        Self::put(&mut self.lock(), self.half, hash, entry);
-    }
-
-    /// Stores `entry` in the young generation, first making the young one
-    /// old if it would pass `half`.
-    fn put(g: &mut Generations, half: usize, hash: u128, entry: Entry) {
-        let bytes = entry.bytes();
-        if let Some(previous) = g.young.remove(&hash) {
-            g.young_bytes -= previous.bytes();
-        }
-        if g.young_bytes + bytes > half {
-            g.old = std::mem::take(&mut g.young);
-            g.old_bytes = std::mem::take(&mut g.young_bytes);
-        }
-        // Not in both: the old one's copy (a collision's, or the same
-        // text stored twice by racing misses) goes.
-        if let Some(previous) = g.old.remove(&hash) {
-            g.old_bytes -= previous.bytes();
-        }
-        g.young_bytes += bytes;
-        g.young.insert(hash, entry);
-    }
-
-    fn stats(&self) -> TokenizerCacheStats {
-        let g = self.lock();
-        TokenizerCacheStats {
-            hits: self.hits.load(Ordering::Relaxed),
-            misses: self.misses.load(Ordering::Relaxed),
-            entries: g.young.len() + g.old.len(),
-            bytes: g.young_bytes + g.old_bytes,
-            ..TokenizerCacheStats::default()
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -543,7 +411,7 @@ mod tests {
 
     /// The real TinyLlama tokenizer: Metaspace `prepend_scheme: first`, no
     /// normalizer, `<unk>`, `<s>`, `</s>` added.
-    fn tinyllama() -> &'static Tokenizer {
+    pub(super) fn tinyllama() -> &'static Tokenizer {
         static T: LazyLock<Tokenizer> = LazyLock::new(|| {
             let path = concat!(
                 env!("CARGO_MANIFEST_DIR"),
@@ -554,7 +422,7 @@ mod tests {
         &T
     }
 
-    fn whole(text: &str) -> Vec<u32> {
+    pub(super) fn whole(text: &str) -> Vec<u32> {
         tinyllama()
             .encode_fast(text, false)
             .unwrap()
@@ -662,12 +530,15 @@ mod tests {
                 prop_assert_eq!(&ENC.encode(tinyllama(), &text, Some("q")).unwrap(), &expected);
             }
             for part in parts.iter().filter(|p| !p.is_empty() && ENC.splitter.find(p.as_str()).is_none()) {
-                let mut first = Vec::new();
-                piece_ids(tinyllama(), part, true, &mut first).unwrap();
-                prop_assert_eq!(&first, &whole(part));
-                let mut after = vec![2];
-                piece_ids(tinyllama(), part, false, &mut after).unwrap();
-                prop_assert_eq!(&after, &whole(&format!("</s>{part}")));
+                // Through the model's tokenize, and word by word.
+                for words in [None, ENC.words.as_ref()] {
+                    let mut first = Vec::new();
+                    piece_ids(tinyllama(), words, part, true, &mut first).unwrap();
+                    prop_assert_eq!(&first, &whole(part));
+                    let mut after = vec![2];
+                    piece_ids(tinyllama(), words, part, false, &mut after).unwrap();
+                    prop_assert_eq!(&after, &whole(&format!("</s>{part}")));
+                }
             }
         }
     }
@@ -721,75 +592,5 @@ mod tests {
         let before = enc.stats().short_hits;
         enc.encode(tinyllama(), recurring, Some("a")).unwrap();
         assert_eq!(enc.stats().short_hits, before + 1);
-    }
-
-    fn get(cache: &Cache, key: &Key<'_>) -> Option<Arc<[u32]>> {
-        cache.get(key.hash(), key)
-    }
-
-    fn insert(cache: &Cache, key: &Key<'_>, ids: Vec<u32>) {
-        cache.insert(key.hash(), key, ids);
-    }
-
-    fn key<'a>(scope: &'a str, text: &'a str) -> Key<'a> {
-        Key {
-            scope,
-            first: false,
-            text,
-        }
-    }
-
-    #[test]
-    fn the_cache_keeps_scopes_and_first_apart_and_stays_under_its_bound() {
-        let cache = Cache::new(1 << 20);
-        let text = "x".repeat(300);
-        insert(&cache, &key("a", &text), vec![1, 2, 3]);
-        assert_eq!(
-            get(&cache, &key("a", &text)).as_deref(),
-            Some(&[1, 2, 3][..])
-        );
-        assert!(get(&cache, &key("b", &text)).is_none());
-        let first = Key {
-            first: true,
-            ..key("a", &text)
-        };
-        assert!(get(&cache, &first).is_none());
-        // A scope whose bytes run on into the text is another key.
-        assert!(get(&cache, &key("ax", &text[1..])).is_none());
-        let s = cache.stats();
-        assert_eq!((s.hits, s.misses, s.entries), (1, 3, 1));
-
-        for i in 0..10_000 {
-            let text = format!("{i:>400}");
-            insert(&cache, &key("a", &text), vec![7; 100]);
-            assert!(cache.stats().bytes <= 1 << 20);
-        }
-        let s = cache.stats();
-        assert!(s.entries > 100, "{s:?}");
-        assert!(s.bytes <= 1 << 20 && s.bytes > (1 << 20) / 4, "{s:?}");
-        // The recent entries are there, the first long gone.
-        assert!(get(&cache, &key("a", &format!("{:>400}", 9_999))).is_some());
-        assert!(get(&cache, &key("a", &format!("{:>400}", 0))).is_none());
-    }
-
-    #[test]
-    fn a_hit_in_the_old_generation_survives_the_next_turnover() {
-        let cache = Cache::new(64 << 10);
-        let hot = "h".repeat(1000);
-        insert(&cache, &key("a", &hot), vec![1; 10]);
-        for i in 0..2_000 {
-            let text = format!("{i:>1000}");
-            insert(&cache, &key("a", &text), vec![2; 10]);
-            assert!(get(&cache, &key("a", &hot)).is_some(), "lost after {i}");
-        }
-        assert!(cache.stats().bytes <= 64 << 10);
-    }
-
-    #[test]
-    fn an_entry_over_an_eighth_of_the_bound_is_not_stored() {
-        let cache = Cache::new(8 << 10);
-        let text = "y".repeat(2000);
-        insert(&cache, &key("a", &text), vec![0; 10]);
-        assert_eq!(cache.stats().entries, 0);
     }
 }

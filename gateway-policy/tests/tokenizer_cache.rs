@@ -275,6 +275,12 @@ async fn the_pipeline_scopes_the_cache_by_tenant() {
     assert_eq!((stats().hits, stats().misses), (1, 1));
     send("sk-b", "3").await;
     assert_eq!((stats().hits, stats().misses, stats().entries), (1, 2, 2));
+    // The user turns' words are in the word cache, counted in the bytes.
+    assert!(
+        stats().word_bytes > 0 && stats().word_entries > 0,
+        "{:?}",
+        stats()
+    );
     // The same figures on /metrics, as often as it is scraped.
     for _ in 0..2 {
         let text = gateway.render_metrics();
@@ -283,7 +289,7 @@ async fn the_pipeline_scopes_the_cache_by_tenant() {
             "gateway_tokenizer_cache_misses_total{model=\"m\"} 2",
             &format!(
                 "gateway_tokenizer_cache_bytes{{model=\"m\"}} {}",
-                stats().bytes
+                stats().bytes + stats().short_bytes + stats().word_bytes
             ),
         ] {
             assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
