@@ -848,3 +848,51 @@ async fn media_without_a_configured_cost_is_a_400_naming_it() {
     assert_error(&r, 400, "invalid_request");
     assert_eq!(r.json()["error"]["param"], "tools[0].function.name");
 }
+
+/// A stream's head and its first chunk leave in one write: the handler
+/// lets the pump relay the events it has in hand before the response goes
+/// back, so hyper finds the first chunk ready when it writes the head (a
+/// syscall and a wake-up of the connection fewer per stream, and the
+/// first token no later than the head). The engine has the whole stream
+/// at once; the gateway runs on one worker, as when pinned to one core
+/// (with two, the pump may run beside the connection and fill the buffer
+/// in time anyway); the client, on a thread of its own, reads as soon as
+/// the first bytes arrive, so its first read holds what the first write
+/// sent. (Without the handler's yield the first write is the head alone,
+/// and the read mostly sees only it.)
+#[tokio::test(flavor = "current_thread")]
+async fn a_streams_head_and_first_chunk_leave_in_one_write() {
+    use std::io::{Read, Write};
+    let rig = Rig::simple(vec![sim("sim-0", None)]).await;
+    let addr = rig.addr();
+    let body = chat("m", PROMPT, 3, true);
+    let client = std::thread::spawn(move || {
+        let mut socket = std::net::TcpStream::connect(addr).unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let head = format!(
+            "POST /v1/chat/completions HTTP/1.1\r\nhost: gw\r\nauthorization: Bearer {KEY_A}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+            body.len()
+        );
+        socket
+            .write_all(&[head.as_bytes(), &body].concat())
+            .unwrap();
+        let mut buf = vec![0; 64 << 10];
+        let n = socket.read(&mut buf).unwrap();
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    });
+    // The server runs on this thread while the client waits on its own.
+    let first = loop {
+        if client.is_finished() {
+            break client.join().unwrap();
+        }
+        sleep(Duration::from_millis(1)).await;
+    };
+    assert!(first.starts_with("HTTP/1.1 200 OK\r\n"), "{first}");
+    let (_, body) = first.split_once("\r\n\r\n").unwrap();
+    assert!(
+        body.contains("data: {"),
+        "the first read had no chunk: {first}"
+    );
+}

@@ -295,6 +295,12 @@ async fn generate(
             Err(e) => gateway_error(&e),
         };
     }
+    // The stream's first events are in hand (the pump, just spawned,
+    // relays them at its first poll): let it run before the response goes
+    // back, so that hyper finds the first chunk ready when it writes the
+    // head and sends both in one write, rather than the head alone and
+    // the chunk after another wake-up of this connection.
+    tokio::task::yield_now().await;
     let done = CancellationToken::new();
     if let Some(ConnectionKill(kill)) = kill {
         // A client that stopped reading is dropped: the pump cancels the
