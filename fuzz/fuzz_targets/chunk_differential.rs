@@ -2,10 +2,13 @@
 //! streamed chunk (the JSON of one `data:` line) against `serde_json`, on
 //! arbitrary text: whenever the fast path reads a chunk, serde reads the
 //! same (every field the adapters read, and choice 0 as a `Delta`); the
-//! adapters' read (the fast path, else serde) always equals serde's.
+//! adapters' read (the fast path, else serde) always equals serde's. Text
+//! with a line break is two chunks of one stream: the second, read after
+//! the first (by its shape when only the string of output differs),
+//! equals serde's read of it.
 #![no_main]
 
-use gateway_adapters::fuzzing::{ChunkPath, engine_chunk, engine_chunk_delta};
+use gateway_adapters::fuzzing::{ChunkPath, engine_chunk, engine_chunk_after, engine_chunk_delta};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -25,4 +28,11 @@ fuzz_target!(|data: &[u8]| {
         );
     }
     assert_eq!(engine_chunk(&text, ChunkPath::Adapter), serde);
+    if let Some((prev, data)) = text.split_once('\n') {
+        assert_eq!(
+            engine_chunk_after(prev, data),
+            engine_chunk(data, ChunkPath::Serde),
+            "a second chunk read after the first disagrees with serde"
+        );
+    }
 });

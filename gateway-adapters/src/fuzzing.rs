@@ -67,6 +67,13 @@ pub fn engine_chunk(data: &str, path: ChunkPath) -> Option<String> {
     openai_compat::fuzz_chunk(data, path)
 }
 
+/// The chunk `data` as a stream's reader reads it right after the chunk
+/// `prev` (a chunk that differs from the last one only in its string of
+/// output is read by reading that string alone), in its `Debug` form.
+pub fn engine_chunk_after(prev: &str, data: &str) -> Option<String> {
+    openai_compat::fuzz_chunk_after(prev, data)
+}
+
 /// The chunk `data` read by `path`, then its choice 0 as a [`Delta`] the
 /// way the adapters take it (`Some(None)`: a chunk without output);
 /// `None` if that path does not read it.

@@ -906,7 +906,7 @@ fn kind_for_type(kind: &str, message: &str, param: Option<&str>) -> FailureKind 
 }
 
 /// One streamed chunk, chat or completion, read leniently.
-#[derive(Debug, Default, PartialEq, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
 #[serde(default)]
 struct Chunk {
     error: Option<serde::de::IgnoredAny>,
@@ -923,7 +923,7 @@ struct Chunk {
 
 /// vLLM's top-level `metrics` object; only its speculative-decoding
 /// summary is read.
-#[derive(Debug, Default, PartialEq, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
 #[serde(default)]
 struct ChunkMetrics {
     speculative_decoding: Option<SpecDecoding>,
@@ -1209,6 +1209,16 @@ fn read_chunk_by(data: &str, path: crate::fuzzing::ChunkPath) -> Option<Chunk> {
 #[cfg(feature = "fuzzing")]
 pub(crate) fn fuzz_chunk(data: &str, path: crate::fuzzing::ChunkPath) -> Option<String> {
     read_chunk_by(data, path).map(|chunk| format!("{chunk:?}"))
+}
+
+/// For the fuzz targets: the chunk `data` as a stream's reader reads it
+/// right after the chunk `prev` (by `prev`'s shape, when it matches), in
+/// its `Debug` form.
+#[cfg(feature = "fuzzing")]
+pub(crate) fn fuzz_chunk_after(prev: &str, data: &str) -> Option<String> {
+    let mut reader = ChunkReader::default();
+    drop(reader.read(prev));
+    reader.read(data).map(|chunk| format!("{chunk:?}"))
 }
 
 /// For the `sse` bench and the fuzz targets: the chunk `data` read by

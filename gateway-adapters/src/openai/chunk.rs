@@ -22,7 +22,7 @@ where
 }
 
 /// One choice of a streamed chunk, read leniently.
-#[derive(Debug, Default, PartialEq, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
 #[serde(default)]
 pub(crate) struct WireChoice {
     pub(crate) index: Option<u32>,
@@ -83,7 +83,7 @@ fn choice_logprobs(data: &str, index: u32) -> Vec<TokenLogprob> {
 }
 
 /// A chat choice's `delta`.
-#[derive(Debug, Default, PartialEq, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
 #[serde(default)]
 pub(crate) struct WireDelta {
     pub(crate) role: Option<String>,
@@ -96,7 +96,7 @@ pub(crate) struct WireDelta {
 }
 
 /// One entry of `delta.tool_calls`.
-#[derive(Debug, Default, PartialEq, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
 #[serde(default)]
 pub(crate) struct WireToolCall {
     pub(crate) index: Option<u32>,
@@ -107,7 +107,7 @@ pub(crate) struct WireToolCall {
 }
 
 /// `tool_calls[].function`.
-#[derive(Debug, Default, PartialEq, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Deserialize)]
 #[serde(default)]
 pub(crate) struct WireFunction {
     pub(crate) name: Option<String>,

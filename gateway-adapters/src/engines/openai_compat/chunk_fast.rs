@@ -26,6 +26,13 @@
 //!
 //! Why: a short request is ~18 such chunks, and serde's read of them was
 //! 11% of the gateway's CPU under load (docs/performance.md).
+//!
+//! And faster still, the chunks of one stream mostly differ only in their
+//! text: the reader keeps the last chunk it read whole with the place of
+//! its one string of output (`delta.content` or `text`) as a [`Shape`],
+//! and a chunk byte-for-byte equal to it before and after that string is
+//! read by reading the string alone (the rest parses as it did, so the
+//! result is what a whole read gives).
 
 use super::Chunk;
 use crate::openai::chunk::{WireChoice, WireDelta};
@@ -45,14 +52,36 @@ const MISSES: u8 = 3;
 #[derive(Debug, Default)]
 pub(super) struct ChunkReader {
     misses: u8,
+    /// The last chunk read whole, when it had a string of output.
+    shape: Option<Box<Shape>>,
+    /// Chunks in a row that did not match `shape`: after [`MISSES`], no
+    /// shape is kept (a stream whose chunks differ elsewhere, such as in
+    /// their token ids, would pay for the copy of each).
+    shape_misses: u8,
 }
 
 impl ChunkReader {
     /// The chunk `data`; `None` if serde cannot read it either.
     pub(super) fn read(&mut self, data: &str) -> Option<Chunk> {
+        if let Some(shape) = &self.shape {
+            if let Some(chunk) = shape.read(data) {
+                self.shape_misses = 0;
+                return Some(chunk);
+            }
+            self.shape_misses = self.shape_misses.saturating_add(1);
+            if self.shape_misses >= MISSES {
+                self.shape = None;
+            }
+        }
         if self.misses < MISSES {
-            if let Some(chunk) = read(data) {
+            let mut span = None;
+            if let Some(chunk) = read_spanned(data, &mut span) {
                 self.misses = 0;
+                if let Some(span) = span
+                    && self.shape_misses < MISSES
+                {
+                    self.shape = Some(Box::new(Shape::new(data, span, &chunk)));
+                }
                 return Some(chunk);
             }
             self.misses += 1;
@@ -63,19 +92,89 @@ impl ChunkReader {
 
 /// The chunk `data` by the fast path; `None` where it leaves it to serde.
 pub(super) fn read(data: &str) -> Option<Chunk> {
+    read_spanned(data, &mut None)
+}
+
+/// [`read`], and in `span` where the chunk's string of output is, if it
+/// has one.
+fn read_spanned(data: &str, span: &mut Option<Span>) -> Option<Chunk> {
     let mut chunk = Chunk::default();
     let mut c = Strict::new(data);
     c.ws();
-    read_chunk(&mut c, &mut chunk)?;
+    read_chunk(&mut c, &mut chunk, span)?;
     c.ws();
     c.at_end().then_some(chunk)
+}
+
+/// Where a chunk's string of output is: the byte offsets of its opening
+/// quote and just past its closing one, and which field it is (of choice
+/// 0, the only one the fast path reads).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    open: usize,
+    close: usize,
+    field: Output,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Output {
+    /// `delta.content` (chat).
+    Content,
+    /// `text` (completions).
+    Text,
+}
+
+/// A chunk read whole, and where its string of output was.
+#[derive(Debug)]
+struct Shape {
+    /// The text before the string's opening quote.
+    head: Box<str>,
+    /// The text after its closing quote.
+    tail: Box<str>,
+    field: Output,
+    chunk: Chunk,
+}
+
+impl Shape {
+    fn new(data: &str, span: Span, chunk: &Chunk) -> Shape {
+        Shape {
+            head: data.get(..span.open).unwrap_or_default().into(),
+            tail: data.get(span.close..).unwrap_or_default().into(),
+            field: span.field,
+            chunk: chunk.clone(),
+        }
+    }
+
+    /// `data`, if it is this shape's text with another string of output:
+    /// the same bytes before the string and after it, the string valid
+    /// (read as the whole read reads it). Everything outside the string
+    /// parses as it did, so the chunk is this one with the new string.
+    fn read(&self, data: &str) -> Option<Chunk> {
+        let end = data.len().checked_sub(self.tail.len())?;
+        if end <= self.head.len() || !data.starts_with(&*self.head) || !data.ends_with(&*self.tail)
+        {
+            return None;
+        }
+        let mut c = Strict::starting_at(data, self.head.len());
+        let text = c.string()?;
+        if c.offset() != end {
+            return None;
+        }
+        let mut chunk = self.chunk.clone();
+        let choice = chunk.choices.as_mut()?.first_mut()?;
+        match self.field {
+            Output::Content => choice.delta.as_mut()?.content = Some(text),
+            Output::Text => choice.text = Some(text),
+        }
+        Some(chunk)
+    }
 }
 
 // Each reader below fills a default value in place (a `WireChoice` is some
 // 250 bytes: building values and moving them up cost more than the
 // reading), and refuses a field it has already seen, as serde does.
 
-fn read_chunk(c: &mut Strict<'_>, chunk: &mut Chunk) -> Option<()> {
+fn read_chunk(c: &mut Strict<'_>, chunk: &mut Chunk, span: &mut Option<Span>) -> Option<()> {
     let mut seen = Seen::default();
     c.object(|key, c| {
         match key {
@@ -85,7 +184,7 @@ fn read_chunk(c: &mut Strict<'_>, chunk: &mut Chunk) -> Option<()> {
             }
             b"choices" => {
                 seen.first(1)?;
-                or_null(c, &mut chunk.choices, choices)?;
+                or_null(c, &mut chunk.choices, |c, list| choices(c, list, span))?;
             }
             b"usage" => {
                 seen.first(2)?;
@@ -139,18 +238,36 @@ fn null(c: &mut Strict<'_>) -> Option<()> {
     c.null().then_some(())
 }
 
-fn choices(c: &mut Strict<'_>, choices: &mut Vec<WireChoice>) -> Option<()> {
+fn choices(
+    c: &mut Strict<'_>,
+    choices: &mut Vec<WireChoice>,
+    span: &mut Option<Span>,
+) -> Option<()> {
     c.array(|c| {
         if !choices.is_empty() {
             return None;
         }
         choices.reserve_exact(1);
         choices.push(WireChoice::default());
-        choice(c, choices.last_mut()?)
+        choice(c, choices.last_mut()?, span)
     })
 }
 
-fn choice(c: &mut Strict<'_>, choice: &mut WireChoice) -> Option<()> {
+/// A nullable string, and its span in `span` when it is a string.
+fn output(c: &mut Strict<'_>, span: &mut Option<Span>, field: Output) -> Option<Option<String>> {
+    let open = c.offset();
+    let text = c.nullable_string()?;
+    if text.is_some() {
+        *span = Some(Span {
+            open,
+            close: c.offset(),
+            field,
+        });
+    }
+    Some(text)
+}
+
+fn choice(c: &mut Strict<'_>, choice: &mut WireChoice, span: &mut Option<Span>) -> Option<()> {
     let mut seen = Seen::default();
     c.object(|key, c| {
         match key {
@@ -160,11 +277,11 @@ fn choice(c: &mut Strict<'_>, choice: &mut WireChoice) -> Option<()> {
             }
             b"delta" => {
                 seen.first(1)?;
-                or_null(c, &mut choice.delta, delta)?;
+                or_null(c, &mut choice.delta, |c, d| delta(c, d, span))?;
             }
             b"text" => {
                 seen.first(2)?;
-                choice.text = c.nullable_string()?;
+                choice.text = output(c, span, Output::Text)?;
             }
             b"finish_reason" => {
                 seen.first(3)?;
@@ -189,7 +306,7 @@ fn choice(c: &mut Strict<'_>, choice: &mut WireChoice) -> Option<()> {
     })
 }
 
-fn delta(c: &mut Strict<'_>, delta: &mut WireDelta) -> Option<()> {
+fn delta(c: &mut Strict<'_>, delta: &mut WireDelta, span: &mut Option<Span>) -> Option<()> {
     let mut seen = Seen::default();
     c.object(|key, c| {
         match key {
@@ -199,7 +316,7 @@ fn delta(c: &mut Strict<'_>, delta: &mut WireDelta) -> Option<()> {
             }
             b"content" => {
                 seen.first(1)?;
-                delta.content = c.nullable_string()?;
+                delta.content = output(c, span, Output::Content)?;
             }
             b"reasoning" => {
                 seen.first(2)?;

@@ -27,6 +27,16 @@ impl<'a> Strict<'a> {
         Strict { text, at: 0 }
     }
 
+    /// At byte `at` of `text`.
+    pub(crate) fn starting_at(text: &'a str, at: usize) -> Self {
+        Strict { text, at }
+    }
+
+    /// The cursor's byte offset.
+    pub(crate) fn offset(&self) -> usize {
+        self.at
+    }
+
     fn bytes(&self) -> &'a [u8] {
         self.text.as_bytes()
     }

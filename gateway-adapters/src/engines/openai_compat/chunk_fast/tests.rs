@@ -6,7 +6,7 @@ use proptest::prelude::*;
 use serde::de::{self, Deserializer, Visitor};
 
 use super::super::{Chunk, ChunkMetrics};
-use super::{ChunkReader, MISSES, read};
+use super::{ChunkReader, MISSES, Shape, read, read_spanned};
 use crate::openai::chunk::{WireChoice, WireDelta};
 use crate::openai::types::{CompletionTokensDetails, CompletionUsage, PromptTokensDetails};
 
@@ -230,6 +230,93 @@ fn a_stream_of_misses_goes_to_serde() {
         assert_eq!(reader.read(text), serde(text));
     }
     assert_eq!(reader.misses, MISSES);
+}
+
+/// A stream's chunks as vLLM sends them: the role chunk, text chunks that
+/// differ only in their text (read by the shape, with every escape), the
+/// finish chunk, the usage chunk; each read as serde reads it.
+#[test]
+fn chunks_that_differ_only_in_their_text_are_read_by_the_shape() {
+    let text = |t: &str| {
+        chat(&format!(
+            r#"{{"index":0,"delta":{{"content":{}}},"logprobs":null,"finish_reason":null}}"#,
+            serde_json::to_string(t).unwrap()
+        ))
+    };
+    let role = chat(
+        r#"{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}"#,
+    );
+    let finish = chat(
+        r#"{"index":0,"delta":{"content":""},"logprobs":null,"finish_reason":"length","stop_reason":null}"#,
+    );
+    let usage = format!(
+        r#"{{{HEAD},"choices":[],"usage":{{"prompt_tokens":5,"total_tokens":9,"completion_tokens":4}}}}"#
+    );
+    let texts = [
+        " Hello",
+        "",
+        " \"quoted\" \\ back",
+        "\n\t\u{1}",
+        "é🙂 漢字",
+        "\u{2028}",
+    ];
+    let mut reader = ChunkReader::default();
+    assert_eq!(reader.read(&role), serde(&role));
+    assert_eq!(reader.read(&text("first")), serde(&text("first")));
+    for t in texts {
+        let chunk = text(t);
+        // The shape alone reads it, as serde does.
+        let by_shape = reader.shape.as_ref().and_then(|s| s.read(&chunk));
+        assert_eq!(by_shape.as_ref(), serde(&chunk).as_ref(), "{chunk}");
+        assert_eq!(content(by_shape.as_ref().unwrap()), Some(t));
+        assert_eq!(reader.read(&chunk), serde(&chunk));
+    }
+    // Escaped as JSON allows other than serde writes it: the same text.
+    let escaped = chat(
+        r#"{"index":0,"delta":{"content":"\u0041\/\ud83d\ude42"},"logprobs":null,"finish_reason":null}"#,
+    );
+    let by_shape = reader.shape.as_ref().and_then(|s| s.read(&escaped));
+    assert_eq!(content(by_shape.as_ref().unwrap()), Some("A/🙂"));
+    assert_eq!(by_shape, serde(&escaped));
+    for chunk in [&escaped, &finish, &usage] {
+        assert_eq!(reader.read(chunk), serde(chunk));
+    }
+}
+
+/// A chunk that matches the shape's head and tail but not as one string
+/// between them, or with a string serde refuses, or with anything else
+/// changed, is not read by the shape; the reader still reads what serde
+/// reads.
+#[test]
+fn the_shape_reads_only_one_string_between_its_head_and_tail() {
+    let base = chat(r#"{"index":0,"delta":{"content":"abc"},"logprobs":null}"#);
+    let mut span = None;
+    let chunk = read_spanned(&base, &mut span).unwrap();
+    let span = span.unwrap();
+    assert_eq!(&base[span.open..span.close], r#""abc""#);
+    let shape = Shape::new(&base, span, &chunk);
+    let with = |middle: &str| format!("{}{middle}{}", &base[..span.open], &base[span.close..]);
+    assert!(shape.read(&with(r#""xyz""#)).is_some());
+    for middle in [
+        r#""a","b""#,
+        r#""a"},"x":{"b""#,
+        r#""a\"#,
+        r#""\ud800""#,
+        "\"a\u{1}\"",
+        "null",
+        r#""a" "#,
+        r#"""#,
+        "",
+    ] {
+        let text = with(middle);
+        assert_eq!(shape.read(&text), None, "{text}");
+        let mut reader = ChunkReader::default();
+        assert_eq!(reader.read(&base), serde(&base));
+        assert_eq!(reader.read(&text), serde(&text), "{text}");
+    }
+    // Another field changed: a whole read, not the shape's.
+    let other = base.replace("chatcmpl-req", "chatcmpl-other");
+    assert_eq!(shape.read(&other), None);
 }
 
 /// Records the field names serde's derive gives a struct.
@@ -899,6 +986,48 @@ proptest! {
         prop_assert_eq!(read_chunk(&text), serde, "{}", text);
         if g.plain {
             prop_assert!(fast.is_some(), "fell back on a plain chunk: {}", text);
+        }
+    }
+
+    /// A stream's second chunk: the first with another string of output
+    /// (any text, written any way JSON allows), then maybe edited
+    /// anywhere; read after the first, it is read as serde reads it, and
+    /// unedited by the shape.
+    #[test]
+    fn a_chunk_after_another_is_read_as_serde_reads_it(
+        picks in vec(any::<u8>(), 1..256),
+        texts in vec(hard_text(), 1..6),
+        nums in vec(number(), 1..8),
+        spaced in any::<bool>(),
+        text_edits in 0usize..3,
+    ) {
+        let mut g = Gen { picks, at: 0, texts, t: 0, nums, n: 0, spaced, plain: true };
+        let tree = g.chunk();
+        let mut first = String::new();
+        g.render(&tree, &mut first);
+        let mut span = None;
+        if read_spanned(&first, &mut span).is_none() {
+            return Ok(());
+        }
+        let Some(span) = span else {
+            return Ok(());
+        };
+        let new_text = g.text();
+        let J::Raw(string) = g.string(&new_text) else { unreachable!() };
+        let mut second = format!("{}{string}{}", &first[..span.open], &first[span.close..]);
+        for _ in 0..text_edits {
+            g.mutate_text(&mut second);
+        }
+        let mut reader = ChunkReader::default();
+        prop_assert_eq!(reader.read(&first), serde(&first));
+        let by_shape = reader.shape.as_ref().and_then(|s| s.read(&second));
+        let expected = serde(&second);
+        if by_shape.is_some() {
+            prop_assert_eq!(&by_shape, &expected, "{}", second);
+        }
+        prop_assert_eq!(reader.read(&second), expected, "{}", second);
+        if text_edits == 0 {
+            prop_assert!(by_shape.is_some(), "not read by the shape: {}", second);
         }
     }
 
