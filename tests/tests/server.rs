@@ -851,19 +851,20 @@ async fn media_without_a_configured_cost_is_a_400_naming_it() {
 
 /// A stream's head and its first chunk leave in one write: the handler
 /// lets the pump relay the events it has in hand before the response goes
-/// back, so hyper finds the first chunk ready when it writes the head (a
-/// syscall and a wake-up of the connection fewer per stream, and the
-/// first token no later than the head). The engine has the whole stream
-/// at once; the gateway runs on one worker, as when pinned to one core
-/// (with two, the pump may run beside the connection and fill the buffer
-/// in time anyway); the client, on a thread of its own, reads as soon as
-/// the first bytes arrive, so its first read holds what the first write
-/// sent. (Without the handler's yield the first write is the head alone,
-/// and the read mostly sees only it.)
+/// back, and the SSE body hands over its first batch at once, so hyper
+/// finds the first chunk ready when it writes the head (a syscall and a
+/// wake-up of the connection fewer per stream, and the first token no
+/// later than the head). The engine paces its tokens 100 ms apart; the
+/// gateway runs on one worker, as when pinned to one core (with two, the
+/// pump may run beside the connection and fill the buffer in time
+/// anyway); the client, on a thread of its own, reads as soon as the
+/// first bytes arrive, so its first read holds what the first write sent.
+/// (Without the yield, or with the first batch held back for more, the
+/// first write is the head alone.)
 #[tokio::test(flavor = "current_thread")]
 async fn a_streams_head_and_first_chunk_leave_in_one_write() {
     use std::io::{Read, Write};
-    let rig = Rig::simple(vec![sim("sim-0", None)]).await;
+    let rig = Rig::simple(vec![sim("sim-0", Some(10.0))]).await;
     let addr = rig.addr();
     let body = chat("m", PROMPT, 3, true);
     let client = std::thread::spawn(move || {
@@ -891,8 +892,17 @@ async fn a_streams_head_and_first_chunk_leave_in_one_write() {
     };
     assert!(first.starts_with("HTTP/1.1 200 OK\r\n"), "{first}");
     let (_, body) = first.split_once("\r\n\r\n").unwrap();
-    assert!(
-        body.contains("data: {"),
-        "the first read had no chunk: {first}"
-    );
+    // The role chunk and the first token's, the next token being 100 ms
+    // away.
+    let events: Vec<Value> = body
+        .split("data: ")
+        .skip(1)
+        .map(|e| serde_json::from_str(e.trim_end_matches(['\r', '\n'])).unwrap())
+        .collect();
+    assert_eq!(events.len(), 2, "the first read: {first}");
+    assert_eq!(events[0]["choices"][0]["delta"]["role"], "assistant");
+    let token = events[1]["choices"][0]["delta"]["content"]
+        .as_str()
+        .unwrap();
+    assert!(!token.is_empty(), "{first}");
 }
