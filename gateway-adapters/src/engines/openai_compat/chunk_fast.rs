@@ -6,17 +6,18 @@
 //!
 //! Read here: the top-level `object`, `choices` (at most one) and `usage`
 //! (with its details objects); a choice's `index`, `delta`, `text`,
-//! `finish_reason` and `token_ids`; a delta's `role` and `content`; any
+//! `finish_reason` and `token_ids`; a delta's `role`, `content`,
+//! `reasoning` and `reasoning_content` (a reasoning model's thinking, and
+//! trtllm-serve's `"reasoning_content": ""` on every chat chunk); any
 //! other key whose value is a scalar (`id`, `model`, `created`,
 //! `stop_reason`, `system_fingerprint`, ...), skipped as serde skips it;
 //! `null` for every optional field (`logprobs`, `prompt_token_ids`,
-//! `metrics`, `reasoning`, `tool_calls`, ...), which is what serde makes of
+//! `metrics`, `refusal`, `tool_calls`, ...), which is what serde makes of
 //! an absent one; strings with every JSON escape; whitespace anywhere JSON
 //! allows it.
 //!
 //! Left to serde (`None`): anything else, among it a non-null `logprobs`,
-//! `prompt_token_ids`, `metrics`, `reasoning`, `reasoning_content`,
-//! `refusal` or `tool_calls`; any `error` key; more than one choice; an
+//! `prompt_token_ids`, `metrics`, `refusal` or `tool_calls`; any `error` key; more than one choice; an
 //! object or array under an unknown key; a field given twice; a key with an
 //! escape; a number that is not a plain unsigned integer in range where
 //! one is read; a string serde refuses; anything that is not one JSON
@@ -29,7 +30,9 @@
 //!
 //! And faster still, the chunks of one stream mostly differ only in their
 //! text: the reader keeps the last chunk it read whole with the place of
-//! its one string of output (`delta.content` or `text`) as a [`Shape`],
+//! its string of output (`delta.content`, a reasoning field or `text`:
+//! the non-empty one, content first, when there are several) as a
+//! [`Shape`],
 //! and a chunk byte-for-byte equal to it before and after that string is
 //! read by reading the string alone (the rest parses as it did, so the
 //! result is what a whole read gives).
@@ -120,6 +123,10 @@ struct Span {
 enum Output {
     /// `delta.content` (chat).
     Content,
+    /// `delta.reasoning`.
+    Reasoning,
+    /// `delta.reasoning_content`.
+    ReasoningContent,
     /// `text` (completions).
     Text,
 }
@@ -164,6 +171,8 @@ impl Shape {
         let choice = chunk.choices.as_mut()?.first_mut()?;
         match self.field {
             Output::Content => choice.delta.as_mut()?.content = Some(text),
+            Output::Reasoning => choice.delta.as_mut()?.reasoning = Some(text),
+            Output::ReasoningContent => choice.delta.as_mut()?.reasoning_content = Some(text),
             Output::Text => choice.text = Some(text),
         }
         Some(chunk)
@@ -253,16 +262,24 @@ fn choices(
     })
 }
 
-/// A nullable string, and its span in `span` when it is a string.
+/// A nullable string, and its span in `span` when it is a string that
+/// ranks above the one there: a non-empty string above an empty one (the
+/// empty one is trtllm-serve's `"reasoning_content": ""` beside each
+/// token's content), then the content or the text above a reasoning
+/// field.
 fn output(c: &mut Strict<'_>, span: &mut Option<Span>, field: Output) -> Option<Option<String>> {
     let open = c.offset();
     let text = c.nullable_string()?;
-    if text.is_some() {
-        *span = Some(Span {
-            open,
-            close: c.offset(),
-            field,
-        });
+    if let Some(text) = &text {
+        let close = c.offset();
+        let rank =
+            |empty: bool, field: Output| (!empty, matches!(field, Output::Content | Output::Text));
+        // Quotes alone: the string is empty.
+        let above = span
+            .is_none_or(|s| rank(text.is_empty(), field) > rank(s.close - s.open == 2, s.field));
+        if above {
+            *span = Some(Span { open, close, field });
+        }
     }
     Some(text)
 }
@@ -320,11 +337,11 @@ fn delta(c: &mut Strict<'_>, delta: &mut WireDelta, span: &mut Option<Span>) -> 
             }
             b"reasoning" => {
                 seen.first(2)?;
-                null(c)?;
+                delta.reasoning = output(c, span, Output::Reasoning)?;
             }
             b"reasoning_content" => {
                 seen.first(3)?;
-                null(c)?;
+                delta.reasoning_content = output(c, span, Output::ReasoningContent)?;
             }
             b"refusal" => {
                 seen.first(4)?;
