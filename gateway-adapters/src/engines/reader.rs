@@ -36,7 +36,7 @@ use bytes::Bytes;
 use gateway_core::live::Progress;
 use gateway_core::{
     BackendError, CancelHandle, CancelReason, Delta, FailureKind, FailurePhase, FinishReason,
-    LiveGuard, PackedResult, Started, TokenEvent, TokenStream, Usage,
+    LiveGuard, PackedResult, Started, TokenEvent, TokenResult, TokenStream, Usage,
 };
 use http_body_util::BodyExt;
 use tokio::sync::mpsc;
@@ -103,6 +103,11 @@ impl Emit {
         }
     }
 
+    /// Queues `item`, packed.
+    fn push(&mut self, item: TokenResult) {
+        self.out.push_back(item.into());
+    }
+
     /// Before the first delta, or after.
     pub(crate) fn phase(&self) -> FailurePhase {
         self.progress.phase()
@@ -134,7 +139,7 @@ impl Emit {
             return Flow::End;
         }
         delta.tokens = u32::try_from(tokens).unwrap_or(u32::MAX);
-        self.out.push_back(Ok(TokenEvent::Delta(delta)).into());
+        self.push(Ok(TokenEvent::Delta(delta)));
         Flow::Continue
     }
 
@@ -145,7 +150,7 @@ impl Emit {
             tracing::debug!(error = %error, "engine error after the finish: dropped");
             return Flow::End;
         }
-        self.out.push_back(Err(error).into());
+        self.push(Err(error));
         Flow::End
     }
 
@@ -283,8 +288,7 @@ impl<F: Frames> Reader<F> {
     pub(crate) fn new(frames: F, settings: Settings) -> Self {
         let mut emit = Emit::new(settings.cap);
         if settings.started {
-            emit.out
-                .push_back(Ok(TokenEvent::Started(Started::default())).into());
+            emit.push(Ok(TokenEvent::Started(Started::default())));
         }
         Reader {
             frames,
@@ -480,7 +484,7 @@ impl<F: Frames> Reader<F> {
                 Some(Err(e)) => {
                     if !self.emit.finished {
                         let error = self.frames.body_error(e, self.emit.phase());
-                        self.emit.out.push_back(Err(error).into());
+                        self.emit.push(Err(error));
                     }
                     Flow::End
                 }
@@ -524,11 +528,10 @@ impl<F: Frames> Reader<F> {
         self.emit.capped = false;
         self.past_cap = true;
         if let Some(usage) = self.frames.usage_at_cap(self.emit.progress.delivered()) {
-            self.emit.out.push_back(Ok(TokenEvent::Usage(usage)).into());
+            self.emit.push(Ok(TokenEvent::Usage(usage)));
         }
         self.emit
-            .out
-            .push_back(Ok(TokenEvent::Finished(FinishReason::Length)).into());
+            .push(Ok(TokenEvent::Finished(FinishReason::Length)));
         self.emit.finished = true;
     }
 
@@ -542,30 +545,29 @@ impl<F: Frames> Reader<F> {
         // as a last empty delta, so what the client takes (and is charged
         // for) equals what the engine produced, within the cap.
         let emit = &mut self.emit;
-        let progress = &mut emit.progress;
         let reported = self
             .frames
             .reported_completion()
-            .map_or(0, |n| n.min(progress.cap()));
-        let uncounted = reported.saturating_sub(progress.delivered());
+            .map_or(0, |n| n.min(emit.progress.cap()));
+        let uncounted = reported.saturating_sub(emit.progress.delivered());
         let tokens = std::mem::take(&mut emit.pending)
             .max(uncounted)
-            .min(progress.room());
+            .min(emit.progress.room());
         let mut delta = self.frames.held();
         // Within the room: always counted.
-        if (tokens > 0 || delta.has_output()) && progress.deliver(tokens) {
+        if (tokens > 0 || delta.has_output()) && emit.progress.deliver(tokens) {
             delta.tokens = u32::try_from(tokens).unwrap_or(u32::MAX);
-            emit.out.push_back(Ok(TokenEvent::Delta(delta)).into());
+            emit.push(Ok(TokenEvent::Delta(delta)));
         }
-        if let Some(usage) = self.frames.final_usage(progress.delivered()) {
-            emit.out.push_back(Ok(TokenEvent::Usage(usage)).into());
+        if let Some(usage) = self.frames.final_usage(emit.progress.delivered()) {
+            emit.push(Ok(TokenEvent::Usage(usage)));
         }
-        let reason = reason.unwrap_or(if progress.at_cap() {
+        let reason = reason.unwrap_or(if emit.progress.at_cap() {
             FinishReason::Length
         } else {
             FinishReason::Stop
         });
-        emit.out.push_back(Ok(TokenEvent::Finished(reason)).into());
+        emit.push(Ok(TokenEvent::Finished(reason)));
         emit.finished = true;
     }
 
