@@ -17,13 +17,13 @@
 //! allows it.
 //!
 //! Left to serde (`None`): anything else, among it a non-null `logprobs`,
-//! `prompt_token_ids`, `metrics`, `refusal` or `tool_calls`; any `error` key; more than one choice; an
-//! object or array under an unknown key; a field given twice; a key with an
-//! escape; a number that is not a plain unsigned integer in range where
-//! one is read; a string serde refuses; anything that is not one JSON
-//! object. Every answer equals serde's (the tests here and the
-//! `chunk_differential` fuzz target compare them), so the adapter behaves
-//! as before on every input.
+//! `prompt_token_ids`, `metrics`, `refusal` or `tool_calls`; any `error`
+//! key; more than one choice; an object or array under an unknown key; a
+//! field given twice; a key with an escape; a number that is not a plain
+//! unsigned integer in range where one is read; a string serde refuses;
+//! anything that is not one JSON object. Every answer equals serde's (the
+//! tests here and the `chunk_differential` fuzz target compare them), so
+//! the adapter behaves as before on every input.
 //!
 //! Why: a short request is ~18 such chunks, and serde's read of them was
 //! 11% of the gateway's CPU under load (docs/performance.md).
@@ -32,10 +32,9 @@
 //! text: the reader keeps the last chunk it read whole with the place of
 //! its string of output (`delta.content`, a reasoning field or `text`:
 //! the non-empty one, content first, when there are several) as a
-//! [`Shape`],
-//! and a chunk byte-for-byte equal to it before and after that string is
-//! read by reading the string alone (the rest parses as it did, so the
-//! result is what a whole read gives).
+//! [`Shape`], and a chunk byte-for-byte equal to it before and after that
+//! string is read by reading the string alone (the rest parses as it did,
+//! so the result is what a whole read gives).
 
 use super::Chunk;
 use crate::openai::chunk::{WireChoice, WireDelta};
