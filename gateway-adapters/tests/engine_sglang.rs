@@ -12,21 +12,20 @@ mod engine_sglang {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use futures::StreamExt;
     use gateway_adapters::engines::UpstreamConfig;
     use gateway_adapters::engines::sglang::{self, SglangBackend, SglangOptions};
     use gateway_core::testkit::conformance::{
         self, ConformanceConfig, ConformanceTarget, Instance, Scenario,
     };
     use gateway_core::{
-        Backend, BackendError, BackendRequest, ByteBound, CancelHandle, CancelReason, ChatMessage,
-        EngineKind, EnginePhase, FailureKind, FailurePhase, FinishReason, GenerateRequest, Health,
-        Prompt, ReasoningField, TokenEvent, TokenLogprob, TokenStream, TopLogprob, Usage,
+        Backend, BackendRequest, ByteBound, CancelHandle, CancelReason, ChatMessage, EngineKind,
+        EnginePhase, FailureKind, FailurePhase, FinishReason, GenerateRequest, Health, Prompt,
+        ReasoningField, TokenEvent, TokenLogprob, TopLogprob, Usage,
     };
     use serde_json::Value;
     use tokio::time::Instant;
 
-    use crate::support::kit::{Drained, ms, run};
+    use crate::support::kit::{Drained, drain_error, first_delta, ms, run};
     use gateway_sims::sglang::{
         AbortSource, CONTEXT_400, Fault, INTERNAL_EVENT, INVALID_400, QUEUE_FULL_EVENT, SglangSim,
         SimOptions, VALUE_ERROR_EVENT, text_of, token_logprob, token_text, top_logprob,
@@ -551,29 +550,6 @@ mod engine_sglang {
             }
             assert!(Instant::now() < until, "{rid}: no abort_request seen");
             tokio::time::sleep(ms(1)).await;
-        }
-    }
-
-    async fn first_delta(stream: &mut TokenStream) {
-        loop {
-            match tokio::time::timeout(Duration::from_secs(5), stream.next()).await {
-                Ok(Some(Ok(TokenEvent::Delta(_)))) => return,
-                Ok(Some(Ok(_))) => {}
-                other => panic!("no first delta: {other:?}"),
-            }
-        }
-    }
-
-    async fn drain_error(stream: &mut TokenStream) -> BackendError {
-        loop {
-            match tokio::time::timeout(Duration::from_secs(1), stream.next()).await {
-                Ok(Some(Ok(_))) => {}
-                Ok(Some(Err(e))) => {
-                    assert!(stream.next().await.is_none(), "something after the error");
-                    return e;
-                }
-                other => panic!("no error: {other:?}"),
-            }
         }
     }
 

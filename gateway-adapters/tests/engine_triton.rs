@@ -20,21 +20,20 @@ mod engine_triton {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use futures::StreamExt;
     use gateway_adapters::engines::UpstreamConfig;
     use gateway_adapters::engines::triton::{self, TritonBackend, TritonOptions};
     use gateway_core::testkit::conformance::{
         self, ConformanceConfig, ConformanceTarget, Instance, Scenario,
     };
     use gateway_core::{
-        Backend, BackendError, BackendRequest, ByteBound, CancelHandle, CancelReason, ChatMessage,
-        EngineKind, EnginePhase, FailureKind, FailurePhase, FinishReason, GenerateRequest, Health,
-        Prompt, TokenEvent, TokenStream, Usage,
+        Backend, BackendRequest, ByteBound, CancelHandle, CancelReason, ChatMessage, EngineKind,
+        EnginePhase, FailureKind, FailurePhase, FinishReason, GenerateRequest, Health, Prompt,
+        TokenEvent, Usage,
     };
     use serde_json::Value;
     use tokio::time::Instant;
 
-    use crate::support::kit::{ms, run};
+    use crate::support::kit::{drain_error, first_delta, ms, run};
     use gateway_sims::triton::{Fault, QUEUE_FULL, SimOptions, TritonSim, text_of, token_text};
 
     fn config(sim: &TritonSim) -> UpstreamConfig {
@@ -571,29 +570,6 @@ mod engine_triton {
             }
             assert!(Instant::now() < until, "{id}: the engine never stopped it");
             tokio::time::sleep(ms(1)).await;
-        }
-    }
-
-    async fn first_delta(stream: &mut TokenStream) {
-        loop {
-            match tokio::time::timeout(Duration::from_secs(5), stream.next()).await {
-                Ok(Some(Ok(TokenEvent::Delta(_)))) => return,
-                Ok(Some(Ok(_))) => {}
-                other => panic!("no first delta: {other:?}"),
-            }
-        }
-    }
-
-    async fn drain_error(stream: &mut TokenStream) -> BackendError {
-        loop {
-            match tokio::time::timeout(Duration::from_secs(1), stream.next()).await {
-                Ok(Some(Ok(_))) => {}
-                Ok(Some(Err(e))) => {
-                    assert!(stream.next().await.is_none(), "something after the error");
-                    return e;
-                }
-                other => panic!("no error: {other:?}"),
-            }
         }
     }
 

@@ -11,19 +11,18 @@ mod engine_vllm {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use futures::StreamExt;
     use gateway_adapters::engines::{self, OpenAiCompatBackend, UpstreamConfig, openai, vllm};
     use gateway_core::testkit::conformance::{
         self, ConformanceConfig, ConformanceTarget, Instance, Scenario,
     };
     use gateway_core::{
-        Backend, BackendError, BackendRequest, ByteBound, CancelHandle, CancelReason, ChatMessage,
-        Delta, EngineKind, EnginePhase, FailureKind, FailurePhase, FinishReason, GenerateRequest,
-        Health, Prompt, ReasoningField, Role, TokenEvent, TokenStream, ToolCall, Usage,
+        Backend, BackendRequest, ByteBound, CancelHandle, CancelReason, ChatMessage, Delta,
+        EngineKind, EnginePhase, FailureKind, FailurePhase, FinishReason, GenerateRequest, Health,
+        Prompt, ReasoningField, Role, TokenEvent, ToolCall, Usage,
     };
     use tokio::time::Instant;
 
-    use crate::support::kit::{chat, ms, run, text};
+    use crate::support::kit::{chat, drain_error, first_delta, ms, run, text, with_id};
     use gateway_sims::vllm::{
         BUSY_503, CONTEXT_400, Fault, INVALID_400, SimOptions, SimSpec, VllmSim, text_of,
         token_text,
@@ -739,13 +738,6 @@ mod engine_vllm {
         }
     }
 
-    fn with_id(id: &str, max_tokens: u32) -> BackendRequest {
-        let request =
-            GenerateRequest::new("m", Prompt::Chat(vec![ChatMessage::user("hi")]), max_tokens)
-                .with_id(id);
-        BackendRequest::new(request, Arc::new(ByteBound::default()))
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn the_engine_sees_each_abort_within_50ms() {
         let sim = VllmSim::start(SimOptions {
@@ -850,29 +842,6 @@ mod engine_vllm {
         let aborts = sim.abort_counts();
         assert_eq!((aborts.queued, aborts.prefill, aborts.decode), (1, 1, 3));
         assert_eq!(backend.pressure().inflight, 0);
-    }
-
-    async fn first_delta(stream: &mut TokenStream) {
-        loop {
-            match tokio::time::timeout(Duration::from_secs(5), stream.next()).await {
-                Ok(Some(Ok(TokenEvent::Delta(_)))) => return,
-                Ok(Some(Ok(_))) => {}
-                other => panic!("no first delta: {other:?}"),
-            }
-        }
-    }
-
-    async fn drain_error(stream: &mut TokenStream) -> BackendError {
-        loop {
-            match tokio::time::timeout(Duration::from_secs(1), stream.next()).await {
-                Ok(Some(Ok(_))) => {}
-                Ok(Some(Err(e))) => {
-                    assert!(stream.next().await.is_none(), "something after the error");
-                    return e;
-                }
-                other => panic!("no error: {other:?}"),
-            }
-        }
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

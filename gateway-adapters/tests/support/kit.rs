@@ -210,3 +210,29 @@ macro_rules! scenario_options {
         ($structured)($o)
     };
 }
+
+/// Reads `stream` until its first `Delta` (within 5 s of each event).
+pub async fn first_delta(stream: &mut TokenStream) {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), stream.next()).await {
+            Ok(Some(Ok(TokenEvent::Delta(_)))) => return,
+            Ok(Some(Ok(_))) => {}
+            other => panic!("no first delta: {other:?}"),
+        }
+    }
+}
+
+/// Reads `stream` to the error that ends it (within 1 s of each event),
+/// and checks nothing follows it.
+pub async fn drain_error(stream: &mut TokenStream) -> BackendError {
+    loop {
+        match tokio::time::timeout(Duration::from_secs(1), stream.next()).await {
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(e))) => {
+                assert!(stream.next().await.is_none(), "something after the error");
+                return e;
+            }
+            other => panic!("no error: {other:?}"),
+        }
+    }
+}
